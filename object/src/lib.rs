@@ -1,0 +1,11 @@
+//! The vocabulary every bpfarm part speaks: what an object *is* (identity),
+//! what it is called on disk, how its bytes are named (digest) and what
+//! travels with it (metadata). No I/O beyond hashing a reader.
+
+pub mod digest;
+pub mod identity;
+pub mod metadata;
+
+pub use digest::{Digest, DigestError, Sha256Writer};
+pub use identity::{Arch, Identity, IdentityError, object_file_name};
+pub use metadata::{Compiler, KernelFacts, ObjectMetadata, SourceKind, SourcePackage};
