@@ -2,4 +2,15 @@
 //! reproducible eBPF objects. `build::run` is the entry point; `compile` is
 //! the one compile implementation the agent reuses for local builds.
 
+pub mod btf;
+pub mod build;
+pub mod cache;
+pub mod compile;
+pub mod fsutil;
+pub mod kernel;
+pub mod matrix;
+pub mod packages;
+pub mod program;
+pub mod trees;
 pub mod unpack;
+pub mod validate;

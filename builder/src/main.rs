@@ -1,1 +1,185 @@
-fn main() {}
+//! `bpfarm-builder`: parse arguments, run the build, print the summary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use bpfarm_builder::build::{self, BtfInput, BuildConfig, Request, Shard};
+use bpfarm_builder::program::ProgramSources;
+use bpfarm_object::Arch;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bpfarm-builder",
+    version,
+    about = "Build bpfarm's eBPF tracer for many kernels: parallel, cached, reproducible"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Compile the tracer against kernel headers and write one object per kernel.
+    ///
+    /// Each object is written as <out>/<arch>/tracee.bpf.<release>.<version>.o
+    /// with its metadata in <file>.json beside it. Unchanged kernels come from
+    /// the cache without unpacking or compiling anything. Exits 1 when any
+    /// kernel failed (after building the rest).
+    #[command(after_help = "Examples:\n  \
+        bpfarm-builder build --headers ~/.cache/bpfarm/debs --out out\n  \
+        bpfarm-builder build --matrix kernels/debian-bookworm.toml --shard 2/8 --report report.json\n  \
+        bpfarm-builder build --running-kernel --out /tmp/tracee")]
+    Build(BuildArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BuildArgs {
+    /// A .deb header package, a folder of them, or an unpacked header tree
+    /// (e.g. /lib/modules/<release>/build). Repeatable. Flavour packages are
+    /// paired with their -common and linux-kbuild packages from control data.
+    #[arg(long, value_name = "PATH")]
+    headers: Vec<PathBuf>,
+
+    /// A kernel matrix (kernels/<name>.toml) whose packages kernels/fetch.py
+    /// downloaded into --package-cache.
+    #[arg(long, value_name = "FILE")]
+    matrix: Option<PathBuf>,
+
+    /// Where the matrix's packages are [default: <cache-dir>/debs].
+    #[arg(long, value_name = "DIR")]
+    package_cache: Option<PathBuf>,
+
+    /// A BTF blob to build against in BTF mode (needs --kernel-release).
+    #[arg(long, value_name = "FILE", requires = "kernel_release")]
+    btf: Option<PathBuf>,
+
+    /// The exact `uname -r` of the kernel the --btf blob describes.
+    #[arg(long, value_name = "RELEASE", requires = "btf")]
+    kernel_release: Option<String>,
+
+    /// The arch of the --btf kernel [default: this machine's].
+    #[arg(long, value_name = "ARCH", requires = "btf")]
+    btf_arch: Option<Arch>,
+
+    /// Also build for the running kernel from /sys/kernel/btf/vmlinux.
+    #[arg(long)]
+    running_kernel: bool,
+
+    /// Output folder.
+    #[arg(long, value_name = "DIR", default_value = "out")]
+    out: PathBuf,
+
+    /// Program version in the object names [default: the tracer's own].
+    #[arg(long = "program-version", visible_alias = "obj-version", value_name = "VERSION")]
+    program_version: Option<String>,
+
+    /// Build the tracer from this folder instead of the sources built into
+    /// this binary (for developing the program).
+    #[arg(long, value_name = "DIR")]
+    program: Option<PathBuf>,
+
+    /// Cache folder: packages' facts, unpacked trees, objects.
+    #[arg(long, value_name = "DIR", env = "BPFARM_CACHE")]
+    cache_dir: Option<PathBuf>,
+
+    /// Parallel builds [default: number of cores].
+    #[arg(long, short = 'j', value_name = "N")]
+    jobs: Option<usize>,
+
+    /// Build only the K-th of N slices of the kernels (by kernel release, so
+    /// all arches of a release land in one shard).
+    #[arg(long, value_name = "K/N")]
+    shard: Option<Shard>,
+
+    /// Write a JSON report of every kernel's outcome.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+
+    /// Retry kernels whose failure is cached.
+    #[arg(long)]
+    retry_failed: bool,
+
+    /// No progress bar, even on a terminal.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+        .join("bpfarm")
+}
+
+fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
+    let program = match &a.program {
+        Some(dir) => ProgramSources::from_dir(dir)?,
+        None => ProgramSources::embedded(),
+    };
+    let version = match a.program_version {
+        Some(v) => v,
+        None => program.version().context("reading the program's version from tracer.h")?,
+    };
+    let cache_dir = a.cache_dir.unwrap_or_else(default_cache_dir);
+    let mut btf = Vec::new();
+    if let (Some(file), Some(release)) = (a.btf, a.kernel_release) {
+        bpfarm_object::identity::validate_release(&release)?;
+        let arch = match a.btf_arch.or_else(Arch::host) {
+            Some(a) => a,
+            None => bail!("cannot tell this machine's arch; pass --btf-arch"),
+        };
+        btf.push(BtfInput { file, release, arch, facts: Default::default() });
+    }
+    if a.running_kernel {
+        let (release, facts) = bpfarm_builder::kernel::running().context("reading the running kernel's release")?;
+        let arch = Arch::host().context("this machine's arch is not one bpfarm builds for")?;
+        btf.push(BtfInput { file: "/sys/kernel/btf/vmlinux".into(), release, arch, facts });
+    }
+    let cfg = BuildConfig {
+        out_dir: a.out,
+        version,
+        program,
+        jobs: a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        shard: a.shard,
+        retry_failed: a.retry_failed,
+        progress_bar: !a.no_progress,
+        cache_dir: cache_dir.clone(),
+    };
+    let req = Request {
+        headers: a.headers,
+        matrix: a.matrix,
+        package_cache: a.package_cache.unwrap_or_else(|| cache_dir.join("debs")),
+        btf,
+    };
+    let report = build::run(&cfg, &req)?;
+    print!("{}", report.table());
+    if let Some(path) = a.report {
+        let mut json = serde_json::to_vec_pretty(&report)?;
+        json.push(b'\n');
+        std::fs::write(&path, json).with_context(|| format!("writing the report to {}", path.display()))?;
+    }
+    Ok(!report.any_failed())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BPFARM_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build(a) => run_build(a),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("bpfarm-builder: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -59,7 +59,10 @@ fn decoder<'a>(archive: &Path, name: &str, r: impl Read + 'a) -> Result<Box<dyn 
     } else if name.ends_with(".tar") {
         Box::new(r)
     } else {
-        return Err(UnpackError::NotDeb { archive: archive.to_owned(), reason: format!("unsupported member compression {name:?}") });
+        return Err(UnpackError::NotDeb {
+            archive: archive.to_owned(),
+            reason: format!("unsupported member compression {name:?}"),
+        });
     })
 }
 
@@ -80,7 +83,10 @@ pub fn deb_control(deb: &Path) -> Result<String, UnpackError> {
         }
         Ok(())
     })?;
-    found.ok_or_else(|| UnpackError::NotDeb { archive: deb.to_owned(), reason: "control.tar has no control file".into() })
+    found.ok_or_else(|| UnpackError::NotDeb {
+        archive: deb.to_owned(),
+        reason: "control.tar has no control file".into(),
+    })
 }
 
 /// Unpacks the `.deb`'s data archive into `dest`, keeping the entries `keep`
@@ -105,10 +111,14 @@ fn with_deb_member(
     let mut ar = ar::Archive::new(BufReader::with_capacity(1 << 16, file));
     let mut first = true;
     while let Some(entry) = ar.next_entry() {
-        let entry = entry.map_err(|e| UnpackError::NotDeb { archive: deb.to_owned(), reason: format!("bad ar archive: {e}") })?;
+        let entry = entry
+            .map_err(|e| UnpackError::NotDeb { archive: deb.to_owned(), reason: format!("bad ar archive: {e}") })?;
         let name = String::from_utf8_lossy(entry.header().identifier()).into_owned();
         if first && name != "debian-binary" {
-            return Err(UnpackError::NotDeb { archive: deb.to_owned(), reason: format!("first member is {name:?}, not debian-binary") });
+            return Err(UnpackError::NotDeb {
+                archive: deb.to_owned(),
+                reason: format!("first member is {name:?}, not debian-binary"),
+            });
         }
         first = false;
         if name.starts_with(prefix) {
@@ -116,7 +126,10 @@ fn with_deb_member(
             return f(&name, &mut dec);
         }
     }
-    Err(UnpackError::NotDeb { archive: deb.to_owned(), reason: if first { "empty or not an ar archive".into() } else { format!("no {prefix}.* member") } })
+    Err(UnpackError::NotDeb {
+        archive: deb.to_owned(),
+        reason: if first { "empty or not an ar archive".into() } else { format!("no {prefix}.* member") },
+    })
 }
 
 /// Unpacks a tar stream into `dest` (which must exist), keeping what `keep`
@@ -154,8 +167,9 @@ pub fn unpack_tar(
                 .ok_or_else(|| UnpackError::hostile(archive, &raw, "link without a target"))?
                 .into_owned();
             if kind.is_hard_link() {
-                checked_relative(archive, &target)
-                    .map_err(|_| UnpackError::hostile(archive, &raw, format!("hard link to {} leaves the target", target.display())))?;
+                checked_relative(archive, &target).map_err(|_| {
+                    UnpackError::hostile(archive, &raw, format!("hard link to {} leaves the target", target.display()))
+                })?;
             } else if keep(&rel) {
                 check_symlink_target(archive, &raw, &rel, &target)?;
             }
@@ -171,12 +185,18 @@ pub fn unpack_tar(
             tar::EntryType::Directory | tar::EntryType::Link => {}
             tar::EntryType::Symlink => links.push(rel.clone()),
             other => {
-                return Err(UnpackError::hostile(archive, &raw, format!("unsupported entry type {other:?} (devices and fifos are never unpacked)")));
+                return Err(UnpackError::hostile(
+                    archive,
+                    &raw,
+                    format!("unsupported entry type {other:?} (devices and fifos are never unpacked)"),
+                ));
             }
         }
-        let wrote = entry
-            .unpack_in(dest)
-            .map_err(|e| UnpackError::Hostile { archive: archive.to_owned(), entry: raw.display().to_string(), reason: e.to_string() })?;
+        let wrote = entry.unpack_in(dest).map_err(|e| UnpackError::Hostile {
+            archive: archive.to_owned(),
+            entry: raw.display().to_string(),
+            reason: e.to_string(),
+        })?;
         if !wrote {
             return Err(UnpackError::hostile(archive, &raw, "refused by the tar unpacker (path escapes the target)"));
         }
@@ -187,7 +207,11 @@ pub fn unpack_tar(
         if let Ok(resolved) = dest.join(&rel).canonicalize()
             && !resolved.starts_with(&root)
         {
-            return Err(UnpackError::hostile(archive, &rel, format!("symlink resolves to {} outside the target", resolved.display())));
+            return Err(UnpackError::hostile(
+                archive,
+                &rel,
+                format!("symlink resolves to {} outside the target", resolved.display()),
+            ));
         }
     }
     Ok(stats)
@@ -200,8 +224,12 @@ fn checked_relative(archive: &Path, raw: &Path) -> Result<PathBuf, UnpackError> 
         match c {
             Component::Normal(p) => out.push(p),
             Component::CurDir => {}
-            Component::ParentDir => return Err(UnpackError::hostile(archive, raw, "path contains '..'")),
-            Component::RootDir | Component::Prefix(_) => return Err(UnpackError::hostile(archive, raw, "absolute path")),
+            Component::ParentDir => {
+                return Err(UnpackError::hostile(archive, raw, "path contains '..'"));
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(UnpackError::hostile(archive, raw, "absolute path"));
+            }
         }
     }
     Ok(out)
@@ -219,12 +247,16 @@ fn check_symlink_target(archive: &Path, raw: &Path, rel: &Path, target: &Path) -
             Component::Normal(_) => depth += 1,
             Component::CurDir => {}
             Component::ParentDir => {
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or_else(|| UnpackError::hostile(archive, raw, format!("symlink to {} escapes the target", target.display())))?;
+                depth = depth.checked_sub(1).ok_or_else(|| {
+                    UnpackError::hostile(archive, raw, format!("symlink to {} escapes the target", target.display()))
+                })?;
             }
             Component::RootDir | Component::Prefix(_) => {
-                return Err(UnpackError::hostile(archive, raw, format!("symlink to absolute path {}", target.display())));
+                return Err(UnpackError::hostile(
+                    archive,
+                    raw,
+                    format!("symlink to absolute path {}", target.display()),
+                ));
             }
         }
     }
@@ -272,7 +304,11 @@ mod tests {
 
     /// Everything in `outer` other than `dest/` and its contents.
     fn outside(outer: &Path) -> Vec<String> {
-        std::fs::read_dir(outer).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n != "dest").collect()
+        std::fs::read_dir(outer)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "dest")
+            .collect()
     }
 
     #[test]
@@ -295,7 +331,10 @@ mod tests {
     #[test]
     fn refuses_symlink_escapes() {
         for target in ["/etc", "../..", "a/../../../x"] {
-            let (outer, r) = unpack(&[("dir/link", tar::EntryType::Symlink, target), ("dir/link/passwd", tar::EntryType::Regular, "x")]);
+            let (outer, r) = unpack(&[
+                ("dir/link", tar::EntryType::Symlink, target),
+                ("dir/link/passwd", tar::EntryType::Regular, "x"),
+            ]);
             let e = r.unwrap_err().to_string();
             assert!(e.contains("dir/link") && (e.contains("escapes") || e.contains("absolute")), "{target}: {e}");
             assert!(outside(outer.path()).is_empty(), "{target}");

@@ -1,0 +1,837 @@
+//! The build: plan the kernels (inspect and pair packages, read kernel facts,
+//! shard), then build each — cache lookup, unpack what is missing, compile,
+//! validate, store — on `jobs` workers, and write objects with their
+//! metadata into the output folder.
+//!
+//! A kernel that fails does not stop the others; the report says what
+//! happened to each.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bpfarm_object::{Arch, Compiler, Digest, Identity, KernelFacts, ObjectMetadata, SourceKind, SourcePackage};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::btf::Bpftool;
+use crate::cache::{Cached, Failure, KeyInputs, ObjectCache};
+use crate::compile::{self, CompileJob, Mode, Toolchain};
+use crate::fsutil;
+use crate::kernel;
+use crate::matrix::Matrix;
+use crate::packages::{self, DebKernel, PackageFacts};
+use crate::program::ProgramSources;
+use crate::trees::{self, TreeCache};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cache folder {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("output folder {path}: {source}")]
+    Out {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Toolchain(#[from] compile::CompileError),
+    #[error(transparent)]
+    Packages(#[from] packages::PackageError),
+    #[error(transparent)]
+    Matrix(#[from] crate::matrix::MatrixError),
+    #[error("nothing to build: give --headers, --matrix, --btf or --running-kernel")]
+    NothingToBuild,
+    #[error("could not start {jobs} build workers: {reason}")]
+    Pool { jobs: usize, reason: String },
+}
+
+/// `--shard K/N`: the K-th of N deterministic slices, by kernel release, so
+/// every arch of one release lands in the same shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub total: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (k, n) = s.split_once('/').ok_or_else(|| format!("shard {s:?} is not K/N"))?;
+        let index: usize = k.trim().parse().map_err(|_| format!("shard index {k:?} is not a number"))?;
+        let total: usize = n.trim().parse().map_err(|_| format!("shard count {n:?} is not a number"))?;
+        if total == 0 || index == 0 || index > total {
+            return Err(format!("shard {s:?}: need 1 <= K <= N"));
+        }
+        Ok(Shard { index, total })
+    }
+}
+
+impl Shard {
+    pub fn contains(&self, release: &str) -> bool {
+        let h = Sha256::digest(release.as_bytes());
+        let n = u64::from_le_bytes(h[..8].try_into().expect("8 bytes"));
+        (n % self.total as u64) as usize == self.index - 1
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.total)
+    }
+}
+
+/// A BTF blob to build against.
+#[derive(Debug, Clone)]
+pub struct BtfInput {
+    pub file: PathBuf,
+    pub release: String,
+    pub arch: Arch,
+    pub facts: KernelFacts,
+}
+
+/// What to build.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// `.deb` files, folders of them, or unpacked header trees.
+    pub headers: Vec<PathBuf>,
+    pub matrix: Option<PathBuf>,
+    /// Where `kernels/fetch.py` put a matrix's packages.
+    pub package_cache: PathBuf,
+    pub btf: Vec<BtfInput>,
+}
+
+/// How to build it.
+#[derive(Debug, Clone)]
+pub struct BuildConfig {
+    pub cache_dir: PathBuf,
+    pub out_dir: PathBuf,
+    pub version: String,
+    pub program: ProgramSources,
+    pub jobs: usize,
+    pub shard: Option<Shard>,
+    pub retry_failed: bool,
+    /// Draw a progress bar (else one plain line per kernel).
+    pub progress_bar: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    Deb(Box<DebKernel>),
+    Tree { build: PathBuf, source: PathBuf },
+    Btf { file: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+struct KernelInput {
+    release: String,
+    arch: Arch,
+    facts: KernelFacts,
+    source: Source,
+}
+
+impl KernelInput {
+    /// The `-common` package digest, to spread kernels that share it.
+    fn group(&self) -> String {
+        match &self.source {
+            Source::Deb(d) => d.common.digest.to_string(),
+            Source::Tree { source, .. } => source.display().to_string(),
+            Source::Btf { file } => file.display().to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Compiled in this run.
+    Built,
+    /// Taken from the object cache.
+    Cached,
+    Failed,
+}
+
+/// One kernel's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelResult {
+    /// The kernel release, or the package name when it could not be read.
+    pub kernel: String,
+    pub arch: Option<Arch>,
+    pub status: Status,
+    /// A failure replayed from the cache (retry with `--retry-failed`).
+    pub cached_failure: bool,
+    pub object: Option<PathBuf>,
+    pub digest: Option<Digest>,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub total: usize,
+    pub built: usize,
+    pub cached: usize,
+    pub failed: usize,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub version: String,
+    pub program_digest: Digest,
+    pub shard: Option<String>,
+    pub summary: Summary,
+    pub kernels: Vec<KernelResult>,
+}
+
+impl Report {
+    pub fn any_failed(&self) -> bool {
+        self.summary.failed > 0
+    }
+
+    /// A fixed-width table for terminals and logs.
+    pub fn table(&self) -> String {
+        let w = self.kernels.iter().map(|k| k.kernel.len()).max().unwrap_or(6).max(6);
+        let mut s = format!("{:<w$}  {:<7}  {:<6}  {:>7}  {}\n", "KERNEL", "ARCH", "STATUS", "TIME", "OBJECT / ERROR");
+        for k in &self.kernels {
+            let status = match k.status {
+                Status::Built => "built",
+                Status::Cached => "cached",
+                Status::Failed => "FAILED",
+            };
+            let what = match (&k.object, &k.error) {
+                (_, Some(e)) => {
+                    let first = e.lines().find(|l| l.contains("error")).or_else(|| e.lines().next()).unwrap_or("");
+                    format!("{}{}", if k.cached_failure { "(cached failure) " } else { "" }, first)
+                }
+                (Some(o), None) => o.display().to_string(),
+                (None, None) => String::new(),
+            };
+            let arch = k.arch.map(|a| a.uname()).unwrap_or("?");
+            s += &format!(
+                "{:<w$}  {:<7}  {:<6}  {:>6.2}s  {}\n",
+                k.kernel,
+                arch,
+                status,
+                k.duration_ms as f64 / 1000.0,
+                what
+            );
+        }
+        let m = &self.summary;
+        s += &format!(
+            "{} kernels: {} built, {} cached, {} failed in {:.2}s{}\n",
+            m.total,
+            m.built,
+            m.cached,
+            m.failed,
+            m.duration_ms as f64 / 1000.0,
+            self.shard.as_ref().map(|s| format!(" (shard {s})")).unwrap_or_default()
+        );
+        s
+    }
+}
+
+/// Everything a job needs, shared by all workers.
+struct Ctx<'a> {
+    cfg: &'a BuildConfig,
+    toolchain: &'a Toolchain,
+    bpftool: Option<&'a Bpftool>,
+    trees: &'a TreeCache,
+    objects: ObjectCache,
+    program_dir: PathBuf,
+    progress: Progress,
+}
+
+/// Runs a build. Setup problems (no compiler, unwritable cache) are errors;
+/// a kernel that fails is a row in the report.
+pub fn run(cfg: &BuildConfig, req: &Request) -> Result<Report, BuildError> {
+    let start = Instant::now();
+    let cache_err = |source| BuildError::Cache { path: cfg.cache_dir.clone(), source };
+    fs::create_dir_all(&cfg.cache_dir).map_err(cache_err)?;
+    fs::create_dir_all(&cfg.out_dir).map_err(|source| BuildError::Out { path: cfg.out_dir.clone(), source })?;
+    let toolchain = Toolchain::discover()?;
+    crate::validate::route_libbpf_logs();
+    let trees = TreeCache::new(&cfg.cache_dir).map_err(cache_err)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.jobs.max(1))
+        .build()
+        .map_err(|e| BuildError::Pool { jobs: cfg.jobs, reason: e.to_string() })?;
+
+    let (inputs, mut results) = pool.install(|| plan(cfg, req, &trees))?;
+    let bpftool = if inputs.iter().any(|k| matches!(k.source, Source::Btf { .. })) {
+        match Bpftool::discover() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!("{e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let program_dir = cfg
+        .program
+        .materialize(&cfg.cache_dir)
+        .map_err(|e| BuildError::Cache { path: cfg.cache_dir.clone(), source: std::io::Error::other(e) })?;
+    let ctx = Ctx {
+        cfg,
+        toolchain: &toolchain,
+        bpftool: bpftool.as_ref(),
+        trees: &trees,
+        objects: ObjectCache::new(&cfg.cache_dir).map_err(cache_err)?,
+        program_dir,
+        progress: Progress::new(inputs.len(), cfg.progress_bar),
+    };
+    let built: Vec<KernelResult> = pool.install(|| {
+        inputs
+            .par_iter()
+            .with_max_len(1)
+            .map(|k| {
+                let r = build_one(&ctx, k);
+                ctx.progress.done(&r);
+                r
+            })
+            .collect()
+    });
+    ctx.progress.finish();
+    results.extend(built);
+    results.sort_by(|a, b| (&a.kernel, a.arch).cmp(&(&b.kernel, b.arch)));
+    let summary = Summary {
+        total: results.len(),
+        built: results.iter().filter(|r| r.status == Status::Built).count(),
+        cached: results.iter().filter(|r| r.status == Status::Cached).count(),
+        failed: results.iter().filter(|r| r.status == Status::Failed).count(),
+        duration_ms: start.elapsed().as_millis() as u64,
+    };
+    Ok(Report {
+        version: cfg.version.clone(),
+        program_digest: cfg.program.digest().clone(),
+        shard: cfg.shard.map(|s| s.to_string()),
+        summary,
+        kernels: results,
+    })
+}
+
+fn failed_row(kernel: String, arch: Option<Arch>, error: String) -> KernelResult {
+    KernelResult {
+        kernel,
+        arch,
+        status: Status::Failed,
+        cached_failure: false,
+        object: None,
+        digest: None,
+        duration_ms: 0,
+        error: Some(error),
+    }
+}
+
+/// Turns the request into kernels to build (and rows for inputs that are
+/// already known to fail, such as a flavour package without its -common).
+fn plan(
+    cfg: &BuildConfig,
+    req: &Request,
+    trees: &TreeCache,
+) -> Result<(Vec<KernelInput>, Vec<KernelResult>), BuildError> {
+    let facts_dir = cfg.cache_dir.join("facts");
+    let mut failed = Vec::new();
+    let mut deb_paths = Vec::new();
+    let mut tree_dirs = Vec::new();
+    for p in &req.headers {
+        let has_debs = p.is_dir()
+            && fs::read_dir(p)
+                .map(|rd| rd.flatten().any(|e| e.path().extension().is_some_and(|x| x == "deb")))
+                .unwrap_or(false);
+        if p.is_dir() && !has_debs {
+            tree_dirs.push(p.clone());
+        } else {
+            deb_paths.push(p.clone());
+        }
+    }
+    let matrix = req.matrix.as_deref().map(Matrix::load).transpose()?;
+    if matrix.is_some() {
+        deb_paths.push(req.package_cache.clone());
+    }
+    let debs = packages::find_debs(&deb_paths)?;
+    if debs.is_empty() && tree_dirs.is_empty() && req.btf.is_empty() {
+        return Err(BuildError::NothingToBuild);
+    }
+    let inspected: Vec<Result<PackageFacts, packages::PackageError>> =
+        debs.par_iter().map(|p| packages::inspect(p, &facts_dir)).collect();
+    let mut facts = Vec::new();
+    for r in inspected {
+        match r {
+            Ok(f) => facts.push(f),
+            Err(e) => failed.push(failed_row(
+                e.to_string().split(':').next().unwrap_or("package").to_owned(),
+                None,
+                e.to_string(),
+            )),
+        }
+    }
+    // Matrix entries select flavour packages by (name, Debian arch).
+    if let Some(m) = &matrix {
+        for k in &m.kernels {
+            if !facts.iter().any(|f| f.name == k.package && f.deb_arch == k.arch) {
+                failed.push(failed_row(
+                    k.release.clone().unwrap_or_else(|| k.package.clone()),
+                    Arch::from_any(&k.arch),
+                    format!(
+                        "{} ({}) is not in {}: run kernels/fetch.py {}",
+                        k.package,
+                        k.arch,
+                        req.package_cache.display(),
+                        req.matrix.as_ref().expect("matrix").display()
+                    ),
+                ));
+            }
+        }
+    }
+    let explicit: Vec<PathBuf> =
+        packages::find_debs(&req.headers.iter().filter(|p| !tree_dirs.contains(p)).cloned().collect::<Vec<_>>())?;
+    let wanted = |f: &PackageFacts| {
+        explicit.contains(&f.path)
+            || matrix.as_ref().is_some_and(|m| m.kernels.iter().any(|k| k.package == f.name && k.arch == f.deb_arch))
+    };
+    let pairs: Vec<_> = packages::pair(&facts)
+        .into_iter()
+        .filter(|r| {
+            wanted(match r {
+                Ok(d) => &d.flavour,
+                Err(e) => &e.0,
+            })
+        })
+        .collect();
+
+    // Each flavour package's tree says which kernel it is (unpacked once;
+    // cheap, and needed for the build anyway).
+    let deb_inputs: Vec<Result<KernelInput, KernelResult>> = pairs
+        .into_par_iter()
+        .map(|r| {
+            let d = r.map_err(|e| failed_row(e.0.name.clone(), e.0.arch(), e.1))?;
+            let label = d.flavour.name.clone();
+            let arch = d.flavour.arch().ok_or_else(|| {
+                failed_row(
+                    label.clone(),
+                    None,
+                    format!("{}: unsupported Debian arch {}", d.flavour.name, d.flavour.deb_arch),
+                )
+            })?;
+            let tree = trees.get(&d.flavour).map_err(|e| failed_row(label.clone(), Some(arch), e.to_string()))?;
+            let tf =
+                kernel::tree_facts(&tree.root).map_err(|e| failed_row(label.clone(), Some(arch), e.to_string()))?;
+            if let Some(expected) = matrix
+                .as_ref()
+                .and_then(|m| m.kernels.iter().find(|k| k.package == d.flavour.name))
+                .and_then(|k| k.release.clone())
+                && expected != tf.release
+            {
+                return Err(failed_row(
+                    label,
+                    Some(arch),
+                    format!("{} holds kernel {}, the matrix says {expected}", d.flavour.name, tf.release),
+                ));
+            }
+            Ok(KernelInput { release: tf.release, arch, facts: tf.facts, source: Source::Deb(Box::new(d)) })
+        })
+        .collect();
+    let mut inputs = Vec::new();
+    for r in deb_inputs {
+        match r {
+            Ok(k) => inputs.push(k),
+            Err(row) => failed.push(row),
+        }
+    }
+    for dir in tree_dirs {
+        match tree_input(&dir) {
+            Ok(k) => inputs.push(k),
+            Err(msg) => failed.push(failed_row(dir.display().to_string(), None, msg)),
+        }
+    }
+    for b in &req.btf {
+        inputs.push(KernelInput {
+            release: b.release.clone(),
+            arch: b.arch,
+            facts: b.facts.clone(),
+            source: Source::Btf { file: b.file.clone() },
+        });
+    }
+    if let Some(shard) = cfg.shard {
+        inputs.retain(|k| shard.contains(&k.release));
+        failed.retain(|r| shard.contains(&r.kernel));
+    }
+    // One object per identity: a second input for the same (release, arch) is refused.
+    inputs.sort_by(|a, b| (&a.release, a.arch, a.group()).cmp(&(&b.release, b.arch, b.group())));
+    let mut seen: HashMap<(String, Arch), String> = HashMap::new();
+    inputs.retain(|k| match seen.get(&(k.release.clone(), k.arch)) {
+        Some(first) => {
+            failed.push(failed_row(
+                k.release.clone(),
+                Some(k.arch),
+                format!("two inputs for the same kernel: {} and {}", first, describe(&k.source)),
+            ));
+            false
+        }
+        None => {
+            seen.insert((k.release.clone(), k.arch), describe(&k.source));
+            true
+        }
+    });
+    // Spread kernels that share a -common package across the queue so
+    // workers do not wait on each other's unpack of it.
+    let mut rank: BTreeMap<String, usize> = BTreeMap::new();
+    let mut keyed: Vec<(usize, String, KernelInput)> = inputs
+        .into_iter()
+        .map(|k| {
+            let g = k.group();
+            let r = rank.entry(g.clone()).or_default();
+            *r += 1;
+            (*r, g, k)
+        })
+        .collect();
+    keyed.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    Ok((keyed.into_iter().map(|(_, _, k)| k).collect(), failed))
+}
+
+fn describe(s: &Source) -> String {
+    match s {
+        Source::Deb(d) => d.flavour.path.display().to_string(),
+        Source::Tree { build, .. } => build.display().to_string(),
+        Source::Btf { file } => file.display().to_string(),
+    }
+}
+
+/// An unpacked header tree: `build` is the configured tree; its kernel
+/// source is `build/source` when that exists (Debian, `/lib/modules/*/build`)
+/// and `build` itself otherwise (RPM kernel-devel).
+fn tree_input(build: &Path) -> Result<KernelInput, String> {
+    let tf = kernel::tree_facts(build).map_err(|e| e.to_string())?;
+    let arch = tf.arch.ok_or_else(|| {
+        format!("{}: include/generated/autoconf.h names neither CONFIG_X86_64 nor CONFIG_ARM64", build.display())
+    })?;
+    let source = build.join("source");
+    let source = if source.is_dir() {
+        source.canonicalize().map_err(|e| format!("{}: {e}", source.display()))?
+    } else {
+        build.to_owned()
+    };
+    Ok(KernelInput {
+        release: tf.release,
+        arch,
+        facts: tf.facts,
+        source: Source::Tree { build: build.to_owned(), source },
+    })
+}
+
+/// Digest over the files of a header tree that compiling reads.
+fn tree_digest(build: &Path, source: &Path, arch: Arch) -> std::io::Result<Digest> {
+    fn walk(root: &Path, rel: &Path, h: &mut Sha256) -> std::io::Result<()> {
+        let dir = root.join(rel);
+        let Ok(rd) = fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        let mut entries: Vec<_> = rd.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let r = rel.join(e.file_name());
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                walk(root, &r, h)?;
+            } else if ft.is_file() || ft.is_symlink() {
+                let Ok(bytes) = fs::read(root.join(&r)) else {
+                    continue;
+                };
+                let name = r.to_string_lossy();
+                h.update((name.len() as u64).to_le_bytes());
+                h.update(name.as_bytes());
+                h.update((bytes.len() as u64).to_le_bytes());
+                h.update(&bytes);
+            }
+        }
+        Ok(())
+    }
+    let mut h = Sha256::new();
+    for (tag, root) in [("build", build), ("source", source)] {
+        h.update(tag.as_bytes());
+        for sub in ["include".to_string(), format!("arch/{}/include", arch.kernel_dir())] {
+            walk(root, Path::new(&sub), &mut h)?;
+        }
+    }
+    Ok(Digest::from_raw(h.finalize().into()))
+}
+
+fn headers_digest(k: &KernelInput, bpftool: Option<&Bpftool>) -> Result<(Digest, Vec<SourcePackage>), String> {
+    Ok(match &k.source {
+        Source::Deb(d) => {
+            let mut h = Sha256::new();
+            h.update(format!("deb\0{}\0{}\0f{}", d.flavour.digest, d.common.digest, trees::FILTER_VERSION));
+            let src = |p: &PackageFacts| SourcePackage {
+                kind: SourceKind::Deb,
+                name: p.name.clone(),
+                version: p.version.clone(),
+                digest: p.digest.clone(),
+            };
+            (Digest::from_raw(h.finalize().into()), vec![src(&d.flavour), src(&d.common), src(&d.kbuild)])
+        }
+        Source::Tree { build, source } => {
+            let d = tree_digest(build, source, k.arch).map_err(|e| format!("{}: {e}", build.display()))?;
+            (
+                d.clone(),
+                vec![SourcePackage {
+                    kind: SourceKind::Tree,
+                    name: build.display().to_string(),
+                    version: String::new(),
+                    digest: d,
+                }],
+            )
+        }
+        Source::Btf { file } => {
+            let f = fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let (blob, _) = Digest::of_reader(f).map_err(|e| format!("{}: {e}", file.display()))?;
+            let tool = bpftool.map(|b| b.version.as_str()).unwrap_or("");
+            let mut h = Sha256::new();
+            h.update(format!("btf\0{blob}\0{tool}"));
+            (
+                Digest::from_raw(h.finalize().into()),
+                vec![SourcePackage {
+                    kind: SourceKind::Btf,
+                    name: file.display().to_string(),
+                    version: String::new(),
+                    digest: blob,
+                }],
+            )
+        }
+    })
+}
+
+fn build_one(ctx: &Ctx<'_>, k: &KernelInput) -> KernelResult {
+    let start = Instant::now();
+    let mut row = match build_inner(ctx, k) {
+        Ok(row) => row,
+        Err((error, cached_failure)) => {
+            KernelResult { cached_failure, ..failed_row(k.release.clone(), Some(k.arch), error) }
+        }
+    };
+    row.duration_ms = start.elapsed().as_millis() as u64;
+    row
+}
+
+type JobError = (String, bool);
+
+fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError> {
+    let fail = |e: String| (e, false);
+    let (headers, sources) = headers_digest(k, ctx.bpftool).map_err(fail)?;
+    let mode_name = if matches!(k.source, Source::Btf { .. }) { "btf" } else { "headers" };
+    let mut flags = compile::flags(k.arch, mode_name);
+    let compiler_id = if mode_name == "headers" {
+        flags.push("| llc".into());
+        flags.extend(compile::llc_flags());
+        ctx.toolchain.identity()
+    } else {
+        let tool = ctx.bpftool.ok_or_else(|| fail(crate::btf::BtfError::NoBpftool.to_string()))?;
+        format!("{} | {}", ctx.toolchain.clang_version, tool.version)
+    };
+    let program = ctx.cfg.program.digest();
+    let key = KeyInputs { compiler: &compiler_id, flags: &flags, arch: k.arch, program, headers: &headers }.key();
+
+    let (object, status) = match ctx.objects.get(&key) {
+        Some(Cached::Object(p)) => (p, Status::Cached),
+        Some(Cached::Failure(f)) if !ctx.cfg.retry_failed => return Err((f.message, true)),
+        _ => match compile_and_validate(ctx, k) {
+            Ok(built) => {
+                let stored = ctx
+                    .objects
+                    .put_object(&key, built.path())
+                    .map_err(|e| fail(format!("storing in the cache: {e}")))?;
+                (stored, Status::Built)
+            }
+            Err(Fault::Deterministic(msg)) => {
+                let _ = ctx.objects.put_failure(
+                    &key,
+                    &Failure {
+                        message: msg.clone(),
+                        at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                    },
+                );
+                return Err(fail(msg));
+            }
+            Err(Fault::Environment(msg)) => return Err(fail(msg)),
+        },
+    };
+    let bytes = fs::read(&object).map_err(|e| fail(format!("{}: {e}", object.display())))?;
+    let digest = Digest::of_bytes(&bytes);
+    let identity = Identity::new(&k.release, k.arch, &ctx.cfg.version).map_err(|e| fail(e.to_string()))?;
+    let built_at = fs::metadata(&object).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
+    let meta = ObjectMetadata {
+        file_name: identity.file_name(),
+        identity,
+        digest: digest.clone(),
+        size: bytes.len() as u64,
+        kernel: k.facts.clone(),
+        build_mode: mode_name.into(),
+        sources,
+        program_digest: program.clone(),
+        compiler: Compiler {
+            clang: ctx.toolchain.clang_version.clone(),
+            llc: (mode_name == "headers").then(|| ctx.toolchain.llc_version.clone()),
+        },
+        flags,
+        built_at: humantime::format_rfc3339_seconds(built_at).to_string(),
+    };
+    let out = write_out(&ctx.cfg.out_dir, &object, &meta).map_err(fail)?;
+    Ok(KernelResult {
+        kernel: k.release.clone(),
+        arch: Some(k.arch),
+        status,
+        cached_failure: false,
+        object: Some(out),
+        digest: Some(digest),
+        duration_ms: 0,
+        error: None,
+    })
+}
+
+/// A failure that the same inputs would repeat (cached), or one of this
+/// machine (disk, missing tool: not cached).
+enum Fault {
+    Deterministic(String),
+    Environment(String),
+}
+
+fn compile_and_validate(ctx: &Ctx<'_>, k: &KernelInput) -> Result<tempfile::NamedTempFile, Fault> {
+    let env = |e: String| Fault::Environment(e);
+    let work = tempfile::Builder::new()
+        .prefix("work-")
+        .tempdir_in(&ctx.cfg.cache_dir)
+        .map_err(|e| env(format!("scratch folder: {e}")))?;
+    let out = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .suffix(".o")
+        .tempfile_in(&ctx.cfg.cache_dir)
+        .map_err(|e| env(format!("scratch file: {e}")))?;
+    let result = match &k.source {
+        Source::Deb(d) => {
+            let build = ctx.trees.get(&d.flavour).map_err(|e| Fault::Deterministic(e.to_string()))?;
+            let source = ctx.trees.get(&d.common).map_err(|e| Fault::Deterministic(e.to_string()))?;
+            compile_with(ctx, k, Mode::Headers { source: &source.root, build: &build.root }, work.path(), out.path())
+        }
+        Source::Tree { build, source } => {
+            compile_with(ctx, k, Mode::Headers { source, build }, work.path(), out.path())
+        }
+        Source::Btf { file } => {
+            let tool = ctx.bpftool.ok_or_else(|| env(crate::btf::BtfError::NoBpftool.to_string()))?;
+            let blob = fs::File::open(file)
+                .and_then(Digest::of_reader)
+                .map_err(|e| env(format!("{}: {e}", file.display())))?
+                .0;
+            let dir =
+                tool.vmlinux_h(file, &blob, &ctx.cfg.cache_dir).map_err(|e| Fault::Deterministic(e.to_string()))?;
+            compile_with(ctx, k, Mode::Btf { vmlinux_dir: &dir }, work.path(), out.path())
+        }
+    };
+    result?;
+    crate::validate::validate(out.path()).map_err(|e| Fault::Deterministic(format!("validation: {e}")))?;
+    Ok(out)
+}
+
+fn compile_with(ctx: &Ctx<'_>, k: &KernelInput, mode: Mode<'_>, work: &Path, out: &Path) -> Result<(), Fault> {
+    let job = CompileJob { arch: k.arch, mode, program_dir: &ctx.program_dir, work_dir: work, out };
+    ctx.toolchain.compile(&job).map_err(|e| match e {
+        compile::CompileError::Failed { .. } => Fault::Deterministic(e.to_string()),
+        other => Fault::Environment(other.to_string()),
+    })
+}
+
+/// `<out>/<arch>/<file name>` and `<file name>.json` beside it. Files that
+/// already hold the same bytes are left alone.
+fn write_out(out_dir: &Path, object: &Path, meta: &ObjectMetadata) -> Result<PathBuf, String> {
+    let dir = out_dir.join(meta.identity.arch.uname());
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dest = dir.join(&meta.file_name);
+    fsutil::copy_atomic(object, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    let json_path = dir.join(format!("{}.json", meta.file_name));
+    let mut json = serde_json::to_vec_pretty(meta).expect("metadata serializes");
+    json.push(b'\n');
+    if fs::read(&json_path).ok().as_deref() != Some(&json[..]) {
+        fsutil::write_atomic(&json_path, &json).map_err(|e| format!("{}: {e}", json_path.display()))?;
+    }
+    Ok(dest)
+}
+
+/// A bar on a terminal, one line per kernel otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: usize,
+    done: AtomicUsize,
+}
+
+impl Progress {
+    fn new(total: usize, bar: bool) -> Self {
+        let bar = (bar && std::io::stderr().is_terminal()).then(|| {
+            let b = ProgressBar::new(total as u64);
+            b.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+                    .expect("template")
+                    .progress_chars("=> "),
+            );
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        });
+        Self { bar, total, done: AtomicUsize::new(0) }
+    }
+
+    fn done(&self, r: &KernelResult) {
+        let n = self.done.fetch_add(1, Ordering::SeqCst) + 1;
+        let status = match r.status {
+            Status::Built => "built",
+            Status::Cached => "cached",
+            Status::Failed => "FAILED",
+        };
+        let arch = r.arch.map(|a| a.uname()).unwrap_or("?");
+        let line =
+            format!("[{n}/{}] {status:<6} {} {arch} ({:.2}s)", self.total, r.kernel, r.duration_ms as f64 / 1000.0);
+        match &self.bar {
+            Some(b) => {
+                b.inc(1);
+                b.set_message(format!("{} {arch}", r.kernel));
+                if r.status == Status::Failed {
+                    b.println(line);
+                }
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_parsing_and_partition() {
+        assert!("0/2".parse::<Shard>().is_err());
+        assert!("3/2".parse::<Shard>().is_err());
+        assert!("x/2".parse::<Shard>().is_err());
+        let shards: Vec<Shard> = (1..=3).map(|i| format!("{i}/3").parse().unwrap()).collect();
+        let releases: Vec<String> = (40..80).map(|n| format!("6.1.0-{n}-amd64")).collect();
+        for r in &releases {
+            // Every release is in exactly one shard, whichever process asks.
+            assert_eq!(shards.iter().filter(|s| s.contains(r)).count(), 1, "{r}");
+        }
+        assert!(shards.iter().all(|s| releases.iter().any(|r| s.contains(r))), "a shard got nothing of 40");
+    }
+}

@@ -1,0 +1,119 @@
+//! Facts about a kernel read from its header tree or from the running
+//! system: release, `uname -v`, `.config` digest, arch.
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use bpfarm_object::{Arch, Digest, KernelFacts};
+
+/// What a configured build tree says about its kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeFacts {
+    pub release: String,
+    pub arch: Option<Arch>,
+    pub facts: KernelFacts,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{tree}: {reason}")]
+pub struct TreeFactsError {
+    pub tree: String,
+    pub reason: String,
+}
+
+/// `#define NAME "value"` in a header.
+fn define(text: &str, name: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("#define")?.trim_start().strip_prefix(name)?;
+        let v = rest.trim();
+        Some(v.strip_prefix('"')?.strip_suffix('"')?.to_owned())
+    })
+}
+
+/// Reads release, arch, `uname -v` and config digest from a build tree
+/// (Debian flavour package root, `/lib/modules/<r>/build`, RPM kernel-devel).
+pub fn tree_facts(build: &Path) -> Result<TreeFacts, TreeFactsError> {
+    let err = |reason: String| TreeFactsError { tree: build.display().to_string(), reason };
+    // UTS_RELEASE is what the kernel answers to `uname -r`; Debian's 6.1
+    // packages put the upstream version ("6.1.192") in kernel.release.
+    let release = fs::read_to_string(build.join("include/generated/utsrelease.h"))
+        .ok()
+        .and_then(|t| define(&t, "UTS_RELEASE"))
+        .or_else(|| fs::read_to_string(build.join("include/config/kernel.release")).map(|s| s.trim().to_owned()).ok())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| err("no include/config/kernel.release or include/generated/utsrelease.h: not a configured kernel build tree".into()))?;
+    bpfarm_object::identity::validate_release(&release).map_err(|e| err(e.to_string()))?;
+    let uname_version = ["include/generated/utsversion.h", "include/generated/compile.h"]
+        .iter()
+        .find_map(|f| fs::read_to_string(build.join(f)).ok().and_then(|t| define(&t, "UTS_VERSION")));
+    let config_digest =
+        fs::File::open(build.join(".config")).ok().and_then(|f| Digest::of_reader(f).ok()).map(|(d, _)| d);
+    let arch = fs::read_to_string(build.join("include/generated/autoconf.h")).ok().and_then(|t| {
+        if t.contains("#define CONFIG_X86_64 1") {
+            Some(Arch::X86_64)
+        } else if t.contains("#define CONFIG_ARM64 1") {
+            Some(Arch::Aarch64)
+        } else {
+            None
+        }
+    });
+    Ok(TreeFacts { release, arch, facts: KernelFacts { uname_version, config_digest } })
+}
+
+/// The running kernel: `uname -r`, `uname -v` and, where the kernel exposes
+/// it, the digest of its config (`/proc/config.gz` or `/boot/config-<r>`).
+pub fn running() -> std::io::Result<(String, KernelFacts)> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease")?.trim().to_owned();
+    let uname_version = fs::read_to_string("/proc/sys/kernel/version").ok().map(|s| s.trim().to_owned());
+    let config_digest = fs::File::open("/proc/config.gz")
+        .ok()
+        .and_then(|f| {
+            let mut v = Vec::new();
+            flate2::read::GzDecoder::new(f).read_to_end(&mut v).ok()?;
+            Some(Digest::of_bytes(&v))
+        })
+        .or_else(|| {
+            fs::File::open(format!("/boot/config-{release}"))
+                .ok()
+                .and_then(|f| Digest::of_reader(f).ok())
+                .map(|(d, _)| d)
+        });
+    Ok((release, KernelFacts { uname_version, config_digest }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_tree() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("include/config")).unwrap();
+        fs::create_dir_all(d.path().join("include/generated")).unwrap();
+        fs::write(d.path().join("include/config/kernel.release"), "6.1.192\n").unwrap();
+        fs::write(d.path().join("include/generated/utsrelease.h"), "#define UTS_RELEASE \"6.1.0-56-arm64\"\n").unwrap();
+        fs::write(d.path().join("include/generated/utsversion.h"), "#define UTS_VERSION \"#1 SMP Debian\"\n").unwrap();
+        fs::write(d.path().join("include/generated/autoconf.h"), "#define CONFIG_ARM64 1\n").unwrap();
+        fs::write(d.path().join(".config"), "CONFIG_ARM64=y\n").unwrap();
+        let f = tree_facts(d.path()).unwrap();
+        assert_eq!(f.release, "6.1.0-56-arm64");
+        assert_eq!(f.arch, Some(Arch::Aarch64));
+        assert_eq!(f.facts.uname_version.as_deref(), Some("#1 SMP Debian"));
+        assert_eq!(f.facts.config_digest, Some(Digest::of_bytes(b"CONFIG_ARM64=y\n")));
+    }
+
+    #[test]
+    fn refuses_a_folder_that_is_no_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let e = tree_facts(d.path()).unwrap_err().to_string();
+        assert!(e.contains("not a configured kernel build tree"), "{e}");
+    }
+
+    #[test]
+    fn running_kernel_has_a_release() {
+        let (r, f) = running().unwrap();
+        assert!(!r.is_empty());
+        assert!(f.uname_version.is_some());
+    }
+}

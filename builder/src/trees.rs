@@ -1,0 +1,184 @@
+//! The unpacked-header cache: each package's compile-relevant files, unpacked
+//! once into `trees/<package digest>.f<FILTER_VERSION>/` and shared by every
+//! kernel that needs them (all flavours of one ABI share one `-common` tree).
+//!
+//! A tree becomes visible by renaming a finished temp folder, so a crash
+//! leaves only a `.tmp-*` folder (removed on the next start) and two builders
+//! racing on one package both end with the same complete tree.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bpfarm_object::Digest;
+
+use crate::packages::PackageFacts;
+use crate::unpack::{self, UnpackError, UnpackStats};
+
+/// Bumped whenever `keep` changes what a tree holds.
+pub const FILTER_VERSION: u32 = 1;
+
+/// The arch include folders kept from a (multi-arch) `-common` package.
+const KEPT_ARCHES: [&str; 2] = ["x86", "arm64"];
+
+/// Only what compiling against the headers needs: `include/` (without the
+/// thousands of empty kbuild `include/config/*` stamp files and the
+/// device-tree bindings), `arch/{x86,arm64}/include/` and `.config`.
+pub fn keep(p: &Path) -> bool {
+    let c: Vec<&str> =
+        p.components().filter_map(|c| if let Component::Normal(s) = c { s.to_str() } else { None }).collect();
+    match c.as_slice() {
+        [] | ["usr"] | ["usr", "src"] | ["usr", "src", _] => true,
+        ["usr", "src", _, rest @ ..] => match rest {
+            [".config"] => true,
+            ["include", "config", f] => matches!(*f, "kernel.release" | "auto.conf"),
+            ["include", "config", ..] => false,
+            ["include", "dt-bindings", ..] => false,
+            ["include", ..] => true,
+            ["arch"] => true,
+            ["arch", a] => KEPT_ARCHES.contains(a),
+            ["arch", a, "include", ..] => KEPT_ARCHES.contains(a),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+    #[error("{package}: {what}: {source}")]
+    Io {
+        package: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{package}: expected exactly one folder under usr/src/, found {found:?}")]
+    Layout { package: PathBuf, found: Vec<String> },
+}
+
+/// An unpacked package: the folder holding its `usr/src/<top>/`.
+#[derive(Clone, Debug)]
+pub struct Tree {
+    /// `<cache>/trees/<digest>.f1/usr/src/<top>`
+    pub root: PathBuf,
+    /// Set when this call unpacked it (a cache miss).
+    pub unpacked: Option<UnpackStats>,
+}
+
+type Slot = Arc<OnceLock<Result<PathBuf, String>>>;
+
+/// Hands out unpacked trees, unpacking each package at most once per process
+/// (concurrent callers for one package wait for the first).
+#[derive(Debug)]
+pub struct TreeCache {
+    dir: PathBuf,
+    in_flight: Mutex<HashMap<Digest, Slot>>,
+}
+
+impl TreeCache {
+    pub fn new(cache_dir: &Path) -> std::io::Result<Self> {
+        let dir = cache_dir.join("trees");
+        fs::create_dir_all(&dir)?;
+        // Leftovers of an interrupted unpack are never complete trees.
+        for e in fs::read_dir(&dir)?.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+        Ok(Self { dir, in_flight: Mutex::new(HashMap::new()) })
+    }
+
+    fn final_dir(&self, pkg: &PackageFacts) -> PathBuf {
+        self.dir.join(format!("{}.f{FILTER_VERSION}", pkg.digest.hex()))
+    }
+
+    /// Whether `pkg` is unpacked already (no I/O beyond a stat).
+    pub fn contains(&self, pkg: &PackageFacts) -> bool {
+        self.final_dir(pkg).is_dir()
+    }
+
+    /// The package's unpacked `usr/src/<top>` folder, unpacking it if needed.
+    pub fn get(&self, pkg: &PackageFacts) -> Result<Tree, TreeError> {
+        let slot = self.in_flight.lock().expect("tree lock").entry(pkg.digest.clone()).or_default().clone();
+        let mut unpacked = None;
+        let dir = slot.get_or_init(|| match self.unpack_once(pkg) {
+            Ok((dir, stats)) => {
+                unpacked = stats;
+                Ok(dir)
+            }
+            Err(e) => Err(e.to_string()),
+        });
+        let dir = match dir {
+            Ok(d) => d.clone(),
+            Err(msg) => {
+                // Forget the failure so a later call (e.g. after a re-fetch) retries.
+                self.in_flight.lock().expect("tree lock").remove(&pkg.digest);
+                return Err(TreeError::Io {
+                    package: pkg.path.clone(),
+                    what: "unpack",
+                    source: std::io::Error::other(msg.clone()),
+                });
+            }
+        };
+        Ok(Tree { root: top_folder(&pkg.path, &dir)?, unpacked })
+    }
+
+    fn unpack_once(&self, pkg: &PackageFacts) -> Result<(PathBuf, Option<UnpackStats>), TreeError> {
+        let io = |what, source| TreeError::Io { package: pkg.path.clone(), what, source };
+        let done = self.final_dir(pkg);
+        if done.is_dir() {
+            return Ok((done, None));
+        }
+        let tmp =
+            tempfile::Builder::new().prefix(".tmp-").tempdir_in(&self.dir).map_err(|e| io("create temp folder", e))?;
+        let stats = unpack::unpack_deb(&pkg.path, tmp.path(), &keep)?;
+        match fs::rename(tmp.path(), &done) {
+            Ok(()) => {
+                // The folder now lives at `done`; nothing left to clean.
+                let _ = tmp.keep();
+            }
+            // Another process finished the same tree first: use theirs.
+            Err(_) if done.is_dir() => {}
+            Err(e) => return Err(io("rename into place", e)),
+        }
+        Ok((done, Some(stats)))
+    }
+}
+
+fn top_folder(package: &Path, dir: &Path) -> Result<PathBuf, TreeError> {
+    let src = dir.join("usr/src");
+    let found: Vec<String> = fs::read_dir(&src)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    match found.as_slice() {
+        [one] => Ok(src.join(one)),
+        _ => Err(TreeError::Layout { package: package.to_owned(), found }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_takes_only_what_compiling_needs() {
+        let k = |s: &str| keep(Path::new(s));
+        assert!(k("usr/src/linux-headers-6.1.0-56-common/include/linux/sched.h"));
+        assert!(k("usr/src/linux-headers-6.1.0-56-amd64/include/generated/autoconf.h"));
+        assert!(k("usr/src/linux-headers-6.1.0-56-amd64/include/config/kernel.release"));
+        assert!(k("usr/src/linux-headers-6.1.0-56-amd64/arch/x86/include/generated/asm/rwonce.h"));
+        assert!(k("usr/src/linux-headers-6.1.0-56-common/arch/arm64/include/asm/ptrace.h"));
+        assert!(k("usr/src/linux-headers-6.1.0-56-amd64/.config"));
+        assert!(!k("usr/src/linux-headers-6.1.0-56-amd64/include/config/HAVE_KPROBES"));
+        assert!(!k("usr/src/linux-headers-6.1.0-56-common/arch/mips/include/asm/ptrace.h"));
+        assert!(!k("usr/src/linux-headers-6.1.0-56-common/include/dt-bindings/clock/x.h"));
+        assert!(!k("usr/src/linux-headers-6.1.0-56-amd64/scripts"));
+        assert!(!k("usr/src/linux-headers-6.1.0-56-amd64/Module.symvers"));
+        assert!(!k("lib/modules/6.1.0-56-amd64/build"));
+        assert!(!k("usr/share/doc/x/copyright"));
+    }
+}
