@@ -1,1 +1,177 @@
-//! Shared support for the end-to-end tests.
+//! Shared support for bpfarm's tests: where the fixture kernels are (fetched
+//! once with `kernels/fetch.py`), recording tool shims, hand-made hostile
+//! packages, and the rule for privileged tests (fail under `CI=true`, say
+//! loudly that they were skipped otherwise).
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+}
+
+/// `$BPFARM_CACHE`, else `~/.cache/bpfarm`: where fetched packages live.
+pub fn cache_root() -> PathBuf {
+    std::env::var_os("BPFARM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/bpfarm"))
+}
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The folder holding the default matrix's real Debian packages, fetching
+/// them (once per test process; a no-op when present).
+pub fn fixture_debs() -> PathBuf {
+    static DEBS: OnceLock<PathBuf> = OnceLock::new();
+    DEBS.get_or_init(|| {
+        let debs = cache_root().join("debs");
+        let status = Command::new("python3")
+            .arg(repo_root().join("kernels/fetch.py"))
+            .arg(repo_root().join("kernels/default.toml"))
+            .arg("--cache")
+            .arg(&debs)
+            .status()
+            .expect("running kernels/fetch.py");
+        assert!(
+            status.success(),
+            "kernels/fetch.py kernels/default.toml failed: the tests need real Debian header packages"
+        );
+        debs
+    })
+    .clone()
+}
+
+/// The `.deb` in `dir` whose file name starts with `<package>_`.
+pub fn deb(dir: &Path, package: &str) -> PathBuf {
+    let prefix = format!("{package}_");
+    fs::read_dir(dir)
+        .expect("package folder")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
+        .unwrap_or_else(|| panic!("{package} is not in {}", dir.display()))
+}
+
+/// Whether a test that needs root and BPF may run. Under `CI=true` a missing
+/// privilege is a failure; elsewhere the test says it skips and returns.
+pub fn privileged(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc_geteuid() } == 0;
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    if root && btf {
+        return true;
+    }
+    let why = if root { "the kernel has no BTF" } else { "not root" };
+    assert!(!in_ci(), "{what}: needs root and BPF, but {why} (CI=true: failing instead of skipping)");
+    eprintln!("SKIPPED {what}: needs root and BPF, but {why}");
+    false
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// A folder of shell shims that log each call and then run the real tool,
+/// for proving what a command did or did not run.
+#[derive(Debug)]
+pub struct ToolShim {
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl ToolShim {
+    pub fn new(tools: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("shim folder");
+        let log = dir.path().join("calls.log");
+        fs::write(&log, "").expect("shim log");
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        for tool in tools {
+            let real = std::env::split_paths(&path)
+                .chain([PathBuf::from("/usr/sbin")])
+                .map(|d| d.join(tool))
+                .find(|p| p.is_file())
+                .unwrap_or_else(|| panic!("{tool} not on PATH"));
+            let shim = dir.path().join(tool);
+            fs::write(
+                &shim,
+                format!("#!/bin/sh\necho \"{tool} $*\" >> '{}'\nexec '{}' \"$@\"\n", log.display(), real.display()),
+            )
+            .expect("write shim");
+            fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).expect("chmod shim");
+        }
+        Self { dir, log }
+    }
+
+    /// `PATH` with the shims first.
+    pub fn path_env(&self) -> OsString {
+        let mut parts = vec![self.dir.path().to_owned()];
+        parts.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+        std::env::join_paths(parts).expect("join PATH")
+    }
+
+    /// Every logged call, `tool args...`.
+    pub fn calls(&self) -> Vec<String> {
+        fs::read_to_string(&self.log).expect("shim log").lines().map(str::to_owned).collect()
+    }
+
+    /// Calls that compiled something (not `--version` or resource-dir probes).
+    pub fn compiles(&self) -> Vec<String> {
+        self.calls().into_iter().filter(|c| c.contains(" -c ") || c.contains(" -o ")).collect()
+    }
+}
+
+/// One entry of a hand-made tar: path exactly as written in the header.
+#[derive(Debug, Clone)]
+pub enum Entry<'a> {
+    File(&'a str, &'a [u8]),
+    Symlink(&'a str, &'a str),
+}
+
+/// Writes a `.deb` (ar: debian-binary, control.tar.xz, data.tar.xz) with the
+/// given control text and data entries, header names written raw so that
+/// hostile paths survive.
+pub fn write_deb(path: &Path, control: &str, data: &[Entry<'_>]) {
+    let control_tar = tar_xz(&[Entry::File("./control", control.as_bytes())]);
+    let data_tar = tar_xz(data);
+    let f = fs::File::create(path).expect("create deb");
+    let mut ar = ar::Builder::new(f);
+    for (name, bytes) in
+        [("debian-binary", b"2.0\n".to_vec()), ("control.tar.xz", control_tar), ("data.tar.xz", data_tar)]
+    {
+        let header = ar::Header::new(name.as_bytes().to_vec(), bytes.len() as u64);
+        ar.append(&header, &bytes[..]).expect("append ar member");
+    }
+}
+
+fn tar_xz(entries: &[Entry<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        let (name, kind, body): (&str, tar::EntryType, &[u8]) = match e {
+            Entry::File(n, d) => (n, tar::EntryType::Regular, d),
+            Entry::Symlink(n, _) => (n, tar::EntryType::Symlink, &[]),
+        };
+        h.as_gnu_mut().expect("gnu header").name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(body.len() as u64);
+        if let Entry::Symlink(_, target) = e {
+            h.set_link_name_literal(target).expect("link name");
+        }
+        h.set_cksum();
+        b.append(&h, body).expect("append tar entry");
+    }
+    let tar = b.into_inner().expect("finish tar");
+    let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+    xz.write_all(&tar).expect("xz");
+    xz.finish().expect("xz finish")
+}
