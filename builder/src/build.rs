@@ -228,8 +228,9 @@ impl Report {
         }
         let m = &self.summary;
         s += &format!(
-            "{} kernels: {} built, {} cached, {} failed in {:.2}s{}\n",
+            "{} kernel{}: {} built, {} cached, {} failed in {:.2}s{}\n",
             m.total,
+            if m.total == 1 { "" } else { "s" },
             m.built,
             m.cached,
             m.failed,

@@ -73,7 +73,7 @@ struct BuildArgs {
     out: PathBuf,
 
     /// Program version in the object names [default: the tracer's own].
-    #[arg(long = "program-version", visible_alias = "obj-version", value_name = "VERSION")]
+    #[arg(long = "version", visible_alias = "program-version", value_name = "VERSION")]
     program_version: Option<String>,
 
     /// Build the tracer from this folder instead of the sources built into

@@ -537,9 +537,7 @@ fn usage_errors_exit_2_with_a_reason() {
     assert!(String::from_utf8_lossy(&bad_release.stderr).contains("invalid kernel release"));
     let help = Command::new(BIN).args(["build", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    for flag in
-        ["--headers", "--matrix", "--btf", "--jobs", "--shard", "--report", "--retry-failed", "--program-version"]
-    {
+    for flag in ["--headers", "--matrix", "--btf", "--jobs", "--shard", "--report", "--retry-failed", "--version"] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
