@@ -1,0 +1,136 @@
+//! The content-addressed blob store: `<data>/blobs/sha256/<ab>/<hex>`.
+//!
+//! A write streams into a temp file created with `create_new` inside the
+//! store, hashing as it goes; only when the digest matches what the
+//! publisher claimed is the file fsynced and renamed into place. A crash
+//! leaves a `tmp/` file, never a visible partial blob; `open` removes
+//! leftovers. A blob is visible only after its digest is checked.
+
+use std::path::{Path, PathBuf};
+
+use bpfarm_object::Digest;
+use futures_util::{Stream, StreamExt};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("body has digest {actual}, not the {expected} it was published as")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("body is larger than the {limit}-byte limit")]
+    TooLarge { limit: u64 },
+    #[error("reading the request body: {0}")]
+    Body(String),
+    #[error("blob store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    root: PathBuf,
+}
+
+impl BlobStore {
+    /// Opens (creating) the store under `data` and drops unfinished writes.
+    pub async fn open(data: &Path) -> std::io::Result<Self> {
+        let root = data.join("blobs");
+        tokio::fs::create_dir_all(root.join("sha256")).await?;
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            tokio::fs::remove_dir_all(&tmp).await?;
+        }
+        tokio::fs::create_dir_all(&tmp).await?;
+        Ok(Self { root })
+    }
+
+    pub fn path(&self, d: &Digest) -> PathBuf {
+        self.root.join("sha256").join(&d.hex()[..2]).join(d.hex())
+    }
+
+    /// The blob's size, if it is stored.
+    pub async fn size(&self, d: &Digest) -> Option<u64> {
+        tokio::fs::metadata(self.path(d)).await.ok().map(|m| m.len())
+    }
+
+    /// Streams `body` in; it becomes visible only if it hashes to `expected`
+    /// and stays within `limit` bytes. Returns the size.
+    pub async fn put<S, E>(&self, expected: &Digest, mut body: S, limit: u64) -> Result<u64, BlobError>
+    where
+        S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let tmp_path = self.root.join("tmp").join(format!("{}-{}", expected.hex(), random_suffix()));
+        let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&tmp_path).await?;
+        let result = async {
+            let mut hasher = Sha256::new();
+            let mut len = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
+                len += chunk.len() as u64;
+                if len > limit {
+                    return Err(BlobError::TooLarge { limit });
+                }
+                hasher.update(&chunk);
+                file.write_all(&chunk).await?;
+            }
+            let actual = Digest::from_raw(hasher.finalize().into());
+            if &actual != expected {
+                return Err(BlobError::DigestMismatch { expected: expected.clone(), actual });
+            }
+            file.sync_all().await?;
+            let dest = self.path(expected);
+            tokio::fs::create_dir_all(dest.parent().expect("blob has a parent")).await?;
+            tokio::fs::rename(&tmp_path, &dest).await?;
+            // The rename is durable once the folder is synced.
+            tokio::fs::File::open(dest.parent().expect("parent")).await?.sync_all().await?;
+            Ok(len)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp_path).await;
+        }
+        result
+    }
+}
+
+fn random_suffix() -> String {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("OS randomness");
+    hex::encode(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(chunks: Vec<&'static [u8]>) -> impl Stream<Item = Result<bytes::Bytes, std::io::Error>> + Unpin {
+        futures_util::stream::iter(chunks.into_iter().map(|c| Ok(bytes::Bytes::from_static(c))))
+    }
+
+    #[tokio::test]
+    async fn stores_only_verified_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).await.unwrap();
+        let d = Digest::of_bytes(b"hello world");
+        assert_eq!(store.put(&d, stream(vec![b"hello ", b"world"]), 100).await.unwrap(), 11);
+        assert_eq!(std::fs::read(store.path(&d)).unwrap(), b"hello world");
+
+        let wrong = Digest::of_bytes(b"other");
+        let e = store.put(&wrong, stream(vec![b"hello"]), 100).await.unwrap_err();
+        assert!(matches!(e, BlobError::DigestMismatch { .. }));
+        assert!(!store.path(&wrong).exists());
+        let e = store.put(&Digest::of_bytes(b"xxxxx"), stream(vec![b"xxx", b"xx"]), 4).await.unwrap_err();
+        assert!(matches!(e, BlobError::TooLarge { limit: 4 }));
+        // Nothing partial stays behind.
+        assert_eq!(std::fs::read_dir(dir.path().join("blobs/tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn open_removes_unfinished_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        BlobStore::open(dir.path()).await.unwrap();
+        std::fs::write(dir.path().join("blobs/tmp/half"), b"partial").unwrap();
+        BlobStore::open(dir.path()).await.unwrap();
+        assert_eq!(std::fs::read_dir(dir.path().join("blobs/tmp")).unwrap().count(), 0);
+    }
+}

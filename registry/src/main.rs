@@ -1,0 +1,112 @@
+//! `bpfarm-registry`: serve a registry, or manage its tokens.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bpfarm_registry::repo::Scope;
+use bpfarm_registry::{Settings, app, open, tokens};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "bpfarm-registry", version, about = "Store and serve bpfarm's per-kernel eBPF objects")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the HTTP API (/v1), the static layout and the health and metrics endpoints.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "BPFARM_REGISTRY_LISTEN")]
+        listen: String,
+        /// Data folder: index.sqlite and blobs/ (created if missing).
+        #[arg(long, env = "BPFARM_REGISTRY_DATA")]
+        data: PathBuf,
+        /// Require a read token for downloads and lookups too.
+        #[arg(long, env = "BPFARM_REGISTRY_REQUIRE_READ_TOKEN")]
+        require_read_token: bool,
+        /// Largest object accepted, in bytes.
+        #[arg(long, default_value_t = 64 << 20, env = "BPFARM_REGISTRY_MAX_OBJECT_BYTES")]
+        max_object_bytes: u64,
+    },
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a token and print it once (last line of stdout); only its hash is stored.
+    Create {
+        #[arg(long, env = "BPFARM_REGISTRY_DATA")]
+        data: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        scope: ScopeArg,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum ScopeArg {
+    Push,
+    Read,
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { listen, data, require_read_token, max_object_bytes } => {
+            let state = open(&data, Settings { require_read_token, max_object_bytes }).await?;
+            let listener =
+                tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
+            // Tests and scripts wait for this line instead of sleeping.
+            println!("listening on http://{}", listener.local_addr()?);
+            axum::serve(listener, app(state)).with_graceful_shutdown(shutdown()).await?;
+            Ok(())
+        }
+        Command::Token(TokenCommand::Create { data, name, scope }) => {
+            let state = open(&data, Settings::default()).await?;
+            let token = tokens::generate();
+            let scope = match scope {
+                ScopeArg::Push => Scope::Push,
+                ScopeArg::Read => Scope::Read,
+            };
+            let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+            state
+                .repo
+                .add_token(&name, scope, &tokens::hash(&token), &now)
+                .await
+                .with_context(|| format!("storing token {name:?} (names are unique)"))?;
+            eprintln!("created {} token {name:?}; it is shown only now:", scope.as_str());
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BPFARM_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bpfarm-registry: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The sqlite index: the only module that runs SQL. One writer connection
+//! (sqlite has one writer anyway; queueing here beats SQLITE_BUSY) and a
+//! pool of readers, in WAL mode.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bpfarm_object::ObjectMetadata;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+#[derive(Debug, Clone)]
+pub struct Repo {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+/// One stored object row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ObjectRow {
+    pub id: i64,
+    pub digest: String,
+    pub size: i64,
+    pub metadata: String,
+    pub published_at: String,
+}
+
+impl ObjectRow {
+    pub fn metadata(&self) -> ObjectMetadata {
+        serde_json::from_str(&self.metadata).expect("stored metadata was validated on publish")
+    }
+}
+
+/// Filters for listing; all optional, exact matches except `search`.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub kernel_release: Option<String>,
+    pub arch: Option<String>,
+    pub version: Option<String>,
+    pub uname_version: Option<String>,
+    pub config_digest: Option<String>,
+    /// Substring of the kernel release.
+    pub search: Option<String>,
+    /// Rows with id greater than this (pagination cursor).
+    pub after: i64,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Push,
+    Read,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Push => "push",
+            Scope::Read => "read",
+        }
+    }
+}
+
+impl Repo {
+    pub async fn open(data: &Path) -> Result<Self, sqlx::Error> {
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", data.join("index.sqlite").display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await?;
+        sqlx::migrate!("./migrations").run(&writer).await?;
+        let reader = SqlitePoolOptions::new().max_connections(8).connect_with(opts.read_only(true)).await?;
+        Ok(Self { writer, reader })
+    }
+
+    pub async fn current(&self, release: &str, arch: &str, version: &str) -> Result<Option<ObjectRow>, sqlx::Error> {
+        sqlx::query_as("SELECT id, digest, size, metadata, published_at FROM objects WHERE current = 1 AND kernel_release = ? AND arch = ? AND version = ?")
+            .bind(release)
+            .bind(arch)
+            .bind(version)
+            .fetch_optional(&self.reader)
+            .await
+    }
+
+    /// The current objects a static-layout path names (file names are lossy,
+    /// so there may be more than one).
+    pub async fn by_file_name(
+        &self,
+        version: &str,
+        arch: &str,
+        file_name: &str,
+    ) -> Result<Vec<ObjectRow>, sqlx::Error> {
+        sqlx::query_as("SELECT id, digest, size, metadata, published_at FROM objects WHERE current = 1 AND version = ? AND arch = ? AND file_name = ? LIMIT 2")
+            .bind(version)
+            .bind(arch)
+            .bind(file_name)
+            .fetch_all(&self.reader)
+            .await
+    }
+
+    pub async fn list(&self, f: &Filter) -> Result<Vec<ObjectRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, digest, size, metadata, published_at FROM objects WHERE current = 1 AND id > ?
+               AND (? IS NULL OR kernel_release = ?) AND (? IS NULL OR arch = ?) AND (? IS NULL OR version = ?)
+               AND (? IS NULL OR uname_version = ?) AND (? IS NULL OR config_digest = ?)
+               AND (? IS NULL OR instr(kernel_release, ?) > 0)
+             ORDER BY id LIMIT ?",
+        )
+        .bind(f.after)
+        .bind(&f.kernel_release)
+        .bind(&f.kernel_release)
+        .bind(&f.arch)
+        .bind(&f.arch)
+        .bind(&f.version)
+        .bind(&f.version)
+        .bind(&f.uname_version)
+        .bind(&f.uname_version)
+        .bind(&f.config_digest)
+        .bind(&f.config_digest)
+        .bind(&f.search)
+        .bind(&f.search)
+        .bind(f.limit)
+        .fetch_all(&self.reader)
+        .await
+    }
+
+    /// Inserts `meta` as the current object of its identity, moving the
+    /// previous current one (if `replace`) into history, in one transaction.
+    /// Returns the previous current row when it blocked the insert.
+    pub async fn insert(
+        &self,
+        meta: &ObjectMetadata,
+        replace: bool,
+        now: &str,
+    ) -> Result<Result<(), ObjectRow>, sqlx::Error> {
+        let mut tx = self.writer.begin().await?;
+        let id = &meta.identity;
+        let existing: Option<ObjectRow> = sqlx::query_as(
+            "SELECT id, digest, size, metadata, published_at FROM objects WHERE current = 1 AND kernel_release = ? AND arch = ? AND version = ?",
+        )
+        .bind(&id.kernel_release)
+        .bind(id.arch.uname())
+        .bind(&id.version)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = existing {
+            if !replace {
+                return Ok(Err(row));
+            }
+            sqlx::query("UPDATE objects SET current = 0 WHERE id = ?").bind(row.id).execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "INSERT INTO objects (kernel_release, arch, version, file_name, digest, size, uname_version, config_digest, metadata, published_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id.kernel_release)
+        .bind(id.arch.uname())
+        .bind(&id.version)
+        .bind(&meta.file_name)
+        .bind(meta.digest.as_str())
+        .bind(meta.size as i64)
+        .bind(&meta.kernel.uname_version)
+        .bind(meta.kernel.config_digest.as_ref().map(|d| d.as_str()))
+        .bind(serde_json::to_string(meta).expect("metadata serializes"))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// How many objects an identity has had, current and replaced.
+    pub async fn history_len(&self, release: &str, arch: &str, version: &str) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM objects WHERE kernel_release = ? AND arch = ? AND version = ?")
+            .bind(release)
+            .bind(arch)
+            .bind(version)
+            .fetch_one(&self.reader)
+            .await
+    }
+
+    pub async fn count_current(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM objects WHERE current = 1").fetch_one(&self.reader).await
+    }
+
+    pub async fn add_token(&self, name: &str, scope: Scope, hash: &str, now: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO tokens (name, scope, hash, created_at) VALUES (?, ?, ?, ?)")
+            .bind(name)
+            .bind(scope.as_str())
+            .bind(hash)
+            .bind(now)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Every stored token hash with its scope.
+    pub async fn token_hashes(&self) -> Result<Vec<(String, String)>, sqlx::Error> {
+        sqlx::query_as("SELECT hash, scope FROM tokens").fetch_all(&self.reader).await
+    }
+}

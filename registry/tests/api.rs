@@ -1,0 +1,223 @@
+//! The /v1 API, in process (`app()` + `oneshot`) over a real sqlite file and
+//! blob folder: publish rules, auth, bad input, downloads, static layout.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use bpfarm_object::{Arch, Compiler, Digest, Identity, KernelFacts, ObjectMetadata, SourceKind, SourcePackage};
+use bpfarm_registry::repo::Scope;
+use bpfarm_registry::{AppState, Settings, app, open, tokens};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+struct Reg {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    state: AppState,
+    push: String,
+    read: String,
+}
+
+async fn registry(settings: Settings) -> Reg {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let state = open(&data, settings).await.unwrap();
+    let push = tokens::generate();
+    let read = tokens::generate();
+    state.repo.add_token("ci", Scope::Push, &tokens::hash(&push), "t").await.unwrap();
+    state.repo.add_token("fleet", Scope::Read, &tokens::hash(&read), "t").await.unwrap();
+    Reg { _dir: dir, data, state, push, read }
+}
+
+fn meta(release: &str, bytes: &[u8]) -> ObjectMetadata {
+    let identity = Identity::new(release, Arch::X86_64, "v0.1.0").unwrap();
+    ObjectMetadata {
+        file_name: identity.file_name(),
+        identity,
+        digest: Digest::of_bytes(bytes),
+        size: bytes.len() as u64,
+        kernel: KernelFacts { uname_version: Some("#1 SMP Debian".into()), config_digest: None },
+        build_mode: "headers".into(),
+        sources: vec![SourcePackage {
+            kind: SourceKind::Deb,
+            name: "linux-headers-x".into(),
+            version: "1".into(),
+            digest: Digest::of_bytes(b"deb"),
+        }],
+        program_digest: Digest::of_bytes(b"prog"),
+        compiler: Compiler { clang: "clang 14".into(), llc: None },
+        flags: vec![],
+        built_at: "2026-11-25T00:00:00Z".into(),
+    }
+}
+
+async fn call(r: &Reg, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let resp = app(r.state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+    (status, headers, body)
+}
+
+fn req(method: &str, uri: &str, token: Option<&str>, body: Vec<u8>) -> Request<Body> {
+    let mut b = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    b.body(Body::from(body)).unwrap()
+}
+
+async fn publish(r: &Reg, m: &ObjectMetadata, bytes: &[u8], query: &str) -> (StatusCode, Vec<u8>) {
+    let (s, _, _) = call(r, req("PUT", &format!("/v1/blobs/{}", m.digest), Some(&r.push), bytes.to_vec())).await;
+    assert!(s == StatusCode::CREATED || s == StatusCode::OK, "blob upload: {s}");
+    let (s, _, body) =
+        call(r, req("POST", &format!("/v1/objects{query}"), Some(&r.push), serde_json::to_vec(m).unwrap())).await;
+    (s, body)
+}
+
+fn json(b: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(b).unwrap()
+}
+
+#[tokio::test]
+async fn publish_is_idempotent_conflicts_are_refused_and_replacement_keeps_history() {
+    let r = registry(Settings::default()).await;
+    let m = meta("6.1.0-56-amd64", b"object one");
+    assert_eq!(publish(&r, &m, b"object one", "").await.0, StatusCode::CREATED);
+    let (s, body) = publish(&r, &m, b"object one", "").await;
+    assert_eq!((s, json(&body)["status"].as_str().unwrap()), (StatusCode::OK, "unchanged"));
+
+    let m2 = meta("6.1.0-56-amd64", b"object two");
+    let (s, body) = publish(&r, &m2, b"object two", "").await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(json(&body)["message"].as_str().unwrap().contains("replace=true"));
+    assert_eq!(publish(&r, &m2, b"object two", "?replace=true").await.0, StatusCode::CREATED);
+    assert_eq!(r.state.repo.history_len("6.1.0-56-amd64", "x86_64", "v0.1.0").await.unwrap(), 2);
+
+    let (s, _, body) = call(&r, req("GET", "/v1/objects/x86_64/v0.1.0/6.1.0-56-amd64", None, vec![])).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(json(&body)["digest"], m2.digest.as_str());
+    // The replaced object's bytes are still stored (history).
+    assert!(r.state.blobs.path(&m.digest).is_file());
+}
+
+#[tokio::test]
+async fn auth_bad_input_and_limits() {
+    let r = registry(Settings { require_read_token: false, max_object_bytes: 16 }).await;
+    let d = Digest::of_bytes(b"small");
+    let (s, _, _) = call(&r, req("PUT", &format!("/v1/blobs/{d}"), None, b"small".to_vec())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = call(&r, req("PUT", &format!("/v1/blobs/{d}"), Some("bpfarm_wrong"), b"small".to_vec())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = call(&r, req("PUT", &format!("/v1/blobs/{d}"), Some(&r.read), b"small".to_vec())).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let (s, _, body) = call(&r, req("PUT", &format!("/v1/blobs/{d}"), Some(&r.push), b"other".to_vec())).await;
+    assert_eq!((s, json(&body)["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+    let big = vec![7u8; 17];
+    let (s, _, _) = call(&r, req("PUT", &format!("/v1/blobs/{}", Digest::of_bytes(&big)), Some(&r.push), big)).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, _, _) = call(&r, req("PUT", "/v1/blobs/sha256:nothex", Some(&r.push), vec![])).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Nothing partial stays behind.
+    assert_eq!(std::fs::read_dir(r.data.join("blobs/tmp")).unwrap().count(), 0);
+    assert!(!r.state.blobs.path(&d).exists());
+
+    // Metadata for a blob that is not there, and a malformed identity.
+    let m = meta("6.1.0-56-amd64", b"never uploaded");
+    let (s, _, body) = call(&r, req("POST", "/v1/objects", Some(&r.push), serde_json::to_vec(&m).unwrap())).await;
+    assert_eq!((s, json(&body)["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "BLOB_UNKNOWN"));
+    let mut bad = serde_json::to_value(meta("6.1.0-56-amd64", b"x")).unwrap();
+    bad["kernel_release"] = "../../etc".into();
+    let (s, _, body) = call(&r, req("POST", "/v1/objects", Some(&r.push), serde_json::to_vec(&bad).unwrap())).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        json(&body)["message"].as_str().unwrap().contains("invalid kernel release"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (s, _, _) = call(&r, req("GET", "/v1/objects/x86_64/v0.1.0/..%2Fetc", None, vec![])).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn read_tokens_when_required() {
+    let r = registry(Settings { require_read_token: true, ..Settings::default() }).await;
+    let (s, _, _) = call(&r, req("GET", "/v1/objects", None, vec![])).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = call(&r, req("GET", "/v1/objects", Some(&r.read), vec![])).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = call(&r, req("GET", "/healthz", None, vec![])).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn downloads_have_length_digest_etag_and_ranges() {
+    let r = registry(Settings::default()).await;
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    let m = meta("6.12.117+deb12-amd64", &bytes);
+    publish(&r, &m, &bytes, "").await;
+    let uri = format!("/v1/blobs/{}", m.digest);
+    let (s, h, body) = call(&r, req("GET", &uri, None, vec![])).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body, bytes);
+    assert_eq!(h[header::CONTENT_LENGTH], "1000");
+    assert_eq!(h["x-bpfarm-digest"], m.digest.as_str());
+    let etag = h[header::ETAG].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"{}\"", m.digest));
+
+    let mut r304 = req("GET", &uri, None, vec![]);
+    r304.headers_mut().insert(header::IF_NONE_MATCH, etag.parse().unwrap());
+    let (s, _, body) = call(&r, r304).await;
+    assert_eq!((s, body.len()), (StatusCode::NOT_MODIFIED, 0));
+
+    let mut ranged = req("GET", &uri, None, vec![]);
+    ranged.headers_mut().insert(header::RANGE, "bytes=10-19".parse().unwrap());
+    let (s, h, body) = call(&r, ranged).await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, &bytes[10..20]);
+    assert_eq!(h[header::CONTENT_RANGE], "bytes 10-19/1000");
+    let mut bad = req("GET", &uri, None, vec![]);
+    bad.headers_mut().insert(header::RANGE, "bytes=2000-".parse().unwrap());
+    assert_eq!(call(&r, bad).await.0, StatusCode::RANGE_NOT_SATISFIABLE);
+
+    // The static layout serves the same bytes, with a .sha256 beside them.
+    let (s, _, body) = call(&r, req("GET", &format!("/v0.1.0/x86_64/{}", m.file_name), None, vec![])).await;
+    assert_eq!((s, body), (StatusCode::OK, bytes.clone()));
+    let (_, _, sum) = call(&r, req("GET", &format!("/v0.1.0/x86_64/{}.sha256", m.file_name), None, vec![])).await;
+    assert_eq!(String::from_utf8(sum).unwrap(), format!("{}  {}\n", m.digest.hex(), m.file_name));
+    assert_eq!(call(&r, req("GET", "/v0.1.0/x86_64/tracee.bpf.nope.o", None, vec![])).await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn list_filters_and_pages() {
+    let r = registry(Settings::default()).await;
+    for n in 40..45 {
+        let release = format!("6.1.0-{n}-amd64");
+        let bytes = release.as_bytes().to_vec();
+        publish(&r, &meta(&release, &bytes), &bytes, "").await;
+    }
+    let (_, _, body) = call(&r, req("GET", "/v1/objects?limit=2", None, vec![])).await;
+    let page = json(&body);
+    assert_eq!(page["objects"].as_array().unwrap().len(), 2);
+    let mut seen = 2;
+    let mut next = page["next"].as_i64();
+    while let Some(after) = next {
+        let (_, _, body) = call(&r, req("GET", &format!("/v1/objects?limit=2&after={after}"), None, vec![])).await;
+        let p = json(&body);
+        seen += p["objects"].as_array().unwrap().len();
+        next = p["next"].as_i64();
+    }
+    assert_eq!(seen, 5);
+    let (_, _, body) = call(&r, req("GET", "/v1/objects?kernel_release=6.1.0-42-amd64&arch=amd64", None, vec![])).await;
+    assert_eq!(json(&body)["objects"][0]["kernel_release"], "6.1.0-42-amd64");
+    let (_, _, body) = call(&r, req("GET", "/v1/objects?q=-43-", None, vec![])).await;
+    assert_eq!(json(&body)["objects"].as_array().unwrap().len(), 1);
+    let (_, _, body) =
+        call(&r, req("GET", "/v1/objects?uname_version=%231%20SMP%20Debian&limit=1000", None, vec![])).await;
+    assert_eq!(json(&body)["objects"].as_array().unwrap().len(), 5);
+    assert_eq!(call(&r, req("GET", "/v1/objects?limit=0", None, vec![])).await.0, StatusCode::BAD_REQUEST);
+
+    let (_, _, metrics) = call(&r, req("GET", "/metrics", None, vec![])).await;
+    let text = String::from_utf8(metrics).unwrap();
+    assert!(text.contains("bpfarm_objects 5") && text.contains("bpfarm_http_requests_total"), "{text}");
+}
