@@ -11,6 +11,7 @@ pub mod kernel;
 pub mod matrix;
 pub mod packages;
 pub mod program;
+pub mod publish;
 pub mod trees;
 pub mod unpack;
 pub mod validate;

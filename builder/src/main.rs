@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use bpfarm_builder::build::{self, BtfInput, BuildConfig, Request, Shard};
 use bpfarm_builder::program::ProgramSources;
 use bpfarm_object::Arch;
+use bpfarm_object::client::RegistryClient;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -105,6 +106,15 @@ struct BuildArgs {
     /// No progress bar, even on a terminal.
     #[arg(long)]
     no_progress: bool,
+
+    /// After building, publish every object to this bpfarm registry
+    /// (e.g. http://registry:8080), skipping those it already holds.
+    #[arg(long, value_name = "URL")]
+    publish: Option<String>,
+
+    /// Push token for --publish (from `bpfarm-registry token create --scope push`).
+    #[arg(long, value_name = "TOKEN", env = "BPFARM_TOKEN", hide_env_values = true, requires = "publish")]
+    token: Option<String>,
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -157,12 +167,22 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
     };
     let report = build::run(&cfg, &req)?;
     print!("{}", report.table());
+    let published = a.publish.as_deref().map(|url| {
+        let client = RegistryClient::new(url, a.token.clone(), std::time::Duration::from_secs(60));
+        let summary = bpfarm_builder::publish::publish(&report, &client, url);
+        print!("{}", summary.table());
+        summary
+    });
     if let Some(path) = a.report {
-        let mut json = serde_json::to_vec_pretty(&report)?;
+        let mut value = serde_json::to_value(&report)?;
+        if let Some(p) = &published {
+            value["publish"] = serde_json::to_value(p)?;
+        }
+        let mut json = serde_json::to_vec_pretty(&value)?;
         json.push(b'\n');
         std::fs::write(&path, json).with_context(|| format!("writing the report to {}", path.display()))?;
     }
-    Ok(!report.any_failed())
+    Ok(!report.any_failed() && published.is_none_or(|p| p.ok()))
 }
 
 fn main() -> ExitCode {

@@ -2,6 +2,8 @@
 //! what it is called on disk, how its bytes are named (digest) and what
 //! travels with it (metadata). No I/O beyond hashing a reader.
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod digest;
 pub mod identity;
 pub mod metadata;

@@ -1,0 +1,161 @@
+//! End to end across binaries: the builder builds for the running kernel and
+//! publishes to a real `bpfarm-registry serve` on loopback; the registry
+//! then serves the same bytes through its API and its static layout.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use bpfarm_object::{Digest, object_file_name};
+
+/// The workspace's built binaries (cargo builds every member's binaries
+/// before running any test).
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} not built: run these tests with cargo test --workspace, which builds every binary first",
+        p.display()
+    );
+    p
+}
+
+/// A registry process on an ephemeral port, killed on drop.
+struct Registry {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data: &Path) -> Registry {
+    let mut child = Command::new(bin("bpfarm-registry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The readiness signal: the first stdout line names the bound address.
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    Registry { child, url }
+}
+
+fn token(data: &Path, name: &str, scope: &str) -> String {
+    let out = Command::new(bin("bpfarm-registry"))
+        .args(["token", "create", "--name", name, "--scope", scope, "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_owned()
+}
+
+fn build_and_publish(dir: &Path, url: &str, token: &str) -> (std::process::Output, serde_json::Value) {
+    let report = dir.join("report.json");
+    let out = Command::new(bin("bpfarm-builder"))
+        .args(["build", "--running-kernel", "--no-progress", "--publish", url, "--cache-dir"])
+        .arg(dir.join("cache"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .arg("--report")
+        .arg(&report)
+        .env("BPFARM_TOKEN", token)
+        .output()
+        .unwrap();
+    eprintln!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let r = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    (out, r)
+}
+
+#[test]
+fn builder_publishes_to_a_real_registry_and_skips_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("registry");
+    // The token is created before the server starts, through the same data folder.
+    let push = token(&data, "ci", "push");
+    let read = token(&data, "fleet", "read");
+    let reg = serve(&data);
+
+    let (out, r) = build_and_publish(dir.path(), &reg.url, &push);
+    assert!(out.status.success());
+    assert_eq!(r["publish"]["published"], 1, "{r:#}");
+    assert_eq!(r["kernels"][0]["status"], "built");
+
+    let (out, r) = build_and_publish(dir.path(), &reg.url, &push);
+    assert!(out.status.success());
+    assert_eq!((r["publish"]["published"].as_u64(), r["publish"]["skipped"].as_u64()), (Some(0), Some(1)));
+
+    // The registry serves exactly the bytes the builder wrote.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned();
+    let name = object_file_name(&release, "v0.1.0");
+    let local = std::fs::read(dir.path().join("out/x86_64").join(&name)).unwrap();
+    let client = bpfarm_object::client::RegistryClient::new(&reg.url, None, std::time::Duration::from_secs(10));
+    let meta = client.lookup(&release, "x86_64", "v0.1.0").unwrap().expect("published object");
+    assert_eq!(meta.digest, Digest::of_bytes(&local));
+    assert_eq!(client.download(&meta.digest).unwrap(), local);
+    let via_static = ureq_get(&format!("{}/v0.1.0/x86_64/{name}", reg.url));
+    assert_eq!(via_static, local);
+    let sum = String::from_utf8(ureq_get(&format!("{}/v0.1.0/x86_64/{name}.sha256", reg.url))).unwrap();
+    assert!(sum.starts_with(meta.digest.hex()));
+
+    // Bytes the registry holds are skipped before any push, so a read token
+    // is enough for an unchanged rebuild...
+    let (out, r) = build_and_publish(dir.path(), &reg.url, &read);
+    assert!(out.status.success(), "skipping needs no push rights");
+    assert_eq!(r["publish"]["skipped"], 1);
+    // ...but pushing a new object with it is refused: the builder says so and exits 1.
+    let (out, r) = {
+        let report = dir.path().join("r2.json");
+        let o = Command::new(bin("bpfarm-builder"))
+            .args([
+                "build",
+                "--running-kernel",
+                "--no-progress",
+                "--version",
+                "v9.0.0",
+                "--publish",
+                &reg.url,
+                "--token",
+                &read,
+                "--cache-dir",
+            ])
+            .arg(dir.path().join("cache"))
+            .arg("--out")
+            .arg(dir.path().join("out2"))
+            .arg("--report")
+            .arg(&report)
+            .output()
+            .unwrap();
+        (o, serde_json::from_slice::<serde_json::Value>(&std::fs::read(report).unwrap()).unwrap())
+    };
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(r["publish"]["failed"], 1, "{r:#}");
+    assert!(r["publish"]["results"][0]["message"].as_str().unwrap().contains("may read, not push"));
+}
+
+fn ureq_get(url: &str) -> Vec<u8> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys,urllib.request; sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1]).read())",
+            url,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
