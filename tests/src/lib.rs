@@ -6,9 +6,10 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 /// The repository root.
@@ -174,4 +175,61 @@ fn tar_xz(entries: &[Entry<'_>]) -> Vec<u8> {
     let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
     xz.write_all(&tar).expect("xz");
     xz.finish().expect("xz finish")
+}
+
+/// The workspace's built binaries (cargo builds every member's binaries
+/// before running any test).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} not built: run these tests with cargo test --workspace, which builds every binary first",
+        p.display()
+    );
+    p
+}
+
+/// A registry process on an ephemeral port, killed on drop.
+#[derive(Debug)]
+pub struct Registry {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn serve(data: &Path) -> Registry {
+    let mut child = Command::new(bin("bpfarm-registry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The readiness signal: the first stdout line names the bound address.
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    Registry { child, url }
+}
+
+pub fn token(data: &Path, name: &str, scope: &str) -> String {
+    let out = Command::new(bin("bpfarm-registry"))
+        .args(["token", "create", "--name", name, "--scope", scope, "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_owned()
 }

@@ -2,67 +2,11 @@
 //! publishes to a real `bpfarm-registry serve` on loopback; the registry
 //! then serves the same bytes through its API and its static layout.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
 use bpfarm_object::{Digest, object_file_name};
-
-/// The workspace's built binaries (cargo builds every member's binaries
-/// before running any test).
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let p = dir.join(name);
-    assert!(
-        p.is_file(),
-        "{} not built: run these tests with cargo test --workspace, which builds every binary first",
-        p.display()
-    );
-    p
-}
-
-/// A registry process on an ephemeral port, killed on drop.
-struct Registry {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(data: &Path) -> Registry {
-    let mut child = Command::new(bin("bpfarm-registry"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // The readiness signal: the first stdout line names the bound address.
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    Registry { child, url }
-}
-
-fn token(data: &Path, name: &str, scope: &str) -> String {
-    let out = Command::new(bin("bpfarm-registry"))
-        .args(["token", "create", "--name", name, "--scope", scope, "--data"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_owned()
-}
+use bpfarm_tests::{bin, serve, token};
 
 fn build_and_publish(dir: &Path, url: &str, token: &str) -> (std::process::Output, serde_json::Value) {
     let report = dir.join("report.json");
