@@ -40,6 +40,8 @@ def main():
     ap.add_argument("--builder", default=os.path.join(ROOT, "target/release/bpfarm-builder"))
     args = ap.parse_args()
 
+    if not os.path.exists(args.builder):
+        subprocess.run(["cargo", "build", "--release", "-p", "bpfarm-builder"], cwd=ROOT, check=True)
     cache = os.environ.get("BPFARM_CACHE", os.path.expanduser("~/.cache/bpfarm"))
     debs = os.path.join(cache, "debs")
     subprocess.run([sys.executable, os.path.join(ROOT, "kernels/fetch.py"), args.matrix, "--arch", args.arch, "--cache", debs], check=True)

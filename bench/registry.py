@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,12 @@ def main():
     ap.add_argument("--object", help="object file to serve (default: 132 KiB of pseudo-random bytes, a tracer object's size)")
     ap.add_argument("--registry-bin", default=os.path.join(ROOT, "target/release/bpfarm-registry"))
     args = ap.parse_args()
+    # The peers come from Debian; install them if this machine lacks them.
+    missing = [pkg for pkg, exe in (("docker-registry", "docker-registry"), ("wrk", "wrk")) if not shutil.which(exe)]
+    if missing:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if not os.path.exists(args.registry_bin):
+        subprocess.run(["cargo", "build", "--release", "-p", "bpfarm-registry"], cwd=ROOT, check=True)
     data = open(args.object, "rb").read() if args.object else hashlib.sha256(b"seed").digest() * (132 * 1024 // 32)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     work = tempfile.mkdtemp(prefix="bpfarm-regbench-")
