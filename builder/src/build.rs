@@ -169,6 +169,8 @@ pub struct KernelResult {
     pub status: Status,
     /// A failure replayed from the cache (retry with `--retry-failed`).
     pub cached_failure: bool,
+    /// `kernel` is the kernel release (not a package name or path).
+    pub release_known: bool,
     pub object: Option<PathBuf>,
     pub digest: Option<Digest>,
     pub duration_ms: u64,
@@ -328,6 +330,7 @@ fn failed_row(kernel: String, arch: Option<Arch>, error: String) -> KernelResult
         arch,
         status: Status::Failed,
         cached_failure: false,
+        release_known: false,
         object: None,
         digest: None,
         duration_ms: 0,
@@ -618,7 +621,7 @@ fn build_one(ctx: &Ctx<'_>, k: &KernelInput) -> KernelResult {
     let mut row = match build_inner(ctx, k) {
         Ok(row) => row,
         Err((error, cached_failure)) => {
-            KernelResult { cached_failure, ..failed_row(k.release.clone(), Some(k.arch), error) }
+            KernelResult { cached_failure, release_known: true, ..failed_row(k.release.clone(), Some(k.arch), error) }
         }
     };
     row.duration_ms = start.elapsed().as_millis() as u64;
@@ -693,6 +696,7 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
         arch: Some(k.arch),
         status,
         cached_failure: false,
+        release_known: true,
         object: Some(out),
         digest: Some(digest),
         duration_ms: 0,

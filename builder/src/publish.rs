@@ -35,6 +35,8 @@ pub struct PublishSummary {
     pub skipped: usize,
     pub refused: usize,
     pub failed: usize,
+    /// Failed builds reported to the registry (for its coverage page).
+    pub failures_reported: usize,
     pub results: Vec<PublishResult>,
 }
 
@@ -49,8 +51,8 @@ impl PublishSummary {
             s += &format!("publish {:?} {}: {}\n", r.outcome, r.kernel, r.message.as_deref().unwrap_or(""));
         }
         s += &format!(
-            "published to {}: {} published, {} skipped, {} refused, {} failed\n",
-            self.registry, self.published, self.skipped, self.refused, self.failed
+            "published to {}: {} published, {} skipped, {} refused, {} failed; {} build failures reported\n",
+            self.registry, self.published, self.skipped, self.refused, self.failed, self.failures_reported
         );
         s
     }
@@ -91,6 +93,15 @@ pub fn publish(report: &Report, client: &RegistryClient, registry: &str) -> Publ
             outcome,
             message,
         });
+    }
+    // Failed builds are news for the registry's coverage page; reporting
+    // them is best effort and never fails the build.
+    for k in report.kernels.iter().filter(|k| k.status == Status::Failed && k.release_known) {
+        let (Some(arch), Some(error)) = (k.arch, &k.error) else { continue };
+        match client.report_failure(&k.kernel, arch.uname(), &report.version, error) {
+            Ok(()) => summary.failures_reported += 1,
+            Err(e) => tracing::warn!("reporting the failure of {} to {registry}: {e}", k.kernel),
+        }
     }
     summary
 }

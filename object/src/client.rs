@@ -116,6 +116,19 @@ impl RegistryClient {
         Ok(if status == 201 { Published::Published } else { Published::Skipped })
     }
 
+    /// Tells the registry a kernel failed to build (shown on its coverage page).
+    pub fn report_failure(&self, release: &str, arch: &str, version: &str, message: &str) -> Result<(), ClientError> {
+        let url = self.url("/v1/failures");
+        let mut post = self.agent.post(&url).header("Content-Type", "application/json");
+        if let Some(t) = &self.token {
+            post = post.header("Authorization", &format!("Bearer {t}"));
+        }
+        let body =
+            serde_json::json!({ "kernel_release": release, "arch": arch, "version": version, "message": message });
+        self.check(&url, post.send(body.to_string()))?;
+        Ok(())
+    }
+
     /// Downloads a blob and checks it against `digest` before returning it.
     pub fn download(&self, digest: &Digest) -> Result<Vec<u8>, ClientError> {
         let url = self.url(&format!("/v1/blobs/{digest}"));

@@ -31,6 +31,23 @@ impl ObjectRow {
     }
 }
 
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CoverageObject {
+    pub kernel_release: String,
+    pub arch: String,
+    pub version: String,
+    pub digest: String,
+    pub size: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CoverageFailure {
+    pub kernel_release: String,
+    pub arch: String,
+    pub version: String,
+    pub message: String,
+}
+
 /// Filters for listing; all optional, exact matches except `search`.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -167,8 +184,52 @@ impl Repo {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        sqlx::query("DELETE FROM failures WHERE kernel_release = ? AND arch = ? AND version = ?")
+            .bind(&id.kernel_release)
+            .bind(id.arch.uname())
+            .bind(&id.version)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Ok(()))
+    }
+
+    /// Records (or updates) a failed build, unless the identity has an object.
+    pub async fn record_failure(
+        &self,
+        id: &bpfarm_object::Identity,
+        message: &str,
+        now: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "INSERT INTO failures (kernel_release, arch, version, message, reported_at)
+             SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS
+               (SELECT 1 FROM objects WHERE current = 1 AND kernel_release = ? AND arch = ? AND version = ?)
+             ON CONFLICT (kernel_release, arch, version) DO UPDATE SET message = excluded.message, reported_at = excluded.reported_at",
+        )
+        .bind(&id.kernel_release)
+        .bind(id.arch.uname())
+        .bind(&id.version)
+        .bind(message)
+        .bind(now)
+        .bind(&id.kernel_release)
+        .bind(id.arch.uname())
+        .bind(&id.version)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Everything the coverage page shows: current objects and failures.
+    pub async fn coverage(&self) -> Result<(Vec<CoverageObject>, Vec<CoverageFailure>), sqlx::Error> {
+        let objects =
+            sqlx::query_as("SELECT kernel_release, arch, version, digest, size FROM objects WHERE current = 1")
+                .fetch_all(&self.reader)
+                .await?;
+        let failures = sqlx::query_as("SELECT kernel_release, arch, version, message FROM failures")
+            .fetch_all(&self.reader)
+            .await?;
+        Ok((objects, failures))
     }
 
     /// How many objects an identity has had, current and replaced.

@@ -125,7 +125,9 @@ type ApiResult<T> = Result<T, ApiError>;
 /// The whole API; `main` and the tests serve this same router.
 pub fn app(state: AppState) -> Router {
     Router::new()
+        .route("/", get(coverage))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/failures", post(report_failure))
         .route("/metrics", get(metrics))
         .route("/v1/blobs/{digest}", put(put_blob).get(get_blob).head(get_blob))
         .route("/v1/objects", post(publish).get(list))
@@ -314,6 +316,40 @@ async fn publish(
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("metadata: {e}")))?;
     let (status, code) = crate::publish::publish(&s.repo, &s.blobs, &meta, q.replace).await?;
     Ok((status, Json(PublishAnswer { status: code, digest: meta.digest })).into_response())
+}
+
+/// `GET /`: the coverage page.
+async fn coverage(State(s): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&s, &headers, Scope::Read).await?;
+    let (objects, failures) = s.repo.coverage().await?;
+    Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], crate::page::render(&objects, &failures)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct FailureReport {
+    kernel_release: String,
+    arch: String,
+    version: String,
+    message: String,
+}
+
+/// `POST /v1/failures`: a builder reports a kernel it could not build.
+async fn report_failure(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(f): Json<FailureReport>,
+) -> ApiResult<Response> {
+    authorize(&s, &headers, Scope::Push).await?;
+    let arch: bpfarm_object::Arch =
+        f.arch.parse().map_err(|e: bpfarm_object::IdentityError| ApiError::bad_request(e.to_string()))?;
+    let id = Identity::new(&f.kernel_release, arch, &f.version)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "IDENTITY_INVALID", e.to_string()))?;
+    let message: String = f.message.chars().take(16 << 10).collect();
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let recorded = s.repo.record_failure(&id, &message, &now).await?;
+    // An identity that has an object is not failed; the report is ignored.
+    Ok((if recorded { StatusCode::CREATED } else { StatusCode::OK }, Json(serde_json::json!({ "recorded": recorded })))
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -233,3 +233,51 @@ pub fn token(data: &Path, name: &str, scope: &str) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_owned()
 }
+
+/// Headless Chromium, flags as this machine needs them (no sandbox as root,
+/// no background networking on a closed network), with a fresh profile.
+fn chromium(args: &[&str]) -> std::process::Output {
+    let exe = ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|n| {
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .map(|d| d.join(n))
+                .find(|p| p.is_file())
+        })
+        .expect("chromium is not installed (ci/install-deps installs it)");
+    let profile = tempfile::tempdir().expect("profile folder");
+    let out = Command::new(exe)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .output()
+        .expect("running chromium");
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// The page's DOM after its scripts ran, as Chromium serializes it.
+pub fn browser_dom(url: &str) -> String {
+    String::from_utf8(chromium(&["--virtual-time-budget=3000", "--dump-dom", url]).stdout).expect("DOM is UTF-8")
+}
+
+/// A PNG of the page as a person would see it.
+pub fn browser_screenshot(url: &str, png: &Path, width: u32, height: u32) {
+    chromium(&[
+        "--virtual-time-budget=3000",
+        "--hide-scrollbars",
+        &format!("--window-size={width},{height}"),
+        &format!("--screenshot={}", png.display()),
+        url,
+    ]);
+    assert!(png.is_file(), "no screenshot written");
+}
