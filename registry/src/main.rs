@@ -17,20 +17,26 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the HTTP API (/v1), the static layout and the health and metrics endpoints.
+    /// Serve the HTTP API (/v1), the coverage page (/), the static layout and the health and metrics endpoints.
+    ///
+    /// Settings come from flags, else environment variables, else --config,
+    /// else the defaults; only --data is needed.
     Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080", env = "BPFARM_REGISTRY_LISTEN")]
-        listen: String,
+        /// Address to listen on [default: 127.0.0.1:8080].
+        #[arg(long, env = "BPFARM_REGISTRY_LISTEN")]
+        listen: Option<String>,
         /// Data folder: index.sqlite and blobs/ (created if missing).
         #[arg(long, env = "BPFARM_REGISTRY_DATA")]
-        data: PathBuf,
-        /// Require a read token for downloads and lookups too.
-        #[arg(long, env = "BPFARM_REGISTRY_REQUIRE_READ_TOKEN")]
-        require_read_token: bool,
-        /// Largest object accepted, in bytes.
-        #[arg(long, default_value_t = 64 << 20, env = "BPFARM_REGISTRY_MAX_OBJECT_BYTES")]
-        max_object_bytes: u64,
+        data: Option<PathBuf>,
+        /// Require a read token for downloads, lookups and the page too.
+        #[arg(long, env = "BPFARM_REGISTRY_REQUIRE_READ_TOKEN", num_args = 0..=1, default_missing_value = "true")]
+        require_read_token: Option<bool>,
+        /// Largest object accepted, in bytes [default: 67108864].
+        #[arg(long, env = "BPFARM_REGISTRY_MAX_OBJECT_BYTES")]
+        max_object_bytes: Option<u64>,
+        /// A TOML file with any of: listen, data, require_read_token, max_object_bytes.
+        #[arg(long, value_name = "FILE", env = "BPFARM_REGISTRY_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Manage API tokens.
     #[command(subcommand)]
@@ -50,6 +56,16 @@ enum TokenCommand {
     },
 }
 
+/// `--config` file: the same settings as the flags.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data: Option<PathBuf>,
+    require_read_token: Option<bool>,
+    max_object_bytes: Option<u64>,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 enum ScopeArg {
     Push,
@@ -58,8 +74,24 @@ enum ScopeArg {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { listen, data, require_read_token, max_object_bytes } => {
-            let state = open(&data, Settings { require_read_token, max_object_bytes }).await?;
+        Command::Serve { listen, data, require_read_token, max_object_bytes, config } => {
+            let file: FileConfig = match &config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+                }
+                None => FileConfig::default(),
+            };
+            let defaults = Settings::default();
+            let listen = listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+            let data = data.or(file.data).context("no data folder: pass --data DIR (or data = \"...\" in --config)")?;
+            let settings = Settings {
+                require_read_token: require_read_token
+                    .or(file.require_read_token)
+                    .unwrap_or(defaults.require_read_token),
+                max_object_bytes: max_object_bytes.or(file.max_object_bytes).unwrap_or(defaults.max_object_bytes),
+            };
+            let state = open(&data, settings).await?;
             let listener =
                 tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
             // Tests and scripts wait for this line instead of sleeping.

@@ -417,10 +417,22 @@ async fn list(State(s): State<AppState>, Query(q): Query<ListQuery>, headers: He
     Ok(Json(Page { objects: rows.iter().map(view).collect(), next }))
 }
 
-/// `GET /v1/objects/{arch}/{version}/{release}`: the current object's metadata.
+#[derive(Debug, Deserialize)]
+struct LookupQuery {
+    /// The host kernel's `uname -v`.
+    uname_version: Option<String>,
+    /// The host kernel's config digest.
+    config_digest: Option<String>,
+}
+
+/// `GET /v1/objects/{arch}/{version}/{release}[?uname_version=&config_digest=]`:
+/// the current object's metadata. With the host's `uname -v` or config
+/// digest, an object recorded as built for a different build of the same
+/// release is not returned (facts the object lacks do not exclude it).
 async fn lookup(
     State(s): State<AppState>,
     Path((arch, version, release)): Path<(String, String, String)>,
+    Query(q): Query<LookupQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Json<ObjectView>> {
     authorize(&s, &headers, Scope::Read).await?;
@@ -431,6 +443,19 @@ async fn lookup(
         s.repo.current(&id.kernel_release, id.arch.uname(), &id.version).await?.ok_or_else(|| {
             ApiError::not_found(format!("no object for kernel {release} ({arch}), version {version}"))
         })?;
+    let meta = row.metadata();
+    if let (Some(want), Some(have)) = (&q.uname_version, &meta.kernel.uname_version)
+        && want != have
+    {
+        return Err(ApiError::not_found(format!(
+            "the object for {release} was built for kernel build {have:?}, not {want:?}"
+        )));
+    }
+    if let (Some(want), Some(have)) = (&q.config_digest, &meta.kernel.config_digest)
+        && want != have.as_str()
+    {
+        return Err(ApiError::not_found(format!("the object for {release} was built for config {have}, not {want}")));
+    }
     Ok(Json(view(&row)))
 }
 

@@ -96,6 +96,17 @@ async fn publish_is_idempotent_conflicts_are_refused_and_replacement_keeps_histo
     let (s, _, body) = call(&r, req("GET", "/v1/objects/x86_64/v0.1.0/6.1.0-56-amd64", None, vec![])).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(json(&body)["digest"], m2.digest.as_str());
+    // Narrowed by the host's kernel build: a matching or unknown fact finds
+    // it, a different build of the same release does not.
+    let base = "/v1/objects/x86_64/v0.1.0/6.1.0-56-amd64";
+    let (s, _, _) = call(&r, req("GET", &format!("{base}?uname_version=%231%20SMP%20Debian"), None, vec![])).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, body) = call(&r, req("GET", &format!("{base}?uname_version=%232%20SMP%20Other"), None, vec![])).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(json(&body)["message"].as_str().unwrap().contains("#1 SMP Debian"));
+    let (s, _, _) =
+        call(&r, req("GET", &format!("{base}?config_digest=sha256:{}", "0".repeat(64)), None, vec![])).await;
+    assert_eq!(s, StatusCode::OK, "the object records no config digest, so it is not excluded");
     // The replaced object's bytes are still stored (history).
     assert!(r.state.blobs.path(&m.digest).is_file());
 }

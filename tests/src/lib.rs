@@ -206,9 +206,14 @@ impl Drop for Registry {
 }
 
 pub fn serve(data: &Path) -> Registry {
+    serve_with(&["--listen", "127.0.0.1:0", "--data", data.to_str().expect("utf-8 path")])
+}
+
+/// `bpfarm-registry serve <args>`, waiting for its readiness line.
+pub fn serve_with(args: &[&str]) -> Registry {
     let mut child = Command::new(bin("bpfarm-registry"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
+        .arg("serve")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bpfarm_object::client::RegistryClient;
 use bpfarm_object::{Arch, Compiler, Digest, Identity, KernelFacts, ObjectMetadata};
-use bpfarm_tests::{serve, token};
+use bpfarm_tests::{serve, serve_with, token};
 
 fn meta(release: &str, bytes: &[u8]) -> ObjectMetadata {
     let identity = Identity::new(release, Arch::X86_64, "v0.1.0").unwrap();
@@ -120,4 +120,46 @@ fn load_500_concurrent_downloads_and_20_concurrent_publishes() {
     }
     let errors: Vec<String> = handles.into_iter().filter_map(|h| h.join().unwrap().err()).collect();
     assert!(errors.is_empty(), "{} errors: {:?}", errors.len(), &errors[..errors.len().min(5)]);
+}
+
+#[test]
+fn serve_takes_its_settings_from_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let push = token(&data, "ci", "push");
+    let config = dir.path().join("registry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata = \"{}\"\nmax_object_bytes = 1000\nrequire_read_token = true\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let reg = serve_with(&["--config", config.to_str().unwrap()]);
+    let client = RegistryClient::new(&reg.url, Some(push.clone()), Duration::from_secs(10));
+    let big = vec![1u8; 1001];
+    let e = client.publish(&meta("6.1.0-56-amd64", &big), &big, false).unwrap_err();
+    assert_eq!(e.status(), Some(413), "{e}");
+    let small = vec![1u8; 1000];
+    client.publish(&meta("6.1.0-56-amd64", &small), &small, false).unwrap();
+    // require_read_token from the file: anonymous reads are refused.
+    let anonymous = RegistryClient::new(&reg.url, None, Duration::from_secs(10));
+    assert_eq!(anonymous.lookup("6.1.0-56-amd64", "x86_64", "v0.1.0").unwrap_err().status(), Some(401));
+
+    // A flag wins over the file.
+    drop(reg);
+    let reg = serve_with(&["--config", config.to_str().unwrap(), "--require-read-token", "false"]);
+    let anonymous = RegistryClient::new(&reg.url, None, Duration::from_secs(10));
+    assert!(anonymous.lookup("6.1.0-56-amd64", "x86_64", "v0.1.0").unwrap().is_some());
+
+    // A typo in the file is an error that names it.
+    std::fs::write(&config, "lisen = \"x\"\n").unwrap();
+    let out = std::process::Command::new(bpfarm_tests::bin("bpfarm-registry"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("registry.toml") && err.contains("lisen"), "{err}");
 }
