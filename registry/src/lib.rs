@@ -6,6 +6,7 @@
 //! that touches blob files).
 
 pub mod blobs;
+pub mod export;
 pub mod page;
 pub mod publish;
 pub mod repo;

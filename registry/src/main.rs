@@ -41,6 +41,22 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Write the static layout (<version>/<arch>/<file>, .sha256, .json) as a
+    /// folder any plain HTTP server or CDN can serve; filters make a subset
+    /// for a mirror. Running it again only adds what is new.
+    Export {
+        #[arg(long, env = "BPFARM_REGISTRY_DATA")]
+        data: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Only these program versions (repeatable).
+        #[arg(long = "version")]
+        versions: Vec<String>,
+        /// Only these arches (repeatable): x86_64/amd64, aarch64/arm64.
+        #[arg(long = "arch")]
+        arches: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,6 +113,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // Tests and scripts wait for this line instead of sleeping.
             println!("listening on http://{}", listener.local_addr()?);
             axum::serve(listener, app(state)).with_graceful_shutdown(shutdown()).await?;
+            Ok(())
+        }
+        Command::Export { data, out, versions, arches } => {
+            for a in &arches {
+                a.parse::<bpfarm_object::Arch>()?;
+            }
+            let state = open(&data, Settings::default()).await?;
+            let n = bpfarm_registry::export::export(
+                &state.repo,
+                &state.blobs,
+                &out,
+                &bpfarm_registry::export::ExportFilter { versions, arches },
+            )
+            .await?;
+            println!("exported {n} objects to {}", out.display());
             Ok(())
         }
         Command::Token(TokenCommand::Create { data, name, scope }) => {

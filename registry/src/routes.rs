@@ -467,9 +467,13 @@ async fn static_file(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     authorize(&s, &headers, Scope::Read).await?;
-    let (name, sha_only) = match file.strip_suffix(".sha256") {
-        Some(n) => (n, true),
-        None => (file.as_str(), false),
+    // `<file>`, `<file>.sha256` or `<file>.json`, as an exported tree has them.
+    let (name, extra) = if let Some(n) = file.strip_suffix(".sha256") {
+        (n, Some("sha256"))
+    } else if let Some(n) = file.strip_suffix(".json") {
+        (n, Some("json"))
+    } else {
+        (file.as_str(), None)
     };
     let arch = arch.parse::<bpfarm_object::Arch>().map_err(|_| ApiError::not_found("no such arch"))?;
     let rows = s.repo.by_file_name(&version, arch.uname(), name).await?;
@@ -485,8 +489,12 @@ async fn static_file(
         }
     };
     let digest = parse_digest(&row.digest)?;
-    if sha_only {
-        return Ok(([(header::CONTENT_TYPE, "text/plain")], format!("{}  {name}\n", digest.hex())).into_response());
+    match extra {
+        Some("sha256") => {
+            return Ok(([(header::CONTENT_TYPE, "text/plain")], format!("{}  {name}\n", digest.hex())).into_response());
+        }
+        Some(_) => return Ok(Json(row.metadata()).into_response()),
+        None => {}
     }
     serve_blob(&s, &digest, &headers, false).await
 }

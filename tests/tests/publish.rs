@@ -56,6 +56,36 @@ fn builder_publishes_to_a_real_registry_and_skips_what_it_holds() {
     let sum = String::from_utf8(ureq_get(&format!("{}/v0.1.0/x86_64/{name}.sha256", reg.url))).unwrap();
     assert!(sum.starts_with(meta.digest.hex()));
 
+    // The exported tree holds the same files the static layout serves.
+    let tree = dir.path().join("tree");
+    let out = Command::new(bin("bpfarm-registry"))
+        .args(["export", "--arch", "amd64", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&tree)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("exported 1 objects"));
+    let exported = tree.join("v0.1.0/x86_64");
+    assert_eq!(std::fs::read(exported.join(&name)).unwrap(), local);
+    assert_eq!(std::fs::read_to_string(exported.join(format!("{name}.sha256"))).unwrap(), sum);
+    let exported_meta: bpfarm_object::ObjectMetadata =
+        serde_json::from_slice(&std::fs::read(exported.join(format!("{name}.json"))).unwrap()).unwrap();
+    assert_eq!(exported_meta, meta);
+    let served_meta: bpfarm_object::ObjectMetadata =
+        serde_json::from_slice(&ureq_get(&format!("{}/v0.1.0/x86_64/{name}.json", reg.url))).unwrap();
+    assert_eq!(served_meta, meta);
+    // A subset for another arch holds nothing.
+    let out = Command::new(bin("bpfarm-registry"))
+        .args(["export", "--arch", "arm64", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("arm"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("exported 0 objects"));
+
     // Bytes the registry holds are skipped before any push, so a read token
     // is enough for an unchanged rebuild...
     let (out, r) = build_and_publish(dir.path(), &reg.url, &read);
