@@ -36,19 +36,164 @@ pub enum Published {
     Skipped,
 }
 
+/// What a registry said about an identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Found(Box<ObjectMetadata>),
+    /// A bpfarm registry answered: it has no such object.
+    NotFound(String),
+    /// The server does not speak bpfarm's `/v1` API (a plain static server).
+    NoApi,
+}
+
+/// An object fetched from a static layout, verified against its `.sha256`.
+#[derive(Debug, Clone)]
+pub struct StaticObject {
+    pub bytes: Vec<u8>,
+    pub digest: Digest,
+    /// The `.json` beside it, when the server has one.
+    pub metadata: Option<ObjectMetadata>,
+}
+
 #[derive(Debug, Clone)]
 pub struct RegistryClient {
     base: String,
     token: Option<String>,
+    headers: Vec<(String, String)>,
     agent: ureq::Agent,
+    /// Attempts per request on transport errors and 5xx (with backoff).
+    attempts: u32,
+    deadline: Option<std::time::Instant>,
 }
 
 impl RegistryClient {
-    /// `base` like `http://127.0.0.1:8080` (a trailing `/` is fine).
+    /// `base` like `http://127.0.0.1:8080` (a trailing `/` is fine). Proxy
+    /// variables (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`) are
+    /// honoured.
     pub fn new(base: &str, token: Option<String>, timeout: Duration) -> Self {
-        let agent: ureq::Agent =
-            ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
-        Self { base: base.trim_end_matches('/').to_owned(), token, agent }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .proxy(ureq::Proxy::try_from_env())
+            .build()
+            .into();
+        Self { base: base.trim_end_matches('/').to_owned(), token, headers: Vec::new(), agent, attempts: 1, deadline: None }
+    }
+
+    /// Extra headers on every request (e.g. a CDN's auth header).
+    pub fn with_headers(mut self, headers: Vec<(String, String)>) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Retry transport errors and 5xx answers up to `attempts` times in all,
+    /// backing off 200 ms, 400 ms, …, never past `deadline`.
+    pub fn with_retries(mut self, attempts: u32, deadline: std::time::Instant) -> Self {
+        self.attempts = attempts.max(1);
+        self.deadline = Some(deadline);
+        self
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// GET with auth, extra headers and retries; returns status and body.
+    fn get_bytes(&self, url: &str) -> Result<(u16, Vec<u8>), ClientError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut req = self.agent.get(url);
+            if let Some(t) = &self.token {
+                req = req.header("Authorization", &format!("Bearer {t}"));
+            }
+            for (k, v) in &self.headers {
+                req = req.header(k, v);
+            }
+            let result = req.call().and_then(|mut r| {
+                let status = r.status().as_u16();
+                r.body_mut().with_config().limit(256 << 20).read_to_vec().map(|b| (status, b))
+            });
+            let retry = match &result {
+                Ok((status, _)) => *status >= 500,
+                Err(_) => true,
+            };
+            let backoff = Duration::from_millis(200 << (attempt - 1).min(5));
+            let time_left = self.deadline.is_none_or(|d| std::time::Instant::now() + backoff < d);
+            if !retry || attempt >= self.attempts || !time_left {
+                return result.map_err(|source| ClientError::Transport { url: url.to_owned(), source });
+            }
+            std::thread::sleep(backoff);
+        }
+    }
+
+    /// Looks an identity up through the `/v1` API, narrowed by the host's
+    /// `uname -v` when given, telling "no such object" from "no API here".
+    pub fn lookup_on(
+        &self,
+        release: &str,
+        arch: &str,
+        version: &str,
+        uname_version: Option<&str>,
+    ) -> Result<Lookup, ClientError> {
+        let mut url = self.url(&format!("/v1/objects/{arch}/{version}/{}", encode(release)));
+        if let Some(v) = uname_version {
+            url += &format!("?uname_version={}", encode(v));
+        }
+        let (status, body) = self.get_bytes(&url)?;
+        let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+        let message = |j: Option<serde_json::Value>| j.and_then(|j| j["message"].as_str().map(str::to_owned));
+        match status {
+            200 => serde_json::from_slice(&body)
+                .map(|m| Lookup::Found(Box::new(m)))
+                .map_err(|e| ClientError::Http { url, status, message: format!("unreadable metadata: {e}") }),
+            404 if json.as_ref().is_some_and(|j| j["error"] == "NOT_FOUND") => {
+                Ok(Lookup::NotFound(message(json).unwrap_or_default()))
+            }
+            404 | 405 => Ok(Lookup::NoApi),
+            _ => Err(ClientError::Http { url, status, message: message(json).unwrap_or_else(|| format!("HTTP {status}")) }),
+        }
+    }
+
+    /// Fetches `<base>/<version>/<arch>/<file>` and its `.sha256` (and
+    /// `.json` if there), and checks the bytes against the `.sha256`.
+    /// `Ok(None)` when the layout has no such file.
+    pub fn fetch_static(&self, version: &str, arch: &str, file_name: &str) -> Result<Option<StaticObject>, ClientError> {
+        let base = self.url(&format!("/{version}/{arch}/{}", encode(file_name)));
+        let sum_url = format!("{base}.sha256");
+        let (status, sum) = self.get_bytes(&sum_url)?;
+        if status == 404 {
+            return Ok(None);
+        }
+        if status != 200 {
+            return Err(ClientError::Http { url: sum_url, status, message: format!("HTTP {status}") });
+        }
+        let hex = String::from_utf8_lossy(&sum).split_whitespace().next().unwrap_or("").to_owned();
+        let digest: Digest = format!("sha256:{hex}")
+            .parse()
+            .map_err(|e: crate::DigestError| ClientError::Http { url: sum_url, status, message: e.to_string() })?;
+        let (status, bytes) = self.get_bytes(&base)?;
+        if status != 200 {
+            return Err(ClientError::Http { url: base, status, message: format!("HTTP {status} for an object whose .sha256 exists") });
+        }
+        let actual = Digest::of_bytes(&bytes);
+        if actual != digest {
+            return Err(ClientError::Http {
+                url: base,
+                status,
+                message: format!("received bytes hash to {actual}, the .sha256 says {digest}"),
+            });
+        }
+        let json_url = format!("{base}.json");
+        let metadata = match self.get_bytes(&json_url)? {
+            (200, b) => Some(serde_json::from_slice(&b).map_err(|e| ClientError::Http {
+                url: json_url,
+                status: 200,
+                message: format!("unreadable metadata: {e}"),
+            })?),
+            _ => None,
+        };
+        Ok(Some(StaticObject { bytes, digest, metadata }))
     }
 
     fn url(&self, path: &str) -> String {
@@ -156,4 +301,18 @@ impl RegistryClient {
         }
         Ok(bytes)
     }
+}
+
+/// Percent-encodes what a path segment or query value cannot hold as is
+/// (`+` in releases, spaces and `#` in `uname -v`).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
