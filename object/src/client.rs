@@ -277,20 +277,10 @@ impl RegistryClient {
     /// Downloads a blob and checks it against `digest` before returning it.
     pub fn download(&self, digest: &Digest) -> Result<Vec<u8>, ClientError> {
         let url = self.url(&format!("/v1/blobs/{digest}"));
-        let mut req = self.agent.get(&url);
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
+        let (status, bytes) = self.get_bytes(&url)?;
+        if status >= 400 {
+            return Err(ClientError::Http { url, status, message: format!("download failed (HTTP {status})") });
         }
-        let mut resp = req.call().map_err(|source| ClientError::Transport { url: url.clone(), source })?;
-        if resp.status().as_u16() >= 400 {
-            return Err(ClientError::Http { url, status: resp.status().as_u16(), message: "download failed".into() });
-        }
-        let bytes = resp
-            .body_mut()
-            .with_config()
-            .limit(256 << 20)
-            .read_to_vec()
-            .map_err(|source| ClientError::Transport { url: url.clone(), source })?;
         let actual = Digest::of_bytes(&bytes);
         if &actual != digest {
             return Err(ClientError::Http {
