@@ -77,7 +77,14 @@ impl RegistryClient {
             .proxy(ureq::Proxy::try_from_env())
             .build()
             .into();
-        Self { base: base.trim_end_matches('/').to_owned(), token, headers: Vec::new(), agent, attempts: 1, deadline: None }
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            headers: Vec::new(),
+            agent,
+            attempts: 1,
+            deadline: None,
+        }
     }
 
     /// Extra headers on every request (e.g. a CDN's auth header).
@@ -144,21 +151,32 @@ impl RegistryClient {
         let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
         let message = |j: Option<serde_json::Value>| j.and_then(|j| j["message"].as_str().map(str::to_owned));
         match status {
-            200 => serde_json::from_slice(&body)
-                .map(|m| Lookup::Found(Box::new(m)))
-                .map_err(|e| ClientError::Http { url, status, message: format!("unreadable metadata: {e}") }),
+            200 => serde_json::from_slice(&body).map(|m| Lookup::Found(Box::new(m))).map_err(|e| ClientError::Http {
+                url,
+                status,
+                message: format!("unreadable metadata: {e}"),
+            }),
             404 if json.as_ref().is_some_and(|j| j["error"] == "NOT_FOUND") => {
                 Ok(Lookup::NotFound(message(json).unwrap_or_default()))
             }
             404 | 405 => Ok(Lookup::NoApi),
-            _ => Err(ClientError::Http { url, status, message: message(json).unwrap_or_else(|| format!("HTTP {status}")) }),
+            _ => Err(ClientError::Http {
+                url,
+                status,
+                message: message(json).unwrap_or_else(|| format!("HTTP {status}")),
+            }),
         }
     }
 
     /// Fetches `<base>/<version>/<arch>/<file>` and its `.sha256` (and
     /// `.json` if there), and checks the bytes against the `.sha256`.
     /// `Ok(None)` when the layout has no such file.
-    pub fn fetch_static(&self, version: &str, arch: &str, file_name: &str) -> Result<Option<StaticObject>, ClientError> {
+    pub fn fetch_static(
+        &self,
+        version: &str,
+        arch: &str,
+        file_name: &str,
+    ) -> Result<Option<StaticObject>, ClientError> {
         let base = self.url(&format!("/{version}/{arch}/{}", encode(file_name)));
         let sum_url = format!("{base}.sha256");
         let (status, sum) = self.get_bytes(&sum_url)?;
@@ -169,12 +187,18 @@ impl RegistryClient {
             return Err(ClientError::Http { url: sum_url, status, message: format!("HTTP {status}") });
         }
         let hex = String::from_utf8_lossy(&sum).split_whitespace().next().unwrap_or("").to_owned();
-        let digest: Digest = format!("sha256:{hex}")
-            .parse()
-            .map_err(|e: crate::DigestError| ClientError::Http { url: sum_url, status, message: e.to_string() })?;
+        let digest: Digest = format!("sha256:{hex}").parse().map_err(|e: crate::DigestError| ClientError::Http {
+            url: sum_url,
+            status,
+            message: e.to_string(),
+        })?;
         let (status, bytes) = self.get_bytes(&base)?;
         if status != 200 {
-            return Err(ClientError::Http { url: base, status, message: format!("HTTP {status} for an object whose .sha256 exists") });
+            return Err(ClientError::Http {
+                url: base,
+                status,
+                message: format!("HTTP {status} for an object whose .sha256 exists"),
+            });
         }
         let actual = Digest::of_bytes(&bytes);
         if actual != digest {

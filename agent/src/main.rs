@@ -1,0 +1,231 @@
+//! `bpfarm-agent`: resolve this host's tracer object, then load it and
+//! stream events (`run`), or only show (`locate`), fetch or build it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use bpfarm_agent::resolve::{self, BuildPolicy, Mode, ResolveConfig};
+use bpfarm_agent::run::{self, Filters, Output, RunConfig};
+use bpfarm_object::{Arch, Identity};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bpfarm-agent",
+    version,
+    about = "Find, fetch and verify (or build) this kernel's tracer object, load it and stream events"
+)]
+#[command(
+    after_help = "Search order: TRACEE_BPF_FILE (file or folder), the agent's own folder, --install-path, each --registry in turn, then a local build if --build-policy allows (headers from KERN_HEADERS, /lib/modules/<release>/build, or the running kernel's BTF)."
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// never: find or fetch, never compile; if-needed: build when nothing is found; always: build even when an object exists.
+    #[arg(long, value_enum, default_value = "if-needed", global = true, env = "BPFARM_BUILD_POLICY")]
+    build_policy: BuildPolicy,
+    /// Where fetched and built objects are installed (and looked for).
+    #[arg(long, default_value = "/tmp/tracee", global = true, value_name = "DIR")]
+    install_path: PathBuf,
+    /// A registry to fetch from: a bpfarm registry (its /v1 API) or any HTTP
+    /// server with the static layout. Repeatable, tried in order.
+    #[arg(long = "registry", global = true, value_name = "URL")]
+    registries: Vec<String>,
+    /// An extra header for registry requests, K:V. Repeatable.
+    #[arg(long = "registry-header", global = true, value_name = "K:V", value_parser = parse_header)]
+    registry_headers: Vec<(String, String)>,
+    /// Read token for registries that require one.
+    #[arg(long, global = true, env = "BPFARM_REGISTRY_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    registry_token: Option<String>,
+    /// Resolve for this kernel release instead of `uname -r` (diagnostics).
+    #[arg(long, global = true, value_name = "RELEASE")]
+    kernel_release: Option<String>,
+    /// Program version to look for [default: this agent's tracer version].
+    #[arg(long = "obj-version", global = true, value_name = "VERSION")]
+    obj_version: Option<String>,
+    /// Bound on all registry requests of one resolution, in seconds.
+    #[arg(long, default_value_t = 30, global = true, value_name = "SECONDS")]
+    timeout: u64,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once(':').ok_or_else(|| format!("{s:?} is not K:V"))?;
+    if k.trim().is_empty() {
+        return Err(format!("{s:?} has an empty header name"));
+    }
+    Ok((k.trim().to_owned(), v.trim().to_owned()))
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Resolve the object, load it and stream events until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Print where the object would come from, without loading, fetching or building.
+    Locate {
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Fetch from the registries only and install (for baking images).
+    Fetch,
+    /// Build locally only and install (needs clang; no privileges).
+    Build,
+    /// List the events the tracer reports.
+    ListEvents,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// table (default on a terminal) or json (one object per line).
+    #[arg(long, value_enum)]
+    output: Option<Output>,
+    /// Only events of these commands (repeatable).
+    #[arg(long)]
+    comm: Vec<String>,
+    /// Only events of these process ids (repeatable).
+    #[arg(long)]
+    pid: Vec<u32>,
+    /// Only events of these user ids (repeatable).
+    #[arg(long)]
+    uid: Vec<u32>,
+    /// Only these events (repeatable): exec, exit, fork, open, connect, creds.
+    #[arg(long = "event", value_parser = clap::builder::PossibleValuesParser::new(["exec", "exit", "fork", "open", "connect", "creds"]))]
+    events: Vec<String>,
+    /// Copy each executed binary into <install-path>/out/, deduplicated by content.
+    #[arg(long, value_enum)]
+    capture: Option<Capture>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Capture {
+    Exec,
+}
+
+fn resolve_config(c: &Common) -> anyhow::Result<ResolveConfig> {
+    let (running_release, kernel) =
+        bpfarm_builder::kernel::running().context("reading the running kernel's release")?;
+    let release = c.kernel_release.clone().unwrap_or_else(|| running_release.clone());
+    let arch = Arch::host().context("this machine's arch is not one bpfarm builds for")?;
+    let version = match &c.obj_version {
+        Some(v) => v.clone(),
+        None => bpfarm_builder::program::ProgramSources::embedded().version()?,
+    };
+    let running = release == running_release;
+    Ok(ResolveConfig {
+        identity: Identity::new(&release, arch, &version)?,
+        kernel: if running { kernel } else { Default::default() },
+        bpf_file: std::env::var_os("TRACEE_BPF_FILE").filter(|v| !v.is_empty()).map(PathBuf::from),
+        exe_dir: std::env::current_exe().ok().and_then(|e| e.parent().map(|p| p.to_owned())),
+        install_path: c.install_path.clone(),
+        registries: c.registries.clone(),
+        registry_headers: c.registry_headers.clone(),
+        registry_token: c.registry_token.clone(),
+        policy: c.build_policy,
+        kern_headers: std::env::var_os("KERN_HEADERS").filter(|v| !v.is_empty()).map(PathBuf::from),
+        running_kernel: running,
+        timeout: Duration::from_secs(c.timeout),
+    })
+}
+
+fn print_trail(trail: &[resolve::Step]) {
+    for s in trail {
+        eprintln!("  {}: {}", s.place, s.outcome);
+    }
+}
+
+fn main_inner(cli: Cli) -> anyhow::Result<()> {
+    if let Command::ListEvents = cli.command {
+        for (name, what) in bpfarm_agent::events::EVENTS {
+            println!("{name:<8} {what}");
+        }
+        println!("(every event also has ts_ns, pid, tid, ppid, uid, gid, comm)");
+        return Ok(());
+    }
+    let cfg = resolve_config(&cli.common)?;
+    match cli.command {
+        Command::Locate { output } => {
+            let r = resolve::resolve(&cfg, Mode::Locate);
+            match output {
+                Output::Json => {
+                    let v = match &r {
+                        Ok(res) => serde_json::to_value(res)?,
+                        Err(e) => serde_json::json!({ "error": e.to_string(), "trail": e.trail() }),
+                    };
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+                Output::Table => {
+                    println!(
+                        "kernel {} ({}), version {}: {}",
+                        cfg.identity.kernel_release,
+                        cfg.identity.arch,
+                        cfg.identity.version,
+                        cfg.identity.file_name()
+                    );
+                    let trail = match &r {
+                        Ok(res) => &res.trail,
+                        Err(e) => e.trail(),
+                    };
+                    for s in trail {
+                        println!("  {}: {}", s.place, s.outcome);
+                    }
+                    match &r {
+                        Ok(res) if res.would.is_some() => {
+                            println!("would load {} after: {}", res.path.display(), res.would.as_deref().unwrap_or(""))
+                        }
+                        Ok(res) => println!("would load {}", res.path.display()),
+                        Err(_) => println!("nothing to load"),
+                    }
+                }
+            }
+            r.map(|_| ()).map_err(|e| anyhow::anyhow!("{}", e.to_string().lines().next().unwrap_or("")))
+        }
+        Command::Fetch | Command::Build => {
+            let mode = if matches!(cli.command, Command::Fetch) { Mode::FetchOnly } else { Mode::BuildOnly };
+            let res = resolve::resolve(&cfg, mode)?;
+            print_trail(&res.trail);
+            println!("{}", res.path.display());
+            Ok(())
+        }
+        Command::Run(a) => {
+            let res = resolve::resolve(&cfg, Mode::Run)?;
+            eprintln!("bpfarm-agent: using {} ({:?})", res.path.display(), res.source);
+            print_trail(&res.trail);
+            let output = a.output.unwrap_or_else(|| {
+                if std::io::IsTerminal::is_terminal(&std::io::stdout()) { Output::Table } else { Output::Json }
+            });
+            run::run(&RunConfig {
+                object: res.path,
+                output,
+                filters: Filters { comm: a.comm, pid: a.pid, uid: a.uid, events: a.events },
+                duration: a.duration.map(Duration::from_secs_f64),
+                capture_dir: a.capture.map(|_| cfg.install_path.join("out")),
+            })
+        }
+        Command::ListEvents => unreachable!("handled above"),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BPFARM_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match main_inner(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bpfarm-agent: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Loading the object and streaming its events: capability check, load and
+//! attach with libbpf, the ring-buffer loop until SIGINT/SIGTERM (or
+//! `--duration`), output, filters, `--capture exec` and the summary.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bpfarm_builder::program::OPTIONAL_PROGRAMS;
+use libbpf_rs::MapCore;
+
+use crate::events::{self, Detail, Event};
+
+/// The capabilities loading needs that this process lacks; empty if none.
+pub fn missing_capabilities() -> Vec<&'static str> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| u64::from_str_radix(v.trim(), 16).unwrap_or(0)))
+        })
+        .unwrap_or(0);
+    let has = |c: u32| eff & (1u64 << c) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return vec![];
+    }
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) {
+        missing.push("CAP_PERFMON");
+    }
+    missing.push("(or CAP_SYS_ADMIN instead of both)");
+    missing
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Filters {
+    pub comm: Vec<String>,
+    pub pid: Vec<u32>,
+    pub uid: Vec<u32>,
+    pub events: Vec<String>,
+}
+
+impl Filters {
+    fn keep(&self, e: &Event) -> bool {
+        (self.comm.is_empty() || self.comm.contains(&e.comm))
+            && (self.pid.is_empty() || self.pid.contains(&e.pid))
+            && (self.uid.is_empty() || self.uid.contains(&e.uid))
+            && (self.events.is_empty() || self.events.iter().any(|n| n == e.name()))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub object: PathBuf,
+    pub output: Output,
+    pub filters: Filters,
+    pub duration: Option<Duration>,
+    /// `--capture exec`: copy executed binaries here.
+    pub capture_dir: Option<PathBuf>,
+}
+
+/// Whether this process shares the host's (initial) PID namespace.
+fn in_host_pid_namespace() -> bool {
+    // The initial PID namespace's inode is fixed: PROC_PID_INIT_INO.
+    std::fs::read_link("/proc/self/ns/pid").map(|l| l.to_string_lossy() == "pid:[4026531836]").unwrap_or(true)
+}
+
+/// Copies the executable of an exec event into `dir`, deduplicated by
+/// content hash. Returns the copy's path when it is new.
+fn capture(dir: &Path, e: &Event) -> Option<PathBuf> {
+    let Detail::Exec { filename } = &e.detail else { return None };
+    // /proc/<pid>/exe works even when the path was relative or is gone;
+    // the process may have exited already, then the path is tried.
+    let bytes = std::fs::read(format!("/proc/{}/exe", e.pid)).or_else(|_| std::fs::read(filename)).ok()?;
+    let digest = bpfarm_object::Digest::of_bytes(&bytes);
+    let base =
+        Path::new(filename).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "exe".into());
+    let dest = dir.join(format!("{}.{}", &digest.hex()[..16], base));
+    if dest.exists() {
+        return None;
+    }
+    let tmp = dir.join(format!(".tmp-{}", digest.hex()));
+    std::fs::write(&tmp, &bytes).ok()?;
+    std::fs::rename(&tmp, &dest).ok()?;
+    Some(dest)
+}
+
+/// Loads, attaches, streams until stopped; prints the summary on stderr.
+pub fn run(cfg: &RunConfig) -> anyhow::Result<()> {
+    let missing = missing_capabilities();
+    if !missing.is_empty() {
+        bail!(
+            "loading eBPF needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN; this process lacks: {}",
+            missing.join(", ")
+        );
+    }
+    bpfarm_builder::validate::route_libbpf_logs();
+    let open = libbpf_rs::ObjectBuilder::default()
+        .open_file(&cfg.object)
+        .with_context(|| format!("opening {}", cfg.object.display()))?;
+    let obj = open.load().with_context(|| format!("the kernel refused to load {}", cfg.object.display()))?;
+    let mut links = Vec::new();
+    let mut skipped = Vec::new();
+    for prog in obj.progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        match prog.attach() {
+            Ok(link) => links.push((name, link)),
+            Err(e) if OPTIONAL_PROGRAMS.contains(&name.as_str()) => skipped
+                .push(format!("{name}: optional kprobe program, this kernel cannot attach it (no kprobes?): {e}")),
+            Err(e) => skipped.push(format!("{name}: {e}")),
+        }
+    }
+    if links.is_empty() {
+        bail!("no program attached: {}", skipped.join("; "));
+    }
+    let names: Vec<&str> = links.iter().map(|(n, _)| n.as_str()).collect();
+    // Tests and scripts wait for this line.
+    eprintln!("bpfarm-agent: attached {} programs: {}", links.len(), names.join(", "));
+    for s in &skipped {
+        eprintln!("bpfarm-agent: skipped {s}");
+    }
+    if let Some(dir) = &cfg.capture_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if !in_host_pid_namespace() {
+            eprintln!(
+                "bpfarm-agent: warning: not in the host PID namespace; --capture exec cannot read host processes' executables"
+            );
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone()).context("installing the SIGINT handler")?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())
+        .context("installing the SIGTERM handler")?;
+
+    let stdout = std::io::stdout();
+    let mut out = std::io::LineWriter::new(stdout.lock());
+    if cfg.output == Output::Table {
+        let _ = writeln!(
+            out,
+            "{:<15} {:<8} {:>7} {:>7} {:>6} {:<16} DETAILS",
+            "TIME(s)", "EVENT", "PID", "PPID", "UID", "COMM"
+        );
+    }
+    let counts: std::cell::RefCell<BTreeMap<&'static str, u64>> = Default::default();
+    let captured: std::cell::RefCell<HashSet<PathBuf>> = Default::default();
+    let sink = std::cell::RefCell::new(out);
+    let events_map = obj.maps().find(|m| m.name() == "events").context("the object has no events map")?;
+    let mut rb = libbpf_rs::RingBufferBuilder::new();
+    rb.add(&events_map, |data: &[u8]| {
+        let Some(e) = events::decode(data) else { return 0 };
+        if !cfg.filters.keep(&e) {
+            return 0;
+        }
+        *counts.borrow_mut().entry(e.name()).or_default() += 1;
+        let mut out = sink.borrow_mut();
+        let _ = match cfg.output {
+            Output::Json => writeln!(out, "{}", serde_json::to_string(&e).expect("event serializes")),
+            Output::Table => writeln!(
+                out,
+                "{:<15.6} {:<8} {:>7} {:>7} {:>6} {:<16} {}",
+                e.ts_ns as f64 / 1e9,
+                e.name(),
+                e.pid,
+                e.ppid,
+                e.uid,
+                e.comm,
+                e.details()
+            ),
+        };
+        if let Some(dir) = &cfg.capture_dir
+            && let Some(p) = capture(dir, &e)
+        {
+            captured.borrow_mut().insert(p);
+        }
+        0
+    })?;
+    let rb = rb.build()?;
+    let started = Instant::now();
+    while !stop.load(Ordering::Relaxed) && cfg.duration.is_none_or(|d| started.elapsed() < d) {
+        match rb.poll(Duration::from_millis(100)) {
+            Ok(()) => {}
+            // A signal interrupting the poll is how we are asked to stop.
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("polling the ring buffer"),
+        }
+    }
+    rb.consume()?;
+    drop(rb);
+    let lost = lost_events(&obj);
+    let counts = counts.into_inner();
+    let seen: u64 = counts.values().sum();
+    let by_kind: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    eprintln!(
+        "bpfarm-agent: {seen} events ({}), {lost} lost, in {:.1}s{}",
+        if by_kind.is_empty() { "none".into() } else { by_kind.join(", ") },
+        started.elapsed().as_secs_f64(),
+        if cfg.capture_dir.is_some() {
+            format!("; {} executables captured", captured.borrow().len())
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+/// Sum over CPUs of the events the ring buffer had no room for.
+fn lost_events(obj: &libbpf_rs::Object) -> u64 {
+    let Some(map) = obj.maps().find(|m| m.name() == "lost_events") else { return 0 };
+    map.lookup_percpu(&0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+        .ok()
+        .flatten()
+        .map(|cpus| {
+            cpus.iter().filter_map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))).sum()
+        })
+        .unwrap_or(0)
+}
