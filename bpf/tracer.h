@@ -79,4 +79,33 @@ struct bpfarm_creds_event {
 	__u32 new_gid;
 };
 
+/* The offsets the agent decodes (agent/src/events.rs mirrors them, and a
+ * test there compares its table with these lines). Every build, for every
+ * kernel and both arches, fails if the layout drifts from them. */
+#define BPFARM_AT(type, field, off) \
+	_Static_assert(__builtin_offsetof(struct type, field) == off, #type "." #field " must be at byte " #off)
+BPFARM_AT(bpfarm_event_header, ts_ns, 0);
+BPFARM_AT(bpfarm_event_header, type, 8);
+BPFARM_AT(bpfarm_event_header, pid, 12);
+BPFARM_AT(bpfarm_event_header, tid, 16);
+BPFARM_AT(bpfarm_event_header, ppid, 20);
+BPFARM_AT(bpfarm_event_header, uid, 24);
+BPFARM_AT(bpfarm_event_header, gid, 28);
+BPFARM_AT(bpfarm_event_header, comm, 32);
+BPFARM_AT(bpfarm_exec_event, filename, 48);
+BPFARM_AT(bpfarm_exit_event, exit_code, 48);
+BPFARM_AT(bpfarm_exit_event, signal, 52);
+BPFARM_AT(bpfarm_fork_event, child_pid, 48);
+BPFARM_AT(bpfarm_fork_event, child_tid, 52);
+BPFARM_AT(bpfarm_open_event, dfd, 48);
+BPFARM_AT(bpfarm_open_event, flags, 52);
+BPFARM_AT(bpfarm_open_event, mode, 56);
+BPFARM_AT(bpfarm_open_event, path, 64);
+BPFARM_AT(bpfarm_connect_event, fd, 48);
+BPFARM_AT(bpfarm_connect_event, family, 52);
+BPFARM_AT(bpfarm_connect_event, port, 54);
+BPFARM_AT(bpfarm_connect_event, addr, 56);
+BPFARM_AT(bpfarm_creds_event, new_uid, 48);
+BPFARM_AT(bpfarm_creds_event, new_gid, 52);
+
 #endif /* BPFARM_TRACER_H */

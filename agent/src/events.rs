@@ -79,13 +79,71 @@ impl Event {
     }
 }
 
+/// Byte offsets in a record, by C struct and field: the table `tracer.h`
+/// asserts with `BPFARM_AT(...)` (a test compares the two).
+pub const LAYOUT: [(&str, &str, usize); 23] = [
+    ("bpfarm_event_header", "ts_ns", TS_NS),
+    ("bpfarm_event_header", "type", TYPE),
+    ("bpfarm_event_header", "pid", PID),
+    ("bpfarm_event_header", "tid", TID),
+    ("bpfarm_event_header", "ppid", PPID),
+    ("bpfarm_event_header", "uid", UID),
+    ("bpfarm_event_header", "gid", GID),
+    ("bpfarm_event_header", "comm", COMM),
+    ("bpfarm_exec_event", "filename", EXEC_FILENAME),
+    ("bpfarm_exit_event", "exit_code", EXIT_CODE),
+    ("bpfarm_exit_event", "signal", EXIT_SIGNAL),
+    ("bpfarm_fork_event", "child_pid", FORK_CHILD_PID),
+    ("bpfarm_fork_event", "child_tid", FORK_CHILD_TID),
+    ("bpfarm_open_event", "dfd", OPEN_DFD),
+    ("bpfarm_open_event", "flags", OPEN_FLAGS),
+    ("bpfarm_open_event", "mode", OPEN_MODE),
+    ("bpfarm_open_event", "path", OPEN_PATH),
+    ("bpfarm_connect_event", "fd", CONNECT_FD),
+    ("bpfarm_connect_event", "family", CONNECT_FAMILY),
+    ("bpfarm_connect_event", "port", CONNECT_PORT),
+    ("bpfarm_connect_event", "addr", CONNECT_ADDR),
+    ("bpfarm_creds_event", "new_uid", CREDS_UID),
+    ("bpfarm_creds_event", "new_gid", CREDS_GID),
+];
+
+const TS_NS: usize = 0;
+const TYPE: usize = 8;
+const PID: usize = 12;
+const TID: usize = 16;
+const PPID: usize = 20;
+const UID: usize = 24;
+const GID: usize = 28;
+const COMM: usize = 32;
+const EXEC_FILENAME: usize = 48;
+const EXIT_CODE: usize = 48;
+const EXIT_SIGNAL: usize = 52;
+const FORK_CHILD_PID: usize = 48;
+const FORK_CHILD_TID: usize = 52;
+const OPEN_DFD: usize = 48;
+const OPEN_FLAGS: usize = 52;
+const OPEN_MODE: usize = 56;
+const OPEN_PATH: usize = 64;
+const CONNECT_FD: usize = 48;
+const CONNECT_FAMILY: usize = 52;
+const CONNECT_PORT: usize = 54;
+const CONNECT_ADDR: usize = 56;
+const CREDS_UID: usize = 48;
+const CREDS_GID: usize = 52;
+
+fn u16_at(b: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(off..off + 2)?.try_into().ok()?))
+}
+
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
 }
 
-fn cstr(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+/// A NUL-terminated string starting at `off`, at most `max` bytes.
+fn cstr_at(b: &[u8], off: usize, max: usize) -> Option<String> {
+    let s = b.get(off..(off + max).min(b.len()))?;
+    let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
+    Some(String::from_utf8_lossy(&s[..end]).into_owned())
 }
 
 /// Decodes one ring-buffer record; `None` for a short or unknown record.
@@ -93,41 +151,37 @@ pub fn decode(b: &[u8]) -> Option<Event> {
     if b.len() < HEADER_LEN {
         return None;
     }
-    let body = &b[HEADER_LEN..];
-    let detail = match u32_at(b, 8)? {
-        1 => Detail::Exec { filename: cstr(body.get(..PATH_LEN.min(body.len()))?) },
-        2 => Detail::Exit { exit_code: u32_at(body, 0)? as i32, signal: u32_at(body, 4)? },
-        3 => Detail::Fork { child_pid: u32_at(body, 0)?, child_tid: u32_at(body, 4)? },
+    let detail = match u32_at(b, TYPE)? {
+        1 => Detail::Exec { filename: cstr_at(b, EXEC_FILENAME, PATH_LEN)? },
+        2 => Detail::Exit { exit_code: u32_at(b, EXIT_CODE)? as i32, signal: u32_at(b, EXIT_SIGNAL)? },
+        3 => Detail::Fork { child_pid: u32_at(b, FORK_CHILD_PID)?, child_tid: u32_at(b, FORK_CHILD_TID)? },
         4 => Detail::Open {
-            dfd: u32_at(body, 0)? as i32,
-            flags: u32_at(body, 4)?,
-            mode: u32_at(body, 8)?,
-            path: cstr(body.get(16..)?),
+            dfd: u32_at(b, OPEN_DFD)? as i32,
+            flags: u32_at(b, OPEN_FLAGS)?,
+            mode: u32_at(b, OPEN_MODE)?,
+            path: cstr_at(b, OPEN_PATH, PATH_LEN)?,
         },
         5 => {
-            let fd = u32_at(body, 0)? as i32;
-            let family = u16::from_le_bytes(body.get(4..6)?.try_into().ok()?);
-            let port = u16::from_le_bytes(body.get(6..8)?.try_into().ok()?);
-            let a = body.get(8..24)?;
-            let (family, address) = match family {
+            let a = b.get(CONNECT_ADDR..CONNECT_ADDR + 16)?;
+            let (family, address) = match u16_at(b, CONNECT_FAMILY)? {
                 2 => ("inet", std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string()),
                 10 => ("inet6", std::net::Ipv6Addr::from(<[u8; 16]>::try_from(a).ok()?).to_string()),
                 _ => return None,
             };
-            Detail::Connect { fd, family, address, port }
+            Detail::Connect { fd: u32_at(b, CONNECT_FD)? as i32, family, address, port: u16_at(b, CONNECT_PORT)? }
         }
-        6 => Detail::Creds { new_uid: u32_at(body, 0)?, new_gid: u32_at(body, 4)? },
+        6 => Detail::Creds { new_uid: u32_at(b, CREDS_UID)?, new_gid: u32_at(b, CREDS_GID)? },
         _ => return None,
     };
     Some(Event {
         detail,
-        ts_ns: u64::from_le_bytes(b[0..8].try_into().ok()?),
-        pid: u32_at(b, 12)?,
-        tid: u32_at(b, 16)?,
-        ppid: u32_at(b, 20)?,
-        uid: u32_at(b, 24)?,
-        gid: u32_at(b, 28)?,
-        comm: cstr(&b[32..32 + COMM_LEN]),
+        ts_ns: u64::from_le_bytes(b.get(TS_NS..TS_NS + 8)?.try_into().ok()?),
+        pid: u32_at(b, PID)?,
+        tid: u32_at(b, TID)?,
+        ppid: u32_at(b, PPID)?,
+        uid: u32_at(b, UID)?,
+        gid: u32_at(b, GID)?,
+        comm: cstr_at(b, COMM, COMM_LEN)?,
     })
 }
 
@@ -143,6 +197,24 @@ mod tests {
         b[20..24].copy_from_slice(&1u32.to_le_bytes());
         b[32..36].copy_from_slice(b"true");
         b
+    }
+
+    /// The decoder's table is exactly what tracer.h asserts at compile time.
+    #[test]
+    fn layout_matches_tracer_h() {
+        let header = include_str!("../../bpf/tracer.h");
+        let asserted: Vec<(String, String, usize)> = header
+            .lines()
+            .filter_map(|l| {
+                let args = l.trim().strip_prefix("BPFARM_AT(")?.strip_suffix(");")?;
+                let mut it = args.split(',').map(str::trim);
+                Some((it.next()?.to_owned(), it.next()?.to_owned(), it.next()?.parse().ok()?))
+            })
+            .collect();
+        let mine: Vec<(String, String, usize)> =
+            LAYOUT.iter().map(|(s, f, o)| (s.to_string(), f.to_string(), *o)).collect();
+        assert_eq!(asserted, mine);
+        assert_eq!(HEADER_LEN, EXEC_FILENAME);
     }
 
     #[test]

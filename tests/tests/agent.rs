@@ -1,0 +1,377 @@
+//! The agent end to end: the builder builds for the running kernel, a real
+//! registry (or a plain static server) serves it, and `bpfarm-agent` finds,
+//! fetches, verifies, loads and reports events — or refuses, per policy.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bpfarm_object::{Digest, object_file_name};
+use bpfarm_tests::{Registry, ToolShim, bin, privileged, serve, token};
+
+fn release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned()
+}
+
+fn name() -> String {
+    object_file_name(&release(), "v0.1.0")
+}
+
+/// The running kernel's object built into `dir/out/x86_64/`.
+fn build(dir: &Path) -> PathBuf {
+    let out = Command::new(bin("bpfarm-builder"))
+        .args(["build", "--running-kernel", "--no-progress", "--cache-dir"])
+        .arg(dir.join("cache"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir.join("out/x86_64").join(name())
+}
+
+/// A registry holding the running kernel's object.
+fn registry_with_object(dir: &Path) -> (Registry, PathBuf) {
+    let data = dir.join("registry");
+    let push = token(&data, "ci", "push");
+    let reg = serve(&data);
+    let object = build(dir);
+    let out = Command::new(bin("bpfarm-builder"))
+        .args(["build", "--running-kernel", "--no-progress", "--publish", &reg.url, "--token", &push, "--cache-dir"])
+        .arg(dir.join("cache"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    (reg, object)
+}
+
+fn agent(install: &Path) -> Command {
+    let mut c = Command::new(bin("bpfarm-agent"));
+    c.arg("--install-path").arg(install).env_remove("TRACEE_BPF_FILE").env_remove("KERN_HEADERS");
+    c
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn never_policy_fetches_verifies_loads_and_reports_an_exec() {
+    if !privileged("never_policy_fetches_verifies_loads_and_reports_an_exec") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (reg, object) = registry_with_object(dir.path());
+    let install = dir.path().join("install");
+    let shim = ToolShim::new(&["clang", "llc", "bpftool"]);
+    let mut child = agent(&install)
+        .args([
+            "--build-policy",
+            "never",
+            "--registry",
+            &reg.url,
+            "run",
+            "--output",
+            "json",
+            "--event",
+            "exec",
+            "--duration",
+            "30",
+        ])
+        .env("PATH", shim.path_env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Readiness: the agent says what it attached.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "agent ended before attaching:\n{seen}");
+        seen += &line;
+        if line.contains("attached") {
+            break;
+        }
+    }
+    assert!(seen.contains("(Registry)"), "{seen}");
+    // A process of our own, with a path nothing else runs.
+    let marker = dir.path().join("bpfarm-e2e-marker");
+    std::fs::copy("/bin/true", &marker).unwrap();
+    let mut m = Command::new(&marker).spawn().unwrap();
+    let pid = m.id();
+    m.wait().unwrap();
+
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut found = None;
+    for line in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).expect("one JSON object per line");
+        if v["event"] == "exec" && v["pid"] == pid {
+            found = Some(v);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no exec event for pid {pid}");
+    }
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let e = found.expect("exec event");
+    assert_eq!(e["filename"], marker.to_str().unwrap());
+    assert_eq!(e["comm"], "bpfarm-e2e-mark");
+    assert!(e["ppid"].as_u64().unwrap() > 0 && e["uid"] == 0, "{e}");
+    assert!(status.success(), "agent exit {status:?}: {rest}");
+    assert!(rest.contains("events (exec"), "no summary: {rest}");
+    // Installed, verified, and no compiler ran.
+    assert_eq!(std::fs::read(install.join(name())).unwrap(), std::fs::read(&object).unwrap());
+    assert!(install.join(format!("{}.json", name())).is_file());
+    assert_eq!(shim.compiles(), Vec::<String>::new());
+}
+
+#[test]
+fn never_with_registry_down_fails_fast_names_every_place_and_runs_no_compiler() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port with nothing behind it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let shim = ToolShim::new(&["clang", "llc", "bpftool"]);
+    let started = Instant::now();
+    let out = agent(&dir.path().join("install"))
+        .args(["--build-policy", "never", "--registry", &url, "--timeout", "5", "run"])
+        .env("PATH", shim.path_env())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for place in
+        ["TRACEE_BPF_FILE", "beside the agent", "install path", &format!("registry {url}"), "--build-policy never"]
+    {
+        assert!(err.contains(place), "{place} not named:\n{err}");
+    }
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert!(shim.calls().is_empty(), "a tool ran under never: {:?}", shim.calls());
+}
+
+#[test]
+fn tampered_registry_bytes_are_refused_and_nothing_is_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reg, object) = registry_with_object(dir.path());
+    let digest = Digest::of_bytes(&std::fs::read(&object).unwrap());
+    // Someone alters the stored blob behind the registry's back.
+    let blob = dir.path().join("registry/blobs/sha256").join(&digest.hex()[..2]).join(digest.hex());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+    let install = dir.path().join("install");
+    let out = agent(&install).args(["--build-policy", "never", "--registry", &reg.url, "fetch"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused"), "{}", show(&out));
+    assert!(!install.join(name()).exists(), "a tampered object was installed");
+}
+
+/// `python3 -m http.server` over a folder: a plain static server.
+struct StaticServer(std::process::Child, String);
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn static_server(root: &Path) -> StaticServer {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "http.server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    StaticServer(child, format!("http://127.0.0.1:{port}"))
+}
+
+#[test]
+fn a_plain_static_server_serves_agents_and_altered_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_reg, object) = registry_with_object(dir.path());
+    let tree = dir.path().join("tree");
+    let out = Command::new(bin("bpfarm-registry"))
+        .args(["export", "--data"])
+        .arg(dir.path().join("registry"))
+        .arg("--out")
+        .arg(&tree)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let server = static_server(&tree);
+    // The first registry is down, the second is the static server: order holds.
+    let install = dir.path().join("install");
+    let out = agent(&install)
+        .args(["--registry", "http://127.0.0.1:1", "--registry", &server.1, "--timeout", "10", "fetch"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(std::fs::read(install.join(name())).unwrap(), std::fs::read(&object).unwrap());
+
+    // Alter the file on the static server: the .sha256 no longer matches.
+    let served = tree.join("v0.1.0/x86_64").join(name());
+    let mut bytes = std::fs::read(&served).unwrap();
+    bytes[200] ^= 1;
+    std::fs::write(&served, bytes).unwrap();
+    let install2 = dir.path().join("install2");
+    let out = agent(&install2).args(["--registry", &server.1, "fetch"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the .sha256 says"), "{}", show(&out));
+    assert!(!install2.join(name()).exists());
+}
+
+#[test]
+fn a_half_written_object_in_the_install_path_is_never_picked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reg, object) = registry_with_object(dir.path());
+    let install = dir.path().join("install");
+    std::fs::create_dir_all(&install).unwrap();
+    let full = std::fs::read(&object).unwrap();
+    std::fs::write(install.join(name()), &full[..full.len() / 2]).unwrap();
+    std::fs::copy(object.with_file_name(format!("{}.json", name())), install.join(format!("{}.json", name()))).unwrap();
+    let out = agent(&install).args(["--build-policy", "never", "locate", "--output", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["error"].is_string(), "{v:#}");
+    assert!(v["trail"].to_string().contains("does not verify"), "{v:#}");
+    // With a registry, the agent fetches the good one over it.
+    let out = agent(&install).args(["--build-policy", "never", "--registry", &reg.url, "fetch"]).output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(std::fs::read(install.join(name())).unwrap(), full);
+}
+
+#[test]
+fn search_order_bpf_file_exe_dir_and_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let object = build(dir.path());
+    let install = dir.path().join("install");
+
+    // TRACEE_BPF_FILE set to a folder without the object: an error, not a fall-through.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = agent(&install).env("TRACEE_BPF_FILE", &empty).arg("locate").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("TRACEE_BPF_FILE"), "{}", show(&out));
+    // ...and set to the object itself, it wins.
+    let out = agent(&install).env("TRACEE_BPF_FILE", &object).args(["locate", "--output", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["source"], "bpf-file", "{v:#}");
+
+    // An object beside the executable wins over the install path.
+    let exe_dir = dir.path().join("bin");
+    std::fs::create_dir(&exe_dir).unwrap();
+    let exe = exe_dir.join("bpfarm-agent");
+    std::fs::copy(bin("bpfarm-agent"), &exe).unwrap();
+    std::fs::copy(&object, exe_dir.join(name())).unwrap();
+    std::fs::create_dir_all(&install).unwrap();
+    std::fs::copy(&object, install.join(name())).unwrap();
+    std::fs::copy(object.with_file_name(format!("{}.json", name())), install.join(format!("{}.json", name()))).unwrap();
+    let out = Command::new(&exe)
+        .arg("--install-path")
+        .arg(&install)
+        .args(["locate", "--output", "json"])
+        .env_remove("TRACEE_BPF_FILE")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["source"], "exe-dir", "{v:#}");
+    std::fs::remove_file(exe_dir.join(name())).unwrap();
+    let out = Command::new(&exe)
+        .arg("--install-path")
+        .arg(&install)
+        .args(["locate", "--output", "json"])
+        .env_remove("TRACEE_BPF_FILE")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["source"], "install-path", "{v:#}");
+
+    // always: builds even though the install path has a good object.
+    let shim = ToolShim::new(&["clang", "llc", "bpftool"]);
+    let out =
+        agent(&install).args(["--build-policy", "always", "build"]).env("PATH", shim.path_env()).output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(!shim.compiles().is_empty(), "always did not run a compiler");
+    let out = agent(&install).args(["--build-policy", "always", "locate", "--output", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["source"], "local-build", "{v:#}");
+
+    // An invalid policy is rejected, naming the valid ones.
+    let out = agent(&install).args(["--build-policy", "sometimes", "locate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sometimes") && err.contains("never") && err.contains("if-needed") && err.contains("always"),
+        "{err}"
+    );
+}
+
+#[test]
+fn capture_exec_copies_executed_binaries_once() {
+    if !privileged("capture_exec_copies_executed_binaries_once") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let object = build(dir.path());
+    let install = dir.path().join("install");
+    let mut child = agent(&install)
+        .env("TRACEE_BPF_FILE", &object)
+        .args(["run", "--capture", "exec", "--event", "exec", "--output", "json", "--duration", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "agent ended before attaching");
+        if line.contains("attached") {
+            break;
+        }
+    }
+    let marker = dir.path().join("bpfarm-capture-marker");
+    std::fs::copy("/bin/true", &marker).unwrap();
+    for _ in 0..3 {
+        Command::new(&marker).status().unwrap();
+    }
+    let out_dir = install.join("out");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let copies = || -> Vec<PathBuf> {
+        std::fs::read_dir(&out_dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.to_string_lossy().ends_with(".bpfarm-capture-marker"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    while copies().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(child.wait().unwrap().success());
+    let found = copies();
+    assert_eq!(found.len(), 1, "three runs of one binary make one copy: {found:?}");
+    assert_eq!(std::fs::read(&found[0]).unwrap(), std::fs::read("/bin/true").unwrap());
+}
