@@ -375,3 +375,139 @@ fn capture_exec_copies_executed_binaries_once() {
     assert_eq!(found.len(), 1, "three runs of one binary make one copy: {found:?}");
     assert_eq!(std::fs::read(&found[0]).unwrap(), std::fs::read("/bin/true").unwrap());
 }
+
+#[test]
+fn kern_headers_builds_for_another_release_like_the_builder() {
+    // KERN_HEADERS pointing at a real Debian build tree (with its `source`
+    // link), resolving for that kernel instead of the running one.
+    let dir = tempfile::tempdir().unwrap();
+    let debs = bpfarm_tests::fixture_debs();
+    let cache = dir.path().join("cache");
+    let out = Command::new(bin("bpfarm-builder"))
+        .args(["build", "--no-progress", "--headers"])
+        .arg(bpfarm_tests::deb(&debs, "linux-headers-6.1.0-56-amd64"))
+        .arg("--headers")
+        .arg(bpfarm_tests::deb(&debs, "linux-headers-6.1.0-56-common"))
+        .arg("--headers")
+        .arg(bpfarm_tests::deb(&debs, "linux-kbuild-6.1"))
+        .arg("--cache-dir")
+        .arg(&cache)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let find = |suffix: &str| -> PathBuf {
+        std::fs::read_dir(cache.join("trees"))
+            .unwrap()
+            .flatten()
+            .find_map(|e| {
+                std::fs::read_dir(e.path().join("usr/src"))
+                    .ok()?
+                    .flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.to_string_lossy().ends_with(suffix))
+            })
+            .unwrap()
+    };
+    let build = dir.path().join("build");
+    let status = Command::new("cp").arg("-r").arg(find("linux-headers-6.1.0-56-amd64")).arg(&build).status().unwrap();
+    assert!(status.success());
+    std::os::unix::fs::symlink(find("linux-headers-6.1.0-56-common"), build.join("source")).unwrap();
+    let install = dir.path().join("install");
+    let out = agent(&install)
+        .env("KERN_HEADERS", &build)
+        .args(["--kernel-release", "6.1.0-56-amd64", "build"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KERN_HEADERS="), "{}", show(&out));
+    let name = object_file_name("6.1.0-56-amd64", "v0.1.0");
+    assert_eq!(
+        std::fs::read(install.join(&name)).unwrap(),
+        std::fs::read(dir.path().join("out/x86_64").join(&name)).unwrap()
+    );
+    // Headers for another kernel than the one asked for are refused.
+    let out = agent(&dir.path().join("install2"))
+        .env("KERN_HEADERS", &build)
+        .args(["--kernel-release", "6.1.0-55-amd64", "build"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("headers are for kernel 6.1.0-56-amd64"), "{}", show(&out));
+}
+
+#[test]
+fn missing_capabilities_are_named_before_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let object = build(dir.path());
+    // Root, but with every capability dropped from the bounding set: what a
+    // locked-down container or an unprivileged user has.
+    let out = Command::new("setpriv")
+        .args(["--bounding-set", "-all", "--inh-caps", "-all", "--"])
+        .arg(bin("bpfarm-agent"))
+        .arg("--install-path")
+        .arg(dir.path().join("install"))
+        .args(["run", "--duration", "1"])
+        .env("TRACEE_BPF_FILE", &object)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CAP_BPF") && err.contains("CAP_PERFMON") && err.contains("CAP_SYS_ADMIN"), "{err}");
+    // locate needs no privileges.
+    let out = Command::new("setpriv")
+        .args(["--bounding-set", "-all", "--inh-caps", "-all", "--"])
+        .arg(bin("bpfarm-agent"))
+        .args(["locate"])
+        .env("TRACEE_BPF_FILE", &object)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+}
+
+#[test]
+fn registry_headers_reach_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("registry");
+    let push = token(&data, "ci", "push");
+    let read = token(&data, "fleet", "read");
+    let reg = bpfarm_tests::serve_with(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--require-read-token",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    build(dir.path());
+    let out = Command::new(bin("bpfarm-builder"))
+        .args(["build", "--running-kernel", "--no-progress", "--publish", &reg.url, "--token", &push, "--cache-dir"])
+        .arg(dir.path().join("cache"))
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    // Without credentials the registry refuses, and the agent says so.
+    let out = agent(&dir.path().join("a"))
+        .args(["--build-policy", "never", "--registry", &reg.url, "fetch"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read token is required"), "{}", show(&out));
+    // The same header a CDN or proxy would need, passed through as given.
+    let out = agent(&dir.path().join("b"))
+        .args([
+            "--build-policy",
+            "never",
+            "--registry",
+            &reg.url,
+            "--registry-header",
+            &format!("Authorization: Bearer {read}"),
+            "fetch",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(dir.path().join("b").join(name()).is_file());
+}
