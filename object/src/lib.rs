@@ -7,6 +7,7 @@ pub mod client;
 pub mod digest;
 pub mod identity;
 pub mod metadata;
+pub mod oci;
 
 pub use digest::{Digest, DigestError, Sha256Writer};
 pub use identity::{Arch, Identity, IdentityError, object_file_name};
