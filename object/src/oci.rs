@@ -30,7 +30,11 @@ pub const CREATED: &str = "1970-01-01T00:00:00Z";
 /// when `collides`, cut and suffixed with `-` + 12 hex of sha256 of the
 /// exact pair. Tags are never parsed back.
 pub fn tag(release: &str, version: &str, collides: bool) -> String {
-    let sanitise = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect::<String>();
+    let sanitise = |s: &str| {
+        s.chars()
+            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+            .collect::<String>()
+    };
     let plain = format!("{}.{}", sanitise(release), sanitise(version));
     if plain.len() <= 128 && !collides {
         return plain;
@@ -75,7 +79,14 @@ pub fn manifest(meta: &ObjectMetadata) -> Vec<u8> {
 /// An index for (release, version) with one manifest per arch: `existing`
 /// (a previous index's bytes, if any) merged with `arch`'s new manifest, so
 /// that publishing one arch never drops another.
-pub fn index(release: &str, version: &str, existing: Option<&[u8]>, arch: Arch, manifest_digest: &Digest, manifest_size: u64) -> Vec<u8> {
+pub fn index(
+    release: &str,
+    version: &str,
+    existing: Option<&[u8]>,
+    arch: Arch,
+    manifest_digest: &Digest,
+    manifest_size: u64,
+) -> Vec<u8> {
     let mut manifests: Vec<Value> = existing
         .and_then(|b| serde_json::from_slice::<Value>(b).ok())
         .and_then(|v| v["manifests"].as_array().cloned())
@@ -83,8 +94,11 @@ pub fn index(release: &str, version: &str, existing: Option<&[u8]>, arch: Arch, 
         .into_iter()
         .filter(|m| m["platform"]["architecture"] != oci_arch(arch))
         .collect();
+    // No `artifactType` in the index or its descriptors (the manifests carry
+    // it): older OCI tooling (containers/image in Debian's skopeo 1.9) drops
+    // unknown descriptor fields, so it could not copy such an index with its
+    // digest preserved.
     let mut d = descriptor(MANIFEST_MEDIA_TYPE, manifest_digest, manifest_size);
-    d["artifactType"] = json!(ARTIFACT_TYPE);
     d["platform"] = json!({ "architecture": oci_arch(arch), "os": "linux" });
     manifests.push(d);
     // Arch order is fixed so the index bytes do not depend on publish order.
@@ -92,7 +106,6 @@ pub fn index(release: &str, version: &str, existing: Option<&[u8]>, arch: Arch, 
     let v = json!({
         "schemaVersion": 2,
         "mediaType": INDEX_MEDIA_TYPE,
-        "artifactType": ARTIFACT_TYPE,
         "manifests": manifests,
         "annotations": { ANN_RELEASE: release, ANN_VERSION: version, ANN_CREATED: CREATED }
     });
@@ -147,7 +160,12 @@ mod tests {
         let i1 = index("5.15.0-91-generic", "v0.1.0", None, Arch::Aarch64, &db, b.len() as u64);
         let i2 = index("5.15.0-91-generic", "v0.1.0", Some(&i1), Arch::X86_64, &da, a.len() as u64);
         let v: Value = serde_json::from_slice(&i2).unwrap();
-        let arches: Vec<&str> = v["manifests"].as_array().unwrap().iter().map(|m| m["platform"]["architecture"].as_str().unwrap()).collect();
+        let arches: Vec<&str> = v["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["platform"]["architecture"].as_str().unwrap())
+            .collect();
         assert_eq!(arches, ["amd64", "arm64"]);
         // Publishing in the other order gives the same index bytes.
         let j1 = index("5.15.0-91-generic", "v0.1.0", None, Arch::X86_64, &da, a.len() as u64);

@@ -40,7 +40,75 @@ impl BlobStore {
             tokio::fs::remove_dir_all(&tmp).await?;
         }
         tokio::fs::create_dir_all(&tmp).await?;
+        // OCI upload sessions span requests, so they live beside tmp/ and
+        // are expired by age rather than wiped at start.
+        tokio::fs::create_dir_all(root.join("uploads")).await?;
         Ok(Self { root })
+    }
+
+    /// Where an OCI upload session's bytes accumulate.
+    pub fn upload_path(&self, id: &str) -> PathBuf {
+        self.root.join("uploads").join(id)
+    }
+
+    /// Stores bytes already in memory (manifests), verified like any blob.
+    pub async fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, BlobError> {
+        let d = Digest::of_bytes(bytes);
+        if self.size(&d).await.is_none() {
+            let chunk: Result<bytes::Bytes, std::io::Error> = Ok(bytes::Bytes::copy_from_slice(bytes));
+            self.put(&d, futures_util::stream::iter([chunk]), u64::MAX).await?;
+        }
+        Ok(d)
+    }
+
+    /// Appends a streamed body to an upload session; returns the new size.
+    /// The session never exceeds `limit` bytes.
+    pub async fn append<S, E>(&self, id: &str, mut body: S, limit: u64) -> Result<u64, BlobError>
+    where
+        S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut file = tokio::fs::OpenOptions::new().append(true).open(self.upload_path(id)).await?;
+        let mut len = file.metadata().await?.len();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
+            len += chunk.len() as u64;
+            if len > limit {
+                return Err(BlobError::TooLarge { limit });
+            }
+            file.write_all(&chunk).await?;
+        }
+        file.flush().await?;
+        Ok(len)
+    }
+
+    /// Finishes an upload: the session's bytes become the blob `expected`
+    /// only if they hash to it (then fsync and rename, as for `put`).
+    pub async fn adopt(&self, id: &str, expected: &Digest) -> Result<u64, BlobError> {
+        use tokio::io::AsyncReadExt;
+        let path = self.upload_path(id);
+        let mut file = tokio::fs::File::open(&path).await?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut len = 0u64;
+        loop {
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            len += n as u64;
+        }
+        let actual = Digest::from_raw(hasher.finalize().into());
+        if &actual != expected {
+            return Err(BlobError::DigestMismatch { expected: expected.clone(), actual });
+        }
+        file.sync_all().await?;
+        let dest = self.path(expected);
+        tokio::fs::create_dir_all(dest.parent().expect("blob has a parent")).await?;
+        tokio::fs::rename(&path, &dest).await?;
+        tokio::fs::File::open(dest.parent().expect("parent")).await?.sync_all().await?;
+        Ok(len)
     }
 
     pub fn path(&self, d: &Digest) -> PathBuf {

@@ -7,6 +7,7 @@
 
 pub mod blobs;
 pub mod export;
+pub mod oci;
 pub mod page;
 pub mod publish;
 pub mod repo;

@@ -34,7 +34,10 @@ enum Command {
         /// Largest object accepted, in bytes [default: 67108864].
         #[arg(long, env = "BPFARM_REGISTRY_MAX_OBJECT_BYTES")]
         max_object_bytes: Option<u64>,
-        /// A TOML file with any of: listen, data, require_read_token, max_object_bytes.
+        /// OCI namespace of the objects published through /v1 (<namespace>/tracee-bpf) [default: bpfarm].
+        #[arg(long, env = "BPFARM_REGISTRY_OCI_NAMESPACE")]
+        oci_namespace: Option<String>,
+        /// A TOML file with any of: listen, data, require_read_token, max_object_bytes, oci_namespace.
         #[arg(long, value_name = "FILE", env = "BPFARM_REGISTRY_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -80,6 +83,7 @@ struct FileConfig {
     data: Option<PathBuf>,
     require_read_token: Option<bool>,
     max_object_bytes: Option<u64>,
+    oci_namespace: Option<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -90,7 +94,7 @@ enum ScopeArg {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { listen, data, require_read_token, max_object_bytes, config } => {
+        Command::Serve { listen, data, require_read_token, max_object_bytes, oci_namespace, config } => {
             let file: FileConfig = match &config {
                 Some(path) => {
                     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -106,6 +110,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .or(file.require_read_token)
                     .unwrap_or(defaults.require_read_token),
                 max_object_bytes: max_object_bytes.or(file.max_object_bytes).unwrap_or(defaults.max_object_bytes),
+                oci_namespace: oci_namespace.or(file.oci_namespace).unwrap_or_else(|| defaults.oci_namespace.clone()),
+                ..defaults.clone()
             };
             let state = open(&data, settings).await?;
             let listener =

@@ -10,6 +10,21 @@ use crate::blobs::BlobStore;
 use crate::repo::Repo;
 use crate::routes::ApiError;
 
+/// Publishes through `/v1` and writes the object's OCI form, so both faces
+/// show it.
+pub async fn publish_both(
+    s: &crate::AppState,
+    meta: &ObjectMetadata,
+    replace: bool,
+) -> Result<(StatusCode, &'static str), ApiError> {
+    let answer = publish(&s.repo, &s.blobs, meta, replace).await?;
+    crate::oci::mirror_object(s, meta).await.map_err(|e| {
+        tracing::error!("writing the OCI form of {}: {e:?}", meta.file_name);
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "published, but writing its OCI form failed")
+    })?;
+    Ok(answer)
+}
+
 pub async fn publish(
     repo: &Repo,
     blobs: &BlobStore,

@@ -262,3 +262,208 @@ impl Repo {
         sqlx::query_as("SELECT hash, scope FROM tokens").fetch_all(&self.reader).await
     }
 }
+
+/// One stored OCI manifest.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OciManifest {
+    pub digest: String,
+    pub media_type: String,
+    pub size: i64,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<String>,
+}
+
+/// The OCI face: links, manifests, tags, upload sessions.
+impl Repo {
+    pub async fn oci_link(&self, repo: &str, digest: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT OR IGNORE INTO oci_blob_links (repo, digest) VALUES (?, ?)")
+            .bind(repo)
+            .bind(digest)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn oci_linked(&self, repo: &str, digest: &str) -> Result<bool, sqlx::Error> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM oci_blob_links WHERE repo = ? AND digest = ?")
+            .bind(repo)
+            .bind(digest)
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(n > 0)
+    }
+
+    pub async fn oci_unlink(&self, repo: &str, digest: &str) -> Result<bool, sqlx::Error> {
+        Ok(sqlx::query("DELETE FROM oci_blob_links WHERE repo = ? AND digest = ?")
+            .bind(repo)
+            .bind(digest)
+            .execute(&self.writer)
+            .await?
+            .rows_affected()
+            > 0)
+    }
+
+    /// Stores a manifest row (its bytes are a blob) and, if given, points a tag at it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn oci_put_manifest(
+        &self,
+        repo: &str,
+        digest: &str,
+        media_type: &str,
+        size: i64,
+        artifact_type: Option<&str>,
+        subject: Option<&str>,
+        annotations: Option<&str>,
+        tag: Option<&str>,
+        now: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO oci_manifests (repo, digest, media_type, size, artifact_type, subject, annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (repo, digest) DO UPDATE SET media_type = excluded.media_type",
+        )
+        .bind(repo)
+        .bind(digest)
+        .bind(media_type)
+        .bind(size)
+        .bind(artifact_type)
+        .bind(subject)
+        .bind(annotations)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT OR IGNORE INTO oci_blob_links (repo, digest) VALUES (?, ?)")
+            .bind(repo)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(tag) = tag {
+            sqlx::query("INSERT INTO oci_tags (repo, tag, digest) VALUES (?, ?, ?) ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest")
+                .bind(repo)
+                .bind(tag)
+                .bind(digest)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    /// A manifest by digest, or by tag when `reference` is not a digest.
+    pub async fn oci_manifest(&self, repo: &str, reference: &str) -> Result<Option<OciManifest>, sqlx::Error> {
+        let digest: Option<String> = if reference.starts_with("sha256:") {
+            Some(reference.to_owned())
+        } else {
+            sqlx::query_scalar("SELECT digest FROM oci_tags WHERE repo = ? AND tag = ?")
+                .bind(repo)
+                .bind(reference)
+                .fetch_optional(&self.reader)
+                .await?
+        };
+        let Some(digest) = digest else { return Ok(None) };
+        sqlx::query_as("SELECT digest, media_type, size, artifact_type, annotations FROM oci_manifests WHERE repo = ? AND digest = ?")
+            .bind(repo)
+            .bind(digest)
+            .fetch_optional(&self.reader)
+            .await
+    }
+
+    /// Deletes a manifest (and the tags pointing at it), or just a tag.
+    pub async fn oci_delete_manifest(&self, repo: &str, reference: &str) -> Result<bool, sqlx::Error> {
+        let mut tx = self.writer.begin().await?;
+        let n = if reference.starts_with("sha256:") {
+            sqlx::query("DELETE FROM oci_tags WHERE repo = ? AND digest = ?")
+                .bind(repo)
+                .bind(reference)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM oci_manifests WHERE repo = ? AND digest = ?")
+                .bind(repo)
+                .bind(reference)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+        } else {
+            sqlx::query("DELETE FROM oci_tags WHERE repo = ? AND tag = ?")
+                .bind(repo)
+                .bind(reference)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+        };
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    pub async fn oci_tags(&self, repo: &str, last: &str, n: i64) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT tag FROM oci_tags WHERE repo = ? AND tag > ? ORDER BY tag LIMIT ?")
+            .bind(repo)
+            .bind(last)
+            .bind(n)
+            .fetch_all(&self.reader)
+            .await
+    }
+
+    pub async fn oci_repo_exists(&self, repo: &str) -> Result<bool, sqlx::Error> {
+        let n: i64 = sqlx::query_scalar("SELECT (SELECT COUNT(*) FROM oci_manifests WHERE repo = ?) + (SELECT COUNT(*) FROM oci_blob_links WHERE repo = ?)")
+            .bind(repo)
+            .bind(repo)
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(n > 0)
+    }
+
+    pub async fn oci_catalog(&self, last: &str, n: i64) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT DISTINCT repo FROM oci_manifests WHERE repo > ? ORDER BY repo LIMIT ?")
+            .bind(last)
+            .bind(n)
+            .fetch_all(&self.reader)
+            .await
+    }
+
+    /// Manifests whose subject is `digest`, optionally of one artifact type.
+    pub async fn oci_referrers(
+        &self,
+        repo: &str,
+        digest: &str,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<OciManifest>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT digest, media_type, size, artifact_type, annotations FROM oci_manifests
+             WHERE repo = ? AND subject = ? AND (? IS NULL OR artifact_type = ?) ORDER BY digest",
+        )
+        .bind(repo)
+        .bind(digest)
+        .bind(artifact_type)
+        .bind(artifact_type)
+        .fetch_all(&self.reader)
+        .await
+    }
+
+    pub async fn oci_upload_start(&self, id: &str, repo: &str, now: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO oci_uploads (id, repo, started_at) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(repo)
+            .bind(now)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// The repository of an open upload session.
+    pub async fn oci_upload(&self, id: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT repo FROM oci_uploads WHERE id = ?").bind(id).fetch_optional(&self.reader).await
+    }
+
+    pub async fn oci_upload_end(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM oci_uploads WHERE id = ?").bind(id).execute(&self.writer).await?;
+        Ok(())
+    }
+
+    /// Removes sessions started before `before` and returns their ids.
+    pub async fn oci_expire_uploads(&self, before: i64) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("DELETE FROM oci_uploads WHERE started_at < ? RETURNING id")
+            .bind(before)
+            .fetch_all(&self.writer)
+            .await
+    }
+}

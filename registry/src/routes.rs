@@ -27,11 +27,23 @@ pub struct Settings {
     pub require_read_token: bool,
     /// Largest object accepted, in bytes.
     pub max_object_bytes: u64,
+    /// Largest blob accepted through the OCI API, in bytes.
+    pub max_blob_bytes: u64,
+    /// `/v1` objects appear in OCI as `<namespace>/tracee-bpf`.
+    pub oci_namespace: String,
+    /// Unfinished OCI upload sessions older than this are removed.
+    pub upload_ttl: std::time::Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { require_read_token: false, max_object_bytes: 64 << 20 }
+        Self {
+            require_read_token: false,
+            max_object_bytes: 64 << 20,
+            max_blob_bytes: 2 << 30,
+            oci_namespace: "bpfarm".into(),
+            upload_ttl: std::time::Duration::from_secs(3600),
+        }
     }
 }
 
@@ -77,6 +89,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into() }
     }
@@ -133,6 +151,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/objects", post(publish).get(list))
         .route("/v1/objects/{arch}/{version}/{release}", get(lookup))
         .route("/{version}/{arch}/{file}", get(static_file))
+        .route("/v2/", get(crate::oci::base))
+        .route("/v2", get(crate::oci::base))
+        .route("/v2/{*rest}", axum::routing::any(crate::oci::dispatch))
         // Blob bodies are limited (and streamed) by the handler itself.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
@@ -226,7 +247,12 @@ async fn get_blob(
 
 /// Sends a blob with Content-Length, its digest, ETag, If-None-Match and a
 /// single `Range`.
-async fn serve_blob(s: &AppState, digest: &Digest, headers: &HeaderMap, head_only: bool) -> ApiResult<Response> {
+pub(crate) async fn serve_blob(
+    s: &AppState,
+    digest: &Digest,
+    headers: &HeaderMap,
+    head_only: bool,
+) -> ApiResult<Response> {
     let path = s.blobs.path(digest);
     let mut file = tokio::fs::File::open(&path)
         .await
@@ -314,7 +340,7 @@ async fn publish(
     }
     let meta: ObjectMetadata =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("metadata: {e}")))?;
-    let (status, code) = crate::publish::publish(&s.repo, &s.blobs, &meta, q.replace).await?;
+    let (status, code) = crate::publish::publish_both(&s, &meta, q.replace).await?;
     Ok((status, Json(PublishAnswer { status: code, digest: meta.digest })).into_response())
 }
 

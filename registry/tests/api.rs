@@ -113,7 +113,7 @@ async fn publish_is_idempotent_conflicts_are_refused_and_replacement_keeps_histo
 
 #[tokio::test]
 async fn auth_bad_input_and_limits() {
-    let r = registry(Settings { require_read_token: false, max_object_bytes: 16 }).await;
+    let r = registry(Settings { require_read_token: false, max_object_bytes: 16, ..Settings::default() }).await;
     let d = Digest::of_bytes(b"small");
     let (s, _, _) = call(&r, req("PUT", &format!("/v1/blobs/{d}"), None, b"small".to_vec())).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
