@@ -286,3 +286,62 @@ pub fn browser_screenshot(url: &str, png: &Path, width: u32, height: u32) {
     ]);
     assert!(png.is_file(), "no screenshot written");
 }
+
+/// Debian's `docker-registry` (CNCF distribution 2.8) on loopback with
+/// filesystem storage, killed on drop.
+#[derive(Debug)]
+pub struct Distribution {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Distribution {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn distribution() -> Distribution {
+    let dir = tempfile::tempdir().expect("distribution folder");
+    // distribution takes its address from its config only: find a free port
+    // (this peer cannot be handed a listening socket).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let config = dir.path().join("config.yml");
+    fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("config");
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry is not installed (ci/install-deps installs it)");
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "docker-registry did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Distribution { child, addr, _dir: dir }
+}
+
+/// Peak resident memory (VmHWM) of a process, in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+        })
+        .expect("VmHWM")
+        * 1024
+}
