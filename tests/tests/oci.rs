@@ -373,7 +373,7 @@ fn a_100_mb_blob_upload_streams_without_growing_the_registry() {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
             let n = (buf.len() as u64).min(SIZE - self.0) as usize;
             for (i, b) in buf[..n].iter_mut().enumerate() {
-                *b = ((self.0 + i as u64) * 2654435761 >> 13) as u8;
+                *b = (((self.0 + i as u64) * 2654435761) >> 13) as u8;
             }
             self.0 += n as u64;
             Ok(n)
