@@ -185,7 +185,7 @@ pub fn bin(name: &str) -> PathBuf {
     let p = dir.join(name);
     assert!(
         p.is_file(),
-        "{} not built: run these tests with cargo test --workspace, which builds every binary first",
+        "{} is not built: run ci/test, or cargo build --workspace --bins before cargo test",
         p.display()
     );
     p
