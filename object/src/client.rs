@@ -8,6 +8,9 @@ use crate::{Digest, ObjectMetadata};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The registry lacks the bytes the metadata names (code BLOB_UNKNOWN).
+    #[error("{url}: the registry does not have those bytes yet")]
+    BlobUnknown { url: String },
     #[error("{url}: {message}")]
     Http { url: String, status: u16, message: String },
     #[error("{url}: {source}")]
@@ -23,6 +26,7 @@ impl ClientError {
         match self {
             ClientError::Http { status, .. } => Some(*status),
             ClientError::Transport { .. } => None,
+            ClientError::BlobUnknown { .. } => Some(400),
         }
     }
 }
@@ -233,8 +237,11 @@ impl RegistryClient {
         let status = resp.status().as_u16();
         let body = resp.body_mut().read_to_string().unwrap_or_default();
         if status >= 400 {
-            let message = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
+            let json = serde_json::from_str::<serde_json::Value>(&body).ok();
+            if status == 400 && json.as_ref().is_some_and(|v| v["error"] == "BLOB_UNKNOWN") {
+                return Err(ClientError::BlobUnknown { url: url.to_owned() });
+            }
+            let message = json
                 .and_then(|v| v["message"].as_str().map(str::to_owned))
                 .unwrap_or_else(|| format!("HTTP {status}: {}", body.trim()));
             return Err(ClientError::Http { url: url.to_owned(), status, message });
@@ -270,18 +277,32 @@ impl RegistryClient {
             return Ok(Published::Skipped);
         }
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let blob_url = self.url(&format!("/v1/blobs/{}", meta.digest));
-        let mut put = self.agent.put(&blob_url).header("Content-Type", "application/octet-stream");
-        if let Some(a) = &auth {
-            put = put.header("Authorization", a);
-        }
-        self.check(&blob_url, put.send(bytes))?;
         let obj_url = self.url(if replace { "/v1/objects?replace=true" } else { "/v1/objects" });
-        let mut post = self.agent.post(&obj_url).header("Content-Type", "application/json");
-        if let Some(a) = &auth {
-            post = post.header("Authorization", a);
-        }
-        let (status, _) = self.check(&obj_url, post.send(serde_json::to_vec(meta).expect("metadata serializes")))?;
+        let metadata = serde_json::to_vec(meta).expect("metadata serializes");
+        let post = || {
+            let mut post = self.agent.post(&obj_url).header("Content-Type", "application/json");
+            if let Some(a) = &auth {
+                post = post.header("Authorization", a);
+            }
+            self.check(&obj_url, post.send(&metadata[..]))
+        };
+        // The small metadata goes first: it is refused cleanly for a missing
+        // or read-only token (a large body could race with an early refusal
+        // and surface as a reset connection), and the blob is uploaded only
+        // when the registry says it lacks those bytes.
+        let status = match post() {
+            Ok((status, _)) => status,
+            Err(ClientError::BlobUnknown { .. }) => {
+                let blob_url = self.url(&format!("/v1/blobs/{}", meta.digest));
+                let mut put = self.agent.put(&blob_url).header("Content-Type", "application/octet-stream");
+                if let Some(a) = &auth {
+                    put = put.header("Authorization", a);
+                }
+                self.check(&blob_url, put.send(bytes))?;
+                post()?.0
+            }
+            Err(e) => return Err(e),
+        };
         Ok(if status == 201 { Published::Published } else { Published::Skipped })
     }
 
