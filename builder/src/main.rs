@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use bpfarm_builder::build::{self, BtfInput, BuildConfig, Request, Shard};
 use bpfarm_builder::program::ProgramSources;
+use bpfarm_builder::publish::Destination;
 use bpfarm_object::Arch;
 use bpfarm_object::client::RegistryClient;
+use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -108,9 +110,15 @@ struct BuildArgs {
     no_progress: bool,
 
     /// After building, publish every object to this bpfarm registry
-    /// (e.g. http://registry:8080), skipping those it already holds.
+    /// (http://registry:8080) or OCI registry (oci://HOST[:PORT]/NAMESPACE,
+    /// as <NAMESPACE>/tracee-bpf), skipping what it already holds.
     #[arg(long, value_name = "URL")]
     publish: Option<String>,
+
+    /// User name for an OCI registry (with --token as the password);
+    /// without --token, credentials come from the docker config.json.
+    #[arg(long, value_name = "USER", env = "BPFARM_OCI_USERNAME")]
+    oci_username: Option<String>,
 
     /// Push token for --publish (from `bpfarm-registry token create --scope push`).
     #[arg(long, value_name = "TOKEN", env = "BPFARM_TOKEN", hide_env_values = true, requires = "publish")]
@@ -167,12 +175,21 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
     };
     let report = build::run(&cfg, &req)?;
     print!("{}", report.table());
-    let published = a.publish.as_deref().map(|url| {
-        let client = RegistryClient::new(url, a.token.clone(), std::time::Duration::from_secs(60));
-        let summary = bpfarm_builder::publish::publish(&report, &client, url);
-        print!("{}", summary.table());
-        summary
-    });
+    let published = match a.publish.as_deref() {
+        None => None,
+        Some(url) => {
+            let dest = if url.starts_with("oci://") {
+                let target = OciTarget::parse(url)?;
+                let auth = credentials(&target.registry, a.oci_username.as_deref(), a.token.as_deref());
+                Destination::Oci(Box::new(OciRegistry::new(target, auth, std::time::Duration::from_secs(60))?))
+            } else {
+                Destination::Registry(RegistryClient::new(url, a.token.clone(), std::time::Duration::from_secs(60)))
+            };
+            let summary = bpfarm_builder::publish::publish(&report, &dest, url);
+            print!("{}", summary.table());
+            Some(summary)
+        }
+    };
     if let Some(path) = a.report {
         let mut value = serde_json::to_value(&report)?;
         if let Some(p) = &published {

@@ -7,6 +7,26 @@ use std::path::Path;
 
 use bpfarm_object::ObjectMetadata;
 use bpfarm_object::client::{Published, RegistryClient};
+use bpfarm_object::oci_client::OciRegistry;
+
+/// Where `--publish` sends objects: a bpfarm registry's `/v1` API, or any
+/// OCI registry (`oci://HOST/NAMESPACE`).
+#[derive(Debug)]
+pub enum Destination {
+    Registry(RegistryClient),
+    Oci(Box<OciRegistry>),
+}
+
+impl Destination {
+    fn publish(&self, meta: &ObjectMetadata, bytes: &[u8]) -> Result<Published, (Outcome, String)> {
+        match self {
+            Destination::Registry(c) => c
+                .publish(meta, bytes, false)
+                .map_err(|e| (if e.status() == Some(409) { Outcome::Refused } else { Outcome::Failed }, e.to_string())),
+            Destination::Oci(r) => r.publish(meta, bytes).map_err(|e| (Outcome::Failed, format!("{e:#}"))),
+        }
+    }
+}
 use serde::Serialize;
 
 use crate::build::{Report, Status};
@@ -58,7 +78,7 @@ impl PublishSummary {
     }
 }
 
-fn publish_one(client: &RegistryClient, object: &Path) -> Result<Published, (Outcome, String)> {
+fn publish_one(dest: &Destination, object: &Path) -> Result<Published, (Outcome, String)> {
     let name = object.file_name().expect("object has a name").to_string_lossy();
     let meta_path = object.with_file_name(format!("{name}.json"));
     let meta: ObjectMetadata = std::fs::read(&meta_path)
@@ -66,17 +86,15 @@ fn publish_one(client: &RegistryClient, object: &Path) -> Result<Published, (Out
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         .map_err(|e| (Outcome::Failed, format!("{}: {e}", meta_path.display())))?;
     let bytes = std::fs::read(object).map_err(|e| (Outcome::Failed, format!("{}: {e}", object.display())))?;
-    client
-        .publish(&meta, &bytes, false)
-        .map_err(|e| (if e.status() == Some(409) { Outcome::Refused } else { Outcome::Failed }, e.to_string()))
+    dest.publish(&meta, &bytes)
 }
 
 /// Publishes every object the build produced (built or from the cache).
-pub fn publish(report: &Report, client: &RegistryClient, registry: &str) -> PublishSummary {
+pub fn publish(report: &Report, dest: &Destination, registry: &str) -> PublishSummary {
     let mut summary = PublishSummary { registry: registry.to_owned(), ..Default::default() };
     for k in report.kernels.iter().filter(|k| k.status != Status::Failed) {
         let Some(object) = &k.object else { continue };
-        let (outcome, message) = match publish_one(client, object) {
+        let (outcome, message) = match publish_one(dest, object) {
             Ok(Published::Published) => (Outcome::Published, None),
             Ok(Published::Skipped) => (Outcome::Skipped, None),
             Err((o, m)) => (o, Some(m)),
@@ -96,6 +114,7 @@ pub fn publish(report: &Report, client: &RegistryClient, registry: &str) -> Publ
     }
     // Failed builds are news for the registry's coverage page; reporting
     // them is best effort and never fails the build.
+    let Destination::Registry(client) = dest else { return summary };
     for k in report.kernels.iter().filter(|k| k.status == Status::Failed && k.release_known) {
         let (Some(arch), Some(error)) = (k.arch, &k.error) else { continue };
         match client.report_failure(&k.kernel, arch.uname(), &report.version, error) {

@@ -8,6 +8,8 @@ pub mod digest;
 pub mod identity;
 pub mod metadata;
 pub mod oci;
+#[cfg(feature = "oci")]
+pub mod oci_client;
 
 pub use digest::{Digest, DigestError, Sha256Writer};
 pub use identity::{Arch, Identity, IdentityError, object_file_name};
