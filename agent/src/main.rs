@@ -35,14 +35,16 @@ struct Common {
     /// Where fetched and built objects are installed (and looked for).
     #[arg(long, default_value = "/tmp/tracee", global = true, value_name = "DIR")]
     install_path: PathBuf,
-    /// A registry to fetch from: a bpfarm registry (its /v1 API) or any HTTP
-    /// server with the static layout. Repeatable, tried in order.
+    /// A registry to fetch from: a bpfarm registry (its /v1 API), any HTTP
+    /// server with the static layout, or an OCI registry as
+    /// oci://HOST[:PORT]/NAMESPACE. Repeatable, tried in order.
     #[arg(long = "registry", global = true, value_name = "URL")]
     registries: Vec<String>,
     /// An extra header for registry requests, K:V. Repeatable.
     #[arg(long = "registry-header", global = true, value_name = "K:V", value_parser = parse_header)]
     registry_headers: Vec<(String, String)>,
-    /// Read token for registries that require one.
+    /// Read token for registries that require one (for OCI registries, the
+    /// password; without it the docker config.json is used).
     #[arg(long, global = true, env = "BPFARM_REGISTRY_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     registry_token: Option<String>,
     /// Resolve for this kernel release instead of `uname -r` (diagnostics).

@@ -231,6 +231,25 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
                 continue;
             }
             let per_request = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(10));
+            if base.starts_with("oci://") {
+                match fetch_oci(base, cfg, per_request, mode == Mode::Locate) {
+                    Ok(Fetched::Installed(path, msg)) => {
+                        step(&mut trail, format!("registry {base}"), msg);
+                        return found(path, Source::Registry, trail);
+                    }
+                    Ok(Fetched::Available(msg)) => {
+                        step(&mut trail, format!("registry {base}"), msg.clone());
+                        return Ok(Resolution {
+                            path: cfg.install_path.join(&name),
+                            source: Source::Registry,
+                            would: Some(msg),
+                            trail,
+                        });
+                    }
+                    Err(why) => step(&mut trail, format!("registry {base}"), why),
+                }
+                continue;
+            }
             let client = RegistryClient::new(base, cfg.registry_token.clone(), per_request)
                 .with_headers(cfg.registry_headers.clone())
                 .with_retries(3, deadline);
@@ -308,6 +327,38 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
 enum Fetched {
     Installed(PathBuf, String),
     Available(String),
+}
+
+/// An OCI registry: tag → this arch's manifest (annotations checked
+/// exactly) → layer verified against its digest → installed.
+fn fetch_oci(base: &str, cfg: &ResolveConfig, timeout: Duration, look_only: bool) -> Result<Fetched, String> {
+    use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
+    let target = OciTarget::parse(base).map_err(|e| e.to_string())?;
+    let auth = credentials(&target.registry, None, cfg.registry_token.as_deref());
+    let registry = OciRegistry::new(target, auth, timeout).map_err(|e| e.to_string())?;
+    match registry.fetch(&cfg.identity) {
+        Ok(Some((meta, bytes))) => {
+            if look_only {
+                return Ok(Fetched::Available(format!("has it ({}); would fetch and install it", meta.digest)));
+            }
+            let path = install(&cfg.install_path, &bytes, &meta)
+                .map_err(|e| format!("fetched, but installing failed: {e}"))?;
+            Ok(Fetched::Installed(
+                path,
+                format!(
+                    "fetched {} from {}, verified against its manifest and this kernel, installed",
+                    meta.digest,
+                    registry.target().repository()
+                ),
+            ))
+        }
+        Ok(None) => Err(format!(
+            "no {} for this kernel and arch in {}",
+            cfg.identity.file_name(),
+            registry.target().repository()
+        )),
+        Err(e) => Err(format!("refused: {e}")),
+    }
 }
 
 /// One registry: the `/v1` API if it speaks it, else the static layout.

@@ -293,6 +293,8 @@ pub fn browser_screenshot(url: &str, png: &Path, width: u32, height: u32) {
 pub struct Distribution {
     child: Child,
     pub addr: String,
+    /// Its filesystem storage root.
+    pub data: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -330,7 +332,7 @@ pub fn distribution() -> Distribution {
         assert!(std::time::Instant::now() < deadline, "docker-registry did not start");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Distribution { child, addr, _dir: dir }
+    Distribution { child, addr, data: dir.path().join("data"), _dir: dir }
 }
 
 /// Peak resident memory (VmHWM) of a process, in bytes.

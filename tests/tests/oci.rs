@@ -400,3 +400,123 @@ fn b64(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+#[test]
+fn builder_publishes_into_distribution_and_the_agent_pulls_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let dist = distribution();
+    let target = format!("oci://{}/acme", dist.addr);
+    let build = |report: &str| {
+        let out = Command::new(bin("bpfarm-builder"))
+            .args(["build", "--matrix"])
+            .arg(repo_root().join("kernels/default.toml"))
+            .arg("--package-cache")
+            .arg(bpfarm_tests::fixture_debs())
+            .args(["--running-kernel", "--no-progress", "--publish", &target, "--cache-dir"])
+            .arg(dir.path().join("cache"))
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .arg("--report")
+            .arg(dir.path().join(report))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        serde_json::from_slice::<Value>(&std::fs::read(dir.path().join(report)).unwrap()).unwrap()
+    };
+    assert_eq!(build("r1.json")["publish"]["published"], 5);
+    let again = build("r2.json");
+    assert_eq!((again["publish"]["published"].as_u64(), again["publish"]["skipped"].as_u64()), (Some(0), Some(5)));
+    let index: Value =
+        serde_json::from_slice(&raw_manifest(&format!("{}/acme/tracee-bpf:6.12.117_deb12-arm64.v0.1.0", dist.addr)))
+            .unwrap();
+    assert_eq!(index["manifests"][0]["platform"]["architecture"], "arm64");
+    assert_eq!(index["annotations"][oci::ANN_RELEASE], "6.12.117+deb12-arm64");
+
+    // One release on two arches (as Ubuntu's are): publishing the second
+    // arch keeps the first in the index.
+    use bpfarm_object::oci_client::{OciRegistry, OciTarget};
+    use bpfarm_object::{Arch, Identity};
+    let reg = OciRegistry::new(
+        OciTarget::parse(&target).unwrap(),
+        oci_client_anonymous(),
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    for (arch, bytes) in [(Arch::X86_64, &b"amd64 object"[..]), (Arch::Aarch64, &b"arm64 object"[..])] {
+        let id = Identity::new("5.15.0-91-generic", arch, "v0.1.0").unwrap();
+        let meta = bpfarm_object::ObjectMetadata {
+            file_name: id.file_name(),
+            identity: id,
+            digest: Digest::of_bytes(bytes),
+            size: bytes.len() as u64,
+            kernel: Default::default(),
+            build_mode: "headers".into(),
+            sources: vec![],
+            program_digest: Digest::of_bytes(b"p"),
+            compiler: bpfarm_object::Compiler { clang: "c".into(), llc: None },
+            flags: vec![],
+            built_at: String::new(),
+        };
+        reg.publish(&meta, bytes).unwrap();
+    }
+    let index: Value =
+        serde_json::from_slice(&raw_manifest(&format!("{}/acme/tracee-bpf:5.15.0-91-generic.v0.1.0", dist.addr)))
+            .unwrap();
+    let arches: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(arches, ["amd64", "arm64"]);
+    let (_, arm) = reg.fetch(&Identity::new("5.15.0-91-generic", Arch::Aarch64, "v0.1.0").unwrap()).unwrap().unwrap();
+    assert_eq!(arm, b"arm64 object");
+
+    // The agent pulls this host's object from distribution, verifies and loads it.
+    let name = bpfarm_object::object_file_name(&release(), "v0.1.0");
+    let built = std::fs::read(dir.path().join("out/x86_64").join(&name)).unwrap();
+    let install = dir.path().join("install");
+    let run_or_fetch: &[&str] = if bpfarm_tests::privileged("agent loads the object pulled from distribution") {
+        &["run", "--duration", "1"]
+    } else {
+        &["fetch"]
+    };
+    let out = Command::new(bin("bpfarm-agent"))
+        .arg("--install-path")
+        .arg(&install)
+        .args(["--build-policy", "never", "--registry", &target])
+        .args(run_or_fetch)
+        .env_remove("TRACEE_BPF_FILE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("verified against its manifest"), "{err}");
+    if run_or_fetch[0] == "run" {
+        assert!(err.contains("attached"), "{err}");
+    }
+    assert_eq!(std::fs::read(install.join(&name)).unwrap(), built);
+
+    // Bytes altered inside distribution's own storage are refused.
+    let layer = Digest::of_bytes(&built);
+    let stored =
+        dist.data.join("docker/registry/v2/blobs/sha256").join(&layer.hex()[..2]).join(layer.hex()).join("data");
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[300] ^= 0xff;
+    std::fs::write(&stored, bytes).unwrap();
+    let install2 = dir.path().join("install2");
+    let out = Command::new(bin("bpfarm-agent"))
+        .arg("--install-path")
+        .arg(&install2)
+        .args(["--build-policy", "never", "--registry", &target, "fetch"])
+        .env_remove("TRACEE_BPF_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!install2.join(&name).exists());
+}
+
+fn oci_client_anonymous() -> oci_client::secrets::RegistryAuth {
+    oci_client::secrets::RegistryAuth::Anonymous
+}
