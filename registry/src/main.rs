@@ -37,7 +37,10 @@ enum Command {
         /// OCI namespace of the objects published through /v1 (<namespace>/tracee-bpf) [default: bpfarm].
         #[arg(long, env = "BPFARM_REGISTRY_OCI_NAMESPACE")]
         oci_namespace: Option<String>,
-        /// A TOML file with any of: listen, data, require_read_token, max_object_bytes, oci_namespace.
+        /// Unfinished OCI uploads older than this many seconds are removed [default: 3600].
+        #[arg(long, env = "BPFARM_REGISTRY_UPLOAD_TTL")]
+        upload_ttl: Option<u64>,
+        /// A TOML file with any of: listen, data, require_read_token, max_object_bytes, oci_namespace, upload_ttl.
         #[arg(long, value_name = "FILE", env = "BPFARM_REGISTRY_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -84,6 +87,7 @@ struct FileConfig {
     require_read_token: Option<bool>,
     max_object_bytes: Option<u64>,
     oci_namespace: Option<String>,
+    upload_ttl: Option<u64>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -94,7 +98,7 @@ enum ScopeArg {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { listen, data, require_read_token, max_object_bytes, oci_namespace, config } => {
+        Command::Serve { listen, data, require_read_token, max_object_bytes, oci_namespace, upload_ttl, config } => {
             let file: FileConfig = match &config {
                 Some(path) => {
                     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -111,8 +115,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .unwrap_or(defaults.require_read_token),
                 max_object_bytes: max_object_bytes.or(file.max_object_bytes).unwrap_or(defaults.max_object_bytes),
                 oci_namespace: oci_namespace.or(file.oci_namespace).unwrap_or_else(|| defaults.oci_namespace.clone()),
+                upload_ttl: upload_ttl
+                    .or(file.upload_ttl)
+                    .map(std::time::Duration::from_secs)
+                    .unwrap_or(defaults.upload_ttl),
                 ..defaults.clone()
             };
+            let repo = format!("{}/{}", settings.oci_namespace, bpfarm_object::oci::REPOSITORY);
+            anyhow::ensure!(
+                bpfarm_registry::oci::valid_repo(&repo),
+                "--oci-namespace {:?} makes {repo:?}, not a valid OCI repository name",
+                settings.oci_namespace
+            );
             let state = open(&data, settings).await?;
             let listener =
                 tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;

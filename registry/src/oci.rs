@@ -95,7 +95,7 @@ async fn authorize(s: &AppState, headers: &HeaderMap, need: Scope) -> Result<(),
 
 /// OCI repository names: `/`-separated components of lowercase letters and
 /// digits joined by `.`, `_`, `__` or `-`s.
-fn valid_repo(name: &str) -> bool {
+pub fn valid_repo(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && name.split('/').all(|c| {

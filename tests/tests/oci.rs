@@ -520,3 +520,24 @@ fn builder_publishes_into_distribution_and_the_agent_pulls_from_it() {
 fn oci_client_anonymous() -> oci_client::secrets::RegistryAuth {
     oci_client::secrets::RegistryAuth::Anonymous
 }
+
+#[test]
+fn stale_upload_sessions_expire_and_are_cleaned() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("registry");
+    let push = token(&data, "ci", "push");
+    let reg =
+        bpfarm_tests::serve_with(&["--listen", "127.0.0.1:0", "--upload-ttl", "1", "--data", data.to_str().unwrap()]);
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let h = Http { agent, base: reg.url.clone(), push };
+    let r = h.call("POST", "/v2/w/app/blobs/uploads/", &[], None, true);
+    let loc = r.header("location");
+    assert_eq!(h.call("PATCH", &loc, &[], Some(b"half an upload"), true).status, 202);
+    let id = loc.rsplit('/').next().unwrap().to_owned();
+    assert!(data.join("blobs/uploads").join(&id).is_file());
+    // The TTL is what is under test: let it pass (no readiness signal exists for "old").
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(h.call("POST", "/v2/w/app/blobs/uploads/", &[], None, true).status, 202);
+    assert_eq!(h.call("GET", &loc, &[], None, true).code(), "BLOB_UPLOAD_UNKNOWN");
+    assert!(!data.join("blobs/uploads").join(&id).exists(), "the stale session's bytes stayed");
+}
