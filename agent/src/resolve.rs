@@ -231,29 +231,15 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
                 continue;
             }
             let per_request = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(10));
-            if base.starts_with("oci://") {
-                match fetch_oci(base, cfg, per_request, mode == Mode::Locate) {
-                    Ok(Fetched::Installed(path, msg)) => {
-                        step(&mut trail, format!("registry {base}"), msg);
-                        return found(path, Source::Registry, trail);
-                    }
-                    Ok(Fetched::Available(msg)) => {
-                        step(&mut trail, format!("registry {base}"), msg.clone());
-                        return Ok(Resolution {
-                            path: cfg.install_path.join(&name),
-                            source: Source::Registry,
-                            would: Some(msg),
-                            trail,
-                        });
-                    }
-                    Err(why) => step(&mut trail, format!("registry {base}"), why),
-                }
-                continue;
-            }
-            let client = RegistryClient::new(base, cfg.registry_token.clone(), per_request)
-                .with_headers(cfg.registry_headers.clone())
-                .with_retries(3, deadline);
-            match fetch_from(&client, cfg, mode == Mode::Locate) {
+            let fetched = if base.starts_with("oci://") {
+                fetch_oci(base, cfg, per_request, mode == Mode::Locate)
+            } else {
+                let client = RegistryClient::new(base, cfg.registry_token.clone(), per_request)
+                    .with_headers(cfg.registry_headers.clone())
+                    .with_retries(3, deadline);
+                fetch_from(&client, cfg, mode == Mode::Locate)
+            };
+            match fetched {
                 Ok(Fetched::Installed(path, msg)) => {
                     step(&mut trail, format!("registry {base}"), msg);
                     return found(path, Source::Registry, trail);

@@ -99,16 +99,30 @@ impl BlobStore {
             hasher.update(&buf[..n]);
             len += n as u64;
         }
-        let actual = Digest::from_raw(hasher.finalize().into());
+        self.commit(&file, &path, Digest::from_raw(hasher.finalize().into()), expected).await?;
+        Ok(len)
+    }
+
+    /// The one way bytes become a visible blob: only if they hashed to
+    /// `expected`, then fsync, rename into place, fsync the folder (the
+    /// rename is durable only then).
+    async fn commit(
+        &self,
+        file: &tokio::fs::File,
+        from: &Path,
+        actual: Digest,
+        expected: &Digest,
+    ) -> Result<(), BlobError> {
         if &actual != expected {
             return Err(BlobError::DigestMismatch { expected: expected.clone(), actual });
         }
         file.sync_all().await?;
         let dest = self.path(expected);
-        tokio::fs::create_dir_all(dest.parent().expect("blob has a parent")).await?;
-        tokio::fs::rename(&path, &dest).await?;
-        tokio::fs::File::open(dest.parent().expect("parent")).await?.sync_all().await?;
-        Ok(len)
+        let dir = dest.parent().expect("blob has a parent");
+        tokio::fs::create_dir_all(dir).await?;
+        tokio::fs::rename(from, &dest).await?;
+        tokio::fs::File::open(dir).await?.sync_all().await?;
+        Ok(())
     }
 
     pub fn path(&self, d: &Digest) -> PathBuf {
@@ -141,16 +155,7 @@ impl BlobStore {
                 hasher.update(&chunk);
                 file.write_all(&chunk).await?;
             }
-            let actual = Digest::from_raw(hasher.finalize().into());
-            if &actual != expected {
-                return Err(BlobError::DigestMismatch { expected: expected.clone(), actual });
-            }
-            file.sync_all().await?;
-            let dest = self.path(expected);
-            tokio::fs::create_dir_all(dest.parent().expect("blob has a parent")).await?;
-            tokio::fs::rename(&tmp_path, &dest).await?;
-            // The rename is durable once the folder is synced.
-            tokio::fs::File::open(dest.parent().expect("parent")).await?.sync_all().await?;
+            self.commit(&file, &tmp_path, Digest::from_raw(hasher.finalize().into()), expected).await?;
             Ok(len)
         }
         .await;
