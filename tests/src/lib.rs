@@ -347,3 +347,59 @@ pub fn peak_rss(pid: u32) -> u64 {
         .expect("VmHWM")
         * 1024
 }
+
+/// Metadata for a stand-in object (tests of registry plumbing that need no
+/// real build).
+pub fn sample_metadata(release: &str, arch: bpfarm_object::Arch, bytes: &[u8]) -> bpfarm_object::ObjectMetadata {
+    use bpfarm_object::{Compiler, Digest, Identity, KernelFacts, ObjectMetadata};
+    let identity = Identity::new(release, arch, "v0.1.0").expect("a valid sample identity");
+    ObjectMetadata {
+        file_name: identity.file_name(),
+        identity,
+        digest: Digest::of_bytes(bytes),
+        size: bytes.len() as u64,
+        kernel: KernelFacts::default(),
+        build_mode: "headers".into(),
+        sources: vec![],
+        program_digest: Digest::of_bytes(b"p"),
+        compiler: Compiler { clang: "clang".into(), llc: None },
+        flags: vec![],
+        built_at: "2026-11-25T00:00:00Z".into(),
+    }
+}
+
+/// A registry (under `dir/registry`) holding the running kernel's object,
+/// built into `dir/out` and published through `/v1` by the builder.
+#[derive(Debug)]
+pub struct PublishedRegistry {
+    pub registry: Registry,
+    pub push_token: String,
+    /// The object as the builder wrote it.
+    pub object: PathBuf,
+}
+
+pub fn registry_with_running_object(dir: &Path) -> PublishedRegistry {
+    let data = dir.join("registry");
+    let push_token = token(&data, "ci", "push");
+    let registry = serve(&data);
+    let out = Command::new(bin("bpfarm-builder"))
+        .args([
+            "build",
+            "--running-kernel",
+            "--no-progress",
+            "--publish",
+            &registry.url,
+            "--token",
+            &push_token,
+            "--cache-dir",
+        ])
+        .arg(dir.join("cache"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .expect("running bpfarm-builder");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease").trim().to_owned();
+    let object = dir.join("out").join(std::env::consts::ARCH).join(bpfarm_object::object_file_name(&release, "v0.1.0"));
+    PublishedRegistry { registry, push_token, object }
+}

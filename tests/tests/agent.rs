@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bpfarm_object::{Digest, object_file_name};
-use bpfarm_tests::{Registry, ToolShim, bin, privileged, serve, token};
+use bpfarm_tests::{Registry, ToolShim, bin, privileged, token};
 
 fn release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned()
@@ -31,21 +31,10 @@ fn build(dir: &Path) -> PathBuf {
     dir.join("out/x86_64").join(name())
 }
 
-/// A registry holding the running kernel's object.
+/// A registry holding the running kernel's object, and that object.
 fn registry_with_object(dir: &Path) -> (Registry, PathBuf) {
-    let data = dir.join("registry");
-    let push = token(&data, "ci", "push");
-    let reg = serve(&data);
-    let object = build(dir);
-    let out = Command::new(bin("bpfarm-builder"))
-        .args(["build", "--running-kernel", "--no-progress", "--publish", &reg.url, "--token", &push, "--cache-dir"])
-        .arg(dir.join("cache"))
-        .arg("--out")
-        .arg(dir.join("out"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    (reg, object)
+    let p = bpfarm_tests::registry_with_running_object(dir);
+    (p.registry, p.object)
 }
 
 fn agent(install: &Path) -> Command {

@@ -5,8 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
+use bpfarm_object::Arch;
 use bpfarm_object::client::RegistryClient;
-use bpfarm_object::{Arch, Compiler, Digest, Identity, KernelFacts, ObjectMetadata};
 use bpfarm_tests::{bin, browser_dom, browser_screenshot, repo_root, serve, token};
 
 /// The `<tr>` of a kernel release in the serialized DOM.
@@ -61,20 +61,7 @@ fn coverage_page_shows_present_failed_missing_and_searches() {
 
     // An x86_64-only object for a Debian kernel: its arm64 cell is missing.
     let bytes = b"a stand-in object for a kernel this machine does not run".to_vec();
-    let identity = Identity::new("6.1.0-56-amd64", Arch::X86_64, "v0.1.0").unwrap();
-    let meta = ObjectMetadata {
-        file_name: identity.file_name(),
-        identity,
-        digest: Digest::of_bytes(&bytes),
-        size: bytes.len() as u64,
-        kernel: KernelFacts::default(),
-        build_mode: "headers".into(),
-        sources: vec![],
-        program_digest: Digest::of_bytes(b"p"),
-        compiler: Compiler { clang: "clang".into(), llc: None },
-        flags: vec![],
-        built_at: "2026-11-25T00:00:00Z".into(),
-    };
+    let meta = bpfarm_tests::sample_metadata("6.1.0-56-amd64", Arch::X86_64, &bytes);
     let client = RegistryClient::new(&reg.url, Some(push.clone()), Duration::from_secs(10));
     client.publish(&meta, &bytes, false).unwrap();
     let running = client.lookup(&release, "x86_64", "v0.1.0").unwrap().unwrap();

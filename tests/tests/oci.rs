@@ -15,20 +15,10 @@ fn release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned()
 }
 
-/// A registry holding the running kernel's object (published through /v1).
+/// A registry holding the running kernel's object, and its push token.
 fn registry_with_object(dir: &std::path::Path) -> (Registry, String) {
-    let data = dir.join("registry");
-    let push = token(&data, "ci", "push");
-    let reg = serve(&data);
-    let out = Command::new(bin("bpfarm-builder"))
-        .args(["build", "--running-kernel", "--no-progress", "--publish", &reg.url, "--token", &push, "--cache-dir"])
-        .arg(dir.join("cache"))
-        .arg("--out")
-        .arg(dir.join("out"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    (reg, push)
+    let p = bpfarm_tests::registry_with_running_object(dir);
+    (p.registry, p.push_token)
 }
 
 fn host(url: &str) -> &str {
@@ -443,20 +433,7 @@ fn builder_publishes_into_distribution_and_the_agent_pulls_from_it() {
     )
     .unwrap();
     for (arch, bytes) in [(Arch::X86_64, &b"amd64 object"[..]), (Arch::Aarch64, &b"arm64 object"[..])] {
-        let id = Identity::new("5.15.0-91-generic", arch, "v0.1.0").unwrap();
-        let meta = bpfarm_object::ObjectMetadata {
-            file_name: id.file_name(),
-            identity: id,
-            digest: Digest::of_bytes(bytes),
-            size: bytes.len() as u64,
-            kernel: Default::default(),
-            build_mode: "headers".into(),
-            sources: vec![],
-            program_digest: Digest::of_bytes(b"p"),
-            compiler: bpfarm_object::Compiler { clang: "c".into(), llc: None },
-            flags: vec![],
-            built_at: String::new(),
-        };
+        let meta = bpfarm_tests::sample_metadata("5.15.0-91-generic", arch, bytes);
         reg.publish(&meta, bytes).unwrap();
     }
     let index: Value =

@@ -7,24 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bpfarm_object::client::RegistryClient;
-use bpfarm_object::{Arch, Compiler, Digest, Identity, KernelFacts, ObjectMetadata};
+use bpfarm_object::{Arch, Digest, ObjectMetadata};
 use bpfarm_tests::{serve, serve_with, token};
 
 fn meta(release: &str, bytes: &[u8]) -> ObjectMetadata {
-    let identity = Identity::new(release, Arch::X86_64, "v0.1.0").unwrap();
-    ObjectMetadata {
-        file_name: identity.file_name(),
-        identity,
-        digest: Digest::of_bytes(bytes),
-        size: bytes.len() as u64,
-        kernel: KernelFacts::default(),
-        build_mode: "headers".into(),
-        sources: vec![],
-        program_digest: Digest::of_bytes(b"p"),
-        compiler: Compiler { clang: "clang".into(), llc: None },
-        flags: vec![],
-        built_at: "2026-11-25T00:00:00Z".into(),
-    }
+    bpfarm_tests::sample_metadata(release, Arch::X86_64, bytes)
 }
 
 #[test]
