@@ -39,7 +39,7 @@ fn raw_manifest(reference: &str) -> Vec<u8> {
 #[test]
 fn skopeo_copies_to_distribution_and_back_with_digests_unchanged() {
     let dir = tempfile::tempdir().unwrap();
-    let (reg, push) = registry_with_object(dir.path());
+    let (reg, _) = registry_with_object(dir.path());
     let dist = distribution();
     let tag = oci::tag(&release(), "v0.1.0", false);
     let ours = format!("{}/bpfarm/tracee-bpf:{tag}", host(&reg.url));
@@ -87,7 +87,6 @@ fn skopeo_copies_to_distribution_and_back_with_digests_unchanged() {
     let meta = client.lookup(&release(), "x86_64", "v0.1.0").unwrap().expect("the OCI push is a /v1 object");
     let local = std::fs::read(dir.path().join("out/x86_64").join(&meta.file_name)).unwrap();
     assert_eq!(client.download(&meta.digest).unwrap(), local);
-    let _ = push;
 }
 
 #[test]
