@@ -153,6 +153,16 @@ fn check_local(path: &Path, id: &Identity, require_metadata: bool) -> Result<Str
     }
 }
 
+/// Looks at one local candidate and records what was found there in the
+/// trail; true when it can be used.
+fn consider(trail: &mut Vec<Step>, place: String, candidate: &Path, id: &Identity, require_metadata: bool) -> bool {
+    let outcome =
+        if candidate.is_file() { check_local(candidate, id, require_metadata) } else { Err("not there".into()) };
+    let usable = outcome.is_ok();
+    trail.push(Step { place, outcome: outcome.unwrap_or_else(|why| why) });
+    usable
+}
+
 /// Resolves the object per the config and mode.
 pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveError> {
     let id = &cfg.identity;
@@ -167,17 +177,8 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
         //    set but empty is an error, not a fall-through.
         if let Some(p) = &cfg.bpf_file {
             let candidate = if p.is_dir() { p.join(&name) } else { p.clone() };
-            let place = format!("TRACEE_BPF_FILE ({})", candidate.display());
-            if candidate.is_file() {
-                match check_local(&candidate, id, false) {
-                    Ok(msg) => {
-                        step(&mut trail, place, msg);
-                        return found(candidate, Source::BpfFile, trail);
-                    }
-                    Err(why) => step(&mut trail, place, why),
-                }
-            } else {
-                step(&mut trail, place, "nothing there".into());
+            if consider(&mut trail, format!("TRACEE_BPF_FILE ({})", candidate.display()), &candidate, id, false) {
+                return found(candidate, Source::BpfFile, trail);
             }
             return Err(ResolveError::BpfFileEmpty { path: p.display().to_string(), file_name: name, trail });
         }
@@ -185,33 +186,19 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
         // 2. The agent executable's folder.
         if let Some(dir) = &cfg.exe_dir {
             let candidate = dir.join(&name);
-            let place = format!("beside the agent ({})", candidate.display());
-            if candidate.is_file() {
-                match check_local(&candidate, id, false) {
-                    Ok(msg) => {
-                        step(&mut trail, place, msg);
-                        return found(candidate, Source::ExeDir, trail);
-                    }
-                    Err(why) => step(&mut trail, place, why),
-                }
-            } else {
-                step(&mut trail, place, "not there".into());
+            if consider(&mut trail, format!("beside the agent ({})", candidate.display()), &candidate, id, false) {
+                return found(candidate, Source::ExeDir, trail);
             }
         }
-        // 3. The install path (where fetches and builds are installed).
+        // 3. The install path (where fetches and builds are installed), read
+        //    under the lock installs take.
         let candidate = cfg.install_path.join(&name);
-        let place = format!("install path ({})", candidate.display());
-        if candidate.is_file() {
+        let usable = {
             let _lock = InstallLock::shared(&cfg.install_path);
-            match check_local(&candidate, id, true) {
-                Ok(msg) => {
-                    step(&mut trail, place, msg);
-                    return found(candidate, Source::InstallPath, trail);
-                }
-                Err(why) => step(&mut trail, place, why),
-            }
-        } else {
-            step(&mut trail, place, "not there".into());
+            consider(&mut trail, format!("install path ({})", candidate.display()), &candidate, id, true)
+        };
+        if usable {
+            return found(candidate, Source::InstallPath, trail);
         }
     }
 
