@@ -170,6 +170,13 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
     let mut trail = Vec::new();
     let step = |trail: &mut Vec<Step>, place: String, outcome: String| trail.push(Step { place, outcome });
     let found = |path: PathBuf, source, trail: Vec<Step>| Ok(Resolution { path, source, would: None, trail });
+    let not_found = |trail: Vec<Step>| ResolveError::NotFound {
+        release: id.kernel_release.clone(),
+        arch: id.arch,
+        version: id.version.clone(),
+        policy: policy_name(cfg.policy),
+        trail,
+    };
 
     let local_first = matches!(mode, Mode::Run | Mode::Locate) && cfg.policy != BuildPolicy::Always;
     if local_first {
@@ -255,13 +262,7 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
         if mode != Mode::FetchOnly {
             step(&mut trail, "local build".into(), "not attempted: --build-policy never (no compiler is run)".into());
         }
-        return Err(ResolveError::NotFound {
-            release: id.kernel_release.clone(),
-            arch: id.arch,
-            version: id.version.clone(),
-            policy: policy_name(cfg.policy),
-            trail,
-        });
+        return Err(not_found(trail));
     }
     let input = match header_source(cfg) {
         Ok((input, desc)) => {
@@ -270,13 +271,7 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
         }
         Err(why) => {
             step(&mut trail, "local build".into(), why);
-            return Err(ResolveError::NotFound {
-                release: id.kernel_release.clone(),
-                arch: id.arch,
-                version: id.version.clone(),
-                policy: policy_name(cfg.policy),
-                trail,
-            });
+            return Err(not_found(trail));
         }
     };
     if mode == Mode::Locate {

@@ -109,19 +109,23 @@ impl RegistryClient {
         &self.base
     }
 
+    /// The request with this client's token and extra headers.
+    fn authed<B>(&self, mut req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
+        req
+    }
+
     /// GET with auth, extra headers and retries; returns status and body.
     fn get_bytes(&self, url: &str) -> Result<(u16, Vec<u8>), ClientError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut req = self.agent.get(url);
-            if let Some(t) = &self.token {
-                req = req.header("Authorization", &format!("Bearer {t}"));
-            }
-            for (k, v) in &self.headers {
-                req = req.header(k, v);
-            }
-            let result = req.call().and_then(|mut r| {
+            let result = self.authed(self.agent.get(url)).call().and_then(|mut r| {
                 let status = r.status().as_u16();
                 r.body_mut().with_config().limit(256 << 20).read_to_vec().map(|b| (status, b))
             });
@@ -251,20 +255,10 @@ impl RegistryClient {
 
     /// The current object's metadata for an identity, if the registry has one.
     pub fn lookup(&self, release: &str, arch: &str, version: &str) -> Result<Option<ObjectMetadata>, ClientError> {
-        let url = self.url(&format!("/v1/objects/{arch}/{version}/{release}"));
-        let mut req = self.agent.get(&url);
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
-        }
-        match self.check(&url, req.call()) {
-            Ok((_, body)) => serde_json::from_str(&body).map(Some).map_err(|e| ClientError::Http {
-                url,
-                status: 200,
-                message: format!("unreadable metadata: {e}"),
-            }),
-            Err(e) if e.status() == Some(404) => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(match self.lookup_on(release, arch, version, None)? {
+            Lookup::Found(meta) => Some(*meta),
+            Lookup::NotFound(_) | Lookup::NoApi => None,
+        })
     }
 
     /// Uploads the object's bytes, then its metadata. Refusals (409 for a
@@ -276,14 +270,10 @@ impl RegistryClient {
         {
             return Ok(Published::Skipped);
         }
-        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let obj_url = self.url(if replace { "/v1/objects?replace=true" } else { "/v1/objects" });
         let metadata = serde_json::to_vec(meta).expect("metadata serializes");
         let post = || {
-            let mut post = self.agent.post(&obj_url).header("Content-Type", "application/json");
-            if let Some(a) = &auth {
-                post = post.header("Authorization", a);
-            }
+            let post = self.authed(self.agent.post(&obj_url)).header("Content-Type", "application/json");
             self.check(&obj_url, post.send(&metadata[..]))
         };
         // The small metadata goes first: it is refused cleanly for a missing
@@ -294,10 +284,7 @@ impl RegistryClient {
             Ok((status, _)) => status,
             Err(ClientError::BlobUnknown { .. }) => {
                 let blob_url = self.url(&format!("/v1/blobs/{}", meta.digest));
-                let mut put = self.agent.put(&blob_url).header("Content-Type", "application/octet-stream");
-                if let Some(a) = &auth {
-                    put = put.header("Authorization", a);
-                }
+                let put = self.authed(self.agent.put(&blob_url)).header("Content-Type", "application/octet-stream");
                 self.check(&blob_url, put.send(bytes))?;
                 post()?.0
             }
@@ -309,10 +296,7 @@ impl RegistryClient {
     /// Tells the registry a kernel failed to build (shown on its coverage page).
     pub fn report_failure(&self, release: &str, arch: &str, version: &str, message: &str) -> Result<(), ClientError> {
         let url = self.url("/v1/failures");
-        let mut post = self.agent.post(&url).header("Content-Type", "application/json");
-        if let Some(t) = &self.token {
-            post = post.header("Authorization", &format!("Bearer {t}"));
-        }
+        let post = self.authed(self.agent.post(&url)).header("Content-Type", "application/json");
         let body =
             serde_json::json!({ "kernel_release": release, "arch": arch, "version": version, "message": message });
         self.check(&url, post.send(body.to_string()))?;
