@@ -382,17 +382,15 @@ pub fn registry_with_running_object(dir: &Path) -> PublishedRegistry {
     let data = dir.join("registry");
     let push_token = token(&data, "ci", "push");
     let registry = serve(&data);
+    let object = publish_running_object(dir, &registry.url, &push_token);
+    PublishedRegistry { registry, push_token, object }
+}
+
+/// Builds the running kernel's object into `dir/out` (cache in `dir/cache`)
+/// and publishes it to `url` with the builder; returns the object's path.
+pub fn publish_running_object(dir: &Path, url: &str, push_token: &str) -> PathBuf {
     let out = Command::new(bin("bpfarm-builder"))
-        .args([
-            "build",
-            "--running-kernel",
-            "--no-progress",
-            "--publish",
-            &registry.url,
-            "--token",
-            &push_token,
-            "--cache-dir",
-        ])
+        .args(["build", "--running-kernel", "--no-progress", "--publish", url, "--token", push_token, "--cache-dir"])
         .arg(dir.join("cache"))
         .arg("--out")
         .arg(dir.join("out"))
@@ -400,6 +398,5 @@ pub fn registry_with_running_object(dir: &Path) -> PublishedRegistry {
         .expect("running bpfarm-builder");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease").trim().to_owned();
-    let object = dir.join("out").join(std::env::consts::ARCH).join(bpfarm_object::object_file_name(&release, "v0.1.0"));
-    PublishedRegistry { registry, push_token, object }
+    dir.join("out").join(std::env::consts::ARCH).join(bpfarm_object::object_file_name(&release, "v0.1.0"))
 }

@@ -468,15 +468,7 @@ fn registry_headers_reach_the_registry() {
         "--data",
         data.to_str().unwrap(),
     ]);
-    build(dir.path());
-    let out = Command::new(bin("bpfarm-builder"))
-        .args(["build", "--running-kernel", "--no-progress", "--publish", &reg.url, "--token", &push, "--cache-dir"])
-        .arg(dir.path().join("cache"))
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", show(&out));
+    bpfarm_tests::publish_running_object(dir.path(), &reg.url, &push);
     // Without credentials the registry refuses, and the agent says so.
     let out = agent(&dir.path().join("a"))
         .args(["--build-policy", "never", "--registry", &reg.url, "fetch"])

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bpfarm_object::Arch;
 use bpfarm_object::client::RegistryClient;
-use bpfarm_tests::{bin, browser_dom, browser_screenshot, repo_root, serve, token};
+use bpfarm_tests::{bin, browser_dom, browser_screenshot, repo_root};
 
 /// The `<tr>` of a kernel release in the serialized DOM.
 fn row<'a>(dom: &'a str, release: &str) -> &'a str {
@@ -21,20 +21,10 @@ fn row<'a>(dom: &'a str, release: &str) -> &'a str {
 #[test]
 fn coverage_page_shows_present_failed_missing_and_searches() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("registry");
-    let push = token(&data, "ci", "push");
-    let reg = serve(&data);
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned();
-
     // A real object for the running kernel, published by the builder.
-    let out = Command::new(bin("bpfarm-builder"))
-        .args(["build", "--running-kernel", "--no-progress", "--publish", &reg.url, "--token", &push, "--cache-dir"])
-        .arg(dir.path().join("cache"))
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let published = bpfarm_tests::registry_with_running_object(dir.path());
+    let (reg, push) = (&published.registry, published.push_token.clone());
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned();
 
     // A failed build of another version, reported by the builder.
     let broken = dir.path().join("broken");
