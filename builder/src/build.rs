@@ -649,7 +649,7 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
     let (object, status) = match ctx.objects.get(&key) {
         Some(Cached::Object(p)) => (p, Status::Cached),
         Some(Cached::Failure(f)) if !ctx.cfg.retry_failed => return Err((f.message, true)),
-        _ => match compile_and_validate(ctx, k) {
+        _ => match compile_and_validate(ctx, k, &sources) {
             Ok(built) => {
                 let stored = ctx
                     .objects
@@ -711,7 +711,13 @@ enum Fault {
     Environment(String),
 }
 
-fn compile_and_validate(ctx: &Ctx<'_>, k: &KernelInput) -> Result<tempfile::NamedTempFile, Fault> {
+/// `sources` are the inputs `headers_digest` already read (for BTF, the
+/// blob's digest, so the blob is not hashed a second time).
+fn compile_and_validate(
+    ctx: &Ctx<'_>,
+    k: &KernelInput,
+    sources: &[SourcePackage],
+) -> Result<tempfile::NamedTempFile, Fault> {
     let env = |e: String| Fault::Environment(e);
     let work = tempfile::Builder::new()
         .prefix("work-")
@@ -733,12 +739,9 @@ fn compile_and_validate(ctx: &Ctx<'_>, k: &KernelInput) -> Result<tempfile::Name
         }
         Source::Btf { file } => {
             let tool = ctx.bpftool.ok_or_else(|| env(crate::btf::BtfError::NoBpftool.to_string()))?;
-            let blob = fs::File::open(file)
-                .and_then(Digest::of_reader)
-                .map_err(|e| env(format!("{}: {e}", file.display())))?
-                .0;
+            let blob = &sources.first().expect("a BTF input has its blob as source").digest;
             let dir =
-                tool.vmlinux_h(file, &blob, &ctx.cfg.cache_dir).map_err(|e| Fault::Deterministic(e.to_string()))?;
+                tool.vmlinux_h(file, blob, &ctx.cfg.cache_dir).map_err(|e| Fault::Deterministic(e.to_string()))?;
             compile_with(ctx, k, Mode::Btf { vmlinux_dir: &dir }, work.path(), out.path())
         }
     };
