@@ -1,6 +1,8 @@
 //! Decoding the tracer's events: the Rust mirror of `bpf/tracer.h`. Offsets
 //! are those of the C structs (naturally aligned, little-endian, explicit
-//! padding), checked against a built object's BTF by a test.
+//! padding), checked against a built object's BTF by a test. Also what an
+//! event becomes on output: wall-clock time and the host name beside the
+//! kernel's monotonic `ts_ns`, for log pipelines.
 
 use serde::Serialize;
 
@@ -77,6 +79,76 @@ impl Event {
             Detail::Creds { new_uid, new_gid } => format!("uid={new_uid} gid={new_gid}"),
         }
     }
+}
+
+/// Maps the tracer's `ts_ns` (`bpf_ktime_get_ns`: CLOCK_MONOTONIC, which
+/// stops while the machine is suspended and is slewed with the wall clock)
+/// to wall-clock time. Sample it again from time to time: the offset
+/// between the two clocks changes after a suspend or a clock step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WallClock {
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, in nanoseconds.
+    offset_ns: i128,
+}
+
+impl WallClock {
+    /// The offset now: the wall clock read between two monotonic reads,
+    /// against their midpoint.
+    pub fn sample() -> Self {
+        use rustix::time::{ClockId, clock_gettime};
+        let ns = |t: rustix::time::Timespec| i128::from(t.tv_sec) * 1_000_000_000 + i128::from(t.tv_nsec);
+        let before = ns(clock_gettime(ClockId::Monotonic));
+        let wall = ns(clock_gettime(ClockId::Realtime));
+        let after = ns(clock_gettime(ClockId::Monotonic));
+        Self { offset_ns: wall - (before + after) / 2 }
+    }
+
+    pub fn from_offset_ns(offset_ns: i128) -> Self {
+        Self { offset_ns }
+    }
+
+    /// Nanoseconds since the Unix epoch of a monotonic timestamp (0 for a
+    /// time before the epoch, which no real event has).
+    pub fn epoch_ns(&self, ts_ns: u64) -> u64 {
+        u64::try_from(i128::from(ts_ns) + self.offset_ns).unwrap_or(0)
+    }
+}
+
+/// This machine's host name (`uname -n`: inside a container, the
+/// container's unless it shares the host's UTS namespace).
+pub fn host_name() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
+/// One event as the agent prints it: the decoded event, its wall-clock time
+/// (RFC 3339 in UTC with nanoseconds, and nanoseconds since the epoch)
+/// and the host it happened on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record<'a> {
+    #[serde(flatten)]
+    pub event: &'a Event,
+    pub time: String,
+    pub epoch_ns: u64,
+    pub host: &'a str,
+}
+
+impl<'a> Record<'a> {
+    pub fn new(event: &'a Event, clock: &WallClock, host: &'a str) -> Self {
+        let epoch_ns = clock.epoch_ns(event.ts_ns);
+        let time = utc(epoch_ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        Self { event, time, epoch_ns, host }
+    }
+
+    /// The time in this machine's time zone (`TZ`, else /etc/localtime),
+    /// as the table shows it.
+    pub fn local_time(&self) -> String {
+        utc(self.epoch_ns).with_timezone(&chrono::Local).format("%H:%M:%S%.6f").to_string()
+    }
+}
+
+fn utc(epoch_ns: u64) -> chrono::DateTime<chrono::Utc> {
+    // i64 nanoseconds reach the year 2262; later stamps saturate there.
+    chrono::DateTime::from_timestamp_nanos(i64::try_from(epoch_ns).unwrap_or(i64::MAX))
 }
 
 /// Byte offsets in a record, by C struct and field: the table `tracer.h`
@@ -238,5 +310,34 @@ mod tests {
         assert_eq!(decode(&c).unwrap().details(), "127.0.0.1:8080");
         assert_eq!(decode(&header(99, 1)), None);
         assert_eq!(decode(&[0u8; 10]), None);
+    }
+
+    #[test]
+    fn records_carry_wall_clock_time_and_host() {
+        let mut exec = header(1, 77);
+        exec.extend(vec![0u8; PATH_LEN]);
+        let e = decode(&exec).unwrap();
+        // ts_ns is 42 (see header()); an offset putting it at
+        // 2025-11-25T12:00:00.000000001Z.
+        let clock = WallClock::from_offset_ns(1_764_072_000_000_000_001 - 42);
+        let r = Record::new(&e, &clock, "node-7");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["time"], "2025-11-25T12:00:00.000000001Z");
+        assert_eq!(json["epoch_ns"], 1_764_072_000_000_000_001u64);
+        assert_eq!(json["ts_ns"], 42);
+        assert_eq!(json["host"], "node-7");
+        assert_eq!(json["event"], "exec");
+        // Before the epoch cannot happen for a real event: it saturates, not wraps.
+        assert_eq!(WallClock::from_offset_ns(-100).epoch_ns(42), 0);
+    }
+
+    #[test]
+    fn a_sampled_clock_maps_now_to_now() {
+        let clock = WallClock::sample();
+        let mono = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let mono_ns = mono.tv_sec as u64 * 1_000_000_000 + mono.tv_nsec as u64;
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i128;
+        let err = (i128::from(clock.epoch_ns(mono_ns)) - wall).abs();
+        assert!(err < 50_000_000, "mapped monotonic now is {err} ns off the wall clock");
     }
 }

@@ -106,6 +106,10 @@ struct RunArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
+    /// The host name events carry [default: uname -n]. In a Kubernetes
+    /// DaemonSet, set it to the node's name (downward API spec.nodeName).
+    #[arg(long, env = "BPFARM_HOST_NAME", value_name = "NAME")]
+    host_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -150,7 +154,9 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
         for (name, what) in bpfarm_agent::events::EVENTS {
             println!("{name:<8} {what}");
         }
-        println!("(every event also has ts_ns, pid, tid, ppid, uid, gid, comm)");
+        println!(
+            "(every event also has ts_ns (CLOCK_MONOTONIC), time (RFC 3339, UTC), epoch_ns, host, pid, tid, ppid, uid, gid, comm)"
+        );
         return Ok(());
     }
     let cfg = resolve_config(&cli.common)?;
@@ -211,6 +217,7 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
                 filters: Filters { comm: a.comm, pid: a.pid, uid: a.uid, events: a.events },
                 duration: a.duration.map(Duration::from_secs_f64),
                 capture_dir: a.capture.map(|_| cfg.install_path.join("out")),
+                host: a.host_name.filter(|h| !h.is_empty()).unwrap_or_else(bpfarm_agent::events::host_name),
             })
         }
         Command::ListEvents => unreachable!("handled above"),

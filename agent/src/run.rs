@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use bpfarm_builder::program::OPTIONAL_PROGRAMS;
 use libbpf_rs::MapCore;
 
-use crate::events::{self, Detail, Event};
+use crate::events::{self, Detail, Event, Record, WallClock};
 
 /// The capabilities loading needs that this process lacks; empty if none.
 pub fn missing_capabilities() -> Vec<&'static str> {
@@ -72,6 +72,8 @@ pub struct RunConfig {
     pub duration: Option<Duration>,
     /// `--capture exec`: copy executed binaries here.
     pub capture_dir: Option<PathBuf>,
+    /// The host name every event carries.
+    pub host: String,
 }
 
 /// Whether this process shares the host's (initial) PID namespace.
@@ -130,7 +132,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<()> {
     }
     let names: Vec<&str> = links.iter().map(|(n, _)| n.as_str()).collect();
     // Tests and scripts wait for this line.
-    eprintln!("bpfarm-agent: attached {} programs: {}", links.len(), names.join(", "));
+    eprintln!("bpfarm-agent: attached {} programs on {}: {}", links.len(), cfg.host, names.join(", "));
     for s in &skipped {
         eprintln!("bpfarm-agent: skipped {s}");
     }
@@ -154,12 +156,14 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<()> {
         let _ = writeln!(
             out,
             "{:<15} {:<8} {:>7} {:>7} {:>6} {:<16} DETAILS",
-            "TIME(s)", "EVENT", "PID", "PPID", "UID", "COMM"
+            "TIME", "EVENT", "PID", "PPID", "UID", "COMM"
         );
     }
     let counts: std::cell::RefCell<BTreeMap<&'static str, u64>> = Default::default();
     let captured: std::cell::RefCell<HashSet<PathBuf>> = Default::default();
     let sink = std::cell::RefCell::new(out);
+    // Re-sampled on every poll: a suspend or a clock step moves it.
+    let clock = std::cell::Cell::new(WallClock::sample());
     let events_map = obj.maps().find(|m| m.name() == "events").context("the object has no events map")?;
     let mut rb = libbpf_rs::RingBufferBuilder::new();
     rb.add(&events_map, |data: &[u8]| {
@@ -169,12 +173,16 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<()> {
         }
         *counts.borrow_mut().entry(e.name()).or_default() += 1;
         let mut out = sink.borrow_mut();
+        let record = Record::new(&e, &clock.get(), &cfg.host);
         let _ = match cfg.output {
-            Output::Json => writeln!(out, "{}", serde_json::to_string(&e).expect("event serializes")),
+            Output::Json => match serde_json::to_string(&record) {
+                Ok(line) => writeln!(out, "{line}"),
+                Err(err) => writeln!(out, "{{\"error\":\"unserializable event: {err}\"}}"),
+            },
             Output::Table => writeln!(
                 out,
-                "{:<15.6} {:<8} {:>7} {:>7} {:>6} {:<16} {}",
-                e.ts_ns as f64 / 1e9,
+                "{:<15} {:<8} {:>7} {:>7} {:>6} {:<16} {}",
+                record.local_time(),
                 e.name(),
                 e.pid,
                 e.ppid,
@@ -193,6 +201,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<()> {
     let rb = rb.build()?;
     let started = Instant::now();
     while !stop.load(Ordering::Relaxed) && cfg.duration.is_none_or(|d| started.elapsed() < d) {
+        clock.set(WallClock::sample());
         match rb.poll(Duration::from_millis(100)) {
             Ok(()) => {}
             // A signal interrupting the poll is how we are asked to stop.

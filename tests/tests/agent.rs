@@ -43,6 +43,10 @@ fn agent(install: &Path) -> Command {
     c
 }
 
+fn epoch_ns_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
 fn show(o: &Output) -> String {
     format!(
         "exit {:?}\n--- stdout\n{}--- stderr\n{}",
@@ -95,7 +99,9 @@ fn never_policy_fetches_verifies_loads_and_reports_an_exec() {
     // A process of our own, with a path nothing else runs.
     let marker = dir.path().join("bpfarm-e2e-marker");
     std::fs::copy("/bin/true", &marker).unwrap();
+    let before = epoch_ns_now();
     let mut m = Command::new(&marker).spawn().unwrap();
+    let after = epoch_ns_now();
     let pid = m.id();
     m.wait().unwrap();
 
@@ -118,6 +124,16 @@ fn never_policy_fetches_verifies_loads_and_reports_an_exec() {
     assert_eq!(e["filename"], marker.to_str().unwrap());
     assert_eq!(e["comm"], "bpfarm-e2e-mark");
     assert!(e["ppid"].as_u64().unwrap() > 0 && e["uid"] == 0, "{e}");
+    // Wall-clock time for log pipelines: within a second of this test's
+    // clock around the exec, the RFC 3339 form the same instant, the host ours.
+    let wall = e["epoch_ns"].as_u64().expect("epoch_ns");
+    assert!(wall + 1_000_000_000 > before && wall < after + 1_000_000_000, "{e}: exec between {before} and {after}");
+    let rfc3339 = chrono::DateTime::parse_from_rfc3339(e["time"].as_str().expect("time")).expect("RFC 3339");
+    assert_eq!(rfc3339.timestamp_nanos_opt(), Some(wall as i64), "{e}");
+    assert!(e["time"].as_str().unwrap().ends_with('Z'), "{e}");
+    assert!(e["ts_ns"].as_u64().unwrap() < wall, "ts_ns stays the kernel's monotonic time: {e}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(e["host"], host.trim(), "{e}");
     assert!(status.success(), "agent exit {status:?}: {rest}");
     assert!(rest.contains("events (exec"), "no summary: {rest}");
     // Installed, verified, and no compiler ran.
@@ -491,4 +507,46 @@ fn registry_headers_reach_the_registry() {
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
     assert!(dir.path().join("b").join(name()).is_file());
+}
+
+#[test]
+fn the_table_shows_local_wall_clock_time_and_host_name_overrides() {
+    if !privileged("the_table_shows_local_wall_clock_time_and_host_name_overrides") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let object = build(dir.path());
+    let marker = dir.path().join("bpfarm-tzmark");
+    std::fs::copy("/bin/true", &marker).unwrap();
+    // A zone far from UTC, with a half-hour offset: local time, not UTC and
+    // not seconds since boot.
+    let mut child = agent(&dir.path().join("install"))
+        .env("TRACEE_BPF_FILE", &object)
+        .env("TZ", "Asia/Kolkata")
+        .env("BPFARM_HOST_NAME", "node-a")
+        .args(["run", "--output", "table", "--event", "exec", "--comm", "bpfarm-tzmark", "--duration", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("attached") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "agent ended before attaching");
+    }
+    assert!(line.contains("on node-a"), "{line}");
+    Command::new(&marker).status().unwrap();
+    let expected = chrono::Utc::now().with_timezone(&chrono::FixedOffset::east_opt(5 * 3600 + 1800).unwrap());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let header = lines.next().unwrap().unwrap();
+    assert!(header.starts_with("TIME "), "{header}");
+    let row = lines.next().unwrap().unwrap();
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    child.wait().unwrap();
+    let shown = chrono::NaiveTime::parse_from_str(row.split_whitespace().next().unwrap(), "%H:%M:%S%.6f")
+        .unwrap_or_else(|e| panic!("{row:?}: the first column is not a local HH:MM:SS.ffffff time: {e}"));
+    let off = (shown - expected.time()).num_milliseconds().abs();
+    assert!(off < 2000 || off > 86_400_000 - 2000, "{row:?} is not Asia/Kolkata time (now {expected})");
+    assert!(row.contains("exec") && row.contains("bpfarm-tzmark"), "{row:?}");
 }
