@@ -514,14 +514,20 @@ fn describe(s: &Source) -> String {
 }
 
 /// An unpacked header tree: `build` is the configured tree; its kernel
-/// source is `build/source` when that exists (Debian, `/lib/modules/*/build`)
-/// and `build` itself otherwise (RPM kernel-devel).
+/// source is `build/source` when that exists, else the `source` beside a
+/// `/lib/modules/<release>/build` link (Debian installs both links there,
+/// and the flavour tree itself has none), else `build` itself (RPM
+/// kernel-devel).
 fn tree_input(build: &Path) -> Result<KernelInput, String> {
     let tf = kernel::tree_facts(build).map_err(|e| e.to_string())?;
     let arch = tf.arch.ok_or_else(|| {
         format!("{}: include/generated/autoconf.h names neither CONFIG_X86_64 nor CONFIG_ARM64", build.display())
     })?;
-    let source = build.join("source");
+    let sibling = build.file_name().filter(|n| *n == "build").and(build.parent()).map(|p| p.join("source"));
+    let source = match sibling {
+        Some(s) if !build.join("source").is_dir() && s.is_dir() => s,
+        _ => build.join("source"),
+    };
     let source = if source.is_dir() {
         source.canonicalize().map_err(|e| format!("{}: {e}", source.display()))?
     } else {

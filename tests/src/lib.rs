@@ -400,3 +400,31 @@ pub fn publish_running_object(dir: &Path, url: &str, push_token: &str) -> PathBu
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease").trim().to_owned();
     dir.join("out").join(std::env::consts::ARCH).join(bpfarm_object::object_file_name(&release, "v0.1.0"))
 }
+
+/// Whether a test that runs bpfarm's container images may run: root, BPF,
+/// and podman and mmdebstrap (ci/install-deps installs both). Under
+/// `CI=true` anything missing is a failure; elsewhere the test says it skips.
+pub fn containers(what: &str) -> bool {
+    if !privileged(what) {
+        return false;
+    }
+    let on_path = |tool: &str| {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join(tool).is_file())
+    };
+    let missing: Vec<&str> = ["podman", "mmdebstrap", "runc"].into_iter().filter(|t| !on_path(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        !in_ci(),
+        "{what}: needs {} (ci/install-deps installs them; CI=true: failing instead of skipping)",
+        missing.join(", ")
+    );
+    eprintln!("SKIPPED {what}: needs {}", missing.join(", "));
+    false
+}
+
+/// `ci/podman`: podman with the project's container configuration.
+pub fn podman() -> Command {
+    Command::new(repo_root().join("ci/podman"))
+}
