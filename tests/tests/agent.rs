@@ -551,3 +551,33 @@ fn the_table_shows_local_wall_clock_time_and_host_name_overrides() {
     assert!(!(2000..=86_400_000 - 2000).contains(&off), "{row:?} is not Asia/Kolkata time (now {expected})");
     assert!(row.contains("exec") && row.contains("bpfarm-tzmark"), "{row:?}");
 }
+
+#[test]
+fn kern_headers_at_lib_modules_build_finds_the_source_link_beside_it() {
+    // Debian's layout: /lib/modules/<release>/build and .../source are two
+    // links, to the flavour tree and the -common tree; the flavour tree has
+    // no source link of its own. Here under a temporary root, links relative.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let debs = bpfarm_tests::fixture_debs();
+    for p in ["linux-headers-6.1.0-56-amd64", "linux-headers-6.1.0-56-common"] {
+        let out = Command::new("dpkg-deb").arg("-x").arg(bpfarm_tests::deb(&debs, p)).arg(&root).output().unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    let modules = root.join("lib/modules/6.1.0-56-amd64");
+    for (link, target) in [
+        ("build", "../../../usr/src/linux-headers-6.1.0-56-amd64"),
+        ("source", "../../../usr/src/linux-headers-6.1.0-56-common"),
+    ] {
+        let _ = std::fs::remove_file(modules.join(link));
+        std::os::unix::fs::symlink(target, modules.join(link)).unwrap();
+    }
+    let install = dir.path().join("install");
+    let out = agent(&install)
+        .env("KERN_HEADERS", modules.join("build"))
+        .args(["--kernel-release", "6.1.0-56-amd64", "build"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(install.join(object_file_name("6.1.0-56-amd64", "v0.1.0")).is_file());
+}

@@ -279,9 +279,13 @@ fn full_agent_builds_from_mounted_kern_headers_and_from_the_hosts_btf() {
     let headers_release = installed_headers(&root);
     // The same kernel built on the host by the builder: the bytes to expect.
     let host_out = dir.path().join("host-out");
+    let debs = bpfarm_tests::fixture_debs();
     let out = Command::new(bin("bpfarm-builder"))
-        .args(["build", "--no-progress", "--headers"])
-        .arg(root.join("lib/modules").join(headers_release).join("build"))
+        .args(["build", "--no-progress"])
+        .args(
+            ["linux-headers-6.1.0-56-amd64", "linux-headers-6.1.0-56-common", "linux-kbuild-6.1"]
+                .map(|p| format!("--headers={}", bpfarm_tests::deb(&debs, p).display())),
+        )
         .arg("--cache-dir")
         .arg(dir.path().join("cache"))
         .arg("--out")
