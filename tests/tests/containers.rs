@@ -427,3 +427,68 @@ fn registry_image_runs_as_non_root_serves_and_keeps_its_volume_across_a_restart(
     let health = podman_ok(&["inspect", "--format", "{{.Config.Healthcheck.Test}}", &second.name]);
     assert!(health.contains("/healthz"), "{health}");
 }
+
+#[test]
+fn ci_images_pushes_to_any_oci_registry_bpfarms_own_included() {
+    if !containers("ci_images_pushes_to_any_oci_registry_bpfarms_own_included") {
+        return;
+    }
+    let img = images();
+    let dir = tempfile::tempdir().unwrap();
+    // bpfarm's own registry (its /v2 API; image layers exceed the default
+    // 64 MiB object limit) and distribution 2.8.
+    let data = dir.path().join("registry");
+    let push = bpfarm_tests::token(&data, "ci", "push");
+    let bpfarm = bpfarm_tests::serve_with(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data.to_str().unwrap(),
+        "--max-object-bytes",
+        "536870912",
+    ]);
+    let distribution = bpfarm_tests::distribution();
+    let bpfarm_host = bpfarm.url.trim_start_matches("http://").to_owned();
+    for (host, creds) in [(bpfarm_host.as_str(), Some(format!("ci:{push}"))), (distribution.addr.as_str(), None)] {
+        let mut cmd = Command::new(repo_root().join("ci/images"));
+        cmd.args([
+            "--profile",
+            "debug",
+            "--only",
+            "agent-slim",
+            "--push",
+            &format!("{host}/acme"),
+            "--tls-verify=false",
+        ]);
+        if let Some(c) = &creds {
+            cmd.args(["--creds", c]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{host}: {}", show(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let pushed =
+            stdout.lines().find_map(|l| l.strip_prefix("pushed agent-slim ")).unwrap_or_else(|| panic!("{stdout}"));
+        let (dest, digest) = pushed.split_once(' ').unwrap();
+        assert_eq!(dest, format!("{host}/acme/bpfarm-agent:slim-0.1.0"));
+        // skopeo sees the digest podman pushed.
+        let mut inspect = Command::new("skopeo");
+        inspect.args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"]);
+        if let Some(c) = &creds {
+            inspect.args(["--creds", c]);
+        }
+        let out = inspect.arg(format!("docker://{dest}")).output().unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), digest);
+    }
+    // Pulled back from bpfarm's registry and run: the same image.
+    let pulled = format!("{bpfarm_host}/acme/bpfarm-agent:slim-0.1.0");
+    let out = podman()
+        .args(["pull", "--quiet", "--tls-verify=false", "--creds", &format!("ci:{push}"), &pulled])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let _cleanup = Removed { kind: "image", name: pulled.clone() };
+    let ours = podman_ok(&["image", "inspect", "--format", "{{.Id}}", &img.slim]);
+    assert_eq!(podman_ok(&["image", "inspect", "--format", "{{.Id}}", &pulled]), ours);
+    assert!(podman_ok(&["run", "--rm", &pulled, "--version"]).starts_with("bpfarm-agent "));
+}
