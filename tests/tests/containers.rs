@@ -152,7 +152,11 @@ fn agent_run_args(install: &Path, seccomp: &Path) -> Vec<String> {
     [
         "--network=host",
         "--pid=host",
-        "--volume=/sys/kernel:/sys/kernel",
+        // tracefs for the syscall tracepoints, BTF for a local build: read-only.
+        "--volume=/sys/kernel:/sys/kernel:ro",
+        // The host's UTS namespace: events carry the host's name.
+        "--uts=host",
+        "--read-only",
         &format!("--volume={}:/tmp/tracee", install.display()),
         "--cap-drop=all",
         "--cap-add=BPF,PERFMON",
@@ -242,7 +246,8 @@ fn slim_agent_has_no_compiler_fetches_from_the_registry_image_and_traces_the_hos
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     let e = found.expect("the host's exec seen from the container");
     assert_eq!(e["filename"], marker.to_str().unwrap());
-    assert!(e["epoch_ns"].as_u64().is_some() && e["time"].is_string() && e["host"].is_string(), "{e}");
+    assert!(e["epoch_ns"].as_u64().is_some() && e["time"].is_string(), "{e}");
+    assert_eq!(e["host"], std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(), "{e}");
     assert!(status.success(), "agent exit {status:?}: {rest}");
     assert!(rest.contains("executables captured"), "{rest}");
     // The object was installed into the host's shared install path, and
