@@ -497,3 +497,67 @@ fn ci_images_pushes_to_any_oci_registry_bpfarms_own_included() {
     assert_eq!(podman_ok(&["image", "inspect", "--format", "{{.Id}}", &pulled]), ours);
     assert!(podman_ok(&["run", "--rm", &pulled, "--version"]).starts_with("bpfarm-agent "));
 }
+
+/// podman's default seccomp profile grants bpf() to CAP_SYS_ADMIN only (as
+/// containers-common on Debian bookworm ships it).
+fn default_seccomp_needs_sys_admin_for_bpf() -> bool {
+    let profile: serde_json::Value =
+        serde_json::from_slice(&std::fs::read("/usr/share/containers/seccomp.json").unwrap()).unwrap();
+    !profile["syscalls"].as_array().unwrap().iter().any(|rule| {
+        rule["action"] == "SCMP_ACT_ALLOW"
+            && rule["names"].as_array().unwrap().iter().any(|n| n == "bpf")
+            && rule["includes"]["caps"].as_array().is_some_and(|c| c.iter().any(|c| c == "CAP_BPF"))
+    })
+}
+
+#[test]
+fn capabilities_instead_of_privileged_as_the_readme_documents() {
+    if !containers("capabilities_instead_of_privileged_as_the_readme_documents") {
+        return;
+    }
+    let img = images();
+    let dir = tempfile::tempdir().unwrap();
+    // A mounted object (TRACEE_BPF_FILE): nothing fetched or built.
+    let out = Command::new(bin("bpfarm-builder"))
+        .args(["build", "--running-kernel", "--no-progress", "--cache-dir"])
+        .arg(dir.path().join("cache"))
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let object = dir.path().join("out/x86_64").join(object_file_name(&release(), "v0.1.0"));
+    let seccomp = seccomp_profile(dir.path());
+    let run = |opts: &[&str]| -> Output {
+        podman()
+            .args(["run", "--rm", "--pid=host", "--read-only", "--volume=/sys/kernel:/sys/kernel:ro"])
+            .arg(format!("--volume={}:/opt/tracee.bpf.o:ro", object.display()))
+            .args(["--env", "TRACEE_BPF_FILE=/opt/tracee.bpf.o"])
+            .args(opts)
+            .args([&img.slim, "run", "--duration", "0.5", "--event", "exec", "--output", "json"])
+            .output()
+            .unwrap()
+    };
+    let attached =
+        |o: &Output| o.status.success() && String::from_utf8_lossy(&o.stderr).contains("attached 6 programs");
+    let derived = format!("--security-opt=seccomp={}", seccomp.display());
+    for opts in [
+        vec!["--cap-drop=all", "--cap-add=BPF,PERFMON", derived.as_str()],
+        vec!["--cap-drop=all", "--cap-add=BPF,PERFMON", "--security-opt=seccomp=unconfined"],
+        vec!["--cap-drop=all", "--cap-add=SYS_ADMIN"],
+        vec!["--privileged"],
+    ] {
+        let out = run(&opts);
+        assert!(attached(&out), "{opts:?}: {}", show(&out));
+    }
+    // The engine's own default profile with CAP_BPF + CAP_PERFMON: refused
+    // by the kernel's bpf() (seccomp's EPERM) where that profile keeps bpf()
+    // for CAP_SYS_ADMIN, as the README says; fine where it does not.
+    let out = run(&["--cap-drop=all", "--cap-add=BPF,PERFMON"]);
+    if default_seccomp_needs_sys_admin_for_bpf() {
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("refused to load") && !attached(&out), "{}", show(&out));
+    } else {
+        assert!(attached(&out), "{}", show(&out));
+    }
+}
