@@ -348,6 +348,16 @@ pub fn peak_rss(pid: u32) -> u64 {
         * 1024
 }
 
+/// A `/v1` client for a registry on loopback, with a 60 s deadline per call.
+pub fn client(url: &str, token: Option<String>) -> bpfarm_object::client::RegistryClient {
+    let transport = bpfarm_object::http::Transport::new(bpfarm_object::http::TransportConfig {
+        timeout: std::time::Duration::from_secs(60),
+        ..Default::default()
+    })
+    .expect("the HTTP transport");
+    bpfarm_object::client::RegistryClient::new(url, token, &transport).expect("a loopback registry URL")
+}
+
 /// Metadata for a stand-in object (tests of registry plumbing that need no
 /// real build).
 pub fn sample_metadata(release: &str, arch: bpfarm_object::Arch, bytes: &[u8]) -> bpfarm_object::ObjectMetadata {
