@@ -240,24 +240,25 @@ fn check_local(
 
 /// Looks at one local candidate and records what was found there in the
 /// trail; the verified bytes when it can be used.
+/// `install_path` candidates must have their `.json` and are read under
+/// the lock installs take (when one was ever taken; readers create none).
 fn consider(
     trail: &mut Vec<Step>,
     place: String,
     dir: Result<TrustedDir, TrustError>,
     name: &str,
     cfg: &ResolveConfig,
-    require_metadata: bool,
+    install_path: bool,
     force: bool,
 ) -> Option<Verified> {
     let id = &cfg.identity;
     let limit = cfg.transport.max_object_bytes;
     let outcome = match dir {
         Ok(dir) => {
-            // Read under the lock installs take (when one was ever taken).
-            let lock = dir.lock_shared();
+            let lock = if install_path { dir.lock_shared() } else { Ok(None) };
             match lock {
                 Err(e) => Err(format!("refusing: {e}")),
-                Ok(_lock) => check_local(&dir, name, id, require_metadata, force, limit),
+                Ok(_lock) => check_local(&dir, name, id, install_path, force, limit),
             }
         }
         Err(TrustError::Missing { .. }) => Err("not there".into()),
@@ -447,7 +448,7 @@ fn fetch_one(transport: &Transport, base: &str, cfg: &ResolveConfig, look_only: 
             Ok(Some((meta, bytes))) => Ok(Fetched::Got(
                 Box::new(meta),
                 bytes,
-                format!("fetched from {}, matching its manifest", registry.target().repository()),
+                format!("fetched from {}, verified against its manifest", registry.target().repository()),
             )),
             Ok(None) => Err(format!(
                 "no {} for this kernel and arch in {}",

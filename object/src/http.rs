@@ -127,6 +127,7 @@ struct Inner {
     rt: tokio::runtime::Runtime,
     config: TransportConfig,
     /// The `--ca-cert` files' PEM bytes, for clients built elsewhere (OCI).
+    #[cfg_attr(not(feature = "oci"), allow(dead_code))]
     ca_pems: Vec<Vec<u8>>,
 }
 
@@ -195,6 +196,7 @@ impl Transport {
         &self.inner.config
     }
 
+    #[cfg_attr(not(feature = "oci"), allow(dead_code))]
     pub(crate) fn ca_pems(&self) -> &[Vec<u8>] {
         &self.inner.ca_pems
     }
