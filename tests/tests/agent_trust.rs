@@ -337,6 +337,43 @@ fn trickling_registries_time_out_as_a_whole_and_the_next_one_is_tried() {
     assert_eq!(err.matches("gave up: no complete answer within 2s (--timeout)").count(), 2, "{err}");
     assert!(took < Duration::from_secs(10), "{took:?}");
     assert_eq!(std::fs::read(install.join(name())).unwrap(), f.bytes);
+    // The agent made the install path itself: private to it.
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&install).unwrap().permissions()) & 0o777,
+        0o700
+    );
+}
+
+#[test]
+fn the_identity_is_embedded_after_the_cache() {
+    // Another version label is a cache hit (the label is not in the key),
+    // yet its object says the new version; the same label gives the same
+    // bytes again.
+    let dir = tempfile::tempdir().unwrap();
+    let build = |version: &str, out: &str| {
+        let o = Command::new(bin("bpfarm-builder"))
+            .args(["build", "--running-kernel", "--no-progress", "--version", version, "--cache-dir"])
+            .arg(dir.path().join("cache"))
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        let bytes = std::fs::read(
+            dir.path().join(out).join(std::env::consts::ARCH).join(object_file_name(&release(), version)),
+        )
+        .unwrap();
+        (stdout, bytes)
+    };
+    let (first, a) = build("v0.1.0", "a");
+    assert!(first.contains("1 built"), "{first}");
+    let (second, b) = build("v0.2.0", "b");
+    assert!(second.contains("1 cached"), "the version label changed the cache key: {second}");
+    assert_eq!(embed::read(&b).unwrap().unwrap().identity.version, "v0.2.0");
+    assert_ne!(a, b);
+    let (_, again) = build("v0.1.0", "c");
+    assert_eq!(a, again, "the same cached object and identity must give the same bytes");
 }
 
 #[test]
