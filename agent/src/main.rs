@@ -87,8 +87,9 @@ struct Common {
     max_object_size: Option<u64>,
     /// DANGEROUS: load the object TRACEE_BPF_FILE names even when its
     /// embedded identity is missing or names another kernel, arch or
-    /// version. Such an object can attach and report wrong data (or crash
-    /// the tracer's view of the system). Has no effect on any other place.
+    /// version. Such an object can load, attach and report wrong data
+    /// without a word (an arm64 object on x86_64 does). Has no effect on
+    /// any other place an object comes from.
     #[arg(long, global = true)]
     force_object: bool,
 }
