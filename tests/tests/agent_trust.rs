@@ -42,7 +42,17 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("agent-trust-{}", std::process::id()));
+        // One folder per test process; those of processes that are gone are removed.
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        for e in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = n.strip_prefix("agent-trust-")
+                && !Path::new("/proc").join(pid).exists()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = tmp.join(format!("agent-trust-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let out = Command::new(bin("bpfarm-builder"))
             .args(["build", "--running-kernel", "--no-progress", "--cache-dir"])
@@ -290,11 +300,16 @@ fn static_mirrors_json_is_checked_like_v1_metadata() {
     let f = fixture();
     for (field, value, cause) in [
         ("file_name", Value::from("../../pwned"), "is not the name its identity makes"),
+        ("file_name", Value::from("/etc/cron.d/bpfarm-pwned"), "is not the name its identity makes"),
         ("arch", Value::from("aarch64"), "its arch is \"aarch64\", expected \"x86_64\""),
+        ("kernel_release", Value::from("6.1.0-56-amd64"), "its kernel_release is \"6.1.0-56-amd64\""),
         ("digest", Value::from(Digest::of_bytes(b"other").to_string()), "the .sha256 says"),
     ] {
         let mut meta = f.meta.clone();
         meta[field] = value;
+        if field == "kernel_release" {
+            meta["file_name"] = object_file_name("6.1.0-56-amd64", "v0.1.0").into();
+        }
         let mirror = static_mirror(vec![
             (format!("{}.sha256", name()), sha256_file(&f.bytes)),
             (format!("{}.json", name()), Reply::json(200, &meta)),
