@@ -3,22 +3,31 @@
 //! registry → a local build (only if the policy allows). Every place looked
 //! at goes into the trail, with what was found or why not.
 //!
-//! Nothing fetched is installed before its bytes match the registry's
-//! digest and its metadata names this host's kernel release and arch;
-//! installs are atomic (temp file + rename) under a lock on the install
-//! path. Under `--build-policy never` no code path here reaches the builder,
-//! so no compiler process can start.
+//! What is loaded is exactly the bytes that were checked: every candidate
+//! is read once (through a checked folder, see `trust`), and its embedded
+//! identity must name this kernel release, arch and version. Fetched bytes
+//! must also match the registry's digest and size, and its metadata must be
+//! for this identity; the install name always comes from the identity,
+//! never from the wire. Installs are atomic (temp file + rename) under a
+//! lock on the install path. Under `--build-policy never` no code path here
+//! reaches the builder, so no compiler process can start.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use bpfarm_object::client::{Lookup, RegistryClient};
+use bpfarm_object::client::{ClientError, Lookup, RegistryClient};
+use bpfarm_object::embed::{self, EmbeddedIdentity};
+use bpfarm_object::http::{Transport, TransportConfig, TransportError};
 use bpfarm_object::{Arch, Digest, Identity, KernelFacts, ObjectMetadata};
 
+use crate::trust::{TrustError, TrustedDir};
+
+/// Cap on a `.json` beside a local object.
+const MAX_LOCAL_METADATA: u64 = 1 << 20;
+
 /// `--build-policy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum BuildPolicy {
     /// Find or fetch; never run a compiler.
     Never,
@@ -58,8 +67,12 @@ pub struct ResolveConfig {
     pub kern_headers: Option<PathBuf>,
     /// Whether the target is the running kernel (its BTF may be used).
     pub running_kernel: bool,
-    /// Bound on all registry work.
-    pub timeout: Duration,
+    /// TLS roots, the plain-http rule, the per-registry deadline and the
+    /// object size limit.
+    pub transport: TransportConfig,
+    /// `--force-object`: load a `TRACEE_BPF_FILE` whose embedded identity
+    /// is missing or names another kernel (dangerous).
+    pub force_object: bool,
 }
 
 /// One place looked at.
@@ -79,6 +92,15 @@ pub enum Source {
     LocalBuild,
 }
 
+/// Bytes that passed every check, ready to load.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub bytes: Vec<u8>,
+    pub digest: Digest,
+    /// What the object says it is (`None` only under `--force-object`).
+    pub embedded: Option<EmbeddedIdentity>,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Resolution {
     /// The object to load (for `locate`: where it is or would be).
@@ -86,17 +108,28 @@ pub struct Resolution {
     pub source: Source,
     /// `locate` only: what would happen (fetch from X, build with Y).
     pub would: Option<String>,
+    /// The digest of the verified bytes, when there are bytes.
+    pub digest: Option<Digest>,
     pub trail: Vec<Step>,
+    /// The verified bytes; `None` only when `locate` found nothing local.
+    #[serde(skip)]
+    pub object: Option<Verified>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    #[error("TRACEE_BPF_FILE={path} holds no {file_name}{}", trail_text(.trail))]
+    #[error("TRACEE_BPF_FILE={path} holds no usable {file_name}{}", trail_text(.trail))]
     BpfFileEmpty { path: String, file_name: String, trail: Vec<Step> },
     #[error("no object for kernel {release} ({arch}), version {version}, and the build policy is {policy}; tried:{}", trail_text(.trail))]
     NotFound { release: String, arch: Arch, version: String, policy: &'static str, trail: Vec<Step> },
     #[error("local build failed: {message}{}", trail_text(.trail))]
     BuildFailed { message: String, trail: Vec<Step> },
+    #[error("setting up the registry client: {source}")]
+    Transport {
+        #[source]
+        source: TransportError,
+        trail: Vec<Step>,
+    },
 }
 
 impl ResolveError {
@@ -104,7 +137,8 @@ impl ResolveError {
         match self {
             ResolveError::BpfFileEmpty { trail, .. }
             | ResolveError::NotFound { trail, .. }
-            | ResolveError::BuildFailed { trail, .. } => trail,
+            | ResolveError::BuildFailed { trail, .. }
+            | ResolveError::Transport { trail, .. } => trail,
         }
     }
 }
@@ -121,46 +155,125 @@ fn policy_name(p: BuildPolicy) -> &'static str {
     }
 }
 
-/// Checks a local object: when a `<file>.json` is beside it, the bytes must
-/// match its digest and it must name this identity. `require_metadata`
-/// makes a missing `.json` a reason to skip (the install path always has one).
-fn check_local(path: &Path, id: &Identity, require_metadata: bool) -> Result<String, String> {
-    let bytes = fs::read(path).map_err(|e| format!("unreadable: {e}"))?;
-    let meta_path = path.with_file_name(format!("{}.json", path.file_name().unwrap_or_default().to_string_lossy()));
-    match fs::read(&meta_path) {
-        Ok(m) => {
-            let meta: ObjectMetadata =
-                serde_json::from_slice(&m).map_err(|e| format!("{} is unreadable: {e}", meta_path.display()))?;
-            let digest = Digest::of_bytes(&bytes);
-            if digest != meta.digest {
-                return Err(format!(
-                    "does not verify: bytes hash to {digest}, its metadata says {} (a partial or altered file)",
-                    meta.digest
-                ));
-            }
-            if meta.identity != *id {
-                return Err(format!(
-                    "its metadata is for kernel {} ({}) version {}, not this host",
-                    meta.identity.kernel_release, meta.identity.arch, meta.identity.version
-                ));
-            }
-            Ok(format!("found, digest {digest} verified"))
+/// Checks bytes against what this host needs: the metadata (when there is
+/// one) must name the same digest and identity, and the embedded identity
+/// must name this kernel release, arch and version. `force` lets a missing
+/// or different embedded identity pass, with the reason in the outcome.
+fn verify(
+    bytes: Vec<u8>,
+    id: &Identity,
+    meta: Option<&ObjectMetadata>,
+    force: bool,
+) -> Result<(Verified, String), String> {
+    let digest = Digest::of_bytes(&bytes);
+    let mut outcome = format!("digest {digest}");
+    if let Some(m) = meta {
+        if m.digest != digest {
+            return Err(format!(
+                "does not verify: bytes hash to {digest}, its metadata says {} (a partial or altered file)",
+                m.digest
+            ));
         }
-        Err(_) if require_metadata => {
-            Err(format!("found, but no {} to verify it against: skipped", meta_path.display()))
-        }
-        Err(_) => Ok("found (no metadata beside it to verify)".into()),
+        m.check_identity(id).map_err(|e| format!("refused: its metadata does not fit this host: {e}"))?;
+        outcome += " matches its metadata";
     }
+    let embedded = match embed::read(&bytes) {
+        Ok(Some(e)) => match e.check(id) {
+            Ok(()) => {
+                outcome += "; its embedded identity names this kernel, arch and version";
+                Some(e)
+            }
+            Err(m) if force => {
+                outcome += &format!("; LOADED ANYWAY (--force-object): {m}");
+                Some(e)
+            }
+            Err(m) => return Err(format!("refused: {m}")),
+        },
+        Ok(None) if force => {
+            outcome += &format!("; LOADED ANYWAY (--force-object): it carries no {} section", embed::SECTION);
+            None
+        }
+        Ok(None) => {
+            return Err(format!(
+                "refused: it carries no embedded identity ({} section), so nothing says which kernel it was built for",
+                embed::SECTION
+            ));
+        }
+        Err(e) if force => {
+            outcome += &format!("; LOADED ANYWAY (--force-object): {e}");
+            None
+        }
+        Err(e) => return Err(format!("refused: {e}")),
+    };
+    Ok((Verified { bytes, digest, embedded }, outcome))
+}
+
+/// Reads `name` from a checked folder and verifies it; the `.json` beside
+/// it is used when present and required when `require_metadata`.
+fn check_local(
+    dir: &TrustedDir,
+    name: &str,
+    id: &Identity,
+    require_metadata: bool,
+    force: bool,
+    limit: u64,
+) -> Result<(Verified, String), String> {
+    let bytes = match dir.read_file(name, limit) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Err("not there".into()),
+        Err(e) => return Err(format!("refusing: {e}")),
+    };
+    let json = format!("{name}.json");
+    let meta = match dir.read_file(&json, MAX_LOCAL_METADATA) {
+        Ok(Some(m)) => Some(
+            serde_json::from_slice::<ObjectMetadata>(&m)
+                .map_err(|e| format!("{} is unreadable: {e}", dir.path().join(&json).display()))?,
+        ),
+        Ok(None) if require_metadata => {
+            return Err(format!("found, but no {} to verify it against: skipped", dir.path().join(&json).display()));
+        }
+        Ok(None) => None,
+        Err(e) => return Err(format!("refusing: {e}")),
+    };
+    verify(bytes, id, meta.as_ref(), force)
 }
 
 /// Looks at one local candidate and records what was found there in the
-/// trail; true when it can be used.
-fn consider(trail: &mut Vec<Step>, place: String, candidate: &Path, id: &Identity, require_metadata: bool) -> bool {
-    let outcome =
-        if candidate.is_file() { check_local(candidate, id, require_metadata) } else { Err("not there".into()) };
-    let usable = outcome.is_ok();
-    trail.push(Step { place, outcome: outcome.unwrap_or_else(|why| why) });
-    usable
+/// trail; the verified bytes when it can be used.
+/// `install_path` candidates must have their `.json` and are read under
+/// the lock installs take (when one was ever taken; readers create none).
+fn consider(
+    trail: &mut Vec<Step>,
+    place: String,
+    dir: Result<TrustedDir, TrustError>,
+    name: &str,
+    cfg: &ResolveConfig,
+    install_path: bool,
+    force: bool,
+) -> Option<Verified> {
+    let id = &cfg.identity;
+    let limit = cfg.transport.max_object_bytes;
+    let outcome = match dir {
+        Ok(dir) => {
+            let lock = if install_path { dir.lock_shared() } else { Ok(None) };
+            match lock {
+                Err(e) => Err(format!("refusing: {e}")),
+                Ok(_lock) => check_local(&dir, name, id, install_path, force, limit),
+            }
+        }
+        Err(TrustError::Missing { .. }) => Err("not there".into()),
+        Err(e) => Err(format!("refusing: {e}")),
+    };
+    match outcome {
+        Ok((v, outcome)) => {
+            trail.push(Step { place, outcome: format!("found; {outcome}") });
+            Some(v)
+        }
+        Err(why) => {
+            trail.push(Step { place, outcome: why });
+            None
+        }
+    }
 }
 
 /// Resolves the object per the config and mode.
@@ -169,7 +282,9 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
     let name = id.file_name();
     let mut trail = Vec::new();
     let step = |trail: &mut Vec<Step>, place: String, outcome: String| trail.push(Step { place, outcome });
-    let found = |path: PathBuf, source, trail: Vec<Step>| Ok(Resolution { path, source, would: None, trail });
+    let found = |path: PathBuf, source, v: Verified, trail: Vec<Step>| {
+        Ok(Resolution { path, source, would: None, digest: Some(v.digest.clone()), trail, object: Some(v) })
+    };
     let not_found = |trail: Vec<Step>| ResolveError::NotFound {
         release: id.kernel_release.clone(),
         arch: id.arch,
@@ -181,73 +296,85 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
     let local_first = matches!(mode, Mode::Run | Mode::Locate) && cfg.policy != BuildPolicy::Always;
     if local_first {
         // 1. TRACEE_BPF_FILE: a file, or a folder holding the expected name;
-        //    set but empty is an error, not a fall-through.
+        //    set but unusable is an error, not a fall-through. Only here may
+        //    --force-object override the embedded identity.
         if let Some(p) = &cfg.bpf_file {
-            let candidate = if p.is_dir() { p.join(&name) } else { p.clone() };
-            if consider(&mut trail, format!("TRACEE_BPF_FILE ({})", candidate.display()), &candidate, id, false) {
-                return found(candidate, Source::BpfFile, trail);
+            let (dir, file, candidate) = if p.is_dir() {
+                (p.clone(), name.clone(), p.join(&name))
+            } else {
+                let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let file = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                (dir.to_owned(), file, p.clone())
+            };
+            let place = format!("TRACEE_BPF_FILE ({})", candidate.display());
+            if let Some(v) = consider(&mut trail, place, TrustedDir::open(&dir), &file, cfg, false, cfg.force_object) {
+                return found(candidate, Source::BpfFile, v, trail);
             }
             return Err(ResolveError::BpfFileEmpty { path: p.display().to_string(), file_name: name, trail });
         }
         step(&mut trail, "TRACEE_BPF_FILE".into(), "not set".into());
         // 2. The agent executable's folder.
         if let Some(dir) = &cfg.exe_dir {
-            let candidate = dir.join(&name);
-            if consider(&mut trail, format!("beside the agent ({})", candidate.display()), &candidate, id, false) {
-                return found(candidate, Source::ExeDir, trail);
+            let place = format!("beside the agent ({})", dir.join(&name).display());
+            if let Some(v) = consider(&mut trail, place, TrustedDir::open(dir), &name, cfg, false, false) {
+                return found(dir.join(&name), Source::ExeDir, v, trail);
             }
         }
-        // 3. The install path (where fetches and builds are installed), read
-        //    under the lock installs take.
+        // 3. The install path (where fetches and builds are installed).
         let candidate = cfg.install_path.join(&name);
-        let usable = {
-            let _lock = InstallLock::shared(&cfg.install_path);
-            consider(&mut trail, format!("install path ({})", candidate.display()), &candidate, id, true)
-        };
-        if usable {
-            return found(candidate, Source::InstallPath, trail);
+        let place = format!("install path ({})", candidate.display());
+        if let Some(v) = consider(&mut trail, place, TrustedDir::open(&cfg.install_path), &name, cfg, true, false) {
+            return found(candidate, Source::InstallPath, v, trail);
         }
     }
 
-    // 4. Registries, in order.
+    // 4. Registries, in order, each within its own --timeout.
     if matches!(mode, Mode::Run | Mode::Locate | Mode::FetchOnly) && cfg.policy != BuildPolicy::Always {
-        let deadline = Instant::now() + cfg.timeout;
         if cfg.registries.is_empty() {
             step(&mut trail, "registries".into(), "none configured (--registry)".into());
-        }
-        for base in &cfg.registries {
-            if Instant::now() >= deadline {
-                step(
-                    &mut trail,
-                    format!("registry {base}"),
-                    format!("skipped: the {}s resolution bound ran out", cfg.timeout.as_secs()),
-                );
-                continue;
-            }
-            let per_request = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(10));
-            let fetched = if base.starts_with("oci://") {
-                fetch_oci(base, cfg, per_request, mode == Mode::Locate)
-            } else {
-                let client = RegistryClient::new(base, cfg.registry_token.clone(), per_request)
-                    .with_headers(cfg.registry_headers.clone())
-                    .with_retries(3, deadline);
-                fetch_from(&client, cfg, mode == Mode::Locate)
+        } else {
+            let transport = match Transport::new(cfg.transport.clone()) {
+                Ok(t) => t,
+                Err(source) => return Err(ResolveError::Transport { source, trail }),
             };
-            match fetched {
-                Ok(Fetched::Installed(path, msg)) => {
-                    step(&mut trail, format!("registry {base}"), msg);
-                    return found(path, Source::Registry, trail);
+            for base in &cfg.registries {
+                let place = format!("registry {base}");
+                match fetch_one(&transport, base, cfg, mode == Mode::Locate) {
+                    Ok(Fetched::Got(meta, bytes, how)) => match verify(bytes, id, Some(&meta), false) {
+                        Ok((v, outcome)) => match install(&cfg.install_path, &v.bytes, &meta) {
+                            Ok(path) => {
+                                step(&mut trail, place, format!("{how}; {outcome}; installed"));
+                                return found(path, Source::Registry, v, trail);
+                            }
+                            // A refused install path must not stop a fleet
+                            // host (anyone can create /tmp/tracee first):
+                            // `run` loads the verified bytes from memory.
+                            Err(e) if mode == Mode::Run => {
+                                step(
+                                    &mut trail,
+                                    place,
+                                    format!("{how}; {outcome}; NOT installed ({e}): loading it from memory"),
+                                );
+                                let path = PathBuf::from(format!("{base} ({name}, in memory)"));
+                                return found(path, Source::Registry, v, trail);
+                            }
+                            Err(e) => step(&mut trail, place, format!("{how}; {outcome}; but installing failed: {e}")),
+                        },
+                        Err(why) => step(&mut trail, place, format!("{how}, but {why}")),
+                    },
+                    Ok(Fetched::Available(msg)) => {
+                        step(&mut trail, place, msg.clone());
+                        return Ok(Resolution {
+                            path: cfg.install_path.join(&name),
+                            source: Source::Registry,
+                            would: Some(msg),
+                            digest: None,
+                            trail,
+                            object: None,
+                        });
+                    }
+                    Err(why) => step(&mut trail, place, why),
                 }
-                Ok(Fetched::Available(msg)) => {
-                    step(&mut trail, format!("registry {base}"), msg.clone());
-                    return Ok(Resolution {
-                        path: cfg.install_path.join(&name),
-                        source: Source::Registry,
-                        would: Some(msg),
-                        trail,
-                    });
-                }
-                Err(why) => step(&mut trail, format!("registry {base}"), why),
             }
         }
     }
@@ -280,182 +407,128 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
             path: cfg.install_path.join(&name),
             source: Source::LocalBuild,
             would: Some(would),
+            digest: None,
             trail,
+            object: None,
         });
     }
     match build_locally(cfg, input) {
-        Ok(path) => {
+        Ok((path, v)) => {
             step(&mut trail, "local build".into(), format!("built and installed {}", path.display()));
-            found(path, Source::LocalBuild, trail)
+            found(path, Source::LocalBuild, v, trail)
         }
         Err(message) => Err(ResolveError::BuildFailed { message, trail }),
     }
 }
 
 enum Fetched {
-    Installed(PathBuf, String),
+    /// Metadata, bytes (checked against the registry's digest and size) and
+    /// how they came.
+    Got(Box<ObjectMetadata>, Vec<u8>, String),
+    /// `locate`: the registry has it.
     Available(String),
 }
 
-/// An OCI registry: tag → this arch's manifest (annotations checked
-/// exactly) → layer verified against its digest → installed.
-fn fetch_oci(base: &str, cfg: &ResolveConfig, timeout: Duration, look_only: bool) -> Result<Fetched, String> {
-    use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
-    let target = OciTarget::parse(base).map_err(|e| e.to_string())?;
-    let auth = credentials(&target.registry, None, cfg.registry_token.as_deref());
-    let registry = OciRegistry::new(target, auth, timeout).map_err(|e| e.to_string())?;
-    match registry.fetch(&cfg.identity) {
-        Ok(Some((meta, bytes))) => {
+/// One registry attempt, as a whole within `--timeout`.
+fn fetch_one(transport: &Transport, base: &str, cfg: &ResolveConfig, look_only: bool) -> Result<Fetched, String> {
+    let after = transport.config().timeout.as_secs_f64();
+    let gave_up = || format!("gave up: no complete answer within {after}s (--timeout); trying the next place");
+    if base.starts_with("oci://") {
+        use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
+        let target = OciTarget::parse(base).map_err(|e| format!("refused: {e}"))?;
+        let auth = credentials(&target.registry, None, cfg.registry_token.as_deref());
+        let registry = OciRegistry::new(target, auth, transport).map_err(|e| format!("refused: {e}"))?;
+        warn(registry.warning());
+        let got = transport.within(registry.fetch(&cfg.identity)).ok_or_else(gave_up)?;
+        return match got {
+            Ok(Some((meta, bytes))) if look_only => {
+                drop(bytes);
+                Ok(Fetched::Available(format!("has it ({}); would fetch and install it", meta.digest)))
+            }
+            Ok(Some((meta, bytes))) => Ok(Fetched::Got(
+                Box::new(meta),
+                bytes,
+                format!("fetched from {}, verified against its manifest", registry.target().repository()),
+            )),
+            Ok(None) => Err(format!(
+                "no {} for this kernel and arch in {}",
+                cfg.identity.file_name(),
+                registry.target().repository()
+            )),
+            Err(e) => Err(format!("refused: {e}")),
+        };
+    }
+    let client = RegistryClient::new(base, cfg.registry_token.clone(), transport)
+        .map_err(|e| format!("refused: {e}"))?
+        .with_headers(cfg.registry_headers.clone())
+        .with_retries(3);
+    warn(client.warning());
+    transport.within(fetch_http(&client, cfg, look_only)).ok_or_else(gave_up)?
+}
+
+fn warn(w: Option<&str>) {
+    if let Some(w) = w {
+        eprintln!("bpfarm-agent: warning: {w}");
+    }
+}
+
+/// One bpfarm registry: the `/v1` API if it speaks it, else the static layout.
+async fn fetch_http(client: &RegistryClient, cfg: &ResolveConfig, look_only: bool) -> Result<Fetched, String> {
+    let id = &cfg.identity;
+    let why = |e: ClientError| match &e {
+        ClientError::Transport(TransportError::Request { .. }) => format!("unreachable: {e}"),
+        _ => format!("refused: {e}"),
+    };
+    match client.lookup_on(id, cfg.kernel.uname_version.as_deref()).await.map_err(why)? {
+        Lookup::Found(meta) => {
             if look_only {
                 return Ok(Fetched::Available(format!("has it ({}); would fetch and install it", meta.digest)));
             }
-            let path = install(&cfg.install_path, &bytes, &meta)
-                .map_err(|e| format!("fetched, but installing failed: {e}"))?;
-            Ok(Fetched::Installed(
-                path,
-                format!(
-                    "fetched {} from {}, verified against its manifest and this kernel, installed",
-                    meta.digest,
-                    registry.target().repository()
-                ),
-            ))
+            let bytes = client.fetch_object(&meta).await.map_err(why)?;
+            Ok(Fetched::Got(meta, bytes, "fetched through its /v1 API, matching the registry's digest".into()))
         }
-        Ok(None) => Err(format!(
-            "no {} for this kernel and arch in {}",
-            cfg.identity.file_name(),
-            registry.target().repository()
-        )),
-        Err(e) => Err(format!("refused: {e}")),
-    }
-}
-
-/// One registry: the `/v1` API if it speaks it, else the static layout.
-fn fetch_from(client: &RegistryClient, cfg: &ResolveConfig, look_only: bool) -> Result<Fetched, String> {
-    let id = &cfg.identity;
-    let arch = id.arch.uname();
-    let (bytes, meta) =
-        match client.lookup_on(&id.kernel_release, arch, &id.version, cfg.kernel.uname_version.as_deref()) {
-            Ok(Lookup::Found(meta)) => {
-                if look_only {
-                    return Ok(Fetched::Available(format!("has it ({}); would fetch and install it", meta.digest)));
-                }
-                let bytes = client.download(&meta.digest).map_err(|e| format!("refused: {e}"))?;
-                (bytes, Some(*meta))
+        Lookup::NotFound(msg) => Err(format!("no object ({msg})")),
+        Lookup::NoApi => match client.fetch_static(id).await.map_err(why)? {
+            Some(obj) if look_only => {
+                Ok(Fetched::Available(format!("static layout has it ({}); would fetch and install it", obj.digest)))
             }
-            Ok(Lookup::NotFound(msg)) => return Err(format!("no object ({msg})")),
-            Ok(Lookup::NoApi) => match client.fetch_static(&id.version, arch, &id.file_name()) {
-                Ok(Some(obj)) => {
-                    if look_only {
-                        return Ok(Fetched::Available(format!(
-                            "static layout has it ({}); would fetch and install it",
-                            obj.digest
-                        )));
-                    }
-                    let meta = obj.metadata.clone();
-                    if let Some(m) = &meta
-                        && m.digest != obj.digest
-                    {
-                        return Err(format!("refused: its .json says {}, its .sha256 says {}", m.digest, obj.digest));
-                    }
-                    (obj.bytes, meta)
-                }
-                Ok(None) => return Err(format!("no /v1 API and no {} in its static layout", id.file_name())),
-                Err(e) => return Err(format!("refused: {e}")),
-            },
-            Err(e) => return Err(format!("unreachable: {e}")),
-        };
-    // The registry's word for which kernel this is must be this host's.
-    let digest = Digest::of_bytes(&bytes);
-    let meta = match meta {
-        Some(m) => {
-            if m.identity.kernel_release != id.kernel_release
-                || m.identity.arch != id.arch
-                || m.identity.version != id.version
-            {
-                return Err(format!(
-                    "refused: its metadata is for kernel {} ({}) version {}, this host needs {} ({}) {}",
-                    m.identity.kernel_release,
-                    m.identity.arch,
-                    m.identity.version,
-                    id.kernel_release,
-                    id.arch,
-                    id.version
-                ));
+            Some(obj) => {
+                let meta = match obj.metadata {
+                    Some(m) => m,
+                    None => ObjectMetadata::minimal(
+                        id.clone(),
+                        obj.digest.clone(),
+                        obj.bytes.len() as u64,
+                        "static layout without .json",
+                    ),
+                };
+                Ok(Fetched::Got(
+                    Box::new(meta),
+                    obj.bytes,
+                    "fetched from its static layout, matching its .sha256".into(),
+                ))
             }
-            m
-        }
-        None => ObjectMetadata {
-            identity: id.clone(),
-            file_name: id.file_name(),
-            digest: digest.clone(),
-            size: bytes.len() as u64,
-            kernel: KernelFacts::default(),
-            build_mode: "unknown".into(),
-            sources: vec![],
-            program_digest: digest.clone(),
-            compiler: bpfarm_object::Compiler { clang: "unknown (static layout without .json)".into(), llc: None },
-            flags: vec![],
-            built_at: String::new(),
+            None => Err(format!("no /v1 API and no {} in its static layout", id.file_name())),
         },
-    };
-    let path = install(&cfg.install_path, &bytes, &meta).map_err(|e| format!("fetched, but installing failed: {e}"))?;
-    Ok(Fetched::Installed(
-        path,
-        format!("fetched {digest}, verified against the registry's digest and this kernel, installed"),
-    ))
-}
-
-/// An advisory lock on the install path: one writer, or readers.
-struct InstallLock(Option<File>);
-
-impl InstallLock {
-    fn open(dir: &Path) -> Option<File> {
-        fs::create_dir_all(dir).ok()?;
-        File::options().create(true).truncate(false).write(true).open(dir.join(".bpfarm.lock")).ok()
-    }
-    fn exclusive(dir: &Path) -> std::io::Result<Self> {
-        let f = Self::open(dir)
-            .ok_or_else(|| std::io::Error::other(format!("cannot open {}/.bpfarm.lock", dir.display())))?;
-        f.lock()?;
-        Ok(Self(Some(f)))
-    }
-    /// Best effort: a read-only install path still resolves.
-    fn shared(dir: &Path) -> Self {
-        let f = Self::open(dir);
-        if let Some(f) = &f {
-            let _ = f.lock_shared();
-        }
-        Self(f)
     }
 }
 
-impl Drop for InstallLock {
-    fn drop(&mut self) {
-        if let Some(f) = &self.0 {
-            let _ = f.unlock();
-        }
-    }
-}
-
-/// Writes `bytes` and `meta` into the install path atomically, under the
-/// lock: readers see the old pair, or the new object and then its metadata,
-/// never half a file.
-pub fn install(dir: &Path, bytes: &[u8], meta: &ObjectMetadata) -> std::io::Result<PathBuf> {
-    let _lock = InstallLock::exclusive(dir)?;
-    let dest = dir.join(&meta.file_name);
-    write_atomic(dir, &dest, bytes)?;
-    let mut json = serde_json::to_vec_pretty(meta).expect("metadata serializes");
+/// Writes `bytes` and `meta` into the install path (created `0700` when
+/// missing, and checked like every folder the agent trusts) atomically,
+/// under the lock: readers see the old pair, or the new object and then its
+/// metadata, never half a file. Both names come from the identity.
+pub fn install(install_path: &Path, bytes: &[u8], meta: &ObjectMetadata) -> Result<PathBuf, TrustError> {
+    let dir = TrustedDir::open_or_create(install_path)?;
+    let _lock = dir.lock_exclusive()?;
+    let name = meta.identity.file_name();
+    dir.write_atomic(&name, bytes)?;
+    let mut json = serde_json::to_vec_pretty(meta).map_err(|e| TrustError::Io {
+        path: install_path.join(format!("{name}.json")),
+        source: std::io::Error::other(e),
+    })?;
     json.push(b'\n');
-    write_atomic(dir, &dir.join(format!("{}.json", meta.file_name)), &json)?;
-    Ok(dest)
-}
-
-fn write_atomic(dir: &Path, dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(dest).map_err(|e| e.error)?;
-    Ok(())
+    dir.write_atomic(&format!("{name}.json"), &json)?;
+    Ok(install_path.join(name))
 }
 
 enum HeaderInput {
@@ -491,12 +564,13 @@ fn header_source(cfg: &ResolveConfig) -> Result<(HeaderInput, String), String> {
     ))
 }
 
-/// Builds with the builder's own pipeline (compile, validate, cache) and
-/// installs the result.
-fn build_locally(cfg: &ResolveConfig, input: HeaderInput) -> Result<PathBuf, String> {
+/// Builds with the builder's own pipeline (compile, validate, cache, embed
+/// the identity), verifies the result like any other candidate and
+/// installs it.
+fn build_locally(cfg: &ResolveConfig, input: HeaderInput) -> Result<(PathBuf, Verified), String> {
     use bpfarm_builder::build::{self, BtfInput, BuildConfig, Request};
     let id = &cfg.identity;
-    fs::create_dir_all(&cfg.install_path).map_err(|e| format!("{}: {e}", cfg.install_path.display()))?;
+    TrustedDir::open_or_create(&cfg.install_path).map_err(|e| e.to_string())?;
     let out = tempfile::Builder::new().prefix(".build-").tempdir_in(&cfg.install_path).map_err(|e| e.to_string())?;
     let mut req = Request::default();
     match input {
@@ -527,9 +601,13 @@ fn build_locally(cfg: &ResolveConfig, input: HeaderInput) -> Result<PathBuf, Str
         return Err(format!("the headers are for kernel {}, not {}", row.kernel, id.kernel_release));
     }
     let object = row.object.clone().ok_or("the build produced no object")?;
-    let bytes = fs::read(&object).map_err(|e| e.to_string())?;
-    let meta: ObjectMetadata = fs::read(object.with_file_name(format!("{}.json", id.file_name())))
+    let bytes = fs::read(&object).map_err(|e| format!("{}: {e}", object.display()))?;
+    let json = object.with_file_name(format!("{}.json", id.file_name()));
+    let meta: ObjectMetadata = fs::read(&json)
         .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))?;
-    install(&cfg.install_path, &bytes, &meta).map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| format!("{}: {e}", json.display()))?;
+    let (v, _) = verify(bytes, id, Some(&meta), false)?;
+    let path = install(&cfg.install_path, &v.bytes, &meta).map_err(|e| e.to_string())?;
+    Ok((path, v))
 }

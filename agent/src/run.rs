@@ -1,5 +1,5 @@
-//! Loading the object and streaming its events: capability check, load and
-//! attach with libbpf, the ring-buffer loop until SIGINT/SIGTERM (or
+//! Loading the object and streaming its events: capability check, load
+//! (from the verified bytes in memory) and attach with libbpf, the ring-buffer loop until SIGINT/SIGTERM (or
 //! `--duration`), output, filters, `--capture exec` and the summary.
 
 use std::collections::{BTreeMap, HashSet};
@@ -66,7 +66,11 @@ impl Filters {
 
 #[derive(Debug, Clone)]
 pub struct RunConfig {
+    /// Where the object came from (for messages).
     pub object: PathBuf,
+    /// The verified bytes, loaded as they are: the file is not opened again
+    /// between the check and the load.
+    pub bytes: Vec<u8>,
     pub output: Output,
     pub filters: Filters,
     pub duration: Option<Duration>,
@@ -113,7 +117,8 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<()> {
     }
     bpfarm_builder::validate::route_libbpf_logs();
     let open = libbpf_rs::ObjectBuilder::default()
-        .open_file(&cfg.object)
+        .name("tracee")
+        .and_then(|b| b.open_memory(&cfg.bytes))
         .with_context(|| format!("opening {}", cfg.object.display()))?;
     let obj = open.load().with_context(|| format!("the kernel refused to load {}", cfg.object.display()))?;
     let mut links = Vec::new();

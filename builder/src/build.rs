@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use bpfarm_object::embed::{self, EmbeddedIdentity};
 use bpfarm_object::{Arch, Compiler, Digest, Identity, KernelFacts, ObjectMetadata, SourceKind, SourcePackage};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -676,9 +677,16 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
             Err(Fault::Environment(msg)) => return Err(fail(msg)),
         },
     };
-    let bytes = fs::read(&object).map_err(|e| fail(format!("{}: {e}", object.display())))?;
-    let digest = Digest::of_bytes(&bytes);
+    let cached = fs::read(&object).map_err(|e| fail(format!("{}: {e}", object.display())))?;
     let identity = Identity::new(&k.release, k.arch, &ctx.cfg.version).map_err(|e| fail(e.to_string()))?;
+    // The identity is embedded on the way out, after the cache: the cache
+    // keeps the object without it (so the version label stays out of the
+    // key), and the same cached object and identity always make the same
+    // bytes.
+    let embedded =
+        EmbeddedIdentity { identity: identity.clone(), kernel: k.facts.clone(), program_digest: program.clone() };
+    let bytes = embed::embed(&cached, &embedded).map_err(|e| fail(format!("embedding the identity: {e}")))?;
+    let digest = Digest::of_bytes(&bytes);
     let built_at = fs::metadata(&object).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
     let meta = ObjectMetadata {
         file_name: identity.file_name(),
@@ -696,7 +704,8 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
         flags,
         built_at: humantime::format_rfc3339_seconds(built_at).to_string(),
     };
-    let out = write_out(&ctx.cfg.out_dir, &object, &meta).map_err(fail)?;
+    let out = write_out(&ctx.cfg.out_dir, &bytes, &meta).map_err(fail)?;
+    crate::validate::validate(&out).map_err(|e| fail(format!("validation of {}: {e}", out.display())))?;
     Ok(KernelResult {
         kernel: k.release.clone(),
         arch: Some(k.arch),
@@ -766,12 +775,15 @@ fn compile_with(ctx: &Ctx<'_>, k: &KernelInput, mode: Mode<'_>, work: &Path, out
 
 /// `<out>/<arch>/<file name>` and `<file name>.json` beside it. Files that
 /// already hold the same bytes are left alone.
-fn write_out(out_dir: &Path, object: &Path, meta: &ObjectMetadata) -> Result<PathBuf, String> {
+fn write_out(out_dir: &Path, bytes: &[u8], meta: &ObjectMetadata) -> Result<PathBuf, String> {
     let dir = out_dir.join(meta.identity.arch.uname());
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let dest = dir.join(&meta.file_name);
-    fsutil::copy_atomic(object, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-    let json_path = dir.join(format!("{}.json", meta.file_name));
+    let name = meta.identity.file_name();
+    let dest = dir.join(&name);
+    if fs::read(&dest).ok().as_deref() != Some(bytes) {
+        fsutil::write_atomic(&dest, bytes).map_err(|e| format!("{}: {e}", dest.display()))?;
+    }
+    let json_path = dir.join(format!("{name}.json"));
     let mut json = serde_json::to_vec_pretty(meta).expect("metadata serializes");
     json.push(b'\n');
     if fs::read(&json_path).ok().as_deref() != Some(&json[..]) {

@@ -9,6 +9,7 @@ use bpfarm_builder::program::ProgramSources;
 use bpfarm_builder::publish::Destination;
 use bpfarm_object::Arch;
 use bpfarm_object::client::RegistryClient;
+use bpfarm_object::http::{Transport, TransportConfig};
 use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
 use clap::{Parser, Subcommand};
 
@@ -123,6 +124,44 @@ struct BuildArgs {
     /// Push token for --publish (from `bpfarm-registry token create --scope push`).
     #[arg(long, value_name = "TOKEN", env = "BPFARM_TOKEN", hide_env_values = true, requires = "publish")]
     token: Option<String>,
+
+    /// A PEM file of CA certificates to trust for --publish, besides the
+    /// system's roots (a registry with a private CA).
+    #[arg(long, value_name = "PATH", env = "BPFARM_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+
+    /// Allow --publish over plain http:// to a host that is not loopback
+    /// (and oci:// without TLS). Dangerous: anyone on the path can read the
+    /// token and change what is published. Prints a warning.
+    #[arg(long, requires = "publish")]
+    insecure: bool,
+}
+
+/// Where `--publish` goes, checked before anything is built: a bad target
+/// (an uppercase OCI namespace, plain http without --insecure) is a usage
+/// error, not a failure after the build.
+fn destination(url: &str, a: &BuildArgs) -> anyhow::Result<Destination> {
+    let transport = Transport::new(TransportConfig {
+        ca_certs: a.ca_cert.iter().cloned().collect(),
+        insecure: a.insecure,
+        timeout: std::time::Duration::from_secs(60),
+        ..Default::default()
+    })?;
+    let (dest, warning) = if url.starts_with("oci://") {
+        let target = OciTarget::parse(url)?;
+        let auth = credentials(&target.registry, a.oci_username.as_deref(), a.token.as_deref());
+        let r = OciRegistry::new(target, auth, &transport)?;
+        let w = r.warning().map(str::to_owned);
+        (Destination::Oci(Box::new(r)), w)
+    } else {
+        let c = RegistryClient::new(url, a.token.clone(), &transport)?;
+        let w = c.warning().map(str::to_owned);
+        (Destination::Registry(c), w)
+    };
+    if let Some(w) = warning {
+        eprintln!("bpfarm-builder: warning: {w}");
+    }
+    Ok(dest)
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -134,6 +173,7 @@ fn default_cache_dir() -> PathBuf {
 }
 
 fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
+    let dest = a.publish.as_deref().map(|url| destination(url, &a)).transpose()?;
     let program = match &a.program {
         Some(dir) => ProgramSources::from_dir(dir)?,
         None => ProgramSources::embedded(),
@@ -175,20 +215,13 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
     };
     let report = build::run(&cfg, &req)?;
     print!("{}", report.table());
-    let published = match a.publish.as_deref() {
-        None => None,
-        Some(url) => {
-            let dest = if url.starts_with("oci://") {
-                let target = OciTarget::parse(url)?;
-                let auth = credentials(&target.registry, a.oci_username.as_deref(), a.token.as_deref());
-                Destination::Oci(Box::new(OciRegistry::new(target, auth, std::time::Duration::from_secs(60))?))
-            } else {
-                Destination::Registry(RegistryClient::new(url, a.token.clone(), std::time::Duration::from_secs(60)))
-            };
-            let summary = bpfarm_builder::publish::publish(&report, &dest, url);
+    let published = match (a.publish.as_deref(), &dest) {
+        (Some(url), Some(dest)) => {
+            let summary = bpfarm_builder::publish::publish(&report, dest, url);
             print!("{}", summary.table());
             Some(summary)
         }
+        _ => None,
     };
     if let Some(path) = a.report {
         let mut value = serde_json::to_value(&report)?;

@@ -1,10 +1,24 @@
-//! A blocking client for bpfarm's registry API (`/v1`): what the builder
-//! publishes with and the agent will fetch with. Every request has a
-//! timeout; errors name the URL and carry the registry's message.
+//! The client for bpfarm registries: the `/v1` API (what the builder
+//! publishes with and the agent fetches with) and the static layout any
+//! plain HTTP server can serve. It runs on the shared [`Transport`], so every
+//! request follows its rules (TLS, plain-http only to loopback, capped
+//! bodies, headers only to the registry's origin).
+//!
+//! The fetch side is async (`lookup_on`, `fetch_object`, `fetch_static`) so
+//! that a caller can put one deadline around a whole attempt; the rest is
+//! blocking, each call bounded by the transport's timeout. Everything read
+//! is checked here: metadata must name the identity asked for (the error
+//! names the field), bytes must match the digest and the size.
 
 use std::time::Duration;
 
-use crate::{Digest, ObjectMetadata};
+use crate::http::{Overflow, Response, Transport, TransportError};
+use crate::{Digest, Identity, ObjectMetadata};
+
+/// Cap on metadata documents.
+const MAX_METADATA: u64 = 1 << 20;
+/// Cap on a `.sha256` file.
+const MAX_SUM: u64 = 4 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -13,20 +27,21 @@ pub enum ClientError {
     BlobUnknown { url: String },
     #[error("{url}: {message}")]
     Http { url: String, status: u16, message: String },
-    #[error("{url}: {source}")]
-    Transport {
-        url: String,
-        #[source]
-        source: ureq::Error,
-    },
+    /// What the registry sent does not check out (digest, size, identity).
+    #[error("{url}: {message}")]
+    Invalid { url: String, message: String },
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("{base}: no answer within {}s (--timeout)", .after.as_secs_f64())]
+    Timeout { base: String, after: Duration },
 }
 
 impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Http { status, .. } => Some(*status),
-            ClientError::Transport { .. } => None,
             ClientError::BlobUnknown { .. } => Some(400),
+            _ => None,
         }
     }
 }
@@ -50,12 +65,12 @@ pub enum Lookup {
     NoApi,
 }
 
-/// An object fetched from a static layout, verified against its `.sha256`.
+/// An object fetched from a static layout, verified against its `.sha256`
+/// (and its `.json`, when the server has one).
 #[derive(Debug, Clone)]
 pub struct StaticObject {
     pub bytes: Vec<u8>,
     pub digest: Digest,
-    /// The `.json` beside it, when the server has one.
     pub metadata: Option<ObjectMetadata>,
 }
 
@@ -64,44 +79,34 @@ pub struct RegistryClient {
     base: String,
     token: Option<String>,
     headers: Vec<(String, String)>,
-    agent: ureq::Agent,
+    transport: Transport,
     /// Attempts per request on transport errors and 5xx (with backoff).
     attempts: u32,
-    deadline: Option<std::time::Instant>,
+    warning: Option<String>,
 }
 
 impl RegistryClient {
-    /// `base` like `http://127.0.0.1:8080` (a trailing `/` is fine). Proxy
-    /// variables (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`) are
-    /// honoured.
-    pub fn new(base: &str, token: Option<String>, timeout: Duration) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .proxy(ureq::Proxy::try_from_env())
-            .build()
-            .into();
-        Self {
-            base: base.trim_end_matches('/').to_owned(),
-            token,
-            headers: Vec::new(),
-            agent,
-            attempts: 1,
-            deadline: None,
-        }
+    /// `base` like `https://registry.internal` (a trailing `/` is fine).
+    /// Plain http is refused unless the host is loopback or the transport
+    /// is `--insecure` (then [`RegistryClient::warning`] says so). Proxy
+    /// variables (`HTTPS_PROXY`, `NO_PROXY`, ...) are honoured.
+    pub fn new(base: &str, token: Option<String>, transport: &Transport) -> Result<Self, ClientError> {
+        let base = base.trim_end_matches('/').to_owned();
+        let warning = transport.check_url(&base)?;
+        Ok(Self { base, token, headers: Vec::new(), transport: transport.clone(), attempts: 1, warning })
     }
 
-    /// Extra headers on every request (e.g. a CDN's auth header).
+    /// Extra headers (e.g. a CDN's auth header), sent only to this
+    /// registry's origin, never along a redirect to another.
     pub fn with_headers(mut self, headers: Vec<(String, String)>) -> Self {
         self.headers = headers;
         self
     }
 
     /// Retry transport errors and 5xx answers up to `attempts` times in all,
-    /// backing off 200 ms, 400 ms, …, never past `deadline`.
-    pub fn with_retries(mut self, attempts: u32, deadline: std::time::Instant) -> Self {
+    /// backing off 200 ms, 400 ms, ... (the caller's deadline still holds).
+    pub fn with_retries(mut self, attempts: u32) -> Self {
         self.attempts = attempts.max(1);
-        self.deadline = Some(deadline);
         self
     }
 
@@ -109,217 +114,293 @@ impl RegistryClient {
         &self.base
     }
 
-    /// The request with this client's token and extra headers.
-    fn authed<B>(&self, mut req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+    /// The warning to show for a plain-http registry allowed by `--insecure`.
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
+    }
+
+    fn own_headers(&self) -> Vec<(String, String)> {
+        let mut h = self.headers.clone();
         if let Some(t) = &self.token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
+            h.push(("Authorization".into(), format!("Bearer {t}")));
         }
-        for (k, v) in &self.headers {
-            req = req.header(k, v);
-        }
-        req
-    }
-
-    /// GET with auth, extra headers and retries; returns status and body.
-    fn get_bytes(&self, url: &str) -> Result<(u16, Vec<u8>), ClientError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = self.authed(self.agent.get(url)).call().and_then(|mut r| {
-                let status = r.status().as_u16();
-                r.body_mut().with_config().limit(256 << 20).read_to_vec().map(|b| (status, b))
-            });
-            let retry = match &result {
-                Ok((status, _)) => *status >= 500,
-                Err(_) => true,
-            };
-            let backoff = Duration::from_millis(200 << (attempt - 1).min(5));
-            let time_left = self.deadline.is_none_or(|d| std::time::Instant::now() + backoff < d);
-            if !retry || attempt >= self.attempts || !time_left {
-                return result.map_err(|source| ClientError::Transport { url: url.to_owned(), source });
-            }
-            std::thread::sleep(backoff);
-        }
-    }
-
-    /// Looks an identity up through the `/v1` API, narrowed by the host's
-    /// `uname -v` when given, telling "no such object" from "no API here".
-    pub fn lookup_on(
-        &self,
-        release: &str,
-        arch: &str,
-        version: &str,
-        uname_version: Option<&str>,
-    ) -> Result<Lookup, ClientError> {
-        let mut url = self.url(&format!("/v1/objects/{arch}/{version}/{}", encode(release)));
-        if let Some(v) = uname_version {
-            url += &format!("?uname_version={}", encode(v));
-        }
-        let (status, body) = self.get_bytes(&url)?;
-        let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-        let message = |j: Option<serde_json::Value>| j.and_then(|j| j["message"].as_str().map(str::to_owned));
-        match status {
-            200 => serde_json::from_slice(&body).map(|m| Lookup::Found(Box::new(m))).map_err(|e| ClientError::Http {
-                url,
-                status,
-                message: format!("unreadable metadata: {e}"),
-            }),
-            404 if json.as_ref().is_some_and(|j| j["error"] == "NOT_FOUND") => {
-                Ok(Lookup::NotFound(message(json).unwrap_or_default()))
-            }
-            404 | 405 => Ok(Lookup::NoApi),
-            _ => Err(ClientError::Http {
-                url,
-                status,
-                message: message(json).unwrap_or_else(|| format!("HTTP {status}")),
-            }),
-        }
-    }
-
-    /// Fetches `<base>/<version>/<arch>/<file>` and its `.sha256` (and
-    /// `.json` if there), and checks the bytes against the `.sha256`.
-    /// `Ok(None)` when the layout has no such file.
-    pub fn fetch_static(
-        &self,
-        version: &str,
-        arch: &str,
-        file_name: &str,
-    ) -> Result<Option<StaticObject>, ClientError> {
-        let base = self.url(&format!("/{version}/{arch}/{}", encode(file_name)));
-        let sum_url = format!("{base}.sha256");
-        let (status, sum) = self.get_bytes(&sum_url)?;
-        if status == 404 {
-            return Ok(None);
-        }
-        if status != 200 {
-            return Err(ClientError::Http { url: sum_url, status, message: format!("HTTP {status}") });
-        }
-        let hex = String::from_utf8_lossy(&sum).split_whitespace().next().unwrap_or("").to_owned();
-        let digest: Digest = format!("sha256:{hex}").parse().map_err(|e: crate::DigestError| ClientError::Http {
-            url: sum_url,
-            status,
-            message: e.to_string(),
-        })?;
-        let (status, bytes) = self.get_bytes(&base)?;
-        if status != 200 {
-            return Err(ClientError::Http {
-                url: base,
-                status,
-                message: format!("HTTP {status} for an object whose .sha256 exists"),
-            });
-        }
-        let actual = Digest::of_bytes(&bytes);
-        if actual != digest {
-            return Err(ClientError::Http {
-                url: base,
-                status,
-                message: format!("received bytes hash to {actual}, the .sha256 says {digest}"),
-            });
-        }
-        let json_url = format!("{base}.json");
-        let metadata = match self.get_bytes(&json_url)? {
-            (200, b) => Some(serde_json::from_slice(&b).map_err(|e| ClientError::Http {
-                url: json_url,
-                status: 200,
-                message: format!("unreadable metadata: {e}"),
-            })?),
-            _ => None,
-        };
-        Ok(Some(StaticObject { bytes, digest, metadata }))
+        h
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    fn check(
-        &self,
-        url: &str,
-        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<(u16, String), ClientError> {
-        let mut resp = resp.map_err(|source| ClientError::Transport { url: url.to_owned(), source })?;
-        let status = resp.status().as_u16();
-        let body = resp.body_mut().read_to_string().unwrap_or_default();
-        if status >= 400 {
-            let json = serde_json::from_str::<serde_json::Value>(&body).ok();
-            if status == 400 && json.as_ref().is_some_and(|v| v["error"] == "BLOB_UNKNOWN") {
-                return Err(ClientError::BlobUnknown { url: url.to_owned() });
+    /// GET with this registry's headers and retries, the body capped.
+    async fn get(&self, url: &str, cap: u64) -> Result<Response, ClientError> {
+        let own = self.own_headers();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self.transport.get(url, &own, cap, Overflow::Error).await;
+            let retry = match &result {
+                Ok(r) => r.status >= 500,
+                Err(TransportError::Request { .. }) => true,
+                Err(_) => false,
+            };
+            if !retry || attempt >= self.attempts {
+                return Ok(result?);
             }
-            let message = json
-                .and_then(|v| v["message"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| format!("HTTP {status}: {}", body.trim()));
-            return Err(ClientError::Http { url: url.to_owned(), status, message });
+            tokio::time::sleep(Duration::from_millis(200 << (attempt - 1).min(5))).await;
         }
-        Ok((status, body))
+    }
+
+    fn blocking<T>(&self, fut: impl std::future::Future<Output = Result<T, ClientError>>) -> Result<T, ClientError> {
+        let after = self.transport.config().timeout;
+        self.transport.within(fut).unwrap_or_else(|| Err(ClientError::Timeout { base: self.base.clone(), after }))
+    }
+
+    /// Looks an identity up through the `/v1` API, narrowed by the host's
+    /// `uname -v` when given, telling "no such object" from "no API here".
+    /// Found metadata must be for exactly `id`.
+    pub async fn lookup_on(&self, id: &Identity, uname_version: Option<&str>) -> Result<Lookup, ClientError> {
+        let found = self.lookup_raw(&id.kernel_release, id.arch.uname(), &id.version, uname_version).await?;
+        if let Lookup::Found(meta) = &found {
+            meta.check_identity(id).map_err(|e| ClientError::Invalid {
+                url: self.url("/v1/objects"),
+                message: format!("its metadata does not fit this host: {e}"),
+            })?;
+        }
+        Ok(found)
+    }
+
+    async fn lookup_raw(
+        &self,
+        release: &str,
+        arch: &str,
+        version: &str,
+        uname_version: Option<&str>,
+    ) -> Result<Lookup, ClientError> {
+        let mut url = self.url(&format!("/v1/objects/{}/{}/{}", encode(arch), encode(version), encode(release)));
+        if let Some(v) = uname_version {
+            url += &format!("?uname_version={}", encode(v));
+        }
+        let r = self.get(&url, MAX_METADATA).await?;
+        let json: Option<serde_json::Value> = serde_json::from_slice(&r.body).ok();
+        match r.status {
+            200 => serde_json::from_slice(&r.body)
+                .map(|m| Lookup::Found(Box::new(m)))
+                .map_err(|e| ClientError::Invalid { url, message: format!("unreadable metadata: {e}") }),
+            404 if json.as_ref().is_some_and(|j| j["error"] == "NOT_FOUND") => Ok(Lookup::NotFound(r.message())),
+            404 | 405 => Ok(Lookup::NoApi),
+            status => Err(ClientError::Http { url, status, message: r.message() }),
+        }
+    }
+
+    /// Downloads the object `meta` names: at most `meta.size` bytes (and
+    /// never over the transport's object limit), which must hash to
+    /// `meta.digest`.
+    pub async fn fetch_object(&self, meta: &ObjectMetadata) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(&format!("/v1/blobs/{}", meta.digest));
+        let limit = self.transport.config().max_object_bytes;
+        if meta.size > limit {
+            return Err(ClientError::Invalid {
+                url,
+                message: format!(
+                    "its metadata says {} bytes, over the {limit}-byte limit (--max-object-size)",
+                    meta.size
+                ),
+            });
+        }
+        let r = self.get(&url, meta.size).await.map_err(|e| match e {
+            ClientError::Transport(TransportError::TooLarge { url, .. }) => ClientError::Invalid {
+                url,
+                message: format!("it sent more than the {} bytes its metadata names", meta.size),
+            },
+            e => e,
+        })?;
+        if r.status != 200 {
+            return Err(ClientError::Http { url, status: r.status, message: r.message() });
+        }
+        verify(&url, &r, &meta.digest, Some(meta.size), "the registry's digest")?;
+        Ok(r.body)
+    }
+
+    /// Fetches `<base>/<version>/<arch>/<file>` with its `.sha256` (and
+    /// `.json` if there) for `id`: the `.json` must name `id` and the same
+    /// digest; the bytes are read up to the `.json`'s size (or the object
+    /// limit) and must hash to the `.sha256`. `Ok(None)` when the layout has
+    /// no such file.
+    pub async fn fetch_static(&self, id: &Identity) -> Result<Option<StaticObject>, ClientError> {
+        let file = id.file_name();
+        let base = self.url(&format!("/{}/{}/{}", encode(&id.version), id.arch.uname(), encode(&file)));
+        let sum_url = format!("{base}.sha256");
+        let r = self.get(&sum_url, MAX_SUM).await?;
+        if r.status == 404 {
+            return Ok(None);
+        }
+        if r.status != 200 {
+            return Err(ClientError::Http { url: sum_url, status: r.status, message: r.message() });
+        }
+        let hex = String::from_utf8_lossy(&r.body).split_whitespace().next().unwrap_or("").to_owned();
+        let digest: Digest = format!("sha256:{hex}")
+            .parse()
+            .map_err(|e: crate::DigestError| ClientError::Invalid { url: sum_url.clone(), message: e.to_string() })?;
+        let json_url = format!("{base}.json");
+        let r = self.get(&json_url, MAX_METADATA).await?;
+        let metadata = match r.status {
+            200 => {
+                let m: ObjectMetadata = serde_json::from_slice(&r.body).map_err(|e| ClientError::Invalid {
+                    url: json_url.clone(),
+                    message: format!("unreadable metadata: {e}"),
+                })?;
+                let invalid = |message| ClientError::Invalid { url: json_url.clone(), message };
+                m.check_identity(id).map_err(|e| invalid(format!("its metadata does not fit this host: {e}")))?;
+                if m.digest != digest {
+                    return Err(invalid(format!("its digest is {}, the .sha256 says {digest}", m.digest)));
+                }
+                Some(m)
+            }
+            _ => None,
+        };
+        let limit = self.transport.config().max_object_bytes;
+        let cap = match &metadata {
+            Some(m) if m.size > limit => {
+                return Err(ClientError::Invalid {
+                    url: base,
+                    message: format!(
+                        "its .json says {} bytes, over the {limit}-byte limit (--max-object-size)",
+                        m.size
+                    ),
+                });
+            }
+            Some(m) => m.size,
+            None => limit,
+        };
+        let r = self.get(&base, cap).await?;
+        if r.status != 200 {
+            return Err(ClientError::Http {
+                url: base,
+                status: r.status,
+                message: format!("HTTP {} for an object whose .sha256 exists", r.status),
+            });
+        }
+        verify(&base, &r, &digest, metadata.as_ref().map(|m| m.size), "the .sha256")?;
+        Ok(Some(StaticObject { bytes: r.body, digest, metadata }))
     }
 
     /// The current object's metadata for an identity, if the registry has one.
     pub fn lookup(&self, release: &str, arch: &str, version: &str) -> Result<Option<ObjectMetadata>, ClientError> {
-        Ok(match self.lookup_on(release, arch, version, None)? {
-            Lookup::Found(meta) => Some(*meta),
-            Lookup::NotFound(_) | Lookup::NoApi => None,
+        self.blocking(async {
+            Ok(match self.lookup_raw(release, arch, version, None).await? {
+                Lookup::Found(meta) => Some(*meta),
+                Lookup::NotFound(_) | Lookup::NoApi => None,
+            })
         })
+    }
+
+    /// Downloads a blob (at most the object limit) and checks it against
+    /// `digest` before returning it.
+    pub fn download(&self, digest: &Digest) -> Result<Vec<u8>, ClientError> {
+        self.blocking(async {
+            let url = self.url(&format!("/v1/blobs/{digest}"));
+            let r = self.get(&url, self.transport.config().max_object_bytes).await?;
+            if r.status >= 400 {
+                return Err(ClientError::Http {
+                    url,
+                    status: r.status,
+                    message: format!("download failed (HTTP {})", r.status),
+                });
+            }
+            verify(&url, &r, digest, None, "the digest asked for")?;
+            Ok(r.body)
+        })
+    }
+
+    /// A request with a body; 4xx/5xx become errors carrying the registry's
+    /// message (BLOB_UNKNOWN is its own variant).
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<u16, ClientError> {
+        let mut headers = self.own_headers();
+        headers.push(("Content-Type".into(), content_type.into()));
+        let r = self.transport.send(method, url, &headers, body).await?;
+        if r.status >= 400 {
+            let json = serde_json::from_slice::<serde_json::Value>(&r.body).ok();
+            if r.status == 400 && json.as_ref().is_some_and(|v| v["error"] == "BLOB_UNKNOWN") {
+                return Err(ClientError::BlobUnknown { url: url.to_owned() });
+            }
+            let message = json
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("HTTP {}: {}", r.status, String::from_utf8_lossy(&r.body).trim()));
+            return Err(ClientError::Http { url: url.to_owned(), status: r.status, message });
+        }
+        Ok(r.status)
     }
 
     /// Uploads the object's bytes, then its metadata. Refusals (409 for a
     /// different object under the same identity) come back as errors.
     pub fn publish(&self, meta: &ObjectMetadata, bytes: &[u8], replace: bool) -> Result<Published, ClientError> {
-        if self
-            .lookup(&meta.identity.kernel_release, meta.identity.arch.uname(), &meta.identity.version)?
-            .is_some_and(|m| m.digest == meta.digest)
-        {
-            return Ok(Published::Skipped);
-        }
-        let obj_url = self.url(if replace { "/v1/objects?replace=true" } else { "/v1/objects" });
-        let metadata = serde_json::to_vec(meta).expect("metadata serializes");
-        let post = || {
-            let post = self.authed(self.agent.post(&obj_url)).header("Content-Type", "application/json");
-            self.check(&obj_url, post.send(&metadata[..]))
-        };
-        // The small metadata goes first: it is refused cleanly for a missing
-        // or read-only token (a large body could race with an early refusal
-        // and surface as a reset connection), and the blob is uploaded only
-        // when the registry says it lacks those bytes.
-        let status = match post() {
-            Ok((status, _)) => status,
-            Err(ClientError::BlobUnknown { .. }) => {
-                let blob_url = self.url(&format!("/v1/blobs/{}", meta.digest));
-                let put = self.authed(self.agent.put(&blob_url)).header("Content-Type", "application/octet-stream");
-                self.check(&blob_url, put.send(bytes))?;
-                post()?.0
+        self.blocking(async {
+            let id = &meta.identity;
+            let existing = match self.lookup_raw(&id.kernel_release, id.arch.uname(), &id.version, None).await? {
+                Lookup::Found(m) => Some(m),
+                _ => None,
+            };
+            if existing.is_some_and(|m| m.digest == meta.digest) {
+                return Ok(Published::Skipped);
             }
-            Err(e) => return Err(e),
-        };
-        Ok(if status == 201 { Published::Published } else { Published::Skipped })
+            let obj_url = self.url(if replace { "/v1/objects?replace=true" } else { "/v1/objects" });
+            let metadata = serde_json::to_vec(meta).map_err(|e| ClientError::Invalid {
+                url: obj_url.clone(),
+                message: format!("serializing the metadata: {e}"),
+            })?;
+            let post = || self.send(reqwest::Method::POST, &obj_url, "application/json", metadata.clone());
+            // The small metadata goes first: it is refused cleanly for a
+            // missing or read-only token (a large body could race with an
+            // early refusal and surface as a reset connection), and the blob
+            // is uploaded only when the registry says it lacks those bytes.
+            let status = match post().await {
+                Ok(status) => status,
+                Err(ClientError::BlobUnknown { .. }) => {
+                    let blob_url = self.url(&format!("/v1/blobs/{}", meta.digest));
+                    self.send(reqwest::Method::PUT, &blob_url, "application/octet-stream", bytes.to_vec()).await?;
+                    post().await?
+                }
+                Err(e) => return Err(e),
+            };
+            Ok(if status == 201 { Published::Published } else { Published::Skipped })
+        })
     }
 
     /// Tells the registry a kernel failed to build (shown on its coverage page).
     pub fn report_failure(&self, release: &str, arch: &str, version: &str, message: &str) -> Result<(), ClientError> {
         let url = self.url("/v1/failures");
-        let post = self.authed(self.agent.post(&url)).header("Content-Type", "application/json");
         let body =
             serde_json::json!({ "kernel_release": release, "arch": arch, "version": version, "message": message });
-        self.check(&url, post.send(body.to_string()))?;
-        Ok(())
+        self.blocking(async {
+            self.send(reqwest::Method::POST, &url, "application/json", body.to_string().into_bytes()).await?;
+            Ok(())
+        })
     }
+}
 
-    /// Downloads a blob and checks it against `digest` before returning it.
-    pub fn download(&self, digest: &Digest) -> Result<Vec<u8>, ClientError> {
-        let url = self.url(&format!("/v1/blobs/{digest}"));
-        let (status, bytes) = self.get_bytes(&url)?;
-        if status >= 400 {
-            return Err(ClientError::Http { url, status, message: format!("download failed (HTTP {status})") });
-        }
-        let actual = Digest::of_bytes(&bytes);
-        if &actual != digest {
-            return Err(ClientError::Http {
-                url,
-                status: 200,
-                message: format!("received bytes hash to {actual}, expected {digest}"),
-            });
-        }
-        Ok(bytes)
+/// The body must have `size` bytes (when known) and hash to `digest`.
+fn verify(url: &str, r: &Response, digest: &Digest, size: Option<u64>, whose: &str) -> Result<(), ClientError> {
+    if let Some(size) = size
+        && r.body.len() as u64 != size
+    {
+        return Err(ClientError::Invalid {
+            url: url.to_owned(),
+            message: format!("received {} bytes, its metadata says {size}", r.body.len()),
+        });
     }
+    if &r.digest != digest {
+        return Err(ClientError::Invalid {
+            url: url.to_owned(),
+            message: format!("received bytes hash to {}, {whose} says {digest}", r.digest),
+        });
+    }
+    Ok(())
 }
 
 /// Percent-encodes what a path segment or query value cannot hold as is

@@ -89,14 +89,32 @@ pub enum IdentityError {
     Version { value: String, reason: &'static str },
 }
 
-/// What makes one object different from another.
+/// What makes one object different from another. Deserializing goes
+/// through [`Identity::new`], so an identity read from the wire (registry
+/// metadata, a `.json`, an embedded section) is as valid as one built here.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "RawIdentity")]
 pub struct Identity {
     /// Exactly `uname -r` of the kernel the object is built for.
     pub kernel_release: String,
     pub arch: Arch,
     /// The tracer program's version, e.g. `v0.1.0`.
     pub version: String,
+}
+
+/// The wire form of an identity, before validation.
+#[derive(Deserialize)]
+struct RawIdentity {
+    kernel_release: String,
+    arch: Arch,
+    version: String,
+}
+
+impl TryFrom<RawIdentity> for Identity {
+    type Error = IdentityError;
+    fn try_from(r: RawIdentity) -> Result<Self, Self::Error> {
+        Identity::new(&r.kernel_release, r.arch, &r.version)
+    }
 }
 
 impl Identity {
@@ -184,6 +202,22 @@ mod tests {
         }
         for bad in ["", "v1/2", "v 1", "ü"] {
             assert!(matches!(Identity::new("6.1.0", Arch::X86_64, bad), Err(IdentityError::Version { .. })));
+        }
+    }
+
+    #[test]
+    fn deserializing_validates() {
+        let ok: Identity =
+            serde_json::from_str(r#"{"kernel_release":"6.1.0-56-amd64","arch":"x86_64","version":"v0.1.0"}"#).unwrap();
+        assert_eq!(ok.file_name(), "tracee.bpf.6_1_0-56-amd64.v0_1_0.o");
+        for (json, why) in [
+            (r#"{"kernel_release":"../../etc","arch":"x86_64","version":"v1"}"#, "invalid kernel release"),
+            (r#"{"kernel_release":"/etc/cron.d/x","arch":"x86_64","version":"v1"}"#, "invalid kernel release"),
+            (r#"{"kernel_release":"6.1","arch":"x86_64","version":"../v1"}"#, "invalid program version"),
+            (r#"{"kernel_release":"6.1","arch":"riscv64","version":"v1"}"#, "unknown variant"),
+        ] {
+            let e = serde_json::from_str::<Identity>(json).unwrap_err().to_string();
+            assert!(e.contains(why), "{json}: {e}");
         }
     }
 

@@ -1,10 +1,17 @@
 //! The vocabulary every bpfarm part speaks: what an object *is* (identity),
 //! what it is called on disk, how its bytes are named (digest) and what
-//! travels with it (metadata). No I/O beyond hashing a reader.
+//! travels with it (metadata). No I/O beyond hashing a reader, except
+//! behind features: `client` (the HTTP/TLS transport and the registry
+//! client), `oci` (OCI registries), `elf` (the identity embedded in an
+//! object).
 
 #[cfg(feature = "client")]
 pub mod client;
 pub mod digest;
+#[cfg(feature = "elf")]
+pub mod embed;
+#[cfg(feature = "client")]
+pub mod http;
 pub mod identity;
 pub mod metadata;
 pub mod oci;
@@ -13,4 +20,4 @@ pub mod oci_client;
 
 pub use digest::{Digest, DigestError, Sha256Writer};
 pub use identity::{Arch, Identity, IdentityError, object_file_name};
-pub use metadata::{Compiler, KernelFacts, ObjectMetadata, SourceKind, SourcePackage};
+pub use metadata::{Compiler, KernelFacts, MetadataError, ObjectMetadata, SourceKind, SourcePackage};

@@ -1,22 +1,34 @@
-//! Moving objects through any OCI registry with `oci-client`, in the
-//! DESIGN.md format: publish merges the per-arch index (read, merge, write:
-//! publishing one arch never drops another); fetch resolves the tag, picks
-//! this arch, checks the annotated release exactly and verifies the layer.
+//! Moving objects through any OCI registry, in the DESIGN.md format:
+//! publish (with `oci-client`) merges the per-arch index (read, merge,
+//! write: publishing one arch never drops another); fetch resolves the tag,
+//! picks this arch, checks the annotated release exactly and verifies the
+//! layer.
+//!
+//! Reads go through the shared [`Transport`]: every manifest and layer is
+//! read with a cap (manifests 4 MiB, the layer at most the size its
+//! descriptor names and never over the object limit), hashed as it streams,
+//! and a fetch is bounded by one deadline. `oci-client` is used for what it
+//! is made for: the registry's token dance and pushes. Nothing here panics
+//! on user input or registry data: a bad target, reference or descriptor is
+//! an [`OciError`].
 
-use std::time::Duration;
-
-use oci_client::client::{ClientConfig, ClientProtocol};
+use base64::Engine;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use serde_json::Value;
 
 use crate::client::Published;
+use crate::http::{Overflow, Response, Transport, TransportError};
 use crate::{Arch, Digest, Identity, ObjectMetadata, oci};
+
+/// Cap on a manifest or index (the limit registries commonly enforce).
+const MAX_MANIFEST: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
-    #[error("{0:?} is not oci://HOST[:PORT]/NAMESPACE")]
-    Target(String),
+    #[error("{target:?} is not a usable OCI target (oci://HOST[:PORT]/NAMESPACE): {reason}")]
+    Target { target: String, reason: String },
     #[error("{reference}: {source}")]
     Registry {
         reference: String,
@@ -25,26 +37,84 @@ pub enum OciError {
     },
     #[error("{reference}: {message}")]
     Invalid { reference: String, message: String },
-    #[error("starting the async runtime: {0}")]
-    Runtime(std::io::Error),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("oci://{registry}: no answer within {}s (--timeout)", .after.as_secs_f64())]
+    Timeout { registry: String, after: std::time::Duration },
 }
 
-/// `oci://HOST[:PORT]/NAMESPACE`.
+/// `oci://HOST[:PORT]/NAMESPACE`, checked when parsed: the namespace must
+/// be a valid (lowercase) OCI repository path, so every reference made from
+/// it later is valid too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OciTarget {
     pub registry: String,
     pub namespace: String,
 }
 
+/// One path component of an OCI repository name:
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+fn valid_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.first().is_none_or(|&x| !alnum(x)) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        match b[i] {
+            b'.' => i += 1,
+            b'_' => {
+                i += 1;
+                if b.get(i) == Some(&b'_') {
+                    i += 1;
+                }
+            }
+            b'-' => {
+                while b.get(i) == Some(&b'-') {
+                    i += 1;
+                }
+            }
+            _ => return false,
+        }
+        if b.get(i).is_none_or(|&x| !alnum(x)) {
+            return false;
+        }
+    }
+    true
+}
+
 impl OciTarget {
     pub fn parse(s: &str) -> Result<Self, OciError> {
-        let rest = s.strip_prefix("oci://").ok_or_else(|| OciError::Target(s.to_owned()))?;
-        let (registry, namespace) = rest.split_once('/').ok_or_else(|| OciError::Target(s.to_owned()))?;
+        let bad = |reason: String| OciError::Target { target: s.to_owned(), reason };
+        let rest = s.strip_prefix("oci://").ok_or_else(|| bad("it does not start with oci://".into()))?;
+        let (registry, namespace) =
+            rest.split_once('/').ok_or_else(|| bad("it names no namespace after the host".into()))?;
         let namespace = namespace.trim_end_matches('/');
         if registry.is_empty() || namespace.is_empty() {
-            return Err(OciError::Target(s.to_owned()));
+            return Err(bad("the host and the namespace must both be given".into()));
         }
-        Ok(Self { registry: registry.to_owned(), namespace: namespace.to_owned() })
+        if !registry.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')) {
+            return Err(bad(format!("{registry:?} is not a host[:port]")));
+        }
+        if namespace.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(bad(format!(
+                "OCI repository names are lowercase, and {namespace:?} has uppercase letters (oci://{registry}/{} would do)",
+                namespace.to_ascii_lowercase()
+            )));
+        }
+        if let Some(c) = namespace.split('/').find(|c| !valid_component(c)) {
+            return Err(bad(format!(
+                "{c:?} is not a valid OCI repository path component (lowercase letters and digits, separated by '.', '_', '__' or '-')"
+            )));
+        }
+        let t = Self { registry: registry.to_owned(), namespace: namespace.to_owned() };
+        t.reference("latest").map_err(|e| bad(e.to_string()))?;
+        Ok(t)
     }
 
     /// `<namespace>/tracee-bpf` on the registry.
@@ -52,19 +122,27 @@ impl OciTarget {
         format!("{}/{}", self.namespace, oci::REPOSITORY)
     }
 
-    fn reference(&self, tag_or_digest: &str) -> Reference {
+    /// A tag or a `sha256:` digest of the repository, as a reference.
+    pub fn reference(&self, tag_or_digest: &str) -> Result<Reference, OciError> {
         let r = if tag_or_digest.starts_with("sha256:") {
             format!("{}/{}@{tag_or_digest}", self.registry, self.repository())
         } else {
             format!("{}/{}:{tag_or_digest}", self.registry, self.repository())
         };
-        r.parse().expect("a valid reference from a parsed target")
+        r.parse().map_err(|e: oci_client::ParseError| OciError::Invalid {
+            reference: r.clone(),
+            message: format!("not a valid OCI reference: {e}"),
+        })
     }
 
-    /// Loopback registries may speak plain HTTP; everything else is HTTPS.
-    fn is_loopback(&self) -> bool {
-        let host = self.registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(&self.registry);
-        matches!(host, "127.0.0.1" | "localhost" | "[::1]") || host.starts_with("127.")
+    /// Loopback registries may speak plain HTTP; everything else is HTTPS
+    /// (unless `--insecure`).
+    pub fn is_loopback(&self) -> bool {
+        let host = match self.registry.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => &self.registry,
+        };
+        crate::http::is_loopback_host(host)
     }
 }
 
@@ -98,12 +176,15 @@ pub fn credentials(registry: &str, username: Option<&str>, token: Option<&str>) 
     RegistryAuth::Anonymous
 }
 
-/// A blocking façade over `oci-client` for one target.
+/// One OCI target: `oci-client` for auth and pushes, the shared transport
+/// for every read.
 pub struct OciRegistry {
     target: OciTarget,
     auth: RegistryAuth,
     client: Client,
-    rt: tokio::runtime::Runtime,
+    transport: Transport,
+    scheme: &'static str,
+    warning: Option<String>,
 }
 
 impl std::fmt::Debug for OciRegistry {
@@ -113,49 +194,117 @@ impl std::fmt::Debug for OciRegistry {
 }
 
 impl OciRegistry {
-    pub fn new(target: OciTarget, auth: RegistryAuth, timeout: Duration) -> Result<Self, OciError> {
-        let protocol = if target.is_loopback() {
-            ClientProtocol::HttpsExcept(vec![target.registry.clone()])
-        } else {
-            ClientProtocol::Https
-        };
-        let client = Client::new(ClientConfig {
+    /// Plain HTTP for loopback (and, with a warning, for anything under
+    /// `--insecure`); HTTPS with the system roots and `--ca-cert` otherwise.
+    pub fn new(target: OciTarget, auth: RegistryAuth, transport: &Transport) -> Result<Self, OciError> {
+        let (plain, warning) = transport.plain_http_for_host(&target.registry);
+        let protocol =
+            if plain { ClientProtocol::HttpsExcept(vec![target.registry.clone()]) } else { ClientProtocol::Https };
+        let timeout = transport.config().timeout;
+        let config = ClientConfig {
             protocol,
+            extra_root_certificates: transport
+                .ca_pems()
+                .iter()
+                .map(|pem| Certificate { encoding: CertificateEncoding::Pem, data: pem.clone() })
+                .collect(),
             read_timeout: Some(timeout),
             connect_timeout: Some(timeout),
             ..Default::default()
-        });
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(OciError::Runtime)?;
-        Ok(Self { target, auth, client, rt })
+        };
+        // `Client::new` would fall back to defaults on a bad config; refuse instead.
+        let client = Client::try_from(config).map_err(|source| OciError::Registry {
+            reference: format!("oci://{}/{}", target.registry, target.namespace),
+            source,
+        })?;
+        Ok(Self {
+            target,
+            auth,
+            client,
+            transport: transport.clone(),
+            scheme: if plain { "http" } else { "https" },
+            warning,
+        })
     }
 
     pub fn target(&self) -> &OciTarget {
         &self.target
     }
 
-    fn err(&self, reference: &Reference) -> impl Fn(oci_client::errors::OciDistributionError) -> OciError + '_ {
-        let reference = reference.to_string();
-        move |source| OciError::Registry { reference: reference.clone(), source }
+    /// The warning to show for plain http allowed by `--insecure`.
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
     }
 
-    /// A manifest's bytes, or `None` when the registry does not have it.
-    fn manifest(&self, reference: &Reference, accept: &[&str]) -> Result<Option<Vec<u8>>, OciError> {
-        match self.rt.block_on(self.client.pull_manifest_raw(reference, &self.auth, accept)) {
-            Ok((bytes, _)) => Ok(Some(bytes.to_vec())),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(self.err(reference)(e)),
+    fn err(reference: &Reference) -> impl Fn(oci_client::errors::OciDistributionError) -> OciError + '_ {
+        move |source| OciError::Registry { reference: reference.to_string(), source }
+    }
+
+    /// The `Authorization` header for this registry's reads, after the
+    /// registry's token dance (done by `oci-client`).
+    async fn auth_header(&self, op: RegistryOperation) -> Result<Vec<(String, String)>, OciError> {
+        let repo = self.target.reference(oci::REPOSITORY)?;
+        let token = self.client.auth(&repo, &self.auth, op).await.map_err(Self::err(&repo))?;
+        Ok(match (token, &self.auth) {
+            (Some(t), _) => vec![("Authorization".into(), format!("Bearer {t}"))],
+            (None, RegistryAuth::Basic(u, p)) => vec![(
+                "Authorization".into(),
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))),
+            )],
+            (None, _) => vec![],
+        })
+    }
+
+    fn url(&self, reference: &Reference, kind: &str, tag_or_digest: &str) -> String {
+        format!(
+            "{}://{}/v2/{}/{kind}/{tag_or_digest}",
+            self.scheme,
+            reference.resolve_registry(),
+            reference.repository()
+        )
+    }
+
+    /// A manifest's bytes (at most 4 MiB, or `size` when the descriptor
+    /// names it), or `None` when the registry does not have it. Fetched by
+    /// digest, the bytes must hash to it.
+    async fn manifest(
+        &self,
+        tag_or_digest: &str,
+        size: Option<u64>,
+        auth: &[(String, String)],
+        accept: &str,
+    ) -> Result<Option<Vec<u8>>, OciError> {
+        let reference = self.target.reference(tag_or_digest)?;
+        let url = self.url(&reference, "manifests", tag_or_digest);
+        let mut headers = auth.to_vec();
+        headers.push(("Accept".into(), accept.into()));
+        let cap = size.unwrap_or(MAX_MANIFEST).min(MAX_MANIFEST);
+        let r = self.transport.get(&url, &headers, cap, Overflow::Error).await?;
+        let invalid = |message: String| OciError::Invalid { reference: reference.to_string(), message };
+        match r.status {
+            200 => {}
+            404 => return Ok(None),
+            s => return Err(invalid(format!("HTTP {s} for its manifest: {}", registry_message(&r)))),
         }
+        if tag_or_digest.starts_with("sha256:") && r.digest.as_str() != tag_or_digest {
+            return Err(invalid(format!("the manifest's bytes hash to {}, not {tag_or_digest}", r.digest)));
+        }
+        Ok(Some(r.body))
     }
 
     /// The tag of (release, version): the plain one, or the hashed one when
     /// another release holds the plain tag. Returns it with its index.
-    fn tag_and_index(&self, release: &str, version: &str) -> Result<(String, Option<Vec<u8>>), OciError> {
+    async fn tag_and_index(
+        &self,
+        release: &str,
+        version: &str,
+        auth: &[(String, String)],
+    ) -> Result<(String, Option<Vec<u8>>), OciError> {
         let plain = oci::tag(release, version, false);
-        let accept = [oci::INDEX_MEDIA_TYPE];
-        match self.manifest(&self.target.reference(&plain), &accept)? {
+        match self.manifest(&plain, None, auth, oci::INDEX_MEDIA_TYPE).await? {
             Some(b) if annotation(&b, oci::ANN_RELEASE).as_deref() != Some(release) => {
                 let hashed = oci::tag(release, version, true);
-                let existing = self.manifest(&self.target.reference(&hashed), &accept)?;
+                let existing = self.manifest(&hashed, None, auth, oci::INDEX_MEDIA_TYPE).await?;
                 Ok((hashed, existing))
             }
             other => Ok((plain, other)),
@@ -163,49 +312,56 @@ impl OciRegistry {
     }
 
     /// Pushes the object (empty config, layer, manifest) and merges its
-    /// manifest into the index of its tag.
+    /// manifest into the index of its tag; bounded by the transport's
+    /// timeout.
     pub fn publish(&self, meta: &ObjectMetadata, bytes: &[u8]) -> Result<Published, OciError> {
-        let repo = self.target.reference(oci::REPOSITORY);
-        self.rt.block_on(self.client.auth(&repo, &self.auth, RegistryOperation::Push)).map_err(self.err(&repo))?;
+        let after = self.transport.config().timeout;
+        self.transport
+            .within(self.publish_async(meta, bytes))
+            .unwrap_or_else(|| Err(OciError::Timeout { registry: self.target.registry.clone(), after }))
+    }
+
+    async fn publish_async(&self, meta: &ObjectMetadata, bytes: &[u8]) -> Result<Published, OciError> {
+        let repo = self.target.reference(oci::REPOSITORY)?;
+        let auth = self.auth_header(RegistryOperation::Push).await?;
         let config = Digest::of_bytes(oci::EMPTY_CONFIG);
         for (digest, data) in [(&config, oci::EMPTY_CONFIG), (&meta.digest, bytes)] {
-            let exists = self.rt.block_on(self.client.blob_exists(&repo, digest.as_str())).unwrap_or(false);
+            let exists = self.client.blob_exists(&repo, digest.as_str()).await.unwrap_or(false);
             if !exists {
-                self.rt
-                    .block_on(self.client.push_blob(&repo, data.to_vec(), digest.as_str()))
-                    .map_err(self.err(&repo))?;
+                self.client.push_blob(&repo, data.to_vec(), digest.as_str()).await.map_err(Self::err(&repo))?;
             }
         }
         let manifest = oci::manifest(meta);
         let md = Digest::of_bytes(&manifest);
-        let mref = self.target.reference(md.as_str());
-        self.rt
-            .block_on(self.client.push_manifest_raw(
-                &mref,
-                manifest.clone(),
-                oci::MANIFEST_MEDIA_TYPE.parse().expect("media type"),
-            ))
-            .map_err(self.err(&mref))?;
+        let mref = self.target.reference(md.as_str())?;
+        self.client
+            .push_manifest_raw(&mref, manifest.clone(), header_value(&mref, oci::MANIFEST_MEDIA_TYPE)?)
+            .await
+            .map_err(Self::err(&mref))?;
         let id = &meta.identity;
-        let (tag, existing) = self.tag_and_index(&id.kernel_release, &id.version)?;
+        let (tag, existing) = self.tag_and_index(&id.kernel_release, &id.version, &auth).await?;
         let index =
             oci::index(&id.kernel_release, &id.version, existing.as_deref(), id.arch, &md, manifest.len() as u64);
         if existing.as_deref() == Some(&index[..]) {
             return Ok(Published::Skipped);
         }
-        let tref = self.target.reference(&tag);
-        self.rt
-            .block_on(self.client.push_manifest_raw(&tref, index, oci::INDEX_MEDIA_TYPE.parse().expect("media type")))
-            .map_err(self.err(&tref))?;
+        let tref = self.target.reference(&tag)?;
+        self.client
+            .push_manifest_raw(&tref, index, header_value(&tref, oci::INDEX_MEDIA_TYPE)?)
+            .await
+            .map_err(Self::err(&tref))?;
         Ok(Published::Published)
     }
 
     /// Finds the object for an identity: tag → index → this arch's manifest
     /// (annotated release, arch and version must match exactly) → layer,
-    /// verified against its digest. `None` when the registry has none.
-    pub fn fetch(&self, id: &Identity) -> Result<Option<(ObjectMetadata, Vec<u8>)>, OciError> {
-        let (tag, index) = self.tag_and_index(&id.kernel_release, &id.version)?;
-        let tref = self.target.reference(&tag);
+    /// at most the size its descriptor names (never over the object
+    /// limit), verified against its digest. `None` when the registry has
+    /// none. The caller puts the deadline around it.
+    pub async fn fetch(&self, id: &Identity) -> Result<Option<(ObjectMetadata, Vec<u8>)>, OciError> {
+        let auth = self.auth_header(RegistryOperation::Pull).await?;
+        let (tag, index) = self.tag_and_index(&id.kernel_release, &id.version, &auth).await?;
+        let tref = self.target.reference(&tag)?;
         let invalid = |message: String| OciError::Invalid { reference: tref.to_string(), message };
         let Some(index) = index else { return Ok(None) };
         if annotation(&index, oci::ANN_RELEASE).as_deref() != Some(id.kernel_release.as_str()) {
@@ -218,14 +374,14 @@ impl OciRegistry {
         else {
             return Ok(None);
         };
-        let md = entry["digest"].as_str().unwrap_or("");
-        let mref = self.target.reference(md);
+        let md: Digest =
+            entry["digest"].as_str().unwrap_or("").parse().map_err(|e: crate::DigestError| {
+                invalid(format!("the index's {} entry: {e}", oci::oci_arch(id.arch)))
+            })?;
         let manifest = self
-            .manifest(&mref, &[oci::MANIFEST_MEDIA_TYPE])?
+            .manifest(md.as_str(), entry["size"].as_u64(), &auth, oci::MANIFEST_MEDIA_TYPE)
+            .await?
             .ok_or_else(|| invalid(format!("the index names {md}, which the registry does not have")))?;
-        if Digest::of_bytes(&manifest).as_str() != md {
-            return Err(invalid(format!("manifest {md} has different bytes")));
-        }
         let m: Value = serde_json::from_slice(&manifest).map_err(|e| invalid(format!("manifest is not JSON: {e}")))?;
         let a = &m["annotations"];
         if a[oci::ANN_RELEASE] != id.kernel_release.as_str()
@@ -246,14 +402,6 @@ impl OciRegistry {
         if layer["mediaType"] != oci::LAYER_MEDIA_TYPE {
             return Err(invalid(format!("its layer is {}, not {}", layer["mediaType"], oci::LAYER_MEDIA_TYPE)));
         }
-        let digest: Digest =
-            layer["digest"].as_str().unwrap_or("").parse().map_err(|e: crate::DigestError| invalid(e.to_string()))?;
-        let mut bytes = Vec::new();
-        self.rt.block_on(self.client.pull_blob(&mref, digest.as_str(), &mut bytes)).map_err(self.err(&mref))?;
-        let actual = Digest::of_bytes(&bytes);
-        if actual != digest {
-            return Err(invalid(format!("layer bytes hash to {actual}, the manifest says {digest}")));
-        }
         if layer["annotations"][oci::ANN_TITLE] != id.file_name().as_str() {
             return Err(invalid(format!(
                 "its title is {}, not {}",
@@ -261,37 +409,52 @@ impl OciRegistry {
                 id.file_name()
             )));
         }
-        let meta = ObjectMetadata {
-            identity: id.clone(),
-            file_name: id.file_name(),
-            digest,
-            size: bytes.len() as u64,
-            kernel: Default::default(),
-            build_mode: "unknown (fetched through OCI)".into(),
-            sources: vec![],
-            program_digest: Digest::of_bytes(b""),
-            compiler: crate::Compiler { clang: "unknown (fetched through OCI)".into(), llc: None },
-            flags: vec![],
-            built_at: String::new(),
-        };
-        Ok(Some((meta, bytes)))
+        let digest: Digest =
+            layer["digest"].as_str().unwrap_or("").parse().map_err(|e: crate::DigestError| invalid(e.to_string()))?;
+        let size = layer["size"].as_u64().ok_or_else(|| invalid("its layer descriptor has no size".into()))?;
+        let limit = self.transport.config().max_object_bytes;
+        if size > limit {
+            return Err(invalid(format!(
+                "its layer is {size} bytes, over the {limit}-byte limit (--max-object-size); not downloading it"
+            )));
+        }
+        let mref = self.target.reference(md.as_str())?;
+        let url = self.url(&mref, "blobs", digest.as_str());
+        let r = self.transport.get(&url, &auth, size, Overflow::Error).await.map_err(|e| match e {
+            TransportError::TooLarge { .. } => {
+                invalid(format!("the registry sent more than the {size} bytes the layer descriptor names"))
+            }
+            e => e.into(),
+        })?;
+        if r.status != 200 {
+            return Err(invalid(format!("HTTP {} for its layer: {}", r.status, registry_message(&r))));
+        }
+        if r.body.len() as u64 != size {
+            return Err(invalid(format!("its layer is {} bytes, the descriptor says {size}", r.body.len())));
+        }
+        if r.digest != digest {
+            return Err(invalid(format!("layer bytes hash to {}, the manifest says {digest}", r.digest)));
+        }
+        let meta = ObjectMetadata::minimal(id.clone(), digest, size, "fetched through OCI");
+        Ok(Some((meta, r.body)))
     }
+}
+
+fn header_value(reference: &Reference, v: &str) -> Result<reqwest::header::HeaderValue, OciError> {
+    v.parse()
+        .map_err(|e| OciError::Invalid { reference: reference.to_string(), message: format!("media type {v}: {e}") })
+}
+
+/// The first OCI error message of a body, else its status.
+fn registry_message(r: &Response) -> String {
+    serde_json::from_slice::<Value>(&r.body)
+        .ok()
+        .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("HTTP {}", r.status))
 }
 
 fn annotation(manifest: &[u8], key: &str) -> Option<String> {
     serde_json::from_slice::<Value>(manifest).ok()?["annotations"][key].as_str().map(str::to_owned)
-}
-
-fn is_not_found(e: &oci_client::errors::OciDistributionError) -> bool {
-    use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
-    match e {
-        E::ImageManifestNotFoundError(_) => true,
-        E::RegistryError { envelope, .. } => {
-            envelope.errors.iter().any(|x| matches!(x.code, C::ManifestUnknown | C::NameUnknown))
-        }
-        E::ServerError { code, .. } => *code == 404,
-        _ => false,
-    }
 }
 
 #[cfg(test)]
@@ -304,9 +467,19 @@ mod tests {
         assert_eq!((t.registry.as_str(), t.repository().as_str()), ("127.0.0.1:5000", "acme/fleet/tracee-bpf"));
         assert!(t.is_loopback());
         assert!(!OciTarget::parse("oci://registry.example/x").unwrap().is_loopback());
-        for bad in ["http://x/y", "oci://x", "oci:///y", "oci://x/"] {
+        for bad in ["http://x/y", "oci://x", "oci:///y", "oci://x/", "oci://x/a//b", "oci://x/-a", "oci://x/a_-b"] {
             assert!(OciTarget::parse(bad).is_err(), "{bad}");
         }
+        // Uppercase namespaces are refused at parse time, with the fix.
+        let e = OciTarget::parse("oci://127.0.0.1:5000/ACME").unwrap_err().to_string();
+        assert!(e.contains("lowercase") && e.contains("oci://127.0.0.1:5000/acme"), "{e}");
+        for ok in ["oci://h/a.b", "oci://h/a__b", "oci://h/a---b/c_d", "oci://127.0.0.1:5000/x"] {
+            assert!(OciTarget::parse(ok).is_ok(), "{ok}");
+        }
+        // A tag no release could make is an error, not a panic.
+        let t = OciTarget::parse("oci://h/ns").unwrap();
+        assert!(t.reference("-bad tag").is_err());
+        assert!(t.reference("sha256:short").is_err());
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
+pub mod hostile;
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
@@ -335,6 +337,29 @@ pub fn distribution() -> Distribution {
     Distribution { child, addr, data: dir.path().join("data"), _dir: dir }
 }
 
+/// Runs `cmd` to completion under GNU time (`ci/install-deps` installs
+/// it): its output and its peak resident memory, in bytes.
+pub fn output_with_peak_rss(cmd: &Command) -> (std::process::Output, u64) {
+    let report = tempfile::NamedTempFile::new().expect("temp file");
+    let mut t = Command::new("/usr/bin/time");
+    t.arg("-f").arg("%M").arg("-o").arg(report.path()).arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => t.env(k, v),
+            None => t.env_remove(k),
+        };
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        t.current_dir(d);
+    }
+    let out = t.output().expect("/usr/bin/time is not installed (ci/install-deps installs it)");
+    let kib: u64 = fs::read_to_string(report.path())
+        .ok()
+        .and_then(|s| s.lines().last().and_then(|l| l.trim().parse().ok()))
+        .expect("GNU time's %M report");
+    (out, kib * 1024)
+}
+
 /// Peak resident memory (VmHWM) of a process, in bytes.
 pub fn peak_rss(pid: u32) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
@@ -346,6 +371,16 @@ pub fn peak_rss(pid: u32) -> u64 {
         })
         .expect("VmHWM")
         * 1024
+}
+
+/// A `/v1` client for a registry on loopback, with a 60 s deadline per call.
+pub fn client(url: &str, token: Option<String>) -> bpfarm_object::client::RegistryClient {
+    let transport = bpfarm_object::http::Transport::new(bpfarm_object::http::TransportConfig {
+        timeout: std::time::Duration::from_secs(60),
+        ..Default::default()
+    })
+    .expect("the HTTP transport");
+    bpfarm_object::client::RegistryClient::new(url, token, &transport).expect("a loopback registry URL")
 }
 
 /// Metadata for a stand-in object (tests of registry plumbing that need no

@@ -401,16 +401,18 @@ fn registry_image_runs_as_non_root_serves_and_keeps_its_volume_across_a_restart(
     let token = registry_token(&first.name);
     let object = bpfarm_tests::publish_running_object(dir.path(), &url, &token);
     let path = format!("/v1/objects/{}/v0.1.0/{}", std::env::consts::ARCH, release());
-    let meta: serde_json::Value = ureq::get(&format!("{url}{path}")).call().unwrap().body_mut().read_json().unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&reqwest::blocking::get(format!("{url}{path}")).unwrap().bytes().unwrap()).unwrap();
     let digest = meta["digest"].as_str().unwrap().to_owned();
 
     // Stopped (SIGTERM), removed, a new container on the same volume.
     podman_ok(&["stop", "--time", "10", &first.name]);
     drop(first);
     let (second, url) = start_registry(&img.registry, &volume);
-    let meta: serde_json::Value = ureq::get(&format!("{url}{path}")).call().unwrap().body_mut().read_json().unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&reqwest::blocking::get(format!("{url}{path}")).unwrap().bytes().unwrap()).unwrap();
     assert_eq!(meta["digest"], digest.as_str());
-    let blob = ureq::get(&format!("{url}/v1/blobs/{digest}")).call().unwrap().body_mut().read_to_vec().unwrap();
+    let blob = reqwest::blocking::get(format!("{url}/v1/blobs/{digest}")).unwrap().bytes().unwrap().to_vec();
     assert_eq!(blob, std::fs::read(&object).unwrap());
     // The push token survived too: a new version publishes with it, and a
     // made-up token is refused.

@@ -3,10 +3,8 @@
 //! (reported by the builder), cells nothing covers (missing), and the search.
 
 use std::process::Command;
-use std::time::Duration;
 
 use bpfarm_object::Arch;
-use bpfarm_object::client::RegistryClient;
 use bpfarm_tests::{bin, browser_dom, browser_screenshot, repo_root};
 
 /// The `<tr>` of a kernel release in the serialized DOM.
@@ -52,7 +50,7 @@ fn coverage_page_shows_present_failed_missing_and_searches() {
     // An x86_64-only object for a Debian kernel: its arm64 cell is missing.
     let bytes = b"a stand-in object for a kernel this machine does not run".to_vec();
     let meta = bpfarm_tests::sample_metadata("6.1.0-56-amd64", Arch::X86_64, &bytes);
-    let client = RegistryClient::new(&reg.url, Some(push.clone()), Duration::from_secs(10));
+    let client = bpfarm_tests::client(&reg.url, Some(push.clone()));
     client.publish(&meta, &bytes, false).unwrap();
     let running = client.lookup(&release, "x86_64", "v0.1.0").unwrap().unwrap();
 

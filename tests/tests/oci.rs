@@ -83,7 +83,7 @@ fn skopeo_copies_to_distribution_and_back_with_digests_unchanged() {
         &format!("docker://{back}"),
     ]);
     assert_eq!(Digest::of_bytes(&raw_manifest(&back)), Digest::of_bytes(&index));
-    let client = bpfarm_object::client::RegistryClient::new(&reg2.url, None, std::time::Duration::from_secs(10));
+    let client = bpfarm_tests::client(&reg2.url, None);
     let meta = client.lookup(&release(), "x86_64", "v0.1.0").unwrap().expect("the OCI push is a /v1 object");
     let local = std::fs::read(dir.path().join("out/x86_64").join(&meta.file_name)).unwrap();
     assert_eq!(client.download(&meta.digest).unwrap(), local);
@@ -137,14 +137,14 @@ fn oras_sdk_pushes_and_pulls_with_the_exact_file_name() {
 
 /// A tiny HTTP helper for the workflows: method, URL, headers, body.
 struct Http {
-    agent: ureq::Agent,
+    agent: reqwest::blocking::Client,
     base: String,
     push: String,
 }
 
 struct Resp {
     status: u16,
-    headers: ureq::http::HeaderMap,
+    headers: reqwest::header::HeaderMap,
     body: Vec<u8>,
 }
 
@@ -163,18 +163,18 @@ impl Resp {
 impl Http {
     fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>, auth: bool) -> Resp {
         let url = if path.starts_with("http") { path.to_owned() } else { format!("{}{path}", self.base) };
-        let mut b = ureq::http::Request::builder().method(method).uri(&url);
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut b = self.agent.request(method, &url);
         if auth {
             b = b.header("Authorization", format!("Bearer {}", self.push));
         }
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let req = b.body(body.map(|b| b.to_vec()).unwrap_or_default()).unwrap();
-        let mut resp = self.agent.run(req).unwrap();
+        let resp = b.body(body.map(|b| b.to_vec()).unwrap_or_default()).send().unwrap();
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp.body_mut().read_to_vec().unwrap_or_default();
+        let body = resp.bytes().map(|b| b.to_vec()).unwrap_or_default();
         Resp { status, headers, body }
     }
 }
@@ -186,7 +186,7 @@ fn distribution_spec_workflows() {
     let push = token(&data, "ci", "push");
     let read = token(&data, "fleet", "read");
     let reg = serve(&data);
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent = reqwest::blocking::Client::new();
     let h = Http { agent, base: reg.url.clone(), push };
 
     // Version check: the challenge without credentials, 200 with them.
@@ -370,18 +370,18 @@ fn a_100_mb_blob_upload_streams_without_growing_the_registry() {
     }
     let digest = Digest::of_reader(Gen(0)).unwrap().0;
     let before = peak_rss(reg.child.id());
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent = reqwest::blocking::Client::new();
     let resp = agent
-        .post(&format!("{}/v2/big/blob/blobs/uploads/?digest={digest}", reg.url))
-        .header("Authorization", &format!("Bearer {push}"))
-        .header("Content-Length", &SIZE.to_string())
-        .send(ureq::SendBody::from_owned_reader(Gen(0)))
+        .post(format!("{}/v2/big/blob/blobs/uploads/?digest={digest}", reg.url))
+        .header("Authorization", format!("Bearer {push}"))
+        .body(reqwest::blocking::Body::sized(Gen(0), SIZE))
+        .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 201);
     let after = peak_rss(reg.child.id());
     eprintln!("registry peak RSS: {} MiB before, {} MiB after a 100 MiB upload", before >> 20, after >> 20);
     assert!(after < 40 << 20, "peak RSS {} MiB: the body was buffered", after >> 20);
-    let head = agent.head(&format!("{}/v2/big/blob/blobs/{digest}", reg.url)).call().unwrap();
+    let head = agent.head(format!("{}/v2/big/blob/blobs/{digest}", reg.url)).send().unwrap();
     assert_eq!(head.headers()["content-length"], SIZE.to_string().as_str());
 }
 
@@ -425,12 +425,8 @@ fn builder_publishes_into_distribution_and_the_agent_pulls_from_it() {
     // arch keeps the first in the index.
     use bpfarm_object::oci_client::{OciRegistry, OciTarget};
     use bpfarm_object::{Arch, Identity};
-    let reg = OciRegistry::new(
-        OciTarget::parse(&target).unwrap(),
-        oci_client_anonymous(),
-        std::time::Duration::from_secs(10),
-    )
-    .unwrap();
+    let transport = bpfarm_object::http::Transport::new(Default::default()).unwrap();
+    let reg = OciRegistry::new(OciTarget::parse(&target).unwrap(), oci_client_anonymous(), &transport).unwrap();
     for (arch, bytes) in [(Arch::X86_64, &b"amd64 object"[..]), (Arch::Aarch64, &b"arm64 object"[..])] {
         let meta = bpfarm_tests::sample_metadata("5.15.0-91-generic", arch, bytes);
         reg.publish(&meta, bytes).unwrap();
@@ -445,7 +441,8 @@ fn builder_publishes_into_distribution_and_the_agent_pulls_from_it() {
         .map(|m| m["platform"]["architecture"].as_str().unwrap())
         .collect();
     assert_eq!(arches, ["amd64", "arm64"]);
-    let (_, arm) = reg.fetch(&Identity::new("5.15.0-91-generic", Arch::Aarch64, "v0.1.0").unwrap()).unwrap().unwrap();
+    let arm_id = Identity::new("5.15.0-91-generic", Arch::Aarch64, "v0.1.0").unwrap();
+    let (_, arm) = transport.within(reg.fetch(&arm_id)).unwrap().unwrap().unwrap();
     assert_eq!(arm, b"arm64 object");
 
     // The agent pulls this host's object from distribution, verifies and loads it.
@@ -504,7 +501,7 @@ fn stale_upload_sessions_expire_and_are_cleaned() {
     let push = token(&data, "ci", "push");
     let reg =
         bpfarm_tests::serve_with(&["--listen", "127.0.0.1:0", "--upload-ttl", "1", "--data", data.to_str().unwrap()]);
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent = reqwest::blocking::Client::new();
     let h = Http { agent, base: reg.url.clone(), push };
     let r = h.call("POST", "/v2/w/app/blobs/uploads/", &[], None, true);
     let loc = r.header("location");

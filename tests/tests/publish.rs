@@ -47,7 +47,7 @@ fn builder_publishes_to_a_real_registry_and_skips_what_it_holds() {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned();
     let name = object_file_name(&release, "v0.1.0");
     let local = std::fs::read(dir.path().join("out/x86_64").join(&name)).unwrap();
-    let client = bpfarm_object::client::RegistryClient::new(&reg.url, None, std::time::Duration::from_secs(10));
+    let client = bpfarm_tests::client(&reg.url, None);
     let meta = client.lookup(&release, "x86_64", "v0.1.0").unwrap().expect("published object");
     assert_eq!(meta.digest, Digest::of_bytes(&local));
     assert_eq!(client.download(&meta.digest).unwrap(), local);

@@ -6,7 +6,6 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bpfarm_object::client::RegistryClient;
 use bpfarm_object::{Arch, Digest, ObjectMetadata};
 use bpfarm_tests::{serve, serve_with, token};
 
@@ -50,7 +49,7 @@ fn kill_9_mid_upload_leaves_no_visible_partial_object() {
     // A restart cleans the leftovers and still serves nothing under that digest.
     let reg2 = serve(&data);
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "restart left temp files");
-    let client = RegistryClient::new(&reg2.url, Some(push.clone()), Duration::from_secs(10));
+    let client = bpfarm_tests::client(&reg2.url, Some(push.clone()));
     assert!(client.download(&digest).is_err());
     // And the store works: the whole object can be published now.
     let m = meta("6.1.0-56-amd64", &big);
@@ -73,14 +72,14 @@ fn load_500_concurrent_downloads_and_20_concurrent_publishes() {
     // One object of a realistic size to download.
     let object: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let m = meta("6.12.117+deb12-amd64", &object);
-    RegistryClient::new(&url, Some(push.clone()), Duration::from_secs(30)).publish(&m, &object, false).unwrap();
+    bpfarm_tests::client(&url, Some(push.clone())).publish(&m, &object, false).unwrap();
 
     let object = Arc::new(object);
     let mut handles = Vec::new();
     for i in 0..500 {
         let (url, object, digest) = (url.clone(), object.clone(), m.digest.clone());
         handles.push(std::thread::spawn(move || {
-            let c = RegistryClient::new(&url, None, Duration::from_secs(60));
+            let c = bpfarm_tests::client(&url, None);
             let got = c.download(&digest).map_err(|e| format!("download {i}: {e}"))?;
             if got != *object {
                 return Err(format!("download {i}: wrong bytes"));
@@ -93,7 +92,7 @@ fn load_500_concurrent_downloads_and_20_concurrent_publishes() {
         handles.push(std::thread::spawn(move || {
             let bytes = format!("object number {i}").repeat(1000).into_bytes();
             let m = meta(&format!("6.1.0-{}-amd64", 100 + i), &bytes);
-            let c = RegistryClient::new(&url, Some(push), Duration::from_secs(60));
+            let c = bpfarm_tests::client(&url, Some(push));
             c.publish(&m, &bytes, false).map_err(|e| format!("publish {i}: {e}"))?;
             let back = c
                 .lookup(&m.identity.kernel_release, "x86_64", "v0.1.0")
@@ -124,20 +123,20 @@ fn serve_takes_its_settings_from_a_config_file() {
     )
     .unwrap();
     let reg = serve_with(&["--config", config.to_str().unwrap()]);
-    let client = RegistryClient::new(&reg.url, Some(push.clone()), Duration::from_secs(10));
+    let client = bpfarm_tests::client(&reg.url, Some(push.clone()));
     let big = vec![1u8; 1001];
     let e = client.publish(&meta("6.1.0-56-amd64", &big), &big, false).unwrap_err();
     assert_eq!(e.status(), Some(413), "{e}");
     let small = vec![1u8; 1000];
     client.publish(&meta("6.1.0-56-amd64", &small), &small, false).unwrap();
     // require_read_token from the file: anonymous reads are refused.
-    let anonymous = RegistryClient::new(&reg.url, None, Duration::from_secs(10));
+    let anonymous = bpfarm_tests::client(&reg.url, None);
     assert_eq!(anonymous.lookup("6.1.0-56-amd64", "x86_64", "v0.1.0").unwrap_err().status(), Some(401));
 
     // A flag wins over the file.
     drop(reg);
     let reg = serve_with(&["--config", config.to_str().unwrap(), "--require-read-token", "false"]);
-    let anonymous = RegistryClient::new(&reg.url, None, Duration::from_secs(10));
+    let anonymous = bpfarm_tests::client(&reg.url, None);
     assert!(anonymous.lookup("6.1.0-56-amd64", "x86_64", "v0.1.0").unwrap().is_some());
 
     // A typo in the file is an error that names it.

@@ -1,0 +1,414 @@
+//! The one HTTP/TLS stack every bpfarm client uses (`/v1`, static mirrors,
+//! OCI registries): reqwest with rustls, the system's roots plus any
+//! `--ca-cert`, and the rules that make talking to a registry safe for a
+//! root agent:
+//!
+//! - plain `http://` only to loopback, or anywhere with an explicit
+//!   `--insecure` (the caller prints the warning [`Transport::check_url`]
+//!   returns);
+//! - every body is read with a cap (the size the metadata or descriptor
+//!   names, else a fixed limit), hashed while it streams in, never read to
+//!   its end unbounded;
+//! - redirects are followed by hand: at most [`MAX_REDIRECTS`], never from
+//!   https down to http, and a registry's own headers (token,
+//!   `--registry-header`) go only to that registry's origin;
+//! - one deadline bounds a whole attempt (connect, headers, body, retries):
+//!   [`Transport::within`].
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Url;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, LOCATION};
+use sha2::{Digest as _, Sha256};
+
+use crate::Digest;
+
+/// Redirects followed per request.
+pub const MAX_REDIRECTS: usize = 5;
+/// Default cap on an object's bytes, whatever its metadata claims.
+pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 64 << 20;
+/// Cap on error bodies kept for messages (the rest is not read).
+const MAX_ERROR_BODY: u64 = 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("reading the CA certificate {path}: {source}")]
+    CaRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("CA certificate {path}: {message}")]
+    CaInvalid { path: PathBuf, message: String },
+    #[error("setting up HTTPS: {0}")]
+    Client(String),
+    #[error("starting the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("{url:?} is not a valid URL: {reason}")]
+    Url { url: String, reason: String },
+    #[error(
+        "{url}: plain http:// to a host that is not loopback; use https:// (add a private CA with --ca-cert), or pass --insecure to allow it"
+    )]
+    PlainHttp { url: String },
+    #[error("{url}: {message}")]
+    Request { url: String, message: String },
+    #[error("{url}: the response is larger than {limit} bytes; stopped reading")]
+    TooLarge { url: String, limit: u64 },
+    #[error("{url}: redirected to {to}: {reason}")]
+    Redirect { url: String, to: String, reason: &'static str },
+}
+
+/// How clients talk to registries. One per process; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// PEM files with CAs to trust besides the system's roots (`--ca-cert`).
+    pub ca_certs: Vec<PathBuf>,
+    /// Allow plain `http://` to hosts other than loopback (`--insecure`).
+    pub insecure: bool,
+    /// Deadline of one attempt against one registry, as a whole.
+    pub timeout: Duration,
+    /// No object larger than this is read, whatever its metadata says.
+    pub max_object_bytes: u64,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            ca_certs: Vec::new(),
+            insecure: false,
+            timeout: Duration::from_secs(30),
+            max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
+        }
+    }
+}
+
+/// What to do when a body is longer than its cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// The response is refused.
+    Error,
+    /// The first `cap` bytes are kept (error bodies, for their message).
+    Truncate,
+}
+
+/// A response read within its cap.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// The URL that answered (after redirects).
+    pub url: String,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    /// sha256 of `body`, computed as it streamed in.
+    pub digest: Digest,
+}
+
+impl Response {
+    /// The `message` of a JSON error body, else `HTTP <status>`.
+    pub fn message(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|j| j["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("HTTP {}", self.status))
+    }
+}
+
+/// The shared client: reqwest (rustls), its runtime, and the rules above.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+    config: TransportConfig,
+    /// The `--ca-cert` files' PEM bytes, for clients built elsewhere (OCI).
+    #[cfg_attr(not(feature = "oci"), allow(dead_code))]
+    ca_pems: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+/// An error and every cause under it, on one line (reqwest's own message
+/// hides the TLS or connect failure in its sources).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s += ": ";
+            s += &m;
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Whether `host` (no port) is a loopback name or address.
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost") || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `scheme://host:port` of a URL, for same-origin decisions.
+fn origin(u: &Url) -> (String, Option<String>, Option<u16>) {
+    (u.scheme().to_owned(), u.host_str().map(str::to_owned), u.port_or_known_default())
+}
+
+impl Transport {
+    pub fn new(config: TransportConfig) -> Result<Self, TransportError> {
+        let mut ca_pems = Vec::new();
+        let mut certs = Vec::new();
+        for path in &config.ca_certs {
+            let pem = std::fs::read(path).map_err(|source| TransportError::CaRead { path: path.clone(), source })?;
+            let found = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| TransportError::CaInvalid { path: path.clone(), message: chain(&e) })?;
+            if found.is_empty() {
+                return Err(TransportError::CaInvalid {
+                    path: path.clone(),
+                    message: "no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into(),
+                });
+            }
+            certs.extend(found);
+            ca_pems.push(pem);
+        }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.timeout)
+            .tls_certs_merge(certs)
+            .user_agent(concat!("bpfarm/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| TransportError::Client(chain(&e)))?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(TransportError::Runtime)?;
+        Ok(Self { inner: Arc::new(Inner { http, rt, config, ca_pems }) })
+    }
+
+    pub fn config(&self) -> &TransportConfig {
+        &self.inner.config
+    }
+
+    #[cfg_attr(not(feature = "oci"), allow(dead_code))]
+    pub(crate) fn ca_pems(&self) -> &[Vec<u8>] {
+        &self.inner.ca_pems
+    }
+
+    /// Checks a registry URL against the plain-http rule. `Ok(Some(warning))`
+    /// when it is plain http to a non-loopback host and `--insecure` allows it.
+    pub fn check_url(&self, url: &str) -> Result<Option<String>, TransportError> {
+        let u = Url::parse(url).map_err(|e| TransportError::Url { url: url.to_owned(), reason: e.to_string() })?;
+        self.check_parsed(&u)
+    }
+
+    fn check_parsed(&self, u: &Url) -> Result<Option<String>, TransportError> {
+        let url = u.as_str().to_owned();
+        let host = u.host_str().unwrap_or("");
+        match u.scheme() {
+            "https" => Ok(None),
+            "http" if is_loopback_host(host) => Ok(None),
+            "http" if self.inner.config.insecure => Ok(Some(format!(
+                "{url}: plain http to {host} (--insecure): anyone on the path can read and change what is fetched; only the digest check stands between them and this host"
+            ))),
+            "http" => Err(TransportError::PlainHttp { url }),
+            other => Err(TransportError::Url { url, reason: format!("scheme {other:?} is not http or https") }),
+        }
+    }
+
+    /// The plain-http rule for a `host[:port]` spoken to without a scheme
+    /// (OCI): plain http for loopback, and for anything with `--insecure`
+    /// (then with the warning to print); https otherwise.
+    pub fn plain_http_for_host(&self, host_port: &str) -> (bool, Option<String>) {
+        let host = match host_port.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host_port,
+        };
+        if is_loopback_host(host) {
+            (true, None)
+        } else if self.inner.config.insecure {
+            (
+                true,
+                Some(format!(
+                    "{host_port}: plain http (--insecure): anyone on the path can read and change what is fetched; only the digest check stands between them and this host"
+                )),
+            )
+        } else {
+            (false, None)
+        }
+    }
+
+    /// Runs `fut` to completion on this transport's runtime.
+    pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        self.inner.rt.block_on(fut)
+    }
+
+    /// Runs `fut` within the attempt deadline (`timeout` of the config):
+    /// `None` when the deadline passed first.
+    pub fn within<F: Future>(&self, fut: F) -> Option<F::Output> {
+        self.within_for(self.inner.config.timeout, fut)
+    }
+
+    /// Like [`Transport::within`], with another deadline.
+    pub fn within_for<F: Future>(&self, deadline: Duration, fut: F) -> Option<F::Output> {
+        self.inner.rt.block_on(async { tokio::time::timeout(deadline, fut).await.ok() })
+    }
+
+    /// GET `url` following redirects by hand. `own` headers are sent only
+    /// while the request stays on `url`'s origin. A body over `cap` is an
+    /// error or truncated per `overflow`; an error status reads at most
+    /// 64 KiB.
+    pub async fn get(
+        &self,
+        url: &str,
+        own: &[(String, String)],
+        cap: u64,
+        overflow: Overflow,
+    ) -> Result<Response, TransportError> {
+        let start = Url::parse(url).map_err(|e| TransportError::Url { url: url.to_owned(), reason: e.to_string() })?;
+        self.check_parsed(&start)?;
+        let home = origin(&start);
+        let mut own_headers = HeaderMap::new();
+        for (k, v) in own {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| TransportError::Request { url: url.to_owned(), message: format!("header {k:?}: {e}") })?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|e| TransportError::Request { url: url.to_owned(), message: format!("header {k:?}: {e}") })?;
+            own_headers.append(name, value);
+        }
+        let mut current = start.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = self.inner.http.get(current.clone());
+            if origin(&current) == home {
+                req = req.headers(own_headers.clone());
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| TransportError::Request { url: current.to_string(), message: chain(&e) })?;
+            let status = resp.status();
+            if status.is_redirection()
+                && let Some(loc) = resp.headers().get(LOCATION)
+            {
+                let to =
+                    loc.to_str().ok().and_then(|l| current.join(l).ok()).ok_or_else(|| TransportError::Redirect {
+                        url: current.to_string(),
+                        to: String::from_utf8_lossy(loc.as_bytes()).into_owned(),
+                        reason: "not a valid URL",
+                    })?;
+                if current.scheme() == "https" && to.scheme() != "https" {
+                    return Err(TransportError::Redirect {
+                        url: current.to_string(),
+                        to: to.to_string(),
+                        reason: "a redirect from https to plain http is refused",
+                    });
+                }
+                self.check_parsed(&to).map_err(|e| TransportError::Redirect {
+                    url: current.to_string(),
+                    to: to.to_string(),
+                    reason: match e {
+                        TransportError::PlainHttp { .. } => {
+                            "plain http to a host that is not loopback (see --insecure)"
+                        }
+                        _ => "not an http(s) URL",
+                    },
+                })?;
+                current = to;
+                continue;
+            }
+            let (cap, overflow) =
+                if status.is_success() { (cap, overflow) } else { (cap.min(MAX_ERROR_BODY), Overflow::Truncate) };
+            return read_capped(resp, cap, overflow).await;
+        }
+        Err(TransportError::Redirect { url: url.to_owned(), to: current.to_string(), reason: "more than 5 redirects" })
+    }
+
+    /// A request with a body (publishing): no redirects are followed.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Result<Response, TransportError> {
+        let u = Url::parse(url).map_err(|e| TransportError::Url { url: url.to_owned(), reason: e.to_string() })?;
+        self.check_parsed(&u)?;
+        let mut req = self.inner.http.request(method, u).body(body);
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req.send().await.map_err(|e| TransportError::Request { url: url.to_owned(), message: chain(&e) })?;
+        read_capped(resp, MAX_ERROR_BODY, Overflow::Truncate).await
+    }
+}
+
+/// Reads a body chunk by chunk, hashing as it goes, stopping at `cap`.
+async fn read_capped(mut resp: reqwest::Response, cap: u64, overflow: Overflow) -> Result<Response, TransportError> {
+    let url = resp.url().to_string();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    if overflow == Overflow::Error && resp.content_length().is_some_and(|n| n > cap) {
+        return Err(TransportError::TooLarge { url, limit: cap });
+    }
+    let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0).min(cap).min(1 << 20) as usize);
+    let mut hasher = Sha256::new();
+    loop {
+        let chunk = match resp.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => return Err(TransportError::Request { url, message: chain(&e) }),
+        };
+        let room = cap.saturating_sub(body.len() as u64);
+        if chunk.len() as u64 > room {
+            if overflow == Overflow::Error {
+                return Err(TransportError::TooLarge { url, limit: cap });
+            }
+            let keep = &chunk[..room as usize];
+            hasher.update(keep);
+            body.extend_from_slice(keep);
+            break;
+        }
+        hasher.update(&chunk);
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Response { status, url, headers, body, digest: Digest::from_raw(hasher.finalize().into()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_to_loopback_unless_insecure() {
+        let t = Transport::new(TransportConfig::default()).unwrap();
+        for ok in ["http://127.0.0.1:8080", "http://localhost/x", "http://[::1]:1/", "https://registry.example"] {
+            assert!(matches!(t.check_url(ok), Ok(None)), "{ok}");
+        }
+        assert!(matches!(t.check_url("http://registry.example"), Err(TransportError::PlainHttp { .. })));
+        assert!(matches!(t.check_url("ftp://x/"), Err(TransportError::Url { .. })));
+        assert!(matches!(t.check_url("not a url"), Err(TransportError::Url { .. })));
+        let insecure = Transport::new(TransportConfig { insecure: true, ..Default::default() }).unwrap();
+        assert!(insecure.check_url("http://registry.example").unwrap().unwrap().contains("--insecure"));
+        assert_eq!(t.plain_http_for_host("127.0.0.1:5000"), (true, None));
+        assert_eq!(t.plain_http_for_host("registry.example:5000"), (false, None));
+        assert!(insecure.plain_http_for_host("registry.example").1.is_some());
+    }
+
+    #[test]
+    fn ca_files_must_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let e = Transport::new(TransportConfig { ca_certs: vec![junk], ..Default::default() }).unwrap_err();
+        assert!(matches!(e, TransportError::CaInvalid { .. }), "{e}");
+        let missing = dir.path().join("missing.pem");
+        let e = Transport::new(TransportConfig { ca_certs: vec![missing], ..Default::default() }).unwrap_err();
+        assert!(matches!(e, TransportError::CaRead { .. }), "{e}");
+    }
+}
