@@ -97,9 +97,11 @@ pub struct Sandbox {
     system: Arc<Vec<PathBuf>>,
 }
 
-/// Libraries and the loader's cache; the toolchain's own folders are added
-/// from where clang and llc really are.
-const SYSTEM_READ: [&str; 7] = ["/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache"];
+/// Libraries, the loader's cache and the system's programs (a compiler may
+/// be a wrapper script; none of these hold secrets); the toolchain's own
+/// folders are added from where clang and llc really are.
+const SYSTEM_READ: [&str; 9] =
+    ["/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64", "/lib32", "/usr/bin", "/bin", "/etc/ld.so.cache"];
 
 impl Sandbox {
     /// No sandbox at all (`--no-sandbox`).
@@ -114,15 +116,17 @@ impl Sandbox {
         let mut system: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).filter(|p| p.exists()).collect();
         for t in tools {
             // The path the tool is run by (a mount namespace recreates its
-            // symlinks), and the whole install it lives in: clang is in
-            // e.g. /usr/lib/llvm-14/bin, its resource headers beside it.
+            // symlinks), and the install it lives in when that is a
+            // `<prefix>/bin`: clang is in /usr/lib/llvm-14/bin, its resource
+            // headers under /usr/lib/llvm-14/lib. Nothing wider: a tool in
+            // some other folder gets only itself.
             system.push(t.to_path_buf());
             if let Ok(real) = t.canonicalize()
-                && let Some(root) = real.parent().and_then(|bin| bin.parent())
-                && !system.iter().any(|s| root.starts_with(s))
-                && root != Path::new("/")
+                && let Some(bin) = real.parent().filter(|b| b.file_name().is_some_and(|n| n == "bin"))
+                && let Some(prefix) = bin.parent().filter(|p| *p != Path::new("/"))
+                && !system.iter().any(|s| prefix.starts_with(s))
             {
-                system.push(root.to_owned());
+                system.push(prefix.to_owned());
             }
         }
         let system = Arc::new(system);

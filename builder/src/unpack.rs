@@ -43,7 +43,7 @@ pub enum UnpackError {
     },
     #[error("{archive}: not a Debian package: {reason}")]
     NotDeb { archive: PathBuf, reason: String },
-    #[error("{archive}: {member}: exceeds {limit}; refused (raise the limit if the package is genuine)")]
+    #[error("{archive}: {member}: exceeds {limit}; refused")]
     Limit { archive: PathBuf, member: String, limit: Limit },
     #[error("{archive}: not a regular file ({kind}); only regular files are read as packages")]
     NotRegular { archive: PathBuf, kind: &'static str },
@@ -664,6 +664,73 @@ mod tests {
         let r = unpack_tar(Path::new("t.tar"), "data.tar", &data[..1024], dir.path(), &|_| true, &Limits::default());
         let e = r.unwrap_err().to_string();
         assert!(e.contains("t.tar"), "{e}");
+    }
+
+    #[test]
+    fn refuses_sparse_files() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_path("big").unwrap();
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_size(0);
+        // A terabyte that is all hole: cheap to write, endless to hash.
+        h.as_gnu_mut().unwrap().set_real_size(1 << 40);
+        h.set_cksum();
+        b.append(&h, io::empty()).unwrap();
+        let data = b.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let r = unpack_tar(Path::new("t.tar"), "data.tar", &data[..], dir.path(), &|_| true, &Limits::default());
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("sparse"), "{e}");
+    }
+
+    #[test]
+    fn a_huge_long_name_is_held_to_the_metadata_window() {
+        // A GNU long-name entry the tar reader would read into memory whole.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.set_size(8 << 20);
+        h.set_cksum();
+        b.append(&h, io::repeat(b'a').take(8 << 20)).unwrap();
+        let data = b.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let e = unpack_tar(Path::new("t.tar"), "data.tar", &data[..], dir.path(), &|_| true, &Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tar metadata"), "{e}");
+    }
+
+    /// An ar archive: magic, then (name, size field, bytes) members.
+    fn ar_of(members: &[(&str, &str, &[u8])]) -> Vec<u8> {
+        let mut v = b"!<arch>\n".to_vec();
+        for (name, size, data) in members {
+            v.extend(format!("{name:<16}{:<12}{:<6}{:<6}{:<8}{size:<10}`\n", 0, 0, 0, 644).as_bytes());
+            v.extend(*data);
+            if data.len() % 2 == 1 {
+                v.push(b'\n');
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn hostile_ar_headers_are_refused_without_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.deb");
+        // GNU name tables and BSD long names (whose sizes the ar crate
+        // allocates up front), and an absurd member size.
+        for (members, want) in [
+            (ar_of(&[("debian-binary", "4", b"2.0\n"), ("//", "9999999999", b"")]), "ar member name"),
+            (ar_of(&[("debian-binary", "4", b"2.0\n"), ("#1/9999999999", "9999999999", b"")]), "ar member name"),
+            (ar_of(&[("debian-binary", "4", b"2.0\n"), ("control.tar.xz", "12x", b"")]), "has size"),
+            (ar_of(&[("control.tar.xz", "0", b"")]), "not debian-binary"),
+        ] {
+            std::fs::write(&p, members).unwrap();
+            let e = deb_info(&p).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
     }
 
     #[test]
