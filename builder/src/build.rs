@@ -368,8 +368,13 @@ fn check_request(cfg: &BuildConfig, req: &Request) -> Result<(), BuildError> {
         return Err(BuildError::NoInputs);
     }
     let missing = |path: &Path, e: std::io::Error| BuildError::Input { path: path.to_owned(), reason: e.to_string() };
-    for p in req.headers.iter().chain(&req.matrix) {
-        fs::metadata(p).map_err(|e| missing(p, e))?;
+    for p in &req.headers {
+        // A link that does not resolve here may resolve under its own root
+        // (see `layout`); planning says why when it does not.
+        fs::metadata(p).or_else(|e| fs::symlink_metadata(p).map_err(|_| e)).map_err(|e| missing(p, e))?;
+    }
+    if let Some(m) = &req.matrix {
+        fs::metadata(m).map_err(|e| missing(m, e))?;
     }
     for b in &req.btf {
         let md = fs::metadata(&b.file).map_err(|e| missing(&b.file, e))?;
@@ -418,7 +423,11 @@ fn plan(
             && fs::read_dir(p)
                 .map(|rd| rd.flatten().any(|e| e.path().extension().is_some_and(|x| x == "deb")))
                 .unwrap_or(false);
-        if p.is_dir() && !has_debs {
+        // A folder, or a link to one that resolves only under its own root
+        // (`<chroot>/lib/modules/<r>/build -> /usr/src/...`).
+        let is_tree = (p.is_dir() && !has_debs)
+            || (fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) && layout::build_tree(p).is_ok());
+        if is_tree {
             tree_dirs.push(p.clone());
             match tree_input(p) {
                 Ok(k) => tree_inputs.push(k),

@@ -94,6 +94,23 @@ fn installed_and_unpacked_layouts_build_the_same_bytes_as_the_packages() {
     let modules = root.join("lib/modules/6.1.0-56-amd64");
     let sibling = format!("the sibling {}", modules.join("source").display());
     same("copy-modules-build", &modules.join("build"), &flavour, &common, &sibling);
+    // Links whose absolute targets do not exist on this host at all: they
+    // resolve only under the root they sit in.
+    let renamed = dir.path().join("renamed");
+    copy_tree(&root, &renamed);
+    let renamed = renamed.canonicalize().unwrap();
+    let (rf, rc) = (renamed.join("usr/src/bpfarm-test-flavour"), renamed.join("usr/src/bpfarm-test-common"));
+    std::fs::rename(renamed.join("usr/src/linux-headers-6.1.0-56-amd64"), &rf).unwrap();
+    std::fs::rename(renamed.join("usr/src/linux-headers-6.1.0-56-common"), &rc).unwrap();
+    let rm = renamed.join("lib/modules/6.1.0-56-amd64");
+    for (link, target) in [("build", "/usr/src/bpfarm-test-flavour"), ("source", "/usr/src/bpfarm-test-common")] {
+        std::fs::remove_file(rm.join(link)).unwrap();
+        std::os::unix::fs::symlink(target, rm.join(link)).unwrap();
+    }
+    assert!(!Path::new("/usr/src/bpfarm-test-flavour").exists());
+    let sibling = format!("the sibling {}", rm.join("source").display());
+    same("copy-dangling-here", &rm.join("build"), &rf, &rc, &sibling);
+
     // Without /lib/modules, only the Makefile's `include` line names the
     // -common tree: an absolute path, found under the same root (though
     // this host has its own copy at that path).
