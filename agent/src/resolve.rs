@@ -591,6 +591,8 @@ fn build_locally(cfg: &ResolveConfig, input: HeaderInput) -> Result<(PathBuf, Ve
         shard: None,
         retry_failed: true,
         progress_bar: false,
+        limits: Default::default(),
+        sandbox: Default::default(),
     };
     let report = build::run(&bcfg, &req).map_err(|e| e.to_string())?;
     let row = report.kernels.first().ok_or("the build produced nothing")?;

@@ -4,7 +4,9 @@
 //! metadata into the output folder.
 //!
 //! A kernel that fails does not stop the others; the report says what
-//! happened to each.
+//! happened to each. Everything that makes the whole run pointless (a
+//! missing input, an invalid `--version`, nothing that can pair into a
+//! kernel, no sandbox for the compiler) is an error before any work starts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -23,11 +25,16 @@ use sha2::{Digest as _, Sha256};
 use crate::btf::Bpftool;
 use crate::cache::{Cached, Failure, KeyInputs, ObjectCache};
 use crate::compile::{self, CompileJob, Mode, Toolchain};
+use crate::diagnostics::{self, PathMap};
 use crate::fsutil;
 use crate::kernel;
+use crate::layout;
+use crate::limits::Limits;
 use crate::matrix::Matrix;
 use crate::packages::{self, DebKernel, PackageFacts};
 use crate::program::ProgramSources;
+use crate::sandbox::{Sandbox, SandboxError, SandboxMode};
+use crate::treefs;
 use crate::trees::{self, TreeCache};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +58,15 @@ pub enum BuildError {
     #[error(transparent)]
     Matrix(#[from] crate::matrix::MatrixError),
     #[error("nothing to build: give --headers, --matrix, --btf or --running-kernel")]
-    NothingToBuild,
+    NoInputs,
+    #[error("nothing to build; found:\n{}", found.iter().map(|f| format!("  {f}")).collect::<Vec<_>>().join("\n"))]
+    NothingToBuild { found: Vec<String> },
+    #[error("input {path}: {reason}")]
+    Input { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Version(#[from] bpfarm_object::identity::IdentityError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     #[error("could not start {jobs} build workers: {reason}")]
     Pool { jobs: usize, reason: String },
 }
@@ -123,6 +138,10 @@ pub struct BuildConfig {
     pub retry_failed: bool,
     /// Draw a progress bar (else one plain line per kernel).
     pub progress_bar: bool,
+    /// What one package or header tree may cost.
+    pub limits: Limits,
+    /// How clang and llc are confined.
+    pub sandbox: SandboxMode,
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +195,11 @@ pub struct KernelResult {
     pub digest: Option<Digest>,
     pub duration_ms: u64,
     pub error: Option<String>,
+    /// What of `error` may be published (to a registry's coverage page):
+    /// compiler errors located in the kernel's headers or the program,
+    /// host folders replaced, capped (see `diagnostics`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -191,6 +215,8 @@ pub struct Summary {
 pub struct Report {
     pub version: String,
     pub program_digest: Digest,
+    /// The compiler's sandbox: `landlock`, `mount-namespace` or `off`.
+    pub sandbox: String,
     pub shard: Option<String>,
     pub summary: Summary,
     pub kernels: Vec<KernelResult>,
@@ -253,18 +279,26 @@ struct Ctx<'a> {
     objects: ObjectCache,
     program_dir: PathBuf,
     progress: Progress,
+    sandbox: &'a Sandbox,
 }
 
 /// Runs a build. Setup problems (no compiler, unwritable cache) are errors;
 /// a kernel that fails is a row in the report.
 pub fn run(cfg: &BuildConfig, req: &Request) -> Result<Report, BuildError> {
     let start = Instant::now();
+    check_request(cfg, req)?;
     let cache_err = |source| BuildError::Cache { path: cfg.cache_dir.clone(), source };
     fs::create_dir_all(&cfg.cache_dir).map_err(cache_err)?;
     fs::create_dir_all(&cfg.out_dir).map_err(|source| BuildError::Out { path: cfg.out_dir.clone(), source })?;
     let toolchain = Toolchain::discover()?;
+    let sandbox = Sandbox::new(cfg.sandbox, &[&toolchain.clang, &toolchain.llc], &cfg.cache_dir)?;
+    if sandbox.is_on() {
+        tracing::info!("compiler sandbox: {sandbox}");
+    } else {
+        tracing::warn!("compiler sandbox: {sandbox}");
+    }
     crate::validate::route_libbpf_logs();
-    let trees = TreeCache::new(&cfg.cache_dir).map_err(cache_err)?;
+    let trees = TreeCache::new(&cfg.cache_dir, cfg.limits).map_err(cache_err)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.jobs.max(1))
         .build()
@@ -294,6 +328,7 @@ pub fn run(cfg: &BuildConfig, req: &Request) -> Result<Report, BuildError> {
         objects: ObjectCache::new(&cfg.cache_dir).map_err(cache_err)?,
         program_dir,
         progress: Progress::new(inputs.len(), cfg.progress_bar),
+        sandbox: &sandbox,
     };
     let built: Vec<KernelResult> = pool.install(|| {
         inputs
@@ -319,10 +354,39 @@ pub fn run(cfg: &BuildConfig, req: &Request) -> Result<Report, BuildError> {
     Ok(Report {
         version: cfg.version.clone(),
         program_digest: cfg.program.digest().clone(),
+        sandbox: sandbox.name().to_owned(),
         shard: cfg.shard.map(|s| s.to_string()),
         summary,
         kernels: results,
     })
+}
+
+/// What can be checked before any work: the version is valid, every input
+/// path exists, a BTF blob is a regular file.
+fn check_request(cfg: &BuildConfig, req: &Request) -> Result<(), BuildError> {
+    bpfarm_object::identity::validate_version(&cfg.version)?;
+    if req.headers.is_empty() && req.matrix.is_none() && req.btf.is_empty() {
+        return Err(BuildError::NoInputs);
+    }
+    let missing = |path: &Path, e: std::io::Error| BuildError::Input { path: path.to_owned(), reason: e.to_string() };
+    for p in &req.headers {
+        // A link that does not resolve here may resolve under its own root
+        // (see `layout`); planning says why when it does not.
+        fs::metadata(p).or_else(|e| fs::symlink_metadata(p).map_err(|_| e)).map_err(|e| missing(p, e))?;
+    }
+    if let Some(m) = &req.matrix {
+        fs::metadata(m).map_err(|e| missing(m, e))?;
+    }
+    for b in &req.btf {
+        let md = fs::metadata(&b.file).map_err(|e| missing(&b.file, e))?;
+        if !md.is_file() {
+            return Err(BuildError::Input {
+                path: b.file.clone(),
+                reason: format!("{}, not a regular file", crate::unpack::kind_of(md.file_type())),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn failed_row(kernel: String, arch: Option<Arch>, error: String) -> KernelResult {
@@ -335,6 +399,7 @@ fn failed_row(kernel: String, arch: Option<Arch>, error: String) -> KernelResult
         object: None,
         digest: None,
         duration_ms: 0,
+        public_error: Some(diagnostics::message(&error)),
         error: Some(error),
     }
 }
@@ -348,15 +413,30 @@ fn plan(
 ) -> Result<(Vec<KernelInput>, Vec<KernelResult>), BuildError> {
     let facts_dir = cfg.cache_dir.join("facts");
     let mut failed = Vec::new();
+    // What was found that will not build, and why: the listing of
+    // "nothing to build".
+    let mut found: Vec<String> = Vec::new();
     let mut deb_paths = Vec::new();
     let mut tree_dirs = Vec::new();
+    let mut tree_inputs = Vec::new();
     for p in &req.headers {
         let has_debs = p.is_dir()
             && fs::read_dir(p)
                 .map(|rd| rd.flatten().any(|e| e.path().extension().is_some_and(|x| x == "deb")))
                 .unwrap_or(false);
-        if p.is_dir() && !has_debs {
+        // A folder, or a link to one that resolves only under its own root
+        // (`<chroot>/lib/modules/<r>/build -> /usr/src/...`).
+        let is_tree = (p.is_dir() && !has_debs)
+            || (fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) && layout::build_tree(p).is_ok());
+        if is_tree {
             tree_dirs.push(p.clone());
+            match tree_input(p) {
+                Ok(k) => tree_inputs.push(k),
+                Err(msg) => {
+                    found.push(format!("{}: no .deb packages, and not a kernel header tree: {msg}", p.display()));
+                    failed.push(failed_row(p.display().to_string(), None, msg));
+                }
+            }
         } else {
             deb_paths.push(p.clone());
         }
@@ -366,36 +446,38 @@ fn plan(
         deb_paths.push(req.package_cache.clone());
     }
     let debs = packages::find_debs(&deb_paths)?;
-    if debs.is_empty() && tree_dirs.is_empty() && req.btf.is_empty() {
-        return Err(BuildError::NothingToBuild);
-    }
     let inspected: Vec<Result<PackageFacts, packages::PackageError>> =
         debs.par_iter().map(|p| packages::inspect(p, &facts_dir)).collect();
     let mut facts = Vec::new();
-    for r in inspected {
+    for (path, r) in debs.iter().zip(inspected) {
         match r {
             Ok(f) => facts.push(f),
-            Err(e) => failed.push(failed_row(
-                e.to_string().split(':').next().unwrap_or("package").to_owned(),
-                None,
-                e.to_string(),
-            )),
+            Err(e) => {
+                found.push(e.to_string());
+                failed.push(failed_row(
+                    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "package".into()),
+                    None,
+                    e.to_string(),
+                ));
+            }
         }
     }
     // Matrix entries select flavour packages by (name, Debian arch).
     if let Some(m) = &matrix {
         for k in &m.kernels {
             if !facts.iter().any(|f| f.name == k.package && f.deb_arch == k.arch) {
+                let msg = format!(
+                    "{} ({}) is not in {}: run kernels/fetch.py {}",
+                    k.package,
+                    k.arch,
+                    req.package_cache.display(),
+                    req.matrix.as_deref().unwrap_or(Path::new("")).display()
+                );
+                found.push(msg.clone());
                 failed.push(failed_row(
                     k.release.clone().unwrap_or_else(|| k.package.clone()),
                     Arch::from_any(&k.arch),
-                    format!(
-                        "{} ({}) is not in {}: run kernels/fetch.py {}",
-                        k.package,
-                        k.arch,
-                        req.package_cache.display(),
-                        req.matrix.as_ref().expect("matrix").display()
-                    ),
+                    msg,
                 ));
             }
         }
@@ -415,12 +497,34 @@ fn plan(
             })
         })
         .collect();
+    for r in &pairs {
+        if let Err(e) = r {
+            found.push(e.1.clone());
+        }
+    }
+    // Decided before any unpacking: is there anything that can build?
+    if !pairs.iter().any(|r| r.is_ok()) && tree_inputs.is_empty() && req.btf.is_empty() {
+        for f in facts.iter().filter(|f| !f.is_flavour()) {
+            found.push(format!(
+                "{} {} ({}): not a flavour headers package, and no flavour among the inputs needs it",
+                f.name, f.version, f.deb_arch
+            ));
+        }
+        if found.is_empty() {
+            found.push(format!(
+                "no .deb packages or header trees in {}",
+                deb_paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        return Err(BuildError::NothingToBuild { found });
+    }
 
     // Each flavour package's tree says which kernel it is (unpacked once;
     // cheap, and needed for the build anyway).
-    let deb_inputs: Vec<Result<KernelInput, KernelResult>> = pairs
+    let deb_inputs: Vec<Result<KernelInput, Box<KernelResult>>> = pairs
         .into_par_iter()
         .map(|r| {
+            let failed_row = |kernel, arch, error| Box::new(failed_row(kernel, arch, error));
             let d = r.map_err(|e| failed_row(e.0.name.clone(), e.0.arch(), e.1))?;
             let label = d.flavour.name.clone();
             let arch = d.flavour.arch().ok_or_else(|| {
@@ -452,15 +556,10 @@ fn plan(
     for r in deb_inputs {
         match r {
             Ok(k) => inputs.push(k),
-            Err(row) => failed.push(row),
+            Err(row) => failed.push(*row),
         }
     }
-    for dir in tree_dirs {
-        match tree_input(&dir) {
-            Ok(k) => inputs.push(k),
-            Err(msg) => failed.push(failed_row(dir.display().to_string(), None, msg)),
-        }
-    }
+    inputs.extend(tree_inputs);
     for b in &req.btf {
         inputs.push(KernelInput {
             release: b.release.clone(),
@@ -514,72 +613,35 @@ fn describe(s: &Source) -> String {
     }
 }
 
-/// An unpacked header tree: `build` is the configured tree; its kernel
-/// source is `build/source` when that exists, else the `source` beside a
-/// `/lib/modules/<release>/build` link (Debian installs both links there,
-/// and the flavour tree itself has none), else `build` itself (RPM
-/// kernel-devel).
-fn tree_input(build: &Path) -> Result<KernelInput, String> {
-    let tf = kernel::tree_facts(build).map_err(|e| e.to_string())?;
+/// An unpacked header tree: `build` is the configured tree, paired with its
+/// kernel source tree as installed layouts do it (see `layout`).
+fn tree_input(given: &Path) -> Result<KernelInput, String> {
+    let build = layout::build_tree(given).map_err(|e| e.to_string())?;
+    let tf = kernel::tree_facts(&build).map_err(|e| e.to_string())?;
     let arch = tf.arch.ok_or_else(|| {
         format!("{}: include/generated/autoconf.h names neither CONFIG_X86_64 nor CONFIG_ARM64", build.display())
     })?;
-    let sibling = build.file_name().filter(|n| *n == "build").and(build.parent()).map(|p| p.join("source"));
-    let source = match sibling {
-        Some(s) if !build.join("source").is_dir() && s.is_dir() => s,
-        _ => build.join("source"),
-    };
-    let source = if source.is_dir() {
-        source.canonicalize().map_err(|e| format!("{}: {e}", source.display()))?
-    } else {
-        build.to_owned()
-    };
+    let l = layout::resolve(given, &tf.release).map_err(|e| e.to_string())?;
+    tracing::info!(
+        "{}: build tree {}, source tree {} ({})",
+        given.display(),
+        l.build.display(),
+        l.source.display(),
+        l.how
+    );
     Ok(KernelInput {
         release: tf.release,
         arch,
         facts: tf.facts,
-        source: Source::Tree { build: build.to_owned(), source },
+        source: Source::Tree { build: l.build, source: l.source },
     })
 }
 
-/// Digest over the files of a header tree that compiling reads.
-fn tree_digest(build: &Path, source: &Path, arch: Arch) -> std::io::Result<Digest> {
-    fn walk(root: &Path, rel: &Path, h: &mut Sha256) -> std::io::Result<()> {
-        let dir = root.join(rel);
-        let Ok(rd) = fs::read_dir(&dir) else {
-            return Ok(());
-        };
-        let mut entries: Vec<_> = rd.collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let r = rel.join(e.file_name());
-            let ft = e.file_type()?;
-            if ft.is_dir() {
-                walk(root, &r, h)?;
-            } else if ft.is_file() || ft.is_symlink() {
-                let Ok(bytes) = fs::read(root.join(&r)) else {
-                    continue;
-                };
-                let name = r.to_string_lossy();
-                h.update((name.len() as u64).to_le_bytes());
-                h.update(name.as_bytes());
-                h.update((bytes.len() as u64).to_le_bytes());
-                h.update(&bytes);
-            }
-        }
-        Ok(())
-    }
-    let mut h = Sha256::new();
-    for (tag, root) in [("build", build), ("source", source)] {
-        h.update(tag.as_bytes());
-        for sub in ["include".to_string(), format!("arch/{}/include", arch.kernel_dir())] {
-            walk(root, Path::new(&sub), &mut h)?;
-        }
-    }
-    Ok(Digest::from_raw(h.finalize().into()))
-}
-
-fn headers_digest(k: &KernelInput, bpftool: Option<&Bpftool>) -> Result<(Digest, Vec<SourcePackage>), String> {
+fn headers_digest(
+    k: &KernelInput,
+    bpftool: Option<&Bpftool>,
+    limits: &Limits,
+) -> Result<(Digest, Vec<SourcePackage>), String> {
     Ok(match &k.source {
         Source::Deb(d) => {
             let mut h = Sha256::new();
@@ -593,7 +655,7 @@ fn headers_digest(k: &KernelInput, bpftool: Option<&Bpftool>) -> Result<(Digest,
             (Digest::from_raw(h.finalize().into()), vec![src(&d.flavour), src(&d.common), src(&d.kbuild)])
         }
         Source::Tree { build, source } => {
-            let d = tree_digest(build, source, k.arch).map_err(|e| format!("{}: {e}", build.display()))?;
+            let (d, _) = treefs::tree_digest(build, source, k.arch, limits).map_err(|e| e.to_string())?;
             (
                 d.clone(),
                 vec![SourcePackage {
@@ -605,7 +667,17 @@ fn headers_digest(k: &KernelInput, bpftool: Option<&Bpftool>) -> Result<(Digest,
             )
         }
         Source::Btf { file } => {
-            let f = fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            // Checked to be a regular file up front; opened without blocking
+            // all the same (it could have been swapped since).
+            let f = crate::unpack::open_package(file).map_err(|e| e.to_string())?;
+            let len = f.metadata().map(|m| m.len()).map_err(|e| format!("{}: {e}", file.display()))?;
+            if len > limits.max_tree_bytes {
+                return Err(format!(
+                    "{}: {len} bytes, exceeds {}",
+                    file.display(),
+                    crate::limits::Limit::TreeBytes(limits.max_tree_bytes)
+                ));
+            }
             let (blob, _) = Digest::of_reader(f).map_err(|e| format!("{}: {e}", file.display()))?;
             let tool = bpftool.map(|b| b.version.as_str()).unwrap_or("");
             let mut h = Sha256::new();
@@ -627,19 +699,32 @@ fn build_one(ctx: &Ctx<'_>, k: &KernelInput) -> KernelResult {
     let start = Instant::now();
     let mut row = match build_inner(ctx, k) {
         Ok(row) => row,
-        Err((error, cached_failure)) => {
-            KernelResult { cached_failure, release_known: true, ..failed_row(k.release.clone(), Some(k.arch), error) }
+        Err(e) => {
+            let row = failed_row(k.release.clone(), Some(k.arch), e.message);
+            KernelResult {
+                cached_failure: e.cached,
+                release_known: true,
+                public_error: e.public.or(row.public_error.clone()),
+                ..row
+            }
         }
     };
     row.duration_ms = start.elapsed().as_millis() as u64;
     row
 }
 
-type JobError = (String, bool);
+/// A kernel's failure: the full message (report, logs), what of it may be
+/// published (compiler failures: see `diagnostics`), and whether it was
+/// replayed from the cache.
+struct JobError {
+    message: String,
+    public: Option<String>,
+    cached: bool,
+}
 
 fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError> {
-    let fail = |e: String| (e, false);
-    let (headers, sources) = headers_digest(k, ctx.bpftool).map_err(fail)?;
+    let fail = |message: String| JobError { message, public: None, cached: false };
+    let (headers, sources) = headers_digest(k, ctx.bpftool, &ctx.cfg.limits).map_err(fail)?;
     let mode_name = if matches!(k.source, Source::Btf { .. }) { "btf" } else { "headers" };
     let mut flags = compile::flags(k.arch, mode_name);
     let compiler_id = if mode_name == "headers" {
@@ -655,7 +740,9 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
 
     let (object, status) = match ctx.objects.get(&key) {
         Some(Cached::Object(p)) => (p, Status::Cached),
-        Some(Cached::Failure(f)) if !ctx.cfg.retry_failed => return Err((f.message, true)),
+        Some(Cached::Failure(f)) if !ctx.cfg.retry_failed => {
+            return Err(JobError { message: f.message, public: f.public, cached: true });
+        }
         _ => match compile_and_validate(ctx, k, &sources) {
             Ok(built) => {
                 let stored = ctx
@@ -664,15 +751,16 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
                     .map_err(|e| fail(format!("storing in the cache: {e}")))?;
                 (stored, Status::Built)
             }
-            Err(Fault::Deterministic(msg)) => {
+            Err(Fault::Deterministic { message, public }) => {
                 let _ = ctx.objects.put_failure(
                     &key,
                     &Failure {
-                        message: msg.clone(),
+                        message: message.clone(),
+                        public: public.clone(),
                         at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
                     },
                 );
-                return Err(fail(msg));
+                return Err(JobError { message, public, cached: false });
             }
             Err(Fault::Environment(msg)) => return Err(fail(msg)),
         },
@@ -716,14 +804,28 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
         digest: Some(digest),
         duration_ms: 0,
         error: None,
+        public_error: None,
     })
 }
 
 /// A failure that the same inputs would repeat (cached), or one of this
-/// machine (disk, missing tool: not cached).
+/// machine or configuration (disk, missing tool, a limit the operator can
+/// raise: not cached).
 enum Fault {
-    Deterministic(String),
+    Deterministic { message: String, public: Option<String> },
     Environment(String),
+}
+
+impl Fault {
+    fn deterministic(message: String) -> Self {
+        Fault::Deterministic { message, public: None }
+    }
+}
+
+impl From<trees::TreeError> for Fault {
+    fn from(e: trees::TreeError) -> Self {
+        if e.is_limit() { Fault::Environment(e.to_string()) } else { Fault::deterministic(e.to_string()) }
+    }
 }
 
 /// `sources` are the inputs `headers_digest` already read (for BTF, the
@@ -745,8 +847,8 @@ fn compile_and_validate(
         .map_err(|e| env(format!("scratch file: {e}")))?;
     let result = match &k.source {
         Source::Deb(d) => {
-            let build = ctx.trees.get(&d.flavour).map_err(|e| Fault::Deterministic(e.to_string()))?;
-            let source = ctx.trees.get(&d.common).map_err(|e| Fault::Deterministic(e.to_string()))?;
+            let build = ctx.trees.get(&d.flavour)?;
+            let source = ctx.trees.get(&d.common)?;
             compile_with(ctx, k, Mode::Headers { source: &source.root, build: &build.root }, work.path(), out.path())
         }
         Source::Tree { build, source } => {
@@ -754,22 +856,36 @@ fn compile_and_validate(
         }
         Source::Btf { file } => {
             let tool = ctx.bpftool.ok_or_else(|| env(crate::btf::BtfError::NoBpftool.to_string()))?;
-            let blob = &sources.first().expect("a BTF input has its blob as source").digest;
+            let blob = &sources.first().ok_or_else(|| env("a BTF input without its blob".into()))?.digest;
             let dir =
-                tool.vmlinux_h(file, blob, &ctx.cfg.cache_dir).map_err(|e| Fault::Deterministic(e.to_string()))?;
+                tool.vmlinux_h(file, blob, &ctx.cfg.cache_dir).map_err(|e| Fault::deterministic(e.to_string()))?;
             compile_with(ctx, k, Mode::Btf { vmlinux_dir: &dir }, work.path(), out.path())
         }
     };
     result?;
-    crate::validate::validate(out.path()).map_err(|e| Fault::Deterministic(format!("validation: {e}")))?;
+    crate::validate::validate(out.path()).map_err(|e| Fault::deterministic(format!("validation: {e}")))?;
     Ok(out)
 }
 
 fn compile_with(ctx: &Ctx<'_>, k: &KernelInput, mode: Mode<'_>, work: &Path, out: &Path) -> Result<(), Fault> {
-    let job = CompileJob { arch: k.arch, mode, program_dir: &ctx.program_dir, work_dir: work, out };
-    ctx.toolchain.compile(&job).map_err(|e| match e {
-        compile::CompileError::Failed { .. } => Fault::Deterministic(e.to_string()),
-        other => Fault::Environment(other.to_string()),
+    let job =
+        CompileJob { arch: k.arch, mode, program_dir: &ctx.program_dir, work_dir: work, out, sandbox: ctx.sandbox };
+    ctx.toolchain.compile(&job).map_err(|e| match &e {
+        compile::CompileError::Failed { stderr, .. } => {
+            // The same fixed names the debug info uses.
+            let mut map = PathMap::default();
+            match mode {
+                Mode::Headers { source, build } => {
+                    map.add(source, "/bpfarm/kernel/source");
+                    map.add(build, "/bpfarm/kernel/build");
+                }
+                Mode::Btf { vmlinux_dir } => map.add(vmlinux_dir, "/bpfarm/kernel/btf"),
+            }
+            map.add(&ctx.program_dir, "/bpfarm/tracer");
+            map.add(work, "/bpfarm/work");
+            Fault::Deterministic { public: Some(diagnostics::compiler_errors(stderr, &map)), message: e.to_string() }
+        }
+        _ => Fault::Environment(e.to_string()),
     })
 }
 

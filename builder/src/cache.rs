@@ -2,9 +2,11 @@
 //! object's bytes. A wrong key silently hands someone another kernel's
 //! object, so each input has a test proving it changes the key.
 //!
-//! Layout: `objects/<key[..2]>/<key>.o` for an object, `<key>.failed.json`
-//! for a failure (with clang's stderr) that is replayed until an input
-//! changes or `--retry-failed`. Both are written atomically.
+//! Layout: `objects/<key[..2]>/<key>.o` for an object with its digest in
+//! `<key>.o.sha256` (recorded at insert, checked at every read: a corrupted
+//! entry is dropped and rebuilt, never served), `<key>.failed.json` for a
+//! failure (with clang's stderr) that is replayed until an input changes or
+//! `--retry-failed`. All are written atomically.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -56,6 +58,9 @@ impl KeyInputs<'_> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     pub message: String,
+    /// What may be published of it (see `diagnostics`).
+    #[serde(default)]
+    pub public: Option<String>,
     pub at: String,
 }
 
@@ -81,28 +86,58 @@ impl ObjectCache {
         self.dir.join(&key[..2]).join(format!("{key}{suffix}"))
     }
 
+    /// The entry for `key`. An object whose bytes no longer match the digest
+    /// recorded at insert (or that has none) is removed and reported as a
+    /// miss, so it is rebuilt.
     pub fn get(&self, key: &str) -> Option<Cached> {
         let obj = self.path(key, ".o");
         if obj.is_file() {
-            return Some(Cached::Object(obj));
+            if self.verify(key, &obj) {
+                return Some(Cached::Object(obj));
+            }
+            let _ = fs::remove_file(&obj);
+            let _ = fs::remove_file(self.path(key, ".o.sha256"));
         }
         let failure = fs::read(self.path(key, ".failed.json")).ok()?;
         serde_json::from_slice(&failure).ok().map(Cached::Failure)
     }
 
-    /// Stores a validated object (moving `built` in) and forgets any failure.
+    fn verify(&self, key: &str, obj: &Path) -> bool {
+        let recorded =
+            fs::read_to_string(self.path(key, ".o.sha256")).ok().and_then(|s| s.trim().parse::<Digest>().ok());
+        let actual = fs::File::open(obj).and_then(Digest::of_reader).map(|(d, _)| d);
+        match (recorded, actual) {
+            (Some(r), Ok(a)) if r == a => true,
+            (recorded, actual) => {
+                tracing::warn!(
+                    "object cache entry {} is corrupt (recorded {}, now {}): rebuilding it",
+                    obj.display(),
+                    recorded.map(|d| d.to_string()).unwrap_or_else(|| "nothing".into()),
+                    actual.map(|d| d.to_string()).unwrap_or_else(|e| e.to_string())
+                );
+                false
+            }
+        }
+    }
+
+    /// Stores a validated object (copying `built` in) with its digest, and
+    /// forgets any failure.
     pub fn put_object(&self, key: &str, built: &Path) -> std::io::Result<PathBuf> {
         let dest = self.path(key, ".o");
-        fs::create_dir_all(dest.parent().expect("has parent"))?;
+        let dir = dest.parent().unwrap_or(&self.dir);
+        fs::create_dir_all(dir)?;
+        let (digest, _) = Digest::of_reader(fs::File::open(built)?)?;
         crate::fsutil::copy_atomic(built, &dest)?;
+        // The digest last: an object without one is a miss, not a hit.
+        crate::fsutil::write_atomic(&self.path(key, ".o.sha256"), format!("{digest}\n").as_bytes())?;
         let _ = fs::remove_file(self.path(key, ".failed.json"));
         Ok(dest)
     }
 
     pub fn put_failure(&self, key: &str, failure: &Failure) -> std::io::Result<()> {
         let dest = self.path(key, ".failed.json");
-        fs::create_dir_all(dest.parent().expect("has parent"))?;
-        crate::fsutil::write_atomic(&dest, &serde_json::to_vec_pretty(failure).expect("failure serializes"))
+        fs::create_dir_all(dest.parent().unwrap_or(&self.dir))?;
+        crate::fsutil::write_atomic(&dest, &serde_json::to_vec_pretty(failure).map_err(std::io::Error::other)?)
     }
 }
 
@@ -183,13 +218,32 @@ mod tests {
         let c = ObjectCache::new(dir.path()).unwrap();
         let k = key(&base());
         assert_eq!(c.get(&k), None);
-        let f = Failure { message: "clang: error".into(), at: "t".into() };
+        let f = Failure { message: "clang: error".into(), public: None, at: "t".into() };
         c.put_failure(&k, &f).unwrap();
         assert_eq!(c.get(&k), Some(Cached::Failure(f)));
         let built = dir.path().join("x.o");
         fs::write(&built, b"ELF").unwrap();
         let p = c.put_object(&k, &built).unwrap();
         assert_eq!(c.get(&k), Some(Cached::Object(p.clone())));
-        assert_eq!(fs::read(p).unwrap(), b"ELF");
+        assert_eq!(fs::read(&p).unwrap(), b"ELF");
+    }
+
+    #[test]
+    fn a_corrupted_object_is_a_miss_and_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ObjectCache::new(dir.path()).unwrap();
+        let k = key(&base());
+        let built = dir.path().join("x.o");
+        fs::write(&built, b"\x7fELF object bytes").unwrap();
+        let p = c.put_object(&k, &built).unwrap();
+        let mut bytes = fs::read(&p).unwrap();
+        bytes[5] ^= 0x01;
+        fs::write(&p, &bytes).unwrap();
+        assert_eq!(c.get(&k), None);
+        assert!(!p.exists(), "the corrupt entry was left in place");
+        // An object without a recorded digest (older cache, torn insert) is a miss too.
+        let p = c.put_object(&k, &built).unwrap();
+        fs::remove_file(p.with_extension("o.sha256")).unwrap();
+        assert_eq!(c.get(&k), None);
     }
 }

@@ -12,6 +12,10 @@
 //! Hermetic: the environment is cleared but for `PATH`, the working folder
 //! is the program folder, and every input folder is mapped to a fixed name
 //! in debug info, so the bytes depend on the inputs and not on where they sit.
+//!
+//! Confined: clang and llc run in the job's `Sandbox` (see `sandbox`): they
+//! read only the kernel's folders, the program folder and the toolchain, and
+//! write only the work folder; the object is moved out of it afterwards.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -20,6 +24,7 @@ use std::process::{Command, Stdio};
 use bpfarm_object::Arch;
 
 use crate::program::MAIN_SOURCE;
+use crate::sandbox::{Confinement, Sandbox, SandboxError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
@@ -33,6 +38,14 @@ pub enum CompileError {
     },
     #[error("`{command}` failed ({status}):\n{stderr}")]
     Failed { command: String, status: String, stderr: String },
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("moving the object out of {work}: {source}")]
+    Output {
+        work: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// clang and llc, found once, with their identity for cache keys.
@@ -179,9 +192,12 @@ pub struct CompileJob<'a> {
     pub arch: Arch,
     pub mode: Mode<'a>,
     pub program_dir: &'a Path,
-    /// A scratch folder for intermediate files.
+    /// A scratch folder for intermediate files: the only folder the tools
+    /// may write.
     pub work_dir: &'a Path,
     pub out: &'a Path,
+    /// Where clang and llc run.
+    pub sandbox: &'a Sandbox,
 }
 
 fn render(cmd: &Command) -> String {
@@ -222,9 +238,15 @@ impl Toolchain {
         args
     }
 
-    fn run(&self, mut cmd: Command) -> Result<(), CompileError> {
+    fn run(&self, mut cmd: Command, job: &CompileJob<'_>) -> Result<(), CompileError> {
         cmd.env_clear().env("PATH", &self.path_env).stdin(Stdio::null());
         let command = render(&cmd);
+        let mut read: Vec<&Path> = vec![job.program_dir];
+        match job.mode {
+            Mode::Headers { source, build } => read.extend([source, build]),
+            Mode::Btf { vmlinux_dir } => read.push(vmlinux_dir),
+        }
+        job.sandbox.confine(&mut cmd, &Confinement { read, write: vec![job.work_dir], cwd: job.program_dir })?;
         let out = cmd.output().map_err(|source| CompileError::Spawn { command: command.clone(), source })?;
         if !out.status.success() {
             return Err(CompileError::Failed {
@@ -240,19 +262,24 @@ impl Toolchain {
     pub fn compile(&self, job: &CompileJob<'_>) -> Result<(), CompileError> {
         let mut clang = Command::new(&self.clang);
         clang.current_dir(job.program_dir).args(self.clang_args(job));
+        // The tools write only into the work folder; the object leaves it
+        // when they are done.
+        let obj = job.work_dir.join("tracer.o");
         match job.mode {
             Mode::Headers { .. } => {
                 let ir = job.work_dir.join("tracer.bc");
                 clang.arg("-c").arg(MAIN_SOURCE).arg("-o").arg(&ir);
-                self.run(clang)?;
+                self.run(clang, job)?;
                 let mut llc = Command::new(&self.llc);
-                llc.current_dir(job.program_dir).args(llc_flags()).arg("-o").arg(job.out).arg(&ir);
-                self.run(llc)
+                llc.current_dir(job.program_dir).args(llc_flags()).arg("-o").arg(&obj).arg(&ir);
+                self.run(llc, job)?;
             }
             Mode::Btf { .. } => {
-                clang.arg("-c").arg(MAIN_SOURCE).arg("-o").arg(job.out);
-                self.run(clang)
+                clang.arg("-c").arg(MAIN_SOURCE).arg("-o").arg(&obj);
+                self.run(clang, job)?;
             }
         }
+        let moved = std::fs::rename(&obj, job.out).or_else(|_| std::fs::copy(&obj, job.out).map(|_| ()));
+        moved.map_err(|source| CompileError::Output { work: job.work_dir.to_owned(), source })
     }
 }

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use bpfarm_builder::build::{self, BtfInput, BuildConfig, Request, Shard};
+use bpfarm_builder::limits::{Limits, parse_size};
 use bpfarm_builder::program::ProgramSources;
 use bpfarm_builder::publish::Destination;
+use bpfarm_builder::sandbox::SandboxMode;
 use bpfarm_object::Arch;
 use bpfarm_object::client::RegistryClient;
 use bpfarm_object::http::{Transport, TransportConfig};
@@ -20,6 +22,11 @@ use clap::{Parser, Subcommand};
     about = "Build bpfarm's eBPF tracer for many kernels: parallel, cached, reproducible"
 )]
 struct Cli {
+    /// More output on stderr: -v says which compiler sandbox is in force and
+    /// how header trees were paired, -vv adds debug detail.
+    #[arg(long, short = 'v', action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -30,8 +37,16 @@ enum Command {
     ///
     /// Each object is written as <out>/<arch>/tracee.bpf.<release>.<version>.o
     /// with its metadata in <file>.json beside it. Unchanged kernels come from
-    /// the cache without unpacking or compiling anything. Exits 1 when any
-    /// kernel failed (after building the rest).
+    /// the cache without unpacking or compiling anything.
+    ///
+    /// Exit codes: 0 every kernel built; 1 some kernel failed (after building
+    /// the rest); 2 a usage or setup error, found before any work: a missing
+    /// input, an invalid --version, nothing that pairs into a kernel (listed
+    /// with the reason), no sandbox for the compiler.
+    ///
+    /// Inputs are untrusted: every package and header tree is read within the
+    /// --max-* limits, only regular files are read, and clang runs in a
+    /// sandbox that sees the header trees, the program and the toolchain only.
     #[command(after_help = "Examples:\n  \
         bpfarm-builder build --headers ~/.cache/bpfarm/debs --out out\n  \
         bpfarm-builder build --matrix kernels/debian-bookworm.toml --shard 2/8 --report report.json\n  \
@@ -135,6 +150,53 @@ struct BuildArgs {
     /// token and change what is published. Prints a warning.
     #[arg(long, requires = "publish")]
     insecure: bool,
+
+    /// Largest single file a package may unpack, or a header tree may hold
+    /// [default: 64M]. Sizes take K, M, G, T (binary units).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Limits (per input; exceeding one fails that kernel)")]
+    max_member_bytes: Option<u64>,
+
+    /// Most bytes one package's data may decompress to, counting members the
+    /// unpack filter skips [default: 2G].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Limits (per input; exceeding one fails that kernel)")]
+    max_package_bytes: Option<u64>,
+
+    /// Most bytes one header tree may hold: written when unpacking a package,
+    /// read when hashing a --headers tree [default: 1G].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Limits (per input; exceeding one fails that kernel)")]
+    max_tree_bytes: Option<u64>,
+
+    /// Most entries in one package, or files in one --headers tree
+    /// [default: 200000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits (per input; exceeding one fails that kernel)")]
+    max_entries: Option<u64>,
+
+    /// Highest decompressed-to-compressed ratio of a package's data, checked
+    /// as it streams past its first MiB [default: 100; real packages: < 10].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits (per input; exceeding one fails that kernel)")]
+    max_ratio: Option<u64>,
+
+    /// How clang and llc are confined: landlock, a mount-namespace, or auto
+    /// (Landlock where the kernel has it, else a mount namespace). Either way
+    /// they read only the header trees, the program and the toolchain, and
+    /// write only their work folder; with neither available the build refuses
+    /// to compile.
+    #[arg(long, value_enum, value_name = "HOW", default_value = "auto", help_heading = "Compiler sandbox")]
+    sandbox: SandboxArg,
+
+    /// Compile without a sandbox. A header could then read (and get into an
+    /// error message, a report, a registry's coverage page) any file this
+    /// user can: only for trusted inputs on a machine without Landlock or
+    /// namespaces.
+    #[arg(long, conflicts_with = "sandbox", help_heading = "Compiler sandbox")]
+    no_sandbox: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum SandboxArg {
+    Auto,
+    Landlock,
+    MountNamespace,
 }
 
 /// Where `--publish` goes, checked before anything is built: a bad target
@@ -197,8 +259,24 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
         let arch = Arch::host().context("this machine's arch is not one bpfarm builds for")?;
         btf.push(BtfInput { file: "/sys/kernel/btf/vmlinux".into(), release, arch, facts });
     }
+    let d = Limits::default();
+    let limits = Limits {
+        max_member_bytes: a.max_member_bytes.unwrap_or(d.max_member_bytes),
+        max_package_bytes: a.max_package_bytes.unwrap_or(d.max_package_bytes),
+        max_tree_bytes: a.max_tree_bytes.unwrap_or(d.max_tree_bytes),
+        max_entries: a.max_entries.unwrap_or(d.max_entries),
+        max_ratio: a.max_ratio.unwrap_or(d.max_ratio),
+    };
+    let sandbox = match (a.no_sandbox, a.sandbox) {
+        (true, _) => SandboxMode::Off,
+        (false, SandboxArg::Auto) => SandboxMode::Auto,
+        (false, SandboxArg::Landlock) => SandboxMode::Landlock,
+        (false, SandboxArg::MountNamespace) => SandboxMode::MountNamespace,
+    };
     let cfg = BuildConfig {
         out_dir: a.out,
+        limits,
+        sandbox,
         version,
         program,
         jobs: a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
@@ -236,11 +314,16 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BPFARM_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BPFARM_LOG").unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(a) => run_build(a),
     };

@@ -118,10 +118,14 @@ pub fn parse_depends(s: &str) -> Vec<Dependency> {
         .collect()
 }
 
-/// Reads (or recalls) the facts of one `.deb`.
+/// Reads (or recalls) the facts of one `.deb`. Only a regular file is read
+/// (a FIFO or device named `*.deb` is refused without opening it for long).
 pub fn inspect(path: &Path, facts_dir: &Path) -> Result<PackageFacts, PackageError> {
     let io = |source| PackageError::Io { path: path.to_owned(), source };
     let md = fs::metadata(path).map_err(io)?;
+    if !md.is_file() {
+        return Err(UnpackError::NotRegular { archive: path.to_owned(), kind: unpack::kind_of(md.file_type()) }.into());
+    }
     let key = {
         let mut h = Sha256::new();
         let abs = path.canonicalize().map_err(io)?;
@@ -142,27 +146,28 @@ pub fn inspect(path: &Path, facts_dir: &Path) -> Result<PackageFacts, PackageErr
         facts.path = path.to_owned();
         return Ok(facts);
     }
-    let control = unpack::deb_control(path)?;
-    let fields = parse_control(&control);
+    let info = unpack::deb_info(path)?;
+    let fields = parse_control(&info.control);
     let field = |k: &str| {
         fields.get(k).cloned().ok_or_else(|| PackageError::Control {
             path: path.to_owned(),
             reason: format!("control data has no {k} field"),
         })
     };
-    let (digest, size) = Digest::of_reader(fs::File::open(path).map_err(io)?).map_err(io)?;
     let facts = PackageFacts {
         path: path.to_owned(),
         name: field("Package")?,
         version: field("Version")?,
         deb_arch: field("Architecture")?,
         depends: parse_depends(fields.get("Depends").map(String::as_str).unwrap_or("")),
-        digest,
-        size,
+        digest: info.digest,
+        size: info.size,
     };
     // Best effort: a cache we cannot write only costs a re-read next time.
-    if fs::create_dir_all(facts_dir).is_ok() {
-        let _ = crate::fsutil::write_atomic(&cached, &serde_json::to_vec(&facts).expect("facts serialize"));
+    if fs::create_dir_all(facts_dir).is_ok()
+        && let Ok(json) = serde_json::to_vec(&facts)
+    {
+        let _ = crate::fsutil::write_atomic(&cached, &json);
     }
     Ok(facts)
 }
@@ -184,22 +189,26 @@ pub fn pair(packages: &[PackageFacts]) -> Vec<Result<DebKernel, Box<(PackageFact
     }
     packages
         .iter()
-        .filter(|p| p.is_flavour())
-        .map(|flavour| {
-            let common_dep = flavour.common_dep().expect("flavour has a common dep");
+        .filter_map(|flavour| Some((flavour, flavour.common_dep().filter(|_| flavour.is_flavour())?)))
+        .map(|(flavour, common_dep)| {
             let common = by_name(packages, &common_dep.name)
                 .filter(|c| c.deb_arch == "all" || c.deb_arch == flavour.deb_arch)
                 .find(|c| satisfies(&c.version, common_dep.constraint.as_ref()));
             let Some(common) = common else {
                 return Err(Box::new((
                     flavour.clone(),
-                    format!("missing {} {} (needed by {})", common_dep.name, constraint_text(common_dep), flavour.name),
+                    format!(
+                        "{}: its -common package {}{} is not among the inputs",
+                        flavour.name,
+                        common_dep.name,
+                        constraint_text(common_dep)
+                    ),
                 )));
             };
             let Some(kbuild_dep) = flavour.kbuild_dep() else {
                 return Err(Box::new((
                     flavour.clone(),
-                    format!("{} names no linux-kbuild package in Depends", flavour.name),
+                    format!("{}: names no linux-kbuild package in Depends", flavour.name),
                 )));
             };
             let mut kbuilds: Vec<&PackageFacts> =
@@ -210,7 +219,13 @@ pub fn pair(packages: &[PackageFacts]) -> Vec<Result<DebKernel, Box<(PackageFact
             else {
                 return Err(Box::new((
                     flavour.clone(),
-                    format!("missing {}:{} (needed by {})", kbuild_dep.name, flavour.deb_arch, flavour.name),
+                    format!(
+                        "{}: its linux-kbuild package {}:{}{} is not among the inputs",
+                        flavour.name,
+                        kbuild_dep.name,
+                        flavour.deb_arch,
+                        constraint_text(kbuild_dep)
+                    ),
                 )));
             };
             Ok(DebKernel { flavour: flavour.clone(), common: common.clone(), kbuild: kbuild.clone() })
@@ -229,7 +244,7 @@ fn satisfies(version: &str, constraint: Option<&(String, String)>) -> bool {
 }
 
 fn constraint_text(d: &Dependency) -> String {
-    d.constraint.as_ref().map(|(op, v)| format!("({op} {v})")).unwrap_or_default()
+    d.constraint.as_ref().map(|(op, v)| format!(" ({op} {v})")).unwrap_or_default()
 }
 
 /// The `.deb` files under the given paths (files themselves, or folders,
@@ -318,6 +333,9 @@ mod tests {
         assert_eq!(ok.common.name, "linux-headers-6.1.0-56-common");
         assert_eq!(ok.kbuild.deb_arch, "amd64");
         let err = &r[1].as_ref().unwrap_err().1;
-        assert!(err.contains("linux-headers-6.1.0-56-common-rt (= 6.1.192-2)"), "{err}");
+        assert_eq!(
+            err,
+            "linux-headers-6.1.0-56-rt-amd64: its -common package linux-headers-6.1.0-56-common-rt (= 6.1.192-2) is not among the inputs"
+        );
     }
 }

@@ -116,7 +116,8 @@ pub fn publish(report: &Report, dest: &Destination, registry: &str) -> PublishSu
     // them is best effort and never fails the build.
     let Destination::Registry(client) = dest else { return summary };
     for k in report.kernels.iter().filter(|k| k.status == Status::Failed && k.release_known) {
-        let (Some(arch), Some(error)) = (k.arch, &k.error) else { continue };
+        // Only the publishable part: compiler errors about the tree, capped.
+        let (Some(arch), Some(error)) = (k.arch, &k.public_error) else { continue };
         match client.report_failure(&k.kernel, arch.uname(), &report.version, error) {
             Ok(()) => summary.failures_reported += 1,
             Err(e) => tracing::warn!("reporting the failure of {} to {registry}: {e}", k.kernel),

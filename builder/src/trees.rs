@@ -4,7 +4,9 @@
 //!
 //! A tree becomes visible by renaming a finished temp folder, so a crash
 //! leaves only a `.tmp-*` folder (removed on the next start) and two builders
-//! racing on one package both end with the same complete tree.
+//! racing on one package both end with the same complete tree. A refused
+//! package (hostile, over a limit, changed since it was inspected) has its
+//! temp folder removed at once, whatever permissions its entries asked for.
 
 use std::collections::HashMap;
 use std::fs;
@@ -13,8 +15,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bpfarm_object::Digest;
 
+use crate::fsutil;
+use crate::limits::Limits;
 use crate::packages::PackageFacts;
-use crate::unpack::{self, UnpackError, UnpackStats};
+use crate::unpack::{self, UnpackStats};
 
 /// Bumped whenever `keep` changes what a tree holds.
 pub const FILTER_VERSION: u32 = 1;
@@ -47,8 +51,10 @@ pub fn keep(p: &Path) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
-    #[error(transparent)]
-    Unpack(#[from] UnpackError),
+    /// The package could not be unpacked; `limit` when a configurable limit
+    /// (not the package alone) refused it.
+    #[error("{message}")]
+    Unpack { message: String, limit: bool },
     #[error("{package}: {what}: {source}")]
     Io {
         package: PathBuf,
@@ -60,6 +66,14 @@ pub enum TreeError {
     Layout { package: PathBuf, found: Vec<String> },
 }
 
+impl TreeError {
+    /// Whether raising a limit could change the outcome (so it is not a
+    /// failure to remember for these inputs).
+    pub fn is_limit(&self) -> bool {
+        matches!(self, TreeError::Unpack { limit: true, .. })
+    }
+}
+
 /// An unpacked package: the folder holding its `usr/src/<top>/`.
 #[derive(Clone, Debug)]
 pub struct Tree {
@@ -69,27 +83,35 @@ pub struct Tree {
     pub unpacked: Option<UnpackStats>,
 }
 
-type Slot = Arc<OnceLock<Result<PathBuf, String>>>;
+/// A failed unpack as remembered for the callers waiting on it.
+#[derive(Clone, Debug)]
+struct Failed {
+    message: String,
+    limit: bool,
+}
+
+type Slot = Arc<OnceLock<Result<PathBuf, Failed>>>;
 
 /// Hands out unpacked trees, unpacking each package at most once per process
 /// (concurrent callers for one package wait for the first).
 #[derive(Debug)]
 pub struct TreeCache {
     dir: PathBuf,
+    limits: Limits,
     in_flight: Mutex<HashMap<Digest, Slot>>,
 }
 
 impl TreeCache {
-    pub fn new(cache_dir: &Path) -> std::io::Result<Self> {
+    pub fn new(cache_dir: &Path, limits: Limits) -> std::io::Result<Self> {
         let dir = cache_dir.join("trees");
         fs::create_dir_all(&dir)?;
         // Leftovers of an interrupted unpack are never complete trees.
         for e in fs::read_dir(&dir)?.flatten() {
             if e.file_name().to_string_lossy().starts_with(".tmp-") {
-                let _ = fs::remove_dir_all(e.path());
+                let _ = fsutil::remove_tree(&e.path());
             }
         }
-        Ok(Self { dir, in_flight: Mutex::new(HashMap::new()) })
+        Ok(Self { dir, limits, in_flight: Mutex::new(HashMap::new()) })
     }
 
     fn final_dir(&self, pkg: &PackageFacts) -> PathBuf {
@@ -101,27 +123,30 @@ impl TreeCache {
         self.final_dir(pkg).is_dir()
     }
 
+    fn slot(&self, digest: &Digest) -> Slot {
+        // A poisoned lock only means another worker panicked while holding
+        // it; the map itself is still consistent.
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(digest.clone()).or_default().clone()
+    }
+
     /// The package's unpacked `usr/src/<top>` folder, unpacking it if needed.
     pub fn get(&self, pkg: &PackageFacts) -> Result<Tree, TreeError> {
-        let slot = self.in_flight.lock().expect("tree lock").entry(pkg.digest.clone()).or_default().clone();
+        let slot = self.slot(&pkg.digest);
         let mut unpacked = None;
         let dir = slot.get_or_init(|| match self.unpack_once(pkg) {
             Ok((dir, stats)) => {
                 unpacked = stats;
                 Ok(dir)
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(Failed { limit: e.is_limit(), message: e.to_string() }),
         });
         let dir = match dir {
             Ok(d) => d.clone(),
-            Err(msg) => {
+            Err(f) => {
                 // Forget the failure so a later call (e.g. after a re-fetch) retries.
-                self.in_flight.lock().expect("tree lock").remove(&pkg.digest);
-                return Err(TreeError::Io {
-                    package: pkg.path.clone(),
-                    what: "unpack",
-                    source: std::io::Error::other(msg.clone()),
-                });
+                self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&pkg.digest);
+                return Err(TreeError::Unpack { message: f.message.clone(), limit: f.limit });
             }
         };
         Ok(Tree { root: top_folder(&pkg.path, &dir)?, unpacked })
@@ -133,17 +158,30 @@ impl TreeCache {
         if done.is_dir() {
             return Ok((done, None));
         }
-        let tmp =
-            tempfile::Builder::new().prefix(".tmp-").tempdir_in(&self.dir).map_err(|e| io("create temp folder", e))?;
-        let stats = unpack::unpack_deb(&pkg.path, tmp.path(), &keep)?;
-        match fs::rename(tmp.path(), &done) {
-            Ok(()) => {
-                // The folder now lives at `done`; nothing left to clean.
-                let _ = tmp.keep();
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempdir_in(&self.dir)
+            .map_err(|e| io("create temp folder", e))?
+            .keep();
+        let stats = match unpack::unpack_deb(&pkg.path, Some(&pkg.digest), &tmp, &keep, &self.limits) {
+            Ok(stats) => stats,
+            Err(e) => {
+                if let Err(rm) = fsutil::remove_tree(&tmp) {
+                    tracing::warn!("removing {}: {rm}", tmp.display());
+                }
+                return Err(TreeError::Unpack { limit: e.is_limit(), message: e.to_string() });
             }
+        };
+        match fs::rename(&tmp, &done) {
+            Ok(()) => {}
             // Another process finished the same tree first: use theirs.
-            Err(_) if done.is_dir() => {}
-            Err(e) => return Err(io("rename into place", e)),
+            Err(_) if done.is_dir() => {
+                let _ = fsutil::remove_tree(&tmp);
+            }
+            Err(e) => {
+                let _ = fsutil::remove_tree(&tmp);
+                return Err(io("rename into place", e));
+            }
         }
         Ok((done, Some(stats)))
     }
@@ -155,7 +193,7 @@ fn top_folder(package: &Path, dir: &Path) -> Result<PathBuf, TreeError> {
         .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     match found.as_slice() {
-        [one] => Ok(src.join(one)),
+        [one] if src.join(one).symlink_metadata().is_ok_and(|m| m.is_dir()) => Ok(src.join(one)),
         _ => Err(TreeError::Layout { package: package.to_owned(), found }),
     }
 }

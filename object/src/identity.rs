@@ -157,7 +157,8 @@ pub fn validate_release(s: &str) -> Result<(), IdentityError> {
     Ok(())
 }
 
-fn validate_version(s: &str) -> Result<(), IdentityError> {
+/// A program version: what may stand in an object's file name.
+pub fn validate_version(s: &str) -> Result<(), IdentityError> {
     let err = |reason| Err(IdentityError::Version { value: s.to_owned(), reason });
     if s.is_empty() {
         return err("empty");

@@ -5,8 +5,7 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::Write;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -85,17 +84,34 @@ unsafe extern "C" {
 
 /// A folder of shell shims that log each call and then run the real tool,
 /// for proving what a command did or did not run.
+///
+/// The builder runs compilers in a sandbox that may not write the log file;
+/// so the log is also held open on a descriptor the test process lets its
+/// children inherit, and a shim writes to that (an open descriptor is not
+/// something a sandbox takes away), falling back to the file by name.
 #[derive(Debug)]
 pub struct ToolShim {
     dir: tempfile::TempDir,
     log: PathBuf,
+    fd: i32,
+}
+
+impl Drop for ToolShim {
+    fn drop(&mut self) {
+        // SAFETY: closing the descriptor this shim set has opened.
+        unsafe { libc::close(self.fd) };
+    }
 }
 
 impl ToolShim {
     pub fn new(tools: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("shim folder");
         let log = dir.path().join("calls.log");
-        fs::write(&log, "").expect("shim log");
+        let file = fs::OpenOptions::new().create(true).append(true).open(&log).expect("shim log");
+        // A duplicate without close-on-exec, numbered apart from stdio.
+        // SAFETY: duplicating a descriptor we own.
+        let fd = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_DUPFD, 100) };
+        assert!(fd >= 100, "dup shim log: {}", std::io::Error::last_os_error());
         let path = std::env::var_os("PATH").unwrap_or_default();
         for tool in tools {
             let real = std::env::split_paths(&path)
@@ -106,12 +122,17 @@ impl ToolShim {
             let shim = dir.path().join(tool);
             fs::write(
                 &shim,
-                format!("#!/bin/sh\necho \"{tool} $*\" >> '{}'\nexec '{}' \"$@\"\n", log.display(), real.display()),
+                format!(
+                    // bash: dash cannot name a descriptor above 9.
+                    "#!/bin/bash\n(echo \"{tool} $*\" >&{fd}) 2>/dev/null || echo \"{tool} $*\" >> '{}'\nexec '{}' \"$@\"\n",
+                    log.display(),
+                    real.display()
+                ),
             )
             .expect("write shim");
             fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).expect("chmod shim");
         }
-        Self { dir, log }
+        Self { dir, log, fd }
     }
 
     /// `PATH` with the shims first.
@@ -137,46 +158,293 @@ impl ToolShim {
 pub enum Entry<'a> {
     File(&'a str, &'a [u8]),
     Symlink(&'a str, &'a str),
+    /// A folder with this mode (e.g. `0o555`, read-only).
+    Dir(&'a str, u32),
+    /// A file of this many zero bytes, streamed into the archive (a
+    /// decompression bomb when large: zeros compress to almost nothing).
+    Zeros(&'a str, u64),
+}
+
+/// How a hand-made package's members are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Xz,
+    /// Fast on gigabytes of zeros: what the bomb tests use.
+    Zstd,
+}
+
+/// A `.deb` made to measure: every entry of its control archive (the
+/// `control` file included, wherever it should sit) and of its data archive.
+#[derive(Debug, Clone)]
+pub struct DebSpec<'a> {
+    pub control: Vec<Entry<'a>>,
+    pub data: Vec<Entry<'a>>,
+    pub compression: Compression,
 }
 
 /// Writes a `.deb` (ar: debian-binary, control.tar.xz, data.tar.xz) with the
 /// given control text and data entries, header names written raw so that
 /// hostile paths survive.
 pub fn write_deb(path: &Path, control: &str, data: &[Entry<'_>]) {
-    let control_tar = tar_xz(&[Entry::File("./control", control.as_bytes())]);
-    let data_tar = tar_xz(data);
+    write_deb_spec(
+        path,
+        &DebSpec {
+            control: vec![Entry::File("./control", control.as_bytes())],
+            data: data.to_vec(),
+            compression: Compression::Xz,
+        },
+    );
+}
+
+/// Writes a `.deb` to `spec` (ar: debian-binary, control.tar.*, data.tar.*).
+pub fn write_deb_spec(path: &Path, spec: &DebSpec<'_>) {
+    let ext = match spec.compression {
+        Compression::Xz => "xz",
+        Compression::Zstd => "zst",
+    };
+    let control_tar = compressed_tar(&spec.control, spec.compression);
+    let data_tar = compressed_tar(&spec.data, spec.compression);
     let f = fs::File::create(path).expect("create deb");
     let mut ar = ar::Builder::new(f);
-    for (name, bytes) in
-        [("debian-binary", b"2.0\n".to_vec()), ("control.tar.xz", control_tar), ("data.tar.xz", data_tar)]
-    {
+    for (name, bytes) in [
+        ("debian-binary".to_owned(), b"2.0\n".to_vec()),
+        (format!("control.tar.{ext}"), control_tar),
+        (format!("data.tar.{ext}"), data_tar),
+    ] {
         let header = ar::Header::new(name.as_bytes().to_vec(), bytes.len() as u64);
         ar.append(&header, &bytes[..]).expect("append ar member");
     }
 }
 
-fn tar_xz(entries: &[Entry<'_>]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
+fn compressed_tar(entries: &[Entry<'_>], compression: Compression) -> Vec<u8> {
+    match compression {
+        Compression::Xz => {
+            let xz = tar_into(liblzma::write::XzEncoder::new(Vec::new(), 1), entries);
+            xz.finish().expect("xz finish")
+        }
+        Compression::Zstd => {
+            let zst = tar_into(zstd::stream::write::Encoder::new(Vec::new(), 3).expect("zstd"), entries);
+            zst.finish().expect("zstd finish")
+        }
+    }
+}
+
+/// Streams a tar of `entries` into `w` (raw header names, so hostile paths
+/// survive; zeros are never held in memory).
+fn tar_into<W: Write>(w: W, entries: &[Entry<'_>]) -> W {
+    let mut b = tar::Builder::new(w);
     for e in entries {
         let mut h = tar::Header::new_gnu();
-        let (name, kind, body): (&str, tar::EntryType, &[u8]) = match e {
-            Entry::File(n, d) => (n, tar::EntryType::Regular, d),
-            Entry::Symlink(n, _) => (n, tar::EntryType::Symlink, &[]),
+        let (name, kind, mode, size) = match e {
+            Entry::File(n, d) => (n, tar::EntryType::Regular, 0o644, d.len() as u64),
+            Entry::Symlink(n, _) => (n, tar::EntryType::Symlink, 0o777, 0),
+            Entry::Dir(n, mode) => (n, tar::EntryType::Directory, *mode, 0),
+            Entry::Zeros(n, size) => (n, tar::EntryType::Regular, 0o644, *size),
         };
         h.as_gnu_mut().expect("gnu header").name[..name.len()].copy_from_slice(name.as_bytes());
         h.set_entry_type(kind);
-        h.set_mode(0o644);
-        h.set_size(body.len() as u64);
+        h.set_mode(mode);
+        h.set_size(size);
         if let Entry::Symlink(_, target) = e {
             h.set_link_name_literal(target).expect("link name");
         }
         h.set_cksum();
-        b.append(&h, body).expect("append tar entry");
+        match e {
+            Entry::File(_, d) => b.append(&h, *d),
+            Entry::Zeros(_, n) => b.append(&h, std::io::repeat(0).take(*n)),
+            _ => b.append(&h, std::io::empty()),
+        }
+        .expect("append tar entry");
     }
-    let tar = b.into_inner().expect("finish tar");
-    let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
-    xz.write_all(&tar).expect("xz");
-    xz.finish().expect("xz finish")
+    b.into_inner().expect("finish tar")
+}
+
+/// A made-up kernel, `<abi>-amd64`, as the three Debian packages a flavour
+/// needs (flavour, `-common`, `linux-kbuild`), paired by their control
+/// data. Its headers are just enough to be planned (release, arch) and to
+/// reach the compiler, which force-includes the -common `kconfig.h`.
+#[derive(Debug, Clone)]
+pub struct FakeKernel<'a> {
+    pub abi: &'a str,
+    /// Content of the -common package's `include/linux/kconfig.h`.
+    pub kconfig: &'a [u8],
+    pub flavour_extra: Vec<Entry<'a>>,
+    pub common_extra: Vec<Entry<'a>>,
+    pub compression: Compression,
+}
+
+impl<'a> FakeKernel<'a> {
+    pub fn new(abi: &'a str) -> Self {
+        Self { abi, kconfig: b"", flavour_extra: vec![], common_extra: vec![], compression: Compression::Xz }
+    }
+
+    /// The kernel release its headers say.
+    pub fn release(&self) -> String {
+        format!("{}-amd64", self.abi)
+    }
+
+    /// Writes the three packages into `dir`; returns (flavour, common, kbuild).
+    pub fn write(&self, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let abi = self.abi;
+        let flavour_name = format!("linux-headers-{abi}-amd64");
+        let common_name = format!("linux-headers-{abi}-common");
+        let control = |pkg: &str, arch: &str, deps: &str| {
+            format!("Package: {pkg}\nVersion: 1\nArchitecture: {arch}\nDepends: {deps}\n")
+        };
+        let flavour_control =
+            control(&flavour_name, "amd64", &format!("{common_name} (= 1), linux-kbuild-{abi} (>= 1)"));
+        let utsrelease = format!("#define UTS_RELEASE \"{}\"\n", self.release());
+        let fp = |rel: &str| format!("./usr/src/{flavour_name}/{rel}");
+        let cp = |rel: &str| format!("./usr/src/{common_name}/{rel}");
+        let (f_uts, f_auto, c_kconfig) =
+            (fp("include/generated/utsrelease.h"), fp("include/generated/autoconf.h"), cp("include/linux/kconfig.h"));
+        let mut flavour_data =
+            vec![Entry::File(&f_uts, utsrelease.as_bytes()), Entry::File(&f_auto, b"#define CONFIG_X86_64 1\n")];
+        flavour_data.extend(self.flavour_extra.iter().cloned());
+        let mut common_data = vec![Entry::File(&c_kconfig, self.kconfig)];
+        common_data.extend(self.common_extra.iter().cloned());
+        let paths = (
+            dir.join(format!("{flavour_name}_1_amd64.deb")),
+            dir.join(format!("{common_name}_1_all.deb")),
+            dir.join(format!("linux-kbuild-{abi}_1_amd64.deb")),
+        );
+        let kbuild_control = control(&format!("linux-kbuild-{abi}"), "amd64", "");
+        let common_control = control(&common_name, "all", "");
+        for (path, control, data) in [
+            (&paths.0, &flavour_control, flavour_data),
+            (&paths.1, &common_control, common_data),
+            (&paths.2, &kbuild_control, vec![]),
+        ] {
+            let spec = DebSpec {
+                control: vec![Entry::File("./control", control.as_bytes())],
+                data,
+                compression: self.compression,
+            };
+            write_deb_spec(path, &spec);
+        }
+        paths
+    }
+}
+
+/// A child's output with its peak resident memory and wall time.
+#[derive(Debug)]
+pub struct Measured {
+    pub output: std::process::Output,
+    /// Peak resident memory of the program (its own, not the test's), bytes.
+    pub max_rss: u64,
+    pub elapsed: std::time::Duration,
+}
+
+/// A command run under GNU `time`, which reports the program's peak RSS.
+/// (Measuring a child of the test process itself would count the test's own
+/// memory: a forked child's RSS before exec is the parent's.)
+#[derive(Debug)]
+pub struct MeasuredCommand {
+    pub cmd: Command,
+    rss: tempfile::NamedTempFile,
+}
+
+/// `program`, to be given arguments through `.cmd` and run with
+/// [`MeasuredCommand::run`].
+pub fn measured(program: impl AsRef<std::ffi::OsStr>) -> MeasuredCommand {
+    let rss = tempfile::NamedTempFile::new().expect("rss file");
+    // The program may run as another user (tests of unprivileged runs).
+    fs::set_permissions(rss.path(), fs::Permissions::from_mode(0o666)).expect("chmod rss file");
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.args(["-f", "%M", "-o"]).arg(rss.path()).arg(program);
+    // Its own process group, so a deadline kills the program too.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    MeasuredCommand { cmd, rss }
+}
+
+impl MeasuredCommand {
+    /// Runs to completion, killing the program after `timeout` (a hang is a
+    /// test failure, not a stuck suite).
+    pub fn run(mut self, timeout: std::time::Duration) -> Measured {
+        let start = std::time::Instant::now();
+        let mut child = self
+            .cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("/usr/bin/time is not installed (ci/install-deps installs it)");
+        let pgid = child.id() as i32;
+        let read = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = r.read_to_end(&mut v);
+                v
+            })
+        };
+        let out = read(Box::new(child.stdout.take().expect("stdout")));
+        let err = read(Box::new(child.stderr.take().expect("stderr")));
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if wait.recv_timeout(timeout).is_err() {
+                // SAFETY: signalling the process group we created.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                true
+            } else {
+                false
+            }
+        });
+        let status = child.wait().expect("wait");
+        let _ = done.send(());
+        let killed = watchdog.join().expect("watchdog");
+        let output = std::process::Output {
+            status,
+            stdout: out.join().expect("stdout reader"),
+            stderr: err.join().expect("stderr reader"),
+        };
+        assert!(
+            !killed,
+            "{:?} did not finish within {timeout:?}; stderr:\n{}",
+            self.cmd.get_args().collect::<Vec<_>>(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let kib: u64 = fs::read_to_string(self.rss.path())
+            .ok()
+            .and_then(|s| s.lines().last().and_then(|l| l.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no RSS from /usr/bin/time: {:?}", fs::read_to_string(self.rss.path())));
+        Measured { output, max_rss: kib * 1024, elapsed: start.elapsed() }
+    }
+}
+
+/// Leftovers of interrupted or refused work anywhere under `dir`: temp
+/// trees and files (`.tmp-*`), compile scratch (`work-*`, `probe-*`).
+pub fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".tmp-") || name.starts_with("work-") || name.starts_with("probe-") {
+                found.push(e.path());
+            } else if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() && fs::read(e.path()).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+                found.push(e.path());
+            }
+        }
+    }
+    found
 }
 
 /// The workspace's built binaries (cargo builds every member's binaries
