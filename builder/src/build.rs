@@ -24,7 +24,7 @@ use crate::cache::{Cached, Failure, KeyInputs, ObjectCache};
 use crate::compile::{self, CompileJob, Mode, Toolchain};
 use crate::fsutil;
 use crate::kernel;
-use crate::matrix::Matrix;
+use crate::matrix::{Matrix, MatrixKernel};
 use crate::packages::{self, DebKernel, PackageFacts};
 use crate::program::ProgramSources;
 use crate::trees::{self, TreeCache};
@@ -105,9 +105,13 @@ pub struct Request {
     /// `.deb` files, folders of them, or unpacked header trees.
     pub headers: Vec<PathBuf>,
     pub matrix: Option<PathBuf>,
-    /// Where `kernels/fetch.py` put a matrix's packages.
+    /// The package cache: pinned packages under `sha256/`, others by name.
     pub package_cache: PathBuf,
     pub btf: Vec<BtfInput>,
+    /// `--select`: regexes on the kernel release picking matrix kernels.
+    pub select: Vec<String>,
+    /// Why a pinned package is not in the store (a failed fetch), by digest.
+    pub unavailable: HashMap<Digest, String>,
 }
 
 /// How to build it.
@@ -360,12 +364,16 @@ fn plan(
             deb_paths.push(p.clone());
         }
     }
-    let matrix = req.matrix.as_deref().map(Matrix::load).transpose()?;
-    if matrix.is_some() {
+    let matrix = req.matrix.as_deref().map(|p| Matrix::load(p).and_then(|m| m.select(&req.select, p))).transpose()?;
+    // Pinned entries name their packages by digest; the others by name, in
+    // the package cache.
+    let (pinned, by_name): (Vec<&MatrixKernel>, Vec<&MatrixKernel>) =
+        matrix.iter().flat_map(|m| &m.kernels).partition(|k| !k.debs.is_empty());
+    if !by_name.is_empty() {
         deb_paths.push(req.package_cache.clone());
     }
     let debs = packages::find_debs(&deb_paths)?;
-    if debs.is_empty() && tree_dirs.is_empty() && req.btf.is_empty() {
+    if debs.is_empty() && tree_dirs.is_empty() && req.btf.is_empty() && pinned.is_empty() {
         return Err(BuildError::NothingToBuild);
     }
     let inspected: Vec<Result<PackageFacts, packages::PackageError>> =
@@ -381,31 +389,28 @@ fn plan(
             )),
         }
     }
-    // Matrix entries select flavour packages by (name, Debian arch).
-    if let Some(m) = &matrix {
-        for k in &m.kernels {
-            if !facts.iter().any(|f| f.name == k.package && f.deb_arch == k.arch) {
-                failed.push(failed_row(
-                    k.release.clone().unwrap_or_else(|| k.package.clone()),
-                    Arch::from_any(&k.arch),
-                    format!(
-                        "{} ({}) is not in {}: run kernels/fetch.py {}",
-                        k.package,
-                        k.arch,
-                        req.package_cache.display(),
-                        req.matrix.as_ref().expect("matrix").display()
-                    ),
-                ));
-            }
+    // Entries by name select flavour packages by (name, Debian arch).
+    for k in &by_name {
+        if !facts.iter().any(|f| f.name == k.package && f.deb_arch == k.arch) {
+            failed.push(failed_row(
+                k.label().to_owned(),
+                Arch::from_any(&k.arch),
+                format!(
+                    "{} ({}) is not in {}, and the matrix does not pin it ([[kernel.deb]]) for fetching: \
+                     regenerate it with bpfarm-builder discover",
+                    k.package,
+                    k.arch,
+                    req.package_cache.display(),
+                ),
+            ));
         }
     }
     let explicit: Vec<PathBuf> =
         packages::find_debs(&req.headers.iter().filter(|p| !tree_dirs.contains(p)).cloned().collect::<Vec<_>>())?;
     let wanted = |f: &PackageFacts| {
-        explicit.contains(&f.path)
-            || matrix.as_ref().is_some_and(|m| m.kernels.iter().any(|k| k.package == f.name && k.arch == f.deb_arch))
+        explicit.contains(&f.path) || by_name.iter().any(|k| k.package == f.name && k.arch == f.deb_arch)
     };
-    let pairs: Vec<_> = packages::pair(&facts)
+    let mut pairs: Vec<Result<DebKernel, KernelResult>> = packages::pair(&facts)
         .into_iter()
         .filter(|r| {
             wanted(match r {
@@ -413,14 +418,17 @@ fn plan(
                 Err(e) => &e.0,
             })
         })
+        .map(|r| r.map_err(|e| failed_row(e.0.name.clone(), e.0.arch(), e.1)))
         .collect();
+    let pinned_pairs: Vec<_> = pinned.par_iter().map(|k| pinned_pair(k, req, &facts_dir)).collect();
+    pairs.extend(pinned_pairs);
 
     // Each flavour package's tree says which kernel it is (unpacked once;
     // cheap, and needed for the build anyway).
     let deb_inputs: Vec<Result<KernelInput, KernelResult>> = pairs
         .into_par_iter()
         .map(|r| {
-            let d = r.map_err(|e| failed_row(e.0.name.clone(), e.0.arch(), e.1))?;
+            let d = r?;
             let label = d.flavour.name.clone();
             let arch = d.flavour.arch().ok_or_else(|| {
                 failed_row(
@@ -503,6 +511,42 @@ fn plan(
         .collect();
     keyed.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     Ok((keyed.into_iter().map(|(_, _, k)| k).collect(), failed))
+}
+
+/// A pinned matrix kernel: its three packages from the digest store, paired
+/// by the same control-data rules as any other packages.
+fn pinned_pair(k: &MatrixKernel, req: &Request, facts_dir: &Path) -> Result<DebKernel, KernelResult> {
+    let arch = Arch::from_any(&k.arch);
+    let fail = |msg: String| failed_row(k.label().to_owned(), arch, msg);
+    let mut facts = Vec::new();
+    for d in &k.debs {
+        let path = crate::fetch::store_path(&req.package_cache, &d.sha256);
+        if !path.is_file() {
+            return Err(fail(match req.unavailable.get(&d.sha256) {
+                Some(why) => format!("{} {}: {why}", d.name, d.version),
+                None => format!(
+                    "{} {} is not in {}: run bpfarm-builder fetch --matrix, or build without --no-fetch",
+                    d.name,
+                    d.version,
+                    req.package_cache.display()
+                ),
+            }));
+        }
+        let f = packages::inspect(&path, facts_dir).map_err(|e| fail(e.to_string()))?;
+        if f.digest != d.sha256 {
+            return Err(fail(format!("{}: holds {}, not the pinned {}", path.display(), f.digest, d.sha256)));
+        }
+        facts.push(f);
+    }
+    let found = packages::pair(&facts).into_iter().find(|r| match r {
+        Ok(d) => d.flavour.name == k.package,
+        Err(e) => e.0.name == k.package,
+    });
+    match found {
+        Some(Ok(d)) => Ok(d),
+        Some(Err(e)) => Err(fail(e.1)),
+        None => Err(fail(format!("{} is not a flavour package: its control data names no -common", k.package))),
+    }
 }
 
 fn describe(s: &Source) -> String {
