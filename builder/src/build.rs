@@ -21,7 +21,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::btf::Bpftool;
 use crate::cache::{Cached, Failure, KeyInputs, ObjectCache};
-use crate::compile::{self, CompileJob, Mode, Toolchain};
+use crate::compile::{self, CompileJob, Mode, Toolchain, Toolchains};
 use crate::fsutil;
 use crate::kernel;
 use crate::matrix::{Matrix, MatrixKernel};
@@ -250,7 +250,7 @@ impl Report {
 /// Everything a job needs, shared by all workers.
 struct Ctx<'a> {
     cfg: &'a BuildConfig,
-    toolchain: &'a Toolchain,
+    toolchains: &'a Toolchains,
     bpftool: Option<&'a Bpftool>,
     trees: &'a TreeCache,
     objects: ObjectCache,
@@ -265,7 +265,7 @@ pub fn run(cfg: &BuildConfig, req: &Request) -> Result<Report, BuildError> {
     let cache_err = |source| BuildError::Cache { path: cfg.cache_dir.clone(), source };
     fs::create_dir_all(&cfg.cache_dir).map_err(cache_err)?;
     fs::create_dir_all(&cfg.out_dir).map_err(|source| BuildError::Out { path: cfg.out_dir.clone(), source })?;
-    let toolchain = Toolchain::discover()?;
+    let toolchains = Toolchains::discover()?;
     crate::validate::route_libbpf_logs();
     let trees = TreeCache::new(&cfg.cache_dir).map_err(cache_err)?;
     let pool = rayon::ThreadPoolBuilder::new()
@@ -291,7 +291,7 @@ pub fn run(cfg: &BuildConfig, req: &Request) -> Result<Report, BuildError> {
         .map_err(|e| BuildError::Cache { path: cfg.cache_dir.clone(), source: std::io::Error::other(e) })?;
     let ctx = Ctx {
         cfg,
-        toolchain: &toolchain,
+        toolchains: &toolchains,
         bpftool: bpftool.as_ref(),
         trees: &trees,
         objects: ObjectCache::new(&cfg.cache_dir).map_err(cache_err)?,
@@ -678,14 +678,16 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
     let fail = |e: String| (e, false);
     let (headers, sources) = headers_digest(k, ctx.bpftool).map_err(fail)?;
     let mode_name = if matches!(k.source, Source::Btf { .. }) { "btf" } else { "headers" };
+    let (tc, tree_flags) = compiler_for(ctx, k).map_err(fail)?;
     let mut flags = compile::flags(k.arch, mode_name);
+    flags.extend(tree_flags.iter().cloned());
     let compiler_id = if mode_name == "headers" {
         flags.push("| llc".into());
         flags.extend(compile::llc_flags());
-        ctx.toolchain.identity()
+        tc.identity()
     } else {
         let tool = ctx.bpftool.ok_or_else(|| fail(crate::btf::BtfError::NoBpftool.to_string()))?;
-        format!("{} | {}", ctx.toolchain.clang_version, tool.version)
+        format!("{} | {}", tc.clang_version, tool.version)
     };
     let program = ctx.cfg.program.digest();
     let key = KeyInputs { compiler: &compiler_id, flags: &flags, arch: k.arch, program, headers: &headers }.key();
@@ -693,7 +695,7 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
     let (object, status) = match ctx.objects.get(&key) {
         Some(Cached::Object(p)) => (p, Status::Cached),
         Some(Cached::Failure(f)) if !ctx.cfg.retry_failed => return Err((f.message, true)),
-        _ => match compile_and_validate(ctx, k, &sources) {
+        _ => match compile_and_validate(ctx, k, &sources, tc, &tree_flags) {
             Ok(built) => {
                 let stored = ctx
                     .objects
@@ -728,8 +730,8 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
         sources,
         program_digest: program.clone(),
         compiler: Compiler {
-            clang: ctx.toolchain.clang_version.clone(),
-            llc: (mode_name == "headers").then(|| ctx.toolchain.llc_version.clone()),
+            clang: tc.clang_version.clone(),
+            llc: (mode_name == "headers").then(|| tc.llc_version.clone()),
         },
         flags,
         built_at: humantime::format_rfc3339_seconds(built_at).to_string(),
@@ -748,6 +750,25 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
     })
 }
 
+/// The clang for a kernel and the flags its tree asks for. Headers mode
+/// reads both from the tree (`compile::tree_flags`, `compile::clang_minimum`);
+/// BTF mode uses the default clang and no tree flags.
+fn compiler_for<'c>(ctx: &'c Ctx<'_>, k: &KernelInput) -> Result<(&'c Toolchain, Vec<String>), String> {
+    let (source, build) = match &k.source {
+        Source::Btf { .. } => return Ok((&ctx.toolchains.default, Vec::new())),
+        Source::Tree { build, source } => (source.clone(), build.clone()),
+        Source::Deb(d) => {
+            let build = ctx.trees.get(&d.flavour).map_err(|e| e.to_string())?;
+            let source = ctx.trees.get(&d.common).map_err(|e| e.to_string())?;
+            (source.root, build.root)
+        }
+    };
+    let flags = compile::tree_flags(&source, &build).map_err(|e| e.to_string())?;
+    let minimum = compile::clang_minimum(&source, &build, k.arch);
+    let tc = ctx.toolchains.select(minimum.as_ref()).map_err(|e| e.to_string())?;
+    Ok((tc, flags))
+}
+
 /// A failure that the same inputs would repeat (cached), or one of this
 /// machine (disk, missing tool: not cached).
 enum Fault {
@@ -761,7 +782,10 @@ fn compile_and_validate(
     ctx: &Ctx<'_>,
     k: &KernelInput,
     sources: &[SourcePackage],
+    tc: &Toolchain,
+    tree_flags: &[String],
 ) -> Result<tempfile::NamedTempFile, Fault> {
+    let with = |mode: Mode<'_>, work: &Path, out: &Path| compile_with(ctx, k, tc, tree_flags, mode, work, out);
     let env = |e: String| Fault::Environment(e);
     let work = tempfile::Builder::new()
         .prefix("work-")
@@ -776,17 +800,15 @@ fn compile_and_validate(
         Source::Deb(d) => {
             let build = ctx.trees.get(&d.flavour).map_err(|e| Fault::Deterministic(e.to_string()))?;
             let source = ctx.trees.get(&d.common).map_err(|e| Fault::Deterministic(e.to_string()))?;
-            compile_with(ctx, k, Mode::Headers { source: &source.root, build: &build.root }, work.path(), out.path())
+            with(Mode::Headers { source: &source.root, build: &build.root }, work.path(), out.path())
         }
-        Source::Tree { build, source } => {
-            compile_with(ctx, k, Mode::Headers { source, build }, work.path(), out.path())
-        }
+        Source::Tree { build, source } => with(Mode::Headers { source, build }, work.path(), out.path()),
         Source::Btf { file } => {
             let tool = ctx.bpftool.ok_or_else(|| env(crate::btf::BtfError::NoBpftool.to_string()))?;
             let blob = &sources.first().expect("a BTF input has its blob as source").digest;
             let dir =
                 tool.vmlinux_h(file, blob, &ctx.cfg.cache_dir).map_err(|e| Fault::Deterministic(e.to_string()))?;
-            compile_with(ctx, k, Mode::Btf { vmlinux_dir: &dir }, work.path(), out.path())
+            with(Mode::Btf { vmlinux_dir: &dir }, work.path(), out.path())
         }
     };
     result?;
@@ -794,9 +816,17 @@ fn compile_and_validate(
     Ok(out)
 }
 
-fn compile_with(ctx: &Ctx<'_>, k: &KernelInput, mode: Mode<'_>, work: &Path, out: &Path) -> Result<(), Fault> {
-    let job = CompileJob { arch: k.arch, mode, program_dir: &ctx.program_dir, work_dir: work, out };
-    ctx.toolchain.compile(&job).map_err(|e| match e {
+fn compile_with(
+    ctx: &Ctx<'_>,
+    k: &KernelInput,
+    tc: &Toolchain,
+    tree_flags: &[String],
+    mode: Mode<'_>,
+    work: &Path,
+    out: &Path,
+) -> Result<(), Fault> {
+    let job = CompileJob { arch: k.arch, mode, tree_flags, program_dir: &ctx.program_dir, work_dir: work, out };
+    tc.compile(&job).map_err(|e| match e {
         compile::CompileError::Failed { .. } => Fault::Deterministic(e.to_string()),
         other => Fault::Environment(other.to_string()),
     })

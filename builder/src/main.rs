@@ -109,7 +109,7 @@ struct DiscoverArgs {
 
     /// Keep only the kernels whose release matches this regex (repeatable),
     /// e.g. to pin a small matrix.
-    #[arg(long, value_name = "REGEX")]
+    #[arg(long, value_name = "REGEX", allow_hyphen_values = true)]
     select: Vec<String>,
 
     /// The matrix's name.
@@ -133,7 +133,7 @@ struct FetchArgs {
     matrix: PathBuf,
 
     /// Only kernels whose release matches this regex (repeatable).
-    #[arg(long, value_name = "REGEX")]
+    #[arg(long, value_name = "REGEX", allow_hyphen_values = true)]
     select: Vec<String>,
 
     #[command(flatten)]
@@ -171,7 +171,7 @@ struct BuildArgs {
 
     /// Build only the matrix kernels whose release matches this regex
     /// (repeatable; any match selects).
-    #[arg(long, value_name = "REGEX", requires = "matrix")]
+    #[arg(long, value_name = "REGEX", requires = "matrix", allow_hyphen_values = true)]
     select: Vec<String>,
 
     /// Do not download missing matrix packages; kernels lacking one fail.
