@@ -3,10 +3,11 @@
 //! bound, and read for the header and kbuild packages as `PackageFacts`,
 //! so the builder's own pairing rules (`packages::pair`) apply unchanged.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 
 use bpfarm_object::Digest;
+use sha2::{Digest as _, Sha256};
 
 use super::release::PackagesIndex;
 use crate::matrix::{valid_archive_path, valid_package_word};
@@ -35,7 +36,8 @@ pub enum IndexError {
 }
 
 /// Checks `xz` (the downloaded `Packages.xz`) against `index`, decompresses
-/// it and returns its header and kbuild packages.
+/// it (bounded by the signed uncompressed size, and hashed against it) and
+/// returns its header and kbuild packages.
 pub fn read(index: &PackagesIndex, xz: &[u8]) -> Result<Vec<PackageFacts>, IndexError> {
     let path = index.path.clone();
     let got = Digest::of_bytes(xz);
@@ -49,28 +51,66 @@ pub fn read(index: &PackagesIndex, xz: &[u8]) -> Result<Vec<PackageFacts>, Index
         });
     }
     let limit = index.plain.as_ref().map(|(n, _)| *n).unwrap_or(UNLISTED_PLAIN_LIMIT);
-    let mut plain = Vec::new();
-    liblzma::read::XzDecoder::new(xz)
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut plain)
-        .map_err(|source| IndexError::Xz { path: path.clone(), source })?;
-    if plain.len() as u64 > limit {
-        return Err(IndexError::TooLarge { path, limit });
+    // Streamed: the index is hashed line by line and only kernel stanzas are
+    // kept, so memory stays at the compressed size whatever the archive.
+    let xz_err = |source| IndexError::Xz { path: path.clone(), source };
+    let mut reader = BufReader::new(liblzma::read::XzDecoder::new(xz).take(limit.saturating_add(1)));
+    let mut hasher = Sha256::new();
+    let mut total: u64 = 0;
+    let mut line = Vec::new();
+    let mut kept: Vec<String> = Vec::new();
+    let mut stanza = String::new();
+    let mut keep: Option<bool> = None;
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(xz_err)?;
+        total += n as u64;
+        if total > limit {
+            return Err(IndexError::TooLarge { path, limit });
+        }
+        hasher.update(&line);
+        let text = std::str::from_utf8(&line).map_err(|_| IndexError::NotText { path: path.clone() })?;
+        if n == 0 || text.trim().is_empty() {
+            if keep == Some(true) {
+                kept.push(std::mem::take(&mut stanza));
+            }
+            stanza.clear();
+            keep = None;
+            if n == 0 {
+                break;
+            }
+            continue;
+        }
+        // Most of the archive is neither headers nor kbuild: decided on the
+        // stanza's first line (Debian writes `Package:` first).
+        let k = *keep.get_or_insert_with(|| {
+            text.starts_with("Package: linux-headers-") || text.starts_with("Package: linux-kbuild-")
+        });
+        if k {
+            stanza.push_str(text);
+        }
     }
     if let Some((size, digest)) = &index.plain {
-        let got = Digest::of_bytes(&plain);
-        if &got != digest || plain.len() as u64 != *size {
+        let got = Digest::from_raw(hasher.finalize().into());
+        if &got != digest || total != *size {
             return Err(IndexError::Checksum {
                 path: path.trim_end_matches(".xz").to_owned(),
                 want: digest.clone(),
                 want_size: *size,
                 got,
-                got_size: plain.len() as u64,
+                got_size: total,
             });
         }
     }
-    let text = String::from_utf8(plain).map_err(|_| IndexError::NotText { path: path.clone() })?;
-    kernel_packages(&text).map_err(|(package, reason)| IndexError::Entry { path, package, reason })
+    let mut out = Vec::new();
+    for st in kept {
+        out.extend(kernel_packages(&st).map_err(|(package, reason)| IndexError::Entry {
+            path: path.clone(),
+            package,
+            reason,
+        })?);
+    }
+    Ok(out)
 }
 
 /// The `linux-headers-*` and `linux-kbuild-*` stanzas of a Packages text,
