@@ -351,10 +351,16 @@ fn say(line: &str) {
 
 fn run_discover(a: DiscoverArgs) -> anyhow::Result<bool> {
     let roots = discover::roots(&a.archive.apt_source, &a.archive.apt_dir, &a.archive.keyring, &say)?;
+    let mut arches: Vec<Arch> = Vec::new();
+    for x in a.arch {
+        if !arches.contains(&x) {
+            arches.push(x);
+        }
+    }
     let cfg = DiscoverConfig {
         roots,
         suites: a.suite,
-        arches: a.arch,
+        arches,
         keyring: a.archive.keyring,
         check_valid_until: a.check_valid_until,
         jobs: a.jobs,
