@@ -44,7 +44,7 @@ def main():
         subprocess.run(["cargo", "build", "--release", "-p", "bpfarm-builder"], cwd=ROOT, check=True)
     cache = os.environ.get("BPFARM_CACHE", os.path.expanduser("~/.cache/bpfarm"))
     debs = os.path.join(cache, "debs")
-    subprocess.run([sys.executable, os.path.join(ROOT, "kernels/fetch.py"), args.matrix, "--arch", args.arch, "--cache", debs], check=True)
+    subprocess.run([args.builder, "fetch", "--matrix", args.matrix, f"--select=-{args.arch}$", "--package-cache", debs, "--no-progress"], check=True)
 
     import tomllib
     with open(args.matrix, "rb") as f:

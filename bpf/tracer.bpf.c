@@ -31,6 +31,28 @@
 #define BPFARM_AF_INET 2
 #define BPFARM_AF_INET6 10
 
+/*
+ * The kernel fields the programs read, with the types the reads assume.
+ * READ_KERN copies sizeof(dst) bytes, so a field that changed type (as
+ * task_struct::state did in 5.14, or a char * turning into a struct pointer)
+ * would compile and read garbage; this makes every such change a build
+ * failure, in both modes, for every kernel. All of them hold from 5.10 to
+ * 7.3 (kernels/debian.toml); a kernel that changes one gets a
+ * LINUX_VERSION_CODE branch here and in the program that reads it.
+ */
+#define BPFARM_FIELD(type, field, ftype)                                               \
+	_Static_assert(__builtin_types_compatible_p(__typeof__(((type *)0)->field), ftype), \
+		       #type "::" #field " is not " #ftype)
+BPFARM_FIELD(struct task_struct, real_parent, struct task_struct *);
+BPFARM_FIELD(struct task_struct, tgid, int);
+BPFARM_FIELD(struct task_struct, pid, int);
+BPFARM_FIELD(struct task_struct, signal, struct signal_struct *);
+BPFARM_FIELD(struct task_struct, exit_code, int);
+BPFARM_FIELD(struct signal_struct, live.counter, int);
+BPFARM_FIELD(struct linux_binprm, filename, const char *);
+BPFARM_FIELD(struct cred, uid.val, unsigned int);
+BPFARM_FIELD(struct cred, gid.val, unsigned int);
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Readable by the loader (libbpf maps .rodata): which program version this is. */

@@ -24,13 +24,13 @@ use sha2::{Digest as _, Sha256};
 
 use crate::btf::Bpftool;
 use crate::cache::{Cached, Failure, KeyInputs, ObjectCache};
-use crate::compile::{self, CompileJob, Mode, Toolchain};
+use crate::compile::{self, CompileJob, Mode, Toolchain, Toolchains};
 use crate::diagnostics::{self, PathMap};
 use crate::fsutil;
 use crate::kernel;
 use crate::layout;
 use crate::limits::Limits;
-use crate::matrix::Matrix;
+use crate::matrix::{Matrix, MatrixKernel};
 use crate::packages::{self, DebKernel, PackageFacts};
 use crate::program::ProgramSources;
 use crate::sandbox::{Sandbox, SandboxError, SandboxMode};
@@ -121,9 +121,13 @@ pub struct Request {
     /// `.deb` files, folders of them, or unpacked header trees.
     pub headers: Vec<PathBuf>,
     pub matrix: Option<PathBuf>,
-    /// Where `kernels/fetch.py` put a matrix's packages.
+    /// The package cache: pinned packages under `sha256/`, others by name.
     pub package_cache: PathBuf,
     pub btf: Vec<BtfInput>,
+    /// `--select`: regexes on the kernel release picking matrix kernels.
+    pub select: Vec<String>,
+    /// Why a pinned package is not in the store (a failed fetch), by digest.
+    pub unavailable: HashMap<Digest, String>,
 }
 
 /// How to build it.
@@ -273,7 +277,7 @@ impl Report {
 /// Everything a job needs, shared by all workers.
 struct Ctx<'a> {
     cfg: &'a BuildConfig,
-    toolchain: &'a Toolchain,
+    toolchains: &'a Toolchains,
     bpftool: Option<&'a Bpftool>,
     trees: &'a TreeCache,
     objects: ObjectCache,
@@ -290,8 +294,9 @@ pub fn run(cfg: &BuildConfig, req: &Request) -> Result<Report, BuildError> {
     let cache_err = |source| BuildError::Cache { path: cfg.cache_dir.clone(), source };
     fs::create_dir_all(&cfg.cache_dir).map_err(cache_err)?;
     fs::create_dir_all(&cfg.out_dir).map_err(|source| BuildError::Out { path: cfg.out_dir.clone(), source })?;
-    let toolchain = Toolchain::discover()?;
-    let sandbox = Sandbox::new(cfg.sandbox, &[&toolchain.clang, &toolchain.llc], &cfg.cache_dir)?;
+    let toolchains = Toolchains::discover()?;
+    let tools: Vec<&Path> = toolchains.all().flat_map(|t| [t.clang.as_path(), t.llc.as_path()]).collect();
+    let sandbox = Sandbox::new(cfg.sandbox, &tools, &cfg.cache_dir)?;
     if sandbox.is_on() {
         tracing::info!("compiler sandbox: {sandbox}");
     } else {
@@ -322,7 +327,7 @@ pub fn run(cfg: &BuildConfig, req: &Request) -> Result<Report, BuildError> {
         .map_err(|e| BuildError::Cache { path: cfg.cache_dir.clone(), source: std::io::Error::other(e) })?;
     let ctx = Ctx {
         cfg,
-        toolchain: &toolchain,
+        toolchains: &toolchains,
         bpftool: bpftool.as_ref(),
         trees: &trees,
         objects: ObjectCache::new(&cfg.cache_dir).map_err(cache_err)?,
@@ -441,8 +446,12 @@ fn plan(
             deb_paths.push(p.clone());
         }
     }
-    let matrix = req.matrix.as_deref().map(Matrix::load).transpose()?;
-    if matrix.is_some() {
+    let matrix = req.matrix.as_deref().map(|p| Matrix::load(p).and_then(|m| m.select(&req.select, p))).transpose()?;
+    // Pinned entries name their packages by digest; the others by name, in
+    // the package cache.
+    let (pinned, by_name): (Vec<&MatrixKernel>, Vec<&MatrixKernel>) =
+        matrix.iter().flat_map(|m| &m.kernels).partition(|k| !k.debs.is_empty());
+    if !by_name.is_empty() {
         deb_paths.push(req.package_cache.clone());
     }
     let debs = packages::find_debs(&deb_paths)?;
@@ -462,33 +471,26 @@ fn plan(
             }
         }
     }
-    // Matrix entries select flavour packages by (name, Debian arch).
-    if let Some(m) = &matrix {
-        for k in &m.kernels {
-            if !facts.iter().any(|f| f.name == k.package && f.deb_arch == k.arch) {
-                let msg = format!(
-                    "{} ({}) is not in {}: run kernels/fetch.py {}",
-                    k.package,
-                    k.arch,
-                    req.package_cache.display(),
-                    req.matrix.as_deref().unwrap_or(Path::new("")).display()
-                );
-                found.push(msg.clone());
-                failed.push(failed_row(
-                    k.release.clone().unwrap_or_else(|| k.package.clone()),
-                    Arch::from_any(&k.arch),
-                    msg,
-                ));
-            }
+    // Entries by name select flavour packages by (name, Debian arch).
+    for k in &by_name {
+        if !facts.iter().any(|f| f.name == k.package && f.deb_arch == k.arch) {
+            let msg = format!(
+                "{} ({}) is not in {}, and the matrix does not pin it ([[kernel.deb]]) for fetching: \
+                     regenerate it with bpfarm-builder discover",
+                k.package,
+                k.arch,
+                req.package_cache.display(),
+            );
+            found.push(msg.clone());
+            failed.push(failed_row(k.label().to_owned(), Arch::from_any(&k.arch), msg));
         }
     }
     let explicit: Vec<PathBuf> =
         packages::find_debs(&req.headers.iter().filter(|p| !tree_dirs.contains(p)).cloned().collect::<Vec<_>>())?;
     let wanted = |f: &PackageFacts| {
-        explicit.contains(&f.path)
-            || matrix.as_ref().is_some_and(|m| m.kernels.iter().any(|k| k.package == f.name && k.arch == f.deb_arch))
+        explicit.contains(&f.path) || by_name.iter().any(|k| k.package == f.name && k.arch == f.deb_arch)
     };
-    let pairs: Vec<_> = packages::pair(&facts)
+    let mut pairs: Vec<Result<DebKernel, Box<KernelResult>>> = packages::pair(&facts)
         .into_iter()
         .filter(|r| {
             wanted(match r {
@@ -496,10 +498,13 @@ fn plan(
                 Err(e) => &e.0,
             })
         })
+        .map(|r| r.map_err(|e| Box::new(failed_row(e.0.name.clone(), e.0.arch(), e.1))))
         .collect();
+    let pinned_pairs: Vec<_> = pinned.par_iter().map(|k| pinned_pair(k, req, &facts_dir)).collect();
+    pairs.extend(pinned_pairs);
     for r in &pairs {
-        if let Err(e) = r {
-            found.push(e.1.clone());
+        if let Err(row) = r {
+            found.extend(row.error.clone());
         }
     }
     // Decided before any unpacking: is there anything that can build?
@@ -525,7 +530,7 @@ fn plan(
         .into_par_iter()
         .map(|r| {
             let failed_row = |kernel, arch, error| Box::new(failed_row(kernel, arch, error));
-            let d = r.map_err(|e| failed_row(e.0.name.clone(), e.0.arch(), e.1))?;
+            let d = r?;
             let label = d.flavour.name.clone();
             let arch = d.flavour.arch().ok_or_else(|| {
                 failed_row(
@@ -603,6 +608,42 @@ fn plan(
         .collect();
     keyed.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     Ok((keyed.into_iter().map(|(_, _, k)| k).collect(), failed))
+}
+
+/// A pinned matrix kernel: its three packages from the digest store, paired
+/// by the same control-data rules as any other packages.
+fn pinned_pair(k: &MatrixKernel, req: &Request, facts_dir: &Path) -> Result<DebKernel, Box<KernelResult>> {
+    let arch = Arch::from_any(&k.arch);
+    let fail = |msg: String| Box::new(failed_row(k.label().to_owned(), arch, msg));
+    let mut facts = Vec::new();
+    for d in &k.debs {
+        let path = crate::fetch::store_path(&req.package_cache, &d.sha256);
+        if !path.is_file() {
+            return Err(fail(match req.unavailable.get(&d.sha256) {
+                Some(why) => format!("{} {}: {why}", d.name, d.version),
+                None => format!(
+                    "{} {} is not in {}: run bpfarm-builder fetch --matrix, or build without --no-fetch",
+                    d.name,
+                    d.version,
+                    req.package_cache.display()
+                ),
+            }));
+        }
+        let f = packages::inspect(&path, facts_dir).map_err(|e| fail(e.to_string()))?;
+        if f.digest != d.sha256 {
+            return Err(fail(format!("{}: holds {}, not the pinned {}", path.display(), f.digest, d.sha256)));
+        }
+        facts.push(f);
+    }
+    let found = packages::pair(&facts).into_iter().find(|r| match r {
+        Ok(d) => d.flavour.name == k.package,
+        Err(e) => e.0.name == k.package,
+    });
+    match found {
+        Some(Ok(d)) => Ok(d),
+        Some(Err(e)) => Err(fail(e.1)),
+        None => Err(fail(format!("{} is not a flavour package: its control data names no -common", k.package))),
+    }
 }
 
 fn describe(s: &Source) -> String {
@@ -726,14 +767,16 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
     let fail = |message: String| JobError { message, public: None, cached: false };
     let (headers, sources) = headers_digest(k, ctx.bpftool, &ctx.cfg.limits).map_err(fail)?;
     let mode_name = if matches!(k.source, Source::Btf { .. }) { "btf" } else { "headers" };
+    let (tc, tree_flags) = compiler_for(ctx, k).map_err(fail)?;
     let mut flags = compile::flags(k.arch, mode_name);
+    flags.extend(tree_flags.iter().cloned());
     let compiler_id = if mode_name == "headers" {
         flags.push("| llc".into());
         flags.extend(compile::llc_flags());
-        ctx.toolchain.identity()
+        tc.identity()
     } else {
         let tool = ctx.bpftool.ok_or_else(|| fail(crate::btf::BtfError::NoBpftool.to_string()))?;
-        format!("{} | {}", ctx.toolchain.clang_version, tool.version)
+        format!("{} | {}", tc.clang_version, tool.version)
     };
     let program = ctx.cfg.program.digest();
     let key = KeyInputs { compiler: &compiler_id, flags: &flags, arch: k.arch, program, headers: &headers }.key();
@@ -743,7 +786,7 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
         Some(Cached::Failure(f)) if !ctx.cfg.retry_failed => {
             return Err(JobError { message: f.message, public: f.public, cached: true });
         }
-        _ => match compile_and_validate(ctx, k, &sources) {
+        _ => match compile_and_validate(ctx, k, &sources, tc, &tree_flags) {
             Ok(built) => {
                 let stored = ctx
                     .objects
@@ -786,8 +829,8 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
         sources,
         program_digest: program.clone(),
         compiler: Compiler {
-            clang: ctx.toolchain.clang_version.clone(),
-            llc: (mode_name == "headers").then(|| ctx.toolchain.llc_version.clone()),
+            clang: tc.clang_version.clone(),
+            llc: (mode_name == "headers").then(|| tc.llc_version.clone()),
         },
         flags,
         built_at: humantime::format_rfc3339_seconds(built_at).to_string(),
@@ -806,6 +849,25 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
         error: None,
         public_error: None,
     })
+}
+
+/// The clang for a kernel and the flags its tree asks for. Headers mode
+/// reads both from the tree (`compile::tree_flags`, `compile::clang_minimum`);
+/// BTF mode uses the default clang and no tree flags.
+fn compiler_for<'c>(ctx: &'c Ctx<'_>, k: &KernelInput) -> Result<(&'c Toolchain, Vec<String>), String> {
+    let (source, build) = match &k.source {
+        Source::Btf { .. } => return Ok((&ctx.toolchains.default, Vec::new())),
+        Source::Tree { build, source } => (source.clone(), build.clone()),
+        Source::Deb(d) => {
+            let build = ctx.trees.get(&d.flavour).map_err(|e| e.to_string())?;
+            let source = ctx.trees.get(&d.common).map_err(|e| e.to_string())?;
+            (source.root, build.root)
+        }
+    };
+    let flags = compile::tree_flags(&source, &build).map_err(|e| e.to_string())?;
+    let minimum = compile::clang_minimum(&source, &build, k.arch);
+    let tc = ctx.toolchains.select(minimum.as_ref()).map_err(|e| e.to_string())?;
+    Ok((tc, flags))
 }
 
 /// A failure that the same inputs would repeat (cached), or one of this
@@ -834,7 +896,10 @@ fn compile_and_validate(
     ctx: &Ctx<'_>,
     k: &KernelInput,
     sources: &[SourcePackage],
+    tc: &Toolchain,
+    tree_flags: &[String],
 ) -> Result<tempfile::NamedTempFile, Fault> {
+    let with = |mode: Mode<'_>, work: &Path, out: &Path| compile_with(ctx, k, tc, tree_flags, mode, work, out);
     let env = |e: String| Fault::Environment(e);
     let work = tempfile::Builder::new()
         .prefix("work-")
@@ -849,17 +914,15 @@ fn compile_and_validate(
         Source::Deb(d) => {
             let build = ctx.trees.get(&d.flavour)?;
             let source = ctx.trees.get(&d.common)?;
-            compile_with(ctx, k, Mode::Headers { source: &source.root, build: &build.root }, work.path(), out.path())
+            with(Mode::Headers { source: &source.root, build: &build.root }, work.path(), out.path())
         }
-        Source::Tree { build, source } => {
-            compile_with(ctx, k, Mode::Headers { source, build }, work.path(), out.path())
-        }
+        Source::Tree { build, source } => with(Mode::Headers { source, build }, work.path(), out.path()),
         Source::Btf { file } => {
             let tool = ctx.bpftool.ok_or_else(|| env(crate::btf::BtfError::NoBpftool.to_string()))?;
             let blob = &sources.first().ok_or_else(|| env("a BTF input without its blob".into()))?.digest;
             let dir =
                 tool.vmlinux_h(file, blob, &ctx.cfg.cache_dir).map_err(|e| Fault::deterministic(e.to_string()))?;
-            compile_with(ctx, k, Mode::Btf { vmlinux_dir: &dir }, work.path(), out.path())
+            with(Mode::Btf { vmlinux_dir: &dir }, work.path(), out.path())
         }
     };
     result?;
@@ -867,10 +930,25 @@ fn compile_and_validate(
     Ok(out)
 }
 
-fn compile_with(ctx: &Ctx<'_>, k: &KernelInput, mode: Mode<'_>, work: &Path, out: &Path) -> Result<(), Fault> {
-    let job =
-        CompileJob { arch: k.arch, mode, program_dir: &ctx.program_dir, work_dir: work, out, sandbox: ctx.sandbox };
-    ctx.toolchain.compile(&job).map_err(|e| match &e {
+fn compile_with(
+    ctx: &Ctx<'_>,
+    k: &KernelInput,
+    tc: &Toolchain,
+    tree_flags: &[String],
+    mode: Mode<'_>,
+    work: &Path,
+    out: &Path,
+) -> Result<(), Fault> {
+    let job = CompileJob {
+        arch: k.arch,
+        mode,
+        tree_flags,
+        program_dir: &ctx.program_dir,
+        work_dir: work,
+        out,
+        sandbox: ctx.sandbox,
+    };
+    tc.compile(&job).map_err(|e| match &e {
         compile::CompileError::Failed { stderr, .. } => {
             // The same fixed names the debug info uses.
             let mut map = PathMap::default();

@@ -2,11 +2,14 @@
 //! reproducible eBPF objects. `build::run` is the entry point; `compile` is
 //! the one compile implementation the agent reuses for local builds.
 
+pub mod archive;
 pub mod btf;
 pub mod build;
 pub mod cache;
 pub mod compile;
 pub mod diagnostics;
+pub mod discover;
+pub mod fetch;
 pub mod fsutil;
 pub mod kernel;
 pub mod layout;

@@ -4,8 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use bpfarm_builder::archive::http::Http;
 use bpfarm_builder::build::{self, BtfInput, BuildConfig, Request, Shard};
+use bpfarm_builder::discover::{self, DiscoverConfig};
+use bpfarm_builder::fetch::{self, FetchConfig};
 use bpfarm_builder::limits::{Limits, parse_size};
+use bpfarm_builder::matrix::{Matrix, MatrixDeb};
 use bpfarm_builder::program::ProgramSources;
 use bpfarm_builder::publish::Destination;
 use bpfarm_builder::sandbox::SandboxMode;
@@ -51,7 +55,121 @@ enum Command {
         bpfarm-builder build --headers ~/.cache/bpfarm/debs --out out\n  \
         bpfarm-builder build --matrix kernels/debian-bookworm.toml --shard 2/8 --report report.json\n  \
         bpfarm-builder build --running-kernel --out /tmp/tracee")]
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
+
+    /// Read a Debian archive's signed indices and write the kernels it serves
+    /// as a pinned matrix.
+    ///
+    /// The archive is what the machine's apt sources name (or --apt-source).
+    /// Without --suite, every suite it serves is read: the suite classes
+    /// (oldoldstable ... experimental) and the suites apt names, then each
+    /// codename's -updates, -backports, -backports-sloppy and -security.
+    /// Each InRelease is verified with gpgv against --keyring; each
+    /// Packages.xz against the signed SHA256. Flavour packages are paired
+    /// with their -common and linux-kbuild from control data. If any index
+    /// fails, discover names it, exits 1 and leaves --output untouched.
+    #[command(after_help = "Examples:\n  \
+        bpfarm-builder discover --output kernels/debian.toml\n  \
+        bpfarm-builder discover --suite bookworm-backports --arch amd64 --output bpo.toml\n  \
+        bpfarm-builder discover --apt-source https://mirror.internal/debian --output m.toml")]
+    Discover(DiscoverArgs),
+
+    /// Download a pinned matrix's packages straight from the archive.
+    ///
+    /// Each package is checked against the matrix's size and sha256 before it
+    /// enters the package cache (<cache-dir>/debs/sha256/<hex>.deb, with a
+    /// hard link under apt's file name beside it). Interrupted downloads
+    /// resume. Exits 1 when any package could not be had.
+    #[command(after_help = "Examples:\n  \
+        bpfarm-builder fetch --matrix kernels/default.toml\n  \
+        bpfarm-builder fetch --matrix kernels/debian.toml --select '^6\\.12\\.' --jobs 8")]
+    Fetch(FetchArgs),
+}
+
+/// Where the archive is.
+#[derive(clap::Args, Debug)]
+struct ArchiveArgs {
+    /// An archive root (e.g. https://mirror.internal/debian), instead of the
+    /// apt sources. Repeatable: the security archive is usually a second one.
+    #[arg(long, value_name = "URI", env = "BPFARM_APT_SOURCE", value_delimiter = ',')]
+    apt_source: Vec<String>,
+
+    /// apt's configuration folder, read for sources.list, sources.list.d/*.list
+    /// and *.sources.
+    #[arg(long, value_name = "DIR", default_value = "/etc/apt")]
+    apt_dir: PathBuf,
+
+    /// The OpenPGP keyring the archive's InRelease files must be signed with;
+    /// apt entries signed by another keyring are not used.
+    #[arg(long, value_name = "FILE", default_value = bpfarm_builder::archive::DEFAULT_KEYRING)]
+    keyring: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct DiscoverArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+
+    /// Only these suites (repeatable or comma-separated), e.g. bookworm-security.
+    #[arg(long, value_name = "SUITE", value_delimiter = ',')]
+    suite: Vec<String>,
+
+    /// Debian arches to read (comma-separated).
+    #[arg(long, value_name = "ARCH", value_delimiter = ',', default_value = "amd64,arm64")]
+    arch: Vec<Arch>,
+
+    /// Write the matrix here (atomically, and only when every index was
+    /// read); without it, the matrix goes to stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
+
+    /// Keep only the kernels whose release matches this regex (repeatable),
+    /// e.g. to pin a small matrix.
+    #[arg(long, value_name = "REGEX", allow_hyphen_values = true)]
+    select: Vec<String>,
+
+    /// The matrix's name.
+    #[arg(long, default_value = "debian")]
+    name: String,
+
+    /// Treat a suite whose InRelease is past its Valid-Until as a failed
+    /// index (a stale or replayed mirror); by default it is a warning.
+    #[arg(long)]
+    check_valid_until: bool,
+
+    /// Parallel requests.
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 8)]
+    jobs: usize,
+}
+
+#[derive(clap::Args, Debug)]
+struct FetchArgs {
+    /// A pinned matrix (from discover).
+    #[arg(long, value_name = "FILE")]
+    matrix: PathBuf,
+
+    /// Only kernels whose release matches this regex (repeatable).
+    #[arg(long, value_name = "REGEX", allow_hyphen_values = true)]
+    select: Vec<String>,
+
+    #[command(flatten)]
+    archive: ArchiveArgs,
+
+    /// The package cache [default: <cache-dir>/debs].
+    #[arg(long, value_name = "DIR")]
+    package_cache: Option<PathBuf>,
+
+    /// Cache folder.
+    #[arg(long, value_name = "DIR", env = "BPFARM_CACHE")]
+    cache_dir: Option<PathBuf>,
+
+    /// Parallel downloads.
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 4)]
+    jobs: usize,
+
+    /// No progress bar, even on a terminal.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -62,10 +180,22 @@ struct BuildArgs {
     #[arg(long, value_name = "PATH")]
     headers: Vec<PathBuf>,
 
-    /// A kernel matrix (kernels/<name>.toml) whose packages kernels/fetch.py
-    /// downloaded into --package-cache.
+    /// A kernel matrix (kernels/<name>.toml). Its pinned packages that are
+    /// not in --package-cache yet are fetched first (see `fetch`).
     #[arg(long, value_name = "FILE")]
     matrix: Option<PathBuf>,
+
+    /// Build only the matrix kernels whose release matches this regex
+    /// (repeatable; any match selects).
+    #[arg(long, value_name = "REGEX", requires = "matrix", allow_hyphen_values = true)]
+    select: Vec<String>,
+
+    /// Do not download missing matrix packages; kernels lacking one fail.
+    #[arg(long, requires = "matrix")]
+    no_fetch: bool,
+
+    #[command(flatten)]
+    archive: ArchiveArgs,
 
     /// Where the matrix's packages are [default: <cache-dir>/debs].
     #[arg(long, value_name = "DIR")]
@@ -285,12 +415,25 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
         progress_bar: !a.no_progress,
         cache_dir: cache_dir.clone(),
     };
-    let req = Request {
-        headers: a.headers,
-        matrix: a.matrix,
-        package_cache: a.package_cache.unwrap_or_else(|| cache_dir.join("debs")),
-        btf,
-    };
+    let package_cache = a.package_cache.unwrap_or_else(|| cache_dir.join("debs"));
+    let mut unavailable = std::collections::HashMap::new();
+    if let Some(path) = &a.matrix
+        && !a.no_fetch
+    {
+        let m = Matrix::load(path)?.select(&a.select, path)?;
+        let kernels: Vec<_> = m.kernels.iter().filter(|k| a.shard.is_none_or(|s| s.contains(k.label()))).collect();
+        let debs: Vec<&MatrixDeb> = {
+            let mut seen = std::collections::HashSet::new();
+            kernels.iter().flat_map(|k| &k.debs).filter(|d| seen.insert(d.sha256.clone())).collect()
+        };
+        if !fetch::missing(&package_cache, &debs).is_empty() {
+            let report = run_fetch_debs(&a.archive, &package_cache, &debs, 4, !a.no_progress)?;
+            for (d, why) in report.failed {
+                unavailable.insert(d.sha256, format!("fetch failed: {why}"));
+            }
+        }
+    }
+    let req = Request { headers: a.headers, matrix: a.matrix, package_cache, btf, select: a.select, unavailable };
     let report = build::run(&cfg, &req)?;
     print!("{}", report.table());
     let published = match (a.publish.as_deref(), &dest) {
@@ -313,6 +456,109 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
     Ok(!report.any_failed() && published.is_none_or(|p| p.ok()))
 }
 
+fn say(line: &str) {
+    eprintln!("{line}");
+}
+
+fn run_discover(a: DiscoverArgs) -> anyhow::Result<bool> {
+    let roots = discover::roots(&a.archive.apt_source, &a.archive.apt_dir, &a.archive.keyring, &say)?;
+    let mut arches: Vec<Arch> = Vec::new();
+    for x in a.arch {
+        if !arches.contains(&x) {
+            arches.push(x);
+        }
+    }
+    let cfg = DiscoverConfig {
+        roots,
+        suites: a.suite,
+        arches,
+        keyring: a.archive.keyring,
+        check_valid_until: a.check_valid_until,
+        jobs: a.jobs,
+        name: a.name,
+    };
+    let http = Http::new()?;
+    let found = match discover::discover(&cfg, &http, &say) {
+        Ok(f) => f,
+        // Exit 1, like a build with failed kernels: the run itself worked.
+        Err(e @ discover::DiscoverError::Incomplete(_)) => {
+            eprintln!("bpfarm-builder: error: {e}");
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut found = found;
+    if !a.select.is_empty() {
+        found.matrix = found.matrix.select(&a.select, std::path::Path::new("the discovered matrix"))?;
+    }
+    let arches: Vec<&str> = cfg.arches.iter().map(|a| a.debian()).collect();
+    let suites: Vec<&str> = found.matrix.suites.iter().map(|s| s.name.as_str()).collect();
+    let mut header = format!(
+        "{}: {} kernels for {}, from the signed indices of {} Debian suites:\n",
+        cfg.name,
+        found.matrix.kernels.len(),
+        arches.join(", "),
+        suites.len()
+    );
+    for chunk in suites.chunks(6) {
+        header += &format!("  {}\n", chunk.join(", "));
+    }
+    if !a.select.is_empty() {
+        header += &format!("Selected: {}\n", a.select.join(" "));
+    }
+    header += "Generated by `bpfarm-builder discover`; every [[kernel.deb]] is pinned by size and sha256.\n\
+               `bpfarm-builder fetch --matrix <this file>` downloads them; `build --matrix` fetches by itself.";
+    let text = found.matrix.to_toml(&header)?;
+    match &a.output {
+        Some(path) => {
+            bpfarm_builder::fsutil::write_atomic(path, text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            print!("{}", found.table());
+            eprintln!("discover: wrote {}", path.display());
+        }
+        None => {
+            print!("{text}");
+            eprint!("{}", found.table());
+        }
+    }
+    Ok(true)
+}
+
+fn run_fetch_debs(
+    archive: &ArchiveArgs,
+    store: &std::path::Path,
+    debs: &[&MatrixDeb],
+    jobs: usize,
+    progress_bar: bool,
+) -> anyhow::Result<fetch::FetchReport> {
+    let roots = discover::roots(&archive.apt_source, &archive.apt_dir, &archive.keyring, &say)?;
+    let cfg =
+        FetchConfig { store: store.to_owned(), roots: roots.into_iter().map(|r| r.uri).collect(), jobs, progress_bar };
+    let report = fetch::fetch(&cfg, debs, &say)?;
+    eprintln!("{}", report.summary());
+    for (d, why) in &report.failed {
+        eprintln!("fetch: FAILED {} {} ({}): {why}", d.name, d.version, d.arch);
+    }
+    Ok(report)
+}
+
+fn run_fetch(a: FetchArgs) -> anyhow::Result<bool> {
+    let m = Matrix::load(&a.matrix)?.select(&a.select, &a.matrix)?;
+    let unpinned: Vec<&str> = m.kernels.iter().filter(|k| k.debs.is_empty()).map(|k| k.label()).collect();
+    if !unpinned.is_empty() {
+        bail!(
+            "{}: {} kernels are not pinned ([[kernel.deb]]), e.g. {}: regenerate the matrix with bpfarm-builder discover",
+            a.matrix.display(),
+            unpinned.len(),
+            unpinned[0]
+        );
+    }
+    let cache_dir = a.cache_dir.unwrap_or_else(default_cache_dir);
+    let store = a.package_cache.unwrap_or_else(|| cache_dir.join("debs"));
+    let report = run_fetch_debs(&a.archive, &store, &m.debs(), a.jobs, !a.no_progress)?;
+    Ok(report.failed.is_empty())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
@@ -325,7 +571,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Build(a) => run_build(a),
+        Command::Build(a) => run_build(*a),
+        Command::Discover(a) => run_discover(a),
+        Command::Fetch(a) => run_fetch(a),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -21,21 +21,22 @@ use crate::packages::PackageFacts;
 use crate::unpack::{self, UnpackStats};
 
 /// Bumped whenever `keep` changes what a tree holds.
-pub const FILTER_VERSION: u32 = 1;
+pub const FILTER_VERSION: u32 = 2;
 
 /// The arch include folders kept from a (multi-arch) `-common` package.
 const KEPT_ARCHES: [&str; 2] = ["x86", "arm64"];
 
 /// Only what compiling against the headers needs: `include/` (without the
 /// thousands of empty kbuild `include/config/*` stamp files and the
-/// device-tree bindings), `arch/{x86,arm64}/include/` and `.config`.
+/// device-tree bindings), `arch/{x86,arm64}/include/`, `.config`, and the
+/// top `Makefile` (its dialect flags, `compile::tree_flags`).
 pub fn keep(p: &Path) -> bool {
     let c: Vec<&str> =
         p.components().filter_map(|c| if let Component::Normal(s) = c { s.to_str() } else { None }).collect();
     match c.as_slice() {
         [] | ["usr"] | ["usr", "src"] | ["usr", "src", _] => true,
         ["usr", "src", _, rest @ ..] => match rest {
-            [".config"] => true,
+            [".config"] | ["Makefile"] => true,
             ["include", "config", f] => matches!(*f, "kernel.release" | "auto.conf"),
             ["include", "config", ..] => false,
             ["include", "dt-bindings", ..] => false,
@@ -211,6 +212,8 @@ mod tests {
         assert!(k("usr/src/linux-headers-6.1.0-56-amd64/arch/x86/include/generated/asm/rwonce.h"));
         assert!(k("usr/src/linux-headers-6.1.0-56-common/arch/arm64/include/asm/ptrace.h"));
         assert!(k("usr/src/linux-headers-6.1.0-56-amd64/.config"));
+        assert!(k("usr/src/linux-headers-7.3.4+deb13-common/Makefile"));
+        assert!(!k("usr/src/linux-headers-7.3.4+deb13-common/arch/x86/Makefile"));
         assert!(!k("usr/src/linux-headers-6.1.0-56-amd64/include/config/HAVE_KPROBES"));
         assert!(!k("usr/src/linux-headers-6.1.0-56-common/arch/mips/include/asm/ptrace.h"));
         assert!(!k("usr/src/linux-headers-6.1.0-56-common/include/dt-bindings/clock/x.h"));

@@ -1,5 +1,6 @@
 //! Shared support for bpfarm's tests: where the fixture kernels are (fetched
-//! once with `kernels/fetch.py`), recording tool shims, hand-made hostile
+//! once with `bpfarm-builder fetch`), a package archive on loopback
+//! (`mirror`), recording tool shims, hand-made hostile
 //! packages, and the rule for privileged tests (fail under `CI=true`, say
 //! loudly that they were skipped otherwise).
 
@@ -12,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 pub mod hostile;
+pub mod mirror;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -30,36 +32,63 @@ pub fn in_ci() -> bool {
 }
 
 /// The folder holding the default matrix's real Debian packages, fetching
-/// them (once per test process; a no-op when present).
+/// them with `bpfarm-builder fetch` (once per test process; a stat per
+/// package when present). Packages sit under `sha256/` and, hard-linked,
+/// under their apt file names.
 pub fn fixture_debs() -> PathBuf {
     static DEBS: OnceLock<PathBuf> = OnceLock::new();
     DEBS.get_or_init(|| {
         let debs = cache_root().join("debs");
-        let status = Command::new("python3")
-            .arg(repo_root().join("kernels/fetch.py"))
+        let out = Command::new(bin("bpfarm-builder"))
+            .args(["fetch", "--no-progress", "--matrix"])
             .arg(repo_root().join("kernels/default.toml"))
-            .arg("--cache")
+            .arg("--package-cache")
             .arg(&debs)
-            .status()
-            .expect("running kernels/fetch.py");
+            .output()
+            .expect("running bpfarm-builder fetch");
         assert!(
-            status.success(),
-            "kernels/fetch.py kernels/default.toml failed: the tests need real Debian header packages"
+            out.status.success(),
+            "bpfarm-builder fetch --matrix kernels/default.toml failed: the tests need real Debian header packages\n{}",
+            String::from_utf8_lossy(&out.stderr)
         );
         debs
     })
     .clone()
 }
 
-/// The `.deb` in `dir` whose file name starts with `<package>_`.
+/// The `.deb` of `package` in `dir`: the version and arch the default
+/// matrix pins for it (the first kernel naming it), else the only file named
+/// `<package>_*`. The package cache holds other versions and arches too.
 pub fn deb(dir: &Path, package: &str) -> PathBuf {
+    let matrix: toml::Table = fs::read_to_string(repo_root().join("kernels/default.toml"))
+        .expect("kernels/default.toml")
+        .parse()
+        .expect("kernels/default.toml is TOML");
+    let pinned = matrix
+        .get("kernel")
+        .and_then(|k| k.as_array())
+        .into_iter()
+        .flatten()
+        .flat_map(|k| k.get("deb").and_then(|d| d.as_array()).into_iter().flatten())
+        .find(|d| d.get("name").and_then(|n| n.as_str()) == Some(package));
+    if let Some(d) = pinned {
+        let field = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        let p = dir.join(format!("{package}_{}_{}.deb", field("version").replace(':', "%3a"), field("arch")));
+        assert!(p.is_file(), "{} is not there: fetch kernels/default.toml first (fixture_debs)", p.display());
+        return p;
+    }
     let prefix = format!("{package}_");
-    fs::read_dir(dir)
+    let found: Vec<PathBuf> = fs::read_dir(dir)
         .expect("package folder")
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
-        .unwrap_or_else(|| panic!("{package} is not in {}", dir.display()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
+        .collect();
+    match found.as_slice() {
+        [one] => one.clone(),
+        [] => panic!("{package} is not in {}", dir.display()),
+        many => panic!("{package} is ambiguous in {}: {many:?}", dir.display()),
+    }
 }
 
 /// Whether a test that needs root and BPF may run. Under `CI=true` a missing

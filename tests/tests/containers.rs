@@ -217,7 +217,7 @@ fn slim_agent_has_no_compiler_fetches_from_the_registry_image_and_traces_the_hos
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let seen = wait_for(&mut stderr, "attached");
-    assert!(seen.contains("(Registry)") && seen.contains("verified"), "{seen}");
+    assert!(seen.contains("(Registry)") && seen.contains("its embedded identity names this kernel"), "{seen}");
     // The syscall tracepoints attach only with the host's tracefs mounted.
     assert!(seen.contains("bpfarm_openat"), "{seen}");
     // A host process that lives a moment: its file is outside the container's
