@@ -228,26 +228,34 @@ impl BlobStore {
     {
         let tmp_path = self.root.join("tmp").join(format!("{}-{}", expected.hex(), random_suffix()?));
         let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&tmp_path).await?;
-        let result = async {
-            let mut hasher = Sha256::new();
-            let mut len = 0u64;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
-                len += chunk.len() as u64;
-                if len > limit {
-                    return Err(BlobError::TooLarge { limit });
-                }
-                hasher.update(&chunk);
-                file.write_all(&chunk).await?;
+        // Removes the temp file however this ends — an error, or the
+        // request being dropped mid-body (a client cut for stalling).
+        let mut guard = TempFile(Some(tmp_path.clone()));
+        let mut hasher = Sha256::new();
+        let mut len = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
+            len += chunk.len() as u64;
+            if len > limit {
+                return Err(BlobError::TooLarge { limit });
             }
-            self.commit(&file, &tmp_path, Digest::from_raw(hasher.finalize().into()), expected).await?;
-            Ok(len)
+            hasher.update(&chunk);
+            file.write_all(&chunk).await?;
         }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp_path).await;
+        self.commit(&file, &tmp_path, Digest::from_raw(hasher.finalize().into()), expected).await?;
+        guard.0 = None;
+        Ok(len)
+    }
+}
+
+/// A temp file removed on drop unless disarmed.
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
         }
-        result
     }
 }
 

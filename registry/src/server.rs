@@ -450,6 +450,7 @@ impl Job {
             .header_read_timeout(self.settings.header_timeout)
             .keep_alive(true)
             .max_buf_size(MAX_BUF)
+            .max_header_size(MAX_BUF)
             .max_headers(MAX_HEADERS);
         let connection = builder.serve_connection(io, service);
         tokio::pin!(connection);

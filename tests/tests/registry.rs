@@ -972,3 +972,69 @@ fn tls_serves_its_certificate_and_reloads_it_on_sighup() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn stalled_transfers_and_oversized_heads_are_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let push = token(&data, "ci", "push");
+    let reg = serve_with(&["--listen", "127.0.0.1:0", "--data", data.to_str().unwrap(), "--idle-timeout", "1"]);
+    let addr = host(&reg.url);
+    let closed_within = |s: &mut TcpStream, limit: Duration| {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let start = Instant::now();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return start.elapsed(),
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return start.elapsed(),
+                Err(e) => panic!("still open after {:?}: {e}", start.elapsed()),
+            }
+        }
+    };
+    // An upload that stops halfway: cut, and nothing partial stays.
+    let mut up = TcpStream::connect(&addr).unwrap();
+    let d = Digest::of_bytes(b"never finished");
+    write!(
+        up,
+        "PUT /v1/blobs/{d} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {push}\r\nContent-Length: 1000000\r\n\r\n"
+    )
+    .unwrap();
+    up.write_all(&[7u8; 500_000]).unwrap();
+    let took = closed_within(&mut up, Duration::from_secs(10));
+    eprintln!("stalled upload cut after {took:?} (--idle-timeout 1)");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_dir(data.join("blobs/tmp")).unwrap().count() > 0 {
+        assert!(Instant::now() < deadline, "the stalled upload's temp file stayed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A download whose client stops reading: cut once the socket buffers fill.
+    let big: Vec<u8> = (0..32u32 << 20).map(|i| (i % 253) as u8).collect();
+    let meta = bpfarm_tests::sample_metadata("6.1.0-62-amd64", Arch::X86_64, &big);
+    let r = http(&addr, "PUT", &format!("/v1/blobs/{}", meta.digest), &[("Authorization", &bearer(&push))], &big);
+    assert_eq!(r.status, 201);
+    let mut down = TcpStream::connect(&addr).unwrap();
+    write!(down, "GET /v1/blobs/{} HTTP/1.1\r\nHost: x\r\n\r\n", meta.digest).unwrap();
+    std::thread::sleep(Duration::from_secs(4)); // not reading: the stall under test
+    let mut got = 0usize;
+    down.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match down.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got < big.len(), "the stalled download was not cut ({got} bytes)");
+
+    // A request head over 64 KiB is refused, not buffered.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let _ = s.write_all(format!("X-Big: {}\r\n\r\n", "a".repeat(100 << 10)).as_bytes());
+    let mut raw = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.read_to_end(&mut raw);
+    assert!(!raw.starts_with(b"HTTP/1.1 200"), "a 100 KiB head was served");
+}
