@@ -56,6 +56,7 @@ enum Command {
     /// server. Exit status: 0 nothing wrong (or all of it repaired), 1
     /// problems remain (each printed, with what to do), 2 the check failed.
     Fsck {
+        /// The registry's data folder (--data of serve).
         #[arg(long, env = "BPFARM_REGISTRY_DATA")]
         data: PathBuf,
         /// Fix what can be fixed here.
@@ -90,9 +91,10 @@ struct ServeArgs {
     /// Unfinished OCI uploads older than this many seconds are removed [default: 3600].
     #[arg(long, env = "BPFARM_REGISTRY_UPLOAD_TTL")]
     upload_ttl: Option<u64>,
-    /// Most open client connections; past it the one that has waited longest
-    /// for a request head is closed, or a newcomer gets 503 when all are busy
-    /// [default: 1024, lowered to what `ulimit -n` allows].
+    /// Most open client connections. At the cap no more are accepted (they
+    /// wait in the accept queue) and the one that has waited longest for a
+    /// request head is closed to make room [default: 1024, lowered to what
+    /// `ulimit -n` allows].
     #[arg(long, env = "BPFARM_REGISTRY_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     /// Seconds a client has to send a whole request head (and to finish a TLS
