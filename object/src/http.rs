@@ -184,6 +184,10 @@ impl Transport {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.timeout)
+            // bpfarm-registry closes idle keep-alive connections after 10 s
+            // (its --header-timeout); drop ours first, so a request is never
+            // sent on a connection the server is closing.
+            .pool_idle_timeout(std::time::Duration::from_secs(5))
             .tls_certs_merge(certs)
             .user_agent(concat!("bpfarm/", env!("CARGO_PKG_VERSION")))
             .build()

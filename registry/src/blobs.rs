@@ -5,6 +5,10 @@
 //! publisher claimed is the file fsynced and renamed into place. A crash
 //! leaves a `tmp/` file, never a visible partial blob; `open` removes
 //! leftovers. A blob is visible only after its digest is checked.
+//!
+//! `fsck` moves a blob whose bytes no longer hash to its name into
+//! `quarantine/` (never deleting it); uploading the right bytes again
+//! stores the blob afresh.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +25,8 @@ pub enum BlobError {
     TooLarge { limit: u64 },
     #[error("reading the request body: {0}")]
     Body(String),
+    #[error("no blob {0}")]
+    Missing(Digest),
     #[error("blob store: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -31,15 +37,24 @@ pub struct BlobStore {
 }
 
 impl BlobStore {
-    /// Opens (creating) the store under `data` and drops unfinished writes.
+    /// Opens (creating) the store under `data` and drops unfinished writes:
+    /// what a starting server does.
     pub async fn open(data: &Path) -> std::io::Result<Self> {
         let root = data.join("blobs");
-        tokio::fs::create_dir_all(root.join("sha256")).await?;
         let tmp = root.join("tmp");
         if tmp.exists() {
             tokio::fs::remove_dir_all(&tmp).await?;
         }
-        tokio::fs::create_dir_all(&tmp).await?;
+        Self::attach(data).await
+    }
+
+    /// Opens (creating) the store without touching unfinished writes, for
+    /// tools (`token`, `export`, `fsck`) that may run beside a server whose
+    /// uploads are in flight.
+    pub async fn attach(data: &Path) -> std::io::Result<Self> {
+        let root = data.join("blobs");
+        tokio::fs::create_dir_all(root.join("sha256")).await?;
+        tokio::fs::create_dir_all(root.join("tmp")).await?;
         // OCI upload sessions span requests, so they live beside tmp/ and
         // are expired by age rather than wiped at start.
         tokio::fs::create_dir_all(root.join("uploads")).await?;
@@ -117,11 +132,11 @@ impl BlobStore {
             return Err(BlobError::DigestMismatch { expected: expected.clone(), actual });
         }
         file.sync_all().await?;
-        let dest = self.path(expected);
-        let dir = dest.parent().expect("blob has a parent");
-        tokio::fs::create_dir_all(dir).await?;
+        let dir = self.root.join("sha256").join(&expected.hex()[..2]);
+        let dest = dir.join(expected.hex());
+        tokio::fs::create_dir_all(&dir).await?;
         tokio::fs::rename(from, &dest).await?;
-        tokio::fs::File::open(dir).await?.sync_all().await?;
+        tokio::fs::File::open(&dir).await?.sync_all().await?;
         Ok(())
     }
 
@@ -131,7 +146,77 @@ impl BlobStore {
 
     /// The blob's size, if it is stored.
     pub async fn size(&self, d: &Digest) -> Option<u64> {
-        tokio::fs::metadata(self.path(d)).await.ok().map(|m| m.len())
+        tokio::fs::metadata(self.path(d)).await.ok().filter(|m| m.is_file()).map(|m| m.len())
+    }
+
+    /// Opens a blob for reading: `Missing` when it is not stored, `Io` for
+    /// anything else (a store that cannot be read is not an unknown blob).
+    pub async fn open_blob(&self, d: &Digest) -> Result<(tokio::fs::File, u64), BlobError> {
+        let file = match tokio::fs::File::open(self.path(d)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BlobError::Missing(d.clone())),
+            Err(e) => return Err(BlobError::Io(e)),
+        };
+        let meta = file.metadata().await?;
+        if !meta.is_file() {
+            return Err(BlobError::Io(std::io::Error::other(format!(
+                "{} is not a regular file",
+                self.path(d).display()
+            ))));
+        }
+        Ok((file, meta.len()))
+    }
+
+    /// A small blob's bytes (manifests, indexes).
+    pub async fn read(&self, d: &Digest) -> Result<Vec<u8>, BlobError> {
+        use tokio::io::AsyncReadExt;
+        let (mut file, len) = self.open_blob(d).await?;
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut bytes).await?;
+        Ok(bytes)
+    }
+
+    /// Every file under `sha256/`, with the digest its name claims (`None`
+    /// for a name that is not a digest in its right folder).
+    pub fn stored(&self) -> std::io::Result<Vec<(PathBuf, Option<Digest>)>> {
+        let mut out = Vec::new();
+        for dir in std::fs::read_dir(self.root.join("sha256"))? {
+            let dir = dir?;
+            if !dir.file_type()?.is_dir() {
+                out.push((dir.path(), None));
+                continue;
+            }
+            let prefix = dir.file_name().to_string_lossy().into_owned();
+            for f in std::fs::read_dir(dir.path())? {
+                let f = f?;
+                let name = f.file_name().to_string_lossy().into_owned();
+                let digest = format!("sha256:{name}")
+                    .parse::<Digest>()
+                    .ok()
+                    .filter(|d| d.hex().starts_with(&prefix) && prefix.len() == 2);
+                out.push((f.path(), digest));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// What the bytes stored under `path` hash to, and how many there are.
+    pub fn rehash(path: &Path) -> std::io::Result<(Digest, u64)> {
+        Digest::of_reader(std::io::BufReader::new(std::fs::File::open(path)?))
+    }
+
+    /// Moves a blob file aside into `quarantine/` (never deleting it) and
+    /// returns where it went.
+    pub fn quarantine(&self, path: &Path) -> std::io::Result<PathBuf> {
+        let dir = self.root.join("quarantine");
+        std::fs::create_dir_all(&dir)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let stamp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let dest = dir.join(format!("{name}.{stamp}"));
+        std::fs::rename(path, &dest)?;
+        Ok(dest)
     }
 
     /// Streams `body` in; it becomes visible only if it hashes to `expected`
@@ -141,35 +226,43 @@ impl BlobStore {
         S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let tmp_path = self.root.join("tmp").join(format!("{}-{}", expected.hex(), random_suffix()));
+        let tmp_path = self.root.join("tmp").join(format!("{}-{}", expected.hex(), random_suffix()?));
         let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&tmp_path).await?;
-        let result = async {
-            let mut hasher = Sha256::new();
-            let mut len = 0u64;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
-                len += chunk.len() as u64;
-                if len > limit {
-                    return Err(BlobError::TooLarge { limit });
-                }
-                hasher.update(&chunk);
-                file.write_all(&chunk).await?;
+        // Removes the temp file however this ends — an error, or the
+        // request being dropped mid-body (a client cut for stalling).
+        let mut guard = TempFile(Some(tmp_path.clone()));
+        let mut hasher = Sha256::new();
+        let mut len = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
+            len += chunk.len() as u64;
+            if len > limit {
+                return Err(BlobError::TooLarge { limit });
             }
-            self.commit(&file, &tmp_path, Digest::from_raw(hasher.finalize().into()), expected).await?;
-            Ok(len)
+            hasher.update(&chunk);
+            file.write_all(&chunk).await?;
         }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp_path).await;
-        }
-        result
+        self.commit(&file, &tmp_path, Digest::from_raw(hasher.finalize().into()), expected).await?;
+        guard.0 = None;
+        Ok(len)
     }
 }
 
-fn random_suffix() -> String {
+/// A temp file removed on drop unless disarmed.
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn random_suffix() -> std::io::Result<String> {
     let mut b = [0u8; 8];
-    getrandom::fill(&mut b).expect("OS randomness");
-    hex::encode(b)
+    getrandom::fill(&mut b).map_err(|e| std::io::Error::other(format!("OS randomness: {e}")))?;
+    Ok(hex::encode(b))
 }
 
 #[cfg(test)]

@@ -1,8 +1,17 @@
 //! Exporting the static layout as a folder tree — `<version>/<arch>/<file
 //! name>` with `.sha256` and `.json` (metadata) beside each object — for any
 //! plain HTTP server or CDN, or a subset of it for an air-gapped mirror.
+//!
+//! Files are staged in a private folder made for this run inside the output
+//! (`mkdtemp`: a random name, mode 0700) with `create_new`, then renamed
+//! into place, so nothing is ever written through a name someone else could
+//! have planted: a symlink at a destination is replaced, not followed, and
+//! a symlinked `<version>` or `<arch>` folder is refused.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bpfarm_object::{Digest, ObjectMetadata};
 
 use crate::blobs::BlobStore;
 use crate::repo::{Filter, Repo};
@@ -14,11 +23,32 @@ pub struct ExportFilter {
     pub arches: Vec<String>,
 }
 
-/// Writes the tree under `out`; returns how many objects it holds. Files
-/// are written atomically and objects already there with the right bytes
-/// are left alone, so exporting again only adds what is new.
-pub async fn export(repo: &Repo, blobs: &BlobStore, out: &Path, filter: &ExportFilter) -> anyhow::Result<usize> {
-    use anyhow::Context;
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("index: {0}")]
+    Index(#[from] sqlx::Error),
+    #[error("object row {id}: stored metadata does not parse: {source}")]
+    Metadata { id: i64, source: serde_json::Error },
+    #[error("{}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{} is a symlink; refusing to write through it", .0.display())]
+    Symlink(PathBuf),
+    #[error("metadata of {file}: {source}")]
+    Serialize { file: String, source: serde_json::Error },
+    #[error("export worker: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
+    move |source| ExportError::Io { path: path.to_owned(), source }
+}
+
+/// Writes the tree under `out`; returns how many objects it holds. Objects
+/// already there with the right bytes are left alone, so exporting again
+/// only adds what is new.
+pub async fn export(repo: &Repo, blobs: &BlobStore, out: &Path, filter: &ExportFilter) -> Result<usize, ExportError> {
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let staging = tempfile::Builder::new().prefix(".bpfarm-export-").tempdir_in(out).map_err(io(out))?;
     let mut count = 0;
     let mut after = 0;
     loop {
@@ -26,7 +56,7 @@ pub async fn export(repo: &Repo, blobs: &BlobStore, out: &Path, filter: &ExportF
         let Some(last) = rows.last() else { break };
         after = last.id;
         for row in &rows {
-            let meta = row.metadata();
+            let meta = row.metadata().map_err(|source| ExportError::Metadata { id: row.id, source })?;
             let id = &meta.identity;
             if (!filter.versions.is_empty() && !filter.versions.contains(&id.version))
                 || (!filter.arches.is_empty()
@@ -34,32 +64,75 @@ pub async fn export(repo: &Repo, blobs: &BlobStore, out: &Path, filter: &ExportF
             {
                 continue;
             }
-            let dir = out.join(&id.version).join(id.arch.uname());
-            tokio::fs::create_dir_all(&dir).await.with_context(|| format!("creating {}", dir.display()))?;
-            let dest = dir.join(&meta.file_name);
-            let have = tokio::fs::read(&dest).await.ok().map(|b| bpfarm_object::Digest::of_bytes(&b));
-            if have.as_ref() != Some(&meta.digest) {
-                let bytes = tokio::fs::read(blobs.path(&meta.digest))
-                    .await
-                    .with_context(|| format!("reading blob {}", meta.digest))?;
-                write_atomic(&dest, &bytes).await?;
-            }
-            write_atomic(
-                &dir.join(format!("{}.sha256", meta.file_name)),
-                format!("{}  {}\n", meta.digest.hex(), meta.file_name).as_bytes(),
-            )
-            .await?;
-            write_atomic(&dir.join(format!("{}.json", meta.file_name)), &serde_json::to_vec_pretty(&meta)?).await?;
+            let job =
+                Job { out: out.to_owned(), staging: staging.path().to_owned(), blob: blobs.path(&meta.digest), meta };
+            tokio::task::spawn_blocking(move || job.run()).await??;
             count += 1;
         }
     }
+    staging.close().map_err(io(out))?;
     Ok(count)
 }
 
-async fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let tmp = path.with_extension("tmp-export");
-    tokio::fs::write(&tmp, bytes).await.with_context(|| format!("writing {}", tmp.display()))?;
-    tokio::fs::rename(&tmp, path).await.with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+/// One object's files.
+struct Job {
+    out: PathBuf,
+    staging: PathBuf,
+    blob: PathBuf,
+    meta: ObjectMetadata,
+}
+
+impl Job {
+    fn run(self) -> Result<(), ExportError> {
+        let meta = &self.meta;
+        let dir = dir_in(&self.out, &[meta.identity.version.as_str(), meta.identity.arch.uname()])?;
+        let dest = dir.join(&meta.file_name);
+        if !holds(&dest, &meta.digest) {
+            let mut src = std::fs::File::open(&self.blob).map_err(io(&self.blob))?;
+            self.place(&dest, |f| std::io::copy(&mut src, f).map(drop))?;
+        }
+        let sum = format!("{}  {}\n", meta.digest.hex(), meta.file_name);
+        self.place(&dir.join(format!("{}.sha256", meta.file_name)), |f| f.write_all(sum.as_bytes()))?;
+        let json = serde_json::to_vec_pretty(meta)
+            .map_err(|source| ExportError::Serialize { file: meta.file_name.clone(), source })?;
+        self.place(&dir.join(format!("{}.json", meta.file_name)), |f| f.write_all(&json))?;
+        Ok(())
+    }
+
+    /// Writes a fresh file in the private staging folder (`create_new`,
+    /// random name), syncs it and renames it over `dest`.
+    fn place(
+        &self,
+        dest: &Path,
+        write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+    ) -> Result<(), ExportError> {
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.staging).map_err(io(&self.staging))?;
+        write(tmp.as_file_mut()).map_err(io(dest))?;
+        tmp.as_file().sync_all().map_err(io(dest))?;
+        tmp.persist(dest).map_err(|e| ExportError::Io { path: dest.to_owned(), source: e.error })?;
+        Ok(())
+    }
+}
+
+/// `out/<a>/<b>`, creating what is missing and refusing symlinked folders.
+fn dir_in(out: &Path, parts: &[&str]) -> Result<PathBuf, ExportError> {
+    let mut dir = out.to_owned();
+    for p in parts {
+        dir.push(p);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_symlink() => return Err(ExportError::Symlink(dir)),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(&dir).map_err(io(&dir))?,
+            Err(e) => return Err(ExportError::Io { path: dir, source: e }),
+        }
+    }
+    Ok(dir)
+}
+
+/// Whether `path` is a regular file (not a link) holding exactly `digest`.
+fn holds(path: &Path, digest: &Digest) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+        && std::fs::File::open(path)
+            .and_then(|f| Digest::of_reader(std::io::BufReader::new(f)))
+            .is_ok_and(|(d, _)| &d == digest)
 }

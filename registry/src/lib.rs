@@ -1,27 +1,74 @@
 //! bpfarm's registry: a sqlite index and a content-addressed blob store
-//! behind an HTTP API.
+//! behind an HTTP API with two faces, `/v1` and OCI's `/v2`.
 //!
-//! Layering: `routes` (HTTP, auth, errors) → `publish` (the publish rules)
-//! → `repo` (the only module that touches SQL) and `blobs` (the only one
-//! that touches blob files).
+//! Layering: `server` (connections: timeouts, cap, TLS, shutdown) →
+//! `routes` and `oci` (HTTP handlers; `auth`, `face` and `metrics` are the
+//! middleware every route passes) → `publish` (the publish rules) and
+//! `faces` (an object's OCI form, written in the same transaction) →
+//! `repo` (the only module that touches SQL) and `blobs` (the only one that
+//! touches blob files). `fsck` and `export` are the offline tools.
 
+pub mod auth;
 pub mod blobs;
 pub mod export;
+pub mod face;
+pub mod faces;
+pub mod fsck;
+pub mod manifest;
+pub mod metrics;
 pub mod oci;
 pub mod page;
 pub mod publish;
 pub mod repo;
 pub mod routes;
+pub mod server;
+pub mod tls;
 pub mod tokens;
 
-pub use routes::{AppState, Settings, app};
+use std::path::{Path, PathBuf};
 
-/// Opens (creating) a registry's storage under `data`.
-pub async fn open(data: &std::path::Path, settings: Settings) -> anyhow::Result<AppState> {
-    use anyhow::Context;
-    tokio::fs::create_dir_all(data).await.with_context(|| format!("creating {}", data.display()))?;
-    let repo = repo::Repo::open(data).await.with_context(|| format!("opening the index in {}", data.display()))?;
-    let blobs =
-        blobs::BlobStore::open(data).await.with_context(|| format!("opening the blob store in {}", data.display()))?;
+pub use routes::{AppState, Settings, app, metrics_app};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("creating {}: {source}", .path.display())]
+    Create { path: PathBuf, source: std::io::Error },
+    #[error("opening the index in {}: {source}", .path.display())]
+    Index { path: PathBuf, source: sqlx::Error },
+    #[error("opening the blob store in {}: {source}", .path.display())]
+    Blobs { path: PathBuf, source: std::io::Error },
+    #[error("checking /v1 against OCI: {0}")]
+    Faces(#[from] faces::FaceError),
+}
+
+async fn open_with(data: &Path, settings: Settings, serving: bool) -> Result<AppState, OpenError> {
+    tokio::fs::create_dir_all(data).await.map_err(|source| OpenError::Create { path: data.to_owned(), source })?;
+    let repo = repo::Repo::open(data).await.map_err(|source| OpenError::Index { path: data.to_owned(), source })?;
+    let blobs = if serving { blobs::BlobStore::open(data).await } else { blobs::BlobStore::attach(data).await }
+        .map_err(|source| OpenError::Blobs { path: data.to_owned(), source })?;
     Ok(AppState::new(repo, blobs, settings))
+}
+
+/// Opens (creating) a registry's storage under `data` to serve it:
+/// unfinished writes are dropped, and every current object whose OCI form
+/// is missing or does not reach it (an older version's crash between the
+/// two) gets it rewritten before the first request.
+pub async fn open(data: &Path, settings: Settings) -> Result<AppState, OpenError> {
+    let state = open_with(data, settings, true).await?;
+    let oci_repo = faces::canonical_repo(&state.settings.oci_namespace);
+    let bad = faces::disagreements(&state.repo, &state.blobs, &oci_repo).await?;
+    for d in &bad {
+        tracing::warn!("{}: /v1 and OCI disagree ({}); rewriting its OCI form", faces::describe(&d.row), d.why);
+        faces::repair(&state.repo, &state.blobs, &oci_repo, &d.row).await?;
+    }
+    if !bad.is_empty() {
+        tracing::info!(repaired = bad.len(), "OCI forms rewritten at start");
+    }
+    Ok(state)
+}
+
+/// Opens a registry's storage for a tool (`token`, `export`, `fsck`) that
+/// may run beside a serving registry: nothing is cleaned or repaired.
+pub async fn open_tool(data: &Path, settings: Settings) -> Result<AppState, OpenError> {
+    open_with(data, settings, false).await
 }

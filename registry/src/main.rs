@@ -1,12 +1,16 @@
-//! `bpfarm-registry`: serve a registry, or manage its tokens.
+//! `bpfarm-registry`: serve a registry, manage its tokens, export or check it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use bpfarm_registry::repo::Scope;
-use bpfarm_registry::{Settings, app, open, tokens};
+use bpfarm_registry::server::{self, ServerSettings};
+use bpfarm_registry::tls::{ReloadingCert, TlsFiles};
+use bpfarm_registry::{Settings, app, metrics_app, open, open_tool, tokens};
 use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser, Debug)]
 #[command(name = "bpfarm-registry", version, about = "Store and serve bpfarm's per-kernel eBPF objects")]
@@ -17,33 +21,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the HTTP API (/v1), the coverage page (/), the static layout and the health and metrics endpoints.
+    /// Serve the HTTP API (/v1, OCI /v2), the coverage page (/), the static layout and the health and metrics endpoints.
     ///
     /// Settings come from flags, else environment variables, else --config,
-    /// else the defaults; only --data is needed.
-    Serve {
-        /// Address to listen on [default: 127.0.0.1:8080].
-        #[arg(long, env = "BPFARM_REGISTRY_LISTEN")]
-        listen: Option<String>,
-        /// Data folder: index.sqlite and blobs/ (created if missing).
-        #[arg(long, env = "BPFARM_REGISTRY_DATA")]
-        data: Option<PathBuf>,
-        /// Require a read token for downloads, lookups and the page too.
-        #[arg(long, env = "BPFARM_REGISTRY_REQUIRE_READ_TOKEN", num_args = 0..=1, default_missing_value = "true")]
-        require_read_token: Option<bool>,
-        /// Largest object accepted, in bytes [default: 67108864].
-        #[arg(long, env = "BPFARM_REGISTRY_MAX_OBJECT_BYTES")]
-        max_object_bytes: Option<u64>,
-        /// OCI namespace of the objects published through /v1 (<namespace>/tracee-bpf) [default: bpfarm].
-        #[arg(long, env = "BPFARM_REGISTRY_OCI_NAMESPACE")]
-        oci_namespace: Option<String>,
-        /// Unfinished OCI uploads older than this many seconds are removed [default: 3600].
-        #[arg(long, env = "BPFARM_REGISTRY_UPLOAD_TTL")]
-        upload_ttl: Option<u64>,
-        /// A TOML file with any of: listen, data, require_read_token, max_object_bytes, oci_namespace, upload_ttl.
-        #[arg(long, value_name = "FILE", env = "BPFARM_REGISTRY_CONFIG")]
-        config: Option<PathBuf>,
-    },
+    /// else the defaults; only --data is needed. SIGTERM or SIGINT: stop
+    /// accepting, finish requests in flight, exit within --shutdown-timeout.
+    /// SIGHUP: reload the TLS certificate and key.
+    Serve(Box<ServeArgs>),
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -63,6 +47,82 @@ enum Command {
         #[arg(long = "arch")]
         arches: Vec<String>,
     },
+    /// Check a registry's data folder: re-hash every blob, check the index
+    /// against the blobs and /v1 against OCI, and report.
+    ///
+    /// With --repair: quarantine corrupt blobs (moved to blobs/quarantine/,
+    /// never deleted; uploading the right bytes again restores them) and
+    /// rewrite OCI forms that disagree with /v1. Safe beside a running
+    /// server. Exit status: 0 nothing wrong (or all of it repaired), 1
+    /// problems remain (each printed, with what to do), 2 the check failed.
+    Fsck {
+        /// The registry's data folder (--data of serve).
+        #[arg(long, env = "BPFARM_REGISTRY_DATA")]
+        data: PathBuf,
+        /// Fix what can be fixed here.
+        #[arg(long)]
+        repair: bool,
+        /// The OCI namespace the server uses (--oci-namespace of serve).
+        #[arg(long, env = "BPFARM_REGISTRY_OCI_NAMESPACE", default_value = "bpfarm")]
+        oci_namespace: String,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "BPFARM_REGISTRY_LISTEN")]
+    listen: Option<String>,
+    /// Data folder: index.sqlite and blobs/ (created if missing).
+    #[arg(long, env = "BPFARM_REGISTRY_DATA")]
+    data: Option<PathBuf>,
+    /// Require a read token for downloads, lookups, the page and /metrics too.
+    #[arg(long, env = "BPFARM_REGISTRY_REQUIRE_READ_TOKEN", num_args = 0..=1, default_missing_value = "true")]
+    require_read_token: Option<bool>,
+    /// Largest object accepted through /v1, in bytes [default: 67108864].
+    #[arg(long, env = "BPFARM_REGISTRY_MAX_OBJECT_BYTES")]
+    max_object_bytes: Option<u64>,
+    /// Largest blob accepted through OCI /v2, in bytes [default: 2147483648].
+    #[arg(long, env = "BPFARM_REGISTRY_MAX_BLOB_BYTES")]
+    max_blob_bytes: Option<u64>,
+    /// OCI namespace of the objects published through /v1 (<namespace>/tracee-bpf) [default: bpfarm].
+    #[arg(long, env = "BPFARM_REGISTRY_OCI_NAMESPACE")]
+    oci_namespace: Option<String>,
+    /// Unfinished OCI uploads older than this many seconds are removed [default: 3600].
+    #[arg(long, env = "BPFARM_REGISTRY_UPLOAD_TTL")]
+    upload_ttl: Option<u64>,
+    /// Most open client connections. At the cap no more are accepted (they
+    /// wait in the accept queue) and the one that has waited longest for a
+    /// request head is closed to make room [default: 1024, lowered to what
+    /// `ulimit -n` allows].
+    #[arg(long, env = "BPFARM_REGISTRY_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Seconds a client has to send a whole request head (and to finish a TLS
+    /// handshake); also how long an idle keep-alive connection stays [default: 10].
+    #[arg(long, env = "BPFARM_REGISTRY_HEADER_TIMEOUT")]
+    header_timeout: Option<u64>,
+    /// Seconds without a byte moving either way, during a request, before the
+    /// connection is closed (a stalled upload, a client that stopped reading) [default: 30].
+    #[arg(long, env = "BPFARM_REGISTRY_IDLE_TIMEOUT")]
+    idle_timeout: Option<u64>,
+    /// Seconds to finish requests in flight after SIGTERM before exiting anyway [default: 10].
+    #[arg(long, env = "BPFARM_REGISTRY_SHUTDOWN_TIMEOUT")]
+    shutdown_timeout: Option<u64>,
+    /// PEM certificate chain: serve HTTPS (reloaded on SIGHUP). Needs --tls-key.
+    #[arg(long, value_name = "FILE", env = "BPFARM_REGISTRY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (reloaded on SIGHUP).
+    #[arg(long, value_name = "FILE", env = "BPFARM_REGISTRY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve /metrics (and /healthz) on this address instead, without tokens;
+    /// keep it private. Without it, /metrics is on --listen and obeys --require-read-token.
+    #[arg(long, value_name = "ADDR", env = "BPFARM_REGISTRY_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// A TOML file with any of: listen, data, require_read_token, max_object_bytes,
+    /// max_blob_bytes, oci_namespace, upload_ttl, max_connections, header_timeout,
+    /// idle_timeout, shutdown_timeout, tls_cert, tls_key, metrics_listen.
+    #[arg(long, value_name = "FILE", env = "BPFARM_REGISTRY_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -86,8 +146,16 @@ struct FileConfig {
     data: Option<PathBuf>,
     require_read_token: Option<bool>,
     max_object_bytes: Option<u64>,
+    max_blob_bytes: Option<u64>,
     oci_namespace: Option<String>,
     upload_ttl: Option<u64>,
+    max_connections: Option<usize>,
+    header_timeout: Option<u64>,
+    idle_timeout: Option<u64>,
+    shutdown_timeout: Option<u64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -96,50 +164,129 @@ enum ScopeArg {
     Read,
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Serve { listen, data, require_read_token, max_object_bytes, oci_namespace, upload_ttl, config } => {
-            let file: FileConfig = match &config {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
-                }
-                None => FileConfig::default(),
-            };
-            let defaults = Settings::default();
-            let listen = listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
-            let data = data.or(file.data).context("no data folder: pass --data DIR (or data = \"...\" in --config)")?;
-            let settings = Settings {
-                require_read_token: require_read_token
-                    .or(file.require_read_token)
-                    .unwrap_or(defaults.require_read_token),
-                max_object_bytes: max_object_bytes.or(file.max_object_bytes).unwrap_or(defaults.max_object_bytes),
-                oci_namespace: oci_namespace.or(file.oci_namespace).unwrap_or_else(|| defaults.oci_namespace.clone()),
-                upload_ttl: upload_ttl
-                    .or(file.upload_ttl)
-                    .map(std::time::Duration::from_secs)
-                    .unwrap_or(defaults.upload_ttl),
-                ..defaults.clone()
-            };
-            let repo = format!("{}/{}", settings.oci_namespace, bpfarm_object::oci::REPOSITORY);
-            anyhow::ensure!(
-                bpfarm_registry::oci::valid_repo(&repo),
-                "--oci-namespace {:?} makes {repo:?}, not a valid OCI repository name",
-                settings.oci_namespace
-            );
-            let state = open(&data, settings).await?;
-            let listener =
-                tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
-            // Tests and scripts wait for this line instead of sleeping.
-            println!("listening on http://{}", listener.local_addr()?);
-            axum::serve(listener, app(state)).with_graceful_shutdown(shutdown()).await?;
-            Ok(())
+fn seconds(name: &str, v: Option<u64>, default: Duration) -> anyhow::Result<Duration> {
+    match v {
+        Some(0) => anyhow::bail!("--{name} must be at least 1 second"),
+        Some(s) => Ok(Duration::from_secs(s)),
+        None => Ok(default),
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let file: FileConfig = match &a.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
         }
+        None => FileConfig::default(),
+    };
+    let defaults = Settings::default();
+    let listen = a.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let data = a.data.or(file.data).context("no data folder: pass --data DIR (or data = \"...\" in --config)")?;
+    let metrics_listen = a.metrics_listen.or(file.metrics_listen);
+    let settings = Settings {
+        require_read_token: a.require_read_token.or(file.require_read_token).unwrap_or(defaults.require_read_token),
+        max_object_bytes: a.max_object_bytes.or(file.max_object_bytes).unwrap_or(defaults.max_object_bytes),
+        max_blob_bytes: a.max_blob_bytes.or(file.max_blob_bytes).unwrap_or(defaults.max_blob_bytes),
+        oci_namespace: a.oci_namespace.or(file.oci_namespace).unwrap_or_else(|| defaults.oci_namespace.clone()),
+        upload_ttl: a.upload_ttl.or(file.upload_ttl).map(Duration::from_secs).unwrap_or(defaults.upload_ttl),
+        metrics_on_api: metrics_listen.is_none(),
+    };
+    let repo = bpfarm_registry::faces::canonical_repo(&settings.oci_namespace);
+    anyhow::ensure!(
+        bpfarm_registry::oci::valid_repo(&repo),
+        "--oci-namespace {:?} makes {repo:?}, not a valid OCI repository name",
+        settings.oci_namespace
+    );
+    let sd = ServerSettings::default();
+    let (max_connections, warning) =
+        server::fit_connections(a.max_connections.or(file.max_connections), sd.max_connections)?;
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
+    let server_settings = ServerSettings {
+        header_timeout: seconds("header-timeout", a.header_timeout.or(file.header_timeout), sd.header_timeout)?,
+        idle_timeout: seconds("idle-timeout", a.idle_timeout.or(file.idle_timeout), sd.idle_timeout)?,
+        shutdown_timeout: seconds(
+            "shutdown-timeout",
+            a.shutdown_timeout.or(file.shutdown_timeout),
+            sd.shutdown_timeout,
+        )?,
+        max_connections,
+    };
+    let tls = match (a.tls_cert.or(file.tls_cert), a.tls_key.or(file.tls_key)) {
+        (Some(cert), Some(key)) => Some(ReloadingCert::load(TlsFiles { cert, key })?),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
+    // Signal handlers first: a failure here is a setup error, not a hang later.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+
+    let state = open(&data, settings).await?;
+    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
+    let metrics_listener = match &metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} for metrics"))?,
+        ),
+        None => None,
+    };
+    let acceptor = tls.as_ref().map(|t| t.acceptor()).transpose()?;
+    // Tests and scripts wait for the "listening on" line instead of sleeping;
+    // it is the last thing written to stdout.
+    if let Some(l) = &metrics_listener {
+        println!("metrics on http://{}", l.local_addr()?);
+    }
+    println!("listening on {}://{}", if tls.is_some() { "https" } else { "http" }, listener.local_addr()?);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reload = tls.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => match &reload {
+                    Some(cert) => match cert.reload() {
+                        Ok(()) => tracing::info!(cert = %cert.files().cert.display(), "TLS certificate reloaded"),
+                        Err(e) => tracing::error!("TLS reload failed, still serving the previous certificate: {e}"),
+                    },
+                    None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+                },
+            }
+        }
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let metrics = state.metrics().clone();
+    let api = server::serve(
+        listener,
+        app(state.clone()),
+        server_settings.clone(),
+        acceptor,
+        metrics.clone(),
+        stop_rx.clone(),
+    );
+    let private = async {
+        if let Some(l) = metrics_listener {
+            let settings = ServerSettings { max_connections: 16, ..server_settings.clone() };
+            server::serve(l, metrics_app(state.clone()), settings, None, metrics.clone(), stop_rx.clone()).await;
+        }
+    };
+    tokio::join!(api, private);
+    let _ = tokio::time::timeout(Duration::from_secs(1), state.repo.close()).await;
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(a) => serve(*a).await.map(|()| ExitCode::SUCCESS),
         Command::Export { data, out, versions, arches } => {
             for a in &arches {
                 a.parse::<bpfarm_object::Arch>()?;
             }
-            let state = open(&data, Settings::default()).await?;
+            let state = open_tool(&data, Settings::default()).await?;
             let n = bpfarm_registry::export::export(
                 &state.repo,
                 &state.blobs,
@@ -148,10 +295,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await?;
             println!("exported {n} objects to {}", out.display());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fsck { data, repair, oci_namespace } => {
+            anyhow::ensure!(
+                data.join("index.sqlite").is_file(),
+                "{} holds no registry (no index.sqlite)",
+                data.display()
+            );
+            let state = open_tool(&data, Settings::default()).await?;
+            let oci_repo = bpfarm_registry::faces::canonical_repo(&oci_namespace);
+            let report = bpfarm_registry::fsck::fsck(&state.repo, &state.blobs, &oci_repo, repair).await?;
+            for f in &report.fixed {
+                println!("fixed: {f}");
+            }
+            for p in &report.problems {
+                println!("problem: {p}");
+            }
+            println!(
+                "fsck: {} blobs re-hashed, {} object rows checked: {} fixed, {} problems{}",
+                report.blobs_checked,
+                report.objects_checked,
+                report.fixed.len(),
+                report.problems.len(),
+                if report.problems.is_empty() || repair { "" } else { " (--repair fixes what it can)" }
+            );
+            Ok(if report.clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Token(TokenCommand::Create { data, name, scope }) => {
-            let state = open(&data, Settings::default()).await?;
+            let state = open_tool(&data, Settings::default()).await?;
             let token = tokens::generate();
             let scope = match scope {
                 ScopeArg::Push => Scope::Push,
@@ -165,16 +337,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("storing token {name:?} (names are unique)"))?;
             eprintln!("created {} token {name:?}; it is shown only now:", scope.as_str());
             println!("{token}");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-async fn shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 
@@ -184,12 +348,22 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bpfarm-registry: error: starting the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = match rt.block_on(run(cli)) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("bpfarm-registry: error: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    // Blocking file work still queued must not hold the exit past the
+    // shutdown deadline.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    code
 }

@@ -1,34 +1,50 @@
 //! The OCI distribution API (`/v2/`) over the same store as `/v1`: blobs,
 //! chunked and monolithic uploads with cross-repository mounts, manifests
-//! by tag or digest (exact bytes, references checked), tags, catalog and
-//! referrers, OCI error codes, Basic and Bearer auth with the same tokens.
+//! by tag or digest (exact bytes, validated in full before anything is
+//! stored), tags, catalog and referrers, OCI error codes. Authentication is
+//! the `auth` middleware (Basic and Bearer, the same tokens as `/v1`).
 //!
-//! An image manifest in bpfarm's artifact format pushed here also becomes a
-//! `/v1` object (and shows on the coverage page); `publish` writes the OCI
-//! form of every `/v1` object (see `mirror_object`).
+//! An image manifest in bpfarm's artifact format pushed here goes through
+//! the `/v1` publish rules and becomes current in both faces in the same
+//! transaction that stores it. In `<namespace>/tracee-bpf` the tags that
+//! carry `/v1` objects' OCI form only ever name an index that reaches those
+//! objects, and what they name cannot be deleted through `/v2`.
 
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use bpfarm_object::{Arch, Digest, Identity, KernelFacts, ObjectMetadata, oci};
+use bpfarm_object::{Arch, Digest, oci};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
 use crate::blobs::BlobError;
-use crate::repo::Scope;
+use crate::faces::{self, Held};
+use crate::manifest::{self, Kind};
+use crate::metrics::RouteLabel;
+use crate::publish::PublishError;
+use crate::repo::{NewManifest, WriteTx};
 use crate::routes::AppState;
+
+/// Largest manifest accepted.
+pub const MANIFEST_LIMIT: u64 = 4 << 20;
 
 /// An OCI error: status, spec code, message.
 #[derive(Debug)]
 pub struct OciError(StatusCode, &'static str, String);
+
+impl OciError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self(status, code, message.into())
+    }
+}
 
 impl IntoResponse for OciError {
     fn into_response(self) -> Response {
         let mut r = (self.0, axum::Json(json!({ "errors": [{ "code": self.1, "message": self.2, "detail": null }] })))
             .into_response();
         if self.0 == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, "Basic realm=\"bpfarm\"".parse().expect("static header"));
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"bpfarm\""));
         }
         r
     }
@@ -51,6 +67,7 @@ impl From<BlobError> for OciError {
             BlobError::DigestMismatch { .. } => err(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e.to_string()),
             BlobError::TooLarge { .. } => err(StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID", e.to_string()),
             BlobError::Body(m) => err(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", m),
+            BlobError::Missing(_) => err(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", e.to_string()),
             BlobError::Io(io) => {
                 tracing::error!("blob store: {io}");
                 err(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "blob store error")
@@ -59,39 +76,34 @@ impl From<BlobError> for OciError {
     }
 }
 
+impl From<PublishError> for OciError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::Identity(_) | PublishError::FileName { .. } => {
+                err(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", e.to_string())
+            }
+            PublishError::BlobUnknown(_) => err(StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN", e.to_string()),
+            PublishError::Size { .. } => err(StatusCode::BAD_REQUEST, "SIZE_INVALID", e.to_string()),
+            PublishError::Conflict { .. } => err(
+                StatusCode::CONFLICT,
+                "MANIFEST_INVALID",
+                format!("{e} (through /v1: POST /v1/objects?replace=true)"),
+            ),
+            PublishError::Store(s) => {
+                tracing::error!("store: {s}");
+                err(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "store error")
+            }
+        }
+    }
+}
+
+impl From<manifest::Invalid> for OciError {
+    fn from(e: manifest::Invalid) -> Self {
+        err(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", e.0)
+    }
+}
+
 type OciResult = Result<Response, OciError>;
-
-/// The token in `Authorization: Bearer <t>` or `Basic base64(user:<t>)`.
-fn credential(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    if let Some(t) = v.strip_prefix("Bearer ") {
-        return Some(t.trim().to_owned());
-    }
-    let b = v.strip_prefix("Basic ")?;
-    use base64::Engine;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(b.trim()).ok()?;
-    let s = String::from_utf8(decoded).ok()?;
-    Some(s.split_once(':').map(|(_, p)| p).unwrap_or(&s).to_owned())
-}
-
-async fn authorize(s: &AppState, headers: &HeaderMap, need: Scope) -> Result<(), OciError> {
-    if need == Scope::Read && !s.settings.require_read_token {
-        return Ok(());
-    }
-    let Some(token) = credential(headers) else {
-        return Err(err(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            format!("authentication required ({} token)", need.as_str()),
-        ));
-    };
-    match crate::tokens::scope_of(&token, &s.repo.token_hashes().await?) {
-        Some(Scope::Push) => Ok(()),
-        Some(Scope::Read) if need == Scope::Read => Ok(()),
-        Some(Scope::Read) => Err(err(StatusCode::FORBIDDEN, "DENIED", "this token may pull, not push")),
-        None => Err(err(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "unknown token")),
-    }
-}
 
 /// OCI repository names: `/`-separated components of lowercase letters and
 /// digits joined by `.`, `_`, `__` or `-`s.
@@ -127,24 +139,17 @@ fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-/// `GET /v2/`: the API version check (and the auth challenge).
-/// An uncredentialed ping always gets the Basic challenge, as registries
-/// with auth answer it: clients learn to send credentials when they have
-/// them (pushes), and pull anonymously (where allowed) when they do not.
-pub async fn base(State(s): State<AppState>, headers: HeaderMap) -> OciResult {
-    if credential(&headers).is_none() {
-        return Err(err(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            "authentication required to push; pulls may be anonymous",
-        ));
-    }
-    authorize(&s, &headers, Scope::Read).await?;
-    Ok(([("docker-distribution-api-version", "registry/2.0")], axum::Json(json!({}))).into_response())
+/// `GET /v2/`: the API version check. The `auth` middleware has already
+/// answered an uncredentialed ping with the Basic challenge (as registries
+/// with auth do: clients learn to send credentials when they have them,
+/// and pull anonymously, where allowed, when they do not).
+pub async fn base() -> OciResult {
+    Ok(axum::Json(json!({})).into_response())
 }
 
 /// Everything under `/v2/<name>/...`, dispatched on the path's shape (names
-/// contain `/`, so this is not expressible as fixed routes).
+/// contain `/`, so this is not expressible as fixed routes). The response
+/// carries the endpoint's route template for the metrics.
 pub async fn dispatch(
     State(s): State<AppState>,
     method: Method,
@@ -152,29 +157,29 @@ pub async fn dispatch(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
-) -> OciResult {
+) -> Response {
     let path = uri.path().strip_prefix("/v2/").unwrap_or("");
-    let mut r = if path == "_catalog" {
-        catalog(&s, &headers, &q).await
+    let (route, r) = if path == "_catalog" {
+        ("/v2/_catalog", catalog(&s, &q).await)
     } else if let Some(repo) = path.strip_suffix("/tags/list") {
-        tags(&s, repo, &headers, &q).await
+        ("/v2/{name}/tags/list", tags(&s, repo, &q).await)
     } else if let Some((repo, reference)) = path.rsplit_once("/manifests/") {
-        manifest(&s, &method, repo, reference, &headers, body).await
+        ("/v2/{name}/manifests/{reference}", manifest(&s, &method, repo, reference, &headers, body).await)
     } else if let Some((repo, digest)) = path.rsplit_once("/referrers/") {
-        referrers(&s, repo, digest, &headers, &q).await
+        ("/v2/{name}/referrers/{digest}", referrers(&s, repo, digest, &q).await)
     } else if let Some((repo, id)) = path.rsplit_once("/blobs/uploads/") {
-        upload(&s, &method, repo, id, &headers, &q, body).await
+        let route = if id.is_empty() { "/v2/{name}/blobs/uploads/" } else { "/v2/{name}/blobs/uploads/{id}" };
+        (route, upload(&s, &method, repo, id, &headers, &q, body).await)
     } else if let Some(repo) = path.strip_suffix("/blobs/uploads") {
-        upload(&s, &method, repo, "", &headers, &q, body).await
+        ("/v2/{name}/blobs/uploads/", upload(&s, &method, repo, "", &headers, &q, body).await)
     } else if let Some((repo, digest)) = path.rsplit_once("/blobs/") {
-        blob(&s, &method, repo, digest, &headers).await
+        ("/v2/{name}/blobs/{digest}", blob(&s, &method, repo, digest, &headers).await)
     } else {
-        Err(err(StatusCode::NOT_FOUND, "NAME_UNKNOWN", format!("no such endpoint /v2/{path}")))
+        ("other", Err(err(StatusCode::NOT_FOUND, "NAME_UNKNOWN", format!("no such endpoint /v2/{path}"))))
     };
-    if let Ok(resp) = &mut r {
-        resp.headers_mut().insert("docker-distribution-api-version", "registry/2.0".parse().expect("static header"));
-    }
-    r
+    let mut resp = r.unwrap_or_else(IntoResponse::into_response);
+    resp.extensions_mut().insert(RouteLabel(route));
+    resp
 }
 
 fn check_repo(repo: &str) -> Result<(), OciError> {
@@ -185,24 +190,42 @@ fn check_repo(repo: &str) -> Result<(), OciError> {
     }
 }
 
+/// Refuses a `/v2` delete that would take a current `/v1` object's OCI
+/// form out of `<namespace>/tracee-bpf`.
+fn held_by_v1(repo: &str, what: &str) -> OciError {
+    err(
+        StatusCode::CONFLICT,
+        "DENIED",
+        format!("{what} in {repo} is the OCI form of a current /v1 object; it changes only when the object does"),
+    )
+}
+
 async fn blob(s: &AppState, method: &Method, repo: &str, digest: &str, headers: &HeaderMap) -> OciResult {
     check_repo(repo)?;
     let d = parse_digest(digest)?;
     if *method == Method::DELETE {
-        authorize(s, headers, Scope::Push).await?;
-        return if s.repo.oci_unlink(repo, d.as_str()).await? {
+        let mut tx = s.repo.begin_write().await?;
+        if repo == faces::canonical_repo(&s.settings.oci_namespace)
+            && (tx.is_current_object(d.as_str()).await?
+                || (d == Digest::of_bytes(oci::EMPTY_CONFIG) && tx.count_current().await? > 0))
+        {
+            return Err(held_by_v1(repo, &format!("blob {d}")));
+        }
+        let gone = tx.unlink(repo, d.as_str()).await?;
+        tx.commit().await?;
+        return if gone {
             Ok(StatusCode::ACCEPTED.into_response())
         } else {
             Err(err(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", format!("{repo} has no blob {d}")))
         };
     }
-    authorize(s, headers, Scope::Read).await?;
+    if *method != Method::GET && *method != Method::HEAD {
+        return Err(err(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", "GET, HEAD or DELETE a blob"));
+    }
     if !s.repo.oci_linked(repo, d.as_str()).await? {
         return Err(err(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", format!("{repo} has no blob {d}")));
     }
-    crate::routes::serve_blob(s, &d, headers, *method == Method::HEAD)
-        .await
-        .map_err(|e| err(e.status(), "BLOB_UNKNOWN", e.message().to_owned()))
+    Ok(crate::routes::serve_blob(s, &d, headers, *method == Method::HEAD).await?)
 }
 
 fn upload_location(repo: &str, id: &str) -> String {
@@ -245,8 +268,11 @@ async fn upload(
     body: Body,
 ) -> OciResult {
     check_repo(repo)?;
-    authorize(s, headers, Scope::Push).await?;
     let limit = s.settings.max_blob_bytes;
+    // A declared length over the limit is refused before the body is read.
+    if crate::routes::content_length(headers).is_some_and(|n| n > limit) {
+        return Err(BlobError::TooLarge { limit }.into());
+    }
     if id.is_empty() {
         if *method != Method::POST {
             return Err(err(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", "start an upload with POST"));
@@ -270,7 +296,7 @@ async fn upload(
             return Ok(blob_created(repo, &d));
         }
         let mut raw = [0u8; 16];
-        getrandom::fill(&mut raw).expect("OS randomness");
+        getrandom::fill(&mut raw).map_err(|e| BlobError::Io(std::io::Error::other(format!("OS randomness: {e}"))))?;
         let id = hex::encode(raw);
         tokio::fs::File::create(s.blobs.upload_path(&id)).await.map_err(BlobError::Io)?;
         s.repo.oci_upload_start(&id, repo, unix_now()).await?;
@@ -296,8 +322,12 @@ async fn upload(
                 if start != Some(size) {
                     let mut r = upload_state(repo, id, size, StatusCode::RANGE_NOT_SATISFIABLE);
                     *r.body_mut() = Body::from(json!({ "errors": [{ "code": "BLOB_UPLOAD_INVALID", "message": format!("chunk starts at {range}, the upload is at {size}") }] }).to_string());
+                    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                     return Ok(r);
                 }
+            }
+            if crate::routes::content_length(headers).is_some_and(|n| size.saturating_add(n) > limit) {
+                return Err(BlobError::TooLarge { limit }.into());
             }
             let size = s.blobs.append(id, body.into_data_stream(), limit).await?;
             if *method == Method::PATCH {
@@ -328,15 +358,18 @@ async fn manifest(
     check_repo(repo)?;
     match *method {
         Method::GET | Method::HEAD => {
-            authorize(s, headers, Scope::Read).await?;
-            let m = s.repo.oci_manifest(repo, reference).await?.ok_or_else(|| {
-                err(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", format!("{repo} has no manifest {reference}"))
-            })?;
+            let unknown =
+                || err(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", format!("{repo} has no manifest {reference}"));
+            let m = s.repo.oci_manifest(repo, reference).await?.ok_or_else(unknown)?;
             let d = parse_digest(&m.digest)?;
             let bytes = if *method == Method::HEAD {
                 Vec::new()
             } else {
-                tokio::fs::read(s.blobs.path(&d)).await.map_err(BlobError::Io)?
+                match s.blobs.read(&d).await {
+                    Ok(b) => b,
+                    Err(BlobError::Missing(_)) => return Err(unknown()),
+                    Err(e) => return Err(e.into()),
+                }
             };
             let mut r = (
                 StatusCode::OK,
@@ -352,25 +385,31 @@ async fn manifest(
             Ok(r)
         }
         Method::DELETE => {
-            authorize(s, headers, Scope::Push).await?;
-            if s.repo.oci_delete_manifest(repo, reference).await? {
+            let mut tx = s.repo.begin_write().await?;
+            if repo == faces::canonical_repo(&s.settings.oci_namespace)
+                && holds_v1_form(s, &mut tx, repo, reference).await?
+            {
+                return Err(held_by_v1(repo, reference));
+            }
+            let gone = tx.delete_manifest(repo, reference).await?;
+            tx.commit().await?;
+            if gone {
                 Ok(StatusCode::ACCEPTED.into_response())
             } else {
                 Err(err(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", format!("{repo} has no manifest {reference}")))
             }
         }
         Method::PUT => {
-            authorize(s, headers, Scope::Push).await?;
-            let bytes = axum::body::to_bytes(body, 4 << 20).await.map_err(|e| {
-                err(
+            let bytes = crate::routes::read_limited(body, headers, MANIFEST_LIMIT).await.map_err(|e| match e {
+                BlobError::TooLarge { .. } => err(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "MANIFEST_INVALID",
-                    format!("manifest over 4 MiB or unreadable: {e}"),
-                )
+                    format!("manifests are limited to {MANIFEST_LIMIT} bytes"),
+                ),
+                e => e.into(),
             })?;
             let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-            let digest = put_manifest(s, repo, reference, &bytes, &content_type).await?;
-            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let (digest, subject) = put_manifest(s, repo, reference, &bytes, &content_type).await?;
             let mut r = (
                 StatusCode::CREATED,
                 [
@@ -380,11 +419,10 @@ async fn manifest(
                 "",
             )
                 .into_response();
-            if let Some(subject) = v["subject"]["digest"].as_str() {
-                r.headers_mut().insert(
-                    "oci-subject",
-                    subject.parse().map_err(|_| err(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", "bad subject"))?,
-                );
+            if let Some(subject) = subject
+                && let Ok(v) = HeaderValue::from_str(subject.as_str())
+            {
+                r.headers_mut().insert("oci-subject", v);
             }
             Ok(r)
         }
@@ -392,15 +430,150 @@ async fn manifest(
     }
 }
 
+/// Whether `reference` (a tag or a manifest digest) in the canonical
+/// repository carries a current object's OCI form: a tag recorded for one,
+/// the index such a tag names, or a bpfarm manifest whose layer is current.
+async fn holds_v1_form(s: &AppState, tx: &mut WriteTx, repo: &str, reference: &str) -> Result<bool, OciError> {
+    if !reference.starts_with("sha256:") {
+        return Ok(!tx.objects_with_tag(reference).await?.is_empty());
+    }
+    for tag in tx.tags_of(repo, reference).await? {
+        if !tx.objects_with_tag(&tag).await?.is_empty() {
+            return Ok(true);
+        }
+    }
+    let Ok(d) = reference.parse::<Digest>() else { return Ok(false) };
+    if tx.manifest(repo, d.as_str()).await?.is_none() {
+        return Ok(false);
+    }
+    let bytes = match s.blobs.read(&d).await {
+        Ok(b) => b,
+        Err(BlobError::Missing(_)) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    match v["layers"][0]["digest"].as_str() {
+        Some(layer) if v["artifactType"] == oci::ARTIFACT_TYPE => Ok(tx.is_current_object(layer).await?),
+        _ => Ok(false),
+    }
+}
+
+/// Everything a manifest references must be in `repo`, with the sizes it
+/// claims: blobs for an image manifest, manifests (by digest) for an index.
+async fn check_references(
+    s: &AppState,
+    tx: &mut WriteTx,
+    repo: &str,
+    doc: &manifest::Manifest,
+) -> Result<(), OciError> {
+    match &doc.kind {
+        Kind::Image { config, layers } => {
+            for d in std::iter::once(config).chain(layers) {
+                let stored =
+                    if tx.linked(repo, d.digest.as_str()).await? { s.blobs.size(&d.digest).await } else { None };
+                match stored {
+                    None => {
+                        return Err(err(
+                            StatusCode::BAD_REQUEST,
+                            "MANIFEST_BLOB_UNKNOWN",
+                            format!("the manifest references blob {}, which {repo} does not have", d.digest),
+                        ));
+                    }
+                    Some(n) if n != d.size => {
+                        return Err(err(
+                            StatusCode::BAD_REQUEST,
+                            "SIZE_INVALID",
+                            format!("the manifest says blob {} has {} bytes; it has {n}", d.digest, d.size),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Kind::Index { manifests } => {
+            for d in manifests {
+                match tx.manifest(repo, d.digest.as_str()).await? {
+                    None => {
+                        return Err(err(
+                            StatusCode::BAD_REQUEST,
+                            "MANIFEST_BLOB_UNKNOWN",
+                            format!("the index references {}, which {repo} does not have", d.digest),
+                        ));
+                    }
+                    Some(m) if u64::try_from(m.size).ok() != Some(d.size) => {
+                        return Err(err(
+                            StatusCode::BAD_REQUEST,
+                            "SIZE_INVALID",
+                            format!("the index says manifest {} has {} bytes; it has {}", d.digest, d.size, m.size),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// In the canonical repository, a tag that carries `/v1` objects' OCI form
+/// may only name an index that reaches each of them.
+async fn check_canonical_tag(
+    s: &AppState,
+    tx: &mut WriteTx,
+    repo: &str,
+    tag: &str,
+    doc: &manifest::Manifest,
+    bytes: &[u8],
+    adopting: Option<&bpfarm_object::ObjectMetadata>,
+) -> Result<(), OciError> {
+    let held = tx.objects_with_tag(tag).await?;
+    let becomes_held = adopting.is_some_and(|m| {
+        let id = &m.identity;
+        tag == oci::tag(&id.kernel_release, &id.version, false)
+            || tag == oci::tag(&id.kernel_release, &id.version, true)
+    });
+    if held.is_empty() && !becomes_held {
+        return Ok(());
+    }
+    if !doc.is_index() {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "MANIFEST_INVALID",
+            format!(
+                "tag {tag} in {repo} carries /v1 objects and names their image index; push the manifest by digest (the registry writes the index)"
+            ),
+        ));
+    }
+    for (arch, digest, size) in &held {
+        let Some(arch) = Arch::from_any(arch) else { continue };
+        let h = Held { arch, digest, size: (*size).max(0) as u64 };
+        if let Err(why) = faces::index_reaches(tx, &s.blobs, repo, bytes, &h).await.map_err(|e| {
+            tracing::error!("checking tag {tag}: {e}");
+            err(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "store error")
+        })? {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                "MANIFEST_INVALID",
+                format!("tag {tag} in {repo} must reach the {arch} object /v1 holds ({digest}): {why}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Stores a manifest's exact bytes under `reference` (a tag, or its own
-/// digest) after checking what it references is in `repo`.
+/// digest) once it is fully valid: well-formed, everything it references
+/// in `repo` with the right sizes, a bpfarm artifact through the publish
+/// rules, a canonical tag still reaching `/v1`'s objects. Storing it, its
+/// tag and (for a bpfarm artifact) the object in both faces is one
+/// transaction. Returns its digest and its subject's.
 pub async fn put_manifest(
     s: &AppState,
     repo: &str,
     reference: &str,
     bytes: &[u8],
     content_type: &str,
-) -> Result<Digest, OciError> {
+) -> Result<(Digest, Option<Digest>), OciError> {
     let digest = Digest::of_bytes(bytes);
     let tag = if reference.starts_with("sha256:") {
         if parse_digest(reference)? != digest {
@@ -416,146 +589,45 @@ pub async fn put_manifest(
     } else {
         return Err(err(StatusCode::BAD_REQUEST, "TAG_INVALID", format!("invalid tag {reference:?}")));
     };
-    let v: Value = serde_json::from_slice(bytes)
-        .map_err(|e| err(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", format!("not JSON: {e}")))?;
-    let media_type = v["mediaType"].as_str().map(str::to_owned).unwrap_or_else(|| content_type.to_owned());
-    if media_type.is_empty() {
-        return Err(err(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", "no mediaType in the manifest or Content-Type"));
+    let doc = manifest::parse(bytes, content_type)?;
+    let artifact = doc.bpfarm_object()?;
+    if let Some(meta) = &artifact {
+        crate::publish::check(&s.blobs, meta).await?;
     }
-    if !content_type.is_empty() && v["mediaType"].is_string() && content_type != media_type {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            "MANIFEST_INVALID",
-            format!("Content-Type {content_type} differs from the manifest's mediaType {media_type}"),
-        ));
+    let canonical = faces::canonical_repo(&s.settings.oci_namespace);
+    let mut tx = s.repo.begin_write().await?;
+    check_references(s, &mut tx, repo, &doc).await?;
+    if let Some(meta) = &artifact
+        && let Some(row) = tx.current(&meta.identity).await?
+        && row.digest != meta.digest.as_str()
+    {
+        return Err(PublishError::Conflict { identity: meta.identity.clone(), existing: row.digest }.into());
     }
-    // Everything it references must already be here.
-    if let Some(children) = v["manifests"].as_array() {
-        for c in children {
-            let d = c["digest"].as_str().unwrap_or("");
-            if s.repo.oci_manifest(repo, d).await?.is_none() {
-                return Err(err(
-                    StatusCode::BAD_REQUEST,
-                    "MANIFEST_BLOB_UNKNOWN",
-                    format!("the index references {d}, which {repo} does not have"),
-                ));
-            }
-        }
-    } else {
-        let mut refs: Vec<&Value> = v["layers"].as_array().map(|l| l.iter().collect()).unwrap_or_default();
-        if !v["config"].is_null() {
-            refs.push(&v["config"]);
-        }
-        for r in refs {
-            let d = r["digest"].as_str().unwrap_or("");
-            if !s.repo.oci_linked(repo, d).await? {
-                return Err(err(
-                    StatusCode::BAD_REQUEST,
-                    "MANIFEST_BLOB_UNKNOWN",
-                    format!("the manifest references blob {d}, which {repo} does not have"),
-                ));
-            }
-        }
+    if repo == canonical
+        && let Some(tag) = tag
+    {
+        check_canonical_tag(s, &mut tx, repo, tag, &doc, bytes, artifact.as_ref()).await?;
     }
+    // Valid: now store.
     s.blobs.put_bytes(bytes).await?;
-    let artifact_type =
-        v["artifactType"].as_str().or_else(|| v["config"]["mediaType"].as_str().filter(|_| v["manifests"].is_null()));
-    let annotations = v.get("annotations").map(|a| a.to_string());
-    s.repo
-        .oci_put_manifest(
-            repo,
-            digest.as_str(),
-            &media_type,
-            bytes.len() as i64,
-            artifact_type,
-            v["subject"]["digest"].as_str(),
-            annotations.as_deref(),
-            tag,
-            &now(),
-        )
-        .await?;
-    // bpfarm's own artifacts also become /v1 objects.
-    if v["artifactType"] == oci::ARTIFACT_TYPE && v["layers"].is_array() {
-        adopt_object(s, &v).await;
+    let now = now();
+    tx.put_manifest(&NewManifest {
+        repo,
+        digest: digest.as_str(),
+        media_type: &doc.media_type,
+        size: bytes.len() as i64,
+        artifact_type: doc.reported_artifact_type(),
+        subject: doc.subject.as_ref().map(|d| d.digest.as_str()),
+        annotations: doc.annotations.as_deref(),
+        tag,
+        now: &now,
+    })
+    .await?;
+    if let Some(meta) = &artifact {
+        crate::publish::make_current(&mut tx, &s.blobs, &canonical, meta, false).await?;
     }
-    Ok(digest)
-}
-
-/// Registers an artifact pushed through `/v2` as a `/v1` object (from its
-/// annotations and layer), unless its identity already has another object.
-async fn adopt_object(s: &AppState, v: &Value) {
-    let a = &v["annotations"];
-    let layer = &v["layers"][0];
-    let (Some(release), Some(arch), Some(version), Some(digest), Some(size)) = (
-        a[oci::ANN_RELEASE].as_str(),
-        a[oci::ANN_ARCH].as_str().and_then(Arch::from_any),
-        a[oci::ANN_VERSION].as_str(),
-        layer["digest"].as_str(),
-        layer["size"].as_u64(),
-    ) else {
-        tracing::warn!("a bpfarm artifact without release, arch, version or layer; not indexed");
-        return;
-    };
-    let (Ok(identity), Ok(digest)) = (Identity::new(release, arch, version), digest.parse::<Digest>()) else {
-        tracing::warn!(release, version, "a bpfarm artifact with an invalid identity; not indexed");
-        return;
-    };
-    let meta = ObjectMetadata {
-        file_name: identity.file_name(),
-        identity,
-        digest,
-        size,
-        kernel: KernelFacts::default(),
-        build_mode: "unknown (pushed through OCI)".into(),
-        sources: vec![],
-        program_digest: Digest::of_bytes(b""),
-        compiler: bpfarm_object::Compiler { clang: "unknown (pushed through OCI)".into(), llc: None },
-        flags: vec![],
-        built_at: String::new(),
-    };
-    match s.repo.insert(&meta, false, &now()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(existing)) if existing.digest == meta.digest.as_str() => {}
-        Ok(Err(existing)) => {
-            tracing::warn!(release, version, held = %existing.digest, pushed = %meta.digest, "OCI push of a different object for a held identity; /v1 keeps the held one")
-        }
-        Err(e) => tracing::error!("indexing an OCI artifact: {e}"),
-    }
-}
-
-/// Writes the OCI form of a `/v1` object into `<namespace>/tracee-bpf`:
-/// the empty config, the layer link, the manifest, and the (merged) index
-/// under the object's tag.
-pub async fn mirror_object(s: &AppState, meta: &ObjectMetadata) -> Result<(), OciError> {
-    let repo = format!("{}/{}", s.settings.oci_namespace, oci::REPOSITORY);
-    let id = &meta.identity;
-    let empty = s.blobs.put_bytes(oci::EMPTY_CONFIG).await?;
-    s.repo.oci_link(&repo, empty.as_str()).await?;
-    s.repo.oci_link(&repo, meta.digest.as_str()).await?;
-    let manifest = oci::manifest(meta);
-    let md =
-        put_manifest(s, &repo, &Digest::of_bytes(&manifest).to_string(), &manifest, oci::MANIFEST_MEDIA_TYPE).await?;
-    // The plain tag, unless another release already holds it.
-    let mut tag = oci::tag(&id.kernel_release, &id.version, false);
-    let existing = match s.repo.oci_manifest(&repo, &tag).await? {
-        Some(m)
-            if m.annotations
-                .as_deref()
-                .and_then(|a| serde_json::from_str::<Value>(a).ok())
-                .is_some_and(|a| a[oci::ANN_RELEASE] != id.kernel_release.as_str()) =>
-        {
-            tag = oci::tag(&id.kernel_release, &id.version, true);
-            s.repo.oci_manifest(&repo, &tag).await?
-        }
-        other => other,
-    };
-    let old = match existing {
-        Some(m) => Some(tokio::fs::read(s.blobs.path(&parse_digest(&m.digest)?)).await.map_err(BlobError::Io)?),
-        None => None,
-    };
-    let index = oci::index(&id.kernel_release, &id.version, old.as_deref(), id.arch, &md, manifest.len() as u64);
-    put_manifest(s, &repo, &tag, &index, oci::INDEX_MEDIA_TYPE).await?;
-    Ok(())
+    tx.commit().await?;
+    Ok((digest, doc.subject.map(|d| d.digest)))
 }
 
 fn page_params(q: &HashMap<String, String>) -> Result<(String, i64), OciError> {
@@ -570,9 +642,8 @@ fn page_params(q: &HashMap<String, String>) -> Result<(String, i64), OciError> {
     Ok((q.get("last").cloned().unwrap_or_default(), n.min(10_000)))
 }
 
-async fn tags(s: &AppState, repo: &str, headers: &HeaderMap, q: &HashMap<String, String>) -> OciResult {
+async fn tags(s: &AppState, repo: &str, q: &HashMap<String, String>) -> OciResult {
     check_repo(repo)?;
-    authorize(s, headers, Scope::Read).await?;
     if !s.repo.oci_repo_exists(repo).await? {
         return Err(err(StatusCode::NOT_FOUND, "NAME_UNKNOWN", format!("no repository {repo}")));
     }
@@ -584,35 +655,31 @@ async fn tags(s: &AppState, repo: &str, headers: &HeaderMap, q: &HashMap<String,
     if more && let Some(l) = tags.last() {
         r.headers_mut().insert(
             header::LINK,
-            format!("</v2/{repo}/tags/list?n={n}&last={l}>; rel=\"next\"").parse().expect("link header"),
+            HeaderValue::from_str(&format!("</v2/{repo}/tags/list?n={n}&last={l}>; rel=\"next\""))
+                .map_err(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "link header"))?,
         );
     }
     Ok(r)
 }
 
-async fn catalog(s: &AppState, headers: &HeaderMap, q: &HashMap<String, String>) -> OciResult {
-    authorize(s, headers, Scope::Read).await?;
+async fn catalog(s: &AppState, q: &HashMap<String, String>) -> OciResult {
     let (last, n) = page_params(q)?;
     let mut repos = s.repo.oci_catalog(&last, n + 1).await?;
     let more = repos.len() as i64 > n;
     repos.truncate(n as usize);
     let mut r = axum::Json(json!({ "repositories": repos })).into_response();
     if more && let Some(l) = repos.last() {
-        r.headers_mut()
-            .insert(header::LINK, format!("</v2/_catalog?n={n}&last={l}>; rel=\"next\"").parse().expect("link header"));
+        r.headers_mut().insert(
+            header::LINK,
+            HeaderValue::from_str(&format!("</v2/_catalog?n={n}&last={l}>; rel=\"next\""))
+                .map_err(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "link header"))?,
+        );
     }
     Ok(r)
 }
 
-async fn referrers(
-    s: &AppState,
-    repo: &str,
-    digest: &str,
-    headers: &HeaderMap,
-    q: &HashMap<String, String>,
-) -> OciResult {
+async fn referrers(s: &AppState, repo: &str, digest: &str, q: &HashMap<String, String>) -> OciResult {
     check_repo(repo)?;
-    authorize(s, headers, Scope::Read).await?;
     let d = parse_digest(digest)?;
     let filter = q.get("artifactType").map(String::as_str);
     let rows = s.repo.oci_referrers(repo, d.as_str(), filter).await?;
@@ -636,7 +703,7 @@ async fn referrers(
     )
         .into_response();
     if filter.is_some() {
-        r.headers_mut().insert("oci-filters-applied", "artifactType".parse().expect("static header"));
+        r.headers_mut().insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
     }
     Ok(r)
 }

@@ -1,12 +1,17 @@
 //! The sqlite index: the only module that runs SQL. One writer connection
 //! (sqlite has one writer anyway; queueing here beats SQLITE_BUSY) and a
 //! pool of readers, in WAL mode.
+//!
+//! Changes that must land together — an object row and its OCI form (tag,
+//! index, manifest, links) — go through one `WriteTx`: a `BEGIN IMMEDIATE`
+//! transaction on the writer, so concurrent publishes of one identity are
+//! serialised and both faces always name the same object.
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use bpfarm_object::ObjectMetadata;
+use bpfarm_object::{Identity, ObjectMetadata};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 #[derive(Debug, Clone)]
@@ -26,8 +31,30 @@ pub struct ObjectRow {
 }
 
 impl ObjectRow {
-    pub fn metadata(&self) -> ObjectMetadata {
-        serde_json::from_str(&self.metadata).expect("stored metadata was validated on publish")
+    /// The metadata as published (validated then; an error here means the
+    /// index was changed behind the registry's back).
+    pub fn metadata(&self) -> Result<ObjectMetadata, serde_json::Error> {
+        serde_json::from_str(&self.metadata)
+    }
+}
+
+/// Every object row, for `fsck`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ObjectCheckRow {
+    pub id: i64,
+    pub kernel_release: String,
+    pub arch: String,
+    pub version: String,
+    pub digest: String,
+    pub size: i64,
+    pub metadata: String,
+    pub current: i64,
+    pub oci_tag: Option<String>,
+}
+
+impl ObjectCheckRow {
+    pub fn metadata(&self) -> Result<ObjectMetadata, serde_json::Error> {
+        serde_json::from_str(&self.metadata)
     }
 }
 
@@ -143,57 +170,6 @@ impl Repo {
         .await
     }
 
-    /// Inserts `meta` as the current object of its identity, moving the
-    /// previous current one (if `replace`) into history, in one transaction.
-    /// Returns the previous current row when it blocked the insert.
-    pub async fn insert(
-        &self,
-        meta: &ObjectMetadata,
-        replace: bool,
-        now: &str,
-    ) -> Result<Result<(), ObjectRow>, sqlx::Error> {
-        let mut tx = self.writer.begin().await?;
-        let id = &meta.identity;
-        let existing: Option<ObjectRow> = sqlx::query_as(
-            "SELECT id, digest, size, metadata, published_at FROM objects WHERE current = 1 AND kernel_release = ? AND arch = ? AND version = ?",
-        )
-        .bind(&id.kernel_release)
-        .bind(id.arch.uname())
-        .bind(&id.version)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = existing {
-            if !replace {
-                return Ok(Err(row));
-            }
-            sqlx::query("UPDATE objects SET current = 0 WHERE id = ?").bind(row.id).execute(&mut *tx).await?;
-        }
-        sqlx::query(
-            "INSERT INTO objects (kernel_release, arch, version, file_name, digest, size, uname_version, config_digest, metadata, published_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&id.kernel_release)
-        .bind(id.arch.uname())
-        .bind(&id.version)
-        .bind(&meta.file_name)
-        .bind(meta.digest.as_str())
-        .bind(meta.size as i64)
-        .bind(&meta.kernel.uname_version)
-        .bind(meta.kernel.config_digest.as_ref().map(|d| d.as_str()))
-        .bind(serde_json::to_string(meta).expect("metadata serializes"))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM failures WHERE kernel_release = ? AND arch = ? AND version = ?")
-            .bind(&id.kernel_release)
-            .bind(id.arch.uname())
-            .bind(&id.version)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Ok(()))
-    }
-
     /// Records (or updates) a failed build, unless the identity has an object.
     pub async fn record_failure(
         &self,
@@ -261,6 +237,267 @@ impl Repo {
     pub async fn token_hashes(&self) -> Result<Vec<(String, String)>, sqlx::Error> {
         sqlx::query_as("SELECT hash, scope FROM tokens").fetch_all(&self.reader).await
     }
+
+    /// Starts the one kind of transaction that changes what is current.
+    pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+        Ok(WriteTx { tx: self.writer.begin_with("BEGIN IMMEDIATE").await? })
+    }
+
+    /// Every object row, current and history.
+    pub async fn all_objects(&self) -> Result<Vec<ObjectCheckRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, kernel_release, arch, version, digest, size, metadata, current, oci_tag FROM objects ORDER BY id",
+        )
+        .fetch_all(&self.reader)
+        .await
+    }
+
+    /// Every current object row.
+    pub async fn current_objects(&self) -> Result<Vec<ObjectCheckRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, kernel_release, arch, version, digest, size, metadata, current, oci_tag FROM objects WHERE current = 1 ORDER BY id",
+        )
+        .fetch_all(&self.reader)
+        .await
+    }
+
+    /// Every manifest row: (repository, digest, size).
+    pub async fn all_manifests(&self) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+        sqlx::query_as("SELECT repo, digest, size FROM oci_manifests ORDER BY repo, digest")
+            .fetch_all(&self.reader)
+            .await
+    }
+
+    /// Every blob link: (repository, digest).
+    pub async fn all_links(&self) -> Result<Vec<(String, String)>, sqlx::Error> {
+        sqlx::query_as("SELECT repo, digest FROM oci_blob_links ORDER BY repo, digest").fetch_all(&self.reader).await
+    }
+
+    /// Closes both pools (on shutdown: the WAL is checkpointed).
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+/// A manifest row to store: its bytes are already a blob.
+#[derive(Debug, Clone)]
+pub struct NewManifest<'a> {
+    pub repo: &'a str,
+    pub digest: &'a str,
+    pub media_type: &'a str,
+    pub size: i64,
+    pub artifact_type: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub annotations: Option<&'a str>,
+    /// Point this tag at it too.
+    pub tag: Option<&'a str>,
+    pub now: &'a str,
+}
+
+/// One write transaction (see the module docs). Dropped without `commit`,
+/// it rolls back.
+#[derive(Debug)]
+pub struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    /// The current object of an identity.
+    pub async fn current(&mut self, id: &Identity) -> Result<Option<ObjectRow>, sqlx::Error> {
+        sqlx::query_as("SELECT id, digest, size, metadata, published_at FROM objects WHERE current = 1 AND kernel_release = ? AND arch = ? AND version = ?")
+            .bind(&id.kernel_release)
+            .bind(id.arch.uname())
+            .bind(&id.version)
+            .fetch_optional(&mut *self.tx)
+            .await
+    }
+
+    /// Moves a current object into history.
+    pub async fn retire(&mut self, row_id: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE objects SET current = 0 WHERE id = ?").bind(row_id).execute(&mut *self.tx).await?;
+        Ok(())
+    }
+
+    /// Inserts `meta` as the current object of its identity (the previous
+    /// one must have been retired) and clears the identity's failure.
+    pub async fn insert_object(&mut self, meta: &ObjectMetadata, now: &str) -> Result<(), sqlx::Error> {
+        let id = &meta.identity;
+        let json = serde_json::to_string(meta).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        sqlx::query(
+            "INSERT INTO objects (kernel_release, arch, version, file_name, digest, size, uname_version, config_digest, metadata, published_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id.kernel_release)
+        .bind(id.arch.uname())
+        .bind(&id.version)
+        .bind(&meta.file_name)
+        .bind(meta.digest.as_str())
+        .bind(i64::try_from(meta.size).map_err(|e| sqlx::Error::Encode(Box::new(e)))?)
+        .bind(&meta.kernel.uname_version)
+        .bind(meta.kernel.config_digest.as_ref().map(|d| d.as_str()))
+        .bind(json)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query("DELETE FROM failures WHERE kernel_release = ? AND arch = ? AND version = ?")
+            .bind(&id.kernel_release)
+            .bind(id.arch.uname())
+            .bind(&id.version)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Records the tag of the current object's OCI form.
+    pub async fn set_oci_tag(&mut self, id: &Identity, tag: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE objects SET oci_tag = ? WHERE current = 1 AND kernel_release = ? AND arch = ? AND version = ?",
+        )
+        .bind(tag)
+        .bind(&id.kernel_release)
+        .bind(id.arch.uname())
+        .bind(&id.version)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Current objects whose OCI form lives under `tag`: (arch, digest, size).
+    pub async fn objects_with_tag(&mut self, tag: &str) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+        sqlx::query_as("SELECT arch, digest, size FROM objects WHERE current = 1 AND oci_tag = ? ORDER BY arch")
+            .bind(tag)
+            .fetch_all(&mut *self.tx)
+            .await
+    }
+
+    /// Whether `digest` is the blob of a current object.
+    pub async fn is_current_object(&mut self, digest: &str) -> Result<bool, sqlx::Error> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM objects WHERE current = 1 AND digest = ?")
+            .bind(digest)
+            .fetch_one(&mut *self.tx)
+            .await?;
+        Ok(n > 0)
+    }
+
+    pub async fn count_current(&mut self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM objects WHERE current = 1").fetch_one(&mut *self.tx).await
+    }
+
+    pub async fn link(&mut self, repo: &str, digest: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT OR IGNORE INTO oci_blob_links (repo, digest) VALUES (?, ?)")
+            .bind(repo)
+            .bind(digest)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// A manifest by digest, or by tag when `reference` is not a digest.
+    pub async fn manifest(&mut self, repo: &str, reference: &str) -> Result<Option<OciManifest>, sqlx::Error> {
+        let digest: Option<String> = if reference.starts_with("sha256:") {
+            Some(reference.to_owned())
+        } else {
+            sqlx::query_scalar("SELECT digest FROM oci_tags WHERE repo = ? AND tag = ?")
+                .bind(repo)
+                .bind(reference)
+                .fetch_optional(&mut *self.tx)
+                .await?
+        };
+        let Some(digest) = digest else { return Ok(None) };
+        sqlx::query_as("SELECT digest, media_type, size, artifact_type, annotations FROM oci_manifests WHERE repo = ? AND digest = ?")
+            .bind(repo)
+            .bind(digest)
+            .fetch_optional(&mut *self.tx)
+            .await
+    }
+
+    pub async fn linked(&mut self, repo: &str, digest: &str) -> Result<bool, sqlx::Error> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM oci_blob_links WHERE repo = ? AND digest = ?")
+            .bind(repo)
+            .bind(digest)
+            .fetch_one(&mut *self.tx)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// The tags pointing at a manifest.
+    pub async fn tags_of(&mut self, repo: &str, digest: &str) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT tag FROM oci_tags WHERE repo = ? AND digest = ?")
+            .bind(repo)
+            .bind(digest)
+            .fetch_all(&mut *self.tx)
+            .await
+    }
+
+    pub async fn unlink(&mut self, repo: &str, digest: &str) -> Result<bool, sqlx::Error> {
+        Ok(sqlx::query("DELETE FROM oci_blob_links WHERE repo = ? AND digest = ?")
+            .bind(repo)
+            .bind(digest)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected()
+            > 0)
+    }
+
+    /// Deletes a manifest (and the tags pointing at it), or just a tag.
+    pub async fn delete_manifest(&mut self, repo: &str, reference: &str) -> Result<bool, sqlx::Error> {
+        if reference.starts_with("sha256:") {
+            sqlx::query("DELETE FROM oci_tags WHERE repo = ? AND digest = ?")
+                .bind(repo)
+                .bind(reference)
+                .execute(&mut *self.tx)
+                .await?;
+            Ok(sqlx::query("DELETE FROM oci_manifests WHERE repo = ? AND digest = ?")
+                .bind(repo)
+                .bind(reference)
+                .execute(&mut *self.tx)
+                .await?
+                .rows_affected()
+                > 0)
+        } else {
+            Ok(sqlx::query("DELETE FROM oci_tags WHERE repo = ? AND tag = ?")
+                .bind(repo)
+                .bind(reference)
+                .execute(&mut *self.tx)
+                .await?
+                .rows_affected()
+                > 0)
+        }
+    }
+
+    /// Stores a manifest row, links its bytes into the repository and, if
+    /// asked, points a tag at it.
+    pub async fn put_manifest(&mut self, m: &NewManifest<'_>) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO oci_manifests (repo, digest, media_type, size, artifact_type, subject, annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (repo, digest) DO UPDATE SET media_type = excluded.media_type",
+        )
+        .bind(m.repo)
+        .bind(m.digest)
+        .bind(m.media_type)
+        .bind(m.size)
+        .bind(m.artifact_type)
+        .bind(m.subject)
+        .bind(m.annotations)
+        .bind(m.now)
+        .execute(&mut *self.tx)
+        .await?;
+        self.link(m.repo, m.digest).await?;
+        if let Some(tag) = m.tag {
+            sqlx::query("INSERT INTO oci_tags (repo, tag, digest) VALUES (?, ?, ?) ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest")
+                .bind(m.repo)
+                .bind(tag)
+                .bind(m.digest)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 /// One stored OCI manifest.
@@ -293,58 +530,10 @@ impl Repo {
         Ok(n > 0)
     }
 
-    pub async fn oci_unlink(&self, repo: &str, digest: &str) -> Result<bool, sqlx::Error> {
-        Ok(sqlx::query("DELETE FROM oci_blob_links WHERE repo = ? AND digest = ?")
-            .bind(repo)
-            .bind(digest)
-            .execute(&self.writer)
-            .await?
-            .rows_affected()
-            > 0)
-    }
-
     /// Stores a manifest row (its bytes are a blob) and, if given, points a tag at it.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn oci_put_manifest(
-        &self,
-        repo: &str,
-        digest: &str,
-        media_type: &str,
-        size: i64,
-        artifact_type: Option<&str>,
-        subject: Option<&str>,
-        annotations: Option<&str>,
-        tag: Option<&str>,
-        now: &str,
-    ) -> Result<(), sqlx::Error> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "INSERT INTO oci_manifests (repo, digest, media_type, size, artifact_type, subject, annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (repo, digest) DO UPDATE SET media_type = excluded.media_type",
-        )
-        .bind(repo)
-        .bind(digest)
-        .bind(media_type)
-        .bind(size)
-        .bind(artifact_type)
-        .bind(subject)
-        .bind(annotations)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("INSERT OR IGNORE INTO oci_blob_links (repo, digest) VALUES (?, ?)")
-            .bind(repo)
-            .bind(digest)
-            .execute(&mut *tx)
-            .await?;
-        if let Some(tag) = tag {
-            sqlx::query("INSERT INTO oci_tags (repo, tag, digest) VALUES (?, ?, ?) ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest")
-                .bind(repo)
-                .bind(tag)
-                .bind(digest)
-                .execute(&mut *tx)
-                .await?;
-        }
+    pub async fn oci_put_manifest(&self, m: &NewManifest<'_>) -> Result<(), sqlx::Error> {
+        let mut tx = self.begin_write().await?;
+        tx.put_manifest(m).await?;
         tx.commit().await
     }
 
@@ -365,33 +554,6 @@ impl Repo {
             .bind(digest)
             .fetch_optional(&self.reader)
             .await
-    }
-
-    /// Deletes a manifest (and the tags pointing at it), or just a tag.
-    pub async fn oci_delete_manifest(&self, repo: &str, reference: &str) -> Result<bool, sqlx::Error> {
-        let mut tx = self.writer.begin().await?;
-        let n = if reference.starts_with("sha256:") {
-            sqlx::query("DELETE FROM oci_tags WHERE repo = ? AND digest = ?")
-                .bind(repo)
-                .bind(reference)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM oci_manifests WHERE repo = ? AND digest = ?")
-                .bind(repo)
-                .bind(reference)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-        } else {
-            sqlx::query("DELETE FROM oci_tags WHERE repo = ? AND tag = ?")
-                .bind(repo)
-                .bind(reference)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-        };
-        tx.commit().await?;
-        Ok(n > 0)
     }
 
     pub async fn oci_tags(&self, repo: &str, last: &str, n: i64) -> Result<Vec<String>, sqlx::Error> {

@@ -1,31 +1,46 @@
-//! HTTP: routing, authentication, request parsing and error responses. The
-//! publish rules themselves are in `publish`; storage in `repo` and `blobs`.
+//! HTTP: routing, request parsing and error responses for `/v1`, the page,
+//! the static layout, health and metrics. Authentication is the `auth`
+//! middleware in front of every route; the face conventions (JSON errors,
+//! the `/v2` version header) are `face`; the publish rules are `publish`;
+//! storage is `repo` and `blobs`.
+//!
+//! Every body has a limit that fits its route, checked against
+//! `Content-Length` before anything is read and again while streaming:
+//! metadata and failure reports are small, blobs are `--max-object-bytes`
+//! (`/v1`) or `--max-blob-bytes` (`/v2`).
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bpfarm_object::{Digest, Identity, ObjectMetadata};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::blobs::{BlobError, BlobStore};
-use crate::repo::{Filter, ObjectRow, Repo, Scope};
+use crate::metrics::Metrics;
+use crate::publish::PublishError;
+use crate::repo::{Filter, ObjectRow, Repo};
+
+/// Largest object metadata accepted by `POST /v1/objects`.
+pub const METADATA_LIMIT: u64 = 64 << 10;
+/// Largest failure report accepted by `POST /v1/failures` (the message is
+/// stored cut to 16 Ki characters; a compiler's error output may be longer).
+pub const FAILURE_LIMIT: u64 = 256 << 10;
 
 /// Server settings beyond the data folder.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Reads need a read (or push) token too.
+    /// Reads need a read (or push) token too (`/metrics` included, unless
+    /// it is served on its own listener).
     pub require_read_token: bool,
-    /// Largest object accepted, in bytes.
+    /// Largest object accepted through `/v1`, in bytes.
     pub max_object_bytes: u64,
     /// Largest blob accepted through the OCI API, in bytes.
     pub max_blob_bytes: u64,
@@ -33,6 +48,9 @@ pub struct Settings {
     pub oci_namespace: String,
     /// Unfinished OCI upload sessions older than this are removed.
     pub upload_ttl: std::time::Duration,
+    /// Serve `/metrics` on the API listener (off when `--metrics-listen`
+    /// gives it a listener of its own).
+    pub metrics_on_api: bool,
 }
 
 impl Default for Settings {
@@ -43,22 +61,9 @@ impl Default for Settings {
             max_blob_bytes: 2 << 30,
             oci_namespace: "bpfarm".into(),
             upload_ttl: std::time::Duration::from_secs(3600),
+            metrics_on_api: true,
         }
     }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    route: String,
-    method: String,
-    status: u16,
-}
-
-#[derive(Debug, Default)]
-pub struct Metrics {
-    requests: Family<RequestLabels, Counter>,
-    bytes_served: Counter,
-    registry: prometheus_client::registry::Registry,
 }
 
 #[derive(Debug, Clone)]
@@ -71,12 +76,11 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(repo: Repo, blobs: BlobStore, settings: Settings) -> Self {
-        let mut m = Metrics::default();
-        let requests = m.requests.clone();
-        let bytes = m.bytes_served.clone();
-        m.registry.register("bpfarm_http_requests", "HTTP requests by route, method and status", requests);
-        m.registry.register("bpfarm_bytes_served", "Object bytes sent", bytes);
-        Self { repo, blobs, settings, metrics: Arc::new(m) }
+        Self { repo, blobs, settings, metrics: Arc::new(Metrics::default()) }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 }
 
@@ -104,6 +108,10 @@ impl ApiError {
     fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
     }
+    fn internal(what: &str, e: impl std::fmt::Display) -> Self {
+        tracing::error!("{what}: {e}");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("{what} error"))
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -113,14 +121,24 @@ impl IntoResponse for ApiError {
             error: &'a str,
             message: &'a str,
         }
-        (self.status, Json(Body { error: self.code, message: &self.message })).into_response()
+        let mut r = (self.status, Json(Body { error: self.code, message: &self.message })).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"bpfarm\""));
+        }
+        r
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        tracing::error!("index: {e}");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "index error")
+        Self::internal("index", e)
+    }
+}
+
+impl From<serde_json::Error> for ApiError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::internal("stored metadata", e)
     }
 }
 
@@ -130,11 +148,26 @@ impl From<BlobError> for ApiError {
             BlobError::DigestMismatch { .. } => Self::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e.to_string()),
             BlobError::TooLarge { .. } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE", e.to_string()),
             BlobError::Body(_) => Self::bad_request(e.to_string()),
-            BlobError::Io(ref io) => {
-                tracing::error!("blob store: {io}");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "blob store error")
-            }
+            BlobError::Missing(_) => Self::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", e.to_string()),
+            BlobError::Io(io) => Self::internal("blob store", io),
         }
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        let (status, code) = match &e {
+            PublishError::Identity(_) | PublishError::FileName { .. } => (StatusCode::BAD_REQUEST, "IDENTITY_INVALID"),
+            PublishError::BlobUnknown(_) => (StatusCode::BAD_REQUEST, "BLOB_UNKNOWN"),
+            PublishError::Size { .. } => (StatusCode::BAD_REQUEST, "SIZE_INVALID"),
+            PublishError::Conflict { .. } => (StatusCode::CONFLICT, "CONFLICT"),
+            PublishError::Store(s) => return Self::internal("store", s),
+        };
+        let message = match &e {
+            PublishError::BlobUnknown(d) => format!("upload the object to /v1/blobs/{d} first"),
+            e => e.to_string(),
+        };
+        Self::new(status, code, message)
     }
 }
 
@@ -142,75 +175,78 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// The whole API; `main` and the tests serve this same router.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let mut r = Router::new()
         .route("/", get(coverage))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/v1/failures", post(report_failure))
-        .route("/metrics", get(metrics))
         .route("/v1/blobs/{digest}", put(put_blob).get(get_blob).head(get_blob))
         .route("/v1/objects", post(publish).get(list))
         .route("/v1/objects/{arch}/{version}/{release}", get(lookup))
         .route("/{version}/{arch}/{file}", get(static_file))
         .route("/v2/", get(crate::oci::base))
         .route("/v2", get(crate::oci::base))
-        .route("/v2/{*rest}", axum::routing::any(crate::oci::dispatch))
-        // Blob bodies are limited (and streamed) by the handler itself.
-        .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .route("/v2/{*rest}", axum::routing::any(crate::oci::dispatch));
+    if state.settings.metrics_on_api {
+        r = r.route("/metrics", get(metrics));
+    }
+    r.fallback(crate::face::not_found)
+        // Innermost first: authorise before any handler (or body) runs,
+        // then the face conventions on whatever came back, then count.
+        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::require))
+        .layer(middleware::from_fn(crate::face::conventions))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::metrics::count))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 
-async fn count_requests(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let route =
-        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
-    let resp = next.run(req).await;
-    s.metrics.requests.get_or_create(&RequestLabels { route, method, status: resp.status().as_u16() }).inc();
-    resp
+/// `/metrics` and `/healthz` alone, for `--metrics-listen`: a listener the
+/// operator keeps private, so it needs no token.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .fallback(crate::face::not_found)
+        .layer(middleware::from_fn(crate::face::conventions))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
 }
 
 async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &s.metrics.registry).expect("metrics encode");
     let objects = s.repo.count_current().await?;
-    text = text.replace(
-        "# EOF\n",
-        &format!(
-            "# HELP bpfarm_objects Current objects.\n# TYPE bpfarm_objects gauge\nbpfarm_objects {objects}\n# EOF\n"
-        ),
-    );
+    let text = s.metrics.render(objects).map_err(|e| ApiError::internal("metrics", e))?;
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
-}
-
-/// Checks that the request carries a token granting `need`.
-async fn authorize(s: &AppState, headers: &HeaderMap, need: Scope) -> ApiResult<()> {
-    if need == Scope::Read && !s.settings.require_read_token {
-        return Ok(());
-    }
-    let Some(token) = bearer(headers) else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            format!("a {} token is required (Authorization: Bearer <token>)", need.as_str()),
-        ));
-    };
-    match crate::tokens::scope_of(token, &s.repo.token_hashes().await?) {
-        Some(Scope::Push) => Ok(()),
-        Some(Scope::Read) if need == Scope::Read => Ok(()),
-        Some(Scope::Read) => Err(ApiError::new(StatusCode::FORBIDDEN, "DENIED", "this token may read, not push")),
-        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "unknown token")),
-    }
 }
 
 fn parse_digest(s: &str) -> ApiResult<Digest> {
     s.parse().map_err(|e: bpfarm_object::DigestError| {
         ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e.to_string())
     })
+}
+
+/// The declared `Content-Length`, if any.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse().ok())
+}
+
+/// A whole small body, refused with `TooLarge` as soon as its declared or
+/// received length passes `limit` (nothing past the limit is buffered).
+pub(crate) async fn read_limited(body: Body, headers: &HeaderMap, limit: u64) -> Result<bytes::Bytes, BlobError> {
+    if content_length(headers).is_some_and(|n| n > limit) {
+        return Err(BlobError::TooLarge { limit });
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(BlobError::TooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
 
 /// `PUT /v1/blobs/{digest}`: the object's bytes, streamed and checked.
@@ -220,11 +256,8 @@ async fn put_blob(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    authorize(&s, &headers, Scope::Push).await?;
     let digest = parse_digest(&digest)?;
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        && len > s.settings.max_object_bytes
-    {
+    if content_length(&headers).is_some_and(|n| n > s.settings.max_object_bytes) {
         return Err(BlobError::TooLarge { limit: s.settings.max_object_bytes }.into());
     }
     if s.blobs.size(&digest).await.is_some() {
@@ -240,24 +273,20 @@ async fn get_blob(
     headers: HeaderMap,
     method: axum::http::Method,
 ) -> ApiResult<Response> {
-    authorize(&s, &headers, Scope::Read).await?;
     let digest = parse_digest(&digest)?;
-    serve_blob(&s, &digest, &headers, method == axum::http::Method::HEAD).await
+    Ok(serve_blob(&s, &digest, &headers, method == axum::http::Method::HEAD).await?)
 }
 
 /// Sends a blob with Content-Length, its digest, ETag, If-None-Match and a
-/// single `Range`.
+/// single `Range`. `BlobError::Missing` when it is not stored; `Io` (a 500
+/// on either face) when the store fails.
 pub(crate) async fn serve_blob(
     s: &AppState,
     digest: &Digest,
     headers: &HeaderMap,
     head_only: bool,
-) -> ApiResult<Response> {
-    let path = s.blobs.path(digest);
-    let mut file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", format!("no blob {digest}")))?;
-    let size = file.metadata().await.map_err(BlobError::Io)?.len();
+) -> Result<Response, BlobError> {
+    let (mut file, size) = s.blobs.open_blob(digest).await?;
     let etag = format!("\"{digest}\"");
     let common = |b: axum::http::response::Builder| {
         b.header(header::ETAG, &etag)
@@ -266,21 +295,25 @@ pub(crate) async fn serve_blob(
             .header(header::ACCEPT_RANGES, "bytes")
             .header(header::CONTENT_TYPE, "application/octet-stream")
     };
+    let build = |b: axum::http::response::Builder, body: Body| {
+        b.body(body).map_err(|e| BlobError::Io(std::io::Error::other(format!("building a response: {e}"))))
+    };
     if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
         && inm.split(',').any(|t| t.trim() == etag || t.trim() == "*")
     {
-        return Ok(common(Response::builder()).status(StatusCode::NOT_MODIFIED).body(Body::empty()).expect("response"));
+        return build(common(Response::builder()).status(StatusCode::NOT_MODIFIED), Body::empty());
     }
     let (status, start, len) = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         None => (StatusCode::OK, 0, size),
         Some(r) => match parse_range(r, size) {
             Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
             None => {
-                return Ok(common(Response::builder())
-                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                    .header(header::CONTENT_RANGE, format!("bytes */{size}"))
-                    .body(Body::empty())
-                    .expect("response"));
+                return build(
+                    common(Response::builder())
+                        .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                        .header(header::CONTENT_RANGE, format!("bytes */{size}")),
+                    Body::empty(),
+                );
             }
         },
     };
@@ -289,12 +322,12 @@ pub(crate) async fn serve_blob(
         b = b.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", start + len - 1));
     }
     if head_only {
-        return Ok(b.body(Body::empty()).expect("response"));
+        return build(b, Body::empty());
     }
-    file.seek(std::io::SeekFrom::Start(start)).await.map_err(BlobError::Io)?;
-    s.metrics.bytes_served.inc_by(len);
+    file.seek(std::io::SeekFrom::Start(start)).await?;
+    s.metrics.served(len);
     let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 64 << 10);
-    Ok(b.body(Body::from_stream(stream)).expect("response"))
+    build(b, Body::from_stream(stream))
 }
 
 /// One `bytes=a-b`, `bytes=a-` or `bytes=-n` range within `size` bytes.
@@ -332,21 +365,23 @@ async fn publish(
     State(s): State<AppState>,
     Query(q): Query<PublishQuery>,
     headers: HeaderMap,
-    body: bytes::Bytes,
+    body: Body,
 ) -> ApiResult<Response> {
-    authorize(&s, &headers, Scope::Push).await?;
-    if body.len() > 1 << 20 {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE", "metadata over 1 MiB"));
-    }
+    let body = read_limited(body, &headers, METADATA_LIMIT).await.map_err(|e| match e {
+        BlobError::TooLarge { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE", format!("metadata over {METADATA_LIMIT} bytes"))
+        }
+        e => e.into(),
+    })?;
     let meta: ObjectMetadata =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("metadata: {e}")))?;
-    let (status, code) = crate::publish::publish_both(&s, &meta, q.replace).await?;
-    Ok((status, Json(PublishAnswer { status: code, digest: meta.digest })).into_response())
+    let outcome = crate::publish::publish(&s, &meta, q.replace).await?;
+    let status = if outcome == crate::publish::Outcome::Unchanged { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(PublishAnswer { status: outcome.as_str(), digest: meta.digest })).into_response())
 }
 
 /// `GET /`: the coverage page.
-async fn coverage(State(s): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&s, &headers, Scope::Read).await?;
+async fn coverage(State(s): State<AppState>) -> ApiResult<Response> {
     let (objects, failures) = s.repo.coverage().await?;
     Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], crate::page::render(&objects, &failures)).into_response())
 }
@@ -360,12 +395,17 @@ struct FailureReport {
 }
 
 /// `POST /v1/failures`: a builder reports a kernel it could not build.
-async fn report_failure(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Json(f): Json<FailureReport>,
-) -> ApiResult<Response> {
-    authorize(&s, &headers, Scope::Push).await?;
+async fn report_failure(State(s): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let body = read_limited(body, &headers, FAILURE_LIMIT).await.map_err(|e| match e {
+        BlobError::TooLarge { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "TOO_LARGE",
+            format!("failure report over {FAILURE_LIMIT} bytes"),
+        ),
+        e => e.into(),
+    })?;
+    let f: FailureReport =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("failure report: {e}")))?;
     let arch: bpfarm_object::Arch =
         f.arch.parse().map_err(|e: bpfarm_object::IdentityError| ApiError::bad_request(e.to_string()))?;
     let id = Identity::new(&f.kernel_release, arch, &f.version)
@@ -398,12 +438,12 @@ struct ObjectView {
     download: String,
 }
 
-fn view(row: &ObjectRow) -> ObjectView {
-    ObjectView {
-        metadata: row.metadata(),
+fn view(row: &ObjectRow) -> ApiResult<ObjectView> {
+    Ok(ObjectView {
+        metadata: row.metadata()?,
         published_at: row.published_at.clone(),
         download: format!("/v1/blobs/{}", row.digest),
-    }
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -414,8 +454,7 @@ struct Page {
 }
 
 /// `GET /v1/objects?kernel_release=&arch=&version=&uname_version=&config_digest=&q=&after=&limit=`
-async fn list(State(s): State<AppState>, Query(q): Query<ListQuery>, headers: HeaderMap) -> ApiResult<Json<Page>> {
-    authorize(&s, &headers, Scope::Read).await?;
+async fn list(State(s): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Page>> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
@@ -440,7 +479,7 @@ async fn list(State(s): State<AppState>, Query(q): Query<ListQuery>, headers: He
         rows.truncate(limit as usize);
         rows.last().map(|r| r.id).unwrap_or(0)
     });
-    Ok(Json(Page { objects: rows.iter().map(view).collect(), next }))
+    Ok(Json(Page { objects: rows.iter().map(view).collect::<ApiResult<_>>()?, next }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -459,9 +498,7 @@ async fn lookup(
     State(s): State<AppState>,
     Path((arch, version, release)): Path<(String, String, String)>,
     Query(q): Query<LookupQuery>,
-    headers: HeaderMap,
 ) -> ApiResult<Json<ObjectView>> {
-    authorize(&s, &headers, Scope::Read).await?;
     let arch: bpfarm_object::Arch =
         arch.parse().map_err(|e: bpfarm_object::IdentityError| ApiError::bad_request(e.to_string()))?;
     let id = Identity::new(&release, arch, &version).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -469,7 +506,7 @@ async fn lookup(
         s.repo.current(&id.kernel_release, id.arch.uname(), &id.version).await?.ok_or_else(|| {
             ApiError::not_found(format!("no object for kernel {release} ({arch}), version {version}"))
         })?;
-    let meta = row.metadata();
+    let meta = row.metadata()?;
     if let (Some(want), Some(have)) = (&q.uname_version, &meta.kernel.uname_version)
         && want != have
     {
@@ -482,7 +519,7 @@ async fn lookup(
     {
         return Err(ApiError::not_found(format!("the object for {release} was built for config {have}, not {want}")));
     }
-    Ok(Json(view(&row)))
+    Ok(Json(view(&row)?))
 }
 
 /// The static layout: `/<version>/<arch>/<file name>` and `<file name>.sha256`,
@@ -492,7 +529,6 @@ async fn static_file(
     Path((version, arch, file)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    authorize(&s, &headers, Scope::Read).await?;
     // `<file>`, `<file>.sha256` or `<file>.json`, as an exported tree has them.
     let (name, extra) = if let Some(n) = file.strip_suffix(".sha256") {
         (n, Some("sha256"))
@@ -519,10 +555,10 @@ async fn static_file(
         Some("sha256") => {
             return Ok(([(header::CONTENT_TYPE, "text/plain")], format!("{}  {name}\n", digest.hex())).into_response());
         }
-        Some(_) => return Ok(Json(row.metadata()).into_response()),
+        Some(_) => return Ok(Json(row.metadata()?).into_response()),
         None => {}
     }
-    serve_blob(&s, &digest, &headers, false).await
+    Ok(serve_blob(&s, &digest, &headers, false).await?)
 }
 
 #[cfg(test)]

@@ -232,3 +232,78 @@ async fn list_filters_and_pages() {
     let text = String::from_utf8(metrics).unwrap();
     assert!(text.contains("bpfarm_objects 5") && text.contains("bpfarm_http_requests_total"), "{text}");
 }
+
+#[tokio::test]
+async fn every_rejection_is_json_in_its_face_and_v2_always_says_its_version() {
+    let r = registry(Settings::default()).await;
+    let cases: Vec<(Request<Body>, StatusCode)> = vec![
+        (req("GET", "/v1/objects?limit=abc", None, vec![]), StatusCode::BAD_REQUEST),
+        (req("GET", "/no/such/deep/path", None, vec![]), StatusCode::NOT_FOUND),
+        (req("DELETE", "/v1/objects", Some(&r.push), vec![]), StatusCode::METHOD_NOT_ALLOWED),
+        (req("BREW", "/v1/objects", None, vec![]), StatusCode::UNAUTHORIZED),
+        (req("POST", "/v1/objects", Some(&r.push), vec![b' '; 70_000]), StatusCode::PAYLOAD_TOO_LARGE),
+        (req("POST", "/v1/failures", Some(&r.push), b"{not json".to_vec()), StatusCode::BAD_REQUEST),
+    ];
+    for (request, want) in cases {
+        let what = format!("{} {}", request.method(), request.uri());
+        let (s, h, body) = call(&r, request).await;
+        assert_eq!(s, want, "{what}");
+        assert_eq!(h[header::CONTENT_TYPE], "application/json", "{what}");
+        assert!(json(&body)["error"].is_string() && json(&body)["message"].is_string(), "{what}");
+    }
+    let v2: Vec<(Request<Body>, StatusCode)> = vec![
+        (req("GET", "/v2/", None, vec![]), StatusCode::UNAUTHORIZED),
+        (req("GET", "/v2/_catalog?n=%FF%FE", None, vec![]), StatusCode::BAD_REQUEST),
+        (req("GET", "/v2/a/b/nothing-here", None, vec![]), StatusCode::NOT_FOUND),
+        (req("POST", "/v2/a/blobs/uploads/", None, vec![]), StatusCode::UNAUTHORIZED),
+        (req("POST", "/v2/a/blobs/uploads/", Some(&r.read), vec![]), StatusCode::FORBIDDEN),
+    ];
+    for (request, want) in v2 {
+        let what = format!("{} {}", request.method(), request.uri());
+        let (s, h, body) = call(&r, request).await;
+        assert_eq!(s, want, "{what}");
+        assert_eq!(h["docker-distribution-api-version"], "registry/2.0", "{what}");
+        assert!(json(&body)["errors"][0]["code"].is_string(), "{what}: {}", String::from_utf8_lossy(&body));
+        if s == StatusCode::UNAUTHORIZED {
+            assert!(h[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Basic"), "{what}");
+        }
+    }
+    // Scheme names are case-insensitive; a wrong token is refused even where
+    // none is needed.
+    for auth in [format!("bearer {}", r.read), format!("BEARER {}", r.read)] {
+        let mut q = req("GET", "/v2/", None, vec![]);
+        q.headers_mut().insert(header::AUTHORIZATION, auth.parse().unwrap());
+        assert_eq!(call(&r, q).await.0, StatusCode::OK, "{auth}");
+    }
+    let (s, _, _) = call(&r, req("GET", "/v1/objects", Some("bpfarm_wrong"), vec![])).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn an_object_without_its_oci_form_is_repaired_at_start() {
+    let r = registry(Settings::default()).await;
+    let bytes = b"an object whose OCI form a crash lost".to_vec();
+    let m = meta("6.1.0-57-amd64", &bytes);
+    let (s, _, _) = call(&r, req("PUT", &format!("/v1/blobs/{}", m.digest), Some(&r.push), bytes.clone())).await;
+    assert_eq!(s, StatusCode::CREATED);
+    // What an older version left after a crash between its two writes: the
+    // /v1 row, and no OCI form.
+    let mut tx = r.state.repo.begin_write().await.unwrap();
+    tx.insert_object(&m, "t").await.unwrap();
+    tx.commit().await.unwrap();
+    let oci_repo = bpfarm_registry::faces::canonical_repo("bpfarm");
+    let bad = bpfarm_registry::faces::disagreements(&r.state.repo, &r.state.blobs, &oci_repo).await.unwrap();
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    let tag = bpfarm_object::oci::tag("6.1.0-57-amd64", "v0.1.0", false);
+    let (s, _, _) = call(&r, req("GET", &format!("/v2/bpfarm/tracee-bpf/manifests/{tag}"), None, vec![])).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Opening the store to serve it repairs the OCI form.
+    let state = open(&r.data, Settings::default()).await.unwrap();
+    assert!(bpfarm_registry::faces::disagreements(&state.repo, &state.blobs, &oci_repo).await.unwrap().is_empty());
+    let resp =
+        app(state).oneshot(req("GET", &format!("/v2/bpfarm/tracee-bpf/manifests/{tag}"), None, vec![])).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let index = json(&resp.into_body().collect().await.unwrap().to_bytes());
+    assert_eq!(index["manifests"][0]["platform"]["architecture"], "amd64");
+}

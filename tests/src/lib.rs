@@ -510,22 +510,31 @@ pub fn serve(data: &Path) -> Registry {
 
 /// `bpfarm-registry serve <args>`, waiting for its readiness line.
 pub fn serve_with(args: &[&str]) -> Registry {
-    let mut child = Command::new(bin("bpfarm-registry"))
-        .arg("serve")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // The readiness signal: the first stdout line names the bound address.
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    Registry { child, url }
+    let mut cmd = Command::new(bin("bpfarm-registry"));
+    cmd.arg("serve").args(args).stderr(Stdio::null());
+    spawn_registry(cmd).0
+}
+
+/// Starts a prepared `bpfarm-registry serve` command (run through a
+/// wrapper such as `prlimit`, or with its stderr kept) and waits for its
+/// readiness line; also returns the stdout lines printed before it (such
+/// as `metrics on http://...`).
+pub fn spawn_registry(mut cmd: Command) -> (Registry, Vec<String>) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    // The readiness signal: the last stdout line names the bound address.
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut before = Vec::new();
+    loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            let _ = child.kill();
+            panic!("bpfarm-registry serve exited before it was ready ({:?})", child.wait());
+        }
+        match line.trim().strip_prefix("listening on ") {
+            Some(url) => return (Registry { child, url: url.to_owned() }, before),
+            None => before.push(line.trim().to_owned()),
+        }
+    }
 }
 
 pub fn token(data: &Path, name: &str, scope: &str) -> String {

@@ -514,3 +514,153 @@ fn stale_upload_sessions_expire_and_are_cleaned() {
     assert_eq!(h.call("GET", &loc, &[], None, true).code(), "BLOB_UPLOAD_UNKNOWN");
     assert!(!data.join("blobs/uploads").join(&id).exists(), "the stale session's bytes stayed");
 }
+
+#[test]
+fn v2_validates_every_write_in_full_before_storing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("registry");
+    let push = token(&data, "ci", "push");
+    let reg = serve(&data);
+    let agent = reqwest::blocking::Client::new();
+    let h = Http { agent, base: reg.url.clone(), push: push.clone() };
+    let upload = |repo: &str, bytes: &[u8]| {
+        let d = Digest::of_bytes(bytes);
+        let r = h.call("POST", &format!("/v2/{repo}/blobs/uploads/?digest={d}"), &[], Some(bytes), true);
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        d
+    };
+    let config = upload("push/tracee-bpf", oci::EMPTY_CONFIG);
+    let object = b"\x7fELF an object pushed through OCI".to_vec();
+    let layer = upload("push/tracee-bpf", &object);
+    let release = "6.1.0-70-amd64";
+    let artifact = |release: &str, layer_size: Value| {
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": oci::MANIFEST_MEDIA_TYPE, "artifactType": oci::ARTIFACT_TYPE,
+            "config": { "mediaType": oci::EMPTY_MEDIA_TYPE, "digest": config.as_str(), "size": 2 },
+            "layers": [{ "mediaType": oci::LAYER_MEDIA_TYPE, "digest": layer.as_str(), "size": layer_size,
+                         "annotations": { oci::ANN_TITLE: bpfarm_object::object_file_name(release, "v0.1.0") } }],
+            "annotations": { oci::ANN_RELEASE: release, oci::ANN_ARCH: "x86_64", oci::ANN_VERSION: "v0.1.0" }
+        }))
+        .unwrap()
+    };
+    let ct = [("Content-Type", oci::MANIFEST_MEDIA_TYPE)];
+    let nothing_stored = |what: &str, bytes: &[u8]| {
+        let d = Digest::of_bytes(bytes);
+        assert_eq!(
+            h.call("GET", &format!("/v2/push/tracee-bpf/manifests/{d}"), &[], None, false).status,
+            404,
+            "{what}"
+        );
+        assert_eq!(
+            h.call("GET", "/v2/push/tracee-bpf/tags/list", &[], None, false).body,
+            br#"{"name":"push/tracee-bpf","tags":[]}"#,
+            "{what}"
+        );
+        assert_eq!(
+            h.call("GET", &format!("/v1/objects/x86_64/v0.1.0/{release}"), &[], None, false).status,
+            404,
+            "{what}"
+        );
+    };
+    // A layer size that is not the stored blob's (1, 2^64-1): refused, and
+    // nothing is stored or indexed.
+    for size in [json!(1), json!(u64::MAX)] {
+        let m = artifact(release, size.clone());
+        let r = h.call("PUT", "/v2/push/tracee-bpf/manifests/v1", &ct, Some(&m), true);
+        assert_eq!((r.status, r.code()), (400, "SIZE_INVALID".into()), "size {size}");
+        nothing_stored("wrong size", &m);
+    }
+    // An identity the /v1 rules refuse.
+    let m = artifact("../../etc", json!(object.len()));
+    let r = h.call("PUT", "/v2/push/tracee-bpf/manifests/v1", &ct, Some(&m), true);
+    assert_eq!((r.status, r.code()), (400, "MANIFEST_INVALID".into()));
+    assert!(String::from_utf8_lossy(&r.body).contains("invalid kernel release"));
+    // A subject that is not a descriptor: refused before anything is stored
+    // (this used to answer 400 after storing and tagging the manifest).
+    let mut v: Value = serde_json::from_slice(&artifact(release, json!(object.len()))).unwrap();
+    v["subject"] = json!({ "mediaType": oci::MANIFEST_MEDIA_TYPE, "digest": "sha256:not-a-digest", "size": 1 });
+    let m = serde_json::to_vec(&v).unwrap();
+    let r = h.call("PUT", "/v2/push/tracee-bpf/manifests/v1", &ct, Some(&m), true);
+    assert_eq!((r.status, r.code()), (400, "MANIFEST_INVALID".into()));
+    nothing_stored("bad subject", &m);
+
+    // The valid artifact is stored and becomes current in both faces.
+    let m = artifact(release, json!(object.len()));
+    let md = Digest::of_bytes(&m);
+    let r = h.call("PUT", "/v2/push/tracee-bpf/manifests/v1", &ct, Some(&m), true);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let v1 = h.call("GET", &format!("/v1/objects/x86_64/v0.1.0/{release}"), &[], None, false);
+    assert_eq!(serde_json::from_slice::<Value>(&v1.body).unwrap()["digest"], layer.as_str());
+    let tag = oci::tag(release, "v0.1.0", false);
+    let index = h.call("GET", &format!("/v2/bpfarm/tracee-bpf/manifests/{tag}"), &[], None, false);
+    assert_eq!(index.status, 200, "the canonical OCI form was not written");
+
+    // An index naming a tag, or a child of the wrong size.
+    let idx = |child: &str, size: usize| {
+        serde_json::to_vec(&json!({ "schemaVersion": 2, "mediaType": oci::INDEX_MEDIA_TYPE,
+            "manifests": [{ "mediaType": oci::MANIFEST_MEDIA_TYPE, "digest": child, "size": size,
+                            "platform": { "architecture": "amd64", "os": "linux" } }] }))
+        .unwrap()
+    };
+    let ict = [("Content-Type", oci::INDEX_MEDIA_TYPE)];
+    let r = h.call("PUT", "/v2/push/tracee-bpf/manifests/all", &ict, Some(&idx("v1", m.len())), true);
+    assert_eq!((r.status, r.code()), (400, "MANIFEST_INVALID".into()));
+    let r = h.call("PUT", "/v2/push/tracee-bpf/manifests/all", &ict, Some(&idx(md.as_str(), m.len() + 1)), true);
+    assert_eq!((r.status, r.code()), (400, "SIZE_INVALID".into()));
+    let r = h.call("PUT", "/v2/push/tracee-bpf/manifests/all", &ict, Some(&idx(md.as_str(), m.len())), true);
+    assert_eq!(r.status, 201);
+
+    // A different object for the held identity: the /v1 rule (409), nothing stored.
+    let other = b"\x7fELF a different object".to_vec();
+    let other_layer = upload("push/tracee-bpf", &other);
+    let mut v: Value = serde_json::from_slice(&m).unwrap();
+    v["layers"][0]["digest"] = json!(other_layer.as_str());
+    v["layers"][0]["size"] = json!(other.len());
+    let m2 = serde_json::to_vec(&v).unwrap();
+    let r = h.call("PUT", &format!("/v2/push/tracee-bpf/manifests/{}", Digest::of_bytes(&m2)), &ct, Some(&m2), true);
+    assert_eq!((r.status, r.code()), (409, "MANIFEST_INVALID".into()));
+    assert!(String::from_utf8_lossy(&r.body).contains("replace=true"));
+    assert_eq!(
+        h.call("GET", &format!("/v2/push/tracee-bpf/manifests/{}", Digest::of_bytes(&m2)), &[], None, false).status,
+        404
+    );
+
+    // In the canonical repository the OCI form of /v1 objects holds: its tag
+    // names only an index reaching them, and it cannot be deleted.
+    let r = h.call("PUT", &format!("/v2/bpfarm/tracee-bpf/manifests/{tag}"), &ct, Some(&m), true);
+    assert_eq!((r.status, r.code()), (400, "MANIFEST_INVALID".into()), "a plain manifest under an object's tag");
+    let index_digest = index.header("docker-content-digest");
+    for (method, path) in [
+        ("DELETE", format!("/v2/bpfarm/tracee-bpf/manifests/{tag}")),
+        ("DELETE", format!("/v2/bpfarm/tracee-bpf/manifests/{index_digest}")),
+        ("DELETE", format!("/v2/bpfarm/tracee-bpf/blobs/{layer}")),
+    ] {
+        let r = h.call(method, &path, &[], None, true);
+        assert_eq!((r.status, r.code()), (409, "DENIED".into()), "{method} {path}");
+    }
+    let empty_index =
+        serde_json::to_vec(&json!({ "schemaVersion": 2, "mediaType": oci::INDEX_MEDIA_TYPE, "manifests": [] }))
+            .unwrap();
+    let r = h.call("PUT", &format!("/v2/bpfarm/tracee-bpf/manifests/{tag}"), &ict, Some(&empty_index), true);
+    assert_eq!((r.status, r.code()), (400, "MANIFEST_INVALID".into()));
+    assert_eq!(
+        h.call("GET", &format!("/v2/bpfarm/tracee-bpf/manifests/{tag}"), &[], None, false)
+            .header("docker-content-digest"),
+        index_digest
+    );
+
+    // A blob the store cannot read is a 500 (UNKNOWN), not BLOB_UNKNOWN;
+    // a blob that is gone is BLOB_UNKNOWN.
+    let path = data.join("blobs/sha256").join(&layer.hex()[..2]).join(layer.hex());
+    let saved = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&path, &path).unwrap(); // a loop: open fails with ELOOP
+    let r = h.call("GET", &format!("/v2/push/tracee-bpf/blobs/{layer}"), &[], None, false);
+    assert_eq!((r.status, r.code()), (500, "UNKNOWN".into()));
+    let r = h.call("GET", &format!("/v1/blobs/{layer}"), &[], None, false);
+    assert_eq!(r.status, 500);
+    std::fs::remove_file(&path).unwrap();
+    let r = h.call("GET", &format!("/v2/push/tracee-bpf/blobs/{layer}"), &[], None, false);
+    assert_eq!((r.status, r.code()), (404, "BLOB_UNKNOWN".into()));
+    std::fs::write(&path, saved).unwrap();
+}

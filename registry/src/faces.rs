@@ -1,0 +1,284 @@
+//! The two faces of one object: its `/v1` row and its OCI form in
+//! `<namespace>/tracee-bpf` — the empty config, the layer, the manifest and,
+//! under the object's tag, the index with one manifest per arch.
+//!
+//! `write_oci_form` writes the OCI form inside the caller's `WriteTx`, the
+//! same transaction that makes the object current, so the faces cannot
+//! disagree after a race or a crash. `check_object` says whether a tag's
+//! index reaches the object `/v1` holds for an arch (start-up repair, fsck,
+//! and `/v2` writes to such a tag all use it).
+
+use std::future::Future;
+
+use bpfarm_object::{Arch, Digest, Identity, ObjectMetadata, oci};
+use serde_json::Value;
+
+use crate::blobs::{BlobError, BlobStore};
+use crate::repo::{NewManifest, ObjectCheckRow, OciManifest, Repo, WriteTx};
+
+/// `<namespace>/tracee-bpf`, where `/v1` objects appear in OCI.
+pub fn canonical_repo(namespace: &str) -> String {
+    format!("{namespace}/{}", oci::REPOSITORY)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FaceError {
+    #[error("index: {0}")]
+    Index(#[from] sqlx::Error),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error("object row {id}: stored metadata does not parse: {source}")]
+    Metadata { id: i64, source: serde_json::Error },
+}
+
+/// Reads manifests by repository and reference, from a transaction or
+/// from the read pool.
+pub trait ManifestLookup {
+    fn manifest(
+        &mut self,
+        repo: &str,
+        reference: &str,
+    ) -> impl Future<Output = Result<Option<OciManifest>, sqlx::Error>> + Send;
+}
+
+impl ManifestLookup for WriteTx {
+    fn manifest(
+        &mut self,
+        repo: &str,
+        reference: &str,
+    ) -> impl Future<Output = Result<Option<OciManifest>, sqlx::Error>> + Send {
+        WriteTx::manifest(self, repo, reference)
+    }
+}
+
+impl ManifestLookup for Repo {
+    fn manifest(
+        &mut self,
+        repo: &str,
+        reference: &str,
+    ) -> impl Future<Output = Result<Option<OciManifest>, sqlx::Error>> + Send {
+        self.oci_manifest(repo, reference)
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// What a tag currently holds, as far as choosing an object's tag goes.
+enum AtTag {
+    Nothing,
+    /// The index of this same (release, version): merge into it.
+    Ours(Vec<u8>),
+    /// The index of another release whose tag sanitises the same.
+    OtherRelease,
+}
+
+async fn at_tag(tx: &mut WriteTx, blobs: &BlobStore, repo: &str, tag: &str, release: &str) -> Result<AtTag, FaceError> {
+    let Some(m) = tx.manifest(repo, tag).await? else { return Ok(AtTag::Nothing) };
+    let annotations = m.annotations.as_deref().and_then(|a| serde_json::from_str::<Value>(a).ok());
+    match annotations.as_ref().and_then(|a| a[oci::ANN_RELEASE].as_str()) {
+        Some(r) if r == release => {}
+        Some(_) => return Ok(AtTag::OtherRelease),
+        // Not a bpfarm index: the tag belongs to the object, start afresh.
+        None => return Ok(AtTag::Nothing),
+    }
+    let Ok(digest) = m.digest.parse::<Digest>() else { return Ok(AtTag::Nothing) };
+    match blobs.read(&digest).await {
+        Ok(bytes) => Ok(AtTag::Ours(bytes)),
+        Err(BlobError::Missing(_)) => {
+            // Its bytes were lost (quarantined); the other arches come back
+            // when their objects are checked.
+            tracing::warn!(tag, %digest, "the index under this tag has no bytes; writing a new one");
+            Ok(AtTag::Nothing)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the OCI form of `meta` (which must be current in `tx`) and
+/// records its tag on the object row; returns the tag. Blobs are written
+/// before the rows that name them (content-addressed, so a rollback only
+/// leaves unreferenced bytes behind).
+pub async fn write_oci_form(
+    tx: &mut WriteTx,
+    blobs: &BlobStore,
+    repo: &str,
+    meta: &ObjectMetadata,
+) -> Result<String, FaceError> {
+    let id = &meta.identity;
+    let now = now();
+    let empty = blobs.put_bytes(oci::EMPTY_CONFIG).await?;
+    tx.link(repo, empty.as_str()).await?;
+    tx.link(repo, meta.digest.as_str()).await?;
+    let manifest = oci::manifest(meta);
+    let md = blobs.put_bytes(&manifest).await?;
+    let annotations = serde_json::from_slice::<Value>(&manifest).ok().map(|v| v["annotations"].to_string());
+    tx.put_manifest(&NewManifest {
+        repo,
+        digest: md.as_str(),
+        media_type: oci::MANIFEST_MEDIA_TYPE,
+        size: manifest.len() as i64,
+        artifact_type: Some(oci::ARTIFACT_TYPE),
+        subject: None,
+        annotations: annotations.as_deref(),
+        tag: None,
+        now: &now,
+    })
+    .await?;
+    // The plain tag, unless another release already holds it.
+    let plain = oci::tag(&id.kernel_release, &id.version, false);
+    let (tag, old) = match at_tag(tx, blobs, repo, &plain, &id.kernel_release).await? {
+        AtTag::Ours(bytes) => (plain, Some(bytes)),
+        AtTag::Nothing => (plain, None),
+        AtTag::OtherRelease => {
+            let hashed = oci::tag(&id.kernel_release, &id.version, true);
+            match at_tag(tx, blobs, repo, &hashed, &id.kernel_release).await? {
+                AtTag::Ours(bytes) => (hashed, Some(bytes)),
+                _ => (hashed, None),
+            }
+        }
+    };
+    let index = oci::index(&id.kernel_release, &id.version, old.as_deref(), id.arch, &md, manifest.len() as u64);
+    let xd = blobs.put_bytes(&index).await?;
+    let annotations = serde_json::from_slice::<Value>(&index).ok().map(|v| v["annotations"].to_string());
+    tx.put_manifest(&NewManifest {
+        repo,
+        digest: xd.as_str(),
+        media_type: oci::INDEX_MEDIA_TYPE,
+        size: index.len() as i64,
+        artifact_type: None,
+        subject: None,
+        annotations: annotations.as_deref(),
+        tag: Some(&tag),
+        now: &now,
+    })
+    .await?;
+    tx.set_oci_tag(id, &tag).await?;
+    Ok(tag)
+}
+
+/// The object `/v1` holds for one arch, as the faces check sees it.
+#[derive(Debug, Clone)]
+pub struct Held<'a> {
+    pub arch: Arch,
+    pub digest: &'a str,
+    pub size: u64,
+}
+
+/// Whether the index bytes `index` reach `held` in `repo`: a child for its
+/// arch, by digest, whose manifest's layer is exactly that blob. `Ok(Err)`
+/// says how they disagree.
+pub async fn index_reaches<M: ManifestLookup>(
+    m: &mut M,
+    blobs: &BlobStore,
+    repo: &str,
+    index: &[u8],
+    held: &Held<'_>,
+) -> Result<Result<(), String>, FaceError> {
+    let Ok(v) = serde_json::from_slice::<Value>(index) else { return Ok(Err("the index is not JSON".into())) };
+    let arch = oci::oci_arch(held.arch);
+    let Some(child) =
+        v["manifests"].as_array().and_then(|c| c.iter().find(|c| c["platform"]["architecture"].as_str() == Some(arch)))
+    else {
+        return Ok(Err(format!("the index names no {arch} manifest")));
+    };
+    let Some(cd) = child["digest"].as_str().and_then(|d| d.parse::<Digest>().ok()) else {
+        return Ok(Err(format!("the index's {arch} entry has no valid digest")));
+    };
+    if m.manifest(repo, cd.as_str()).await?.is_none() {
+        return Ok(Err(format!("the index's {arch} manifest {cd} is not in {repo}")));
+    }
+    let bytes = match blobs.read(&cd).await {
+        Ok(b) => b,
+        Err(BlobError::Missing(_)) => return Ok(Err(format!("the bytes of manifest {cd} are missing"))),
+        Err(e) => return Err(e.into()),
+    };
+    let mv: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let layer = &mv["layers"][0];
+    if layer["digest"].as_str() == Some(held.digest) && layer["size"].as_u64() == Some(held.size) {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(format!(
+            "its {arch} manifest {cd} names layer {} ({} bytes), /v1 holds {} ({} bytes)",
+            layer["digest"].as_str().unwrap_or("none"),
+            layer["size"],
+            held.digest,
+            held.size
+        )))
+    }
+}
+
+/// Whether the tag recorded for a current object reaches it.
+pub async fn check_object<M: ManifestLookup>(
+    m: &mut M,
+    blobs: &BlobStore,
+    repo: &str,
+    tag: Option<&str>,
+    held: &Held<'_>,
+) -> Result<Result<(), String>, FaceError> {
+    let Some(tag) = tag else { return Ok(Err("no OCI form was recorded".into())) };
+    let Some(index) = m.manifest(repo, tag).await? else {
+        return Ok(Err(format!("{repo} has no tag {tag}")));
+    };
+    let Ok(digest) = index.digest.parse::<Digest>() else {
+        return Ok(Err(format!("tag {tag} names {:?}, not a digest", index.digest)));
+    };
+    let bytes = match blobs.read(&digest).await {
+        Ok(b) => b,
+        Err(BlobError::Missing(_)) => return Ok(Err(format!("the bytes of index {digest} (tag {tag}) are missing"))),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(index_reaches(m, blobs, repo, &bytes, held).await?.map_err(|why| format!("tag {tag}: {why}")))
+}
+
+/// One current object whose faces disagree, and how.
+#[derive(Debug, Clone)]
+pub struct Disagreement {
+    pub row: ObjectCheckRow,
+    pub why: String,
+}
+
+/// Every current object whose OCI form does not reach it.
+pub async fn disagreements(repo: &Repo, blobs: &BlobStore, oci_repo: &str) -> Result<Vec<Disagreement>, FaceError> {
+    let mut out = Vec::new();
+    let mut lookup = repo.clone();
+    for row in repo.current_objects().await? {
+        let Some(arch) = Arch::from_any(&row.arch) else {
+            out.push(Disagreement { why: format!("unknown arch {:?}", row.arch), row });
+            continue;
+        };
+        let held = Held { arch, digest: &row.digest, size: row.size.max(0) as u64 };
+        if let Err(why) = check_object(&mut lookup, blobs, oci_repo, row.oci_tag.as_deref(), &held).await? {
+            out.push(Disagreement { why, row });
+        }
+    }
+    Ok(out)
+}
+
+/// Rewrites the OCI form of the object that is current for `row`'s
+/// identity now (read inside the transaction: a publish may have replaced
+/// it since the check). Returns the tag written, or `None` when the
+/// identity has no current object any more.
+pub async fn repair(
+    repo: &Repo,
+    blobs: &BlobStore,
+    oci_repo: &str,
+    row: &ObjectCheckRow,
+) -> Result<Option<String>, FaceError> {
+    let meta = row.metadata().map_err(|source| FaceError::Metadata { id: row.id, source })?;
+    let mut tx = repo.begin_write().await?;
+    let Some(current) = tx.current(&meta.identity).await? else { return Ok(None) };
+    let meta = current.metadata().map_err(|source| FaceError::Metadata { id: current.id, source })?;
+    let tag = write_oci_form(&mut tx, blobs, oci_repo, &meta).await?;
+    tx.commit().await?;
+    Ok(Some(tag))
+}
+
+/// The identity recorded in a check row (for messages).
+pub fn describe(row: &ObjectCheckRow) -> String {
+    match Arch::from_any(&row.arch).map(|a| Identity::new(&row.kernel_release, a, &row.version)) {
+        Some(Ok(id)) => format!("{} ({}) {}", id.kernel_release, id.arch, id.version),
+        _ => format!("{} ({}) {}", row.kernel_release, row.arch, row.version),
+    }
+}

@@ -1,0 +1,146 @@
+//! `bpfarm-registry fsck`: re-hashes every blob, checks the index rows
+//! against the blobs (objects, manifests, links) and the two faces against
+//! each other, and with `repair` fixes what can be fixed here: a blob whose
+//! bytes no longer hash to its name is quarantined (moved aside, never
+//! deleted; uploading the right bytes again restores it), a stray file in
+//! the store is quarantined, and an object whose OCI form does not reach it
+//! gets its OCI form rewritten. A row whose blob is missing cannot be fixed
+//! here: the report says which bytes to upload again.
+//!
+//! It may run beside a serving registry: it opens the store without
+//! touching in-flight uploads, and repairs go through the same write
+//! transaction as publishes.
+
+use std::collections::HashMap;
+
+use bpfarm_object::Digest;
+
+use crate::blobs::BlobStore;
+use crate::faces::{self, FaceError};
+use crate::repo::Repo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsckError {
+    #[error("index: {0}")]
+    Index(#[from] sqlx::Error),
+    #[error("blob store: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Faces(#[from] FaceError),
+    #[error("fsck worker: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// What fsck found and did.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub blobs_checked: usize,
+    pub objects_checked: usize,
+    /// Problems that remain (after repair, if asked).
+    pub problems: Vec<String>,
+    /// What was repaired.
+    pub fixed: Vec<String>,
+}
+
+impl Report {
+    pub fn clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks (and with `repair`, fixes) the registry stored in `repo`/`blobs`,
+/// whose `/v1` objects appear in OCI as `oci_repo`.
+pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) -> Result<Report, FsckError> {
+    let mut report = Report::default();
+
+    // 1. Every blob file hashes to its name.
+    let store = blobs.clone();
+    let files = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<_>> {
+        let mut out = Vec::new();
+        for (path, claimed) in store.stored()? {
+            let actual = match &claimed {
+                Some(_) => Some(BlobStore::rehash(&path)?),
+                None => None,
+            };
+            out.push((path, claimed, actual));
+        }
+        Ok(out)
+    })
+    .await??;
+    let mut good: HashMap<Digest, u64> = HashMap::new();
+    for (path, claimed, actual) in files {
+        report.blobs_checked += 1;
+        let problem = match (&claimed, &actual) {
+            (Some(d), Some((a, size))) if a == d => {
+                good.insert(d.clone(), *size);
+                continue;
+            }
+            (Some(d), Some((a, _))) => format!("corrupt blob {d}: its bytes hash to {a}"),
+            _ => format!("stray file {} in the blob store", path.display()),
+        };
+        if repair {
+            let to = blobs.quarantine(&path)?;
+            let again = claimed.map(|d| format!("; upload {d} again to restore it")).unwrap_or_default();
+            report.fixed.push(format!("{problem}: quarantined to {}{again}", to.display()));
+        } else {
+            report.problems.push(problem);
+        }
+    }
+
+    // 2. The two faces agree on every current object (repairing first
+    //    rewrites OCI forms whose bytes were just quarantined).
+    for bad in faces::disagreements(repo, blobs, oci_repo).await? {
+        let what = format!("{}: /v1 and OCI disagree: {}", faces::describe(&bad.row), bad.why);
+        if !repair {
+            report.problems.push(what);
+            continue;
+        }
+        match faces::repair(repo, blobs, oci_repo, &bad.row).await? {
+            Some(tag) => report.fixed.push(format!("{what}: rewrote its OCI form under {oci_repo}:{tag}")),
+            None => report.fixed.push(format!("{what}: no longer current")),
+        }
+    }
+    if repair {
+        for bad in faces::disagreements(repo, blobs, oci_repo).await? {
+            report.problems.push(format!("{}: still disagrees after repair: {}", faces::describe(&bad.row), bad.why));
+        }
+    }
+    // 3. Every row names stored bytes of the size it records. After a repair
+    //    the store holds only verified bytes, including any just rewritten.
+    let stored_size = |d: &Digest| -> Option<u64> {
+        good.get(d).copied().or_else(|| {
+            let m = std::fs::symlink_metadata(blobs.path(d)).ok().filter(|m| repair && m.is_file());
+            m.map(|m| m.len())
+        })
+    };
+    let has = |d: &str, size: i64| -> Result<(), String> {
+        let Ok(d) = d.parse::<Digest>() else { return Err(format!("{d:?} is not a digest")) };
+        match stored_size(&d) {
+            None => Err(format!("its blob {d} is not stored")),
+            Some(n) if i64::try_from(n).ok() != Some(size) => Err(format!("it records {size} bytes, blob {d} has {n}")),
+            Some(_) => Ok(()),
+        }
+    };
+    for row in repo.all_objects().await? {
+        report.objects_checked += 1;
+        if let Err(why) = has(&row.digest, row.size) {
+            let kind = if row.current == 1 { "current object" } else { "replaced object" };
+            report.problems.push(format!(
+                "{kind} {}: {why} (upload its bytes again: PUT /v1/blobs/{})",
+                faces::describe(&row),
+                row.digest
+            ));
+        }
+    }
+    for (r, d, size) in repo.all_manifests().await? {
+        if let Err(why) = has(&d, size) {
+            report.problems.push(format!("manifest {r}@{d}: {why}"));
+        }
+    }
+    for (r, d) in repo.all_links().await? {
+        if d.parse::<Digest>().ok().and_then(|d| stored_size(&d)).is_none() {
+            report.problems.push(format!("{r} links blob {d}, which is not stored"));
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,171 @@
+//! Prometheus/OpenMetrics. Every label value comes from a fixed set — the
+//! route templates the router knows (or `other`), known HTTP methods (or
+//! `other`), status classes — so no request can grow `/metrics`.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::routes::AppState;
+
+/// The route templates the router serves; `/v2` requests are labelled by
+/// the endpoint the dispatcher chose (see `oci::dispatch`).
+pub const ROUTES: &[&str] = &[
+    "/",
+    "/healthz",
+    "/metrics",
+    "/v1/failures",
+    "/v1/blobs/{digest}",
+    "/v1/objects",
+    "/v1/objects/{arch}/{version}/{release}",
+    "/{version}/{arch}/{file}",
+    "/v2/",
+    "/v2",
+    "/v2/_catalog",
+    "/v2/{name}/tags/list",
+    "/v2/{name}/manifests/{reference}",
+    "/v2/{name}/referrers/{digest}",
+    "/v2/{name}/blobs/uploads/",
+    "/v2/{name}/blobs/uploads/{id}",
+    "/v2/{name}/blobs/{digest}",
+];
+
+/// A `/v2` handler's route template, set as a response extension.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabel(pub &'static str);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    method: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    reason: &'static str,
+}
+
+/// Why the server closed a connection itself.
+#[derive(Debug, Clone, Copy)]
+pub enum Shed {
+    /// At `--max-connections`: the connection that had waited longest for a
+    /// request head made room for a newcomer.
+    Evicted,
+    /// No byte moved for `--idle-timeout` during a request.
+    Stalled,
+    /// The request head did not arrive within `--header-timeout`.
+    HeaderTimeout,
+    /// The TLS handshake failed or did not finish within `--header-timeout`.
+    Handshake,
+}
+
+impl Shed {
+    fn label(self) -> &'static str {
+        match self {
+            Shed::Evicted => "evicted",
+            Shed::Stalled => "stalled",
+            Shed::HeaderTimeout => "header_timeout",
+            Shed::Handshake => "tls_handshake",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    bytes_served: Counter,
+    connections: Gauge,
+    shed: Family<ShedLabels, Counter>,
+    registry: prometheus_client::registry::Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let bytes_served = Counter::default();
+        let connections = Gauge::default();
+        let shed = Family::<ShedLabels, Counter>::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("bpfarm_http_requests", "HTTP requests by route, method and status class", requests.clone());
+        registry.register("bpfarm_bytes_served", "Object bytes sent", bytes_served.clone());
+        registry.register("bpfarm_http_connections", "Open client connections", connections.clone());
+        registry.register(
+            "bpfarm_http_connections_shed",
+            "Connections the server closed itself, by reason",
+            shed.clone(),
+        );
+        Self { requests, bytes_served, connections, shed, registry }
+    }
+}
+
+impl Metrics {
+    pub fn served(&self, bytes: u64) {
+        self.bytes_served.inc_by(bytes);
+    }
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+    }
+    pub fn connection_closed(&self) {
+        self.connections.dec();
+    }
+    pub fn shed(&self, why: Shed) {
+        self.shed.get_or_create(&ShedLabels { reason: why.label() }).inc();
+    }
+    /// The OpenMetrics text, with the current object count.
+    pub fn render(&self, objects: i64) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text.replace(
+            "# EOF\n",
+            &format!(
+                "# HELP bpfarm_objects Current objects.\n# TYPE bpfarm_objects gauge\nbpfarm_objects {objects}\n# EOF\n"
+            ),
+        ))
+    }
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+fn status_label(s: u16) -> &'static str {
+    match s / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn route_label(path: Option<&MatchedPath>) -> &'static str {
+    path.and_then(|p| ROUTES.iter().find(|r| **r == p.as_str()).copied()).unwrap_or("other")
+}
+
+/// The middleware: counts every request by (route, method, status class).
+pub async fn count(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let route = route_label(req.extensions().get::<MatchedPath>());
+    let method = method_label(req.method());
+    let resp = next.run(req).await;
+    let route = resp.extensions().get::<RouteLabel>().map(|r| r.0).unwrap_or(route);
+    s.metrics()
+        .requests
+        .get_or_create(&RequestLabels { route, method, status: status_label(resp.status().as_u16()) })
+        .inc();
+    resp
+}
