@@ -507,8 +507,10 @@ fn plan(
             found.extend(row.error.clone());
         }
     }
-    // Decided before any unpacking: is there anything that can build?
-    if !pairs.iter().any(|r| r.is_ok()) && tree_inputs.is_empty() && req.btf.is_empty() {
+    // Decided before any unpacking: is there anything that can build? A
+    // pinned matrix kernel is a kernel even when its packages could not be
+    // had: that is its failed row (exit 1), not "nothing to build".
+    if !pairs.iter().any(|r| r.is_ok()) && tree_inputs.is_empty() && req.btf.is_empty() && pinned.is_empty() {
         for f in facts.iter().filter(|f| !f.is_flavour()) {
             found.push(format!(
                 "{} {} ({}): not a flavour headers package, and no flavour among the inputs needs it",
