@@ -1,6 +1,7 @@
 //! The vocabulary every bpfarm part speaks: what an object *is* (identity),
 //! what it is called on disk, how its bytes are named (digest) and what
-//! travels with it (metadata). No I/O beyond hashing a reader.
+//! travels with it (metadata), and how it is signed and verified (`sign`).
+//! No I/O beyond hashing a reader and reading key files.
 
 #[cfg(feature = "client")]
 pub mod client;
@@ -10,6 +11,7 @@ pub mod metadata;
 pub mod oci;
 #[cfg(feature = "oci")]
 pub mod oci_client;
+pub mod sign;
 
 pub use digest::{Digest, DigestError, Sha256Writer};
 pub use identity::{Arch, Identity, IdentityError, object_file_name};
