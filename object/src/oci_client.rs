@@ -278,6 +278,88 @@ impl OciRegistry {
     }
 }
 
+/// Signatures and attestations (`sign::OciArtifact`) beside the objects,
+/// where cosign looks for them.
+impl OciRegistry {
+    /// `HOST[:PORT]/NAMESPACE/tracee-bpf`: the `docker-reference` of a
+    /// simple-signing payload for this target.
+    pub fn docker_reference(&self) -> String {
+        format!("{}/{}", self.target.registry, self.target.repository())
+    }
+
+    /// Pushes an artifact's blobs (those missing), then its manifest under
+    /// its tag.
+    pub fn push_artifact(&self, artifact: &crate::sign::OciArtifact) -> Result<(), OciError> {
+        let repo = self.target.reference(oci::REPOSITORY);
+        self.rt.block_on(self.client.auth(&repo, &self.auth, RegistryOperation::Push)).map_err(self.err(&repo))?;
+        for blob in &artifact.blobs {
+            let exists = self.rt.block_on(self.client.blob_exists(&repo, blob.digest.as_str())).unwrap_or(false);
+            if !exists {
+                self.rt
+                    .block_on(self.client.push_blob(&repo, blob.data.clone(), blob.digest.as_str()))
+                    .map_err(self.err(&repo))?;
+            }
+        }
+        let tref = self.target.reference(&artifact.tag);
+        let media_type = oci::MANIFEST_MEDIA_TYPE
+            .parse()
+            .map_err(|_| OciError::Invalid { reference: tref.to_string(), message: "media type".into() })?;
+        self.rt
+            .block_on(self.client.push_manifest_raw(&tref, artifact.manifest.clone(), media_type))
+            .map_err(self.err(&tref))?;
+        Ok(())
+    }
+
+    /// The image manifest under `tag` (`sha256-<hex>.sig` / `.att`), or
+    /// `None` when the registry has no such tag.
+    pub fn pull_tagged_manifest(&self, tag: &str) -> Result<Option<Vec<u8>>, OciError> {
+        self.manifest(&self.target.reference(tag), &[oci::MANIFEST_MEDIA_TYPE])
+    }
+
+    /// A small blob (a signature payload, an envelope) of this repository,
+    /// at most `max` bytes (the transfer stops there) and checked against
+    /// its digest.
+    pub fn pull_small_blob(&self, digest: &Digest, max: usize) -> Result<Vec<u8>, OciError> {
+        let repo = self.target.reference(oci::REPOSITORY);
+        let mut out = BoundedBuffer { data: Vec::new(), max };
+        self.rt.block_on(self.client.pull_blob(&repo, digest.as_str(), &mut out)).map_err(self.err(&repo))?;
+        Ok(out.data)
+    }
+}
+
+/// An in-memory sink that refuses to grow past `max`.
+struct BoundedBuffer {
+    data: Vec<u8>,
+    max: usize,
+}
+
+impl tokio::io::AsyncWrite for BoundedBuffer {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.data.len() + buf.len() > self.max {
+            let max = self.max;
+            return std::task::Poll::Ready(Err(std::io::Error::other(format!("blob is larger than {max} bytes"))));
+        }
+        self.data.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 fn annotation(manifest: &[u8], key: &str) -> Option<String> {
     serde_json::from_slice::<Value>(manifest).ok()?["annotations"][key].as_str().map(str::to_owned)
 }
