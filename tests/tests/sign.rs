@@ -271,28 +271,56 @@ fn tampered_signatures_and_wrong_keys_are_typed_refusals() {
     assert!(anyhow_like(&e).contains("missing.pub: reading it"), "{e}");
 }
 
+/// The registry an artifact lives in, kept running while the test needs it.
+#[allow(dead_code)] // held for their Drop
+enum Server {
+    Distribution(bpfarm_tests::Distribution),
+    Bpfarm(bpfarm_tests::Registry, tempfile::TempDir),
+}
+
 /// A registry with the real object published as bpfarm publishes it.
 struct Published {
-    _dist: bpfarm_tests::Distribution,
+    _server: Server,
     addr: String,
     reg: OciRegistry,
     manifest: Vec<u8>,
     subject: Subject,
 }
 
+/// The real object, published into distribution 2.8.
 fn publish_real_object(meta: &ObjectMetadata, bytes: &[u8]) -> Published {
     let dist = distribution();
     let addr = dist.addr.clone();
+    publish_into(Server::Distribution(dist), addr, oci_client::secrets::RegistryAuth::Anonymous, meta, bytes)
+}
+
+/// The real object, published through bpfarm's own `/v2` with a push token.
+fn publish_real_object_to_bpfarm(meta: &ObjectMetadata, bytes: &[u8]) -> (Published, String) {
+    let data = tempfile::tempdir().unwrap();
+    let push = bpfarm_tests::token(data.path(), "ci", "push");
+    let reg = bpfarm_tests::serve(data.path());
+    let addr = reg.url.strip_prefix("http://").unwrap().to_owned();
+    let auth = bpfarm_object::oci_client::credentials(&addr, None, Some(&push));
+    (publish_into(Server::Bpfarm(reg, data), addr, auth, meta, bytes), push)
+}
+
+fn publish_into(
+    server: Server,
+    addr: String,
+    auth: oci_client::secrets::RegistryAuth,
+    meta: &ObjectMetadata,
+    bytes: &[u8],
+) -> Published {
     let reg = OciRegistry::new(
         OciTarget::parse(&format!("oci://{addr}/ns")).unwrap(),
-        oci_client::secrets::RegistryAuth::Anonymous,
+        auth,
         std::time::Duration::from_secs(10),
     )
     .unwrap();
     reg.publish(meta, bytes).unwrap();
     let manifest = oci::manifest(meta);
     let subject = Subject::manifest(&manifest);
-    Published { _dist: dist, addr, reg, manifest, subject }
+    Published { _server: server, addr, reg, manifest, subject }
 }
 
 impl Published {
@@ -445,4 +473,53 @@ fn bpfarm_verifies_what_cosign_sign_pushed() {
     let payload =
         serde_json::from_slice::<Value>(&manifest).unwrap()["layers"][0]["digest"].as_str().unwrap().to_owned();
     assert!(p.reg.pull_small_blob(&payload.parse().unwrap(), 16).is_err());
+}
+
+#[test]
+fn bpfarms_own_v2_lists_signatures_as_referrers_and_cosign_verifies_there() {
+    let home = tempfile::tempdir().unwrap();
+    let (bytes, meta) = real_object();
+    let (p, push) = publish_real_object_to_bpfarm(meta, bytes);
+    let (key, public) = openssl_key(home.path(), "signer", "P-256");
+    let key = SigningKey::load(&key).unwrap();
+    let sig =
+        signature_artifact(&p.subject, &[sign_manifest(&key, &p.reg.docker_reference(), &p.subject.digest).unwrap()]);
+    let provenance = sign::sign_provenance(&key, meta, &BuilderInfo::bpfarm(env!("CARGO_PKG_VERSION"))).unwrap();
+    let att = attestation_artifact(&p.subject, &provenance);
+    p.reg.push_artifact(&sig).unwrap();
+    p.reg.push_artifact(&att).unwrap();
+
+    // The referrers API names both, by artifact type.
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut resp = agent
+        .get(format!("http://{}/v2/ns/tracee-bpf/referrers/{}", p.addr, p.subject.digest))
+        .header("Authorization", format!("Bearer {push}"))
+        .call()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let index: Value = serde_json::from_slice(&resp.body_mut().read_to_vec().unwrap()).unwrap();
+    let mut found: Vec<(String, String)> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["digest"].as_str().unwrap().to_owned(), m["artifactType"].as_str().unwrap().to_owned()))
+        .collect();
+    found.sort();
+    let mut expected = vec![
+        (sig.manifest_digest().to_string(), sign::cosign::SIGNATURE_ARTIFACT_TYPE.to_owned()),
+        (att.manifest_digest().to_string(), sign::cosign::DSSE_MEDIA_TYPE.to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(found, expected);
+
+    // cosign finds them by tag in bpfarm's registry too.
+    let key_arg = public.to_str().unwrap();
+    let out = p.cosign(home.path(), &["verify", "--key", key_arg, "--insecure-ignore-tlog"]);
+    assert!(out.status.success(), "cosign verify: {}", String::from_utf8_lossy(&out.stderr));
+    let out = p.cosign(
+        home.path(),
+        &["verify-attestation", "--key", key_arg, "--insecure-ignore-tlog", "--type", "slsaprovenance"],
+    );
+    assert!(out.status.success(), "cosign verify-attestation: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(&p.verify_signature(&trust(&public)).unwrap().key_id, key.id());
 }

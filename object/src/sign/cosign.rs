@@ -6,7 +6,8 @@
 //!
 //! The manifests bpfarm writes are byte-reproducible (fixed field order,
 //! fixed config, RFC 6979 signatures) and also name the signed manifest as
-//! their OCI `subject`, so registries with the referrers API list them too.
+//! their OCI `subject`, with an `artifactType`, so registries with the
+//! referrers API list them too.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -20,6 +21,9 @@ use crate::{Digest, oci};
 pub const SIMPLE_SIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 pub const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+/// The `artifactType` of a signature manifest, as referrers-API clients
+/// (cosign's OCI 1.1 mode, Ratify) look for it.
+pub const SIGNATURE_ARTIFACT_TYPE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 pub const ANN_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
 pub const ANN_PREDICATE_TYPE: &str = "predicateType";
 /// `critical.type` of a simple-signing payload.
@@ -173,6 +177,8 @@ struct Manifest<'a> {
     schema_version: u32,
     #[serde(rename = "mediaType")]
     media_type: &'a str,
+    #[serde(rename = "artifactType")]
+    artifact_type: &'a str,
     config: Descriptor,
     layers: Vec<Descriptor>,
     subject: &'a Subject,
@@ -204,7 +210,12 @@ struct RootFs {
 
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
-fn artifact(tag: String, subject: &Subject, layers: Vec<(OciBlob, Vec<(&str, String)>)>) -> OciArtifact {
+fn artifact(
+    tag: String,
+    artifact_type: &str,
+    subject: &Subject,
+    layers: Vec<(OciBlob, Vec<(&str, String)>)>,
+) -> OciArtifact {
     let config = Config {
         architecture: "",
         created: ZERO_TIME,
@@ -223,6 +234,7 @@ fn artifact(tag: String, subject: &Subject, layers: Vec<(OciBlob, Vec<(&str, Str
     let manifest = Manifest {
         schema_version: 2,
         media_type: oci::MANIFEST_MEDIA_TYPE,
+        artifact_type,
         config: descriptor(&config, vec![]),
         layers: layers.iter().map(|(b, a)| descriptor(b, a.clone())).collect(),
         subject,
@@ -242,7 +254,7 @@ pub fn signature_artifact(subject: &Subject, signatures: &[ManifestSignature]) -
             (OciBlob::new(SIMPLE_SIGNING_MEDIA_TYPE, s.payload.clone()), vec![(ANN_SIGNATURE, s.signature.clone())])
         })
         .collect();
-    artifact(signature_tag(&subject.digest), subject, layers)
+    artifact(signature_tag(&subject.digest), SIGNATURE_ARTIFACT_TYPE, subject, layers)
 }
 
 /// The attestation manifest of `subject` (tag `sha256-<hex>.att`): the v1
@@ -257,7 +269,7 @@ pub fn attestation_artifact(subject: &Subject, provenance: &SignedProvenance) ->
     };
     let layers =
         vec![layer(&provenance.v1, super::provenance::SLSA_V1), layer(&provenance.v02, super::provenance::SLSA_V02)];
-    artifact(attestation_tag(&subject.digest), subject, layers)
+    artifact(attestation_tag(&subject.digest), DSSE_MEDIA_TYPE, subject, layers)
 }
 
 /// Why a blob could not be had.
@@ -421,6 +433,7 @@ mod tests {
         assert_eq!(v["layers"][0]["mediaType"], SIMPLE_SIGNING_MEDIA_TYPE);
         assert_eq!(v["layers"][0]["annotations"][ANN_SIGNATURE], sig.signature);
         assert_eq!(v["subject"]["digest"], subject.digest.as_str());
+        assert_eq!(v["artifactType"], SIGNATURE_ARTIFACT_TYPE);
         assert_eq!(a.tag, signature_tag(&subject.digest));
         let blobs = store(&a);
         let ok = verify_signature_manifest(&keys, &subject.digest, &a.manifest, &mut fetcher(&blobs)).unwrap();
