@@ -47,6 +47,21 @@ impl Digest {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The 32 raw bytes.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        // Construction guarantees 64 lowercase hex characters.
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => 0,
+        };
+        let mut raw = [0u8; 32];
+        for (b, pair) in raw.iter_mut().zip(self.hex().as_bytes().chunks_exact(2)) {
+            *b = nibble(pair[0]) << 4 | nibble(pair[1]);
+        }
+        raw
+    }
 }
 
 impl FromStr for Digest {
@@ -135,6 +150,7 @@ mod tests {
         let d = Digest::of_bytes(b"abc");
         assert_eq!(d.as_str(), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(d.hex().len(), 64);
+        assert_eq!(hex::encode(d.to_bytes()), d.hex());
         let (r, n) = Digest::of_reader(&b"abc"[..]).unwrap();
         assert_eq!((r, n), (d, 3));
     }

@@ -3,7 +3,8 @@
 //! travels with it (metadata). No I/O beyond hashing a reader, except
 //! behind features: `client` (the HTTP/TLS transport and the registry
 //! client), `oci` (OCI registries), `elf` (the identity embedded in an
-//! object).
+//! object). `sign`: how objects are signed and verified (key files are
+//! read there).
 
 #[cfg(feature = "client")]
 pub mod client;
@@ -17,6 +18,7 @@ pub mod metadata;
 pub mod oci;
 #[cfg(feature = "oci")]
 pub mod oci_client;
+pub mod sign;
 
 pub use digest::{Digest, DigestError, Sha256Writer};
 pub use identity::{Arch, Identity, IdentityError, object_file_name};

@@ -440,6 +440,82 @@ impl OciRegistry {
     }
 }
 
+/// Signatures and attestations (`sign::OciArtifact`) beside the objects,
+/// where cosign looks for them; each call bounded by the transport's
+/// timeout, every read capped.
+impl OciRegistry {
+    /// `HOST[:PORT]/NAMESPACE/tracee-bpf`: the `docker-reference` of a
+    /// simple-signing payload for this target.
+    pub fn docker_reference(&self) -> String {
+        format!("{}/{}", self.target.registry, self.target.repository())
+    }
+
+    fn within<T>(&self, fut: impl Future<Output = Result<T, OciError>>) -> Result<T, OciError> {
+        let after = self.transport.config().timeout;
+        self.transport
+            .within(fut)
+            .unwrap_or_else(|| Err(OciError::Timeout { registry: self.target.registry.clone(), after }))
+    }
+
+    /// Pushes an artifact's blobs (those missing), then its manifest under
+    /// its tag.
+    pub fn push_artifact(&self, artifact: &crate::sign::OciArtifact) -> Result<(), OciError> {
+        self.within(async {
+            let repo = self.target.reference(oci::REPOSITORY)?;
+            self.auth_header(RegistryOperation::Push).await?;
+            for blob in &artifact.blobs {
+                let exists = self.client.blob_exists(&repo, blob.digest.as_str()).await.unwrap_or(false);
+                if !exists {
+                    self.client
+                        .push_blob(&repo, blob.data.clone(), blob.digest.as_str())
+                        .await
+                        .map_err(Self::err(&repo))?;
+                }
+            }
+            let tref = self.target.reference(&artifact.tag)?;
+            self.client
+                .push_manifest_raw(&tref, artifact.manifest.clone(), header_value(&tref, oci::MANIFEST_MEDIA_TYPE)?)
+                .await
+                .map_err(Self::err(&tref))?;
+            Ok(())
+        })
+    }
+
+    /// The image manifest under `tag` (`sha256-<hex>.sig` / `.att`), at most
+    /// `sign::cosign::MAX_MANIFEST` bytes, or `None` when the registry has
+    /// no such tag.
+    pub fn pull_tagged_manifest(&self, tag: &str) -> Result<Option<Vec<u8>>, OciError> {
+        self.within(async {
+            let auth = self.auth_header(RegistryOperation::Pull).await?;
+            let cap = crate::sign::cosign::MAX_MANIFEST as u64;
+            self.manifest(tag, Some(cap), &auth, oci::MANIFEST_MEDIA_TYPE).await
+        })
+    }
+
+    /// A small blob (a signature payload, an envelope) of this repository,
+    /// at most `max` bytes (the transfer stops there) and checked against
+    /// its digest.
+    pub fn pull_small_blob(&self, digest: &Digest, max: usize) -> Result<Vec<u8>, OciError> {
+        self.within(async {
+            let auth = self.auth_header(RegistryOperation::Pull).await?;
+            let repo = self.target.reference(oci::REPOSITORY)?;
+            let invalid = |message: String| OciError::Invalid { reference: repo.to_string(), message };
+            let url = self.url(&repo, "blobs", digest.as_str());
+            let r = self.transport.get(&url, &auth, max as u64, Overflow::Error).await.map_err(|e| match e {
+                TransportError::TooLarge { .. } => invalid(format!("blob {digest} is larger than {max} bytes")),
+                e => e.into(),
+            })?;
+            if r.status != 200 {
+                return Err(invalid(format!("HTTP {} for blob {digest}: {}", r.status, registry_message(&r))));
+            }
+            if r.digest != *digest {
+                return Err(invalid(format!("blob {digest} has bytes hashing to {}", r.digest)));
+            }
+            Ok(r.body)
+        })
+    }
+}
+
 fn header_value(reference: &Reference, v: &str) -> Result<reqwest::header::HeaderValue, OciError> {
     v.parse()
         .map_err(|e| OciError::Invalid { reference: reference.to_string(), message: format!("media type {v}: {e}") })
