@@ -2,7 +2,7 @@
 //! the method and path alone which scope a request needs and checks the
 //! caller's token before any handler runs — so before any request body is
 //! read: an unauthenticated upload gets its 401 while it is still sending,
-//! and a handler cannot forget the check.
+//! and a route added later is covered with nothing to remember.
 //!
 //! Rules: `GET`/`HEAD` need a read token only under `--require-read-token`
 //! (anonymous otherwise); every other method, and every `/v2` upload
@@ -11,13 +11,14 @@
 //! answers the Basic challenge that OCI clients expect. `/healthz` is open.
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
+use crate::error::Error;
 use crate::face::Face;
 use crate::repo::Scope;
-use crate::routes::{ApiError, AppState};
+use crate::state::AppState;
 
 /// What a request needs before it reaches its handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,93 +65,36 @@ pub fn credential(headers: &HeaderMap) -> Option<String> {
     (!token.is_empty()).then(|| token.to_owned())
 }
 
-/// Why a request was not let through.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error("a {} token is required (Authorization: Bearer <token>, or Basic with the token as password)", .0.as_str())]
-    Missing(Scope),
-    #[error("unknown token")]
-    Unknown,
-    #[error("this token may read, not push")]
-    ReadOnly,
-    #[error("authentication required to push; pulls may be anonymous")]
-    Challenge,
-    #[error("index: {0}")]
-    Index(#[from] sqlx::Error),
-}
-
-impl AuthError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            AuthError::Missing(_) | AuthError::Unknown | AuthError::Challenge => StatusCode::UNAUTHORIZED,
-            AuthError::ReadOnly => StatusCode::FORBIDDEN,
-            AuthError::Index(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
-
 /// Checks the request's credentials against `need`; returns the scope the
 /// presented token grants (`None`: anonymous and allowed).
-pub async fn authorize(s: &AppState, headers: &HeaderMap, need: Need) -> Result<Option<Scope>, AuthError> {
+pub async fn authorize(s: &AppState, headers: &HeaderMap, need: Need) -> Result<Option<Scope>, Error> {
     if need == Need::Nothing {
         return Ok(None);
     }
-    let presented = credential(headers);
-    let granted = match &presented {
-        Some(token) => match crate::tokens::scope_of(token, &s.repo.token_hashes().await?) {
+    let granted = match credential(headers) {
+        Some(token) => match crate::tokens::scope_of(&token, &s.repo.token_hashes().await?) {
             Some(scope) => Some(scope),
-            None => return Err(AuthError::Unknown),
+            None => return Err(Error::UnknownToken),
         },
         None => None,
     };
     match (need, granted) {
         (Need::Nothing, _) => Ok(None),
-        (Need::Ping, None) => Err(AuthError::Challenge),
+        (Need::Ping, None) => Err(Error::Challenge),
         (Need::Ping, g) => Ok(g),
         (Need::Scope(Scope::Read), None) if !s.settings.require_read_token => Ok(None),
-        (Need::Scope(want), None) => Err(AuthError::Missing(want)),
-        (Need::Scope(Scope::Push), Some(Scope::Read)) => Err(AuthError::ReadOnly),
+        (Need::Scope(want), None) => Err(Error::Unauthenticated(want)),
+        (Need::Scope(Scope::Push), Some(Scope::Read)) => Err(Error::ReadOnly),
         (Need::Scope(_), g) => Ok(g),
     }
 }
 
 /// The middleware: authorise, or answer in the face's error format.
 pub async fn require(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let face = Face::of(req.uri().path());
     let need = need(req.method(), req.uri().path());
     match authorize(&s, req.headers(), need).await {
         Ok(_) => next.run(req).await,
-        Err(e) => {
-            if let AuthError::Index(ref db) = e {
-                tracing::error!("index while authorising: {db}");
-            }
-            let message = match e {
-                AuthError::Index(_) => "index error".to_owned(),
-                ref e => e.to_string(),
-            };
-            match face {
-                Face::V2 => crate::oci::OciError::new(
-                    e.status(),
-                    match e {
-                        AuthError::ReadOnly => "DENIED",
-                        AuthError::Index(_) => "UNKNOWN",
-                        _ => "UNAUTHORIZED",
-                    },
-                    message,
-                )
-                .into_response(),
-                Face::V1 => ApiError::new(
-                    e.status(),
-                    match e {
-                        AuthError::ReadOnly => "DENIED",
-                        AuthError::Index(_) => "INTERNAL",
-                        _ => "UNAUTHORIZED",
-                    },
-                    message,
-                )
-                .into_response(),
-            }
-        }
+        Err(e) => Face::of(req.uri().path()).render(e),
     }
 }
 

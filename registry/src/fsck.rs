@@ -16,20 +16,10 @@ use std::collections::HashMap;
 use bpfarm_object::Digest;
 
 use crate::blobs::BlobStore;
-use crate::faces::{self, FaceError};
+use crate::error::{Error, Result};
+use crate::faces;
+use crate::publish;
 use crate::repo::Repo;
-
-#[derive(Debug, thiserror::Error)]
-pub enum FsckError {
-    #[error("index: {0}")]
-    Index(#[from] sqlx::Error),
-    #[error("blob store: {0}")]
-    Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Faces(#[from] FaceError),
-    #[error("fsck worker: {0}")]
-    Join(#[from] tokio::task::JoinError),
-}
 
 /// What fsck found and did.
 #[derive(Debug, Default, Clone)]
@@ -50,7 +40,7 @@ impl Report {
 
 /// Checks (and with `repair`, fixes) the registry stored in `repo`/`blobs`,
 /// whose `/v1` objects appear in OCI as `oci_repo`.
-pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) -> Result<Report, FsckError> {
+pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) -> Result<Report> {
     let mut report = Report::default();
 
     // 1. Every blob file hashes to its name.
@@ -66,7 +56,8 @@ pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) 
         }
         Ok(out)
     })
-    .await??;
+    .await?
+    .map_err(Error::Store)?;
     let mut good: HashMap<Digest, u64> = HashMap::new();
     for (path, claimed, actual) in files {
         report.blobs_checked += 1;
@@ -79,7 +70,7 @@ pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) 
             _ => format!("stray file {} in the blob store", path.display()),
         };
         if repair {
-            let to = blobs.quarantine(&path)?;
+            let to = blobs.quarantine(&path).map_err(Error::Store)?;
             let again = claimed.map(|d| format!("; upload {d} again to restore it")).unwrap_or_default();
             report.fixed.push(format!("{problem}: quarantined to {}{again}", to.display()));
         } else {
@@ -95,7 +86,7 @@ pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) 
             report.problems.push(what);
             continue;
         }
-        match faces::repair(repo, blobs, oci_repo, &bad.row).await? {
+        match publish::heal(repo, blobs, oci_repo, &bad.row).await? {
             Some(tag) => report.fixed.push(format!("{what}: rewrote its OCI form under {oci_repo}:{tag}")),
             None => report.fixed.push(format!("{what}: no longer current")),
         }
@@ -107,13 +98,9 @@ pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) 
     }
     // 3. Every row names stored bytes of the size it records. After a repair
     //    the store holds only verified bytes, including any just rewritten.
-    let stored_size = |d: &Digest| -> Option<u64> {
-        good.get(d).copied().or_else(|| {
-            let m = std::fs::symlink_metadata(blobs.path(d)).ok().filter(|m| repair && m.is_file());
-            m.map(|m| m.len())
-        })
-    };
-    let has = |d: &str, size: i64| -> Result<(), String> {
+    let stored_size =
+        |d: &Digest| -> Option<u64> { good.get(d).copied().or_else(|| if repair { blobs.size_now(d) } else { None }) };
+    let has = |d: &str, size: i64| -> std::result::Result<(), String> {
         let Ok(d) = d.parse::<Digest>() else { return Err(format!("{d:?} is not a digest")) };
         match stored_size(&d) {
             None => Err(format!("its blob {d} is not stored")),

@@ -19,12 +19,12 @@ pub fn hash(token: &str) -> String {
 /// The scope `token` grants among the stored `(hash, scope)` rows, if any.
 /// Every row is compared, without stopping at a match, so the time taken
 /// does not depend on which token (if any) matched.
-pub fn scope_of(token: &str, stored: &[(String, String)]) -> Option<Scope> {
+pub fn scope_of(token: &str, stored: &[(String, Scope)]) -> Option<Scope> {
     let presented = hash(token);
     let mut found = None;
     for (h, scope) in stored {
         if bool::from(h.as_bytes().ct_eq(presented.as_bytes())) {
-            found = Some(if scope == "push" { Scope::Push } else { Scope::Read });
+            found = Some(*scope);
         }
     }
     found
@@ -39,7 +39,7 @@ mod tests {
         let t = generate();
         assert!(t.starts_with("bpfarm_") && t.len() == 7 + 64);
         assert_ne!(generate(), t);
-        let stored = vec![(hash("other"), "read".to_owned()), (hash(&t), "push".to_owned())];
+        let stored = vec![(hash("other"), Scope::Read), (hash(&t), Scope::Push)];
         assert_eq!(scope_of(&t, &stored), Some(Scope::Push));
         assert_eq!(scope_of("other", &stored), Some(Scope::Read));
         assert_eq!(scope_of("nope", &stored), None);
