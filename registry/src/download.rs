@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use bpfarm_object::Digest;
+use http_range_header::parse_range_header;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::blobs::BlobStore;
@@ -74,22 +75,16 @@ pub async fn serve(
     build(b, Body::from_stream(stream))
 }
 
-/// One `bytes=a-b`, `bytes=a-` or `bytes=-n` range within `size` bytes.
-pub fn one_range(h: &str, size: u64) -> Option<(u64, u64)> {
-    let spec = h.strip_prefix("bytes=")?;
-    if spec.contains(',') || size == 0 {
-        return None;
+/// The one byte range a `Range` header asks for within `size` bytes, as
+/// first and last offsets (`bytes=a-b`, `bytes=a-`, `bytes=-n`; an end past
+/// the blob is cut to it). `None` (a 416) for anything else: a malformed
+/// header, another unit, several ranges, an empty blob.
+pub fn one_range(header: &str, size: u64) -> Option<(u64, u64)> {
+    let ranges = parse_range_header(header).ok()?.validate(size).ok()?;
+    match ranges.as_slice() {
+        [r] => Some((*r.start(), *r.end())),
+        _ => None,
     }
-    let (a, b) = spec.split_once('-')?;
-    let (start, end) = match (a.trim(), b.trim()) {
-        ("", n) => {
-            let n: u64 = n.parse().ok()?;
-            (size.checked_sub(n.min(size))?, size - 1)
-        }
-        (a, "") => (a.parse().ok()?, size - 1),
-        (a, b) => (a.parse().ok()?, b.parse::<u64>().ok()?.min(size - 1)),
-    };
-    (start <= end && start < size).then_some((start, end))
 }
 
 #[cfg(test)]
@@ -106,5 +101,17 @@ mod tests {
         assert_eq!(parse_range("bytes=5-1", 100), None);
         assert_eq!(parse_range("bytes=0-1,3-4", 100), None);
         assert_eq!(parse_range("items=0-1", 100), None);
+    }
+
+    #[test]
+    fn edges_of_the_blob() {
+        // A suffix longer than the blob selects all of it (RFC 9110 14.1.2).
+        assert_eq!(parse_range("bytes=-500", 100), Some((0, 99)));
+        assert_eq!(parse_range("bytes=99-99", 100), Some((99, 99)));
+        assert_eq!(parse_range("bytes=-0", 100), None);
+        // An empty blob has no byte to send.
+        assert_eq!(parse_range("bytes=0-", 0), None);
+        assert_eq!(parse_range("bytes=-5", 0), None);
+        assert_eq!(parse_range("bytes=x-y", 100), None);
     }
 }
