@@ -117,6 +117,9 @@ pub enum Error {
     ReadOnly,
     #[error("authentication required to push; pulls may be anonymous")]
     Challenge,
+    /// A handler asked who the caller is, and no access check had run.
+    #[error("the request reached {0} without passing the access check")]
+    Unchecked(String),
 
     // The registry itself: never the client's fault.
     #[error("index: {0}")]
@@ -165,6 +168,7 @@ impl Error {
             Error::Join(_) => "worker",
             Error::Metrics(_) => "metrics",
             Error::Randomness(_) => "randomness",
+            Error::Unchecked(_) => "access check",
             _ => return None,
         })
     }

@@ -113,7 +113,8 @@ impl IntoResponse for V1 {
             | Error::NotFound(_) => (S::NOT_FOUND, "NOT_FOUND"),
             Error::Unauthenticated(_) | Error::UnknownToken | Error::Challenge => (S::UNAUTHORIZED, "UNAUTHORIZED"),
             Error::ReadOnly => (S::FORBIDDEN, "DENIED"),
-            Error::Index(_)
+            Error::Unchecked(_)
+            | Error::Index(_)
             | Error::Store(_)
             | Error::CorruptRow(_)
             | Error::Io { .. }
@@ -163,7 +164,8 @@ impl IntoResponse for V2 {
             Error::RepoUnknown(_) | Error::NotFound(_) => (S::NOT_FOUND, "NAME_UNKNOWN"),
             Error::Unauthenticated(_) | Error::UnknownToken | Error::Challenge => (S::UNAUTHORIZED, "UNAUTHORIZED"),
             Error::ReadOnly => (S::FORBIDDEN, "DENIED"),
-            Error::Index(_)
+            Error::Unchecked(_)
+            | Error::Index(_)
             | Error::Store(_)
             | Error::CorruptRow(_)
             | Error::Io { .. }

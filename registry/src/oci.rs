@@ -2,7 +2,8 @@
 //! `/`, so this is not expressible as fixed routes) that parses requests,
 //! calls `distribution` (the OCI rules over the store) and answers in
 //! OCI's format (`face::V2`). Access is the `auth` middleware (Basic and
-//! Bearer, the same tokens as `/v1`).
+//! Bearer, the same tokens as `/v1`); every write also needs the
+//! middleware's `Caller` to hold push.
 
 use std::collections::HashMap;
 
@@ -13,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use bpfarm_object::{Digest, oci};
 use serde_json::{Value, json};
 
+use crate::auth::Caller;
 use crate::body;
 use crate::distribution::{self, MANIFEST_LIMIT, check_repo};
 use crate::download::{self, Send};
@@ -34,15 +36,23 @@ pub async fn base() -> V2Result {
 /// One `/v2/<name>/…` request, as the dispatcher hands it on.
 struct Req<'a> {
     s: &'a AppState,
+    caller: Caller,
     method: &'a Method,
     headers: &'a HeaderMap,
     q: &'a HashMap<String, String>,
+}
+
+impl Req<'_> {
+    fn may_write(&self) -> Result<(), Error> {
+        self.caller.require_push()
+    }
 }
 
 /// Everything under `/v2/<name>/...`, dispatched on the path's shape. The
 /// response carries the endpoint's route template for the metrics.
 pub async fn dispatch(
     State(s): State<AppState>,
+    caller: Caller,
     method: Method,
     uri: Uri,
     Query(q): Query<HashMap<String, String>>,
@@ -50,7 +60,7 @@ pub async fn dispatch(
     body: Body,
 ) -> Response {
     let path = uri.path().strip_prefix("/v2/").unwrap_or("");
-    let r = Req { s: &s, method: &method, headers: &headers, q: &q };
+    let r = Req { s: &s, caller, method: &method, headers: &headers, q: &q };
     let (route, resp) = if path == "_catalog" {
         ("/v2/_catalog", catalog(&r).await)
     } else if let Some(repo) = path.strip_suffix("/tags/list") {
@@ -78,6 +88,7 @@ async fn blob(r: &Req<'_>, repo: &str, digest: &str) -> V2Result {
     check_repo(repo)?;
     let d: Digest = digest.parse().map_err(Error::from)?;
     if *r.method == Method::DELETE {
+        r.may_write()?;
         distribution::delete_blob(r.s, repo, &d).await?;
         return Ok(StatusCode::ACCEPTED.into_response());
     }
@@ -127,6 +138,7 @@ fn chunk_start(range: &str) -> Option<u64> {
 
 async fn upload(r: &Req<'_>, repo: &str, id: &str, body: Body) -> V2Result {
     check_repo(repo)?;
+    r.may_write()?;
     let s = r.s;
     let limit = s.settings.max_blob_bytes;
     // A declared length over the limit is refused before the body is read.
@@ -204,10 +216,12 @@ async fn manifest(r: &Req<'_>, repo: &str, reference: &str, body: Body) -> V2Res
             Ok(resp)
         }
         Method::DELETE => {
+            r.may_write()?;
             distribution::delete_manifest(s, repo, reference).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
         Method::PUT => {
+            r.may_write()?;
             let bytes = body::read_limited(body, r.headers, BodyKind::Manifest, MANIFEST_LIMIT).await?;
             let content_type =
                 r.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();

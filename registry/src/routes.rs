@@ -3,7 +3,8 @@
 //! (the OCI face's dispatcher included). Handlers parse, call a service or
 //! a read, and answer; every error is rendered by `face::V1`.
 //!
-//! Access is the `auth` middleware in front of every route.
+//! Access is the `auth` middleware in front of every route; handlers that
+//! write take `auth::Pusher`, the middleware's proof that the caller may.
 //! Every body has a limit that fits its route (`body`): metadata and
 //! failure reports are small, objects `--max-object-bytes`.
 
@@ -17,6 +18,7 @@ use axum::{Json, Router};
 use bpfarm_object::{Arch, Digest, Identity, ObjectMetadata};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Pusher;
 use crate::body;
 use crate::download::{self, Send};
 use crate::error::{BodyKind, Error};
@@ -86,6 +88,7 @@ fn parse_arch(arch: &str) -> Result<Arch, Error> {
 
 /// `PUT /v1/blobs/{digest}`: the object's bytes, streamed and checked.
 async fn put_blob(
+    _: Pusher,
     State(s): State<AppState>,
     Path(digest): Path<String>,
     headers: HeaderMap,
@@ -126,6 +129,7 @@ struct PublishAnswer {
 
 /// `POST /v1/objects`: metadata of an object whose blob is already stored.
 async fn publish(
+    _: Pusher,
     State(s): State<AppState>,
     Query(q): Query<PublishQuery>,
     headers: HeaderMap,
@@ -155,7 +159,7 @@ struct FailureReport {
 }
 
 /// `POST /v1/failures`: a builder reports a kernel it could not build.
-async fn report_failure(State(s): State<AppState>, headers: HeaderMap, body: Body) -> V1Result<Response> {
+async fn report_failure(_: Pusher, State(s): State<AppState>, headers: HeaderMap, body: Body) -> V1Result<Response> {
     let body = body::read_limited(body, &headers, BodyKind::FailureReport, FAILURE_LIMIT).await?;
     let f: FailureReport =
         serde_json::from_slice(&body).map_err(|e| Error::BadRequest(format!("failure report: {e}")))?;
