@@ -329,12 +329,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ScopeArg::Read => Scope::Read,
             };
             let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-            let token = tokens::generate();
-            state
-                .repo
-                .add_token(&name, scope, &tokens::hash(&token), &now)
-                .await
-                .with_context(|| format!("storing token {name:?} (names are unique)"))?;
+            let token = tokens::create(&state.repo, &name, scope, &now).await?;
             eprintln!("created {} token {name:?}; it is shown only now:", scope.as_str());
             println!("{token}");
             Ok(ExitCode::SUCCESS)

@@ -21,8 +21,8 @@ async fn registry(settings: Settings) -> Reg {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let state = open(&data, settings).await.unwrap();
-    let push = tokens::generate();
-    let read = tokens::generate();
+    let push = tokens::generate().unwrap();
+    let read = tokens::generate().unwrap();
     state.repo.add_token("ci", Scope::Push, &tokens::hash(&push), "t").await.unwrap();
     state.repo.add_token("fleet", Scope::Read, &tokens::hash(&read), "t").await.unwrap();
     Reg { _dir: dir, data, state, push, read }
