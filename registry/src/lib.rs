@@ -1,7 +1,8 @@
 //! bpfarm's registry: a sqlite index and a content-addressed blob store
 //! behind an HTTP API with two faces, `/v1` and OCI's `/v2`.
 //!
-//! Layers, each importing only from its own or the ones below it:
+//! Layers, each importing only from the ones below it (the `layering`
+//! test holds this, and that there is no import circle):
 //!
 //! - connections: `server` (timeouts, cap, shutdown) and `tls`;
 //! - HTTP faces: `routes` (`/v1`, the page, the static layout, health,
