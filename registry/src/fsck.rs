@@ -21,6 +21,17 @@ use crate::faces;
 use crate::publish;
 use crate::repo::Repo;
 
+/// Why a row's bytes are not what it records.
+#[derive(Debug, thiserror::Error)]
+enum Unbacked {
+    #[error("{0:?} is not a digest")]
+    NotDigest(String),
+    #[error("its blob {0} is not stored")]
+    Missing(Digest),
+    #[error("it records {recorded} bytes, blob {digest} has {stored}")]
+    Size { recorded: i64, digest: Digest, stored: u64 },
+}
+
 /// What fsck found and did.
 #[derive(Debug, Default, Clone)]
 pub struct Report {
@@ -100,17 +111,19 @@ pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) 
     //    the store holds only verified bytes, including any just rewritten.
     let stored_size =
         |d: &Digest| -> Option<u64> { good.get(d).copied().or_else(|| if repair { blobs.size_now(d) } else { None }) };
-    let has = |d: &str, size: i64| -> std::result::Result<(), String> {
-        let Ok(d) = d.parse::<Digest>() else { return Err(format!("{d:?} is not a digest")) };
-        match stored_size(&d) {
-            None => Err(format!("its blob {d} is not stored")),
-            Some(n) if i64::try_from(n).ok() != Some(size) => Err(format!("it records {size} bytes, blob {d} has {n}")),
-            Some(_) => Ok(()),
+    let unbacked = |d: &str, size: i64| -> Option<Unbacked> {
+        let Ok(digest) = d.parse::<Digest>() else { return Some(Unbacked::NotDigest(d.to_owned())) };
+        match stored_size(&digest) {
+            None => Some(Unbacked::Missing(digest)),
+            Some(stored) if i64::try_from(stored).ok() != Some(size) => {
+                Some(Unbacked::Size { recorded: size, digest, stored })
+            }
+            Some(_) => None,
         }
     };
     for row in repo.all_objects().await? {
         report.objects_checked += 1;
-        if let Err(why) = has(&row.digest, row.size) {
+        if let Some(why) = unbacked(&row.digest, row.size) {
             let kind = if row.current == 1 { "current object" } else { "replaced object" };
             report.problems.push(format!(
                 "{kind} {}: {why} (upload its bytes again: PUT /v1/blobs/{})",
@@ -120,7 +133,7 @@ pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) 
         }
     }
     for (r, d, size) in repo.all_manifests().await? {
-        if let Err(why) = has(&d, size) {
+        if let Some(why) = unbacked(&d, size) {
             report.problems.push(format!("manifest {r}@{d}: {why}"));
         }
     }
