@@ -76,7 +76,7 @@ where
 /// "`<what>` error", never with their detail.
 fn internal(e: &Error) -> Option<String> {
     let what = e.internal()?;
-    tracing::error!("{what}: {e}");
+    tracing::error!(what, "{e}");
     Some(format!("{what} error"))
 }
 
