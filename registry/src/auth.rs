@@ -2,7 +2,12 @@
 //! the method and path alone which scope a request needs and checks the
 //! caller's token before any handler runs — so before any request body is
 //! read: an unauthenticated upload gets its 401 while it is still sending,
-//! and a handler cannot forget the check.
+//! and a route added later is covered with nothing to remember.
+//!
+//! What it let through travels with the request as a typed `Caller`
+//! (a request extension): handlers take it, or `Pusher`, the proof that
+//! the caller may write, as an extractor — so a handler that writes states
+//! the scope it needs in its signature and cannot mistake what it got.
 //!
 //! Rules: `GET`/`HEAD` need a read token only under `--require-read-token`
 //! (anonymous otherwise); every other method, and every `/v2` upload
@@ -10,14 +15,16 @@
 //! checked, even on an anonymous read. `GET /v2/` without credentials
 //! answers the Basic challenge that OCI clients expect. `/healthz` is open.
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
+use crate::error::Error;
 use crate::face::Face;
 use crate::repo::Scope;
-use crate::routes::{ApiError, AppState};
+use crate::state::AppState;
 
 /// What a request needs before it reaches its handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,93 +71,91 @@ pub fn credential(headers: &HeaderMap) -> Option<String> {
     (!token.is_empty()).then(|| token.to_owned())
 }
 
-/// Why a request was not let through.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error("a {} token is required (Authorization: Bearer <token>, or Basic with the token as password)", .0.as_str())]
-    Missing(Scope),
-    #[error("unknown token")]
-    Unknown,
-    #[error("this token may read, not push")]
-    ReadOnly,
-    #[error("authentication required to push; pulls may be anonymous")]
-    Challenge,
-    #[error("index: {0}")]
-    Index(#[from] sqlx::Error),
+/// Who the middleware let through: the scope of the token presented, or
+/// anonymous. Inserted into every request that passed; an extractor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    scope: Option<Scope>,
 }
 
-impl AuthError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            AuthError::Missing(_) | AuthError::Unknown | AuthError::Challenge => StatusCode::UNAUTHORIZED,
-            AuthError::ReadOnly => StatusCode::FORBIDDEN,
-            AuthError::Index(_) => StatusCode::INTERNAL_SERVER_ERROR,
+impl Caller {
+    pub const ANONYMOUS: Caller = Caller { scope: None };
+
+    /// The scope of the caller's token; `None` for an anonymous caller.
+    pub fn scope(self) -> Option<Scope> {
+        self.scope
+    }
+
+    /// `Ok` only for a caller holding a push token.
+    pub fn require_push(self) -> Result<(), Error> {
+        match self.scope {
+            Some(Scope::Push) => Ok(()),
+            Some(Scope::Read) => Err(Error::ReadOnly),
+            None => Err(Error::Unauthenticated(Scope::Push)),
         }
     }
 }
 
-/// Checks the request's credentials against `need`; returns the scope the
-/// presented token grants (`None`: anonymous and allowed).
-pub async fn authorize(s: &AppState, headers: &HeaderMap, need: Need) -> Result<Option<Scope>, AuthError> {
-    if need == Need::Nothing {
-        return Ok(None);
+/// Reads the `Caller` the middleware inserted. A request that never
+/// passed the middleware is refused (500), never taken as anonymous.
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
+        match parts.extensions.get::<Caller>() {
+            Some(c) => Ok(*c),
+            None => Err(Face::of(parts.uri.path()).render(Error::Unchecked(parts.uri.path().to_owned()))),
+        }
     }
-    let presented = credential(headers);
-    let granted = match &presented {
-        Some(token) => match crate::tokens::scope_of(token, &s.repo.token_hashes().await?) {
+}
+
+/// Proof that the caller holds a push token: what a handler that writes
+/// takes, so it cannot run for anyone else.
+#[derive(Debug, Clone, Copy)]
+pub struct Pusher;
+
+impl<S: Send + Sync> FromRequestParts<S> for Pusher {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require_push().map(|()| Pusher).map_err(|e| Face::of(parts.uri.path()).render(e))
+    }
+}
+
+/// Checks the request's credentials against `need`; returns who the caller is.
+pub async fn authorize(s: &AppState, headers: &HeaderMap, need: Need) -> Result<Caller, Error> {
+    if need == Need::Nothing {
+        return Ok(Caller::ANONYMOUS);
+    }
+    let granted = match credential(headers) {
+        Some(token) => match crate::tokens::scope_of(&token, &s.repo.token_hashes().await?) {
             Some(scope) => Some(scope),
-            None => return Err(AuthError::Unknown),
+            None => return Err(Error::UnknownToken),
         },
         None => None,
     };
     match (need, granted) {
-        (Need::Nothing, _) => Ok(None),
-        (Need::Ping, None) => Err(AuthError::Challenge),
-        (Need::Ping, g) => Ok(g),
-        (Need::Scope(Scope::Read), None) if !s.settings.require_read_token => Ok(None),
-        (Need::Scope(want), None) => Err(AuthError::Missing(want)),
-        (Need::Scope(Scope::Push), Some(Scope::Read)) => Err(AuthError::ReadOnly),
-        (Need::Scope(_), g) => Ok(g),
+        (Need::Nothing, _) => Ok(Caller::ANONYMOUS),
+        (Need::Ping, None) => Err(Error::Challenge),
+        (Need::Ping, scope) => Ok(Caller { scope }),
+        (Need::Scope(Scope::Read), None) if !s.settings.require_read_token => Ok(Caller::ANONYMOUS),
+        (Need::Scope(want), None) => Err(Error::Unauthenticated(want)),
+        (Need::Scope(Scope::Push), Some(Scope::Read)) => Err(Error::ReadOnly),
+        (Need::Scope(_), scope) => Ok(Caller { scope }),
     }
 }
 
-/// The middleware: authorise, or answer in the face's error format.
-pub async fn require(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let face = Face::of(req.uri().path());
+/// The middleware: authorise and record the `Caller`, or answer in the
+/// face's error format.
+pub async fn require(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let need = need(req.method(), req.uri().path());
     match authorize(&s, req.headers(), need).await {
-        Ok(_) => next.run(req).await,
-        Err(e) => {
-            if let AuthError::Index(ref db) = e {
-                tracing::error!("index while authorising: {db}");
-            }
-            let message = match e {
-                AuthError::Index(_) => "index error".to_owned(),
-                ref e => e.to_string(),
-            };
-            match face {
-                Face::V2 => crate::oci::OciError::new(
-                    e.status(),
-                    match e {
-                        AuthError::ReadOnly => "DENIED",
-                        AuthError::Index(_) => "UNKNOWN",
-                        _ => "UNAUTHORIZED",
-                    },
-                    message,
-                )
-                .into_response(),
-                Face::V1 => ApiError::new(
-                    e.status(),
-                    match e {
-                        AuthError::ReadOnly => "DENIED",
-                        AuthError::Index(_) => "INTERNAL",
-                        _ => "UNAUTHORIZED",
-                    },
-                    message,
-                )
-                .into_response(),
-            }
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
         }
+        Err(e) => Face::of(req.uri().path()).render(e),
     }
 }
 
@@ -180,5 +185,52 @@ mod tests {
         assert_eq!(need(&Method::GET, "/v2/a/blobs/uploads/abc"), Need::Scope(Scope::Push));
         assert_eq!(need(&Method::POST, "/v1/objects"), Need::Scope(Scope::Push));
         assert_eq!(need(&Method::from_bytes(b"BREW").unwrap(), "/v1/objects"), Need::Scope(Scope::Push));
+    }
+
+    #[test]
+    fn only_a_push_token_may_write() {
+        assert!(Caller { scope: Some(Scope::Push) }.require_push().is_ok());
+        assert!(matches!(Caller { scope: Some(Scope::Read) }.require_push(), Err(Error::ReadOnly)));
+        assert!(matches!(Caller::ANONYMOUS.require_push(), Err(Error::Unauthenticated(Scope::Push))));
+    }
+
+    /// The extractors are a second line: a route that somehow missed the
+    /// middleware refuses instead of running as anonymous, and a write
+    /// handler refuses a read token in its face's format.
+    #[tokio::test]
+    async fn handlers_see_the_callers_scope_and_refuse_without_one() {
+        use axum::body::Body;
+        use axum::http::{Request, StatusCode};
+        use tower::ServiceExt;
+
+        let app = |caller: Option<Caller>| {
+            let r = axum::Router::new()
+                .route("/v1/write", axum::routing::post(|_: Pusher| async { "wrote" }))
+                .route("/v2/who", axum::routing::get(|c: Caller| async move { format!("{:?}", c.scope()) }));
+            match caller {
+                Some(c) => r.layer(axum::Extension(c)),
+                None => r,
+            }
+        };
+        let call = |caller: Option<Caller>, method: &'static str, uri: &'static str| async move {
+            let req = Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
+            let resp = app(caller).oneshot(req).await.unwrap();
+            let status = resp.status();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        };
+        let (s, body) = call(None, "POST", "/v1/write").await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        let (s, body) = call(None, "GET", "/v2/who").await;
+        assert!(s == StatusCode::INTERNAL_SERVER_ERROR && body.contains("\"errors\""), "{s} {body}");
+        let (s, body) = call(Some(Caller { scope: Some(Scope::Read) }), "POST", "/v1/write").await;
+        assert!(s == StatusCode::FORBIDDEN && body.contains("\"DENIED\""), "{s} {body}");
+        let (s, _) = call(Some(Caller::ANONYMOUS), "POST", "/v1/write").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            call(Some(Caller { scope: Some(Scope::Push) }), "POST", "/v1/write").await,
+            (StatusCode::OK, "wrote".into())
+        );
+        assert_eq!(call(Some(Caller { scope: Some(Scope::Read) }), "GET", "/v2/who").await.1, "Some(Read)");
     }
 }

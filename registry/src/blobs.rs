@@ -9,6 +9,10 @@
 //! `fsck` moves a blob whose bytes no longer hash to its name into
 //! `quarantine/` (never deleting it); uploading the right bytes again
 //! stores the blob afresh.
+//!
+//! This is the only module that touches the files under `blobs/`: the
+//! faces, `export` and `fsck` read and write blobs and upload sessions
+//! through `BlobStore` alone.
 
 use std::path::{Path, PathBuf};
 
@@ -62,8 +66,28 @@ impl BlobStore {
     }
 
     /// Where an OCI upload session's bytes accumulate.
-    pub fn upload_path(&self, id: &str) -> PathBuf {
+    fn upload_path(&self, id: &str) -> PathBuf {
         self.root.join("uploads").join(id)
+    }
+
+    /// Starts an empty upload session `id`.
+    pub async fn create_upload(&self, id: &str) -> Result<(), BlobError> {
+        tokio::fs::File::create(self.upload_path(id)).await?;
+        Ok(())
+    }
+
+    /// How many bytes upload session `id` holds so far.
+    pub async fn upload_size(&self, id: &str) -> Result<u64, BlobError> {
+        Ok(tokio::fs::metadata(self.upload_path(id)).await?.len())
+    }
+
+    /// Drops upload session `id`'s bytes (already gone is fine).
+    pub async fn remove_upload(&self, id: &str) {
+        if let Err(e) = tokio::fs::remove_file(self.upload_path(id)).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(upload = id, "removing an upload session's bytes: {e}");
+        }
     }
 
     /// Stores bytes already in memory (manifests), verified like any blob.
@@ -147,6 +171,22 @@ impl BlobStore {
     /// The blob's size, if it is stored.
     pub async fn size(&self, d: &Digest) -> Option<u64> {
         tokio::fs::metadata(self.path(d)).await.ok().filter(|m| m.is_file()).map(|m| m.len())
+    }
+
+    /// The blob's size if it is stored as a regular file (not a link), for
+    /// blocking tools.
+    pub fn size_now(&self, d: &Digest) -> Option<u64> {
+        std::fs::symlink_metadata(self.path(d)).ok().filter(|m| m.is_file()).map(|m| m.len())
+    }
+
+    /// Opens a blob for a blocking reader (`export`): `Missing` when it is
+    /// not stored.
+    pub fn open_now(&self, d: &Digest) -> Result<std::fs::File, BlobError> {
+        match std::fs::File::open(self.path(d)) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BlobError::Missing(d.clone())),
+            Err(e) => Err(BlobError::Io(e)),
+        }
     }
 
     /// Opens a blob for reading: `Missing` when it is not stored, `Io` for

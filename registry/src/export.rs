@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use bpfarm_object::{Digest, ObjectMetadata};
 
 use crate::blobs::BlobStore;
+use crate::error::{Error, Result};
 use crate::repo::{Filter, Repo};
 
 /// Which objects to export; empty lists mean all.
@@ -23,30 +24,14 @@ pub struct ExportFilter {
     pub arches: Vec<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    #[error("index: {0}")]
-    Index(#[from] sqlx::Error),
-    #[error("object row {id}: stored metadata does not parse: {source}")]
-    Metadata { id: i64, source: serde_json::Error },
-    #[error("{}: {source}", .path.display())]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{} is a symlink; refusing to write through it", .0.display())]
-    Symlink(PathBuf),
-    #[error("metadata of {file}: {source}")]
-    Serialize { file: String, source: serde_json::Error },
-    #[error("export worker: {0}")]
-    Join(#[from] tokio::task::JoinError),
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
-    move |source| ExportError::Io { path: path.to_owned(), source }
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_owned(), source }
 }
 
 /// Writes the tree under `out`; returns how many objects it holds. Objects
 /// already there with the right bytes are left alone, so exporting again
 /// only adds what is new.
-pub async fn export(repo: &Repo, blobs: &BlobStore, out: &Path, filter: &ExportFilter) -> Result<usize, ExportError> {
+pub async fn export(repo: &Repo, blobs: &BlobStore, out: &Path, filter: &ExportFilter) -> Result<usize> {
     std::fs::create_dir_all(out).map_err(io(out))?;
     let staging = tempfile::Builder::new().prefix(".bpfarm-export-").tempdir_in(out).map_err(io(out))?;
     let mut count = 0;
@@ -56,7 +41,7 @@ pub async fn export(repo: &Repo, blobs: &BlobStore, out: &Path, filter: &ExportF
         let Some(last) = rows.last() else { break };
         after = last.id;
         for row in &rows {
-            let meta = row.metadata().map_err(|source| ExportError::Metadata { id: row.id, source })?;
+            let meta = row.metadata()?;
             let id = &meta.identity;
             if (!filter.versions.is_empty() && !filter.versions.contains(&id.version))
                 || (!filter.arches.is_empty()
@@ -64,8 +49,7 @@ pub async fn export(repo: &Repo, blobs: &BlobStore, out: &Path, filter: &ExportF
             {
                 continue;
             }
-            let job =
-                Job { out: out.to_owned(), staging: staging.path().to_owned(), blob: blobs.path(&meta.digest), meta };
+            let job = Job { out: out.to_owned(), staging: staging.path().to_owned(), blobs: blobs.clone(), meta };
             tokio::task::spawn_blocking(move || job.run()).await??;
             count += 1;
         }
@@ -78,52 +62,48 @@ pub async fn export(repo: &Repo, blobs: &BlobStore, out: &Path, filter: &ExportF
 struct Job {
     out: PathBuf,
     staging: PathBuf,
-    blob: PathBuf,
+    blobs: BlobStore,
     meta: ObjectMetadata,
 }
 
 impl Job {
-    fn run(self) -> Result<(), ExportError> {
+    fn run(self) -> Result<()> {
         let meta = &self.meta;
         let dir = dir_in(&self.out, &[meta.identity.version.as_str(), meta.identity.arch.uname()])?;
         let dest = dir.join(&meta.file_name);
         if !holds(&dest, &meta.digest) {
-            let mut src = std::fs::File::open(&self.blob).map_err(io(&self.blob))?;
+            let mut src = self.blobs.open_now(&meta.digest)?;
             self.place(&dest, |f| std::io::copy(&mut src, f).map(drop))?;
         }
         let sum = format!("{}  {}\n", meta.digest.hex(), meta.file_name);
         self.place(&dir.join(format!("{}.sha256", meta.file_name)), |f| f.write_all(sum.as_bytes()))?;
         let json = serde_json::to_vec_pretty(meta)
-            .map_err(|source| ExportError::Serialize { file: meta.file_name.clone(), source })?;
+            .map_err(|source| Error::Serialize { file: meta.file_name.clone(), source })?;
         self.place(&dir.join(format!("{}.json", meta.file_name)), |f| f.write_all(&json))?;
         Ok(())
     }
 
     /// Writes a fresh file in the private staging folder (`create_new`,
     /// random name), syncs it and renames it over `dest`.
-    fn place(
-        &self,
-        dest: &Path,
-        write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
-    ) -> Result<(), ExportError> {
+    fn place(&self, dest: &Path, write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
         let mut tmp = tempfile::NamedTempFile::new_in(&self.staging).map_err(io(&self.staging))?;
         write(tmp.as_file_mut()).map_err(io(dest))?;
         tmp.as_file().sync_all().map_err(io(dest))?;
-        tmp.persist(dest).map_err(|e| ExportError::Io { path: dest.to_owned(), source: e.error })?;
+        tmp.persist(dest).map_err(|e| Error::Io { path: dest.to_owned(), source: e.error })?;
         Ok(())
     }
 }
 
 /// `out/<a>/<b>`, creating what is missing and refusing symlinked folders.
-fn dir_in(out: &Path, parts: &[&str]) -> Result<PathBuf, ExportError> {
+fn dir_in(out: &Path, parts: &[&str]) -> Result<PathBuf> {
     let mut dir = out.to_owned();
     for p in parts {
         dir.push(p);
         match std::fs::symlink_metadata(&dir) {
-            Ok(m) if m.file_type().is_symlink() => return Err(ExportError::Symlink(dir)),
+            Ok(m) if m.file_type().is_symlink() => return Err(Error::Symlink(dir)),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(&dir).map_err(io(&dir))?,
-            Err(e) => return Err(ExportError::Io { path: dir, source: e }),
+            Err(e) => return Err(Error::Io { path: dir, source: e }),
         }
     }
     Ok(dir)

@@ -1,18 +1,25 @@
-//! The two API faces' response conventions, applied to every response in
-//! one place: `/v2` responses all carry `Docker-Distribution-API-Version:
-//! registry/2.0` (clients recognise a v2 registry by it, on a 401 too), and
-//! every error — including axum's own rejections (a bad query string, an
-//! unknown route, a wrong method), which are plain text — is answered in
-//! the JSON error format of the face it is on.
+//! The two API faces' conventions, in one place: how an `Error` is
+//! answered on each face (`V1`: `{error, message}`; `V2`: OCI's
+//! `{errors: [{code, message, detail}]}`, spec codes), and the middleware
+//! that holds every response to them: `/v2` responses all carry
+//! `Docker-Distribution-API-Version: registry/2.0` (clients recognise a v2
+//! registry by it, on a 401 too), and every error — including axum's own
+//! rejections (a bad query string, an unknown route, a wrong method), which
+//! are plain text — is answered in the JSON error format of its face.
+//!
+//! The services decide what went wrong; only this module decides how each
+//! face says it.
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::json;
 
-use crate::oci::OciError;
-use crate::routes::ApiError;
+use crate::error::{BodyKind, Error};
 
 /// Which API a path belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +34,181 @@ impl Face {
     pub fn of(path: &str) -> Face {
         if path == "/v2" || path.starts_with("/v2/") { Face::V2 } else { Face::V1 }
     }
+
+    /// `e` in this face's format.
+    pub fn render(self, e: Error) -> Response {
+        match self {
+            Face::V1 => V1(e).into_response(),
+            Face::V2 => V2(e).into_response(),
+        }
+    }
 }
 
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+
+/// An error answered on `/v1` (and the page, the static layout, metrics).
+#[derive(Debug)]
+pub struct V1(pub Error);
+
+/// An error answered on the OCI API.
+#[derive(Debug)]
+pub struct V2(pub Error);
+
+impl<E> From<E> for V1
+where
+    Error: From<E>,
+{
+    fn from(e: E) -> Self {
+        V1(Error::from(e))
+    }
+}
+
+impl<E> From<E> for V2
+where
+    Error: From<E>,
+{
+    fn from(e: E) -> Self {
+        V2(Error::from(e))
+    }
+}
+
+/// The registry's own failures are logged in full and answered as
+/// "`<what>` error", never with their detail.
+fn internal(e: &Error) -> Option<String> {
+    let what = e.internal()?;
+    tracing::error!(what, "{e}");
+    Some(format!("{what} error"))
+}
+
+impl IntoResponse for V1 {
+    fn into_response(self) -> Response {
+        use StatusCode as S;
+        let e = self.0;
+        let (status, code) = match &e {
+            Error::Digest(_) | Error::DigestMismatch { .. } | Error::ManifestDigest { .. } => {
+                (S::BAD_REQUEST, "DIGEST_INVALID")
+            }
+            Error::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "TOO_LARGE"),
+            Error::Body(_)
+            | Error::BadRequest(_)
+            | Error::RepoName(_)
+            | Error::Tag(_)
+            | Error::PageSize(_)
+            | Error::Manifest(_)
+            | Error::MissingBlobRef { .. }
+            | Error::MissingManifestRef { .. } => (S::BAD_REQUEST, "BAD_REQUEST"),
+            Error::Method(_) => (S::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            Error::Identity(_) | Error::FileName { .. } => (S::BAD_REQUEST, "IDENTITY_INVALID"),
+            Error::ObjectBlobMissing(_) => (S::BAD_REQUEST, "BLOB_UNKNOWN"),
+            Error::Size { .. } | Error::BlobRefSize { .. } | Error::ManifestRefSize { .. } => {
+                (S::BAD_REQUEST, "SIZE_INVALID")
+            }
+            Error::Conflict { .. } => (S::CONFLICT, "CONFLICT"),
+            Error::HeldByV1 { .. } => (S::CONFLICT, "DENIED"),
+            Error::Ambiguous(_) => (S::CONFLICT, "AMBIGUOUS"),
+            Error::BlobMissing(_) | Error::NotInRepo { .. } => (S::NOT_FOUND, "BLOB_UNKNOWN"),
+            Error::ManifestUnknown { .. }
+            | Error::UploadUnknown { .. }
+            | Error::RepoUnknown(_)
+            | Error::NotFound(_) => (S::NOT_FOUND, "NOT_FOUND"),
+            Error::Unauthenticated(_) | Error::UnknownToken | Error::Challenge => (S::UNAUTHORIZED, "UNAUTHORIZED"),
+            Error::ReadOnly => (S::FORBIDDEN, "DENIED"),
+            Error::Unchecked(_)
+            | Error::Index(_)
+            | Error::Store(_)
+            | Error::CorruptRow(_)
+            | Error::Io { .. }
+            | Error::Symlink(_)
+            | Error::Serialize { .. }
+            | Error::Join(_)
+            | Error::Metrics(_)
+            | Error::Randomness(_) => (S::INTERNAL_SERVER_ERROR, "INTERNAL"),
+        };
+        let message = match &e {
+            Error::ObjectBlobMissing(d) => format!("upload the object to /v1/blobs/{d} first"),
+            e => internal(e).unwrap_or_else(|| e.to_string()),
+        };
+        v1_body(status, code, message)
+    }
+}
+
+impl IntoResponse for V2 {
+    fn into_response(self) -> Response {
+        use StatusCode as S;
+        let e = self.0;
+        let (status, code) = match &e {
+            Error::Digest(_) | Error::DigestMismatch { .. } | Error::ManifestDigest { .. } => {
+                (S::BAD_REQUEST, "DIGEST_INVALID")
+            }
+            Error::TooLarge { what: BodyKind::Manifest, .. } => (S::PAYLOAD_TOO_LARGE, "MANIFEST_INVALID"),
+            Error::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
+            Error::Body(_) => (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+            Error::BadRequest(_) => (S::BAD_REQUEST, "UNSUPPORTED"),
+            Error::RepoName(_) => (S::BAD_REQUEST, "NAME_INVALID"),
+            Error::Tag(_) => (S::BAD_REQUEST, "TAG_INVALID"),
+            Error::PageSize(_) => (S::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
+            Error::Method(_) => (S::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            Error::Identity(_) | Error::FileName { .. } | Error::Manifest(_) => (S::BAD_REQUEST, "MANIFEST_INVALID"),
+            Error::ObjectBlobMissing(_) | Error::MissingBlobRef { .. } | Error::MissingManifestRef { .. } => {
+                (S::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN")
+            }
+            Error::Size { .. } | Error::BlobRefSize { .. } | Error::ManifestRefSize { .. } => {
+                (S::BAD_REQUEST, "SIZE_INVALID")
+            }
+            Error::Conflict { .. } => (S::CONFLICT, "MANIFEST_INVALID"),
+            Error::HeldByV1 { .. } => (S::CONFLICT, "DENIED"),
+            Error::Ambiguous(_) => (S::CONFLICT, "UNSUPPORTED"),
+            Error::BlobMissing(_) | Error::NotInRepo { .. } => (S::NOT_FOUND, "BLOB_UNKNOWN"),
+            Error::ManifestUnknown { .. } => (S::NOT_FOUND, "MANIFEST_UNKNOWN"),
+            Error::UploadUnknown { .. } => (S::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
+            Error::RepoUnknown(_) | Error::NotFound(_) => (S::NOT_FOUND, "NAME_UNKNOWN"),
+            Error::Unauthenticated(_) | Error::UnknownToken | Error::Challenge => (S::UNAUTHORIZED, "UNAUTHORIZED"),
+            Error::ReadOnly => (S::FORBIDDEN, "DENIED"),
+            Error::Unchecked(_)
+            | Error::Index(_)
+            | Error::Store(_)
+            | Error::CorruptRow(_)
+            | Error::Io { .. }
+            | Error::Symlink(_)
+            | Error::Serialize { .. }
+            | Error::Join(_)
+            | Error::Metrics(_)
+            | Error::Randomness(_) => (S::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+        };
+        let message = match &e {
+            // The client's own words for what went wrong with its body.
+            Error::Body(m) => m.clone(),
+            Error::Conflict { .. } => format!("{e} (through /v1: POST /v1/objects?replace=true)"),
+            e => internal(e).unwrap_or_else(|| e.to_string()),
+        };
+        v2_body(status, code, message)
+    }
+}
+
+/// A `/v1` error body: `{error, message}`; a 401 names the Bearer scheme.
+pub fn v1_body(status: StatusCode, code: &str, message: String) -> Response {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        error: &'a str,
+        message: &'a str,
+    }
+    let mut r = (status, Json(Body { error: code, message: &message })).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"bpfarm\""));
+    }
+    r
+}
+
+/// An OCI error body: `{errors: [{code, message, detail}]}`; a 401 names
+/// the Basic scheme OCI clients answer.
+pub fn v2_body(status: StatusCode, code: &str, message: String) -> Response {
+    let mut r =
+        (status, Json(json!({ "errors": [{ "code": code, "message": message, "detail": null }] }))).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"bpfarm\""));
+    }
+    r
+}
 
 fn is_json(resp: &Response) -> bool {
     resp.headers()
@@ -66,8 +245,8 @@ async fn as_json(face: Face, resp: Response) -> Response {
         _ => status.canonical_reason().unwrap_or("error").to_owned(),
     };
     let mut fresh = match face {
-        Face::V2 => OciError::new(status, v2_code(status), message).into_response(),
-        Face::V1 => ApiError::new(status, v1_code(status), message).into_response(),
+        Face::V2 => v2_body(status, v2_code(status), message),
+        Face::V1 => v1_body(status, v1_code(status), message),
     };
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
@@ -106,9 +285,7 @@ fn v2_code(status: StatusCode) -> &'static str {
 pub async fn not_found(req: Request<Body>) -> Response {
     let path = req.uri().path().to_owned();
     match Face::of(&path) {
-        Face::V2 => {
-            OciError::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", format!("no such endpoint {path}")).into_response()
-        }
-        Face::V1 => ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no such path {path}")).into_response(),
+        Face::V2 => v2_body(StatusCode::NOT_FOUND, "NAME_UNKNOWN", format!("no such endpoint {path}")),
+        Face::V1 => v1_body(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no such path {path}")),
     }
 }

@@ -3,10 +3,11 @@
 //! under the object's tag, the index with one manifest per arch.
 //!
 //! `write_oci_form` writes the OCI form inside the caller's `WriteTx`, the
-//! same transaction that makes the object current, so the faces cannot
-//! disagree after a race or a crash. `check_object` says whether a tag's
-//! index reaches the object `/v1` holds for an arch (start-up repair, fsck,
-//! and `/v2` writes to such a tag all use it).
+//! same transaction that makes the object current (`publish` is its only
+//! caller), so the faces cannot disagree after a race or a crash.
+//! `check_object` says whether a tag's index reaches the object `/v1`
+//! holds for an arch, and if not, how (`Unreached`): start-up repair, fsck,
+//! and `/v2` writes to such a tag all use it.
 
 use std::future::Future;
 
@@ -14,22 +15,10 @@ use bpfarm_object::{Arch, Digest, Identity, ObjectMetadata, oci};
 use serde_json::Value;
 
 use crate::blobs::{BlobError, BlobStore};
+use crate::error::Result;
 use crate::repo::{NewManifest, ObjectCheckRow, OciManifest, Repo, WriteTx};
 
-/// `<namespace>/tracee-bpf`, where `/v1` objects appear in OCI.
-pub fn canonical_repo(namespace: &str) -> String {
-    format!("{namespace}/{}", oci::REPOSITORY)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum FaceError {
-    #[error("index: {0}")]
-    Index(#[from] sqlx::Error),
-    #[error(transparent)]
-    Blob(#[from] BlobError),
-    #[error("object row {id}: stored metadata does not parse: {source}")]
-    Metadata { id: i64, source: serde_json::Error },
-}
+pub use crate::state::canonical_repo;
 
 /// Reads manifests by repository and reference, from a transaction or
 /// from the read pool.
@@ -74,7 +63,7 @@ enum AtTag {
     OtherRelease,
 }
 
-async fn at_tag(tx: &mut WriteTx, blobs: &BlobStore, repo: &str, tag: &str, release: &str) -> Result<AtTag, FaceError> {
+async fn at_tag(tx: &mut WriteTx, blobs: &BlobStore, repo: &str, tag: &str, release: &str) -> Result<AtTag> {
     let Some(m) = tx.manifest(repo, tag).await? else { return Ok(AtTag::Nothing) };
     let annotations = m.annotations.as_deref().and_then(|a| serde_json::from_str::<Value>(a).ok());
     match annotations.as_ref().and_then(|a| a[oci::ANN_RELEASE].as_str()) {
@@ -100,12 +89,7 @@ async fn at_tag(tx: &mut WriteTx, blobs: &BlobStore, repo: &str, tag: &str, rele
 /// records its tag on the object row; returns the tag. Blobs are written
 /// before the rows that name them (content-addressed, so a rollback only
 /// leaves unreferenced bytes behind).
-pub async fn write_oci_form(
-    tx: &mut WriteTx,
-    blobs: &BlobStore,
-    repo: &str,
-    meta: &ObjectMetadata,
-) -> Result<String, FaceError> {
+pub async fn write_oci_form(tx: &mut WriteTx, blobs: &BlobStore, repo: &str, meta: &ObjectMetadata) -> Result<String> {
     let id = &meta.identity;
     let now = now();
     let empty = blobs.put_bytes(oci::EMPTY_CONFIG).await?;
@@ -166,113 +150,130 @@ pub struct Held<'a> {
     pub size: u64,
 }
 
+/// How an object's OCI form fails to reach the object `/v1` holds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unreached {
+    #[error("the index is not JSON")]
+    NotJson,
+    #[error("the index names no {0} manifest")]
+    NoArch(&'static str),
+    #[error("the index's {0} entry has no valid digest")]
+    BadEntry(&'static str),
+    #[error("the index's {arch} manifest {digest} is not in {repo}")]
+    EntryMissing { arch: &'static str, digest: Digest, repo: String },
+    #[error("the bytes of manifest {0} are missing")]
+    ManifestBytesMissing(Digest),
+    #[error(
+        "its {arch} manifest {manifest} names layer {layer} ({layer_size} bytes), /v1 holds {held} ({held_size} bytes)"
+    )]
+    WrongLayer { arch: &'static str, manifest: Digest, layer: String, layer_size: String, held: String, held_size: u64 },
+    #[error("no OCI form was recorded")]
+    NoForm,
+    #[error("{repo} has no tag {tag}")]
+    NoTag { repo: String, tag: String },
+    #[error("tag {tag} names {digest:?}, not a digest")]
+    TagNotDigest { tag: String, digest: String },
+    #[error("the bytes of index {digest} (tag {tag}) are missing")]
+    IndexBytesMissing { digest: Digest, tag: String },
+    #[error("tag {tag}: {why}")]
+    Tag { tag: String, why: Box<Unreached> },
+    #[error("unknown arch {0:?}")]
+    UnknownArch(String),
+}
+
 /// Whether the index bytes `index` reach `held` in `repo`: a child for its
-/// arch, by digest, whose manifest's layer is exactly that blob. `Ok(Err)`
-/// says how they disagree.
+/// arch, by digest, whose manifest's layer is exactly that blob. `Some`
+/// says how they do not.
 pub async fn index_reaches<M: ManifestLookup>(
     m: &mut M,
     blobs: &BlobStore,
     repo: &str,
     index: &[u8],
     held: &Held<'_>,
-) -> Result<Result<(), String>, FaceError> {
-    let Ok(v) = serde_json::from_slice::<Value>(index) else { return Ok(Err("the index is not JSON".into())) };
+) -> Result<Option<Unreached>> {
+    let Ok(v) = serde_json::from_slice::<Value>(index) else { return Ok(Some(Unreached::NotJson)) };
     let arch = oci::oci_arch(held.arch);
     let Some(child) =
         v["manifests"].as_array().and_then(|c| c.iter().find(|c| c["platform"]["architecture"].as_str() == Some(arch)))
     else {
-        return Ok(Err(format!("the index names no {arch} manifest")));
+        return Ok(Some(Unreached::NoArch(arch)));
     };
     let Some(cd) = child["digest"].as_str().and_then(|d| d.parse::<Digest>().ok()) else {
-        return Ok(Err(format!("the index's {arch} entry has no valid digest")));
+        return Ok(Some(Unreached::BadEntry(arch)));
     };
     if m.manifest(repo, cd.as_str()).await?.is_none() {
-        return Ok(Err(format!("the index's {arch} manifest {cd} is not in {repo}")));
+        return Ok(Some(Unreached::EntryMissing { arch, digest: cd, repo: repo.to_owned() }));
     }
     let bytes = match blobs.read(&cd).await {
         Ok(b) => b,
-        Err(BlobError::Missing(_)) => return Ok(Err(format!("the bytes of manifest {cd} are missing"))),
+        Err(BlobError::Missing(_)) => return Ok(Some(Unreached::ManifestBytesMissing(cd))),
         Err(e) => return Err(e.into()),
     };
     let mv: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let layer = &mv["layers"][0];
     if layer["digest"].as_str() == Some(held.digest) && layer["size"].as_u64() == Some(held.size) {
-        Ok(Ok(()))
+        Ok(None)
     } else {
-        Ok(Err(format!(
-            "its {arch} manifest {cd} names layer {} ({} bytes), /v1 holds {} ({} bytes)",
-            layer["digest"].as_str().unwrap_or("none"),
-            layer["size"],
-            held.digest,
-            held.size
-        )))
+        Ok(Some(Unreached::WrongLayer {
+            arch,
+            manifest: cd,
+            layer: layer["digest"].as_str().unwrap_or("none").to_owned(),
+            layer_size: layer["size"].to_string(),
+            held: held.digest.to_owned(),
+            held_size: held.size,
+        }))
     }
 }
 
-/// Whether the tag recorded for a current object reaches it.
+/// Whether the tag recorded for a current object reaches it (`Some`: how
+/// it does not).
 pub async fn check_object<M: ManifestLookup>(
     m: &mut M,
     blobs: &BlobStore,
     repo: &str,
     tag: Option<&str>,
     held: &Held<'_>,
-) -> Result<Result<(), String>, FaceError> {
-    let Some(tag) = tag else { return Ok(Err("no OCI form was recorded".into())) };
+) -> Result<Option<Unreached>> {
+    let Some(tag) = tag else { return Ok(Some(Unreached::NoForm)) };
     let Some(index) = m.manifest(repo, tag).await? else {
-        return Ok(Err(format!("{repo} has no tag {tag}")));
+        return Ok(Some(Unreached::NoTag { repo: repo.to_owned(), tag: tag.to_owned() }));
     };
     let Ok(digest) = index.digest.parse::<Digest>() else {
-        return Ok(Err(format!("tag {tag} names {:?}, not a digest", index.digest)));
+        return Ok(Some(Unreached::TagNotDigest { tag: tag.to_owned(), digest: index.digest }));
     };
     let bytes = match blobs.read(&digest).await {
         Ok(b) => b,
-        Err(BlobError::Missing(_)) => return Ok(Err(format!("the bytes of index {digest} (tag {tag}) are missing"))),
+        Err(BlobError::Missing(_)) => {
+            return Ok(Some(Unreached::IndexBytesMissing { digest, tag: tag.to_owned() }));
+        }
         Err(e) => return Err(e.into()),
     };
-    Ok(index_reaches(m, blobs, repo, &bytes, held).await?.map_err(|why| format!("tag {tag}: {why}")))
+    let why = index_reaches(m, blobs, repo, &bytes, held).await?;
+    Ok(why.map(|why| Unreached::Tag { tag: tag.to_owned(), why: Box::new(why) }))
 }
 
 /// One current object whose faces disagree, and how.
 #[derive(Debug, Clone)]
 pub struct Disagreement {
     pub row: ObjectCheckRow,
-    pub why: String,
+    pub why: Unreached,
 }
 
 /// Every current object whose OCI form does not reach it.
-pub async fn disagreements(repo: &Repo, blobs: &BlobStore, oci_repo: &str) -> Result<Vec<Disagreement>, FaceError> {
+pub async fn disagreements(repo: &Repo, blobs: &BlobStore, oci_repo: &str) -> Result<Vec<Disagreement>> {
     let mut out = Vec::new();
     let mut lookup = repo.clone();
     for row in repo.current_objects().await? {
         let Some(arch) = Arch::from_any(&row.arch) else {
-            out.push(Disagreement { why: format!("unknown arch {:?}", row.arch), row });
+            out.push(Disagreement { why: Unreached::UnknownArch(row.arch.clone()), row });
             continue;
         };
         let held = Held { arch, digest: &row.digest, size: row.size.max(0) as u64 };
-        if let Err(why) = check_object(&mut lookup, blobs, oci_repo, row.oci_tag.as_deref(), &held).await? {
+        if let Some(why) = check_object(&mut lookup, blobs, oci_repo, row.oci_tag.as_deref(), &held).await? {
             out.push(Disagreement { why, row });
         }
     }
     Ok(out)
-}
-
-/// Rewrites the OCI form of the object that is current for `row`'s
-/// identity now (read inside the transaction: a publish may have replaced
-/// it since the check). Returns the tag written, or `None` when the
-/// identity has no current object any more.
-pub async fn repair(
-    repo: &Repo,
-    blobs: &BlobStore,
-    oci_repo: &str,
-    row: &ObjectCheckRow,
-) -> Result<Option<String>, FaceError> {
-    let meta = row.metadata().map_err(|source| FaceError::Metadata { id: row.id, source })?;
-    let mut tx = repo.begin_write().await?;
-    let Some(current) = tx.current(&meta.identity).await? else { return Ok(None) };
-    let meta = current.metadata().map_err(|source| FaceError::Metadata { id: current.id, source })?;
-    let tag = write_oci_form(&mut tx, blobs, oci_repo, &meta).await?;
-    tx.commit().await?;
-    Ok(Some(tag))
 }
 
 /// The identity recorded in a check row (for messages).

@@ -16,19 +16,20 @@ use std::collections::HashMap;
 use bpfarm_object::Digest;
 
 use crate::blobs::BlobStore;
-use crate::faces::{self, FaceError};
+use crate::error::{Error, Result};
+use crate::faces;
+use crate::publish;
 use crate::repo::Repo;
 
+/// Why a row's bytes are not what it records.
 #[derive(Debug, thiserror::Error)]
-pub enum FsckError {
-    #[error("index: {0}")]
-    Index(#[from] sqlx::Error),
-    #[error("blob store: {0}")]
-    Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Faces(#[from] FaceError),
-    #[error("fsck worker: {0}")]
-    Join(#[from] tokio::task::JoinError),
+enum Unbacked {
+    #[error("{0:?} is not a digest")]
+    NotDigest(String),
+    #[error("its blob {0} is not stored")]
+    Missing(Digest),
+    #[error("it records {recorded} bytes, blob {digest} has {stored}")]
+    Size { recorded: i64, digest: Digest, stored: u64 },
 }
 
 /// What fsck found and did.
@@ -50,7 +51,7 @@ impl Report {
 
 /// Checks (and with `repair`, fixes) the registry stored in `repo`/`blobs`,
 /// whose `/v1` objects appear in OCI as `oci_repo`.
-pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) -> Result<Report, FsckError> {
+pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) -> Result<Report> {
     let mut report = Report::default();
 
     // 1. Every blob file hashes to its name.
@@ -66,7 +67,8 @@ pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) 
         }
         Ok(out)
     })
-    .await??;
+    .await?
+    .map_err(Error::Store)?;
     let mut good: HashMap<Digest, u64> = HashMap::new();
     for (path, claimed, actual) in files {
         report.blobs_checked += 1;
@@ -79,7 +81,7 @@ pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) 
             _ => format!("stray file {} in the blob store", path.display()),
         };
         if repair {
-            let to = blobs.quarantine(&path)?;
+            let to = blobs.quarantine(&path).map_err(Error::Store)?;
             let again = claimed.map(|d| format!("; upload {d} again to restore it")).unwrap_or_default();
             report.fixed.push(format!("{problem}: quarantined to {}{again}", to.display()));
         } else {
@@ -95,7 +97,7 @@ pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) 
             report.problems.push(what);
             continue;
         }
-        match faces::repair(repo, blobs, oci_repo, &bad.row).await? {
+        match publish::heal(repo, blobs, oci_repo, &bad.row).await? {
             Some(tag) => report.fixed.push(format!("{what}: rewrote its OCI form under {oci_repo}:{tag}")),
             None => report.fixed.push(format!("{what}: no longer current")),
         }
@@ -107,23 +109,21 @@ pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) 
     }
     // 3. Every row names stored bytes of the size it records. After a repair
     //    the store holds only verified bytes, including any just rewritten.
-    let stored_size = |d: &Digest| -> Option<u64> {
-        good.get(d).copied().or_else(|| {
-            let m = std::fs::symlink_metadata(blobs.path(d)).ok().filter(|m| repair && m.is_file());
-            m.map(|m| m.len())
-        })
-    };
-    let has = |d: &str, size: i64| -> Result<(), String> {
-        let Ok(d) = d.parse::<Digest>() else { return Err(format!("{d:?} is not a digest")) };
-        match stored_size(&d) {
-            None => Err(format!("its blob {d} is not stored")),
-            Some(n) if i64::try_from(n).ok() != Some(size) => Err(format!("it records {size} bytes, blob {d} has {n}")),
-            Some(_) => Ok(()),
+    let stored_size =
+        |d: &Digest| -> Option<u64> { good.get(d).copied().or_else(|| if repair { blobs.size_now(d) } else { None }) };
+    let unbacked = |d: &str, size: i64| -> Option<Unbacked> {
+        let Ok(digest) = d.parse::<Digest>() else { return Some(Unbacked::NotDigest(d.to_owned())) };
+        match stored_size(&digest) {
+            None => Some(Unbacked::Missing(digest)),
+            Some(stored) if i64::try_from(stored).ok() != Some(size) => {
+                Some(Unbacked::Size { recorded: size, digest, stored })
+            }
+            Some(_) => None,
         }
     };
     for row in repo.all_objects().await? {
         report.objects_checked += 1;
-        if let Err(why) = has(&row.digest, row.size) {
+        if let Some(why) = unbacked(&row.digest, row.size) {
             let kind = if row.current == 1 { "current object" } else { "replaced object" };
             report.problems.push(format!(
                 "{kind} {}: {why} (upload its bytes again: PUT /v1/blobs/{})",
@@ -133,7 +133,7 @@ pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) 
         }
     }
     for (r, d, size) in repo.all_manifests().await? {
-        if let Err(why) = has(&d, size) {
+        if let Some(why) = unbacked(&d, size) {
             report.problems.push(format!("manifest {r}@{d}: {why}"));
         }
     }

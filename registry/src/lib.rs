@@ -1,15 +1,32 @@
 //! bpfarm's registry: a sqlite index and a content-addressed blob store
 //! behind an HTTP API with two faces, `/v1` and OCI's `/v2`.
 //!
-//! Layering: `server` (connections: timeouts, cap, TLS, shutdown) →
-//! `routes` and `oci` (HTTP handlers; `auth`, `face` and `metrics` are the
-//! middleware every route passes) → `publish` (the publish rules) and
-//! `faces` (an object's OCI form, written in the same transaction) →
-//! `repo` (the only module that touches SQL) and `blobs` (the only one that
-//! touches blob files). `fsck` and `export` are the offline tools.
+//! Layers, each importing only from the ones below it (the `layering`
+//! test holds this, and that there is no import circle):
+//!
+//! - connections: `server` (timeouts, cap, shutdown) and `tls`;
+//! - HTTP faces: `routes` (`/v1`, the page, the static layout, health,
+//!   metrics; `app` is the router) and `oci` (`/v2`), with what every
+//!   route shares — `auth` (the access middleware and the `Caller` it
+//!   hands handlers), `face` (how each face renders an `Error`, its
+//!   conventions), `download` (serving a blob), `body` (request bodies
+//!   within limits) — and `page` (the coverage page);
+//! - services, which know nothing of HTTP: `publish` (every rule about
+//!   making an object current), `faces` (an object's OCI form and the
+//!   check that it reaches the object), `distribution` (the OCI rules),
+//!   and the offline tools `fsck` and `export`;
+//! - the shared vocabulary: `state` (`AppState`, `Settings`), `error` (the
+//!   one `Error` the services return);
+//! - storage and plumbing: `repo` (the only module that runs SQL), `blobs`
+//!   (the only one that touches blob files), `tokens`, `manifest` (parsing
+//!   pushed manifests), `metrics`.
 
 pub mod auth;
 pub mod blobs;
+pub mod body;
+pub mod distribution;
+pub mod download;
+pub mod error;
 pub mod export;
 pub mod face;
 pub mod faces;
@@ -22,12 +39,15 @@ pub mod publish;
 pub mod repo;
 pub mod routes;
 pub mod server;
+pub mod state;
 pub mod tls;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
 
-pub use routes::{AppState, Settings, app, metrics_app};
+pub use error::Error;
+pub use routes::{app, metrics_app};
+pub use state::{AppState, Settings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -38,7 +58,7 @@ pub enum OpenError {
     #[error("opening the blob store in {}: {source}", .path.display())]
     Blobs { path: PathBuf, source: std::io::Error },
     #[error("checking /v1 against OCI: {0}")]
-    Faces(#[from] faces::FaceError),
+    Faces(#[from] Error),
 }
 
 async fn open_with(data: &Path, settings: Settings, serving: bool) -> Result<AppState, OpenError> {
@@ -55,11 +75,11 @@ async fn open_with(data: &Path, settings: Settings, serving: bool) -> Result<App
 /// two) gets it rewritten before the first request.
 pub async fn open(data: &Path, settings: Settings) -> Result<AppState, OpenError> {
     let state = open_with(data, settings, true).await?;
-    let oci_repo = faces::canonical_repo(&state.settings.oci_namespace);
+    let oci_repo = state.settings.canonical_repo();
     let bad = faces::disagreements(&state.repo, &state.blobs, &oci_repo).await?;
     for d in &bad {
         tracing::warn!("{}: /v1 and OCI disagree ({}); rewriting its OCI form", faces::describe(&d.row), d.why);
-        faces::repair(&state.repo, &state.blobs, &oci_repo, &d.row).await?;
+        publish::heal(&state.repo, &state.blobs, &oci_repo, &d.row).await?;
     }
     if !bad.is_empty() {
         tracing::info!(repaired = bad.len(), "OCI forms rewritten at start");

@@ -194,7 +194,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     let repo = bpfarm_registry::faces::canonical_repo(&settings.oci_namespace);
     anyhow::ensure!(
-        bpfarm_registry::oci::valid_repo(&repo),
+        bpfarm_registry::distribution::valid_repo(&repo),
         "--oci-namespace {:?} makes {repo:?}, not a valid OCI repository name",
         settings.oci_namespace
     );
@@ -324,17 +324,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Token(TokenCommand::Create { data, name, scope }) => {
             let state = open_tool(&data, Settings::default()).await?;
-            let token = tokens::generate();
             let scope = match scope {
                 ScopeArg::Push => Scope::Push,
                 ScopeArg::Read => Scope::Read,
             };
             let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-            state
-                .repo
-                .add_token(&name, scope, &tokens::hash(&token), &now)
-                .await
-                .with_context(|| format!("storing token {name:?} (names are unique)"))?;
+            let token = tokens::create(&state.repo, &name, scope, &now).await?;
             eprintln!("created {} token {name:?}; it is shown only now:", scope.as_str());
             println!("{token}");
             Ok(ExitCode::SUCCESS)

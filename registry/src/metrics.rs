@@ -2,6 +2,8 @@
 //! route templates the router knows (or `other`), known HTTP methods (or
 //! `other`), status classes — so no request can grow `/metrics`.
 
+use std::sync::Arc;
+
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
@@ -10,8 +12,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-
-use crate::routes::AppState;
 
 /// The route templates the router serves; `/v2` requests are labelled by
 /// the endpoint the dispatcher chose (see `oci::dispatch`).
@@ -158,12 +158,12 @@ fn route_label(path: Option<&MatchedPath>) -> &'static str {
 }
 
 /// The middleware: counts every request by (route, method, status class).
-pub async fn count(State(s): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn count(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let route = route_label(req.extensions().get::<MatchedPath>());
     let method = method_label(req.method());
     let resp = next.run(req).await;
     let route = resp.extensions().get::<RouteLabel>().map(|r| r.0).unwrap_or(route);
-    s.metrics()
+    metrics
         .requests
         .get_or_create(&RequestLabels { route, method, status: status_label(resp.status().as_u16()) })
         .inc();

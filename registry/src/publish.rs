@@ -1,50 +1,24 @@
-//! The publish rules — the one rule set for objects arriving through `/v1`
-//! and bpfarm artifacts pushed through `/v2`: an object's metadata is
-//! accepted only for a valid identity whose file name it carries, and for a
-//! blob that is stored with that digest and size; the same bytes again are
-//! a no-op; a different object for an identity that has one is refused
-//! unless the publisher asks to replace it (the old one stays in history).
+//! The publish rules: every rule about making an object current, for
+//! objects arriving through `/v1`, bpfarm artifacts pushed through `/v2`,
+//! the start-up and `fsck` repair of an OCI form, and any later import.
 //!
-//! `make_current` applies them inside a `WriteTx` and writes the object's
-//! OCI form in the same transaction, so `/v1` and `/v2` always agree.
+//! An object's metadata is accepted only for a valid identity whose file
+//! name it carries, and for a blob that is stored with that digest and
+//! size; the same bytes again are a no-op (which rewrites the OCI form, so
+//! it also heals one); a different object for an identity that has one is
+//! refused unless the publisher asks to replace it (the old one stays in
+//! history). `make_current` applies them inside a `WriteTx` and writes the
+//! object's OCI form in the same transaction, so `/v1` and `/v2` always
+//! agree.
+//!
+//! Errors are `error::Error`; nothing here knows which face asked.
 
-use bpfarm_object::{Digest, Identity, IdentityError, ObjectMetadata};
+use bpfarm_object::{Identity, ObjectMetadata};
 
-use crate::blobs::{BlobError, BlobStore};
-use crate::faces::{self, FaceError};
-use crate::repo::WriteTx;
-
-/// Why a publish was refused or failed.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error(transparent)]
-    Identity(#[from] IdentityError),
-    #[error("file_name {given:?} does not match the identity (expected {expected:?})")]
-    FileName { given: String, expected: String },
-    #[error("no blob {0} is stored: upload the object first")]
-    BlobUnknown(Digest),
-    #[error("metadata says {claimed} bytes, the blob {digest} has {stored}")]
-    Size { digest: Digest, claimed: u64, stored: u64 },
-    #[error(
-        "kernel {} ({}) version {} already has object {existing}; publish with ?replace=true to replace it",
-        .identity.kernel_release, .identity.arch, .identity.version
-    )]
-    Conflict { identity: Identity, existing: String },
-    #[error(transparent)]
-    Store(#[from] FaceError),
-}
-
-impl From<sqlx::Error> for PublishError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Store(FaceError::Index(e))
-    }
-}
-
-impl From<BlobError> for PublishError {
-    fn from(e: BlobError) -> Self {
-        Self::Store(FaceError::Blob(e))
-    }
-}
+use crate::blobs::BlobStore;
+use crate::error::{Error, Result};
+use crate::faces;
+use crate::repo::{ObjectCheckRow, Repo, WriteTx};
 
 /// What a publish did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,20 +39,47 @@ impl Outcome {
     }
 }
 
+/// What `make_current` did, and the tag the object's OCI form is under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Current {
+    pub outcome: Outcome,
+    pub tag: String,
+}
+
+/// Whether a different object may take an identity's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// Refuse it (`Error::Conflict`).
+    No,
+    /// Make it current; the old one stays in history.
+    Yes,
+}
+
 /// The rules that need no transaction: identity, file name, stored blob
 /// of the claimed size.
-pub async fn check(blobs: &BlobStore, meta: &ObjectMetadata) -> Result<(), PublishError> {
+pub async fn check(blobs: &BlobStore, meta: &ObjectMetadata) -> Result<()> {
     let id = &meta.identity;
     let checked = Identity::new(&id.kernel_release, id.arch, &id.version)?;
     if meta.file_name != checked.file_name() {
-        return Err(PublishError::FileName { given: meta.file_name.clone(), expected: checked.file_name() });
+        return Err(Error::FileName { given: meta.file_name.clone(), expected: checked.file_name() });
     }
     match blobs.size(&meta.digest).await {
-        None => Err(PublishError::BlobUnknown(meta.digest.clone())),
+        None => Err(Error::ObjectBlobMissing(meta.digest.clone())),
         Some(stored) if stored != meta.size => {
-            Err(PublishError::Size { digest: meta.digest.clone(), claimed: meta.size, stored })
+            Err(Error::Size { digest: meta.digest.clone(), claimed: meta.size, stored })
         }
         Some(_) => Ok(()),
+    }
+}
+
+/// The replace rule alone, inside `tx`: a different current object for
+/// the identity is a conflict unless `replace` says otherwise.
+pub async fn check_current(tx: &mut WriteTx, meta: &ObjectMetadata, replace: Replace) -> Result<()> {
+    match tx.current(&meta.identity).await? {
+        Some(row) if row.digest != meta.digest.as_str() && replace == Replace::No => {
+            Err(Error::Conflict { identity: meta.identity.clone(), existing: row.digest })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -89,8 +90,8 @@ pub async fn make_current(
     blobs: &BlobStore,
     oci_repo: &str,
     meta: &ObjectMetadata,
-    replace: bool,
-) -> Result<Outcome, PublishError> {
+    replace: Replace,
+) -> Result<Current> {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let outcome = match tx.current(&meta.identity).await? {
         None => {
@@ -100,25 +101,45 @@ pub async fn make_current(
         // Rewriting the OCI form of an unchanged object is idempotent and
         // heals a form a crash of an older version left incomplete.
         Some(row) if row.digest == meta.digest.as_str() => Outcome::Unchanged,
-        Some(row) if replace => {
+        Some(row) if replace == Replace::Yes => {
             tx.retire(row.id).await?;
             tx.insert_object(meta, &now).await?;
             let id = &meta.identity;
             tracing::info!(release = %id.kernel_release, arch = %id.arch, version = %id.version, old = %row.digest, new = %meta.digest, "replaced");
             Outcome::Replaced
         }
-        Some(row) => return Err(PublishError::Conflict { identity: meta.identity.clone(), existing: row.digest }),
+        Some(row) => return Err(Error::Conflict { identity: meta.identity.clone(), existing: row.digest }),
     };
-    faces::write_oci_form(tx, blobs, oci_repo, meta).await?;
-    Ok(outcome)
+    let tag = faces::write_oci_form(tx, blobs, oci_repo, meta).await?;
+    Ok(Current { outcome, tag })
 }
 
-/// `/v1` publish: the rules, then one transaction for both faces.
-pub async fn publish(s: &crate::AppState, meta: &ObjectMetadata, replace: bool) -> Result<Outcome, PublishError> {
-    check(&s.blobs, meta).await?;
-    let oci_repo = faces::canonical_repo(&s.settings.oci_namespace);
-    let mut tx = s.repo.begin_write().await?;
-    let outcome = make_current(&mut tx, &s.blobs, &oci_repo, meta, replace).await?;
+/// Publishes `meta` (whose blob is stored): the rules, then one
+/// transaction for both faces. `/v1`'s publish, and the way for any import.
+pub async fn publish(
+    repo: &Repo,
+    blobs: &BlobStore,
+    oci_repo: &str,
+    meta: &ObjectMetadata,
+    replace: Replace,
+) -> Result<Outcome> {
+    check(blobs, meta).await?;
+    let mut tx = repo.begin_write().await?;
+    let made = make_current(&mut tx, blobs, oci_repo, meta, replace).await?;
     tx.commit().await?;
-    Ok(outcome)
+    Ok(made.outcome)
+}
+
+/// Rewrites the OCI form of the object that is current for `row`'s
+/// identity now (read inside the transaction: a publish may have replaced
+/// it since `row` was read), by publishing it again. Returns the tag
+/// written, or `None` when the identity has no current object any more.
+pub async fn heal(repo: &Repo, blobs: &BlobStore, oci_repo: &str, row: &ObjectCheckRow) -> Result<Option<String>> {
+    let meta = row.metadata()?;
+    let mut tx = repo.begin_write().await?;
+    let Some(current) = tx.current(&meta.identity).await? else { return Ok(None) };
+    let meta = current.metadata()?;
+    let made = make_current(&mut tx, blobs, oci_repo, &meta, Replace::No).await?;
+    tx.commit().await?;
+    Ok(Some(made.tag))
 }

@@ -30,11 +30,26 @@ pub struct ObjectRow {
     pub published_at: String,
 }
 
+/// A stored object row whose metadata no longer parses (it was validated
+/// when published, so the index was changed behind the registry's back).
+/// Reads of that row fail with this, naming it; nothing panics.
+#[derive(Debug, thiserror::Error)]
+#[error("object row {id} ({digest}): stored metadata does not parse: {source}")]
+pub struct CorruptRow {
+    pub id: i64,
+    pub digest: String,
+    #[source]
+    pub source: serde_json::Error,
+}
+
+fn parse_metadata(id: i64, digest: &str, text: &str) -> Result<ObjectMetadata, CorruptRow> {
+    serde_json::from_str(text).map_err(|source| CorruptRow { id, digest: digest.to_owned(), source })
+}
+
 impl ObjectRow {
-    /// The metadata as published (validated then; an error here means the
-    /// index was changed behind the registry's back).
-    pub fn metadata(&self) -> Result<ObjectMetadata, serde_json::Error> {
-        serde_json::from_str(&self.metadata)
+    /// The metadata as published.
+    pub fn metadata(&self) -> Result<ObjectMetadata, CorruptRow> {
+        parse_metadata(self.id, &self.digest, &self.metadata)
     }
 }
 
@@ -53,8 +68,9 @@ pub struct ObjectCheckRow {
 }
 
 impl ObjectCheckRow {
-    pub fn metadata(&self) -> Result<ObjectMetadata, serde_json::Error> {
-        serde_json::from_str(&self.metadata)
+    /// The metadata as published.
+    pub fn metadata(&self) -> Result<ObjectMetadata, CorruptRow> {
+        parse_metadata(self.id, &self.digest, &self.metadata)
     }
 }
 
@@ -90,7 +106,10 @@ pub struct Filter {
     pub limit: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a token may do; stored as `push` or `read` (the schema allows no
+/// other value, and one that appears anyway fails the read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(rename_all = "lowercase")]
 pub enum Scope {
     Push,
     Read,
@@ -234,7 +253,7 @@ impl Repo {
     }
 
     /// Every stored token hash with its scope.
-    pub async fn token_hashes(&self) -> Result<Vec<(String, String)>, sqlx::Error> {
+    pub async fn token_hashes(&self) -> Result<Vec<(String, Scope)>, sqlx::Error> {
         sqlx::query_as("SELECT hash, scope FROM tokens").fetch_all(&self.reader).await
     }
 
@@ -528,13 +547,6 @@ impl Repo {
             .fetch_one(&self.reader)
             .await?;
         Ok(n > 0)
-    }
-
-    /// Stores a manifest row (its bytes are a blob) and, if given, points a tag at it.
-    pub async fn oci_put_manifest(&self, m: &NewManifest<'_>) -> Result<(), sqlx::Error> {
-        let mut tx = self.begin_write().await?;
-        tx.put_manifest(m).await?;
-        tx.commit().await
     }
 
     /// A manifest by digest, or by tag when `reference` is not a digest.
