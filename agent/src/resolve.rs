@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use bpfarm_object::client::{ClientError, Lookup, RegistryClient};
 use bpfarm_object::embed::{self, EmbeddedIdentity};
 use bpfarm_object::http::{Transport, TransportConfig, TransportError};
-use bpfarm_object::{Arch, Digest, Identity, KernelFacts, ObjectMetadata};
+use bpfarm_object::{Arch, Digest, Identity, KernelFacts, ObjectMetadata, Origin};
 
 use crate::trust::{TrustError, TrustedDir};
 
@@ -495,11 +495,11 @@ async fn fetch_http(client: &RegistryClient, cfg: &ResolveConfig, look_only: boo
             Some(obj) => {
                 let meta = match obj.metadata {
                     Some(m) => m,
-                    None => ObjectMetadata::minimal(
+                    None => ObjectMetadata::unattested(
                         id.clone(),
                         obj.digest.clone(),
                         obj.bytes.len() as u64,
-                        "static layout without .json",
+                        Origin::StaticLayout,
                     ),
                 };
                 Ok(Fetched::Got(

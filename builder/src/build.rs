@@ -768,13 +768,10 @@ struct JobError {
 fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError> {
     let fail = |message: String| JobError { message, public: None, cached: false };
     let (headers, sources) = headers_digest(k, ctx.bpftool, &ctx.cfg.limits).map_err(fail)?;
-    let mode_name = if matches!(k.source, Source::Btf { .. }) { "btf" } else { "headers" };
+    let kind = if matches!(k.source, Source::Btf { .. }) { compile::Kind::Btf } else { compile::Kind::Headers };
     let (tc, tree_flags) = compiler_for(ctx, k).map_err(fail)?;
-    let mut flags = compile::flags(k.arch, mode_name);
-    flags.extend(tree_flags.iter().cloned());
-    let compiler_id = if mode_name == "headers" {
-        flags.push("| llc".into());
-        flags.extend(compile::llc_flags());
+    let flags = compile::flags(k.arch, kind, &tree_flags);
+    let compiler_id = if kind == compile::Kind::Headers {
         tc.identity()
     } else {
         let tool = ctx.bpftool.ok_or_else(|| fail(crate::btf::BtfError::NoBpftool.to_string()))?;
@@ -827,12 +824,12 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
         digest: digest.clone(),
         size: bytes.len() as u64,
         kernel: k.facts.clone(),
-        build_mode: mode_name.into(),
+        build_mode: kind.build_mode(),
         sources,
         program_digest: program.clone(),
         compiler: Compiler {
             clang: tc.clang_version.clone(),
-            llc: (mode_name == "headers").then(|| tc.llc_version.clone()),
+            llc: (kind == compile::Kind::Headers).then(|| tc.llc_version.clone()),
         },
         flags,
         built_at: humantime::format_rfc3339_seconds(built_at).to_string(),

@@ -115,7 +115,7 @@ pub fn index(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Compiler, Identity, KernelFacts};
+    use crate::{BuildMode, Compiler, Flags, Identity, KernelFacts};
 
     #[test]
     fn tags_follow_the_rule() {
@@ -138,11 +138,11 @@ mod tests {
             digest: Digest::of_bytes(arch.uname().as_bytes()),
             size: 6,
             kernel: KernelFacts::default(),
-            build_mode: "headers".into(),
+            build_mode: BuildMode::Headers,
             sources: vec![],
             program_digest: Digest::of_bytes(b"p"),
             compiler: Compiler { clang: "c".into(), llc: None },
-            flags: vec![],
+            flags: Flags::default(),
             built_at: "now".into(),
         }
     }
