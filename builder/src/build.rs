@@ -23,7 +23,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::btf::Bpftool;
-use crate::cache::{Cached, Failure, KeyInputs, ObjectCache};
+use crate::cache::{self, Cached, KeyInputs, ObjectCache};
 use crate::compile::{self, CompileJob, Mode, Toolchain, Toolchains};
 use crate::diagnostics::{self, PathMap};
 use crate::fsutil;
@@ -184,26 +184,108 @@ pub enum Status {
     Failed,
 }
 
-/// One kernel's outcome.
-#[derive(Debug, Clone, Serialize)]
+/// An object in the output folder and its metadata (written beside it as
+/// `<file name>.json`), kept in memory for whatever comes next (publish,
+/// the agent's install).
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub path: PathBuf,
+    pub metadata: ObjectMetadata,
+}
+
+/// Why a kernel did not build.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The whole message (report, logs).
+    pub message: String,
+    /// What of it may be published (to a registry's coverage page):
+    /// compiler errors located in the kernel's headers or the program,
+    /// host folders replaced, capped (see `diagnostics`).
+    pub public: String,
+    /// Replayed from the cache (retry with `--retry-failed`).
+    pub replayed: bool,
+}
+
+/// What became of a kernel.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Compiled in this run.
+    Built(Output),
+    /// Taken from the object cache.
+    Cached(Output),
+    Failed(Failure),
+}
+
+/// One kernel's row in the report.
+#[derive(Debug, Clone)]
 pub struct KernelResult {
     /// The kernel release, or the package name when it could not be read.
     pub kernel: String,
     pub arch: Option<Arch>,
-    pub status: Status,
-    /// A failure replayed from the cache (retry with `--retry-failed`).
-    pub cached_failure: bool,
     /// `kernel` is the kernel release (not a package name or path).
     pub release_known: bool,
-    pub object: Option<PathBuf>,
-    pub digest: Option<Digest>,
     pub duration_ms: u64,
-    pub error: Option<String>,
-    /// What of `error` may be published (to a registry's coverage page):
-    /// compiler errors located in the kernel's headers or the program,
-    /// host folders replaced, capped (see `diagnostics`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub public_error: Option<String>,
+    pub outcome: Outcome,
+}
+
+impl KernelResult {
+    pub fn status(&self) -> Status {
+        match self.outcome {
+            Outcome::Built(_) => Status::Built,
+            Outcome::Cached(_) => Status::Cached,
+            Outcome::Failed(_) => Status::Failed,
+        }
+    }
+
+    /// The object written, unless the kernel failed.
+    pub fn output(&self) -> Option<&Output> {
+        match &self.outcome {
+            Outcome::Built(o) | Outcome::Cached(o) => Some(o),
+            Outcome::Failed(_) => None,
+        }
+    }
+
+    pub fn failure(&self) -> Option<&Failure> {
+        match &self.outcome {
+            Outcome::Failed(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+/// The report's JSON row (`--report`, read by `ci/coverage-gate`): flat,
+/// as it has always been.
+impl Serialize for KernelResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Row<'a> {
+            kernel: &'a str,
+            arch: Option<Arch>,
+            status: Status,
+            cached_failure: bool,
+            release_known: bool,
+            object: Option<&'a Path>,
+            digest: Option<&'a Digest>,
+            duration_ms: u64,
+            error: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            public_error: Option<&'a str>,
+        }
+        let (out, failure) = (self.output(), self.failure());
+        Row {
+            kernel: &self.kernel,
+            arch: self.arch,
+            status: self.status(),
+            cached_failure: failure.is_some_and(|f| f.replayed),
+            release_known: self.release_known,
+            object: out.map(|o| o.path.as_path()),
+            digest: out.map(|o| &o.metadata.digest),
+            duration_ms: self.duration_ms,
+            error: failure.map(|f| f.message.as_str()),
+            public_error: failure.map(|f| f.public.as_str()),
+        }
+        .serialize(s)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -236,18 +318,18 @@ impl Report {
         let w = self.kernels.iter().map(|k| k.kernel.len()).max().unwrap_or(6).max(6);
         let mut s = format!("{:<w$}  {:<7}  {:<6}  {:>7}  {}\n", "KERNEL", "ARCH", "STATUS", "TIME", "OBJECT / ERROR");
         for k in &self.kernels {
-            let status = match k.status {
+            let status = match k.status() {
                 Status::Built => "built",
                 Status::Cached => "cached",
                 Status::Failed => "FAILED",
             };
-            let what = match (&k.object, &k.error) {
-                (_, Some(e)) => {
+            let what = match &k.outcome {
+                Outcome::Failed(f) => {
+                    let e = &f.message;
                     let first = e.lines().find(|l| l.contains("error")).or_else(|| e.lines().next()).unwrap_or("");
-                    format!("{}{}", if k.cached_failure { "(cached failure) " } else { "" }, first)
+                    format!("{}{}", if f.replayed { "(cached failure) " } else { "" }, first)
                 }
-                (Some(o), None) => o.display().to_string(),
-                (None, None) => String::new(),
+                Outcome::Built(o) | Outcome::Cached(o) => o.path.display().to_string(),
             };
             let arch = k.arch.map(|a| a.uname()).unwrap_or("?");
             s += &format!(
@@ -351,9 +433,9 @@ pub fn run(cfg: &BuildConfig, req: &Request) -> Result<Report, BuildError> {
     results.sort_by(|a, b| (&a.kernel, a.arch).cmp(&(&b.kernel, b.arch)));
     let summary = Summary {
         total: results.len(),
-        built: results.iter().filter(|r| r.status == Status::Built).count(),
-        cached: results.iter().filter(|r| r.status == Status::Cached).count(),
-        failed: results.iter().filter(|r| r.status == Status::Failed).count(),
+        built: results.iter().filter(|r| r.status() == Status::Built).count(),
+        cached: results.iter().filter(|r| r.status() == Status::Cached).count(),
+        failed: results.iter().filter(|r| r.status() == Status::Failed).count(),
         duration_ms: start.elapsed().as_millis() as u64,
     };
     Ok(Report {
@@ -398,14 +480,9 @@ fn failed_row(kernel: String, arch: Option<Arch>, error: String) -> KernelResult
     KernelResult {
         kernel,
         arch,
-        status: Status::Failed,
-        cached_failure: false,
         release_known: false,
-        object: None,
-        digest: None,
         duration_ms: 0,
-        public_error: Some(diagnostics::message(&error)),
-        error: Some(error),
+        outcome: Outcome::Failed(Failure { public: diagnostics::message(&error), message: error, replayed: false }),
     }
 }
 
@@ -504,7 +581,7 @@ fn plan(
     pairs.extend(pinned_pairs);
     for r in &pairs {
         if let Err(row) = r {
-            found.extend(row.error.clone());
+            found.extend(row.failure().map(|f| f.message.clone()));
         }
     }
     // Decided before any unpacking: is there anything that can build? A
@@ -740,20 +817,20 @@ fn headers_digest(
 
 fn build_one(ctx: &Ctx<'_>, k: &KernelInput) -> KernelResult {
     let start = Instant::now();
-    let mut row = match build_inner(ctx, k) {
-        Ok(row) => row,
-        Err(e) => {
-            let row = failed_row(k.release.clone(), Some(k.arch), e.message);
-            KernelResult {
-                cached_failure: e.cached,
-                release_known: true,
-                public_error: e.public.or(row.public_error.clone()),
-                ..row
-            }
-        }
-    };
-    row.duration_ms = start.elapsed().as_millis() as u64;
-    row
+    let outcome = build_inner(ctx, k).unwrap_or_else(|e| {
+        Outcome::Failed(Failure {
+            public: e.public.unwrap_or_else(|| diagnostics::message(&e.message)),
+            message: e.message,
+            replayed: e.cached,
+        })
+    });
+    KernelResult {
+        kernel: k.release.clone(),
+        arch: Some(k.arch),
+        release_known: true,
+        duration_ms: start.elapsed().as_millis() as u64,
+        outcome,
+    }
 }
 
 /// A kernel's failure: the full message (report, logs), what of it may be
@@ -765,7 +842,7 @@ struct JobError {
     cached: bool,
 }
 
-fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError> {
+fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<Outcome, JobError> {
     let fail = |message: String| JobError { message, public: None, cached: false };
     let (headers, sources) = headers_digest(k, ctx.bpftool, &ctx.cfg.limits).map_err(fail)?;
     let kind = if matches!(k.source, Source::Btf { .. }) { compile::Kind::Btf } else { compile::Kind::Headers };
@@ -780,8 +857,8 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
     let program = ctx.cfg.program.digest();
     let key = KeyInputs { compiler: &compiler_id, flags: &flags, arch: k.arch, program, headers: &headers }.key();
 
-    let (object, status) = match ctx.objects.get(&key) {
-        Some(Cached::Object(p)) => (p, Status::Cached),
+    let (object, fresh) = match ctx.objects.get(&key) {
+        Some(Cached::Object(p)) => (p, false),
         Some(Cached::Failure(f)) if !ctx.cfg.retry_failed => {
             return Err(JobError { message: f.message, public: f.public, cached: true });
         }
@@ -791,12 +868,12 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
                     .objects
                     .put_object(&key, built.path())
                     .map_err(|e| fail(format!("storing in the cache: {e}")))?;
-                (stored, Status::Built)
+                (stored, true)
             }
             Err(Fault::Deterministic { message, public }) => {
                 let _ = ctx.objects.put_failure(
                     &key,
-                    &Failure {
+                    &cache::Failure {
                         message: message.clone(),
                         public: public.clone(),
                         at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
@@ -821,7 +898,7 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
     let meta = ObjectMetadata {
         file_name: identity.file_name(),
         identity,
-        digest: digest.clone(),
+        digest,
         size: bytes.len() as u64,
         kernel: k.facts.clone(),
         build_mode: kind.build_mode(),
@@ -836,18 +913,8 @@ fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<KernelResult, JobError>
     };
     let out = write_out(&ctx.cfg.out_dir, &bytes, &meta).map_err(fail)?;
     crate::validate::validate(&out).map_err(|e| fail(format!("validation of {}: {e}", out.display())))?;
-    Ok(KernelResult {
-        kernel: k.release.clone(),
-        arch: Some(k.arch),
-        status,
-        cached_failure: false,
-        release_known: true,
-        object: Some(out),
-        digest: Some(digest),
-        duration_ms: 0,
-        error: None,
-        public_error: None,
-    })
+    let out = Output { path: out, metadata: meta };
+    Ok(if fresh { Outcome::Built(out) } else { Outcome::Cached(out) })
 }
 
 /// The clang for a kernel and the flags its tree asks for. Headers mode
@@ -1009,7 +1076,7 @@ impl Progress {
 
     fn done(&self, r: &KernelResult) {
         let n = self.done.fetch_add(1, Ordering::SeqCst) + 1;
-        let status = match r.status {
+        let status = match r.status() {
             Status::Built => "built",
             Status::Cached => "cached",
             Status::Failed => "FAILED",
@@ -1021,7 +1088,7 @@ impl Progress {
             Some(b) => {
                 b.inc(1);
                 b.set_message(format!("{} {arch}", r.kernel));
-                if r.status == Status::Failed {
+                if r.status() == Status::Failed {
                     b.println(line);
                 }
             }
@@ -1039,6 +1106,36 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--report` rows keep the flat shape `ci/coverage-gate` and users read.
+    #[test]
+    fn report_rows_serialize_flat() {
+        let id = Identity::new("6.1.0-56-amd64", Arch::X86_64, "v1").unwrap();
+        let meta = ObjectMetadata::unattested(id, Digest::of_bytes(b"o"), 1, bpfarm_object::Origin::StaticLayout);
+        let built = KernelResult {
+            kernel: "6.1.0-56-amd64".into(),
+            arch: Some(Arch::X86_64),
+            release_known: true,
+            duration_ms: 5,
+            outcome: Outcome::Cached(Output { path: "out/x.o".into(), metadata: meta }),
+        };
+        assert_eq!(
+            serde_json::to_value(&built).unwrap(),
+            serde_json::json!({ "kernel": "6.1.0-56-amd64", "arch": "x86_64", "status": "cached",
+                "cached_failure": false, "release_known": true, "object": "out/x.o",
+                "digest": Digest::of_bytes(b"o").to_string(), "duration_ms": 5, "error": null })
+        );
+        let failed = KernelResult {
+            outcome: Outcome::Failed(Failure { message: "m".into(), public: "p".into(), replayed: true }),
+            ..built
+        };
+        assert_eq!(
+            serde_json::to_value(&failed).unwrap(),
+            serde_json::json!({ "kernel": "6.1.0-56-amd64", "arch": "x86_64", "status": "failed",
+                "cached_failure": true, "release_known": true, "object": null, "digest": null,
+                "duration_ms": 5, "error": "m", "public_error": "p" })
+        );
+    }
 
     #[test]
     fn shard_parsing_and_partition() {
