@@ -73,6 +73,9 @@ pub struct Failure {
     /// What may be published of it (see `diagnostics`).
     #[serde(default)]
     pub public: Option<String>,
+    /// Its line in the terminal table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headline: Option<String>,
     pub at: String,
 }
 
@@ -245,7 +248,7 @@ mod tests {
         let c = ObjectCache::new(dir.path()).unwrap();
         let k = key(&base());
         assert_eq!(c.get(&k), None);
-        let f = Failure { message: "clang: error".into(), public: None, at: "t".into() };
+        let f = Failure { message: "clang: error".into(), public: None, headline: None, at: "t".into() };
         c.put_failure(&k, &f).unwrap();
         assert_eq!(c.get(&k), Some(Cached::Failure(f)));
         let built = dir.path().join("x.o");

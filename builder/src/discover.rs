@@ -436,7 +436,7 @@ fn read_index(f: &Found, arch: Arch, http: &Http, say: &(dyn Fn(&str) + Sync)) -
         match r {
             Ok(k) if k.flavour.deb_arch == deb_arch => paired.push(kernel_of(&k, &f.dir)),
             Ok(_) => {}
-            Err(e) => unpaired.push((e.0.name.clone(), e.1.clone())),
+            Err(e) => unpaired.push((e.flavour.name.clone(), e.to_string())),
         }
     }
     say(&format!(

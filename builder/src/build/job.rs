@@ -3,30 +3,139 @@
 //! → embed the identity → write out → validate what was written. A failure
 //! is that kernel's row; one the same inputs would repeat is cached.
 
-use std::fs;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bpfarm_object::embed::{self, EmbeddedIdentity};
-use bpfarm_object::{Compiler, Digest, Identity, ObjectMetadata, SourcePackage};
+use bpfarm_object::embed::EmbedError;
+use bpfarm_object::identity::IdentityError;
 
 use super::Ctx;
-use super::key::{compiler_for, headers_digest};
-use super::output::write_out;
+use super::key::{Keyed, key_for};
+use super::output::{self, OutputError};
 use super::plan::{KernelInput, Source};
-use super::report::{Failure, KernelResult, Outcome, Output};
-use crate::cache::{self, Cached, KeyInputs};
-use crate::compile::{self, CompileJob, Mode, Toolchain};
+use super::report::{Failure, KernelResult, Outcome};
+use crate::btf::BtfError;
+use crate::cache::{self, Cached};
+use crate::compile::{CompileError, CompileJob, Mode};
 use crate::diagnostics::{self, PathMap};
-use crate::trees;
+use crate::limits::Limit;
+use crate::treefs::TreeFsError;
+use crate::trees::TreeError;
+use crate::unpack::UnpackError;
+use crate::validate::ValidateError;
+
+/// Why one kernel did not build. Each keeps what a user needs: the file,
+/// the package, the limit; a compiler that refused keeps its command and
+/// stderr (and the part of it that may be published).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum JobError {
+    #[error(transparent)]
+    TreeDigest(#[from] TreeFsError),
+    #[error(transparent)]
+    Open(#[from] UnpackError),
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: {len} bytes, exceeds {limit}")]
+    BtfTooLarge { path: PathBuf, len: u64, limit: Limit },
+    #[error(transparent)]
+    Tree(#[from] Arc<TreeError>),
+    /// The toolchain could not be used (not found, not runnable, no clang
+    /// new enough, the sandbox refused).
+    #[error(transparent)]
+    Toolchain(#[from] CompileError),
+    /// The compiler ran and refused the inputs.
+    #[error("{error}")]
+    Compiler {
+        error: CompileError,
+        /// Its errors about the kernel's tree or the program, in public
+        /// form (see `diagnostics`).
+        public: String,
+    },
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("validation: {0}")]
+    Invalid(#[source] ValidateError),
+    #[error("validation of {path}: {source}")]
+    InvalidOutput {
+        path: PathBuf,
+        #[source]
+        source: ValidateError,
+    },
+    #[error("{what}: {source}")]
+    Scratch {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("storing in the cache: {0}")]
+    Store(#[source] io::Error),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("embedding the identity: {0}")]
+    Embed(#[from] EmbedError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    /// The failure the cache holds for these inputs (`--retry-failed`
+    /// builds them again).
+    #[error("{}", .0.message)]
+    Replayed(cache::Failure),
+}
+
+impl JobError {
+    /// Whether the same inputs would fail the same way, so the failure is
+    /// cached. Not: the machine or configuration (disk, a missing tool, a
+    /// limit the operator can raise).
+    fn is_deterministic(&self) -> bool {
+        match self {
+            JobError::Tree(e) => !e.is_limit(),
+            JobError::Compiler { .. } | JobError::Invalid(_) => true,
+            JobError::Btf(e) => !matches!(e, BtfError::NoBpftool),
+            _ => false,
+        }
+    }
+
+    /// What of the failure may be published (see `diagnostics`).
+    fn public(&self) -> String {
+        match self {
+            JobError::Compiler { public, .. } => public.clone(),
+            JobError::Replayed(f) => f.public.clone().unwrap_or_else(|| diagnostics::message(&f.message)),
+            e => diagnostics::message(&e.to_string()),
+        }
+    }
+
+    /// One line for the terminal table: the compiler's first error, else
+    /// the first line of the message.
+    fn headline(&self) -> String {
+        match self {
+            JobError::Compiler { error: CompileError::Failed { stderr, .. }, .. } => stderr
+                .lines()
+                .find(|l| l.contains("error"))
+                .map(str::to_owned)
+                .unwrap_or_else(|| first_line(&self.to_string())),
+            JobError::Replayed(f) => f.headline.clone().unwrap_or_else(|| first_line(&f.message)),
+            e => first_line(&e.to_string()),
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_owned()
+}
 
 pub(super) fn build_one(ctx: &Ctx<'_>, k: &KernelInput) -> KernelResult {
     let start = Instant::now();
-    let outcome = build_inner(ctx, k).unwrap_or_else(|e| {
+    let outcome = build(ctx, k).unwrap_or_else(|e| {
         Outcome::Failed(Failure {
-            public: e.public.unwrap_or_else(|| diagnostics::message(&e.message)),
-            message: e.message,
-            replayed: e.cached,
+            public: e.public(),
+            headline: e.headline(),
+            replayed: matches!(e, JobError::Replayed(_)),
+            message: e.to_string(),
         })
     });
     KernelResult {
@@ -38,170 +147,85 @@ pub(super) fn build_one(ctx: &Ctx<'_>, k: &KernelInput) -> KernelResult {
     }
 }
 
-/// A kernel's failure: the full message (report, logs), what of it may be
-/// published (compiler failures: see `diagnostics`), and whether it was
-/// replayed from the cache.
-struct JobError {
-    message: String,
-    public: Option<String>,
-    cached: bool,
-}
-
-fn build_inner(ctx: &Ctx<'_>, k: &KernelInput) -> Result<Outcome, JobError> {
-    let fail = |message: String| JobError { message, public: None, cached: false };
-    let (headers, sources) = headers_digest(k, ctx.bpftool, &ctx.cfg.limits).map_err(fail)?;
-    let kind = if matches!(k.source, Source::Btf { .. }) { compile::Kind::Btf } else { compile::Kind::Headers };
-    let (tc, tree_flags) = compiler_for(ctx, k).map_err(fail)?;
-    let flags = compile::flags(k.arch, kind, &tree_flags);
-    let compiler_id = if kind == compile::Kind::Headers {
-        tc.identity()
-    } else {
-        let tool = ctx.bpftool.ok_or_else(|| fail(crate::btf::BtfError::NoBpftool.to_string()))?;
-        format!("{} | {}", tc.clang_version, tool.version)
-    };
-    let program = ctx.cfg.program.digest();
-    let key = KeyInputs { compiler: &compiler_id, flags: &flags, arch: k.arch, program, headers: &headers }.key();
-
-    let (object, fresh) = match ctx.objects.get(&key) {
+fn build(ctx: &Ctx<'_>, k: &KernelInput) -> Result<Outcome, JobError> {
+    let keyed = key_for(ctx, k)?;
+    let (object, fresh) = match ctx.objects.get(&keyed.key) {
         Some(Cached::Object(p)) => (p, false),
-        Some(Cached::Failure(f)) if !ctx.cfg.retry_failed => {
-            return Err(JobError { message: f.message, public: f.public, cached: true });
-        }
-        _ => match compile_and_validate(ctx, k, &sources, tc, &tree_flags) {
-            Ok(built) => {
-                let stored = ctx
-                    .objects
-                    .put_object(&key, built.path())
-                    .map_err(|e| fail(format!("storing in the cache: {e}")))?;
-                (stored, true)
-            }
-            Err(Fault::Deterministic { message, public }) => {
-                let _ = ctx.objects.put_failure(
-                    &key,
-                    &cache::Failure {
-                        message: message.clone(),
-                        public: public.clone(),
+        Some(Cached::Failure(f)) if !ctx.cfg.retry_failed => return Err(JobError::Replayed(f)),
+        _ => match compile_and_validate(ctx, k, &keyed) {
+            Ok(built) => (ctx.objects.put_object(&keyed.key, built.path()).map_err(JobError::Store)?, true),
+            Err(e) => {
+                if e.is_deterministic() {
+                    let failure = cache::Failure {
+                        message: e.to_string(),
+                        public: Some(e.public()),
+                        headline: Some(e.headline()),
                         at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-                    },
-                );
-                return Err(JobError { message, public, cached: false });
+                    };
+                    if let Err(w) = ctx.objects.put_failure(&keyed.key, &failure) {
+                        tracing::warn!("caching the failure of {}: {w}", k.release);
+                    }
+                }
+                return Err(e);
             }
-            Err(Fault::Environment(msg)) => return Err(fail(msg)),
         },
     };
-    let cached = fs::read(&object).map_err(|e| fail(format!("{}: {e}", object.display())))?;
-    let identity = Identity::new(&k.release, k.arch, &ctx.cfg.version).map_err(|e| fail(e.to_string()))?;
-    // The identity is embedded on the way out, after the cache: the cache
-    // keeps the object without it (so the version label stays out of the
-    // key), and the same cached object and identity always make the same
-    // bytes.
-    let embedded =
-        EmbeddedIdentity { identity: identity.clone(), kernel: k.facts.clone(), program_digest: program.clone() };
-    let bytes = embed::embed(&cached, &embedded).map_err(|e| fail(format!("embedding the identity: {e}")))?;
-    let digest = Digest::of_bytes(&bytes);
-    let built_at = fs::metadata(&object).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
-    let meta = ObjectMetadata {
-        file_name: identity.file_name(),
-        identity,
-        digest,
-        size: bytes.len() as u64,
-        kernel: k.facts.clone(),
-        build_mode: kind.build_mode(),
-        sources,
-        program_digest: program.clone(),
-        compiler: Compiler {
-            clang: tc.clang_version.clone(),
-            llc: (kind == compile::Kind::Headers).then(|| tc.llc_version.clone()),
-        },
-        flags,
-        built_at: humantime::format_rfc3339_seconds(built_at).to_string(),
-    };
-    let out = write_out(&ctx.cfg.out_dir, &bytes, &meta).map_err(fail)?;
-    crate::validate::validate(&out).map_err(|e| fail(format!("validation of {}: {e}", out.display())))?;
-    let out = Output { path: out, metadata: meta };
+    let out = output::write(ctx, k, keyed, &object)?;
     Ok(if fresh { Outcome::Built(out) } else { Outcome::Cached(out) })
 }
 
-/// A failure that the same inputs would repeat (cached), or one of this
-/// machine or configuration (disk, missing tool, a limit the operator can
-/// raise: not cached).
-enum Fault {
-    Deterministic { message: String, public: Option<String> },
-    Environment(String),
-}
-
-impl Fault {
-    fn deterministic(message: String) -> Self {
-        Fault::Deterministic { message, public: None }
-    }
-}
-
-impl From<trees::TreeError> for Fault {
-    fn from(e: trees::TreeError) -> Self {
-        if e.is_limit() { Fault::Environment(e.to_string()) } else { Fault::deterministic(e.to_string()) }
-    }
-}
-
-/// `sources` are the inputs `headers_digest` already read (for BTF, the
-/// blob's digest, so the blob is not hashed a second time).
+/// Compiles into a temp file in the cache folder and validates it.
 fn compile_and_validate(
     ctx: &Ctx<'_>,
     k: &KernelInput,
-    sources: &[SourcePackage],
-    tc: &Toolchain,
-    tree_flags: &[String],
-) -> Result<tempfile::NamedTempFile, Fault> {
-    let with = |mode: Mode<'_>, work: &Path, out: &Path| compile_with(ctx, k, tc, tree_flags, mode, work, out);
-    let env = |e: String| Fault::Environment(e);
+    keyed: &Keyed<'_>,
+) -> Result<tempfile::NamedTempFile, JobError> {
+    let with = |mode: Mode<'_>, work: &Path, out: &Path| compile_with(ctx, k, keyed, mode, work, out);
     let work = tempfile::Builder::new()
         .prefix("work-")
         .tempdir_in(&ctx.cfg.cache_dir)
-        .map_err(|e| env(format!("scratch folder: {e}")))?;
+        .map_err(|source| JobError::Scratch { what: "scratch folder", source })?;
     let out = tempfile::Builder::new()
         .prefix(".tmp-")
         .suffix(".o")
         .tempfile_in(&ctx.cfg.cache_dir)
-        .map_err(|e| env(format!("scratch file: {e}")))?;
-    let result = match &k.source {
+        .map_err(|source| JobError::Scratch { what: "scratch file", source })?;
+    match &k.source {
         Source::Deb(d) => {
             let build = ctx.trees.get(&d.flavour)?;
             let source = ctx.trees.get(&d.common)?;
-            with(Mode::Headers { source: &source.root, build: &build.root }, work.path(), out.path())
+            with(Mode::Headers { source: &source.root, build: &build.root }, work.path(), out.path())?;
         }
-        Source::Tree { build, source } => with(Mode::Headers { source, build }, work.path(), out.path()),
+        Source::Tree { build, source } => with(Mode::Headers { source, build }, work.path(), out.path())?,
         Source::Btf { file } => {
-            let tool = ctx.bpftool.ok_or_else(|| env(crate::btf::BtfError::NoBpftool.to_string()))?;
-            let blob = &sources.first().ok_or_else(|| env("a BTF input without its blob".into()))?.digest;
-            let dir =
-                tool.vmlinux_h(file, blob, &ctx.cfg.cache_dir).map_err(|e| Fault::deterministic(e.to_string()))?;
-            with(Mode::Btf { vmlinux_dir: &dir }, work.path(), out.path())
+            let (tool, blob) = keyed.btf.as_ref().ok_or(BtfError::NoBpftool)?;
+            let dir = tool.vmlinux_h(file, blob, &ctx.cfg.cache_dir)?;
+            with(Mode::Btf { vmlinux_dir: &dir }, work.path(), out.path())?;
         }
-    };
-    result?;
-    crate::validate::validate(out.path()).map_err(|e| Fault::deterministic(format!("validation: {e}")))?;
+    }
+    crate::validate::validate(out.path()).map_err(JobError::Invalid)?;
     Ok(out)
 }
 
 fn compile_with(
     ctx: &Ctx<'_>,
     k: &KernelInput,
-    tc: &Toolchain,
-    tree_flags: &[String],
+    keyed: &Keyed<'_>,
     mode: Mode<'_>,
     work: &Path,
     out: &Path,
-) -> Result<(), Fault> {
+) -> Result<(), JobError> {
     let job = CompileJob {
         arch: k.arch,
         mode,
-        tree_flags,
+        tree_flags: &keyed.tree_flags,
         program_dir: &ctx.program_dir,
         work_dir: work,
         out,
         sandbox: ctx.sandbox,
     };
-    tc.compile(&job).map_err(|e| match &e {
-        compile::CompileError::Failed { stderr, .. } => {
+    keyed.toolchain.compile(&job).map_err(|e| match &e {
+        CompileError::Failed { stderr, .. } => {
             // The same fixed names the debug info uses.
             let mut map = PathMap::default();
             match mode {
@@ -213,8 +237,9 @@ fn compile_with(
             }
             map.add(&ctx.program_dir, "/bpfarm/tracer");
             map.add(work, "/bpfarm/work");
-            Fault::Deterministic { public: Some(diagnostics::compiler_errors(stderr, &map)), message: e.to_string() }
+            let public = diagnostics::compiler_errors(stderr, &map);
+            JobError::Compiler { error: e, public }
         }
-        _ => Fault::Environment(e.to_string()),
+        _ => JobError::Toolchain(e),
     })
 }

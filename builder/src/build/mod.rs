@@ -31,8 +31,8 @@ use crate::packages;
 use crate::program::ProgramSources;
 use crate::sandbox::{Sandbox, SandboxError, SandboxMode};
 use crate::trees::TreeCache;
-pub use plan::Shard;
 use plan::Source;
+pub use plan::{PlanError, Shard, ShardError};
 use progress::Progress;
 pub use report::{Failure, KernelResult, Outcome, Output, Report, Status, Summary};
 
@@ -60,14 +60,30 @@ pub enum BuildError {
     NoInputs,
     #[error("nothing to build; found:\n{}", found.iter().map(|f| format!("  {f}")).collect::<Vec<_>>().join("\n"))]
     NothingToBuild { found: Vec<String> },
-    #[error("input {path}: {reason}")]
-    Input { path: PathBuf, reason: String },
+    #[error("input {path}: {source}")]
+    Input {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("input {path}: {kind}, not a regular file")]
+    NotAFile { path: PathBuf, kind: &'static str },
     #[error(transparent)]
     Version(#[from] bpfarm_object::identity::IdentityError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
-    #[error("could not start {jobs} build workers: {reason}")]
-    Pool { jobs: usize, reason: String },
+    #[error("cache folder {path}: the program sources: {source}")]
+    Program {
+        path: PathBuf,
+        #[source]
+        source: crate::program::ProgramError,
+    },
+    #[error("could not start {jobs} build workers: {source}")]
+    Pool {
+        jobs: usize,
+        #[source]
+        source: rayon::ThreadPoolBuildError,
+    },
 }
 
 /// A BTF blob to build against.
@@ -145,9 +161,10 @@ pub fn run(cfg: &BuildConfig, req: &Request) -> Result<Report, BuildError> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.jobs.max(1))
         .build()
-        .map_err(|e| BuildError::Pool { jobs: cfg.jobs, reason: e.to_string() })?;
+        .map_err(|source| BuildError::Pool { jobs: cfg.jobs, source })?;
 
-    let (inputs, mut results) = pool.install(|| plan::plan(cfg, req, &trees))?;
+    let (inputs, unbuildable) = pool.install(|| plan::plan(cfg, req, &trees))?;
+    let mut results: Vec<KernelResult> = unbuildable.into_iter().map(plan::Unbuildable::into_row).collect();
     let bpftool = if inputs.iter().any(|k| matches!(k.source, Source::Btf { .. })) {
         match Bpftool::discover() {
             Ok(b) => Some(b),
@@ -162,7 +179,7 @@ pub fn run(cfg: &BuildConfig, req: &Request) -> Result<Report, BuildError> {
     let program_dir = cfg
         .program
         .materialize(&cfg.cache_dir)
-        .map_err(|e| BuildError::Cache { path: cfg.cache_dir.clone(), source: std::io::Error::other(e) })?;
+        .map_err(|source| BuildError::Program { path: cfg.cache_dir.clone(), source })?;
     let ctx = Ctx {
         cfg,
         toolchains: &toolchains,
@@ -211,7 +228,7 @@ fn check_request(cfg: &BuildConfig, req: &Request) -> Result<(), BuildError> {
     if req.headers.is_empty() && req.matrix.is_none() && req.btf.is_empty() {
         return Err(BuildError::NoInputs);
     }
-    let missing = |path: &Path, e: std::io::Error| BuildError::Input { path: path.to_owned(), reason: e.to_string() };
+    let missing = |path: &Path, source| BuildError::Input { path: path.to_owned(), source };
     for p in &req.headers {
         // A link that does not resolve here may resolve under its own root
         // (see `layout`); planning says why when it does not.
@@ -223,10 +240,7 @@ fn check_request(cfg: &BuildConfig, req: &Request) -> Result<(), BuildError> {
     for b in &req.btf {
         let md = fs::metadata(&b.file).map_err(|e| missing(&b.file, e))?;
         if !md.is_file() {
-            return Err(BuildError::Input {
-                path: b.file.clone(),
-                reason: format!("{}, not a regular file", crate::unpack::kind_of(md.file_type())),
-            });
+            return Err(BuildError::NotAFile { path: b.file.clone(), kind: crate::unpack::kind_of(md.file_type()) });
         }
     }
     Ok(())

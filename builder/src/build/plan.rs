@@ -8,19 +8,92 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use bpfarm_object::{Arch, KernelFacts};
+use bpfarm_object::{Arch, Digest, KernelFacts};
 use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 
 use super::report::{Failure, KernelResult, Outcome};
 use super::{BuildConfig, BuildError, Request};
 use crate::diagnostics;
-use crate::kernel;
-use crate::layout;
+use crate::kernel::{self, TreeFactsError};
+use crate::layout::{self, LayoutError};
 use crate::matrix::{Matrix, MatrixKernel};
-use crate::packages::{self, DebKernel, PackageFacts};
-use crate::trees::TreeCache;
+use crate::packages::{self, DebKernel, PackageError, PackageFacts, Unpaired};
+use crate::trees::{TreeCache, TreeError};
+
+/// Why an input cannot become a kernel to build.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    #[error(transparent)]
+    Unpaired(#[from] Box<Unpaired>),
+    #[error(
+        "{package} ({arch}) is not in {}, and the matrix does not pin it ([[kernel.deb]]) for fetching: \
+         regenerate it with bpfarm-builder discover",
+        .cache.display()
+    )]
+    NotInCache { package: String, arch: String, cache: PathBuf },
+    #[error("{name} {version}: {reason}")]
+    Unavailable { name: String, version: String, reason: String },
+    #[error(
+        "{name} {version} is not in {}: run bpfarm-builder fetch --matrix, or build without --no-fetch",
+        .cache.display()
+    )]
+    NotFetched { name: String, version: String, cache: PathBuf },
+    #[error("{}: holds {found}, not the pinned {pinned}", .path.display())]
+    NotPinned { path: PathBuf, found: Digest, pinned: Digest },
+    #[error("{0} is not a flavour package: its control data names no -common")]
+    NotAFlavour(String),
+    #[error("{package}: unsupported Debian arch {deb_arch}")]
+    UnsupportedArch { package: String, deb_arch: String },
+    #[error(transparent)]
+    Tree(#[from] Arc<TreeError>),
+    #[error(transparent)]
+    Facts(#[from] TreeFactsError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("{}: include/generated/autoconf.h names neither CONFIG_X86_64 nor CONFIG_ARM64", .0.display())]
+    NoArch(PathBuf),
+    #[error("{package} holds kernel {found}, the matrix says {expected}")]
+    MatrixRelease { package: String, found: String, expected: String },
+    #[error("two inputs for the same kernel: {first} and {second}")]
+    Duplicate { first: String, second: String },
+}
+
+/// An input that will not build: its row in the report.
+#[derive(Debug)]
+pub(super) struct Unbuildable {
+    /// The kernel release when known, else the input's name.
+    kernel: String,
+    arch: Option<Arch>,
+    release_known: bool,
+    error: PlanError,
+}
+
+impl Unbuildable {
+    fn input(name: impl Into<String>, arch: Option<Arch>, error: impl Into<PlanError>) -> Box<Self> {
+        Box::new(Unbuildable { kernel: name.into(), arch, release_known: false, error: error.into() })
+    }
+
+    pub(super) fn into_row(self) -> KernelResult {
+        let message = self.error.to_string();
+        KernelResult {
+            kernel: self.kernel,
+            arch: self.arch,
+            release_known: self.release_known,
+            duration_ms: 0,
+            outcome: Outcome::Failed(Failure {
+                public: diagnostics::message(&message),
+                headline: message.lines().next().unwrap_or("").to_owned(),
+                message,
+                replayed: false,
+            }),
+        }
+    }
+}
 
 /// `--shard K/N`: the K-th of N deterministic slices, by kernel release, so
 /// every arch of one release lands in the same shard.
@@ -30,14 +103,20 @@ pub struct Shard {
     pub total: usize,
 }
 
+/// A `--shard` that is not `K/N` with `1 <= K <= N`.
+#[derive(Debug, thiserror::Error)]
+#[error("shard {0:?}: expected K/N with 1 <= K <= N")]
+pub struct ShardError(String);
+
 impl std::str::FromStr for Shard {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (k, n) = s.split_once('/').ok_or_else(|| format!("shard {s:?} is not K/N"))?;
-        let index: usize = k.trim().parse().map_err(|_| format!("shard index {k:?} is not a number"))?;
-        let total: usize = n.trim().parse().map_err(|_| format!("shard count {n:?} is not a number"))?;
+    type Err = ShardError;
+    fn from_str(s: &str) -> Result<Self, ShardError> {
+        let bad = || ShardError(s.to_owned());
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: usize = k.trim().parse().map_err(|_| bad())?;
+        let total: usize = n.trim().parse().map_err(|_| bad())?;
         if total == 0 || index == 0 || index > total {
-            return Err(format!("shard {s:?}: need 1 <= K <= N"));
+            return Err(bad());
         }
         Ok(Shard { index, total })
     }
@@ -46,8 +125,9 @@ impl std::str::FromStr for Shard {
 impl Shard {
     pub fn contains(&self, release: &str) -> bool {
         let h = Sha256::digest(release.as_bytes());
-        let n = u64::from_le_bytes(h[..8].try_into().expect("8 bytes"));
-        (n % self.total as u64) as usize == self.index - 1
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&h[..8]);
+        (u64::from_le_bytes(first) % self.total as u64) as usize == self.index - 1
     }
 }
 
@@ -83,23 +163,13 @@ impl KernelInput {
     }
 }
 
-pub(super) fn failed_row(kernel: String, arch: Option<Arch>, error: String) -> KernelResult {
-    KernelResult {
-        kernel,
-        arch,
-        release_known: false,
-        duration_ms: 0,
-        outcome: Outcome::Failed(Failure { public: diagnostics::message(&error), message: error, replayed: false }),
-    }
-}
-
 /// Turns the request into kernels to build (and rows for inputs that are
 /// already known to fail, such as a flavour package without its -common).
 pub(super) fn plan(
     cfg: &BuildConfig,
     req: &Request,
     trees: &TreeCache,
-) -> Result<(Vec<KernelInput>, Vec<KernelResult>), BuildError> {
+) -> Result<(Vec<KernelInput>, Vec<Unbuildable>), BuildError> {
     let facts_dir = cfg.cache_dir.join("facts");
     let mut failed = Vec::new();
     // What was found that will not build, and why: the listing of
@@ -121,9 +191,9 @@ pub(super) fn plan(
             tree_dirs.push(p.clone());
             match tree_input(p) {
                 Ok(k) => tree_inputs.push(k),
-                Err(msg) => {
-                    found.push(format!("{}: no .deb packages, and not a kernel header tree: {msg}", p.display()));
-                    failed.push(failed_row(p.display().to_string(), None, msg));
+                Err(e) => {
+                    found.push(format!("{}: no .deb packages, and not a kernel header tree: {e}", p.display()));
+                    failed.push(*Unbuildable::input(p.display().to_string(), None, e));
                 }
             }
         } else {
@@ -139,7 +209,7 @@ pub(super) fn plan(
         deb_paths.push(req.package_cache.clone());
     }
     let debs = packages::find_debs(&deb_paths)?;
-    let inspected: Vec<Result<PackageFacts, packages::PackageError>> =
+    let inspected: Vec<Result<PackageFacts, PackageError>> =
         debs.par_iter().map(|p| packages::inspect(p, &facts_dir)).collect();
     let mut facts = Vec::new();
     for (path, r) in debs.iter().zip(inspected) {
@@ -147,26 +217,22 @@ pub(super) fn plan(
             Ok(f) => facts.push(f),
             Err(e) => {
                 found.push(e.to_string());
-                failed.push(failed_row(
-                    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "package".into()),
-                    None,
-                    e.to_string(),
-                ));
+                let name =
+                    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "package".into());
+                failed.push(*Unbuildable::input(name, None, e));
             }
         }
     }
     // Entries by name select flavour packages by (name, Debian arch).
     for k in &by_name {
         if !facts.iter().any(|f| f.name == k.package && f.deb_arch == k.arch) {
-            let msg = format!(
-                "{} ({}) is not in {}, and the matrix does not pin it ([[kernel.deb]]) for fetching: \
-                     regenerate it with bpfarm-builder discover",
-                k.package,
-                k.arch,
-                req.package_cache.display(),
-            );
-            found.push(msg.clone());
-            failed.push(failed_row(k.label().to_owned(), Arch::from_any(&k.arch), msg));
+            let e = PlanError::NotInCache {
+                package: k.package.clone(),
+                arch: k.arch.clone(),
+                cache: req.package_cache.clone(),
+            };
+            found.push(e.to_string());
+            failed.push(*Unbuildable::input(k.label(), Arch::from_any(&k.arch), e));
         }
     }
     let explicit: Vec<PathBuf> =
@@ -174,21 +240,21 @@ pub(super) fn plan(
     let wanted = |f: &PackageFacts| {
         explicit.contains(&f.path) || by_name.iter().any(|k| k.package == f.name && k.arch == f.deb_arch)
     };
-    let mut pairs: Vec<Result<DebKernel, Box<KernelResult>>> = packages::pair(&facts)
+    let mut pairs: Vec<Result<DebKernel, Box<Unbuildable>>> = packages::pair(&facts)
         .into_iter()
         .filter(|r| {
             wanted(match r {
                 Ok(d) => &d.flavour,
-                Err(e) => &e.0,
+                Err(e) => &e.flavour,
             })
         })
-        .map(|r| r.map_err(|e| Box::new(failed_row(e.0.name.clone(), e.0.arch(), e.1))))
+        .map(|r| r.map_err(|e| Unbuildable::input(e.flavour.name.clone(), e.flavour.arch(), e)))
         .collect();
     let pinned_pairs: Vec<_> = pinned.par_iter().map(|k| pinned_pair(k, req, &facts_dir)).collect();
     pairs.extend(pinned_pairs);
     for r in &pairs {
-        if let Err(row) = r {
-            found.extend(row.failure().map(|f| f.message.clone()));
+        if let Err(u) = r {
+            found.push(u.error.to_string());
         }
     }
     // Decided before any unpacking: is there anything that can build? A
@@ -212,33 +278,28 @@ pub(super) fn plan(
 
     // Each flavour package's tree says which kernel it is (unpacked once;
     // cheap, and needed for the build anyway).
-    let deb_inputs: Vec<Result<KernelInput, Box<KernelResult>>> = pairs
+    let deb_inputs: Vec<Result<KernelInput, Box<Unbuildable>>> = pairs
         .into_par_iter()
         .map(|r| {
-            let failed_row = |kernel, arch, error| Box::new(failed_row(kernel, arch, error));
             let d = r?;
-            let label = d.flavour.name.clone();
+            let label = d.flavour.name.as_str();
             let arch = d.flavour.arch().ok_or_else(|| {
-                failed_row(
-                    label.clone(),
+                Unbuildable::input(
+                    label,
                     None,
-                    format!("{}: unsupported Debian arch {}", d.flavour.name, d.flavour.deb_arch),
+                    PlanError::UnsupportedArch { package: label.to_owned(), deb_arch: d.flavour.deb_arch.clone() },
                 )
             })?;
-            let tree = trees.get(&d.flavour).map_err(|e| failed_row(label.clone(), Some(arch), e.to_string()))?;
-            let tf =
-                kernel::tree_facts(&tree.root).map_err(|e| failed_row(label.clone(), Some(arch), e.to_string()))?;
+            let fail = |e: PlanError| Unbuildable::input(label, Some(arch), e);
+            let tree = trees.get(&d.flavour).map_err(|e| fail(e.into()))?;
+            let tf = kernel::tree_facts(&tree.root).map_err(|e| fail(e.into()))?;
             if let Some(expected) = matrix
                 .as_ref()
                 .and_then(|m| m.kernels.iter().find(|k| k.package == d.flavour.name))
                 .and_then(|k| k.release.clone())
                 && expected != tf.release
             {
-                return Err(failed_row(
-                    label,
-                    Some(arch),
-                    format!("{} holds kernel {}, the matrix says {expected}", d.flavour.name, tf.release),
-                ));
+                return Err(fail(PlanError::MatrixRelease { package: label.to_owned(), found: tf.release, expected }));
             }
             Ok(KernelInput { release: tf.release, arch, facts: tf.facts, source: Source::Deb(Box::new(d)) })
         })
@@ -247,7 +308,7 @@ pub(super) fn plan(
     for r in deb_inputs {
         match r {
             Ok(k) => inputs.push(k),
-            Err(row) => failed.push(*row),
+            Err(u) => failed.push(*u),
         }
     }
     inputs.extend(tree_inputs);
@@ -268,11 +329,12 @@ pub(super) fn plan(
     let mut seen: HashMap<(String, Arch), String> = HashMap::new();
     inputs.retain(|k| match seen.get(&(k.release.clone(), k.arch)) {
         Some(first) => {
-            failed.push(failed_row(
-                k.release.clone(),
-                Some(k.arch),
-                format!("two inputs for the same kernel: {} and {}", first, describe(&k.source)),
-            ));
+            failed.push(Unbuildable {
+                kernel: k.release.clone(),
+                arch: Some(k.arch),
+                release_known: false,
+                error: PlanError::Duplicate { first: first.clone(), second: describe(&k.source) },
+            });
             false
         }
         None => {
@@ -298,37 +360,33 @@ pub(super) fn plan(
 
 /// A pinned matrix kernel: its three packages from the digest store, paired
 /// by the same control-data rules as any other packages.
-fn pinned_pair(k: &MatrixKernel, req: &Request, facts_dir: &Path) -> Result<DebKernel, Box<KernelResult>> {
+fn pinned_pair(k: &MatrixKernel, req: &Request, facts_dir: &Path) -> Result<DebKernel, Box<Unbuildable>> {
     let arch = Arch::from_any(&k.arch);
-    let fail = |msg: String| Box::new(failed_row(k.label().to_owned(), arch, msg));
+    let fail = |e: PlanError| Unbuildable::input(k.label(), arch, e);
     let mut facts = Vec::new();
     for d in &k.debs {
         let path = crate::fetch::store_path(&req.package_cache, &d.sha256);
         if !path.is_file() {
+            let (name, version) = (d.name.clone(), d.version.clone());
             return Err(fail(match req.unavailable.get(&d.sha256) {
-                Some(why) => format!("{} {}: {why}", d.name, d.version),
-                None => format!(
-                    "{} {} is not in {}: run bpfarm-builder fetch --matrix, or build without --no-fetch",
-                    d.name,
-                    d.version,
-                    req.package_cache.display()
-                ),
+                Some(reason) => PlanError::Unavailable { name, version, reason: reason.clone() },
+                None => PlanError::NotFetched { name, version, cache: req.package_cache.clone() },
             }));
         }
-        let f = packages::inspect(&path, facts_dir).map_err(|e| fail(e.to_string()))?;
+        let f = packages::inspect(&path, facts_dir).map_err(|e| fail(e.into()))?;
         if f.digest != d.sha256 {
-            return Err(fail(format!("{}: holds {}, not the pinned {}", path.display(), f.digest, d.sha256)));
+            return Err(fail(PlanError::NotPinned { path, found: f.digest, pinned: d.sha256.clone() }));
         }
         facts.push(f);
     }
     let found = packages::pair(&facts).into_iter().find(|r| match r {
         Ok(d) => d.flavour.name == k.package,
-        Err(e) => e.0.name == k.package,
+        Err(e) => e.flavour.name == k.package,
     });
     match found {
         Some(Ok(d)) => Ok(d),
-        Some(Err(e)) => Err(fail(e.1)),
-        None => Err(fail(format!("{} is not a flavour package: its control data names no -common", k.package))),
+        Some(Err(e)) => Err(fail(e.into())),
+        None => Err(fail(PlanError::NotAFlavour(k.package.clone()))),
     }
 }
 
@@ -342,13 +400,11 @@ fn describe(s: &Source) -> String {
 
 /// An unpacked header tree: `build` is the configured tree, paired with its
 /// kernel source tree as installed layouts do it (see `layout`).
-fn tree_input(given: &Path) -> Result<KernelInput, String> {
-    let build = layout::build_tree(given).map_err(|e| e.to_string())?;
-    let tf = kernel::tree_facts(&build).map_err(|e| e.to_string())?;
-    let arch = tf.arch.ok_or_else(|| {
-        format!("{}: include/generated/autoconf.h names neither CONFIG_X86_64 nor CONFIG_ARM64", build.display())
-    })?;
-    let l = layout::resolve(given, &tf.release).map_err(|e| e.to_string())?;
+fn tree_input(given: &Path) -> Result<KernelInput, PlanError> {
+    let build = layout::build_tree(given)?;
+    let tf = kernel::tree_facts(&build)?;
+    let arch = tf.arch.ok_or_else(|| PlanError::NoArch(build.clone()))?;
+    let l = layout::resolve(given, &tf.release)?;
     tracing::info!(
         "{}: build tree {}, source tree {} ({})",
         given.display(),

@@ -21,7 +21,7 @@ impl Progress {
             let b = ProgressBar::new(total as u64);
             b.set_style(
                 ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-                    .expect("template")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
                     .progress_chars("=> "),
             );
             b.enable_steady_tick(Duration::from_millis(120));

@@ -35,6 +35,8 @@ pub struct Failure {
     /// compiler errors located in the kernel's headers or the program,
     /// host folders replaced, capped (see `diagnostics`).
     pub public: String,
+    /// One line for the terminal table (a compiler's first error).
+    pub headline: String,
     /// Replayed from the cache (retry with `--retry-failed`).
     pub replayed: bool,
 }
@@ -158,9 +160,7 @@ impl Report {
             };
             let what = match &k.outcome {
                 Outcome::Failed(f) => {
-                    let e = &f.message;
-                    let first = e.lines().find(|l| l.contains("error")).or_else(|| e.lines().next()).unwrap_or("");
-                    format!("{}{}", if f.replayed { "(cached failure) " } else { "" }, first)
+                    format!("{}{}", if f.replayed { "(cached failure) " } else { "" }, f.headline)
                 }
                 Outcome::Built(o) | Outcome::Cached(o) => o.path.display().to_string(),
             };
@@ -213,7 +213,12 @@ mod tests {
                 "digest": Digest::of_bytes(b"o").to_string(), "duration_ms": 5, "error": null })
         );
         let failed = KernelResult {
-            outcome: Outcome::Failed(Failure { message: "m".into(), public: "p".into(), replayed: true }),
+            outcome: Outcome::Failed(Failure {
+                message: "m".into(),
+                public: "p".into(),
+                headline: "h".into(),
+                replayed: true,
+            }),
             ..built
         };
         assert_eq!(
