@@ -100,8 +100,9 @@ pub struct Toolchain {
     pub version: Option<ClangVersion>,
 }
 
+/// The first executable `name` on `path`.
 fn which(name: &str, path: &OsString) -> Option<PathBuf> {
-    std::env::split_paths(path).map(|d| d.join(name)).find(|p| p.is_file())
+    which::which_in(name, Some(path), "/").ok()
 }
 
 fn first_line_of(cmd: &Path, args: &[&str], path_env: &OsString) -> Result<String, CompileError> {
