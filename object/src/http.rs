@@ -577,6 +577,83 @@ mod tests {
         assert_eq!(content_range_start("bytes 1x-2/3"), None);
     }
 
+    /// A one-shot HTTP server on loopback: answers the first request with
+    /// `head` and `body`, then keeps the connection open for `hold`.
+    fn serve_once(
+        head: &'static str,
+        body: &'static [u8],
+        hold: Duration,
+    ) -> (String, std::thread::JoinHandle<String>) {
+        use std::io::{BufRead, BufReader, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/f", l.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut request = String::new();
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+                request += &line;
+            }
+            c.write_all(head.as_bytes()).unwrap();
+            c.write_all(body).unwrap();
+            c.flush().unwrap();
+            std::thread::sleep(hold);
+            request
+        });
+        (url, t)
+    }
+
+    fn quick() -> Transport {
+        Transport::new(TransportConfig { timeout: Duration::from_secs(1), ..Default::default() }).unwrap()
+    }
+
+    #[test]
+    fn a_download_that_stalls_gives_up_after_the_idle_deadline() {
+        let (url, t) =
+            serve_once("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", b"0123456789", Duration::from_secs(3));
+        let start = std::time::Instant::now();
+        let mut body = quick().open_blocking(&url, 0).unwrap().unwrap();
+        let mut got = Vec::new();
+        let e = body.read_to_end(&mut got).unwrap_err();
+        assert_eq!(got, b"0123456789", "what arrived before the stall is kept");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("no data for 1s"), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_partial_answer_from_another_offset_is_refused() {
+        let (url, t) = serve_once(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-9/10\r\nContent-Length: 10\r\n\r\n",
+            b"0123456789",
+            Duration::ZERO,
+        );
+        let e = quick().open_blocking(&url, 5).unwrap_err();
+        assert!(matches!(&e, TransportError::Range { offset: 5, answer, .. } if answer == "bytes 0-9/10"), "{e}");
+        assert!(t.join().unwrap().to_ascii_lowercase().contains("range: bytes=5-"));
+
+        let (url, t) = serve_once(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 5-9/10\r\nContent-Length: 5\r\n\r\n",
+            b"56789",
+            Duration::ZERO,
+        );
+        let mut body = quick().open_blocking(&url, 5).unwrap().unwrap();
+        assert!(body.resumed);
+        let mut got = Vec::new();
+        body.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"56789");
+        t.join().unwrap();
+
+        let (url, t) = serve_once("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", b"", Duration::ZERO);
+        assert!(quick().open_blocking(&url, 0).unwrap().is_none());
+        t.join().unwrap();
+    }
+
     #[test]
     fn ca_files_must_hold_certificates() {
         let dir = tempfile::tempdir().unwrap();
