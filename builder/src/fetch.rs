@@ -17,8 +17,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bpfarm_object::Digest;
@@ -87,7 +87,7 @@ pub struct FetchReport {
     pub downloaded: usize,
     /// Bytes transferred in this run.
     pub bytes: u64,
-    pub failed: Vec<(MatrixDeb, String)>,
+    pub failed: Vec<(MatrixDeb, Arc<FetchError>)>,
     pub duration: Duration,
 }
 
@@ -169,7 +169,7 @@ pub fn fetch(
             }
             Ok((Got::Adopted, _)) => report.adopted += 1,
             Ok((Got::Present, _)) => report.present += 1,
-            Err(e) => report.failed.push(((*d).clone(), error_chain(&e))),
+            Err(e) => report.failed.push(((*d).clone(), Arc::new(e))),
         }
     }
     report.duration = start.elapsed();

@@ -438,8 +438,8 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
         };
         if !fetch::missing(&package_cache, &debs).is_empty() {
             let report = run_fetch_debs(&a.archive, &transport, &package_cache, &debs, 4, !a.no_progress)?;
-            for (d, why) in report.failed {
-                unavailable.insert(d.sha256, format!("fetch failed: {why}"));
+            for (d, e) in report.failed {
+                unavailable.insert(d.sha256, e);
             }
         }
     }
@@ -547,7 +547,8 @@ fn run_fetch_debs(
         FetchConfig { store: store.to_owned(), roots: roots.into_iter().map(|r| r.uri).collect(), jobs, progress_bar };
     let report = fetch::fetch(&cfg, &Archive::new(transport), debs, &say)?;
     eprintln!("{}", report.summary());
-    for (d, why) in &report.failed {
+    for (d, e) in &report.failed {
+        let why = bpfarm_builder::discover::error_chain(e);
         eprintln!("fetch: FAILED {} {} ({}): {why}", d.name, d.version, d.arch);
     }
     Ok(report)

@@ -18,6 +18,7 @@ mod report;
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bpfarm_object::{Arch, Digest, KernelFacts};
@@ -26,6 +27,7 @@ use rayon::prelude::*;
 use crate::btf::Bpftool;
 use crate::cache::ObjectCache;
 use crate::compile::{self, Toolchains};
+use crate::fetch::FetchError;
 use crate::limits::Limits;
 use crate::packages;
 use crate::program::ProgramSources;
@@ -107,7 +109,7 @@ pub struct Request {
     /// `--select`: regexes on the kernel release picking matrix kernels.
     pub select: Vec<String>,
     /// Why a pinned package is not in the store (a failed fetch), by digest.
-    pub unavailable: HashMap<Digest, String>,
+    pub unavailable: HashMap<Digest, Arc<FetchError>>,
 }
 
 /// How to build it.

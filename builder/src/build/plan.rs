@@ -36,8 +36,8 @@ pub enum PlanError {
         .cache.display()
     )]
     NotInCache { package: String, arch: String, cache: PathBuf },
-    #[error("{name} {version}: {reason}")]
-    Unavailable { name: String, version: String, reason: String },
+    #[error("{name} {version}: fetch failed: {}", crate::discover::error_chain(.source))]
+    Unavailable { name: String, version: String, source: Arc<crate::fetch::FetchError> },
     #[error(
         "{name} {version} is not in {}: run bpfarm-builder fetch --matrix, or build without --no-fetch",
         .cache.display()
@@ -369,7 +369,7 @@ fn pinned_pair(k: &MatrixKernel, req: &Request, facts_dir: &Path) -> Result<DebK
         if !path.is_file() {
             let (name, version) = (d.name.clone(), d.version.clone());
             return Err(fail(match req.unavailable.get(&d.sha256) {
-                Some(reason) => PlanError::Unavailable { name, version, reason: reason.clone() },
+                Some(e) => PlanError::Unavailable { name, version, source: e.clone() },
                 None => PlanError::NotFetched { name, version, cache: req.package_cache.clone() },
             }));
         }
