@@ -91,13 +91,12 @@ def main():
             src = f"{d}/usr/src/{common.replace('linux-headers-', 'linux-headers-', 1)}"
             bld = f"{d}/usr/src/{flavour}"
             flags = m["flags"]
-            cut = flags.index("| llc")
-            cflags = [f.replace("$CLANG_RESOURCE", resource).replace("/bpfarm/kernel/source", src).replace("/bpfarm/kernel/build", bld) for f in flags[:cut]]
+            cflags = [f.replace("$CLANG_RESOURCE", resource).replace("/bpfarm/kernel/source", src).replace("/bpfarm/kernel/build", bld) for f in flags["clang"]]
             s.write(f"rm -rf {d}; mkdir -p {d}\n")
             for p in pkgs:
                 s.write(f"dpkg-deb -x {p} {d}\n")
             s.write(f"(cd {ROOT}/bpf && {clang} {' '.join(cflags)} -c tracer.bpf.c -o {d}/t.bc)\n")
-            s.write(f"llc {' '.join(flags[cut + 1:])} -o {d}/t.o {d}/t.bc\n")
+            s.write(f"llc {' '.join(flags['llc'])} -o {d}/t.o {d}/t.bc\n")
             s.write(f"rm -rf {d}\n")
     naive, naive_rss, rc = timed(["bash", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if rc != 0:

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use bpfarm_object::client::{ClientError, Lookup, RegistryClient};
 use bpfarm_object::embed::{self, EmbeddedIdentity};
 use bpfarm_object::http::{Transport, TransportConfig, TransportError};
-use bpfarm_object::{Arch, Digest, Identity, KernelFacts, ObjectMetadata};
+use bpfarm_object::{Arch, Digest, Identity, KernelFacts, ObjectMetadata, Origin};
 
 use crate::trust::{TrustError, TrustedDir};
 
@@ -495,11 +495,11 @@ async fn fetch_http(client: &RegistryClient, cfg: &ResolveConfig, look_only: boo
             Some(obj) => {
                 let meta = match obj.metadata {
                     Some(m) => m,
-                    None => ObjectMetadata::minimal(
+                    None => ObjectMetadata::unattested(
                         id.clone(),
                         obj.digest.clone(),
                         obj.bytes.len() as u64,
-                        "static layout without .json",
+                        Origin::StaticLayout,
                     ),
                 };
                 Ok(Fetched::Got(
@@ -596,20 +596,16 @@ fn build_locally(cfg: &ResolveConfig, input: HeaderInput) -> Result<(PathBuf, Ve
     };
     let report = build::run(&bcfg, &req).map_err(|e| e.to_string())?;
     let row = report.kernels.first().ok_or("the build produced nothing")?;
-    if let Some(e) = &row.error {
-        return Err(e.clone());
+    if let Some(f) = row.failure() {
+        return Err(f.message.clone());
     }
     if row.kernel != id.kernel_release {
         return Err(format!("the headers are for kernel {}, not {}", row.kernel, id.kernel_release));
     }
-    let object = row.object.clone().ok_or("the build produced no object")?;
-    let bytes = fs::read(&object).map_err(|e| format!("{}: {e}", object.display()))?;
-    let json = object.with_file_name(format!("{}.json", id.file_name()));
-    let meta: ObjectMetadata = fs::read(&json)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        .map_err(|e| format!("{}: {e}", json.display()))?;
-    let (v, _) = verify(bytes, id, Some(&meta), false)?;
-    let path = install(&cfg.install_path, &v.bytes, &meta).map_err(|e| e.to_string())?;
+    let out = row.output().ok_or("the build produced no object")?;
+    let bytes = fs::read(&out.path).map_err(|e| format!("{}: {e}", out.path.display()))?;
+    let meta = &out.metadata;
+    let (v, _) = verify(bytes, id, Some(meta), false)?;
+    let path = install(&cfg.install_path, &v.bytes, meta).map_err(|e| e.to_string())?;
     Ok((path, v))
 }

@@ -31,11 +31,9 @@ pub struct Bpftool {
 impl Bpftool {
     pub fn discover() -> Result<Self, BtfError> {
         let path_env = std::env::var_os("PATH").unwrap_or_default();
-        let path = std::env::split_paths(&path_env)
-            .chain(["/usr/sbin".into(), "/sbin".into()])
-            .map(|d| d.join("bpftool"))
-            .find(|p| p.is_file())
-            .ok_or(BtfError::NoBpftool)?;
+        let dirs = std::env::split_paths(&path_env).chain(["/usr/sbin".into(), "/sbin".into()]);
+        let search = std::env::join_paths(dirs).map_err(|_| BtfError::NoBpftool)?;
+        let path = which::which_in("bpftool", Some(search), "/").map_err(|_| BtfError::NoBpftool)?;
         let out = Command::new(&path)
             .arg("version")
             .output()

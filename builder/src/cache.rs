@@ -11,7 +11,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use bpfarm_object::{Arch, Digest};
+use bpfarm_object::{Arch, Digest, Flags};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -24,7 +24,7 @@ pub struct KeyInputs<'a> {
     /// The compiler's identity (clang, llc; bpftool in BTF mode).
     pub compiler: &'a str,
     /// Flags with input folders as fixed placeholders.
-    pub flags: &'a [String],
+    pub flags: &'a Flags,
     pub arch: Arch,
     /// Digest of the program's source files.
     pub program: &'a Digest,
@@ -43,8 +43,20 @@ impl KeyInputs<'_> {
         };
         field(&KEY_VERSION.to_le_bytes());
         field(self.compiler.as_bytes());
-        field(&(self.flags.len() as u64).to_le_bytes());
-        for f in self.flags {
+        // The flags as one list, llc's after a `| llc` separator: the
+        // encoding keys had before `Flags` was split in two, kept so that
+        // existing caches stay valid (`the_key_encoding_is_stable`).
+        let llc: &[&str] = if self.flags.llc.is_empty() { &[] } else { &["| llc"] };
+        let all: Vec<&str> = self
+            .flags
+            .clang
+            .iter()
+            .map(String::as_str)
+            .chain(llc.iter().copied())
+            .chain(self.flags.llc.iter().map(String::as_str))
+            .collect();
+        field(&(all.len() as u64).to_le_bytes());
+        for f in all {
             field(f.as_bytes());
         }
         field(self.arch.uname().as_bytes());
@@ -61,6 +73,9 @@ pub struct Failure {
     /// What may be published of it (see `diagnostics`).
     #[serde(default)]
     pub public: Option<String>,
+    /// Its line in the terminal table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headline: Option<String>,
     pub at: String,
 }
 
@@ -147,7 +162,7 @@ mod tests {
 
     struct Base {
         compiler: String,
-        flags: Vec<String>,
+        flags: Flags,
         arch: Arch,
         program: Digest,
         headers: Digest,
@@ -156,7 +171,7 @@ mod tests {
     fn base() -> Base {
         Base {
             compiler: "clang 14.0.6 | llvm 14.0.6".into(),
-            flags: vec!["-O2".into(), "-g".into()],
+            flags: Flags { clang: vec!["-O2".into(), "-g".into()], llc: vec!["-march=bpfel".into()] },
             arch: Arch::X86_64,
             program: Digest::of_bytes(b"program"),
             headers: Digest::of_bytes(b"headers"),
@@ -173,6 +188,14 @@ mod tests {
         assert_eq!(key(&base()), key(&base()));
     }
 
+    /// The key of fixed inputs, as `KEY_VERSION` 1 computed it when flags
+    /// were one list (`["-O2", "-g", "| llc", "-march=bpfel"]`): a change
+    /// here orphans every cached object, so it needs a `KEY_VERSION` bump.
+    #[test]
+    fn the_key_encoding_is_stable() {
+        assert_eq!(key(&base()), "bf5191b5e070f29bb4b32284ef80a37a408c3923dc1248ab93c5c8a9116c1a94");
+    }
+
     #[test]
     fn compiler_changes_key() {
         let mut b = base();
@@ -183,12 +206,19 @@ mod tests {
     #[test]
     fn flags_change_key() {
         let mut b = base();
-        b.flags.push("-DEXTRA".into());
+        b.flags.clang.push("-DEXTRA".into());
+        assert_ne!(key(&b), key(&base()));
+        let mut b = base();
+        b.flags.llc.push("-mcpu=v3".into());
         assert_ne!(key(&b), key(&base()));
         // Moving a character between flags is a different flag list.
         let mut c = base();
-        c.flags = vec!["-O2-".into(), "g".into()];
+        c.flags.clang = vec!["-O2-".into(), "g".into()];
         assert_ne!(key(&c), key(&base()));
+        // So is moving a flag from one stage to the other.
+        let mut d = base();
+        d.flags.llc.insert(0, d.flags.clang.pop().unwrap());
+        assert_ne!(key(&d), key(&base()));
     }
 
     #[test]
@@ -218,7 +248,7 @@ mod tests {
         let c = ObjectCache::new(dir.path()).unwrap();
         let k = key(&base());
         assert_eq!(c.get(&k), None);
-        let f = Failure { message: "clang: error".into(), public: None, at: "t".into() };
+        let f = Failure { message: "clang: error".into(), public: None, headline: None, at: "t".into() };
         c.put_failure(&k, &f).unwrap();
         assert_eq!(c.get(&k), Some(Cached::Failure(f)));
         let built = dir.path().join("x.o");

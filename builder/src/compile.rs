@@ -28,7 +28,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use bpfarm_object::Arch;
+use bpfarm_object::{Arch, BuildMode, Flags};
 
 use crate::program::MAIN_SOURCE;
 use crate::sandbox::{Confinement, Sandbox, SandboxError};
@@ -100,8 +100,9 @@ pub struct Toolchain {
     pub version: Option<ClangVersion>,
 }
 
+/// The first executable `name` on `path`.
 fn which(name: &str, path: &OsString) -> Option<PathBuf> {
-    std::env::split_paths(path).map(|d| d.join(name)).find(|p| p.is_file())
+    which::which_in(name, Some(path), "/").ok()
 }
 
 fn first_line_of(cmd: &Path, args: &[&str], path_env: &OsString) -> Result<String, CompileError> {
@@ -376,10 +377,27 @@ pub enum Mode<'a> {
 }
 
 impl Mode<'_> {
-    pub fn name(&self) -> &'static str {
+    pub fn kind(&self) -> Kind {
         match self {
-            Mode::Headers { .. } => "headers",
-            Mode::Btf { .. } => "btf",
+            Mode::Headers { .. } => Kind::Headers,
+            Mode::Btf { .. } => Kind::Btf,
+        }
+    }
+}
+
+/// A [`Mode`] without its folders: what the cache key and the metadata
+/// record, known before any tree is unpacked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Headers,
+    Btf,
+}
+
+impl Kind {
+    pub fn build_mode(self) -> BuildMode {
+        match self {
+            Kind::Headers => BuildMode::Headers,
+            Kind::Btf => BuildMode::Btf,
         }
     }
 }
@@ -400,13 +418,14 @@ const WARNINGS: [&str; 8] = [
     "-Wno-unused-function",
 ];
 
-/// The clang flags of a mode, with input folders written as the fixed names
-/// they are mapped to. This is what the cache key and the metadata record;
+/// The flags of a mode (clang's: the fixed ones, then `tree_flags`; llc's
+/// in headers mode), with input folders written as the fixed names they are
+/// mapped to. This is what the cache key and the metadata record;
 /// `clang_args` substitutes the real folders.
-pub fn flags(arch: Arch, mode_name: &str) -> Vec<String> {
+pub fn flags(arch: Arch, kind: Kind, tree_flags: &[String]) -> Flags {
     let a = arch.kernel_dir();
     let mut f: Vec<String> = Vec::new();
-    if mode_name == "headers" {
+    if kind == Kind::Headers {
         f.extend(["-nostdinc".into(), "-isystem".into(), "$CLANG_RESOURCE/include".into()]);
         for inc in [
             format!("{SRC}/arch/{a}/include"),
@@ -442,11 +461,13 @@ pub fn flags(arch: Arch, mode_name: &str) -> Vec<String> {
         ]
         .map(String::from),
     );
-    f
+    f.extend(tree_flags.iter().cloned());
+    let llc = if kind == Kind::Headers { llc_flags() } else { Vec::new() };
+    Flags { clang: f, llc }
 }
 
 /// The `llc` flags of headers mode.
-pub fn llc_flags() -> Vec<String> {
+fn llc_flags() -> Vec<String> {
     ["-march=bpfel", "-filetype=obj"].map(String::from).to_vec()
 }
 
@@ -486,8 +507,8 @@ impl Toolchain {
             }
             s
         };
-        let mut args: Vec<String> = flags(job.arch, job.mode.name()).iter().map(|f| sub(f)).collect();
-        args.extend(job.tree_flags.iter().cloned());
+        let mut args: Vec<String> =
+            flags(job.arch, job.mode.kind(), job.tree_flags).clang.iter().map(|f| sub(f)).collect();
         let mut maps: Vec<(String, &str)> = vec![(job.program_dir.to_string_lossy().into_owned(), PROGRAM)];
         match job.mode {
             Mode::Headers { source, build } => {

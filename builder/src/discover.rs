@@ -24,7 +24,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bpfarm_object::Arch;
 use rayon::prelude::*;
 
-use crate::archive::http::{self, Http, HttpError};
+use crate::archive::{self, Archive, HttpError};
 use crate::archive::{index, release, sources};
 use crate::matrix::{Matrix, MatrixDeb, MatrixKernel, MatrixSuite};
 use crate::packages::{self, PackageFacts};
@@ -175,12 +175,12 @@ struct Found {
 
 impl Found {
     fn url(&self, path: &str) -> String {
-        http::join(&self.root, &format!("dists/{}/{}", self.dir, path))
+        archive::join(&self.root, &format!("dists/{}/{}", self.dir, path))
     }
 }
 
 /// Reads the archive. `say` gets one line per step (progress for stderr).
-pub fn discover(cfg: &DiscoverConfig, http: &Http, say: &(dyn Fn(&str) + Sync)) -> Result<Discovery, DiscoverError> {
+pub fn discover(cfg: &DiscoverConfig, http: &Archive, say: &(dyn Fn(&str) + Sync)) -> Result<Discovery, DiscoverError> {
     let start = Instant::now();
     if cfg.roots.is_empty() {
         return Err(DiscoverError::NoRoots);
@@ -297,8 +297,8 @@ pub fn discover(cfg: &DiscoverConfig, http: &Http, say: &(dyn Fn(&str) + Sync)) 
 
 /// GETs and verifies `dists/<dir>/InRelease` on `root`; `Ok(None)` when the
 /// root does not serve that suite.
-fn probe(cfg: &DiscoverConfig, http: &Http, root: &str, dir: &str) -> Result<Option<Found>, IndexFailure> {
-    let url = http::join(root, &format!("dists/{dir}/InRelease"));
+fn probe(cfg: &DiscoverConfig, http: &Archive, root: &str, dir: &str) -> Result<Option<Found>, IndexFailure> {
+    let url = archive::join(root, &format!("dists/{dir}/InRelease"));
     let fail = |reason: String| IndexFailure { index: format!("{dir} InRelease"), url: url.clone(), reason };
     let Some(bytes) = http.get_bytes(&url, INRELEASE_LIMIT).map_err(|e| fail(error_chain(&e)))? else {
         return Ok(None);
@@ -309,7 +309,7 @@ fn probe(cfg: &DiscoverConfig, http: &Http, root: &str, dir: &str) -> Result<Opt
 }
 
 /// The suites to read, in a stable order (by folder name), each once.
-fn find_suites(cfg: &DiscoverConfig, http: &Http, failures: &mut Vec<IndexFailure>) -> Vec<Found> {
+fn find_suites(cfg: &DiscoverConfig, http: &Archive, failures: &mut Vec<IndexFailure>) -> Vec<Found> {
     let mut probed: BTreeSet<(String, String)> = BTreeSet::new();
     let mut found: Vec<Found> = Vec::new();
     let mut run = |candidates: Vec<(String, String)>, found: &mut Vec<Found>, failures: &mut Vec<IndexFailure>| {
@@ -404,7 +404,7 @@ enum IndexResult {
     Failed(IndexFailure),
 }
 
-fn read_index(f: &Found, arch: Arch, http: &Http, say: &(dyn Fn(&str) + Sync)) -> IndexResult {
+fn read_index(f: &Found, arch: Arch, http: &Archive, say: &(dyn Fn(&str) + Sync)) -> IndexResult {
     let deb_arch = arch.debian();
     if !f.release.architectures.is_empty() && !f.release.architectures.iter().any(|a| a == deb_arch) {
         return IndexResult::NoArch;
@@ -436,7 +436,7 @@ fn read_index(f: &Found, arch: Arch, http: &Http, say: &(dyn Fn(&str) + Sync)) -
         match r {
             Ok(k) if k.flavour.deb_arch == deb_arch => paired.push(kernel_of(&k, &f.dir)),
             Ok(_) => {}
-            Err(e) => unpaired.push((e.0.name.clone(), e.1.clone())),
+            Err(e) => unpaired.push((e.flavour.name.clone(), e.to_string())),
         }
     }
     say(&format!(

@@ -17,8 +17,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bpfarm_object::Digest;
@@ -26,7 +26,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 
-use crate::archive::http::{self, Http, HttpError};
+use bpfarm_object::http::TransportError;
+
+use crate::archive::{self, Archive, HttpError};
 use crate::discover::error_chain;
 use crate::matrix::MatrixDeb;
 
@@ -85,7 +87,7 @@ pub struct FetchReport {
     pub downloaded: usize,
     /// Bytes transferred in this run.
     pub bytes: u64,
-    pub failed: Vec<(MatrixDeb, String)>,
+    pub failed: Vec<(MatrixDeb, Arc<FetchError>)>,
     pub duration: Duration,
 }
 
@@ -112,7 +114,12 @@ pub fn missing<'a>(store: &Path, debs: &[&'a MatrixDeb]) -> Vec<&'a MatrixDeb> {
 
 /// Puts every package in the store. Setup problems are errors; a package
 /// that cannot be had is a row in `failed` and the others go on.
-pub fn fetch(cfg: &FetchConfig, debs: &[&MatrixDeb], say: &(dyn Fn(&str) + Sync)) -> Result<FetchReport, FetchError> {
+pub fn fetch(
+    cfg: &FetchConfig,
+    http: &Archive,
+    debs: &[&MatrixDeb],
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<FetchReport, FetchError> {
     let start = Instant::now();
     let io = |file: &Path| {
         let file = file.to_owned();
@@ -136,7 +143,6 @@ pub fn fetch(cfg: &FetchConfig, debs: &[&MatrixDeb], say: &(dyn Fn(&str) + Sync)
     if needs_network && cfg.roots.is_empty() {
         return Err(FetchError::NoRoots);
     }
-    let http = Http::new()?;
     let total: u64 = todo.iter().map(|d| d.size).sum();
     let progress = Progress::new(total, todo.len(), cfg.progress_bar);
     let preferred: Mutex<Vec<(String, usize)>> = Mutex::new(Vec::new());
@@ -148,7 +154,7 @@ pub fn fetch(cfg: &FetchConfig, debs: &[&MatrixDeb], say: &(dyn Fn(&str) + Sync)
         todo.par_iter()
             .with_max_len(1)
             .map(|d| {
-                let r = get_one(cfg, &http, d, &progress, &preferred);
+                let r = get_one(cfg, http, d, &progress, &preferred);
                 progress.done(d, &r, say);
                 r
             })
@@ -163,7 +169,7 @@ pub fn fetch(cfg: &FetchConfig, debs: &[&MatrixDeb], say: &(dyn Fn(&str) + Sync)
             }
             Ok((Got::Adopted, _)) => report.adopted += 1,
             Ok((Got::Present, _)) => report.present += 1,
-            Err(e) => report.failed.push(((*d).clone(), error_chain(&e))),
+            Err(e) => report.failed.push(((*d).clone(), Arc::new(e))),
         }
     }
     report.duration = start.elapsed();
@@ -177,7 +183,7 @@ fn adoptable(store: &Path, d: &MatrixDeb) -> bool {
 
 fn get_one(
     cfg: &FetchConfig,
-    http: &Http,
+    http: &Archive,
     d: &MatrixDeb,
     progress: &Progress,
     preferred: &Mutex<Vec<(String, usize)>>,
@@ -203,7 +209,7 @@ fn get_one(
     let mut order: Vec<usize> = (0..cfg.roots.len()).collect();
     order.sort_by_key(|i| *i != first);
     for i in order {
-        let url = http::join(&cfg.roots[i], &d.filename);
+        let url = archive::join(&cfg.roots[i], &d.filename);
         match download(cfg, http, d, &url, progress)? {
             Some(n) => {
                 if let Ok(mut p) = preferred.lock() {
@@ -223,7 +229,7 @@ fn get_one(
 /// it. Resumes a partial file; retries transport errors.
 fn download(
     cfg: &FetchConfig,
-    http: &Http,
+    http: &Archive,
     d: &MatrixDeb,
     url: &str,
     progress: &Progress,
@@ -242,11 +248,12 @@ fn download(
         let body = match http.open(url, have) {
             Ok(Some(b)) => b,
             Ok(None) => return Ok(None),
-            Err(HttpError::Client { source, .. }) if source.is_connect() || source.is_timeout() => {
-                last_err = Some(HttpError::Client { url: url.to_owned(), source });
+            // No answer, or a dropped connection: try again (resuming).
+            Err(e @ (TransportError::Request { .. } | TransportError::Stalled { .. })) => {
+                last_err = Some(HttpError::Transport(e));
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(HttpError::from(e).into()),
         };
         let mut hasher = Sha256::new();
         if body.resumed {

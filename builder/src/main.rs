@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use bpfarm_builder::archive::http::Http;
+use bpfarm_builder::archive::Archive;
 use bpfarm_builder::build::{self, BtfInput, BuildConfig, Request, Shard};
 use bpfarm_builder::discover::{self, DiscoverConfig};
 use bpfarm_builder::fetch::{self, FetchConfig};
@@ -103,6 +103,14 @@ struct ArchiveArgs {
     /// apt entries signed by another keyring are not used.
     #[arg(long, value_name = "FILE", default_value = bpfarm_builder::archive::DEFAULT_KEYRING)]
     keyring: PathBuf,
+
+    /// A PEM file of CA certificates to trust besides the system's roots:
+    /// an https:// archive mirror, or a --publish registry, with a private
+    /// CA. (Plain http:// archives are read as apt reads them: every index
+    /// is checked against the signed InRelease, every package against the
+    /// matrix's sha256.)
+    #[arg(long, value_name = "PATH", env = "BPFARM_CA_CERT")]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -270,11 +278,6 @@ struct BuildArgs {
     #[arg(long, value_name = "TOKEN", env = "BPFARM_TOKEN", hide_env_values = true, requires = "publish")]
     token: Option<String>,
 
-    /// A PEM file of CA certificates to trust for --publish, besides the
-    /// system's roots (a registry with a private CA).
-    #[arg(long, value_name = "PATH", env = "BPFARM_CA_CERT")]
-    ca_cert: Option<PathBuf>,
-
     /// Allow --publish over plain http:// to a host that is not loopback
     /// (and oci:// without TLS). Dangerous: anyone on the path can read the
     /// token and change what is published. Prints a warning.
@@ -332,21 +335,15 @@ enum SandboxArg {
 /// Where `--publish` goes, checked before anything is built: a bad target
 /// (an uppercase OCI namespace, plain http without --insecure) is a usage
 /// error, not a failure after the build.
-fn destination(url: &str, a: &BuildArgs) -> anyhow::Result<Destination> {
-    let transport = Transport::new(TransportConfig {
-        ca_certs: a.ca_cert.iter().cloned().collect(),
-        insecure: a.insecure,
-        timeout: std::time::Duration::from_secs(60),
-        ..Default::default()
-    })?;
+fn destination(url: &str, a: &BuildArgs, transport: &Transport) -> anyhow::Result<Destination> {
     let (dest, warning) = if url.starts_with("oci://") {
         let target = OciTarget::parse(url)?;
         let auth = credentials(&target.registry, a.oci_username.as_deref(), a.token.as_deref());
-        let r = OciRegistry::new(target, auth, &transport)?;
+        let r = OciRegistry::new(target, auth, transport)?;
         let w = r.warning().map(str::to_owned);
         (Destination::Oci(Box::new(r)), w)
     } else {
-        let c = RegistryClient::new(url, a.token.clone(), &transport)?;
+        let c = RegistryClient::new(url, a.token.clone(), transport)?;
         let w = c.warning().map(str::to_owned);
         (Destination::Registry(c), w)
     };
@@ -354,6 +351,18 @@ fn destination(url: &str, a: &BuildArgs) -> anyhow::Result<Destination> {
         eprintln!("bpfarm-builder: warning: {w}");
     }
     Ok(dest)
+}
+
+/// The one HTTP/TLS client of a run (archive, registry, OCI): the system's
+/// roots plus `--ca-cert`; a deadline of a minute per request, and per read
+/// of a download.
+fn transport(archive: &ArchiveArgs, insecure: bool) -> anyhow::Result<Transport> {
+    Ok(Transport::new(TransportConfig {
+        ca_certs: archive.ca_cert.iter().cloned().collect(),
+        insecure,
+        timeout: std::time::Duration::from_secs(60),
+        ..Default::default()
+    })?)
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -365,7 +374,8 @@ fn default_cache_dir() -> PathBuf {
 }
 
 fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
-    let dest = a.publish.as_deref().map(|url| destination(url, &a)).transpose()?;
+    let transport = transport(&a.archive, a.insecure)?;
+    let dest = a.publish.as_deref().map(|url| destination(url, &a, &transport)).transpose()?;
     let program = match &a.program {
         Some(dir) => ProgramSources::from_dir(dir)?,
         None => ProgramSources::embedded(),
@@ -427,9 +437,9 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
             kernels.iter().flat_map(|k| &k.debs).filter(|d| seen.insert(d.sha256.clone())).collect()
         };
         if !fetch::missing(&package_cache, &debs).is_empty() {
-            let report = run_fetch_debs(&a.archive, &package_cache, &debs, 4, !a.no_progress)?;
-            for (d, why) in report.failed {
-                unavailable.insert(d.sha256, format!("fetch failed: {why}"));
+            let report = run_fetch_debs(&a.archive, &transport, &package_cache, &debs, 4, !a.no_progress)?;
+            for (d, e) in report.failed {
+                unavailable.insert(d.sha256, e);
             }
         }
     }
@@ -461,6 +471,7 @@ fn say(line: &str) {
 }
 
 fn run_discover(a: DiscoverArgs) -> anyhow::Result<bool> {
+    let archive = Archive::new(&transport(&a.archive, false)?);
     let roots = discover::roots(&a.archive.apt_source, &a.archive.apt_dir, &a.archive.keyring, &say)?;
     let mut arches: Vec<Arch> = Vec::new();
     for x in a.arch {
@@ -477,8 +488,7 @@ fn run_discover(a: DiscoverArgs) -> anyhow::Result<bool> {
         jobs: a.jobs,
         name: a.name,
     };
-    let http = Http::new()?;
-    let found = match discover::discover(&cfg, &http, &say) {
+    let found = match discover::discover(&cfg, &archive, &say) {
         Ok(f) => f,
         // Exit 1, like a build with failed kernels: the run itself worked.
         Err(e @ discover::DiscoverError::Incomplete(_)) => {
@@ -526,6 +536,7 @@ fn run_discover(a: DiscoverArgs) -> anyhow::Result<bool> {
 
 fn run_fetch_debs(
     archive: &ArchiveArgs,
+    transport: &Transport,
     store: &std::path::Path,
     debs: &[&MatrixDeb],
     jobs: usize,
@@ -534,9 +545,10 @@ fn run_fetch_debs(
     let roots = discover::roots(&archive.apt_source, &archive.apt_dir, &archive.keyring, &say)?;
     let cfg =
         FetchConfig { store: store.to_owned(), roots: roots.into_iter().map(|r| r.uri).collect(), jobs, progress_bar };
-    let report = fetch::fetch(&cfg, debs, &say)?;
+    let report = fetch::fetch(&cfg, &Archive::new(transport), debs, &say)?;
     eprintln!("{}", report.summary());
-    for (d, why) in &report.failed {
+    for (d, e) in &report.failed {
+        let why = bpfarm_builder::discover::error_chain(e);
         eprintln!("fetch: FAILED {} {} ({}): {why}", d.name, d.version, d.arch);
     }
     Ok(report)
@@ -555,7 +567,8 @@ fn run_fetch(a: FetchArgs) -> anyhow::Result<bool> {
     }
     let cache_dir = a.cache_dir.unwrap_or_else(default_cache_dir);
     let store = a.package_cache.unwrap_or_else(|| cache_dir.join("debs"));
-    let report = run_fetch_debs(&a.archive, &store, &m.debs(), a.jobs, !a.no_progress)?;
+    let transport = transport(&a.archive, false)?;
+    let report = run_fetch_debs(&a.archive, &transport, &store, &m.debs(), a.jobs, !a.no_progress)?;
     Ok(report.failed.is_empty())
 }
 

@@ -83,8 +83,8 @@ pub fn parse_control(text: &str) -> BTreeMap<String, String> {
             break;
         }
         if line.starts_with([' ', '\t']) {
-            if let Some(k) = &key {
-                let v: &mut String = fields.get_mut(k).expect("key inserted");
+            if let Some(v) = key.as_ref().and_then(|k| fields.get_mut(k)) {
+                let v: &mut String = v;
                 v.push(' ');
                 v.push_str(line.trim());
             }
@@ -180,10 +180,29 @@ pub struct DebKernel {
     pub kbuild: PackageFacts,
 }
 
+/// A flavour package whose partners are not among the inputs.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{}: {missing}", .flavour.name)]
+pub struct Unpaired {
+    pub flavour: PackageFacts,
+    pub missing: Missing,
+}
+
+/// What a flavour package lacks.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Missing {
+    #[error("its -common package {}{} is not among the inputs", .0.name, constraint_text(.0))]
+    Common(Dependency),
+    #[error("names no linux-kbuild package in Depends")]
+    KbuildDepends,
+    #[error("its linux-kbuild package {}:{arch}{} is not among the inputs", .dep.name, constraint_text(.dep))]
+    Kbuild { dep: Dependency, arch: String },
+}
+
 /// Pairs every flavour package with its `-common` (exact version, from its
 /// `Depends`) and `linux-kbuild` package (same arch). A flavour whose
 /// partners are missing comes back as an error naming what to fetch.
-pub fn pair(packages: &[PackageFacts]) -> Vec<Result<DebKernel, Box<(PackageFacts, String)>>> {
+pub fn pair(packages: &[PackageFacts]) -> Vec<Result<DebKernel, Box<Unpaired>>> {
     fn by_name<'a>(packages: &'a [PackageFacts], name: &'a str) -> impl Iterator<Item = &'a PackageFacts> {
         packages.iter().filter(move |p| p.name == name)
     }
@@ -194,22 +213,12 @@ pub fn pair(packages: &[PackageFacts]) -> Vec<Result<DebKernel, Box<(PackageFact
             let common = by_name(packages, &common_dep.name)
                 .filter(|c| c.deb_arch == "all" || c.deb_arch == flavour.deb_arch)
                 .find(|c| satisfies(&c.version, common_dep.constraint.as_ref()));
+            let unpaired = |missing| Box::new(Unpaired { flavour: flavour.clone(), missing });
             let Some(common) = common else {
-                return Err(Box::new((
-                    flavour.clone(),
-                    format!(
-                        "{}: its -common package {}{} is not among the inputs",
-                        flavour.name,
-                        common_dep.name,
-                        constraint_text(common_dep)
-                    ),
-                )));
+                return Err(unpaired(Missing::Common(common_dep.clone())));
             };
             let Some(kbuild_dep) = flavour.kbuild_dep() else {
-                return Err(Box::new((
-                    flavour.clone(),
-                    format!("{}: names no linux-kbuild package in Depends", flavour.name),
-                )));
+                return Err(unpaired(Missing::KbuildDepends));
             };
             let mut kbuilds: Vec<&PackageFacts> =
                 by_name(packages, &kbuild_dep.name).filter(|k| k.deb_arch == flavour.deb_arch).collect();
@@ -217,16 +226,7 @@ pub fn pair(packages: &[PackageFacts]) -> Vec<Result<DebKernel, Box<(PackageFact
             kbuilds.sort_by_key(|k| (k.version != flavour.version, k.version.clone()));
             let Some(kbuild) = kbuilds.into_iter().find(|k| satisfies(&k.version, kbuild_dep.constraint.as_ref()))
             else {
-                return Err(Box::new((
-                    flavour.clone(),
-                    format!(
-                        "{}: its linux-kbuild package {}:{}{} is not among the inputs",
-                        flavour.name,
-                        kbuild_dep.name,
-                        flavour.deb_arch,
-                        constraint_text(kbuild_dep)
-                    ),
-                )));
+                return Err(unpaired(Missing::Kbuild { dep: kbuild_dep.clone(), arch: flavour.deb_arch.clone() }));
             };
             Ok(DebKernel { flavour: flavour.clone(), common: common.clone(), kbuild: kbuild.clone() })
         })
@@ -332,9 +332,10 @@ mod tests {
         let ok = r[0].as_ref().unwrap();
         assert_eq!(ok.common.name, "linux-headers-6.1.0-56-common");
         assert_eq!(ok.kbuild.deb_arch, "amd64");
-        let err = &r[1].as_ref().unwrap_err().1;
+        let err = r[1].as_ref().unwrap_err();
+        assert!(matches!(&err.missing, Missing::Common(d) if d.name == "linux-headers-6.1.0-56-common-rt"));
         assert_eq!(
-            err,
+            err.to_string(),
             "linux-headers-6.1.0-56-rt-amd64: its -common package linux-headers-6.1.0-56-common-rt (= 6.1.192-2) is not among the inputs"
         );
     }

@@ -1,13 +1,15 @@
 //! Publishing a build's objects to a registry, after validation: each object
-//! with the metadata written beside it. Objects the registry already holds
-//! (same digest) are skipped; a registry that holds a different object for
-//! the identity refuses, and that is reported, not retried.
+//! with the metadata the build made for it, taken from the report in memory
+//! (never read back from the output folder). Objects the registry already
+//! holds (same digest) are skipped; a registry that holds a different object
+//! for the identity refuses, and that is reported, not retried.
 
-use std::path::Path;
+use bpfarm_object::client::{ClientError, Published, RegistryClient};
+use bpfarm_object::oci_client::{OciError, OciRegistry};
+use bpfarm_object::{Digest, ObjectMetadata};
+use serde::Serialize;
 
-use bpfarm_object::ObjectMetadata;
-use bpfarm_object::client::{Published, RegistryClient};
-use bpfarm_object::oci_client::OciRegistry;
+use crate::build::{Output, Report};
 
 /// Where `--publish` sends objects: a bpfarm registry's `/v1` API, or any
 /// OCI registry (`oci://HOST/NAMESPACE`).
@@ -17,19 +19,42 @@ pub enum Destination {
     Oci(Box<OciRegistry>),
 }
 
-impl Destination {
-    fn publish(&self, meta: &ObjectMetadata, bytes: &[u8]) -> Result<Published, (Outcome, String)> {
+/// Why one object was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("{path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} changed since it was built: it hashes to {found}, its metadata says {expected}")]
+    Changed { path: std::path::PathBuf, found: Digest, expected: Digest },
+    #[error(transparent)]
+    Registry(#[from] ClientError),
+    #[error(transparent)]
+    Oci(#[from] OciError),
+}
+
+impl PublishError {
+    /// A registry that holds another object for the identity refuses (409);
+    /// everything else is a failure.
+    fn outcome(&self) -> Outcome {
         match self {
-            Destination::Registry(c) => c
-                .publish(meta, bytes, false)
-                .map_err(|e| (if e.status() == Some(409) { Outcome::Refused } else { Outcome::Failed }, e.to_string())),
-            Destination::Oci(r) => r.publish(meta, bytes).map_err(|e| (Outcome::Failed, format!("{e:#}"))),
+            PublishError::Registry(e) if e.status() == Some(409) => Outcome::Refused,
+            _ => Outcome::Failed,
         }
     }
 }
-use serde::Serialize;
 
-use crate::build::{Report, Status};
+impl Destination {
+    fn publish(&self, meta: &ObjectMetadata, bytes: &[u8]) -> Result<Published, PublishError> {
+        Ok(match self {
+            Destination::Registry(c) => c.publish(meta, bytes, false)?,
+            Destination::Oci(r) => r.publish(meta, bytes)?,
+        })
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -78,26 +103,25 @@ impl PublishSummary {
     }
 }
 
-fn publish_one(dest: &Destination, object: &Path) -> Result<Published, (Outcome, String)> {
-    let name = object.file_name().expect("object has a name").to_string_lossy();
-    let meta_path = object.with_file_name(format!("{name}.json"));
-    let meta: ObjectMetadata = std::fs::read(&meta_path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        .map_err(|e| (Outcome::Failed, format!("{}: {e}", meta_path.display())))?;
-    let bytes = std::fs::read(object).map_err(|e| (Outcome::Failed, format!("{}: {e}", object.display())))?;
-    dest.publish(&meta, &bytes)
+/// The object's bytes, which must still be the ones its metadata names.
+fn publish_one(dest: &Destination, out: &Output) -> Result<Published, PublishError> {
+    let bytes = std::fs::read(&out.path).map_err(|source| PublishError::Read { path: out.path.clone(), source })?;
+    let found = Digest::of_bytes(&bytes);
+    if found != out.metadata.digest {
+        return Err(PublishError::Changed { path: out.path.clone(), found, expected: out.metadata.digest.clone() });
+    }
+    dest.publish(&out.metadata, &bytes)
 }
 
 /// Publishes every object the build produced (built or from the cache).
 pub fn publish(report: &Report, dest: &Destination, registry: &str) -> PublishSummary {
     let mut summary = PublishSummary { registry: registry.to_owned(), ..Default::default() };
-    for k in report.kernels.iter().filter(|k| k.status != Status::Failed) {
-        let Some(object) = &k.object else { continue };
-        let (outcome, message) = match publish_one(dest, object) {
+    for k in &report.kernels {
+        let Some(out) = k.output() else { continue };
+        let (outcome, message) = match publish_one(dest, out) {
             Ok(Published::Published) => (Outcome::Published, None),
             Ok(Published::Skipped) => (Outcome::Skipped, None),
-            Err((o, m)) => (o, Some(m)),
+            Err(e) => (e.outcome(), Some(e.to_string())),
         };
         match outcome {
             Outcome::Published => summary.published += 1,
@@ -107,7 +131,7 @@ pub fn publish(report: &Report, dest: &Destination, registry: &str) -> PublishSu
         }
         summary.results.push(PublishResult {
             kernel: k.kernel.clone(),
-            object: object.display().to_string(),
+            object: out.path.display().to_string(),
             outcome,
             message,
         });
@@ -115,13 +139,52 @@ pub fn publish(report: &Report, dest: &Destination, registry: &str) -> PublishSu
     // Failed builds are news for the registry's coverage page; reporting
     // them is best effort and never fails the build.
     let Destination::Registry(client) = dest else { return summary };
-    for k in report.kernels.iter().filter(|k| k.status == Status::Failed && k.release_known) {
+    for k in report.kernels.iter().filter(|k| k.release_known) {
         // Only the publishable part: compiler errors about the tree, capped.
-        let (Some(arch), Some(error)) = (k.arch, &k.public_error) else { continue };
-        match client.report_failure(&k.kernel, arch.uname(), &report.version, error) {
+        let (Some(arch), Some(failure)) = (k.arch, k.failure()) else { continue };
+        match client.report_failure(&k.kernel, arch.uname(), &report.version, &failure.public) {
             Ok(()) => summary.failures_reported += 1,
             Err(e) => tracing::warn!("reporting the failure of {} to {registry}: {e}", k.kernel),
         }
     }
     summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bpfarm_object::http::{Transport, TransportConfig};
+    use bpfarm_object::{Arch, Identity, Origin};
+
+    /// What is published is the build's own metadata, in memory, and bytes
+    /// that still match it: no `.json` is read back, and an object changed
+    /// on disk since the build is refused before anything is sent.
+    #[test]
+    fn publish_takes_metadata_from_the_build_and_checks_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tracee.bpf.6_1_0-56-amd64.v1.o");
+        std::fs::write(&path, b"object").unwrap();
+        let id = Identity::new("6.1.0-56-amd64", Arch::X86_64, "v1").unwrap();
+        let transport =
+            Transport::new(TransportConfig { timeout: std::time::Duration::from_secs(5), ..Default::default() })
+                .unwrap();
+        // Port 9 (discard) on loopback: nothing listens, the send fails.
+        let dest = Destination::Registry(RegistryClient::new("http://127.0.0.1:9", None, &transport).unwrap());
+
+        let changed = Output {
+            path: path.clone(),
+            metadata: ObjectMetadata::unattested(id.clone(), Digest::of_bytes(b"other"), 5, Origin::StaticLayout),
+        };
+        let e = publish_one(&dest, &changed).unwrap_err();
+        assert!(matches!(e, PublishError::Changed { .. }), "{e}");
+        assert_eq!(e.outcome(), Outcome::Failed);
+
+        let good = Output {
+            path,
+            metadata: ObjectMetadata::unattested(id, Digest::of_bytes(b"object"), 6, Origin::StaticLayout),
+        };
+        // No .json beside the object, and the only failure is the registry's.
+        let e = publish_one(&dest, &good).unwrap_err();
+        assert!(matches!(e, PublishError::Registry(_)), "{e}");
+    }
 }

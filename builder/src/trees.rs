@@ -52,10 +52,8 @@ pub fn keep(p: &Path) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
-    /// The package could not be unpacked; `limit` when a configurable limit
-    /// (not the package alone) refused it.
-    #[error("{message}")]
-    Unpack { message: String, limit: bool },
+    #[error(transparent)]
+    Unpack(#[from] unpack::UnpackError),
     #[error("{package}: {what}: {source}")]
     Io {
         package: PathBuf,
@@ -71,7 +69,7 @@ impl TreeError {
     /// Whether raising a limit could change the outcome (so it is not a
     /// failure to remember for these inputs).
     pub fn is_limit(&self) -> bool {
-        matches!(self, TreeError::Unpack { limit: true, .. })
+        matches!(self, TreeError::Unpack(e) if e.is_limit())
     }
 }
 
@@ -84,14 +82,8 @@ pub struct Tree {
     pub unpacked: Option<UnpackStats>,
 }
 
-/// A failed unpack as remembered for the callers waiting on it.
-#[derive(Clone, Debug)]
-struct Failed {
-    message: String,
-    limit: bool,
-}
-
-type Slot = Arc<OnceLock<Result<PathBuf, Failed>>>;
+/// An unpack, done once, as the callers waiting on it see it.
+type Slot = Arc<OnceLock<Result<PathBuf, Arc<TreeError>>>>;
 
 /// Hands out unpacked trees, unpacking each package at most once per process
 /// (concurrent callers for one package wait for the first).
@@ -132,7 +124,8 @@ impl TreeCache {
     }
 
     /// The package's unpacked `usr/src/<top>` folder, unpacking it if needed.
-    pub fn get(&self, pkg: &PackageFacts) -> Result<Tree, TreeError> {
+    /// Every caller waiting on one unpack gets the same error.
+    pub fn get(&self, pkg: &PackageFacts) -> Result<Tree, Arc<TreeError>> {
         let slot = self.slot(&pkg.digest);
         let mut unpacked = None;
         let dir = slot.get_or_init(|| match self.unpack_once(pkg) {
@@ -140,14 +133,14 @@ impl TreeCache {
                 unpacked = stats;
                 Ok(dir)
             }
-            Err(e) => Err(Failed { limit: e.is_limit(), message: e.to_string() }),
+            Err(e) => Err(Arc::new(e)),
         });
         let dir = match dir {
             Ok(d) => d.clone(),
-            Err(f) => {
+            Err(e) => {
                 // Forget the failure so a later call (e.g. after a re-fetch) retries.
                 self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&pkg.digest);
-                return Err(TreeError::Unpack { message: f.message.clone(), limit: f.limit });
+                return Err(e.clone());
             }
         };
         Ok(Tree { root: top_folder(&pkg.path, &dir)?, unpacked })
@@ -170,7 +163,7 @@ impl TreeCache {
                 if let Err(rm) = fsutil::remove_tree(&tmp) {
                     tracing::warn!("removing {}: {rm}", tmp.display());
                 }
-                return Err(TreeError::Unpack { limit: e.is_limit(), message: e.to_string() });
+                return Err(e.into());
             }
         };
         match fs::rename(&tmp, &done) {

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use bpfarm_builder::archive::http::{self, Http};
+use bpfarm_builder::archive::{self as http, Archive};
 use bpfarm_builder::archive::{DEFAULT_KEYRING, release};
 use bpfarm_builder::matrix::Matrix;
 use bpfarm_object::Digest;
+use bpfarm_object::http::{Transport, TransportConfig};
 use bpfarm_tests::mirror::{Answer, Mirror};
 use bpfarm_tests::{fixture_debs, repo_root};
 
@@ -59,7 +60,7 @@ fn real_suite() -> &'static RealSuite {
     S.get_or_init(|| {
         let keyring = Path::new(DEFAULT_KEYRING);
         let roots = bpfarm_builder::discover::roots(&[], Path::new("/etc/apt"), keyring, &|_| {}).expect("apt sources");
-        let http = Http::new().expect("client");
+        let http = Archive::new(&Transport::new(TransportConfig::default()).expect("client"));
         for r in roots {
             let url = http::join(&r.uri, &format!("dists/{SUITE}/InRelease"));
             let Some(inrelease) = http.get_bytes(&url, 16 << 20).expect("the machine's mirror answers") else {

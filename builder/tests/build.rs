@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use bpfarm_builder::validate::validate;
-use bpfarm_object::{Arch, Digest, ObjectMetadata, object_file_name};
+use bpfarm_object::{Arch, BuildMode, Digest, ObjectMetadata, object_file_name};
 use bpfarm_tests::{Entry, ToolShim, deb, fixture_debs, privileged, repo_root, write_deb};
 use serde_json::Value;
 
@@ -118,10 +118,10 @@ fn default_matrix_and_running_kernel_build_and_validate() {
         assert_eq!(meta.size, bytes.len() as u64);
         assert!(meta.compiler.clang.contains("clang"));
         if release == running_release() {
-            assert_eq!(meta.build_mode, "btf");
+            assert_eq!(meta.build_mode, BuildMode::Btf);
             assert_eq!(meta.sources[0].name, "/sys/kernel/btf/vmlinux");
         } else {
-            assert_eq!(meta.build_mode, "headers");
+            assert_eq!(meta.build_mode, BuildMode::Headers);
             let names: Vec<&str> = meta.sources.iter().map(|s| s.name.as_str()).collect();
             assert_eq!(names.len(), 3, "{names:?}");
             assert!(names[1].ends_with("-common"), "{names:?}");

@@ -66,7 +66,7 @@ fn a_sample_from_5_10_to_7_x_builds_on_both_arches() {
         assert!(meta.compiler.clang.contains("clang version"), "{}", meta.compiler.clang);
         bpfarm_builder::validate::validate(&obj).unwrap();
         // The dialect each tree's own Makefile asks for.
-        let has = |f: &str| meta.flags.iter().any(|x| x == f);
+        let has = |f: &str| meta.flags.clang.iter().any(|x| x == f);
         match &release[..4] {
             "5.10" => assert!(has("-std=gnu89") && !has("-fms-extensions"), "{:?}", meta.flags),
             "6.1." | "6.12" => assert!(has("-std=gnu11") && !has("-fms-extensions"), "{:?}", meta.flags),

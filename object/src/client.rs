@@ -12,6 +12,8 @@
 
 use std::time::Duration;
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
 use crate::http::{Overflow, Response, Transport, TransportError};
 use crate::{Digest, Identity, ObjectMetadata};
 
@@ -403,16 +405,27 @@ fn verify(url: &str, r: &Response, digest: &Digest, size: Option<u64>, whose: &s
     Ok(())
 }
 
-/// Percent-encodes what a path segment or query value cannot hold as is
-/// (`+` in releases, spaces and `#` in `uname -v`).
+/// What a path segment or query value may hold as is: RFC 3986's
+/// unreserved characters. Everything else (`+` in releases, spaces and `#`
+/// in `uname -v`) is percent-encoded.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+    utf8_percent_encode(s, COMPONENT).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode;
+
+    #[test]
+    fn path_segments_and_query_values_are_encoded() {
+        assert_eq!(encode("6.12.117+deb12-amd64"), "6.12.117%2Bdeb12-amd64");
+        assert_eq!(
+            encode("#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2 (2026-01-01)"),
+            "%231%20SMP%20PREEMPT_DYNAMIC%20Debian%206.1.192-2%20%282026-01-01%29"
+        );
+        assert_eq!(encode("../x/y?z"), "..%2Fx%2Fy%3Fz");
+        assert_eq!(encode("é"), "%C3%A9");
     }
-    out
 }

@@ -13,15 +13,21 @@
 //!   https down to http, and a registry's own headers (token,
 //!   `--registry-header`) go only to that registry's origin;
 //! - one deadline bounds a whole attempt (connect, headers, body, retries):
-//!   [`Transport::within`].
+//!   [`Transport::within`]; large downloads ([`Transport::open_blocking`])
+//!   are bounded by their cap and an idle deadline per read instead.
+//!
+//! A Debian archive is the one peer spoken to over plain http anywhere
+//! ([`Transport::for_signed_content`]): everything read from it is checked
+//! against a gpgv-verified `InRelease` or a pinned sha256.
 
 use std::future::Future;
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Url;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, LOCATION};
+use reqwest::header::{CONTENT_RANGE, HeaderMap, HeaderName, HeaderValue, LOCATION, RANGE};
 use sha2::{Digest as _, Sha256};
 
 use crate::Digest;
@@ -59,6 +65,10 @@ pub enum TransportError {
     TooLarge { url: String, limit: u64 },
     #[error("{url}: redirected to {to}: {reason}")]
     Redirect { url: String, to: String, reason: &'static str },
+    #[error("{url}: no data for {}s; gave up", .after.as_secs_f64())]
+    Stalled { url: String, after: Duration },
+    #[error("{url}: asked for bytes from {offset}, the server answered {answer:?}; refused")]
+    Range { url: String, offset: u64, answer: String },
 }
 
 /// How clients talk to registries. One per process; cheap to clone.
@@ -116,10 +126,23 @@ impl Response {
     }
 }
 
+/// Where plain `http://` may be spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlainHttp {
+    /// Loopback only; anywhere else with `--insecure` (and a warning).
+    Loopback,
+    /// Anywhere, without a warning: what crosses it is checked against
+    /// signed data, so the transport adds nothing to trust.
+    Anywhere,
+}
+
 /// The shared client: reqwest (rustls), its runtime, and the rules above.
+/// Clones (and [`Transport::for_signed_content`]) share one connection
+/// pool and one runtime.
 #[derive(Clone)]
 pub struct Transport {
     inner: Arc<Inner>,
+    plain_http: PlainHttp,
 }
 
 struct Inner {
@@ -133,7 +156,61 @@ struct Inner {
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transport").field("config", &self.inner.config).finish_non_exhaustive()
+        f.debug_struct("Transport")
+            .field("config", &self.inner.config)
+            .field("plain_http", &self.plain_http)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A response whose body is read as it arrives (downloads too large to
+/// hold, resumable ones), from blocking code: each read waits at most the
+/// idle deadline for data.
+pub struct BlockingBody {
+    transport: Transport,
+    resp: reqwest::Response,
+    url: String,
+    idle: Duration,
+    pending: bytes::Bytes,
+    /// The server honoured the `Range` asked for (206 from that offset).
+    pub resumed: bool,
+    /// `Content-Length` of this response, when sent.
+    pub length: Option<u64>,
+}
+
+impl std::fmt::Debug for BlockingBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingBody")
+            .field("url", &self.url)
+            .field("resumed", &self.resumed)
+            .field("length", &self.length)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Read for BlockingBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pending.is_empty() {
+            let next = self
+                .transport
+                .within_for(self.idle, self.resp.chunk())
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        TransportError::Stalled { url: self.url.clone(), after: self.idle },
+                    )
+                })?
+                .map_err(|e| {
+                    std::io::Error::other(TransportError::Request { url: self.url.clone(), message: chain(&e) })
+                })?;
+            match next {
+                Some(b) => self.pending = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending.split_to(n));
+        Ok(n)
     }
 }
 
@@ -192,8 +269,24 @@ impl Transport {
             .user_agent(concat!("bpfarm/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| TransportError::Client(chain(&e)))?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(TransportError::Runtime)?;
-        Ok(Self { inner: Arc::new(Inner { http, rt, config, ca_pems }) })
+        // One worker drives the connections; callers on any thread (the
+        // builder's download workers) block on their own futures.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("bpfarm-http")
+            .enable_all()
+            .build()
+            .map_err(TransportError::Runtime)?;
+        Ok(Self { inner: Arc::new(Inner { http, rt, config, ca_pems }), plain_http: PlainHttp::Loopback })
+    }
+
+    /// The same client for a peer whose every byte is checked against
+    /// signed data (a Debian archive: `InRelease` verified by gpgv, indices
+    /// and packages by the sha256 it or a pinned matrix names): plain http
+    /// to any host, without a warning. Redirects from https down to http are
+    /// still refused.
+    pub fn for_signed_content(&self) -> Transport {
+        Transport { inner: self.inner.clone(), plain_http: PlainHttp::Anywhere }
     }
 
     pub fn config(&self) -> &TransportConfig {
@@ -217,7 +310,7 @@ impl Transport {
         let host = u.host_str().unwrap_or("");
         match u.scheme() {
             "https" => Ok(None),
-            "http" if is_loopback_host(host) => Ok(None),
+            "http" if is_loopback_host(host) || self.plain_http == PlainHttp::Anywhere => Ok(None),
             "http" if self.inner.config.insecure => Ok(Some(format!(
                 "{url}: plain http to {host} (--insecure): anyone on the path can read and change what is fetched; only the digest check stands between them and this host"
             ))),
@@ -275,6 +368,60 @@ impl Transport {
         cap: u64,
         overflow: Overflow,
     ) -> Result<Response, TransportError> {
+        let resp = self.follow(url, own, None).await?;
+        let (cap, overflow) =
+            if resp.status().is_success() { (cap, overflow) } else { (cap.min(MAX_ERROR_BODY), Overflow::Truncate) };
+        read_capped(resp, cap, overflow).await
+    }
+
+    /// GET `url` from byte `offset` (a `Range` request when it is not 0),
+    /// following redirects as [`Transport::get`] does, for reading from
+    /// blocking code as the body arrives. `Ok(None)` when the server says
+    /// the file is not there (404, 410); other error statuses are errors. A
+    /// partial answer (206) that does not start at `offset` is refused
+    /// rather than spliced; a full answer (200) to a range request comes
+    /// back with `resumed` false. Waiting for the answer, and each read of
+    /// the body, is bounded by the transport's timeout.
+    pub fn open_blocking(&self, url: &str, offset: u64) -> Result<Option<BlockingBody>, TransportError> {
+        let idle = self.inner.config.timeout;
+        let range = (offset > 0).then(|| format!("bytes={offset}-"));
+        let resp = self
+            .within_for(idle, self.follow(url, &[], range.as_deref()))
+            .ok_or_else(|| TransportError::Stalled { url: url.to_owned(), after: idle })??;
+        let status = resp.status();
+        let at = resp.url().to_string();
+        if matches!(status.as_u16(), 404 | 410) {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(TransportError::Request { url: at, message: format!("HTTP {}", status.as_u16()) });
+        }
+        let resumed = status.as_u16() == 206;
+        if resumed {
+            let answer = resp.headers().get(CONTENT_RANGE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            if offset == 0 || answer.as_deref().and_then(content_range_start) != Some(offset) {
+                return Err(TransportError::Range { url: at, offset, answer: answer.unwrap_or_default() });
+            }
+        }
+        let length = resp.content_length();
+        Ok(Some(BlockingBody {
+            transport: self.clone(),
+            resp,
+            url: at,
+            idle,
+            pending: bytes::Bytes::new(),
+            resumed,
+            length,
+        }))
+    }
+
+    /// Sends a GET (with `range`, when given) and follows redirects by hand.
+    async fn follow(
+        &self,
+        url: &str,
+        own: &[(String, String)],
+        range: Option<&str>,
+    ) -> Result<reqwest::Response, TransportError> {
         let start = Url::parse(url).map_err(|e| TransportError::Url { url: url.to_owned(), reason: e.to_string() })?;
         self.check_parsed(&start)?;
         let home = origin(&start);
@@ -291,6 +438,9 @@ impl Transport {
             let mut req = self.inner.http.get(current.clone());
             if origin(&current) == home {
                 req = req.headers(own_headers.clone());
+            }
+            if let Some(r) = range {
+                req = req.header(RANGE, r);
             }
             let resp = req
                 .send()
@@ -326,9 +476,7 @@ impl Transport {
                 current = to;
                 continue;
             }
-            let (cap, overflow) =
-                if status.is_success() { (cap, overflow) } else { (cap.min(MAX_ERROR_BODY), Overflow::Truncate) };
-            return read_capped(resp, cap, overflow).await;
+            return Ok(resp);
         }
         Err(TransportError::Redirect { url: url.to_owned(), to: current.to_string(), reason: "more than 5 redirects" })
     }
@@ -350,6 +498,13 @@ impl Transport {
         let resp = req.send().await.map_err(|e| TransportError::Request { url: url.to_owned(), message: chain(&e) })?;
         read_capped(resp, MAX_ERROR_BODY, Overflow::Truncate).await
     }
+}
+
+/// The first byte a `Content-Range: bytes <first>-<last>/<total>` answer
+/// holds.
+fn content_range_start(v: &str) -> Option<u64> {
+    let (first, _) = v.trim().strip_prefix("bytes ")?.split_once('-')?;
+    first.parse().ok()
 }
 
 /// Reads a body chunk by chunk, hashing as it goes, stopping at `cap`.
@@ -402,6 +557,101 @@ mod tests {
         assert_eq!(t.plain_http_for_host("127.0.0.1:5000"), (true, None));
         assert_eq!(t.plain_http_for_host("registry.example:5000"), (false, None));
         assert!(insecure.plain_http_for_host("registry.example").1.is_some());
+    }
+
+    #[test]
+    fn signed_content_may_come_over_plain_http_from_anywhere() {
+        let t = Transport::new(TransportConfig::default()).unwrap();
+        let archive = t.for_signed_content();
+        assert!(matches!(archive.check_url("http://deb.example/debian"), Ok(None)));
+        assert!(matches!(t.check_url("http://deb.example/debian"), Err(TransportError::PlainHttp { .. })));
+        assert!(matches!(archive.check_url("ftp://deb.example/"), Err(TransportError::Url { .. })));
+    }
+
+    #[test]
+    fn content_ranges_are_read_exactly() {
+        assert_eq!(content_range_start("bytes 100-199/200"), Some(100));
+        assert_eq!(content_range_start("bytes 0-0/1"), Some(0));
+        assert_eq!(content_range_start("bytes */200"), None);
+        assert_eq!(content_range_start("items 1-2/3"), None);
+        assert_eq!(content_range_start("bytes 1x-2/3"), None);
+    }
+
+    /// A one-shot HTTP server on loopback: answers the first request with
+    /// `head` and `body`, then keeps the connection open for `hold`.
+    fn serve_once(
+        head: &'static str,
+        body: &'static [u8],
+        hold: Duration,
+    ) -> (String, std::thread::JoinHandle<String>) {
+        use std::io::{BufRead, BufReader, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/f", l.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut request = String::new();
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+                request += &line;
+            }
+            c.write_all(head.as_bytes()).unwrap();
+            c.write_all(body).unwrap();
+            c.flush().unwrap();
+            std::thread::sleep(hold);
+            request
+        });
+        (url, t)
+    }
+
+    fn quick() -> Transport {
+        Transport::new(TransportConfig { timeout: Duration::from_secs(1), ..Default::default() }).unwrap()
+    }
+
+    #[test]
+    fn a_download_that_stalls_gives_up_after_the_idle_deadline() {
+        let (url, t) =
+            serve_once("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", b"0123456789", Duration::from_secs(3));
+        let start = std::time::Instant::now();
+        let mut body = quick().open_blocking(&url, 0).unwrap().unwrap();
+        let mut got = Vec::new();
+        let e = body.read_to_end(&mut got).unwrap_err();
+        assert_eq!(got, b"0123456789", "what arrived before the stall is kept");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("no data for 1s"), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_partial_answer_from_another_offset_is_refused() {
+        let (url, t) = serve_once(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-9/10\r\nContent-Length: 10\r\n\r\n",
+            b"0123456789",
+            Duration::ZERO,
+        );
+        let e = quick().open_blocking(&url, 5).unwrap_err();
+        assert!(matches!(&e, TransportError::Range { offset: 5, answer, .. } if answer == "bytes 0-9/10"), "{e}");
+        assert!(t.join().unwrap().to_ascii_lowercase().contains("range: bytes=5-"));
+
+        let (url, t) = serve_once(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 5-9/10\r\nContent-Length: 5\r\n\r\n",
+            b"56789",
+            Duration::ZERO,
+        );
+        let mut body = quick().open_blocking(&url, 5).unwrap().unwrap();
+        assert!(body.resumed);
+        let mut got = Vec::new();
+        body.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"56789");
+        t.join().unwrap();
+
+        let (url, t) = serve_once("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", b"", Duration::ZERO);
+        assert!(quick().open_blocking(&url, 0).unwrap().is_none());
+        t.join().unwrap();
     }
 
     #[test]

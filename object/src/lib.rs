@@ -22,4 +22,6 @@ pub mod sign;
 
 pub use digest::{Digest, DigestError, Sha256Writer};
 pub use identity::{Arch, Identity, IdentityError, object_file_name};
-pub use metadata::{Compiler, KernelFacts, MetadataError, ObjectMetadata, SourceKind, SourcePackage};
+pub use metadata::{
+    BuildMode, Compiler, Flags, KernelFacts, MetadataError, ObjectMetadata, Origin, SourceKind, SourcePackage,
+};

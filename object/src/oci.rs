@@ -73,7 +73,9 @@ pub fn manifest(meta: &ObjectMetadata) -> Vec<u8> {
             ANN_CREATED: CREATED,
         }
     });
-    serde_json::to_vec(&m).expect("manifest serializes")
+    // `Value`'s Display is serde_json's compact form: the bytes `to_vec`
+    // writes, without a Result that cannot be an error for a `Value`.
+    m.to_string().into_bytes()
 }
 
 /// An index for (release, version) with one manifest per arch: `existing`
@@ -109,13 +111,13 @@ pub fn index(
         "manifests": manifests,
         "annotations": { ANN_RELEASE: release, ANN_VERSION: version, ANN_CREATED: CREATED }
     });
-    serde_json::to_vec(&v).expect("index serializes")
+    v.to_string().into_bytes()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Compiler, Identity, KernelFacts};
+    use crate::{BuildMode, Compiler, Flags, Identity, KernelFacts};
 
     #[test]
     fn tags_follow_the_rule() {
@@ -138,11 +140,11 @@ mod tests {
             digest: Digest::of_bytes(arch.uname().as_bytes()),
             size: 6,
             kernel: KernelFacts::default(),
-            build_mode: "headers".into(),
+            build_mode: BuildMode::Headers,
             sources: vec![],
             program_digest: Digest::of_bytes(b"p"),
             compiler: Compiler { clang: "c".into(), llc: None },
-            flags: vec![],
+            flags: Flags::default(),
             built_at: "now".into(),
         }
     }
@@ -151,6 +153,13 @@ mod tests {
     fn manifests_are_reproducible_and_indexes_merge_arches() {
         let a = manifest(&meta(Arch::X86_64));
         assert_eq!(a, manifest(&meta(Arch::X86_64)), "same object, same bytes");
+        // Compact, keys sorted: what serde_json::to_vec writes for the value.
+        assert_eq!(a, serde_json::to_vec(&serde_json::from_slice::<Value>(&a).unwrap()).unwrap());
+        assert_eq!(
+            Digest::of_bytes(&a).to_string(),
+            "sha256:abc53975ee7c406e0d4beb7a47f8bfb6a2c1169da1ec37fe41926cd0f0decbaa",
+            "the manifest's bytes changed: every published object's OCI digest would change"
+        );
         let v: Value = serde_json::from_slice(&a).unwrap();
         assert_eq!(v["artifactType"], ARTIFACT_TYPE);
         assert_eq!(v["layers"][0]["annotations"][ANN_TITLE], "tracee.bpf.5_15_0-91-generic.v0_1_0.o");

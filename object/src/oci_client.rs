@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::client::Published;
 use crate::http::{Overflow, Response, Transport, TransportError};
-use crate::{Arch, Digest, Identity, ObjectMetadata, oci};
+use crate::{Arch, Digest, Identity, ObjectMetadata, Origin, oci};
 
 /// Cap on a manifest or index (the limit registries commonly enforce).
 const MAX_MANIFEST: u64 = 4 << 20;
@@ -435,7 +435,7 @@ impl OciRegistry {
         if r.digest != digest {
             return Err(invalid(format!("layer bytes hash to {}, the manifest says {digest}", r.digest)));
         }
-        let meta = ObjectMetadata::minimal(id.clone(), digest, size, "fetched through OCI");
+        let meta = ObjectMetadata::unattested(id.clone(), digest, size, Origin::OciFetch);
         Ok(Some((meta, r.body)))
     }
 }

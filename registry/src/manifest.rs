@@ -10,7 +10,7 @@
 //! identity in its annotations and exactly one object layer; it then goes
 //! through the `/v1` publish rules (`publish`).
 
-use bpfarm_object::{Arch, Compiler, Digest, Identity, KernelFacts, ObjectMetadata, oci};
+use bpfarm_object::{Arch, Digest, Identity, ObjectMetadata, Origin, oci};
 use serde_json::Value;
 
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -208,19 +208,7 @@ impl Manifest {
         {
             return Err(invalid(format!("the layer is titled {title:?}; this kernel's object is {file_name:?}")));
         }
-        Ok(Some(ObjectMetadata {
-            file_name,
-            identity,
-            digest: layer.digest.clone(),
-            size: layer.size,
-            kernel: KernelFacts::default(),
-            build_mode: "unknown (pushed through OCI)".into(),
-            sources: vec![],
-            program_digest: Digest::of_bytes(b""),
-            compiler: Compiler { clang: "unknown (pushed through OCI)".into(), llc: None },
-            flags: vec![],
-            built_at: String::new(),
-        }))
+        Ok(Some(ObjectMetadata::unattested(identity, layer.digest.clone(), layer.size, Origin::OciPush)))
     }
 }
 

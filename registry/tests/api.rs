@@ -3,7 +3,9 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use bpfarm_object::{Arch, Compiler, Digest, Identity, KernelFacts, ObjectMetadata, SourceKind, SourcePackage};
+use bpfarm_object::{
+    Arch, BuildMode, Compiler, Digest, Flags, Identity, KernelFacts, ObjectMetadata, SourceKind, SourcePackage,
+};
 use bpfarm_registry::repo::Scope;
 use bpfarm_registry::{AppState, Settings, app, open, tokens};
 use http_body_util::BodyExt;
@@ -36,7 +38,7 @@ fn meta(release: &str, bytes: &[u8]) -> ObjectMetadata {
         digest: Digest::of_bytes(bytes),
         size: bytes.len() as u64,
         kernel: KernelFacts { uname_version: Some("#1 SMP Debian".into()), config_digest: None },
-        build_mode: "headers".into(),
+        build_mode: BuildMode::Headers,
         sources: vec![SourcePackage {
             kind: SourceKind::Deb,
             name: "linux-headers-x".into(),
@@ -45,7 +47,7 @@ fn meta(release: &str, bytes: &[u8]) -> ObjectMetadata {
         }],
         program_digest: Digest::of_bytes(b"prog"),
         compiler: Compiler { clang: "clang 14".into(), llc: None },
-        flags: vec![],
+        flags: Flags::default(),
         built_at: "2026-11-25T00:00:00Z".into(),
     }
 }

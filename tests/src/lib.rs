@@ -692,7 +692,7 @@ pub fn client(url: &str, token: Option<String>) -> bpfarm_object::client::Regist
 /// Metadata for a stand-in object (tests of registry plumbing that need no
 /// real build).
 pub fn sample_metadata(release: &str, arch: bpfarm_object::Arch, bytes: &[u8]) -> bpfarm_object::ObjectMetadata {
-    use bpfarm_object::{Compiler, Digest, Identity, KernelFacts, ObjectMetadata};
+    use bpfarm_object::{BuildMode, Compiler, Digest, Flags, Identity, KernelFacts, ObjectMetadata};
     let identity = Identity::new(release, arch, "v0.1.0").expect("a valid sample identity");
     ObjectMetadata {
         file_name: identity.file_name(),
@@ -700,11 +700,11 @@ pub fn sample_metadata(release: &str, arch: bpfarm_object::Arch, bytes: &[u8]) -
         digest: Digest::of_bytes(bytes),
         size: bytes.len() as u64,
         kernel: KernelFacts::default(),
-        build_mode: "headers".into(),
+        build_mode: BuildMode::Headers,
         sources: vec![],
         program_digest: Digest::of_bytes(b"p"),
         compiler: Compiler { clang: "clang".into(), llc: None },
-        flags: vec![],
+        flags: Flags::default(),
         built_at: "2026-11-25T00:00:00Z".into(),
     }
 }

@@ -296,7 +296,7 @@ pub(crate) mod tests {
             digest: Digest::of_bytes(bytes),
             size: bytes.len() as u64,
             kernel: KernelFacts { uname_version: Some("#1 SMP Debian 6.1.192-2".into()), config_digest: None },
-            build_mode: "headers".into(),
+            build_mode: crate::BuildMode::Headers,
             sources: vec![
                 SourcePackage {
                     kind: SourceKind::Deb,
@@ -313,7 +313,7 @@ pub(crate) mod tests {
             ],
             program_digest: Digest::of_bytes(b"tracer"),
             compiler: Compiler { clang: "Debian clang version 14.0.6".into(), llc: Some("LLVM version 14.0.6".into()) },
-            flags: vec!["-O2".into(), "-g".into()],
+            flags: crate::Flags { clang: vec!["-O2".into(), "-g".into()], llc: vec!["-march=bpf".into()] },
             built_at: "2026-03-01T12:00:00Z".into(),
         }
     }
@@ -337,7 +337,7 @@ pub(crate) mod tests {
         assert_eq!(deps, ["linux-headers-6.1.0-56-amd64", "linux-headers-6.1.0-56-common", "tracer"]);
         assert_eq!(def["resolvedDependencies"][1]["digest"]["sha256"], Digest::of_bytes(b"common").hex());
         assert_eq!(def["resolvedDependencies"][0]["annotations"]["version"], "6.1.192-2");
-        assert_eq!(def["internalParameters"]["flags"], json!(["-O2", "-g"]));
+        assert_eq!(def["internalParameters"]["flags"], json!({"clang": ["-O2", "-g"], "llc": ["-march=bpf"]}));
         assert_eq!(def["internalParameters"]["compiler"]["clang"], "Debian clang version 14.0.6");
         assert_eq!(def["externalParameters"]["kernelRelease"], "6.1.0-56-amd64");
         assert_eq!(v["predicate"]["runDetails"]["builder"]["version"]["bpfarm-builder"], "9.9.9");

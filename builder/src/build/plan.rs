@@ -1,0 +1,440 @@
+//! Planning: the request's inputs (`.deb` packages, header trees, BTF
+//! blobs, matrix entries) become kernels to build, each named by the
+//! release its own tree states, sharded, one per identity; inputs already
+//! known to fail become rows of the report. Nothing is compiled here; a
+//! flavour package's tree is unpacked, since only it says which kernel it
+//! is.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bpfarm_object::{Arch, Digest, KernelFacts};
+use rayon::prelude::*;
+use sha2::{Digest as _, Sha256};
+
+use super::report::{Failure, KernelResult, Outcome};
+use super::{BuildConfig, BuildError, Request};
+use crate::diagnostics;
+use crate::kernel::{self, TreeFactsError};
+use crate::layout::{self, LayoutError};
+use crate::matrix::{Matrix, MatrixKernel};
+use crate::packages::{self, DebKernel, PackageError, PackageFacts, Unpaired};
+use crate::trees::{TreeCache, TreeError};
+
+/// Why an input cannot become a kernel to build.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    #[error(transparent)]
+    Unpaired(#[from] Box<Unpaired>),
+    #[error(
+        "{package} ({arch}) is not in {}, and the matrix does not pin it ([[kernel.deb]]) for fetching: \
+         regenerate it with bpfarm-builder discover",
+        .cache.display()
+    )]
+    NotInCache { package: String, arch: String, cache: PathBuf },
+    #[error("{name} {version}: fetch failed: {}", crate::discover::error_chain(.source))]
+    Unavailable { name: String, version: String, source: Arc<crate::fetch::FetchError> },
+    #[error(
+        "{name} {version} is not in {}: run bpfarm-builder fetch --matrix, or build without --no-fetch",
+        .cache.display()
+    )]
+    NotFetched { name: String, version: String, cache: PathBuf },
+    #[error("{}: holds {found}, not the pinned {pinned}", .path.display())]
+    NotPinned { path: PathBuf, found: Digest, pinned: Digest },
+    #[error("{0} is not a flavour package: its control data names no -common")]
+    NotAFlavour(String),
+    #[error("{package}: unsupported Debian arch {deb_arch}")]
+    UnsupportedArch { package: String, deb_arch: String },
+    #[error(transparent)]
+    Tree(#[from] Arc<TreeError>),
+    #[error(transparent)]
+    Facts(#[from] TreeFactsError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("{}: include/generated/autoconf.h names neither CONFIG_X86_64 nor CONFIG_ARM64", .0.display())]
+    NoArch(PathBuf),
+    #[error("{package} holds kernel {found}, the matrix says {expected}")]
+    MatrixRelease { package: String, found: String, expected: String },
+    #[error("two inputs for the same kernel: {first} and {second}")]
+    Duplicate { first: String, second: String },
+}
+
+/// An input that will not build: its row in the report.
+#[derive(Debug)]
+pub(super) struct Unbuildable {
+    /// The kernel release when known, else the input's name.
+    kernel: String,
+    arch: Option<Arch>,
+    release_known: bool,
+    error: PlanError,
+}
+
+impl Unbuildable {
+    fn input(name: impl Into<String>, arch: Option<Arch>, error: impl Into<PlanError>) -> Box<Self> {
+        Box::new(Unbuildable { kernel: name.into(), arch, release_known: false, error: error.into() })
+    }
+
+    pub(super) fn into_row(self) -> KernelResult {
+        let message = self.error.to_string();
+        KernelResult {
+            kernel: self.kernel,
+            arch: self.arch,
+            release_known: self.release_known,
+            duration_ms: 0,
+            outcome: Outcome::Failed(Failure {
+                public: diagnostics::message(&message),
+                headline: message.lines().next().unwrap_or("").to_owned(),
+                message,
+                replayed: false,
+            }),
+        }
+    }
+}
+
+/// `--shard K/N`: the K-th of N deterministic slices, by kernel release, so
+/// every arch of one release lands in the same shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub total: usize,
+}
+
+/// A `--shard` that is not `K/N` with `1 <= K <= N`.
+#[derive(Debug, thiserror::Error)]
+#[error("shard {0:?}: expected K/N with 1 <= K <= N")]
+pub struct ShardError(String);
+
+impl std::str::FromStr for Shard {
+    type Err = ShardError;
+    fn from_str(s: &str) -> Result<Self, ShardError> {
+        let bad = || ShardError(s.to_owned());
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: usize = k.trim().parse().map_err(|_| bad())?;
+        let total: usize = n.trim().parse().map_err(|_| bad())?;
+        if total == 0 || index == 0 || index > total {
+            return Err(bad());
+        }
+        Ok(Shard { index, total })
+    }
+}
+
+impl Shard {
+    pub fn contains(&self, release: &str) -> bool {
+        let h = Sha256::digest(release.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&h[..8]);
+        (u64::from_le_bytes(first) % self.total as u64) as usize == self.index - 1
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.total)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) enum Source {
+    Deb(Box<DebKernel>),
+    Tree { build: PathBuf, source: PathBuf },
+    Btf { file: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct KernelInput {
+    pub(super) release: String,
+    pub(super) arch: Arch,
+    pub(super) facts: KernelFacts,
+    pub(super) source: Source,
+}
+
+impl KernelInput {
+    /// The `-common` package digest, to spread kernels that share it.
+    pub(super) fn group(&self) -> String {
+        match &self.source {
+            Source::Deb(d) => d.common.digest.to_string(),
+            Source::Tree { source, .. } => source.display().to_string(),
+            Source::Btf { file } => file.display().to_string(),
+        }
+    }
+}
+
+/// Turns the request into kernels to build (and rows for inputs that are
+/// already known to fail, such as a flavour package without its -common).
+pub(super) fn plan(
+    cfg: &BuildConfig,
+    req: &Request,
+    trees: &TreeCache,
+) -> Result<(Vec<KernelInput>, Vec<Unbuildable>), BuildError> {
+    let facts_dir = cfg.cache_dir.join("facts");
+    let mut failed = Vec::new();
+    // What was found that will not build, and why: the listing of
+    // "nothing to build".
+    let mut found: Vec<String> = Vec::new();
+    let mut deb_paths = Vec::new();
+    let mut tree_dirs = Vec::new();
+    let mut tree_inputs = Vec::new();
+    for p in &req.headers {
+        let has_debs = p.is_dir()
+            && fs::read_dir(p)
+                .map(|rd| rd.flatten().any(|e| e.path().extension().is_some_and(|x| x == "deb")))
+                .unwrap_or(false);
+        // A folder, or a link to one that resolves only under its own root
+        // (`<chroot>/lib/modules/<r>/build -> /usr/src/...`).
+        let is_tree = (p.is_dir() && !has_debs)
+            || (fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) && layout::build_tree(p).is_ok());
+        if is_tree {
+            tree_dirs.push(p.clone());
+            match tree_input(p) {
+                Ok(k) => tree_inputs.push(k),
+                Err(e) => {
+                    found.push(format!("{}: no .deb packages, and not a kernel header tree: {e}", p.display()));
+                    failed.push(*Unbuildable::input(p.display().to_string(), None, e));
+                }
+            }
+        } else {
+            deb_paths.push(p.clone());
+        }
+    }
+    let matrix = req.matrix.as_deref().map(|p| Matrix::load(p).and_then(|m| m.select(&req.select, p))).transpose()?;
+    // Pinned entries name their packages by digest; the others by name, in
+    // the package cache.
+    let (pinned, by_name): (Vec<&MatrixKernel>, Vec<&MatrixKernel>) =
+        matrix.iter().flat_map(|m| &m.kernels).partition(|k| !k.debs.is_empty());
+    if !by_name.is_empty() {
+        deb_paths.push(req.package_cache.clone());
+    }
+    let debs = packages::find_debs(&deb_paths)?;
+    let inspected: Vec<Result<PackageFacts, PackageError>> =
+        debs.par_iter().map(|p| packages::inspect(p, &facts_dir)).collect();
+    let mut facts = Vec::new();
+    for (path, r) in debs.iter().zip(inspected) {
+        match r {
+            Ok(f) => facts.push(f),
+            Err(e) => {
+                found.push(e.to_string());
+                let name =
+                    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "package".into());
+                failed.push(*Unbuildable::input(name, None, e));
+            }
+        }
+    }
+    // Entries by name select flavour packages by (name, Debian arch).
+    for k in &by_name {
+        if !facts.iter().any(|f| f.name == k.package && f.deb_arch == k.arch) {
+            let e = PlanError::NotInCache {
+                package: k.package.clone(),
+                arch: k.arch.clone(),
+                cache: req.package_cache.clone(),
+            };
+            found.push(e.to_string());
+            failed.push(*Unbuildable::input(k.label(), Arch::from_any(&k.arch), e));
+        }
+    }
+    let explicit: Vec<PathBuf> =
+        packages::find_debs(&req.headers.iter().filter(|p| !tree_dirs.contains(p)).cloned().collect::<Vec<_>>())?;
+    let wanted = |f: &PackageFacts| {
+        explicit.contains(&f.path) || by_name.iter().any(|k| k.package == f.name && k.arch == f.deb_arch)
+    };
+    let mut pairs: Vec<Result<DebKernel, Box<Unbuildable>>> = packages::pair(&facts)
+        .into_iter()
+        .filter(|r| {
+            wanted(match r {
+                Ok(d) => &d.flavour,
+                Err(e) => &e.flavour,
+            })
+        })
+        .map(|r| r.map_err(|e| Unbuildable::input(e.flavour.name.clone(), e.flavour.arch(), e)))
+        .collect();
+    let pinned_pairs: Vec<_> = pinned.par_iter().map(|k| pinned_pair(k, req, &facts_dir)).collect();
+    pairs.extend(pinned_pairs);
+    for r in &pairs {
+        if let Err(u) = r {
+            found.push(u.error.to_string());
+        }
+    }
+    // Decided before any unpacking: is there anything that can build? A
+    // pinned matrix kernel is a kernel even when its packages could not be
+    // had: that is its failed row (exit 1), not "nothing to build".
+    if !pairs.iter().any(|r| r.is_ok()) && tree_inputs.is_empty() && req.btf.is_empty() && pinned.is_empty() {
+        for f in facts.iter().filter(|f| !f.is_flavour()) {
+            found.push(format!(
+                "{} {} ({}): not a flavour headers package, and no flavour among the inputs needs it",
+                f.name, f.version, f.deb_arch
+            ));
+        }
+        if found.is_empty() {
+            found.push(format!(
+                "no .deb packages or header trees in {}",
+                deb_paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        return Err(BuildError::NothingToBuild { found });
+    }
+
+    // Each flavour package's tree says which kernel it is (unpacked once;
+    // cheap, and needed for the build anyway).
+    let deb_inputs: Vec<Result<KernelInput, Box<Unbuildable>>> = pairs
+        .into_par_iter()
+        .map(|r| {
+            let d = r?;
+            let label = d.flavour.name.as_str();
+            let arch = d.flavour.arch().ok_or_else(|| {
+                Unbuildable::input(
+                    label,
+                    None,
+                    PlanError::UnsupportedArch { package: label.to_owned(), deb_arch: d.flavour.deb_arch.clone() },
+                )
+            })?;
+            let fail = |e: PlanError| Unbuildable::input(label, Some(arch), e);
+            let tree = trees.get(&d.flavour).map_err(|e| fail(e.into()))?;
+            let tf = kernel::tree_facts(&tree.root).map_err(|e| fail(e.into()))?;
+            if let Some(expected) = matrix
+                .as_ref()
+                .and_then(|m| m.kernels.iter().find(|k| k.package == d.flavour.name))
+                .and_then(|k| k.release.clone())
+                && expected != tf.release
+            {
+                return Err(fail(PlanError::MatrixRelease { package: label.to_owned(), found: tf.release, expected }));
+            }
+            Ok(KernelInput { release: tf.release, arch, facts: tf.facts, source: Source::Deb(Box::new(d)) })
+        })
+        .collect();
+    let mut inputs = Vec::new();
+    for r in deb_inputs {
+        match r {
+            Ok(k) => inputs.push(k),
+            Err(u) => failed.push(*u),
+        }
+    }
+    inputs.extend(tree_inputs);
+    for b in &req.btf {
+        inputs.push(KernelInput {
+            release: b.release.clone(),
+            arch: b.arch,
+            facts: b.facts.clone(),
+            source: Source::Btf { file: b.file.clone() },
+        });
+    }
+    if let Some(shard) = cfg.shard {
+        inputs.retain(|k| shard.contains(&k.release));
+        failed.retain(|r| shard.contains(&r.kernel));
+    }
+    // One object per identity: a second input for the same (release, arch) is refused.
+    inputs.sort_by(|a, b| (&a.release, a.arch, a.group()).cmp(&(&b.release, b.arch, b.group())));
+    let mut seen: HashMap<(String, Arch), String> = HashMap::new();
+    inputs.retain(|k| match seen.get(&(k.release.clone(), k.arch)) {
+        Some(first) => {
+            failed.push(Unbuildable {
+                kernel: k.release.clone(),
+                arch: Some(k.arch),
+                release_known: false,
+                error: PlanError::Duplicate { first: first.clone(), second: describe(&k.source) },
+            });
+            false
+        }
+        None => {
+            seen.insert((k.release.clone(), k.arch), describe(&k.source));
+            true
+        }
+    });
+    // Spread kernels that share a -common package across the queue so
+    // workers do not wait on each other's unpack of it.
+    let mut rank: BTreeMap<String, usize> = BTreeMap::new();
+    let mut keyed: Vec<(usize, String, KernelInput)> = inputs
+        .into_iter()
+        .map(|k| {
+            let g = k.group();
+            let r = rank.entry(g.clone()).or_default();
+            *r += 1;
+            (*r, g, k)
+        })
+        .collect();
+    keyed.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    Ok((keyed.into_iter().map(|(_, _, k)| k).collect(), failed))
+}
+
+/// A pinned matrix kernel: its three packages from the digest store, paired
+/// by the same control-data rules as any other packages.
+fn pinned_pair(k: &MatrixKernel, req: &Request, facts_dir: &Path) -> Result<DebKernel, Box<Unbuildable>> {
+    let arch = Arch::from_any(&k.arch);
+    let fail = |e: PlanError| Unbuildable::input(k.label(), arch, e);
+    let mut facts = Vec::new();
+    for d in &k.debs {
+        let path = crate::fetch::store_path(&req.package_cache, &d.sha256);
+        if !path.is_file() {
+            let (name, version) = (d.name.clone(), d.version.clone());
+            return Err(fail(match req.unavailable.get(&d.sha256) {
+                Some(e) => PlanError::Unavailable { name, version, source: e.clone() },
+                None => PlanError::NotFetched { name, version, cache: req.package_cache.clone() },
+            }));
+        }
+        let f = packages::inspect(&path, facts_dir).map_err(|e| fail(e.into()))?;
+        if f.digest != d.sha256 {
+            return Err(fail(PlanError::NotPinned { path, found: f.digest, pinned: d.sha256.clone() }));
+        }
+        facts.push(f);
+    }
+    let found = packages::pair(&facts).into_iter().find(|r| match r {
+        Ok(d) => d.flavour.name == k.package,
+        Err(e) => e.flavour.name == k.package,
+    });
+    match found {
+        Some(Ok(d)) => Ok(d),
+        Some(Err(e)) => Err(fail(e.into())),
+        None => Err(fail(PlanError::NotAFlavour(k.package.clone()))),
+    }
+}
+
+fn describe(s: &Source) -> String {
+    match s {
+        Source::Deb(d) => d.flavour.path.display().to_string(),
+        Source::Tree { build, .. } => build.display().to_string(),
+        Source::Btf { file } => file.display().to_string(),
+    }
+}
+
+/// An unpacked header tree: `build` is the configured tree, paired with its
+/// kernel source tree as installed layouts do it (see `layout`).
+fn tree_input(given: &Path) -> Result<KernelInput, PlanError> {
+    let build = layout::build_tree(given)?;
+    let tf = kernel::tree_facts(&build)?;
+    let arch = tf.arch.ok_or_else(|| PlanError::NoArch(build.clone()))?;
+    let l = layout::resolve(given, &tf.release)?;
+    tracing::info!(
+        "{}: build tree {}, source tree {} ({})",
+        given.display(),
+        l.build.display(),
+        l.source.display(),
+        l.how
+    );
+    Ok(KernelInput {
+        release: tf.release,
+        arch,
+        facts: tf.facts,
+        source: Source::Tree { build: l.build, source: l.source },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_parsing_and_partition() {
+        assert!("0/2".parse::<Shard>().is_err());
+        assert!("3/2".parse::<Shard>().is_err());
+        assert!("x/2".parse::<Shard>().is_err());
+        let shards: Vec<Shard> = (1..=3).map(|i| format!("{i}/3").parse().unwrap()).collect();
+        let releases: Vec<String> = (40..80).map(|n| format!("6.1.0-{n}-amd64")).collect();
+        for r in &releases {
+            // Every release is in exactly one shard, whichever process asks.
+            assert_eq!(shards.iter().filter(|s| s.contains(r)).count(), 1, "{r}");
+        }
+        assert!(shards.iter().all(|s| releases.iter().any(|r| s.contains(r))), "a shard got nothing of 40");
+    }
+}
