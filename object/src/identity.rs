@@ -126,7 +126,7 @@ impl Identity {
         Ok(Self { kernel_release: kernel_release.to_owned(), arch, version: version.to_owned() })
     }
 
-    /// `tracee.bpf.<release>.<version>.o` per DESIGN.md.
+    /// `tracee.bpf.<release>.<version>.o` per docs/contracts.md.
     pub fn file_name(&self) -> String {
         object_file_name(&self.kernel_release, &self.version)
     }

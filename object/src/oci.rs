@@ -1,4 +1,4 @@
-//! The OCI form of an object (DESIGN.md "OCI mapping"): repository
+//! The OCI form of an object (docs/contracts.md, "OCI mapping"): repository
 //! `<namespace>/tracee-bpf`, one tag per (version, kernel release) pointing
 //! at an image index with one manifest per arch, each manifest holding the
 //! raw `.o` as its single layer. Builders of the exact JSON bytes live here

@@ -1,4 +1,4 @@
-//! Moving objects through any OCI registry, in the DESIGN.md format:
+//! Moving objects through any OCI registry, in the format of docs/contracts.md:
 //! publish (with `oci-client`) merges the per-arch index (read, merge,
 //! write: publishing one arch never drops another); fetch resolves the tag,
 //! picks this arch, checks the annotated release exactly and verifies the
