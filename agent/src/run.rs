@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use bpfarm_builder::program::OPTIONAL_PROGRAMS;
+use bpfarm_object::program::OPTIONAL_PROGRAMS;
 use libbpf_rs::MapCore;
 
 use crate::events::{self, Detail, Event, Record, WallClock};
@@ -106,21 +105,59 @@ fn capture(dir: &Path, e: &Event) -> Option<PathBuf> {
     Some(dest)
 }
 
+/// Why loading or streaming stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("loading eBPF needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN; this process lacks: {}", .0.join(", "))]
+    Capabilities(Vec<&'static str>),
+    #[error("opening {}: {source}", .object.display())]
+    Open {
+        object: PathBuf,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error("the kernel refused to load {}: {source}", .object.display())]
+    Load {
+        object: PathBuf,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error("no program attached: {}", .0.join("; "))]
+    NothingAttached(Vec<String>),
+    #[error("creating {}: {source}", .path.display())]
+    CaptureDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("installing the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the object has no events map")]
+    NoEventsMap,
+    #[error("{what}: {source}")]
+    RingBuffer {
+        what: &'static str,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+}
+
 /// Loads, attaches, streams until stopped; prints the summary on stderr.
-pub fn run(cfg: &RunConfig) -> anyhow::Result<()> {
+pub fn run(cfg: &RunConfig) -> Result<(), RunError> {
     let missing = missing_capabilities();
     if !missing.is_empty() {
-        bail!(
-            "loading eBPF needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN; this process lacks: {}",
-            missing.join(", ")
-        );
+        return Err(RunError::Capabilities(missing));
     }
-    bpfarm_builder::validate::route_libbpf_logs();
+    bpfarm_object::libbpf::route_logs();
     let open = libbpf_rs::ObjectBuilder::default()
         .name("tracee")
         .and_then(|b| b.open_memory(&cfg.bytes))
-        .with_context(|| format!("opening {}", cfg.object.display()))?;
-    let obj = open.load().with_context(|| format!("the kernel refused to load {}", cfg.object.display()))?;
+        .map_err(|source| RunError::Open { object: cfg.object.clone(), source })?;
+    let obj = open.load().map_err(|source| RunError::Load { object: cfg.object.clone(), source })?;
     let mut links = Vec::new();
     let mut skipped = Vec::new();
     for prog in obj.progs_mut() {
@@ -133,7 +170,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<()> {
         }
     }
     if links.is_empty() {
-        bail!("no program attached: {}", skipped.join("; "));
+        return Err(RunError::NothingAttached(skipped));
     }
     let names: Vec<&str> = links.iter().map(|(n, _)| n.as_str()).collect();
     // Tests and scripts wait for this line.
@@ -142,7 +179,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<()> {
         eprintln!("bpfarm-agent: skipped {s}");
     }
     if let Some(dir) = &cfg.capture_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| RunError::CaptureDir { path: dir.clone(), source })?;
         if !in_host_pid_namespace() {
             eprintln!(
                 "bpfarm-agent: warning: not in the host PID namespace; --capture exec cannot read host processes' executables"
@@ -151,9 +188,9 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<()> {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone()).context("installing the SIGINT handler")?;
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())
-        .context("installing the SIGTERM handler")?;
+    for (signal, number) in [("SIGINT", signal_hook::consts::SIGINT), ("SIGTERM", signal_hook::consts::SIGTERM)] {
+        signal_hook::flag::register(number, stop.clone()).map_err(|source| RunError::Signal { signal, source })?;
+    }
 
     let stdout = std::io::stdout();
     let mut out = std::io::LineWriter::new(stdout.lock());
@@ -169,7 +206,8 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<()> {
     let sink = std::cell::RefCell::new(out);
     // Re-sampled on every poll: a suspend or a clock step moves it.
     let clock = std::cell::Cell::new(WallClock::sample());
-    let events_map = obj.maps().find(|m| m.name() == "events").context("the object has no events map")?;
+    let events_map = obj.maps().find(|m| m.name() == "events").ok_or(RunError::NoEventsMap)?;
+    let rb_err = |what| move |source| RunError::RingBuffer { what, source };
     let mut rb = libbpf_rs::RingBufferBuilder::new();
     rb.add(&events_map, |data: &[u8]| {
         let Some(e) = events::decode(data) else { return 0 };
@@ -202,8 +240,9 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<()> {
             captured.borrow_mut().insert(p);
         }
         0
-    })?;
-    let rb = rb.build()?;
+    })
+    .map_err(rb_err("adding the events ring buffer"))?;
+    let rb = rb.build().map_err(rb_err("building the ring buffer"))?;
     let started = Instant::now();
     while !stop.load(Ordering::Relaxed) && cfg.duration.is_none_or(|d| started.elapsed() < d) {
         clock.set(WallClock::sample());
@@ -211,10 +250,10 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<()> {
             Ok(()) => {}
             // A signal interrupting the poll is how we are asked to stop.
             Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).context("polling the ring buffer"),
+            Err(e) => return Err(rb_err("polling the ring buffer")(e)),
         }
     }
-    rb.consume()?;
+    rb.consume().map_err(rb_err("draining the ring buffer"))?;
     drop(rb);
     let lost = lost_events(&obj);
     let counts = counts.into_inner();
@@ -240,7 +279,7 @@ fn lost_events(obj: &libbpf_rs::Object) -> u64 {
         .ok()
         .flatten()
         .map(|cpus| {
-            cpus.iter().filter_map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))).sum()
+            cpus.iter().filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes)).sum()
         })
         .unwrap_or(0)
 }

@@ -1,8 +1,7 @@
-//! Facts about a kernel read from its header tree or from the running
-//! system: release, `uname -v`, `.config` digest, arch.
+//! Facts about a kernel read from its header tree: release, `uname -v`,
+//! `.config` digest, arch (the running kernel's are
+//! `bpfarm_object::host::running_kernel`).
 
-use std::fs;
-use std::io::Read;
 use std::path::Path;
 
 use bpfarm_object::{Arch, Digest, KernelFacts};
@@ -85,29 +84,10 @@ pub fn tree_facts(build: &Path) -> Result<TreeFacts, TreeFactsError> {
     Ok(TreeFacts { release, arch, facts: KernelFacts { uname_version, config_digest } })
 }
 
-/// The running kernel: `uname -r`, `uname -v` and, where the kernel exposes
-/// it, the digest of its config (`/proc/config.gz` or `/boot/config-<r>`).
-pub fn running() -> std::io::Result<(String, KernelFacts)> {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease")?.trim().to_owned();
-    let uname_version = fs::read_to_string("/proc/sys/kernel/version").ok().map(|s| s.trim().to_owned());
-    let config_digest = fs::File::open("/proc/config.gz")
-        .ok()
-        .and_then(|f| {
-            let mut v = Vec::new();
-            flate2::read::GzDecoder::new(f).read_to_end(&mut v).ok()?;
-            Some(Digest::of_bytes(&v))
-        })
-        .or_else(|| {
-            fs::File::open(format!("/boot/config-{release}"))
-                .ok()
-                .and_then(|f| Digest::of_reader(f).ok())
-                .map(|(d, _)| d)
-        });
-    Ok((release, KernelFacts { uname_version, config_digest }))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]
@@ -142,12 +122,5 @@ mod tests {
         std::os::unix::fs::symlink("/dev/zero", d.path().join(".config")).unwrap();
         let e = tree_facts(d.path()).unwrap_err().to_string();
         assert!(e.contains(".config") && e.contains("/dev/zero"), "{e}");
-    }
-
-    #[test]
-    fn running_kernel_has_a_release() {
-        let (r, f) = running().unwrap();
-        assert!(!r.is_empty());
-        assert!(f.uname_version.is_some());
     }
 }

@@ -395,7 +395,7 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
         btf.push(BtfInput { file, release, arch, facts: Default::default() });
     }
     if a.running_kernel {
-        let (release, facts) = bpfarm_builder::kernel::running().context("reading the running kernel's release")?;
+        let (release, facts) = bpfarm_object::host::running_kernel().context("reading the running kernel's release")?;
         let arch = Arch::host().context("this machine's arch is not one bpfarm builds for")?;
         btf.push(BtfInput { file: "/sys/kernel/btf/vmlinux".into(), release, arch, facts });
     }

@@ -1,36 +1,19 @@
-//! The tracer program's sources (`bpf/`), embedded in the binary so that a
-//! builder or agent anywhere compiles exactly the program it was released
-//! with, or read from a folder while developing the program.
+//! The tracer program's sources as the builder compiles them: the ones
+//! embedded in `bpfarm_object::program` (so that a builder or agent
+//! anywhere compiles exactly the program it was released with), or read
+//! from a folder while developing the program; their digest, and their
+//! materialized folder for clang.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use bpfarm_object::Digest;
+use bpfarm_object::program::{self, EMBEDDED, VERSION_HEADER};
 use sha2::{Digest as _, Sha256};
 
-/// The file clang compiles; the others are headers it includes.
-pub const MAIN_SOURCE: &str = "tracer.bpf.c";
-
-/// The programs and maps every built object must contain (checked by
-/// `validate`), and which programs a loader may skip where the kernel lacks
-/// their attach type.
-pub const PROGRAMS: [&str; 7] = [
-    "bpfarm_exec",
-    "bpfarm_exit",
-    "bpfarm_fork",
-    "bpfarm_openat",
-    "bpfarm_openat2",
-    "bpfarm_connect",
-    "bpfarm_commit_creds",
-];
-pub const OPTIONAL_PROGRAMS: [&str; 1] = ["bpfarm_commit_creds"];
-pub const MAPS: [&str; 2] = ["events", "lost_events"];
-
-const EMBEDDED: [(&str, &str); 3] = [
-    ("tracer.bpf.c", include_str!("../../bpf/tracer.bpf.c")),
-    ("tracer.h", include_str!("../../bpf/tracer.h")),
-    ("bpfarm_helpers.h", include_str!("../../bpf/bpfarm_helpers.h")),
-];
+/// The expected programs and maps and the main source's name, where the
+/// builder's callers have always found them.
+pub use bpfarm_object::program::{MAIN_SOURCE, MAPS, OPTIONAL_PROGRAMS, PROGRAMS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramError {
@@ -97,14 +80,8 @@ impl ProgramSources {
 
     /// `TRACER_VERSION` from tracer.h: the program's own version.
     pub fn version(&self) -> Result<String, ProgramError> {
-        let (_, h) = self.files.iter().find(|(n, _)| n == "tracer.h").ok_or(ProgramError::NoVersion)?;
-        String::from_utf8_lossy(h)
-            .lines()
-            .find_map(|l| {
-                let rest = l.trim().strip_prefix("#define")?.trim_start().strip_prefix("TRACER_VERSION")?;
-                Some(rest.trim().strip_prefix('"')?.strip_suffix('"')?.to_owned())
-            })
-            .ok_or(ProgramError::NoVersion)
+        let (_, h) = self.files.iter().find(|(n, _)| n == VERSION_HEADER).ok_or(ProgramError::NoVersion)?;
+        program::version_in(&String::from_utf8_lossy(h)).map_err(|_| ProgramError::NoVersion)
     }
 
     /// Writes the sources into `<cache>/program/<digest>/` once and returns

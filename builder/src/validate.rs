@@ -20,18 +20,6 @@ pub struct Contents {
     pub maps: Vec<String>,
 }
 
-/// libbpf's own messages go to `tracing` (debug), not straight to stderr.
-pub fn route_libbpf_logs() {
-    fn print(level: libbpf_rs::PrintLevel, msg: String) {
-        let msg = msg.trim_end();
-        match level {
-            libbpf_rs::PrintLevel::Warn => tracing::debug!(target: "libbpf", "{msg}"),
-            _ => tracing::trace!(target: "libbpf", "{msg}"),
-        }
-    }
-    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, print)));
-}
-
 pub fn validate(object: &Path) -> Result<Contents, ValidateError> {
     let obj =
         libbpf_rs::ObjectBuilder::default().open_file(object).map_err(|e| ValidateError::Open(format!("{e:#}")))?;

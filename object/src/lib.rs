@@ -3,21 +3,28 @@
 //! travels with it (metadata). No I/O beyond hashing a reader, except
 //! behind features: `client` (the HTTP/TLS transport and the registry
 //! client), `oci` (OCI registries), `elf` (the identity embedded in an
-//! object). `sign`: how objects are signed and verified (key files are
-//! read there).
+//! object), `host` (the running kernel's facts), `libbpf` (libbpf's
+//! messages routed to tracing). `program`: the tracer program's embedded
+//! sources, version and expected programs and maps. `sign`: how objects
+//! are signed and verified (key files are read there).
 
 #[cfg(feature = "client")]
 pub mod client;
 pub mod digest;
 #[cfg(feature = "elf")]
 pub mod embed;
+#[cfg(feature = "host")]
+pub mod host;
 #[cfg(feature = "client")]
 pub mod http;
 pub mod identity;
+#[cfg(feature = "libbpf")]
+pub mod libbpf;
 pub mod metadata;
 pub mod oci;
 #[cfg(feature = "oci")]
 pub mod oci_client;
+pub mod program;
 pub mod sign;
 
 pub use digest::{Digest, DigestError, Sha256Writer};

@@ -581,3 +581,78 @@ fn kern_headers_at_lib_modules_build_finds_the_source_link_beside_it() {
     assert!(out.status.success(), "{}", show(&out));
     assert!(install.join(object_file_name("6.1.0-56-amd64", "v0.1.0")).is_file());
 }
+
+/// `cargo tree` of the agent's normal dependencies, with or without its
+/// default features.
+fn agent_dependencies(default_features: bool) -> Vec<String> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(bpfarm_tests::repo_root()).args([
+        "tree",
+        "--locked",
+        "--offline",
+        "-p",
+        "bpfarm-agent",
+        "-e",
+        "normal",
+        "--prefix",
+        "none",
+    ]);
+    if !default_features {
+        cmd.arg("--no-default-features");
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn an_agent_without_local_build_links_no_builder() {
+    let slim = agent_dependencies(false);
+    assert!(slim.iter().any(|c| c == "bpfarm-object"), "{slim:?}");
+    assert!(!slim.iter().any(|c| c == "bpfarm-builder"), "the slim agent depends on the builder: {slim:?}");
+    // The check can fail: the default agent does link the builder.
+    assert!(agent_dependencies(true).iter().any(|c| c == "bpfarm-builder"));
+}
+
+#[test]
+fn an_agent_without_local_build_refuses_to_build_and_fetches_with_never() {
+    let dir = tempfile::tempdir().unwrap();
+    let install = dir.path().join("install");
+    // Built by ci/test with --no-default-features (no local-build feature).
+    let slim = || {
+        let mut c = Command::new(bin("bpfarm-agent-slim"));
+        c.arg("--install-path").arg(&install).env_remove("TRACEE_BPF_FILE").env_remove("KERN_HEADERS");
+        c.env_remove("BPFARM_BUILD_POLICY").env_remove("BPFARM_REGISTRIES");
+        c
+    };
+    let refused = |out: &Output| {
+        assert_eq!(out.status.code(), Some(2), "{}", show(out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("built without") && err.contains("local-build"), "{}", show(out));
+        assert!(!install.exists(), "a refused command wrote {}", install.display());
+    };
+    refused(&slim().arg("build").output().unwrap());
+    for policy in ["if-needed", "always"] {
+        refused(&slim().args(["--build-policy", policy, "locate"]).output().unwrap());
+        refused(&slim().env("BPFARM_BUILD_POLICY", policy).arg("run").output().unwrap());
+    }
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "build_policy = \"if-needed\"\n").unwrap();
+    refused(&slim().arg("--config").arg(&config).arg("locate").output().unwrap());
+
+    // Without a policy it never builds: nothing local, no registry.
+    let out = slim().args(["locate", "--output", "json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("the build policy is never"), "{v:#}");
+
+    // `never` fetches, verifies and installs from a real registry.
+    let (reg, object) = registry_with_object(dir.path());
+    let out = slim().args(["--build-policy", "never", "--registry", &reg.url, "fetch"]).output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(std::fs::read(install.join(name())).unwrap(), std::fs::read(&object).unwrap());
+}

@@ -30,7 +30,12 @@ fn images() -> &'static Images {
     static IMAGES: OnceLock<Images> = OnceLock::new();
     IMAGES.get_or_init(|| {
         let started = Instant::now();
-        let out = Command::new(repo_root().join("ci/images")).args(["--profile", "debug"]).output().unwrap();
+        // The slim agent ci/test built without the local-build feature.
+        let slim = bpfarm_tests::bin("bpfarm-agent-slim");
+        let out = Command::new(repo_root().join("ci/images"))
+            .args(["--profile", "debug", "--slim-agent", slim.to_str().unwrap()])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "ci/images failed:\n{}", show(&out));
         let stdout = String::from_utf8_lossy(&out.stdout);
         let image = |target: &str| -> String {
@@ -466,6 +471,8 @@ fn ci_images_pushes_to_any_oci_registry_bpfarms_own_included() {
             "--push",
             &format!("{host}/acme"),
             "--tls-verify=false",
+            "--slim-agent",
+            bpfarm_tests::bin("bpfarm-agent-slim").to_str().unwrap(),
         ]);
         if let Some(c) = &creds {
             cmd.args(["--creds", c]);

@@ -158,7 +158,7 @@ pub fn run(cfg: &BuildConfig, req: &Request) -> Result<Report, BuildError> {
     } else {
         tracing::warn!("compiler sandbox: {sandbox}");
     }
-    crate::validate::route_libbpf_logs();
+    bpfarm_object::libbpf::route_logs();
     let trees = TreeCache::new(&cfg.cache_dir, cfg.limits).map_err(cache_err)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.jobs.max(1))

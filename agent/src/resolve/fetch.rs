@@ -1,0 +1,143 @@
+//! The registries, one attempt each within `--timeout`: an OCI registry
+//! (`oci://`), else a bpfarm registry through its `/v1` API, else any HTTP
+//! server with the static layout. Every fetcher hands back typed metadata
+//! and bytes already checked against the registry's digest and size; the
+//! caller verifies them like every other candidate.
+
+use std::fmt;
+
+use bpfarm_object::client::{ClientError, Lookup, RegistryClient};
+use bpfarm_object::http::{Transport, TransportError};
+use bpfarm_object::oci_client::{OciError, OciRegistry, OciTarget, credentials};
+use bpfarm_object::{Digest, ObjectMetadata, Origin};
+
+use super::ResolveConfig;
+
+/// What one registry had.
+#[derive(Debug)]
+pub enum Fetched {
+    /// Metadata and bytes (checked against the registry's digest and size),
+    /// and how they came.
+    Got { metadata: Box<ObjectMetadata>, bytes: Vec<u8>, via: Via },
+    /// `locate`: the registry has it (nothing was downloaded).
+    Available { digest: Digest, via: Via },
+}
+
+/// How an object came, for the trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// An OCI registry's repository, checked against its manifest.
+    Oci { repository: String },
+    /// A bpfarm registry's `/v1` API.
+    V1,
+    /// The static layout (`<version>/<arch>/<file>` and its `.sha256`).
+    StaticLayout,
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Via::Oci { repository } => write!(f, "fetched from {repository}, verified against its manifest"),
+            Via::V1 => f.write_str("fetched through its /v1 API, matching the registry's digest"),
+            Via::StaticLayout => f.write_str("fetched from its static layout, matching its .sha256"),
+        }
+    }
+}
+
+impl Fetched {
+    /// `locate`'s line for a registry that has the object.
+    pub fn would(digest: &Digest, via: &Via) -> String {
+        match via {
+            Via::StaticLayout => format!("static layout has it ({digest}); would fetch and install it"),
+            _ => format!("has it ({digest}); would fetch and install it"),
+        }
+    }
+}
+
+/// Why a registry gave nothing. The wording is the trail's.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("gave up: no complete answer within {0}s (--timeout); trying the next place")]
+    Timeout(f64),
+    #[error("refused: {0}")]
+    Oci(#[source] OciError),
+    #[error("no {file} for this kernel and arch in {repository}")]
+    NotInOci { file: String, repository: String },
+    #[error("unreachable: {0}")]
+    Unreachable(#[source] ClientError),
+    #[error("refused: {0}")]
+    Refused(#[source] ClientError),
+    #[error("no object ({0})")]
+    NotFound(String),
+    #[error("no /v1 API and no {0} in its static layout")]
+    NotInStatic(String),
+}
+
+impl From<ClientError> for FetchError {
+    fn from(e: ClientError) -> Self {
+        match &e {
+            ClientError::Transport(TransportError::Request { .. }) => FetchError::Unreachable(e),
+            _ => FetchError::Refused(e),
+        }
+    }
+}
+
+/// One registry attempt, as a whole within `--timeout`. `look_only`
+/// (`locate`) downloads no object.
+pub fn fetch_one(
+    transport: &Transport,
+    base: &str,
+    cfg: &ResolveConfig,
+    look_only: bool,
+) -> Result<Fetched, FetchError> {
+    let gave_up = || FetchError::Timeout(transport.config().timeout.as_secs_f64());
+    if base.starts_with("oci://") {
+        let target = OciTarget::parse(base).map_err(FetchError::Oci)?;
+        let auth = credentials(&target.registry, None, cfg.registry_token.as_deref());
+        let registry = OciRegistry::new(target, auth, transport).map_err(FetchError::Oci)?;
+        warn(registry.warning());
+        let repository = registry.target().repository();
+        let got = transport.within(registry.fetch(&cfg.identity)).ok_or_else(gave_up)?;
+        let via = Via::Oci { repository: repository.clone() };
+        return match got.map_err(FetchError::Oci)? {
+            Some((meta, _)) if look_only => Ok(Fetched::Available { digest: meta.digest, via }),
+            Some((meta, bytes)) => Ok(Fetched::Got { metadata: Box::new(meta), bytes, via }),
+            None => Err(FetchError::NotInOci { file: cfg.identity.file_name(), repository }),
+        };
+    }
+    let client = RegistryClient::new(base, cfg.registry_token.clone(), transport)?
+        .with_headers(cfg.registry_headers.clone())
+        .with_retries(3);
+    warn(client.warning());
+    transport.within(fetch_http(&client, cfg, look_only)).ok_or_else(gave_up)?
+}
+
+fn warn(w: Option<&str>) {
+    if let Some(w) = w {
+        eprintln!("bpfarm-agent: warning: {w}");
+    }
+}
+
+/// One bpfarm registry: the `/v1` API if it speaks it, else the static layout.
+async fn fetch_http(client: &RegistryClient, cfg: &ResolveConfig, look_only: bool) -> Result<Fetched, FetchError> {
+    let id = &cfg.identity;
+    match client.lookup_on(id, cfg.kernel.uname_version.as_deref()).await? {
+        Lookup::Found(meta) if look_only => Ok(Fetched::Available { digest: meta.digest, via: Via::V1 }),
+        Lookup::Found(meta) => {
+            let bytes = client.fetch_object(&meta).await?;
+            Ok(Fetched::Got { metadata: meta, bytes, via: Via::V1 })
+        }
+        Lookup::NotFound(msg) => Err(FetchError::NotFound(msg)),
+        Lookup::NoApi => match client.fetch_static(id).await? {
+            Some(obj) if look_only => Ok(Fetched::Available { digest: obj.digest, via: Via::StaticLayout }),
+            Some(obj) => {
+                let size = obj.bytes.len() as u64;
+                let metadata = obj
+                    .metadata
+                    .unwrap_or_else(|| ObjectMetadata::unattested(id.clone(), obj.digest, size, Origin::StaticLayout));
+                Ok(Fetched::Got { metadata: Box::new(metadata), bytes: obj.bytes, via: Via::StaticLayout })
+            }
+            None => Err(FetchError::NotInStatic(id.file_name())),
+        },
+    }
+}

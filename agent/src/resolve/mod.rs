@@ -1,0 +1,329 @@
+//! Finding the object for this kernel, in DESIGN.md's order:
+//! `TRACEE_BPF_FILE` → the agent's own folder → the install path → each
+//! registry → a local build (only if the policy allows). Every place looked
+//! at goes into the trail, with what was found or why not.
+//!
+//! What is loaded is exactly the bytes that were checked: every candidate
+//! is read once (through a checked folder, see `trust`), and its embedded
+//! identity must name this kernel release, arch and version. Fetched bytes
+//! must also match the registry's digest and size, and its metadata must be
+//! for this identity; the install name always comes from the identity,
+//! never from the wire. Installs are atomic (temp file + rename) under a
+//! lock on the install path. Under `--build-policy never` no code path here
+//! reaches the builder, so no compiler process can start; an agent built
+//! without the `local-build` feature has no such code path at all.
+//!
+//! By concern: `local` (the local places), `fetch` (the registries),
+//! `verify` (the one gate every candidate passes), `install`, `build` (the
+//! headers, and the builder's pipeline with `local-build`). This module
+//! holds the order and the trail.
+
+mod build;
+mod fetch;
+mod install;
+mod local;
+mod verify;
+
+use std::path::PathBuf;
+
+use bpfarm_object::http::{Transport, TransportConfig, TransportError};
+use bpfarm_object::{Arch, Digest, Identity, KernelFacts};
+
+#[cfg(feature = "local-build")]
+pub use build::{BuildError, Built};
+pub use build::{HeaderInput, NoHeaders};
+pub use fetch::{FetchError, Fetched, Via};
+pub use install::install;
+pub use local::Miss;
+pub use verify::{Rejected, Verified};
+
+/// `--build-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BuildPolicy {
+    /// Find or fetch; never run a compiler.
+    Never,
+    /// Find or fetch; else build locally.
+    IfNeeded,
+    /// Build locally even when an object exists.
+    Always,
+}
+
+/// What the caller wants from resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Find, fetch (and install) or build per the policy.
+    Run,
+    /// Look only: no downloads, no writes, no builds.
+    Locate,
+    /// Registries only, installing what is found.
+    FetchOnly,
+    /// Local build only.
+    BuildOnly,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResolveConfig {
+    pub identity: Identity,
+    pub kernel: KernelFacts,
+    /// `TRACEE_BPF_FILE`.
+    pub bpf_file: Option<PathBuf>,
+    /// The folder of the agent executable.
+    pub exe_dir: Option<PathBuf>,
+    pub install_path: PathBuf,
+    pub registries: Vec<String>,
+    pub registry_headers: Vec<(String, String)>,
+    pub registry_token: Option<String>,
+    pub policy: BuildPolicy,
+    /// `KERN_HEADERS`.
+    pub kern_headers: Option<PathBuf>,
+    /// Whether the target is the running kernel (its BTF may be used).
+    pub running_kernel: bool,
+    /// TLS roots, the plain-http rule, the per-registry deadline and the
+    /// object size limit.
+    pub transport: TransportConfig,
+    /// `--force-object`: load a `TRACEE_BPF_FILE` whose embedded identity
+    /// is missing or names another kernel (dangerous).
+    pub force_object: bool,
+}
+
+/// One place looked at.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Step {
+    pub place: String,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    BpfFile,
+    ExeDir,
+    InstallPath,
+    Registry,
+    LocalBuild,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Resolution {
+    /// The object to load (for `locate`: where it is or would be).
+    pub path: PathBuf,
+    pub source: Source,
+    /// `locate` only: what would happen (fetch from X, build with Y).
+    pub would: Option<String>,
+    /// The digest of the verified bytes, when there are bytes.
+    pub digest: Option<Digest>,
+    pub trail: Vec<Step>,
+    /// The verified bytes; `None` only when `locate` found nothing local.
+    #[serde(skip)]
+    pub object: Option<Verified>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("TRACEE_BPF_FILE={path} holds no usable {file_name}{}", trail_text(.trail))]
+    BpfFileEmpty { path: String, file_name: String, trail: Vec<Step> },
+    #[error("no object for kernel {release} ({arch}), version {version}, and the build policy is {policy}; tried:{}", trail_text(.trail))]
+    NotFound { release: String, arch: Arch, version: String, policy: &'static str, trail: Vec<Step> },
+    #[cfg(feature = "local-build")]
+    #[error("local build failed: {source}{}", trail_text(.trail))]
+    BuildFailed {
+        #[source]
+        source: Box<BuildError>,
+        trail: Vec<Step>,
+    },
+    #[error(
+        "this agent was built without local builds (the `local-build` feature): it has no compiler path; use --build-policy never, or an agent built with local builds"
+    )]
+    NoLocalBuild { trail: Vec<Step> },
+    #[error("setting up the registry client: {source}")]
+    Transport {
+        #[source]
+        source: TransportError,
+        trail: Vec<Step>,
+    },
+}
+
+impl ResolveError {
+    pub fn trail(&self) -> &[Step] {
+        match self {
+            ResolveError::BpfFileEmpty { trail, .. }
+            | ResolveError::NotFound { trail, .. }
+            | ResolveError::NoLocalBuild { trail, .. }
+            | ResolveError::Transport { trail, .. } => trail,
+            #[cfg(feature = "local-build")]
+            ResolveError::BuildFailed { trail, .. } => trail,
+        }
+    }
+}
+
+fn trail_text(trail: &[Step]) -> String {
+    trail.iter().map(|s| format!("\n  - {}: {}", s.place, s.outcome)).collect()
+}
+
+impl BuildPolicy {
+    /// As the flag spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BuildPolicy::Never => "never",
+            BuildPolicy::IfNeeded => "if-needed",
+            BuildPolicy::Always => "always",
+        }
+    }
+}
+
+/// The trail being written: every place looked at, with its outcome.
+#[derive(Debug, Default)]
+pub(crate) struct Trail(Vec<Step>);
+
+impl Trail {
+    pub(crate) fn step(&mut self, place: impl Into<String>, outcome: impl Into<String>) {
+        self.0.push(Step { place: place.into(), outcome: outcome.into() });
+    }
+}
+
+/// Resolves the object per the config and mode.
+pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveError> {
+    let id = &cfg.identity;
+    let name = id.file_name();
+    let mut trail = Trail::default();
+    let found = |path: PathBuf, source, v: Verified, trail: Trail| {
+        Ok(Resolution { path, source, would: None, digest: Some(v.digest.clone()), trail: trail.0, object: Some(v) })
+    };
+    let would = |source, would: String, trail: Trail| {
+        Ok(Resolution {
+            path: cfg.install_path.join(&name),
+            source,
+            would: Some(would),
+            digest: None,
+            trail: trail.0,
+            object: None,
+        })
+    };
+    let not_found = |trail: Trail| ResolveError::NotFound {
+        release: id.kernel_release.clone(),
+        arch: id.arch,
+        version: id.version.clone(),
+        policy: cfg.policy.name(),
+        trail: trail.0,
+    };
+
+    // 1-3. TRACEE_BPF_FILE, the agent's own folder, the install path.
+    if matches!(mode, Mode::Run | Mode::Locate) && cfg.policy != BuildPolicy::Always {
+        match local::search(cfg, &mut trail) {
+            local::Local::Found(f) => return found(f.path, f.source, f.verified, trail),
+            local::Local::BpfFileEmpty => {
+                let path = cfg.bpf_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
+                return Err(ResolveError::BpfFileEmpty { path, file_name: name.clone(), trail: trail.0 });
+            }
+            local::Local::Nothing => {}
+        }
+    }
+
+    // 4. Registries, in order, each within its own --timeout.
+    if matches!(mode, Mode::Run | Mode::Locate | Mode::FetchOnly) && cfg.policy != BuildPolicy::Always {
+        if cfg.registries.is_empty() {
+            trail.step("registries", "none configured (--registry)");
+        } else {
+            let transport = match Transport::new(cfg.transport.clone()) {
+                Ok(t) => t,
+                Err(source) => return Err(ResolveError::Transport { source, trail: trail.0 }),
+            };
+            for base in &cfg.registries {
+                let place = format!("registry {base}");
+                let (metadata, bytes, via) = match fetch::fetch_one(&transport, base, cfg, mode == Mode::Locate) {
+                    Ok(Fetched::Got { metadata, bytes, via }) => (metadata, bytes, via),
+                    Ok(Fetched::Available { digest, via }) => {
+                        let msg = Fetched::would(&digest, &via);
+                        trail.step(place, msg.clone());
+                        return would(Source::Registry, msg, trail);
+                    }
+                    Err(why) => {
+                        trail.step(place, why.to_string());
+                        continue;
+                    }
+                };
+                // Every fetched candidate is verified here before it is
+                // installed or loaded.
+                let (v, outcome) = match verify::verify(bytes, id, Some(&metadata), false) {
+                    Ok(ok) => ok,
+                    Err(why) => {
+                        trail.step(place, format!("{via}, but {why}"));
+                        continue;
+                    }
+                };
+                match install(&cfg.install_path, &v.bytes, &metadata) {
+                    Ok(path) => {
+                        trail.step(place, format!("{via}; {outcome}; installed"));
+                        return found(path, Source::Registry, v, trail);
+                    }
+                    // A refused install path must not stop a fleet host
+                    // (anyone can create /tmp/tracee first): `run` loads the
+                    // verified bytes from memory.
+                    Err(e) if mode == Mode::Run => {
+                        trail.step(place, format!("{via}; {outcome}; NOT installed ({e}): loading it from memory"));
+                        let path = PathBuf::from(format!("{base} ({name}, in memory)"));
+                        return found(path, Source::Registry, v, trail);
+                    }
+                    Err(e) => trail.step(place, format!("{via}; {outcome}; but installing failed: {e}")),
+                }
+            }
+        }
+    }
+
+    // 5. Local build.
+    let may_build = match mode {
+        Mode::BuildOnly => true,
+        Mode::Run | Mode::Locate => cfg.policy != BuildPolicy::Never,
+        Mode::FetchOnly => false,
+    };
+    if !may_build {
+        if mode != Mode::FetchOnly {
+            trail.step("local build", "not attempted: --build-policy never (no compiler is run)");
+        }
+        return Err(not_found(trail));
+    }
+    if !cfg!(feature = "local-build") {
+        trail.step("local build", "not possible: this agent was built without local builds");
+        return Err(ResolveError::NoLocalBuild { trail: trail.0 });
+    }
+    let input = match build::header_source(cfg) {
+        Ok((input, desc)) => {
+            trail.step("local build", format!("headers from {desc}"));
+            input
+        }
+        Err(why) => {
+            trail.step("local build", why.to_string());
+            return Err(not_found(trail));
+        }
+    };
+    if mode == Mode::Locate {
+        let w = trail.0.last().map(|s| format!("build locally with {}", s.outcome)).unwrap_or_default();
+        return would(Source::LocalBuild, w, trail);
+    }
+    build_and_install(cfg, input, trail)
+}
+
+#[cfg(feature = "local-build")]
+fn build_and_install(cfg: &ResolveConfig, input: HeaderInput, mut trail: Trail) -> Result<Resolution, ResolveError> {
+    match build::build_locally(cfg, input) {
+        Ok(built) => {
+            trail.step("local build", format!("built and installed {}", built.path.display()));
+            let digest = Some(built.verified.digest.clone());
+            Ok(Resolution {
+                path: built.path,
+                source: Source::LocalBuild,
+                would: None,
+                digest,
+                trail: trail.0,
+                object: Some(built.verified),
+            })
+        }
+        Err(source) => Err(ResolveError::BuildFailed { source: Box::new(source), trail: trail.0 }),
+    }
+}
+
+#[cfg(not(feature = "local-build"))]
+fn build_and_install(_: &ResolveConfig, _: HeaderInput, trail: Trail) -> Result<Resolution, ResolveError> {
+    Err(ResolveError::NoLocalBuild { trail: trail.0 })
+}
