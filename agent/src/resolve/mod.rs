@@ -1,4 +1,4 @@
-//! Finding the object for this kernel, in DESIGN.md's order:
+//! Finding the object for this kernel, in the order of docs/contracts.md:
 //! `TRACEE_BPF_FILE` → the agent's own folder → the install path → each
 //! registry → a local build (only if the policy allows). Every place looked
 //! at goes into the trail, with what was found or why not.
