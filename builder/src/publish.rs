@@ -43,12 +43,12 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    /// A registry that holds another object for the identity (409), or
-    /// takes only signed objects (403), refuses;
-    /// everything else is a failure.
+    /// A registry that holds another object for the identity refuses (409);
+    /// everything else is a failure (a 403, too: a read-only token, or a
+    /// registry that takes only objects signed by a key it trusts).
     fn outcome(&self) -> Outcome {
         match self {
-            PublishError::Registry(e) if matches!(e.status(), Some(409 | 403)) => Outcome::Refused,
+            PublishError::Registry(e) if e.status() == Some(409) => Outcome::Refused,
             _ => Outcome::Failed,
         }
     }
