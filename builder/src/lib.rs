@@ -19,6 +19,7 @@ pub mod packages;
 pub mod program;
 pub mod publish;
 pub mod sandbox;
+pub mod signing;
 pub mod treefs;
 pub mod trees;
 pub mod unpack;

@@ -4,12 +4,14 @@
 //! holds (same digest) are skipped; a registry that holds a different object
 //! for the identity refuses, and that is reported, not retried.
 
-use bpfarm_object::client::{ClientError, Published, RegistryClient};
+use bpfarm_object::client::{ClientError, Published, RegistryClient, SignedUpload};
 use bpfarm_object::oci_client::{OciError, OciRegistry};
-use bpfarm_object::{Digest, ObjectMetadata};
+use bpfarm_object::sign::{SignError, SignedObject, Subject, attestation_artifact, signature_artifact};
+use bpfarm_object::{Digest, ObjectMetadata, oci};
 use serde::Serialize;
 
 use crate::build::{Output, Report};
+use crate::signing::{Signatures, Signer};
 
 /// Where `--publish` sends objects: a bpfarm registry's `/v1` API, or any
 /// OCI registry (`oci://HOST/NAMESPACE`).
@@ -34,11 +36,16 @@ pub enum PublishError {
     Registry(#[from] ClientError),
     #[error(transparent)]
     Oci(#[from] OciError),
+    #[error("signing the OCI manifest: {0}")]
+    Sign(#[from] SignError),
+    #[error("{path} has no signature: signing it failed, so it is not published")]
+    Unsigned { path: std::path::PathBuf },
 }
 
 impl PublishError {
     /// A registry that holds another object for the identity refuses (409);
-    /// everything else is a failure.
+    /// everything else is a failure (a 403, too: a read-only token, or a
+    /// registry that takes only objects signed by a key it trusts).
     fn outcome(&self) -> Outcome {
         match self {
             PublishError::Registry(e) if e.status() == Some(409) => Outcome::Refused,
@@ -53,6 +60,40 @@ impl Destination {
             Destination::Registry(c) => c.publish(meta, bytes, false)?,
             Destination::Oci(r) => r.publish(meta, bytes)?,
         })
+    }
+
+    /// Publishes a signed object: to `/v1` with its `.sig`, `.intoto.jsonl`
+    /// and the signature of its OCI manifest (the registry writes the
+    /// `.sig`/`.att` tags of its `/v2` face); to an OCI registry, the
+    /// `sha256-<hex>.sig` and `.att` tags of its manifest, then the object.
+    fn publish_signed(
+        &self,
+        meta: &ObjectMetadata,
+        bytes: &[u8],
+        signer: &Signer,
+        signed: &SignedObject,
+    ) -> Result<Published, PublishError> {
+        match self {
+            Destination::Registry(c) => {
+                let upload = SignedUpload {
+                    signature: signed.signature.as_bytes().to_vec(),
+                    attestation: signed.provenance.to_jsonl(),
+                    manifest_signature: signer.sign_manifest(meta, &c.docker_reference())?,
+                };
+                Ok(c.publish_signed(meta, bytes, false, &upload)?)
+            }
+            Destination::Oci(r) => {
+                // The signatures first: a registry that takes only signed
+                // objects (bpfarm's `--trusted-key`) looks for the `.sig`
+                // tag when the manifest arrives; others accept a referrer
+                // before its subject.
+                let subject = Subject::manifest(&oci::manifest(meta));
+                let signature = signer.sign_manifest(meta, &r.docker_reference())?;
+                r.push_artifact(&signature_artifact(&subject, std::slice::from_ref(&signature)))?;
+                r.push_artifact(&attestation_artifact(&subject, &signed.provenance))?;
+                Ok(r.publish(meta, bytes)?)
+            }
+        }
     }
 }
 
@@ -103,22 +144,45 @@ impl PublishSummary {
     }
 }
 
-/// The object's bytes, which must still be the ones its metadata names.
-fn publish_one(dest: &Destination, out: &Output) -> Result<Published, PublishError> {
+/// The object's bytes, which must still be the ones its metadata names;
+/// with `signing`, the object goes with its signatures, and an object that
+/// has none (its signing failed) is not sent.
+fn publish_one_signed(
+    dest: &Destination,
+    out: &Output,
+    signing: Option<(&Signer, &Signatures)>,
+) -> Result<Published, PublishError> {
     let bytes = std::fs::read(&out.path).map_err(|source| PublishError::Read { path: out.path.clone(), source })?;
     let found = Digest::of_bytes(&bytes);
     if found != out.metadata.digest {
         return Err(PublishError::Changed { path: out.path.clone(), found, expected: out.metadata.digest.clone() });
     }
-    dest.publish(&out.metadata, &bytes)
+    match signing {
+        None => dest.publish(&out.metadata, &bytes),
+        Some((signer, sigs)) => {
+            let signed = sigs.get(out).ok_or_else(|| PublishError::Unsigned { path: out.path.clone() })?;
+            dest.publish_signed(&out.metadata, &bytes, signer, signed)
+        }
+    }
 }
 
 /// Publishes every object the build produced (built or from the cache).
 pub fn publish(report: &Report, dest: &Destination, registry: &str) -> PublishSummary {
+    publish_signed(report, dest, registry, None)
+}
+
+/// As `publish`; with `signing` (`--sign-key`), each object with its
+/// signatures.
+pub fn publish_signed(
+    report: &Report,
+    dest: &Destination,
+    registry: &str,
+    signing: Option<(&Signer, &Signatures)>,
+) -> PublishSummary {
     let mut summary = PublishSummary { registry: registry.to_owned(), ..Default::default() };
     for k in &report.kernels {
         let Some(out) = k.output() else { continue };
-        let (outcome, message) = match publish_one(dest, out) {
+        let (outcome, message) = match publish_one_signed(dest, out, signing) {
             Ok(Published::Published) => (Outcome::Published, None),
             Ok(Published::Skipped) => (Outcome::Skipped, None),
             Err(e) => (e.outcome(), Some(e.to_string())),
@@ -175,7 +239,7 @@ mod tests {
             path: path.clone(),
             metadata: ObjectMetadata::unattested(id.clone(), Digest::of_bytes(b"other"), 5, Origin::StaticLayout),
         };
-        let e = publish_one(&dest, &changed).unwrap_err();
+        let e = publish_one_signed(&dest, &changed, None).unwrap_err();
         assert!(matches!(e, PublishError::Changed { .. }), "{e}");
         assert_eq!(e.outcome(), Outcome::Failed);
 
@@ -184,7 +248,7 @@ mod tests {
             metadata: ObjectMetadata::unattested(id, Digest::of_bytes(b"object"), 6, Origin::StaticLayout),
         };
         // No .json beside the object, and the only failure is the registry's.
-        let e = publish_one(&dest, &good).unwrap_err();
+        let e = publish_one_signed(&dest, &good, None).unwrap_err();
         assert!(matches!(e, PublishError::Registry(_)), "{e}");
     }
 }

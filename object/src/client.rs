@@ -386,6 +386,97 @@ impl RegistryClient {
     }
 }
 
+/// What a signing builder sends beside an object (see `sign::attached`).
+#[derive(Debug, Clone)]
+pub struct SignedUpload {
+    /// `<file>.sig`.
+    pub signature: Vec<u8>,
+    /// `<file>.intoto.jsonl`.
+    pub attestation: Vec<u8>,
+    /// The cosign signature of the object's OCI manifest.
+    pub manifest_signature: crate::sign::ManifestSignature,
+}
+
+impl RegistryClient {
+    /// `HOST[:PORT]/tracee-bpf` of this registry: the `docker-reference` a
+    /// builder writes into the simple-signing payload it sends (verifiers,
+    /// cosign's and bpfarm's, check the manifest digest, not this name).
+    pub fn docker_reference(&self) -> String {
+        let authority = self.base.split_once("://").map_or(self.base.as_str(), |(_, rest)| rest);
+        let authority = authority.split('/').next().unwrap_or(authority);
+        format!("{authority}/{}", crate::oci::REPOSITORY)
+    }
+
+    /// Publishes an object with its signature, provenance and manifest
+    /// signature: the two small files as blobs first, then the metadata
+    /// naming them, then the object's bytes if the registry lacks them.
+    /// Skipped only when the registry already holds these bytes with this
+    /// signature and provenance; the same object with new signatures is
+    /// sent again (the registry attaches them to it).
+    pub fn publish_signed(
+        &self,
+        meta: &ObjectMetadata,
+        bytes: &[u8],
+        replace: bool,
+        signed: &SignedUpload,
+    ) -> Result<Published, ClientError> {
+        use crate::sign::{Attached, BlobRef, WireManifestSignature};
+        let attached = Attached {
+            signature: Some(BlobRef::of(&signed.signature)),
+            attestation: Some(BlobRef::of(&signed.attestation)),
+            manifest_signature: Some(WireManifestSignature::from(&signed.manifest_signature)),
+        };
+        self.blocking(async {
+            let id = &meta.identity;
+            let url = self.url(&format!(
+                "/v1/objects/{}/{}/{}",
+                encode(id.arch.uname()),
+                encode(&id.version),
+                encode(&id.kernel_release)
+            ));
+            let r = self.get(&url, MAX_METADATA).await?;
+            if r.status == 200 {
+                let held: Option<(ObjectMetadata, Attached)> =
+                    serde_json::from_slice(&r.body).ok().zip(serde_json::from_slice(&r.body).ok());
+                if let Some((m, a)) = held
+                    && m.digest == meta.digest
+                    && a.signature == attached.signature
+                    && a.attestation == attached.attestation
+                {
+                    return Ok(Published::Skipped);
+                }
+            }
+            for data in [&signed.signature, &signed.attestation] {
+                let blob_url = self.url(&format!("/v1/blobs/{}", Digest::of_bytes(data)));
+                self.send(reqwest::Method::PUT, &blob_url, "application/octet-stream", data.clone()).await?;
+            }
+            let obj_url = self.url(if replace { "/v1/objects?replace=true" } else { "/v1/objects" });
+            let invalid = |e: serde_json::Error| ClientError::Invalid {
+                url: obj_url.clone(),
+                message: format!("serializing the metadata: {e}"),
+            };
+            let mut body = serde_json::to_value(meta).map_err(invalid)?;
+            if let (Some(fields), serde_json::Value::Object(extra)) =
+                (body.as_object_mut(), serde_json::to_value(&attached).map_err(invalid)?)
+            {
+                fields.extend(extra);
+            }
+            let body = body.to_string().into_bytes();
+            let post = || self.send(reqwest::Method::POST, &obj_url, "application/json", body.clone());
+            let status = match post().await {
+                Ok(status) => status,
+                Err(ClientError::BlobUnknown { .. }) => {
+                    let blob_url = self.url(&format!("/v1/blobs/{}", meta.digest));
+                    self.send(reqwest::Method::PUT, &blob_url, "application/octet-stream", bytes.to_vec()).await?;
+                    post().await?
+                }
+                Err(e) => return Err(e),
+            };
+            Ok(if status == 201 { Published::Published } else { Published::Skipped })
+        })
+    }
+}
+
 /// The body must have `size` bytes (when known) and hash to `digest`.
 fn verify(url: &str, r: &Response, digest: &Digest, size: Option<u64>, whose: &str) -> Result<(), ClientError> {
     if let Some(size) = size

@@ -336,6 +336,9 @@ pub async fn put_manifest(
     check_references(s, &mut tx, repo, &doc).await?;
     if let Some(meta) = &artifact {
         publish::check_current(&mut tx, meta, publish::Replace::No).await?;
+        if let Some(keys) = &s.settings.trusted_keys {
+            crate::signatures::check_v2(&mut tx, &s.blobs, repo, &digest, keys).await?;
+        }
     }
     if repo == canonical
         && let Some(tag) = tag

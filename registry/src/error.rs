@@ -77,6 +77,24 @@ pub enum Error {
     )]
     Conflict { identity: Identity, existing: String },
 
+    // The signing rules (`signatures`).
+    #[error("{0}")]
+    Unsigned(String),
+    #[error("the {what} is malformed: {source}")]
+    SignatureForm {
+        what: &'static str,
+        #[source]
+        source: bpfarm_object::sign::VerifyError,
+    },
+    #[error("the {what} is refused: {source}")]
+    SignatureRefused {
+        what: &'static str,
+        #[source]
+        source: bpfarm_object::sign::VerifyError,
+    },
+    #[error("no blob {digest} is stored for the {what}: upload it to /v1/blobs first")]
+    SignatureBlobMissing { what: &'static str, digest: Digest },
+
     // The OCI rules.
     #[error(transparent)]
     Manifest(#[from] Invalid),

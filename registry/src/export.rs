@@ -1,5 +1,6 @@
 //! Exporting the static layout as a folder tree — `<version>/<arch>/<file
-//! name>` with `.sha256` and `.json` (metadata) beside each object — for any
+//! name>` with `.sha256` and `.json` (metadata) beside each object, and its
+//! `.sig` and `.intoto.jsonl` when it is signed — for any
 //! plain HTTP server or CDN, or a subset of it for an air-gapped mirror.
 //!
 //! Files are staged in a private folder made for this run inside the output
@@ -11,6 +12,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use bpfarm_object::sign::{Attached, PROVENANCE_SUFFIX, SIGNATURE_SUFFIX};
 use bpfarm_object::{Digest, ObjectMetadata};
 
 use crate::blobs::BlobStore;
@@ -49,7 +51,10 @@ pub async fn export(repo: &Repo, blobs: &BlobStore, out: &Path, filter: &ExportF
             {
                 continue;
             }
-            let job = Job { out: out.to_owned(), staging: staging.path().to_owned(), blobs: blobs.clone(), meta };
+            let signed =
+                repo.signatures(row.id).await?.map(|r| crate::signatures::attached_view(&r)).unwrap_or_default();
+            let job =
+                Job { out: out.to_owned(), staging: staging.path().to_owned(), blobs: blobs.clone(), meta, signed };
             tokio::task::spawn_blocking(move || job.run()).await??;
             count += 1;
         }
@@ -64,6 +69,8 @@ struct Job {
     staging: PathBuf,
     blobs: BlobStore,
     meta: ObjectMetadata,
+    /// Its `.sig` and `.intoto.jsonl`, when signed.
+    signed: Attached,
 }
 
 impl Job {
@@ -80,6 +87,27 @@ impl Job {
         let json = serde_json::to_vec_pretty(meta)
             .map_err(|source| Error::Serialize { file: meta.file_name.clone(), source })?;
         self.place(&dir.join(format!("{}.json", meta.file_name)), |f| f.write_all(&json))?;
+        // The signature and provenance beside the object, as the builder's
+        // --out has them; an unsigned object (a replaced one, say) leaves
+        // none of an earlier export's behind.
+        for (suffix, blob) in
+            [(SIGNATURE_SUFFIX, &self.signed.signature), (PROVENANCE_SUFFIX, &self.signed.attestation)]
+        {
+            let dest = dir.join(format!("{}{suffix}", meta.file_name));
+            match blob {
+                Some(b) if holds(&dest, &b.digest) => {}
+                Some(b) => {
+                    let mut src = self.blobs.open_now(&b.digest)?;
+                    self.place(&dest, |f| std::io::copy(&mut src, f).map(drop))?;
+                }
+                None => match std::fs::remove_file(&dest) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::Io { path: dest, source: e });
+                    }
+                    _ => {}
+                },
+            }
+        }
         Ok(())
     }
 

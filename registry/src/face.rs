@@ -104,6 +104,10 @@ impl IntoResponse for V1 {
                 (S::BAD_REQUEST, "SIZE_INVALID")
             }
             Error::Conflict { .. } => (S::CONFLICT, "CONFLICT"),
+            Error::Unsigned(_) => (S::FORBIDDEN, "SIGNATURE_REQUIRED"),
+            Error::SignatureRefused { .. } => (S::FORBIDDEN, "SIGNATURE_INVALID"),
+            Error::SignatureForm { .. } => (S::BAD_REQUEST, "SIGNATURE_MALFORMED"),
+            Error::SignatureBlobMissing { .. } => (S::BAD_REQUEST, "SIGNATURE_BLOB_UNKNOWN"),
             Error::HeldByV1 { .. } => (S::CONFLICT, "DENIED"),
             Error::Ambiguous(_) => (S::CONFLICT, "AMBIGUOUS"),
             Error::BlobMissing(_) | Error::NotInRepo { .. } => (S::NOT_FOUND, "BLOB_UNKNOWN"),
@@ -156,6 +160,9 @@ impl IntoResponse for V2 {
                 (S::BAD_REQUEST, "SIZE_INVALID")
             }
             Error::Conflict { .. } => (S::CONFLICT, "MANIFEST_INVALID"),
+            Error::Unsigned(_) | Error::SignatureRefused { .. } => (S::FORBIDDEN, "DENIED"),
+            Error::SignatureForm { .. } => (S::BAD_REQUEST, "MANIFEST_INVALID"),
+            Error::SignatureBlobMissing { .. } => (S::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
             Error::HeldByV1 { .. } => (S::CONFLICT, "DENIED"),
             Error::Ambiguous(_) => (S::CONFLICT, "UNSUPPORTED"),
             Error::BlobMissing(_) | Error::NotInRepo { .. } => (S::NOT_FOUND, "BLOB_UNKNOWN"),

@@ -17,9 +17,8 @@ use bpfarm_object::Digest;
 
 use crate::blobs::BlobStore;
 use crate::error::{Error, Result};
-use crate::faces;
-use crate::publish;
 use crate::repo::Repo;
+use crate::{faces, publish, signatures};
 
 /// Why a row's bytes are not what it records.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +106,28 @@ pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) 
             report.problems.push(format!("{}: still disagrees after repair: {}", faces::describe(&bad.row), bad.why));
         }
     }
+    // 2b. Every signed current object has its cosign `.sig`/`.att` tags
+    //     (repair rewrites them from the signatures its row records).
+    for row in repo.current_objects().await? {
+        let Some(sigs) = repo.signatures(row.id).await? else { continue };
+        let meta = row.metadata()?;
+        let missing = signatures::missing_forms(repo, blobs, oci_repo, &meta, &sigs).await?;
+        if missing.is_empty() {
+            continue;
+        }
+        let what = format!("{}: its signatures' OCI form: {}", faces::describe(&row), missing.join("; "));
+        if !repair {
+            report.problems.push(what);
+            continue;
+        }
+        publish::heal(repo, blobs, oci_repo, &row).await?;
+        let still = signatures::missing_forms(repo, blobs, oci_repo, &meta, &sigs).await?;
+        if still.is_empty() {
+            report.fixed.push(format!("{what}: rewrote them"));
+        } else {
+            report.problems.push(format!("{what}: still missing after repair: {}", still.join("; ")));
+        }
+    }
     // 3. Every row names stored bytes of the size it records. After a repair
     //    the store holds only verified bytes, including any just rewritten.
     let stored_size =
@@ -129,6 +150,29 @@ pub async fn fsck(repo: &Repo, blobs: &BlobStore, oci_repo: &str, repair: bool) 
                 "{kind} {}: {why} (upload its bytes again: PUT /v1/blobs/{})",
                 faces::describe(&row),
                 row.digest
+            ));
+        }
+    }
+    for sigs in repo.all_signatures().await? {
+        let parts = [
+            ("signature", Some(sigs.signature_digest.as_str()), Some(sigs.signature_size)),
+            ("attestation", sigs.attestation_digest.as_deref(), sigs.attestation_size),
+        ];
+        for (what, digest, size) in parts {
+            let (Some(d), Some(size)) = (digest, size) else { continue };
+            if let Some(why) = unbacked(d, size) {
+                report.problems.push(format!(
+                    "the {what} of object row {}: {why} (upload it again: PUT /v1/blobs/{d})",
+                    sigs.object_id
+                ));
+            }
+        }
+        if let Some(d) = &sigs.payload_digest
+            && d.parse::<Digest>().ok().and_then(|d| stored_size(&d)).is_none()
+        {
+            report.problems.push(format!(
+                "the manifest signature payload of object row {}: blob {d} is not stored (publish the object again with its signatures)",
+                sigs.object_id
             ));
         }
     }

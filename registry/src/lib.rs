@@ -39,6 +39,7 @@ pub mod publish;
 pub mod repo;
 pub mod routes;
 pub mod server;
+pub mod signatures;
 pub mod state;
 pub mod tls;
 pub mod tokens;

@@ -118,9 +118,17 @@ struct ServeArgs {
     /// keep it private. Without it, /metrics is on --listen and obeys --require-read-token.
     #[arg(long, value_name = "ADDR", env = "BPFARM_REGISTRY_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Refuse publishes (through /v1 and /v2) of objects not signed by one of
+    /// these ECDSA P-256 public keys (PEM, e.g. cosign.pub); repeat for key
+    /// rotation. Through /v1 the object's .sig must verify (and its
+    /// provenance and manifest signature, when sent); through /v2 a bpfarm
+    /// artifact's cosign signature must already be under its
+    /// sha256-<hex>.sig tag. Keys are checked at start.
+    #[arg(long = "trusted-key", value_name = "FILE", env = "BPFARM_REGISTRY_TRUSTED_KEYS", value_delimiter = ',')]
+    trusted_keys: Vec<PathBuf>,
     /// A TOML file with any of: listen, data, require_read_token, max_object_bytes,
     /// max_blob_bytes, oci_namespace, upload_ttl, max_connections, header_timeout,
-    /// idle_timeout, shutdown_timeout, tls_cert, tls_key, metrics_listen.
+    /// idle_timeout, shutdown_timeout, tls_cert, tls_key, metrics_listen, trusted_keys.
     #[arg(long, value_name = "FILE", env = "BPFARM_REGISTRY_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -156,6 +164,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     metrics_listen: Option<String>,
+    trusted_keys: Option<Vec<PathBuf>>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -191,6 +200,16 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         oci_namespace: a.oci_namespace.or(file.oci_namespace).unwrap_or_else(|| defaults.oci_namespace.clone()),
         upload_ttl: a.upload_ttl.or(file.upload_ttl).map(Duration::from_secs).unwrap_or(defaults.upload_ttl),
         metrics_on_api: metrics_listen.is_none(),
+        trusted_keys: {
+            let paths = if a.trusted_keys.is_empty() { file.trusted_keys.unwrap_or_default() } else { a.trusted_keys };
+            if paths.is_empty() {
+                None
+            } else {
+                let keys = bpfarm_object::sign::TrustedKeys::load(&paths).context("--trusted-key")?;
+                tracing::info!("publishes must be signed by one of: {}", keys.ids());
+                Some(keys)
+            }
+        },
     };
     let repo = bpfarm_registry::faces::canonical_repo(&settings.oci_namespace);
     anyhow::ensure!(

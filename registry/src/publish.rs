@@ -13,12 +13,13 @@
 //!
 //! Errors are `error::Error`; nothing here knows which face asked.
 
+use bpfarm_object::sign::{Attached, TrustedKeys};
 use bpfarm_object::{Identity, ObjectMetadata};
 
 use crate::blobs::BlobStore;
 use crate::error::{Error, Result};
-use crate::faces;
 use crate::repo::{ObjectCheckRow, Repo, WriteTx};
+use crate::{faces, signatures};
 
 /// What a publish did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,9 @@ pub enum Outcome {
     /// The identity already had exactly this object.
     Unchanged,
     Replaced,
+    /// The identity already had exactly this object; the signatures sent
+    /// with it are new and now attached to it.
+    Signed,
 }
 
 impl Outcome {
@@ -35,6 +39,7 @@ impl Outcome {
             Outcome::Published => "published",
             Outcome::Unchanged => "unchanged",
             Outcome::Replaced => "replaced",
+            Outcome::Signed => "signed",
         }
     }
 }
@@ -92,6 +97,23 @@ pub async fn make_current(
     meta: &ObjectMetadata,
     replace: Replace,
 ) -> Result<Current> {
+    make_current_signed(tx, blobs, oci_repo, meta, replace, None).await
+}
+
+/// As `make_current`, attaching `signed` (checked by `signatures::check`)
+/// to the object row. The signatures belong to the row: a replaced
+/// object's stay in its history, a new object has only what came with it,
+/// and an unchanged object keeps what it had unless new ones came. The
+/// cosign `.sig`/`.att` tags of the object's manifest are (re)written from
+/// the row in the same transaction as its OCI form.
+pub async fn make_current_signed(
+    tx: &mut WriteTx,
+    blobs: &BlobStore,
+    oci_repo: &str,
+    meta: &ObjectMetadata,
+    replace: Replace,
+    signed: Option<&signatures::Checked>,
+) -> Result<Current> {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let outcome = match tx.current(&meta.identity).await? {
         None => {
@@ -110,7 +132,22 @@ pub async fn make_current(
         }
         Some(row) => return Err(Error::Conflict { identity: meta.identity.clone(), existing: row.digest }),
     };
+    let mut outcome = outcome;
+    let row = tx
+        .current(&meta.identity)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("{} vanished while it was published", meta.file_name)))?;
+    if let Some(signed) = signed {
+        let before = tx.signatures(row.id).await?;
+        signatures::store(tx, blobs, row.id, signed).await?;
+        if outcome == Outcome::Unchanged && tx.signatures(row.id).await? != before {
+            outcome = Outcome::Signed;
+        }
+    }
     let tag = faces::write_oci_form(tx, blobs, oci_repo, meta).await?;
+    if let Some(sigs) = tx.signatures(row.id).await? {
+        signatures::write_oci_forms(tx, blobs, oci_repo, meta, &sigs).await?;
+    }
     Ok(Current { outcome, tag })
 }
 
@@ -123,9 +160,26 @@ pub async fn publish(
     meta: &ObjectMetadata,
     replace: Replace,
 ) -> Result<Outcome> {
+    publish_signed(repo, blobs, oci_repo, meta, replace, &Attached::default(), None).await
+}
+
+/// As `publish`, with what the publisher `attached` (signature,
+/// provenance, manifest signature), held to the object and, with `keys`
+/// (`--trusted-key`), verified; nothing is written unless all of it
+/// passes.
+pub async fn publish_signed(
+    repo: &Repo,
+    blobs: &BlobStore,
+    oci_repo: &str,
+    meta: &ObjectMetadata,
+    replace: Replace,
+    attached: &Attached,
+    keys: Option<&TrustedKeys>,
+) -> Result<Outcome> {
     check(blobs, meta).await?;
+    let checked = signatures::check(blobs, meta, attached, keys).await?;
     let mut tx = repo.begin_write().await?;
-    let made = make_current(&mut tx, blobs, oci_repo, meta, replace).await?;
+    let made = make_current_signed(&mut tx, blobs, oci_repo, meta, replace, checked.as_ref()).await?;
     tx.commit().await?;
     Ok(made.outcome)
 }

@@ -641,3 +641,71 @@ impl Repo {
             .await
     }
 }
+
+/// What a publisher signed for one object row (migration 0005): the
+/// `.sig` blob, the `.intoto.jsonl` blob, and the manifest signature (its
+/// payload a blob, the signature text here).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SignatureRow {
+    pub object_id: i64,
+    pub signature_digest: String,
+    pub signature_size: i64,
+    pub attestation_digest: Option<String>,
+    pub attestation_size: Option<i64>,
+    pub payload_digest: Option<String>,
+    pub manifest_signature: Option<String>,
+}
+
+impl SignatureRow {
+    /// Every blob the row names.
+    pub fn blobs(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.signature_digest.as_str())
+            .chain(self.attestation_digest.as_deref())
+            .chain(self.payload_digest.as_deref())
+    }
+}
+
+macro_rules! signature_columns {
+    () => {
+        "object_id, signature_digest, signature_size, attestation_digest, attestation_size, payload_digest, manifest_signature"
+    };
+}
+const SET_SIGNATURES: &str =
+    concat!("INSERT OR REPLACE INTO object_signatures (", signature_columns!(), ") VALUES (?, ?, ?, ?, ?, ?, ?)");
+const SIGNATURES_OF: &str = concat!("SELECT ", signature_columns!(), " FROM object_signatures WHERE object_id = ?");
+const ALL_SIGNATURES: &str = concat!("SELECT ", signature_columns!(), " FROM object_signatures ORDER BY object_id");
+
+impl WriteTx {
+    /// Sets what was signed for object row `row.object_id`, replacing what
+    /// it had.
+    pub async fn set_signatures(&mut self, row: &SignatureRow) -> Result<(), sqlx::Error> {
+        sqlx::query(SET_SIGNATURES)
+            .bind(row.object_id)
+            .bind(&row.signature_digest)
+            .bind(row.signature_size)
+            .bind(&row.attestation_digest)
+            .bind(row.attestation_size)
+            .bind(&row.payload_digest)
+            .bind(&row.manifest_signature)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// What was signed for object row `object_id`.
+    pub async fn signatures(&mut self, object_id: i64) -> Result<Option<SignatureRow>, sqlx::Error> {
+        sqlx::query_as(SIGNATURES_OF).bind(object_id).fetch_optional(&mut *self.tx).await
+    }
+}
+
+impl Repo {
+    /// What was signed for object row `object_id`.
+    pub async fn signatures(&self, object_id: i64) -> Result<Option<SignatureRow>, sqlx::Error> {
+        sqlx::query_as(SIGNATURES_OF).bind(object_id).fetch_optional(&self.reader).await
+    }
+
+    /// Every signature row, for `fsck`.
+    pub async fn all_signatures(&self) -> Result<Vec<SignatureRow>, sqlx::Error> {
+        sqlx::query_as(ALL_SIGNATURES).fetch_all(&self.reader).await
+    }
+}

@@ -15,6 +15,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use bpfarm_object::sign::{Attached, PROVENANCE_SUFFIX, SIGNATURE_SUFFIX};
 use bpfarm_object::{Arch, Digest, Identity, ObjectMetadata};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,7 @@ use crate::error::{BodyKind, Error};
 use crate::face::V1;
 use crate::publish::{self, Outcome, Replace};
 use crate::repo::{Filter, ObjectRow};
+use crate::signatures;
 use crate::state::AppState;
 
 /// Largest object metadata accepted by `POST /v1/objects`.
@@ -138,8 +140,12 @@ async fn publish(
     let body = body::read_limited(body, &headers, BodyKind::Metadata, METADATA_LIMIT).await?;
     let meta: ObjectMetadata =
         serde_json::from_slice(&body).map_err(|e| Error::BadRequest(format!("metadata: {e}")))?;
+    let attached: Attached =
+        serde_json::from_slice(&body).map_err(|e| Error::BadRequest(format!("signatures: {e}")))?;
     let replace = if q.replace { Replace::Yes } else { Replace::No };
-    let outcome = publish::publish(&s.repo, &s.blobs, &s.settings.canonical_repo(), &meta, replace).await?;
+    let keys = s.settings.trusted_keys.as_ref();
+    let oci_repo = s.settings.canonical_repo();
+    let outcome = publish::publish_signed(&s.repo, &s.blobs, &oci_repo, &meta, replace, &attached, keys).await?;
     let status = if outcome == Outcome::Unchanged { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(PublishAnswer { status: outcome.as_str(), digest: meta.digest })).into_response())
 }
@@ -190,13 +196,18 @@ struct ObjectView {
     metadata: ObjectMetadata,
     published_at: String,
     download: String,
+    /// `signature` and `attestation`, when the object has them.
+    #[serde(flatten)]
+    signed: Attached,
 }
 
-fn view(row: &ObjectRow) -> Result<ObjectView, Error> {
+async fn view(s: &AppState, row: &ObjectRow) -> Result<ObjectView, Error> {
+    let signed = s.repo.signatures(row.id).await?.map(|r| signatures::attached_view(&r)).unwrap_or_default();
     Ok(ObjectView {
         metadata: row.metadata()?,
         published_at: row.published_at.clone(),
         download: format!("/v1/blobs/{}", row.digest),
+        signed,
     })
 }
 
@@ -229,7 +240,11 @@ async fn list(State(s): State<AppState>, Query(q): Query<ListQuery>) -> V1Result
         rows.truncate(limit as usize);
         rows.last().map(|r| r.id).unwrap_or(0)
     });
-    Ok(Json(Page { objects: rows.iter().map(view).collect::<Result<_, _>>()?, next }))
+    let mut objects = Vec::with_capacity(rows.len());
+    for row in &rows {
+        objects.push(view(&s, row).await?);
+    }
+    Ok(Json(Page { objects, next }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,7 +285,7 @@ async fn lookup(
     {
         return Err(Error::NotFound(format!("the object for {release} was built for config {have}, not {want}")).into());
     }
-    Ok(Json(view(&row)?))
+    Ok(Json(view(&s, &row).await?))
 }
 
 /// The static layout: `/<version>/<arch>/<file name>` and `<file name>.sha256`,
@@ -280,11 +295,16 @@ async fn static_file(
     Path((version, arch, file)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> V1Result<Response> {
-    // `<file>`, `<file>.sha256` or `<file>.json`, as an exported tree has them.
+    // `<file>`, `<file>.sha256`, `<file>.json`, `<file>.sig` or
+    // `<file>.intoto.jsonl`, as an exported tree has them.
     let (name, extra) = if let Some(n) = file.strip_suffix(".sha256") {
         (n, Some("sha256"))
     } else if let Some(n) = file.strip_suffix(".json") {
         (n, Some("json"))
+    } else if let Some(n) = file.strip_suffix(SIGNATURE_SUFFIX) {
+        (n, Some("sig"))
+    } else if let Some(n) = file.strip_suffix(PROVENANCE_SUFFIX) {
+        (n, Some("intoto"))
     } else {
         (file.as_str(), None)
     };
@@ -300,7 +320,14 @@ async fn static_file(
         Some("sha256") => {
             return Ok(([(header::CONTENT_TYPE, "text/plain")], format!("{}  {name}\n", digest.hex())).into_response());
         }
-        Some(_) => return Ok(Json(row.metadata()?).into_response()),
+        Some("json") => return Ok(Json(row.metadata()?).into_response()),
+        Some(which) => {
+            // The signature or provenance of this object, 404 when unsigned.
+            let signed = s.repo.signatures(row.id).await?.map(|r| signatures::attached_view(&r)).unwrap_or_default();
+            let blob = if which == "sig" { signed.signature } else { signed.attestation };
+            let blob = blob.ok_or_else(|| Error::NotFound(format!("{file}: {name} is not signed")))?;
+            return Ok(download::serve(&s.blobs, s.metrics(), &blob.digest, &headers, Send::Body).await?);
+        }
         None => {}
     }
     Ok(download::serve(&s.blobs, s.metrics(), &digest, &headers, Send::Body).await?)

@@ -26,6 +26,9 @@ pub struct Settings {
     /// Serve `/metrics` on the API listener (off when `--metrics-listen`
     /// gives it a listener of its own).
     pub metrics_on_api: bool,
+    /// `--trusted-key`: publishes through `/v1` and `/v2` must carry a
+    /// signature by one of these keys (see `signatures`).
+    pub trusted_keys: Option<bpfarm_object::sign::TrustedKeys>,
 }
 
 impl Default for Settings {
@@ -37,6 +40,7 @@ impl Default for Settings {
             oci_namespace: "bpfarm".into(),
             upload_ttl: Duration::from_secs(3600),
             metrics_on_api: true,
+            trusted_keys: None,
         }
     }
 }

@@ -83,6 +83,16 @@ fn write_out(out_dir: &Path, bytes: &[u8], meta: &ObjectMetadata) -> Result<Path
     let name = meta.identity.file_name();
     let dest = dir.join(&name);
     if fs::read(&dest).ok().as_deref() != Some(bytes) {
+        // The signature and provenance of the bytes replaced are stale:
+        // they go first, so a crash never leaves them beside new bytes
+        // (`--sign-key` writes new ones after the build).
+        for suffix in [bpfarm_object::sign::SIGNATURE_SUFFIX, bpfarm_object::sign::PROVENANCE_SUFFIX] {
+            let stale = dir.join(format!("{name}{suffix}"));
+            match fs::remove_file(&stale) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io(&stale)(e)),
+                _ => {}
+            }
+        }
         fsutil::write_atomic(&dest, bytes).map_err(io(&dest))?;
     }
     let json_path = dir.join(format!("{name}.json"));

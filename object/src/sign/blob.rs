@@ -39,6 +39,12 @@ pub fn verify_blob_digest(keys: &TrustedKeys, digest: &Digest, signature: &[u8])
 
 /// A base64 DER signature, surrounding whitespace (a trailing newline)
 /// allowed.
+/// Checks that `text` is a `.sig` in form (base64 of a DER ECDSA
+/// signature, within [`MAX_SIGNATURE_TEXT`]), without a key to verify it.
+pub fn check_form(text: &[u8]) -> Result<(), VerifyError> {
+    decode_signature(text).map(drop)
+}
+
 pub(crate) fn decode_signature(text: &[u8]) -> Result<Signature, VerifyError> {
     if text.len() > MAX_SIGNATURE_TEXT {
         return Err(VerifyError::SignatureTooLong { len: text.len(), max: MAX_SIGNATURE_TEXT });

@@ -99,6 +99,44 @@ pub fn simple_signing_payload(docker_reference: &str, manifest_digest: &Digest) 
     serde_json::to_vec(&p).unwrap_or_default()
 }
 
+impl ManifestSignature {
+    /// The manifest digest the payload names, after checking its form and
+    /// that the signature is base64 DER (not that it verifies: see
+    /// [`ManifestSignature::verify`]).
+    pub fn subject(&self) -> Result<Digest, VerifyError> {
+        decode_signature(self.signature.as_bytes())?;
+        let what = "simple-signing payload";
+        if self.payload.len() as u64 > MAX_PAYLOAD {
+            return Err(VerifyError::TooLarge { what, len: self.payload.len(), max: MAX_PAYLOAD as usize });
+        }
+        let p: Payload =
+            serde_json::from_slice(&self.payload).map_err(|e| VerifyError::Format { what, reason: e.to_string() })?;
+        if p.critical.type_ != SIMPLE_SIGNING_TYPE {
+            return Err(VerifyError::Format {
+                what,
+                reason: format!("type {:?} is not {SIMPLE_SIGNING_TYPE:?}", p.critical.type_),
+            });
+        }
+        p.critical
+            .image
+            .docker_manifest_digest
+            .parse()
+            .map_err(|e: crate::DigestError| VerifyError::Format { what, reason: e.to_string() })
+    }
+
+    /// Checks that a trusted key signed the payload and that it names
+    /// exactly the manifest `subject`.
+    pub fn verify(&self, keys: &TrustedKeys, subject: &Digest) -> Result<Verified, VerifyError> {
+        let named = self.subject()?;
+        let sig = decode_signature(self.signature.as_bytes())?;
+        let verified = verify_prehash(keys, &Sha256::digest(&self.payload).into(), &sig)?;
+        if &named != subject {
+            return Err(VerifyError::SubjectMismatch { expected: subject.clone(), found: named.to_string() });
+        }
+        Ok(verified)
+    }
+}
+
 /// Signs the manifest `manifest_digest` as `cosign sign` does.
 pub fn sign_manifest(
     key: &SigningKey,
@@ -516,5 +554,28 @@ mod tests {
         // Attached to another manifest, it does not count.
         let e = verify_attestation_manifest(&keys, &Digest::of_bytes(b"x"), &a.manifest, &mut fetcher(&blobs));
         assert!(e.is_err());
+    }
+
+    #[test]
+    fn a_sent_manifest_signature_is_checked_for_form_subject_and_key() {
+        let (key, keys) = setup();
+        let other_key = SigningKey::from_pem(crate::sign::keys::tests::SEC1.as_bytes(), None).unwrap();
+        let d = Digest::of_bytes(b"manifest");
+        let s = sign_manifest(&key, "127.0.0.1:1/ns/tracee-bpf", &d).unwrap();
+        assert_eq!(s.subject().unwrap(), d);
+        assert!(s.verify(&keys, &d).is_ok());
+        // Another manifest's signature, another key, a flipped payload byte.
+        assert!(matches!(s.verify(&keys, &Digest::of_bytes(b"x")), Err(VerifyError::SubjectMismatch { .. })));
+        let foreign = sign_manifest(&other_key, "r/ns/tracee-bpf", &d).unwrap();
+        assert!(matches!(foreign.verify(&keys, &d), Err(VerifyError::NoKeyMatched { .. })));
+        let mut flipped = s.clone();
+        let at = flipped.payload.iter().position(|b| *b == b'n').unwrap();
+        flipped.payload[at] = b'm';
+        assert!(flipped.verify(&keys, &d).is_err());
+        // Not a simple-signing payload, not a signature.
+        let junk = ManifestSignature { payload: b"{}".to_vec(), signature: s.signature.clone() };
+        assert!(matches!(junk.subject(), Err(VerifyError::Format { .. })));
+        let unsigned = ManifestSignature { payload: s.payload.clone(), signature: "%%%".into() };
+        assert!(matches!(unsigned.subject(), Err(VerifyError::Base64(_))));
     }
 }

@@ -463,7 +463,7 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEVUc5SjZ0BkcoYT4EAnxdZkFpw+gW
 -----END PUBLIC KEY-----
 ";
     /// `openssl ecparam -name prime256v1 -genkey`: EC PARAMETERS, then SEC1.
-    const SEC1: &str = "-----BEGIN EC PARAMETERS-----
+    pub(crate) const SEC1: &str = "-----BEGIN EC PARAMETERS-----
 BggqhkjOPQMBBw==
 -----END EC PARAMETERS-----
 -----BEGIN EC PRIVATE KEY-----

@@ -37,12 +37,14 @@
 //! No private key is needed to verify, to assemble the OCI artifacts from
 //! stored signatures, or anywhere but in the builder.
 
+pub mod attached;
 pub mod blob;
 pub mod cosign;
 pub mod dsse;
 pub mod keys;
 pub mod provenance;
 
+pub use attached::{Attached, BlobRef, MAX_ATTESTATION_BLOB, MAX_SIGNATURE_BLOB, WireManifestSignature};
 pub use blob::{sign_blob, sign_blob_digest, verify_blob, verify_blob_digest};
 pub use cosign::{
     FetchError, ManifestSignature, OciArtifact, OciBlob, Subject, attestation_artifact, attestation_tag, sign_manifest,

@@ -64,6 +64,52 @@ impl SignedProvenance {
     }
 }
 
+impl SignedProvenance {
+    /// Reads an `.intoto.jsonl` as [`SignedProvenance::to_jsonl`] writes
+    /// it: one SLSA v1 and one v0.2 envelope, told apart by the statement's
+    /// `predicateType`. Only the form is checked here, no signature (see
+    /// [`verify_provenance`]): this is for assembling the OCI attestation
+    /// from stored envelopes.
+    pub fn from_jsonl(bytes: &[u8]) -> Result<Self, VerifyError> {
+        use base64::Engine as _;
+        if bytes.len() > super::dsse::MAX_ENVELOPE * 2 {
+            return Err(VerifyError::TooLarge {
+                what: "provenance",
+                len: bytes.len(),
+                max: super::dsse::MAX_ENVELOPE * 2,
+            });
+        }
+        let format = |reason: String| VerifyError::Format { what: "provenance", reason };
+        let (mut v1, mut v02) = (None, None);
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.trim_ascii().is_empty()).take(MAX_LINES) {
+            let e = Envelope::parse(line)?;
+            if e.payload_type != IN_TOTO_PAYLOAD_TYPE {
+                return Err(VerifyError::PayloadType {
+                    expected: IN_TOTO_PAYLOAD_TYPE.to_owned(),
+                    found: e.payload_type.clone(),
+                });
+            }
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(&e.payload)
+                .map_err(|err| VerifyError::Base64(format!("DSSE payload: {err}")))?;
+            let st: Statement = serde_json::from_slice(&payload).map_err(|err| format(err.to_string()))?;
+            let slot = match st.predicate_type.as_str() {
+                SLSA_V1 => &mut v1,
+                SLSA_V02 => &mut v02,
+                other => return Err(format(format!("predicate type {other:?} is not SLSA provenance"))),
+            };
+            if slot.replace(e).is_some() {
+                return Err(format(format!("two statements of predicate type {}", st.predicate_type)));
+            }
+        }
+        match (v1, v02) {
+            (Some(v1), Some(v02)) => Ok(Self { v1, v02 }),
+            (None, _) => Err(VerifyError::NoProvenance),
+            (Some(_), None) => Err(format(format!("no {SLSA_V02} statement beside the {SLSA_V1} one"))),
+        }
+    }
+}
+
 /// What a verified provenance statement says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedProvenance {
@@ -377,5 +423,21 @@ pub(crate) mod tests {
         let mut m = meta(b"object");
         m.built_at = "yesterday".into();
         assert!(matches!(sign_provenance(&key, &m, &BuilderInfo::bpfarm("1")), Err(SignError::BuiltAt(_))));
+    }
+
+    #[test]
+    fn an_intoto_jsonl_reads_back_as_its_two_envelopes() {
+        let (key, _) = setup();
+        let p = sign_provenance(&key, &meta(b"object"), &BuilderInfo::bpfarm("1")).unwrap();
+        assert_eq!(SignedProvenance::from_jsonl(&p.to_jsonl()).unwrap(), p);
+        // One line only, the same line twice, not an envelope, empty.
+        let one = p.v1.to_json();
+        assert!(SignedProvenance::from_jsonl(&one).is_err());
+        let mut twice = one.clone();
+        twice.push(b'\n');
+        twice.extend(&one);
+        assert!(matches!(SignedProvenance::from_jsonl(&twice), Err(VerifyError::Format { .. })));
+        assert!(SignedProvenance::from_jsonl(b"{\"a\":1}\n").is_err());
+        assert!(matches!(SignedProvenance::from_jsonl(b""), Err(VerifyError::NoProvenance)));
     }
 }
