@@ -3,7 +3,7 @@
 //! travels with it (metadata). No I/O beyond hashing a reader, except
 //! behind features: `client` (the HTTP/TLS transport and the registry
 //! client), `oci` (OCI registries), `elf` (the identity embedded in an
-//! object). `sign`: how objects are signed and verified (key files are
+//! object), `oci-layout` (objects from an OCI image layout folder). `sign`: how objects are signed and verified (key files are
 //! read there).
 
 #[cfg(feature = "client")]
@@ -18,6 +18,8 @@ pub mod metadata;
 pub mod oci;
 #[cfg(feature = "oci")]
 pub mod oci_client;
+#[cfg(feature = "oci-layout")]
+pub mod oci_layout;
 pub mod sign;
 
 pub use digest::{Digest, DigestError, Sha256Writer};

@@ -125,6 +125,11 @@ pub async fn publish(
 ) -> Result<Outcome> {
     check(blobs, meta).await?;
     let mut tx = repo.begin_write().await?;
+    // Checked again under the write lock: `gc` removes unnamed blobs only
+    // while it holds it, so a blob seen here stays until this commits.
+    if blobs.size(&meta.digest).await.is_none() {
+        return Err(Error::ObjectBlobMissing(meta.digest.clone()));
+    }
     let made = make_current(&mut tx, blobs, oci_repo, meta, replace).await?;
     tx.commit().await?;
     Ok(made.outcome)
