@@ -257,7 +257,7 @@ async fn conflicts(state: &AppState, plan: &Plan) -> Result<(), ImportError> {
         if !m.bpfarm_object {
             continue;
         }
-        let doc = manifest::parse(&m.bytes, &m.media_type).map_err(|e| Error::from(e))?;
+        let doc = manifest::parse(&m.bytes, &m.media_type).map_err(Error::from)?;
         let Some(meta) = doc.bpfarm_object().map_err(Error::from)? else { continue };
         let id = &meta.identity;
         if let Some(row) =
