@@ -4,9 +4,10 @@
 //! behind features: `client` (the HTTP/TLS transport and the registry
 //! client), `oci` (OCI registries), `elf` (the identity embedded in an
 //! object), `host` (the running kernel's facts), `libbpf` (libbpf's
-//! messages routed to tracing). `program`: the tracer program's embedded
-//! sources, version and expected programs and maps. `sign`: how objects
-//! are signed and verified (key files are read there).
+//! messages routed to tracing), `oci-layout` (objects from an OCI image
+//! layout folder). `program`: the tracer program's embedded sources,
+//! version and expected programs and maps. `sign`: how objects are signed
+//! and verified (key files are read there).
 
 #[cfg(feature = "client")]
 pub mod client;
@@ -24,6 +25,8 @@ pub mod metadata;
 pub mod oci;
 #[cfg(feature = "oci")]
 pub mod oci_client;
+#[cfg(feature = "oci-layout")]
+pub mod oci_layout;
 pub mod program;
 pub mod sign;
 

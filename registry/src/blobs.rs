@@ -259,6 +259,50 @@ impl BlobStore {
         Ok(dest)
     }
 
+    /// A fresh staging folder (see `Staging`).
+    pub fn staging(&self) -> std::io::Result<Staging> {
+        let dir = tempfile::Builder::new().prefix(".staging-").tempdir_in(&self.root)?;
+        Ok(Staging { dir, count: 0 })
+    }
+
+    /// Makes a staged file the blob it hashed to (fsync, rename, fsync the
+    /// folder), unless that blob is already stored. Returns whether it was new.
+    pub fn adopt_staged(&self, staged: Staged) -> std::io::Result<bool> {
+        if self.size_now(&staged.digest).is_some() {
+            let _ = std::fs::remove_file(&staged.path);
+            return Ok(false);
+        }
+        std::fs::File::open(&staged.path)?.sync_all()?;
+        let dir = self.root.join("sha256").join(&staged.digest.hex()[..2]);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::rename(&staged.path, dir.join(staged.digest.hex()))?;
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(true)
+    }
+
+    /// Every stored blob named by its digest: (digest, size, last modified),
+    /// for `gc`. Files whose names are not digests are `fsck`'s business.
+    pub fn inventory(&self) -> std::io::Result<Vec<(Digest, u64, std::time::SystemTime)>> {
+        let mut out = Vec::new();
+        for (path, digest) in self.stored()? {
+            let Some(digest) = digest else { continue };
+            let meta = std::fs::symlink_metadata(&path)?;
+            if meta.is_file() {
+                out.push((digest, meta.len(), meta.modified()?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes blob `d` (gone already is fine); `gc` calls it only while it
+    /// holds the write transaction, after checking nothing names it.
+    pub fn remove(&self, d: &Digest) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path(d)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Streams `body` in; it becomes visible only if it hashes to `expected`
     /// and stays within `limit` bytes. Returns the size.
     pub async fn put<S, E>(&self, expected: &Digest, mut body: S, limit: u64) -> Result<u64, BlobError>
@@ -285,6 +329,74 @@ impl BlobStore {
         self.commit(&file, &tmp_path, Digest::from_raw(hasher.finalize().into()), expected).await?;
         guard.0 = None;
         Ok(len)
+    }
+}
+
+/// Bytes copied into the store's private staging folder and hashed on
+/// the way (`BlobStore::staging`), not yet visible: `BlobStore::adopt_staged`
+/// makes them a blob, dropping the `Staging` removes them. An import checks
+/// a whole bundle in staging before one byte of it becomes visible.
+#[derive(Debug)]
+pub struct Staged {
+    path: PathBuf,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// A staging folder inside the store (`blobs/.staging-<random>`), removed
+/// with everything in it when dropped. On the store's file system, so
+/// adopting a staged blob is a rename.
+#[derive(Debug)]
+pub struct Staging {
+    dir: tempfile::TempDir,
+    count: u64,
+}
+
+/// Why staging a stream stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("more than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Staging {
+    /// Copies at most `limit` bytes of `from` into a new staged file,
+    /// hashing as it goes (blocking).
+    pub fn stage(&mut self, from: &mut dyn std::io::Read, limit: u64) -> Result<Staged, StageError> {
+        use std::io::{Read, Write};
+        self.count += 1;
+        let path = self.dir.path().join(self.count.to_string());
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut size = 0u64;
+        let mut limited = from.take(limit.saturating_add(1));
+        loop {
+            let n = limited.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            if size > limit {
+                drop(file);
+                let _ = std::fs::remove_file(&path);
+                return Err(StageError::TooLarge { limit });
+            }
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n])?;
+        }
+        file.flush()?;
+        Ok(Staged { path, digest: Digest::from_raw(hasher.finalize().into()), size })
+    }
+
+    /// A staged file's bytes, at most `limit` of them (manifests, indexes).
+    pub fn read(&self, staged: &Staged, limit: u64) -> Result<Vec<u8>, StageError> {
+        if staged.size > limit {
+            return Err(StageError::TooLarge { limit });
+        }
+        Ok(std::fs::read(&staged.path)?)
     }
 }
 

@@ -41,7 +41,7 @@ pub fn valid_repo(name: &str) -> bool {
         })
 }
 
-fn valid_tag(t: &str) -> bool {
+pub fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
         && (t.as_bytes()[0].is_ascii_alphanumeric() || t.as_bytes()[0] == b'_')

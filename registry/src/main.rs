@@ -1,4 +1,5 @@
-//! `bpfarm-registry`: serve a registry, manage its tokens, export or check it.
+//! `bpfarm-registry`: serve a registry, manage its tokens, export, check,
+//! bundle, import, mirror or collect it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +63,112 @@ enum Command {
         /// Fix what can be fixed here.
         #[arg(long)]
         repair: bool,
+        /// The OCI namespace the server uses (--oci-namespace of serve).
+        #[arg(long, env = "BPFARM_REGISTRY_OCI_NAMESPACE", default_value = "bpfarm")]
+        oci_namespace: String,
+    },
+    /// Write one OCI image layout in a tar (oci-layout, index.json naming
+    /// every tag, blobs/sha256/...) holding what /v2 serves, for carrying
+    /// across an air gap: `import` reads it on the other side; skopeo
+    /// (oci-archive:FILE.tar:TAG), oras and the agent (--registry
+    /// oci-layout:DIR, unpacked) read it too.
+    ///
+    /// Every tag of every repository goes in, so signatures and
+    /// attestations (cosign's sha256-<hex>.sig/.att tags) travel with what
+    /// they sign. --version and --matrix keep only the objects of those
+    /// versions / kernels (an index is carried whole: a kernel release
+    /// brings all its arches). The same data gives the same bytes; the
+    /// output is replaced only once complete.
+    Bundle {
+        #[arg(long, env = "BPFARM_REGISTRY_DATA")]
+        data: PathBuf,
+        /// The tar to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Only these program versions (repeatable).
+        #[arg(long = "version")]
+        versions: Vec<String>,
+        /// Only the kernels (release, arch) of this matrix TOML (kernels/<name>.toml).
+        #[arg(long)]
+        matrix: Option<PathBuf>,
+        /// The OCI namespace the server uses (--oci-namespace of serve).
+        #[arg(long, env = "BPFARM_REGISTRY_OCI_NAMESPACE", default_value = "bpfarm")]
+        oci_namespace: String,
+    },
+    /// Import a bundle (an OCI image layout in a tar, from `bundle`,
+    /// skopeo or oras): every entry is checked — path, type, size, digest,
+    /// media type, every blob the index reaches present with the size it
+    /// names — before anything is written; bpfarm objects then become /v1
+    /// objects through the publish rules, as a /v2 push does. Importing
+    /// again adds nothing.
+    ///
+    /// Exit status: 0 imported (or nothing new), 1 the bundle was refused
+    /// (nothing written), 2 the import failed.
+    Import {
+        #[arg(long, env = "BPFARM_REGISTRY_DATA")]
+        data: PathBuf,
+        /// The bundle tar.
+        file: PathBuf,
+        /// The OCI namespace the server uses (--oci-namespace of serve).
+        #[arg(long, env = "BPFARM_REGISTRY_OCI_NAMESPACE", default_value = "bpfarm")]
+        oci_namespace: String,
+        /// Most entries the tar may hold.
+        #[arg(long, default_value_t = 1 << 20)]
+        max_entries: u64,
+        /// Largest blob, in bytes (--max-blob-bytes of serve).
+        #[arg(long, env = "BPFARM_REGISTRY_MAX_BLOB_BYTES", default_value_t = 2 << 30)]
+        max_blob_bytes: u64,
+        /// Most bytes of all entries together.
+        #[arg(long, default_value_t = 64 << 30)]
+        max_total_bytes: u64,
+    },
+    /// Remove what nothing references: blobs no manifest or object names
+    /// (older than --grace), and with --keep-versions N every object
+    /// (history included, with its OCI form, signatures and failures) of
+    /// all but the N newest program versions (newest by their latest
+    /// publish). Safe beside a serving registry. Prints what it freed.
+    Gc {
+        #[arg(long, env = "BPFARM_REGISTRY_DATA")]
+        data: PathBuf,
+        /// Report what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep the objects of this many newest program versions (at least 1).
+        #[arg(long)]
+        keep_versions: Option<usize>,
+        /// Blobs younger than this many seconds are kept even if nothing
+        /// names them yet (a publish in flight uploads its blob first).
+        #[arg(long, default_value_t = 3600)]
+        grace: u64,
+        /// The OCI namespace the server uses (--oci-namespace of serve).
+        #[arg(long, env = "BPFARM_REGISTRY_OCI_NAMESPACE", default_value = "bpfarm")]
+        oci_namespace: String,
+    },
+    /// Sync from an upstream bpfarm registry (http(s)://HOST[:PORT], its /v1
+    /// objects) into this data folder, fetching only what is missing, every
+    /// digest verified; interrupted, run it again. For a DMZ host serving
+    /// an air-gapped site.
+    Mirror {
+        #[arg(long, env = "BPFARM_REGISTRY_DATA")]
+        data: PathBuf,
+        /// The upstream bpfarm registry: http(s)://HOST[:PORT].
+        #[arg(long)]
+        from: String,
+        /// A read token for the upstream.
+        #[arg(long, env = "BPFARM_MIRROR_TOKEN")]
+        token: Option<String>,
+        /// PEM CA certificates to trust for the upstream (repeatable).
+        #[arg(long = "ca-cert")]
+        ca_certs: Vec<PathBuf>,
+        /// Allow plain http to a non-loopback upstream.
+        #[arg(long)]
+        insecure: bool,
+        /// Seconds one request may take, body included.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Largest blob fetched, in bytes.
+        #[arg(long, default_value_t = 64 << 20)]
+        max_blob_bytes: u64,
         /// The OCI namespace the server uses (--oci-namespace of serve).
         #[arg(long, env = "BPFARM_REGISTRY_OCI_NAMESPACE", default_value = "bpfarm")]
         oci_namespace: String,
@@ -298,6 +405,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens an existing registry's data folder for a tool.
+async fn open_existing(data: &std::path::Path) -> anyhow::Result<bpfarm_registry::AppState> {
+    anyhow::ensure!(data.join("index.sqlite").is_file(), "{} holds no registry (no index.sqlite)", data.display());
+    Ok(open_tool(data, Settings::default()).await?)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(a) => serve(*a).await.map(|()| ExitCode::SUCCESS),
@@ -340,6 +453,105 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if report.problems.is_empty() || repair { "" } else { " (--repair fixes what it can)" }
             );
             Ok(if report.clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Bundle { data, out, versions, matrix, oci_namespace } => {
+            let kernels = match &matrix {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    Some(
+                        bpfarm_registry::bundle::matrix_kernels(&text)
+                            .with_context(|| format!("--matrix {}", path.display()))?,
+                    )
+                }
+                None => None,
+            };
+            let state = open_existing(&data).await?;
+            let canonical = bpfarm_registry::faces::canonical_repo(&oci_namespace);
+            let started = std::time::Instant::now();
+            let filter = bpfarm_registry::bundle::BundleFilter { versions, kernels };
+            let r = bpfarm_registry::bundle::bundle(&state.repo, &state.blobs, &canonical, &out, &filter).await?;
+            println!(
+                "bundled {} tags, {} blobs ({} bytes) into {} in {:.1}s",
+                r.tags,
+                r.blobs,
+                r.bytes,
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import { data, file, oci_namespace, max_entries, max_blob_bytes, max_total_bytes } => {
+            let state = open_tool(&data, Settings { oci_namespace, max_blob_bytes, ..Settings::default() }).await?;
+            let started = std::time::Instant::now();
+            let limits = bpfarm_registry::import::ImportLimits { max_entries, max_blob_bytes, max_total_bytes };
+            match bpfarm_registry::import::import_with(&state, &file, &limits).await {
+                Ok(r) => {
+                    println!(
+                        "imported {}: {} new blobs ({} bytes), {} new manifests, {} objects published, {} already here, in {:.1}s",
+                        file.display(),
+                        r.new_blobs,
+                        r.new_bytes,
+                        r.new_manifests,
+                        r.published,
+                        r.present,
+                        started.elapsed().as_secs_f64()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) if e.is_refusal() => {
+                    eprintln!("bpfarm-registry: refused {}: {e}; nothing was imported", file.display());
+                    Ok(ExitCode::from(1))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Gc { data, dry_run, keep_versions, grace, oci_namespace } => {
+            anyhow::ensure!(keep_versions != Some(0), "--keep-versions must be at least 1");
+            let state = open_existing(&data).await?;
+            let canonical = bpfarm_registry::faces::canonical_repo(&oci_namespace);
+            let opts = bpfarm_registry::gc::GcOptions { dry_run, keep_versions, grace: Duration::from_secs(grace) };
+            let r = bpfarm_registry::gc::gc(&state.repo, &state.blobs, &canonical, &opts).await?;
+            for v in &r.versions_removed {
+                println!("{} version {v}", if dry_run { "would remove" } else { "removed" });
+            }
+            println!(
+                "gc{}: {} versions, {} object rows, {} manifests, {} tags; {} blobs, {} bytes {}",
+                if dry_run { " (dry run)" } else { "" },
+                r.versions_removed.len(),
+                r.objects,
+                r.manifests,
+                r.tags,
+                r.blobs,
+                r.bytes,
+                if dry_run { "would be freed" } else { "freed" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mirror { data, from, token, ca_certs, insecure, timeout, max_blob_bytes, oci_namespace } => {
+            let state = open_tool(&data, Settings { oci_namespace, ..Settings::default() }).await?;
+            let config = bpfarm_registry::mirror::MirrorConfig {
+                from,
+                token,
+                ca_certs,
+                insecure,
+                timeout: Duration::from_secs(timeout.max(1)),
+                max_blob_bytes,
+            };
+            let started = std::time::Instant::now();
+            let r = bpfarm_registry::mirror::mirror(&state, &config).await?;
+            for w in &r.warnings {
+                eprintln!("bpfarm-registry: warning: {w}");
+            }
+            println!(
+                "mirrored {}: {} fetched ({} bytes), {} already here, {} objects published, in {:.1}s",
+                config.from,
+                r.fetched,
+                r.bytes,
+                r.present,
+                r.published,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Token(TokenCommand::Create { data, name, scope }) => {
             let state = open_tool(&data, Settings::default()).await?;

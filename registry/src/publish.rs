@@ -179,6 +179,11 @@ pub async fn publish_signed(
     check(blobs, meta).await?;
     let checked = signatures::check(blobs, meta, attached, keys).await?;
     let mut tx = repo.begin_write().await?;
+    // Checked again under the write lock: `gc` removes unnamed blobs only
+    // while it holds it, so a blob seen here stays until this commits.
+    if blobs.size(&meta.digest).await.is_none() {
+        return Err(Error::ObjectBlobMissing(meta.digest.clone()));
+    }
     let made = make_current_signed(&mut tx, blobs, oci_repo, meta, replace, checked.as_ref()).await?;
     tx.commit().await?;
     Ok(made.outcome)

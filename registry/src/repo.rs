@@ -709,3 +709,150 @@ impl Repo {
         sqlx::query_as(ALL_SIGNATURES).fetch_all(&self.reader).await
     }
 }
+
+/// Whole-registry reads for `bundle`, `import`, `mirror` and `gc`.
+impl Repo {
+    /// Every tag of every repository: (repository, tag, manifest digest),
+    /// sorted.
+    pub async fn oci_all_tags(&self) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+        sqlx::query_as("SELECT repo, tag, digest FROM oci_tags ORDER BY repo, tag").fetch_all(&self.reader).await
+    }
+
+    /// Whether `tag` of `repo` names `digest` now.
+    pub async fn oci_tag_is(&self, repo: &str, tag: &str, digest: &str) -> Result<bool, sqlx::Error> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM oci_tags WHERE repo = ? AND tag = ? AND digest = ?")
+            .bind(repo)
+            .bind(tag)
+            .bind(digest)
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(n > 0)
+    }
+}
+
+/// Retention (`gc`), inside the one write transaction.
+impl WriteTx {
+    /// Every program version with objects, newest first: ordered by its
+    /// newest publish.
+    pub async fn versions_newest_first(&mut self) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT version FROM objects GROUP BY version ORDER BY MAX(published_at) DESC, version DESC")
+            .fetch_all(&mut *self.tx)
+            .await
+    }
+
+    /// The object rows (current and history) of `version`: (id, digest, size, oci_tag).
+    pub async fn objects_of_version(
+        &mut self,
+        version: &str,
+    ) -> Result<Vec<(i64, String, i64, Option<String>)>, sqlx::Error> {
+        sqlx::query_as("SELECT id, digest, size, oci_tag FROM objects WHERE version = ? ORDER BY id")
+            .bind(version)
+            .fetch_all(&mut *self.tx)
+            .await
+    }
+
+    /// Deletes every object row and failure of `version`.
+    pub async fn delete_version(&mut self, version: &str) -> Result<u64, sqlx::Error> {
+        sqlx::query("DELETE FROM failures WHERE version = ?").bind(version).execute(&mut *self.tx).await?;
+        // What was signed for those rows goes with them (its blobs become
+        // unnamed, for the blob sweep).
+        sqlx::query("DELETE FROM object_signatures WHERE object_id IN (SELECT id FROM objects WHERE version = ?)")
+            .bind(version)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(sqlx::query("DELETE FROM objects WHERE version = ?")
+            .bind(version)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected())
+    }
+
+    /// Every manifest of `repo`: (digest, annotations).
+    pub async fn manifests_of(&mut self, repo: &str) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+        sqlx::query_as("SELECT digest, annotations FROM oci_manifests WHERE repo = ? ORDER BY digest")
+            .bind(repo)
+            .fetch_all(&mut *self.tx)
+            .await
+    }
+
+    /// Every tag: (repository, tag, digest).
+    pub async fn all_tags(&mut self) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+        sqlx::query_as("SELECT repo, tag, digest FROM oci_tags ORDER BY repo, tag").fetch_all(&mut *self.tx).await
+    }
+
+    /// Every manifest row: (repository, digest, subject).
+    pub async fn all_manifest_rows(&mut self) -> Result<Vec<(String, String, Option<String>)>, sqlx::Error> {
+        sqlx::query_as("SELECT repo, digest, subject FROM oci_manifests ORDER BY repo, digest")
+            .fetch_all(&mut *self.tx)
+            .await
+    }
+
+    /// Every blob link: (repository, digest).
+    pub async fn all_links(&mut self) -> Result<Vec<(String, String)>, sqlx::Error> {
+        sqlx::query_as("SELECT repo, digest FROM oci_blob_links ORDER BY repo, digest").fetch_all(&mut *self.tx).await
+    }
+
+    /// Every `sha256:<hex>` any text cell of any table names (the schema
+    /// grows: a column added later that names a blob keeps it alive without
+    /// `gc` knowing of it). Upload sessions and tokens name no blob, and a
+    /// blob link alone keeps nothing alive (pushed bytes no manifest came
+    /// for are garbage once older than `gc`'s grace).
+    pub async fn every_named_digest(&mut self) -> Result<std::collections::BTreeSet<String>, sqlx::Error> {
+        use sqlx::{Row, TypeInfo, ValueRef};
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%'
+               AND name NOT IN ('oci_blob_links', 'oci_uploads', 'tokens') ORDER BY name",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut out = std::collections::BTreeSet::new();
+        for t in tables {
+            let rows =
+                sqlx::query(&format!("SELECT * FROM \"{}\"", t.replace('"', "\"\""))).fetch_all(&mut *self.tx).await?;
+            for row in rows {
+                for i in 0..row.len() {
+                    let raw = row.try_get_raw(i)?;
+                    if raw.is_null() || raw.type_info().name() != "TEXT" {
+                        continue;
+                    }
+                    let Ok(text) = row.try_get::<String, _>(i) else { continue };
+                    digests_in(&text, &mut out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a tag, and a manifest row of `repo` (with the tags naming it).
+    pub async fn remove_manifest(&mut self, repo: &str, digest: &str) -> Result<(), sqlx::Error> {
+        self.delete_manifest(repo, digest).await?;
+        self.unlink(repo, digest).await?;
+        Ok(())
+    }
+}
+
+/// Every `sha256:` + 64 lowercase hex inside `text`.
+pub fn digests_in(text: &str, out: &mut std::collections::BTreeSet<String>) {
+    let b = text.as_bytes();
+    let mut from = 0;
+    while let Some(i) = text[from..].find("sha256:") {
+        let start = from + i;
+        let hex = start + 7;
+        let end = hex + 64;
+        if end <= b.len() && b[hex..end].iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)) {
+            out.insert(text[start..end].to_owned());
+        }
+        from = hex;
+    }
+}
+
+impl WriteTx {
+    /// Drops every repository's link to blob `digest` (`gc`, removing it).
+    pub async fn unlink_everywhere(&mut self, digest: &str) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query("DELETE FROM oci_blob_links WHERE digest = ?")
+            .bind(digest)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected())
+    }
+}

@@ -1,0 +1,583 @@
+//! `bpfarm-registry import`: a bundle (an OCI image layout in a tar, as
+//! `bundle`, skopeo or oras write it) into this registry, checked in full
+//! before anything is written.
+//!
+//! The tar is read once, as a stream: each entry's type, path and size are
+//! checked from its header before its bytes are read (regular files and
+//! the two blob folders only; no links, devices, traversal, duplicates;
+//! caps on every entry, on their count and on their sum), and each blob is
+//! copied into a private staging folder of the store while it is hashed
+//! (its name must be its digest). Then `index.json` must reach every blob
+//! it names, each with the size and media type its descriptor claims, and
+//! every manifest must parse as `/v2` would accept it; a bpfarm object
+//! that would conflict with the one this registry holds refuses the whole
+//! bundle. Only then are blobs adopted into the store and manifests stored
+//! through `distribution::put_manifest` — the `/v2` rules, so a bpfarm
+//! artifact becomes a `/v1` object by `publish`, and the canonical
+//! repository's per-release indexes are written by the registry itself
+//! (the same bytes, `oci::index` being deterministic). What is already
+//! here is skipped: importing again writes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use bpfarm_object::{Digest, oci};
+use serde_json::Value;
+
+use crate::blobs::{StageError, Staged, Staging};
+use crate::bundle::{ANN_REPOSITORY, REF_NAME};
+use crate::distribution::{self, MANIFEST_LIMIT};
+use crate::error::Error;
+use crate::manifest::{self, Kind};
+use crate::state::AppState;
+
+/// Caps on what a bundle may hold.
+#[derive(Debug, Clone)]
+pub struct ImportLimits {
+    /// Entries in the tar (a bomb of tiny entries is refused at this count).
+    pub max_entries: u64,
+    /// Bytes of one blob.
+    pub max_blob_bytes: u64,
+    /// Bytes of all entries together.
+    pub max_total_bytes: u64,
+}
+
+impl Default for ImportLimits {
+    fn default() -> Self {
+        Self { max_entries: 1 << 20, max_blob_bytes: 2 << 30, max_total_bytes: 64 << 30 }
+    }
+}
+
+/// Why a bundle is refused; nothing of it was written.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("not a readable tar: {0}")]
+    Tar(String),
+    #[error("entry {entry:?}: {why}")]
+    Path { entry: String, why: &'static str },
+    #[error("entry {entry:?} is a {kind}; a bundle holds regular files and folders only")]
+    EntryType { entry: String, kind: String },
+    #[error("entry {0:?} appears twice")]
+    Duplicate(String),
+    #[error("entry {entry:?} is {size} bytes, over the {limit}-byte limit")]
+    TooLarge { entry: String, size: u64, limit: u64 },
+    #[error("more than {0} entries (--max-entries)")]
+    TooManyEntries(u64),
+    #[error("more than {0} bytes in all (--max-total-bytes)")]
+    TooManyBytes(u64),
+    #[error("entry {entry:?} holds bytes hashing to {actual}, not the digest its name claims")]
+    DigestMismatch { entry: String, actual: Digest },
+    #[error("no {0} in the bundle: not an OCI image layout")]
+    NoFile(&'static str),
+    #[error("oci-layout: {0}")]
+    Layout(String),
+    #[error("index.json: {0}")]
+    Index(String),
+    #[error("{named_by} names blob {digest}, which the bundle does not hold")]
+    MissingBlob { digest: Digest, named_by: String },
+    #[error("{named_by} says {digest} has {claimed} bytes; the bundle's blob has {actual}")]
+    SizeLies { digest: Digest, claimed: u64, actual: u64, named_by: String },
+    #[error("manifest {digest} (named by {named_by}): {why}")]
+    Manifest { digest: Digest, named_by: String, why: String },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Registry(#[from] Error),
+    #[error("{}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl ImportError {
+    /// Whether the bundle itself was refused (exit status 1), rather than
+    /// the import failing (2).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ImportError::Refused(_))
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    pub new_blobs: usize,
+    pub new_bytes: u64,
+    pub new_manifests: usize,
+    /// bpfarm objects newly made current.
+    pub published: usize,
+    /// Manifests and tags already here.
+    pub present: usize,
+    /// Blobs in the tar that nothing in `index.json` reaches (not imported).
+    pub unreached: usize,
+}
+
+/// One tag of the bundle: which repository, which manifest.
+#[derive(Debug, Clone)]
+pub struct Root {
+    pub repo: String,
+    pub tag: String,
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// A manifest to store, its children stored before it.
+#[derive(Debug, Clone)]
+pub struct PlannedManifest {
+    pub repo: String,
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+    /// The tag to point at it, if a root names it.
+    pub tag: Option<String>,
+    /// A bpfarm per-release index of the canonical repository: the
+    /// registry writes it when the objects are published.
+    pub written_by_registry: bool,
+    pub bpfarm_object: bool,
+}
+
+/// A checked bundle: manifests in store order, and the plain blobs each
+/// repository must link.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub manifests: Vec<PlannedManifest>,
+    pub blobs: BTreeSet<(String, Digest)>,
+    /// Every digest reached (manifests and blobs).
+    pub reached: BTreeSet<Digest>,
+}
+
+/// Where a plan's bytes come from while it is checked.
+pub trait Content {
+    /// A manifest's bytes (at most `MANIFEST_LIMIT`); `None` when absent.
+    fn manifest(&self, d: &Digest) -> Result<Option<Vec<u8>>, ImportError>;
+    /// A blob's size; `None` when absent.
+    fn size(&self, d: &Digest) -> Option<u64>;
+}
+
+fn is_bpfarm_index(doc: &manifest::Manifest, bytes: &[u8]) -> bool {
+    let v: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    doc.is_index() && v["annotations"][oci::ANN_RELEASE].is_string() && v["annotations"][oci::ANN_VERSION].is_string()
+}
+
+/// Checks the graph under `roots` against `content` — every descriptor's
+/// digest present, with its size; every manifest valid as `/v2` would take
+/// it, with the media type its descriptor names — and orders it for
+/// storing (children first).
+pub fn plan(roots: &[Root], canonical: &str, content: &dyn Content) -> Result<Plan, ImportError> {
+    let mut plan = Plan::default();
+    let mut done: BTreeSet<(String, Digest)> = BTreeSet::new();
+    for root in roots {
+        let named_by = format!("tag {} of {}", root.tag, root.repo);
+        visit(&mut plan, &mut done, content, canonical, root, &root.digest, &root.media_type, root.size, named_by, 0)?;
+    }
+    Ok(plan)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn visit(
+    plan: &mut Plan,
+    done: &mut BTreeSet<(String, Digest)>,
+    content: &dyn Content,
+    canonical: &str,
+    root: &Root,
+    d: &Digest,
+    media_type: &str,
+    size: u64,
+    named_by: String,
+    depth: usize,
+) -> Result<(), ImportError> {
+    let refuse = |why: String| Refusal::Manifest { digest: d.clone(), named_by: named_by.clone(), why };
+    if depth > 4 {
+        return Err(refuse("indexes nested deeper than 4".into()).into());
+    }
+    let actual =
+        content.size(d).ok_or_else(|| Refusal::MissingBlob { digest: d.clone(), named_by: named_by.clone() })?;
+    if actual != size {
+        return Err(Refusal::SizeLies { digest: d.clone(), claimed: size, actual, named_by }.into());
+    }
+    plan.reached.insert(d.clone());
+    let is_root = depth == 0;
+    if !done.insert((root.repo.clone(), d.clone())) && !is_root {
+        return Ok(());
+    }
+    if size > MANIFEST_LIMIT {
+        return Err(refuse(format!("{size} bytes, over the {MANIFEST_LIMIT}-byte manifest limit")).into());
+    }
+    let bytes =
+        content.manifest(d)?.ok_or_else(|| Refusal::MissingBlob { digest: d.clone(), named_by: named_by.clone() })?;
+    let doc = manifest::parse(&bytes, media_type).map_err(|e| refuse(e.to_string()))?;
+    let artifact = doc.bpfarm_object().map_err(|e| refuse(e.to_string()))?;
+    let here = format!("manifest {d}");
+    match &doc.kind {
+        Kind::Image { config, layers } => {
+            for b in std::iter::once(config).chain(layers) {
+                let actual = content
+                    .size(&b.digest)
+                    .ok_or_else(|| Refusal::MissingBlob { digest: b.digest.clone(), named_by: here.clone() })?;
+                if actual != b.size {
+                    return Err(Refusal::SizeLies {
+                        digest: b.digest.clone(),
+                        claimed: b.size,
+                        actual,
+                        named_by: here.clone(),
+                    }
+                    .into());
+                }
+                plan.reached.insert(b.digest.clone());
+                plan.blobs.insert((root.repo.clone(), b.digest.clone()));
+            }
+        }
+        Kind::Index { manifests } => {
+            for c in manifests {
+                visit(plan, done, content, canonical, root, &c.digest, &c.media_type, c.size, here.clone(), depth + 1)?;
+            }
+        }
+    }
+    let written_by_registry = is_root && root.repo == canonical && is_bpfarm_index(&doc, &bytes);
+    plan.manifests.push(PlannedManifest {
+        repo: root.repo.clone(),
+        digest: d.clone(),
+        media_type: media_type.to_owned(),
+        bytes,
+        tag: is_root.then(|| root.tag.clone()),
+        written_by_registry,
+        bpfarm_object: artifact.is_some(),
+    });
+    Ok(())
+}
+
+/// The bpfarm objects of `plan` that conflict with what this registry holds.
+async fn conflicts(state: &AppState, plan: &Plan) -> Result<(), ImportError> {
+    for m in &plan.manifests {
+        if !m.bpfarm_object {
+            continue;
+        }
+        let doc = manifest::parse(&m.bytes, &m.media_type).map_err(Error::from)?;
+        let Some(meta) = doc.bpfarm_object().map_err(Error::from)? else { continue };
+        let id = &meta.identity;
+        if let Some(row) =
+            state.repo.current(&id.kernel_release, id.arch.uname(), &id.version).await.map_err(Error::from)?
+            && row.digest != meta.digest.as_str()
+        {
+            return Err(Refusal::Conflict(format!(
+                "this registry's object for {} ({}) {} is {}, the bundle's is {}; an import never replaces an object (publish with --replace, or gc the version, first)",
+                id.kernel_release, id.arch, id.version, row.digest, meta.digest
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Stores a checked plan whose blobs are all in the store: links, then
+/// manifests children first, skipping what is already here.
+pub async fn apply(state: &AppState, plan: &Plan, report: &mut ImportReport) -> Result<(), ImportError> {
+    conflicts(state, plan).await?;
+    for (repo, d) in &plan.blobs {
+        if !state.repo.oci_linked(repo, d.as_str()).await.map_err(Error::from)? {
+            state.repo.oci_link(repo, d.as_str()).await.map_err(Error::from)?;
+        }
+    }
+    for m in &plan.manifests {
+        let stored = state.repo.oci_manifest(&m.repo, m.digest.as_str()).await.map_err(Error::from)?.is_some();
+        let tag_done = match &m.tag {
+            Some(t) if !m.written_by_registry => {
+                state.repo.oci_tag_is(&m.repo, t, m.digest.as_str()).await.map_err(Error::from)?
+            }
+            _ => true,
+        };
+        if m.written_by_registry {
+            // Its children (the objects) were stored just before: the
+            // registry has written this index under its tag.
+            continue;
+        }
+        if stored && tag_done {
+            report.present += 1;
+            continue;
+        }
+        let reference = match &m.tag {
+            Some(t) => t.clone(),
+            None => m.digest.to_string(),
+        };
+        distribution::put_manifest(state, &m.repo, &reference, &m.bytes, &m.media_type).await?;
+        if !stored {
+            report.new_manifests += 1;
+            if m.bpfarm_object {
+                report.published += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The tags of an `index.json`.
+pub fn roots(index: &[u8], canonical: &str) -> Result<Vec<Root>, Refusal> {
+    let bad = |m: String| Refusal::Index(m);
+    let v: Value = serde_json::from_slice(index).map_err(|e| bad(format!("not JSON: {e}")))?;
+    if v["schemaVersion"] != 2 {
+        return Err(bad("schemaVersion is not 2".into()));
+    }
+    if !v["mediaType"].is_null() && v["mediaType"] != oci::INDEX_MEDIA_TYPE {
+        return Err(bad(format!("mediaType is {}, not {}", v["mediaType"], oci::INDEX_MEDIA_TYPE)));
+    }
+    let entries = v["manifests"].as_array().ok_or_else(|| bad("no manifests array".into()))?;
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, e) in entries.iter().enumerate() {
+        let what = format!("entry {i}");
+        let media_type = e["mediaType"].as_str().ok_or_else(|| bad(format!("{what} has no mediaType")))?;
+        if media_type != oci::MANIFEST_MEDIA_TYPE
+            && media_type != oci::INDEX_MEDIA_TYPE
+            && media_type != manifest::DOCKER_MANIFEST
+            && media_type != manifest::DOCKER_LIST
+        {
+            return Err(bad(format!("{what} has media type {media_type:?}, not a manifest or an index")));
+        }
+        let digest: Digest = e["digest"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(format!("{what} has no valid sha256 digest")))?;
+        let size = e["size"].as_u64().ok_or_else(|| bad(format!("{what} has no size")))?;
+        let name = e["annotations"][REF_NAME]
+            .as_str()
+            .ok_or_else(|| bad(format!("{what} ({digest}) has no {REF_NAME} (its tag)")))?;
+        let (repo, tag) = match e["annotations"][ANN_REPOSITORY].as_str() {
+            Some(r) => {
+                let tag = name
+                    .strip_prefix(r)
+                    .and_then(|t| t.strip_prefix(':'))
+                    .ok_or_else(|| bad(format!("{what}: ref name {name:?} is not {r}:<tag>")))?;
+                if !distribution::valid_repo(r) {
+                    return Err(bad(format!("{what}: {r:?} is not a valid repository name")));
+                }
+                (r.to_owned(), tag.to_owned())
+            }
+            None => (canonical.to_owned(), name.to_owned()),
+        };
+        if !distribution::valid_tag(&tag) {
+            return Err(bad(format!("{what}: {tag:?} is not a valid tag")));
+        }
+        if !seen.insert((repo.clone(), tag.clone())) {
+            return Err(bad(format!("{what}: tag {tag} of {repo} appears twice")));
+        }
+        out.push(Root { repo, tag, digest, media_type: media_type.to_owned(), size });
+    }
+    Ok(out)
+}
+
+/// What an entry's path is, once checked.
+enum EntryName {
+    Folder,
+    Layout,
+    Index,
+    Blob(Digest),
+}
+
+fn entry_name(path: &Path) -> Result<(String, EntryName), Refusal> {
+    let shown = path.to_string_lossy().into_owned();
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => {
+                parts.push(p.to_str().ok_or(Refusal::Path { entry: shown.clone(), why: "is not UTF-8" })?)
+            }
+            Component::CurDir => {}
+            Component::ParentDir => return Err(Refusal::Path { entry: shown, why: "climbs out with .." }),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(Refusal::Path { entry: shown, why: "is absolute" });
+            }
+        }
+    }
+    let name = parts.join("/");
+    let kind = match parts.as_slice() {
+        [] | ["blobs"] | ["blobs", "sha256"] => EntryName::Folder,
+        ["oci-layout"] => EntryName::Layout,
+        ["index.json"] => EntryName::Index,
+        ["blobs", "sha256", hex] => EntryName::Blob(
+            format!("sha256:{hex}")
+                .parse()
+                .map_err(|_| Refusal::Path { entry: shown.clone(), why: "is not named by a sha256 digest" })?,
+        ),
+        _ => return Err(Refusal::Path { entry: shown, why: "is not part of an OCI image layout" }),
+    };
+    Ok((name, kind))
+}
+
+/// Everything pass one read: small files in memory, blobs staged.
+struct Read1 {
+    layout: Option<Vec<u8>>,
+    index: Option<Vec<u8>>,
+    blobs: BTreeMap<Digest, Staged>,
+}
+
+fn read_tar(file: std::fs::File, staging: &mut Staging, limits: &ImportLimits) -> Result<Read1, ImportError> {
+    let mut tar = tar::Archive::new(std::io::BufReader::with_capacity(1 << 16, file));
+    let entries = tar.entries().map_err(|e| Refusal::Tar(e.to_string()))?;
+    let mut out = Read1 { layout: None, index: None, blobs: BTreeMap::new() };
+    let mut names = BTreeSet::new();
+    let (mut count, mut total) = (0u64, 0u64);
+    for entry in entries {
+        let mut entry = entry.map_err(|e| Refusal::Tar(e.to_string()))?;
+        count += 1;
+        if count > limits.max_entries {
+            return Err(Refusal::TooManyEntries(limits.max_entries).into());
+        }
+        let kind = entry.header().entry_type();
+        if kind == tar::EntryType::XGlobalHeader {
+            continue;
+        }
+        let path = entry.path().map_err(|e| Refusal::Tar(e.to_string()))?.into_owned();
+        let shown = path.to_string_lossy().into_owned();
+        // The type first: a link or a device is refused whatever its name.
+        if !matches!(kind, tar::EntryType::Directory | tar::EntryType::Regular) {
+            let kind = match kind {
+                tar::EntryType::Symlink => "symbolic link".to_owned(),
+                tar::EntryType::Link => "hard link".to_owned(),
+                tar::EntryType::Char => "character device".to_owned(),
+                tar::EntryType::Block => "block device".to_owned(),
+                tar::EntryType::Fifo => "FIFO".to_owned(),
+                tar::EntryType::GNUSparse => "sparse file".to_owned(),
+                other => format!("{other:?} entry"),
+            };
+            return Err(Refusal::EntryType { entry: shown, kind }.into());
+        }
+        let (name, what) = entry_name(&path)?;
+        let size = entry.size();
+        if matches!(what, EntryName::Folder) != (kind == tar::EntryType::Directory) {
+            return Err(Refusal::Path { entry: shown, why: "has the wrong type for its place in the layout" }.into());
+        }
+        if !names.insert(name.clone()) {
+            return Err(Refusal::Duplicate(name).into());
+        }
+        let limit = match what {
+            EntryName::Folder => 0,
+            EntryName::Layout => 4 << 10,
+            EntryName::Index => MANIFEST_LIMIT,
+            EntryName::Blob(_) => limits.max_blob_bytes,
+        };
+        if size > limit {
+            return Err(Refusal::TooLarge { entry: shown, size, limit }.into());
+        }
+        total += size;
+        if total > limits.max_total_bytes {
+            return Err(Refusal::TooManyBytes(limits.max_total_bytes).into());
+        }
+        let small = |entry: &mut tar::Entry<'_, _>| -> Result<Vec<u8>, ImportError> {
+            let mut b = Vec::with_capacity(size as usize);
+            entry.take(limit).read_to_end(&mut b).map_err(|e| Refusal::Tar(format!("{name}: {e}")))?;
+            Ok(b)
+        };
+        match what {
+            EntryName::Folder => {}
+            EntryName::Layout => out.layout = Some(small(&mut entry)?),
+            EntryName::Index => out.index = Some(small(&mut entry)?),
+            EntryName::Blob(d) => {
+                let staged = staging.stage(&mut entry, limit).map_err(|e| match e {
+                    StageError::TooLarge { limit } => {
+                        ImportError::from(Refusal::TooLarge { entry: shown.clone(), size, limit })
+                    }
+                    StageError::Io(e) => Refusal::Tar(format!("{name}: {e}")).into(),
+                })?;
+                if staged.size != size {
+                    return Err(Refusal::Tar(format!("{name}: the tar ends inside it")).into());
+                }
+                if staged.digest != d {
+                    return Err(Refusal::DigestMismatch { entry: name, actual: staged.digest.clone() }.into());
+                }
+                out.blobs.insert(d, staged);
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct StagedContent<'a> {
+    staging: &'a Staging,
+    blobs: &'a BTreeMap<Digest, Staged>,
+}
+
+impl Content for StagedContent<'_> {
+    fn manifest(&self, d: &Digest) -> Result<Option<Vec<u8>>, ImportError> {
+        let Some(s) = self.blobs.get(d) else { return Ok(None) };
+        match self.staging.read(s, MANIFEST_LIMIT) {
+            Ok(b) => Ok(Some(b)),
+            Err(StageError::TooLarge { limit }) => {
+                Err(Refusal::TooLarge { entry: format!("blobs/sha256/{}", d.hex()), size: s.size, limit }.into())
+            }
+            Err(StageError::Io(e)) => Err(ImportError::Io { path: PathBuf::from("staging"), source: e }),
+        }
+    }
+
+    fn size(&self, d: &Digest) -> Option<u64> {
+        self.blobs.get(d).map(|s| s.size)
+    }
+}
+
+/// Imports the bundle `file` into `state` (see the module docs).
+pub async fn import(state: &AppState, file: &Path) -> Result<ImportReport, ImportError> {
+    import_with(state, file, &ImportLimits { max_blob_bytes: state.settings.max_blob_bytes, ..ImportLimits::default() })
+        .await
+}
+
+/// `import` with explicit caps.
+pub async fn import_with(state: &AppState, file: &Path, limits: &ImportLimits) -> Result<ImportReport, ImportError> {
+    let canonical = state.settings.canonical_repo();
+    let io = |source| ImportError::Io { path: file.to_owned(), source };
+    let f = std::fs::File::open(file).map_err(io)?;
+    let blobs = state.blobs.clone();
+    let limits = limits.clone();
+    let canon = canonical.clone();
+    // Pass one and the checks are blocking file work.
+    let (staging, read, plan) = tokio::task::spawn_blocking(move || -> Result<_, ImportError> {
+        let mut staging = blobs.staging().map_err(|source| ImportError::Io { path: PathBuf::from("blobs"), source })?;
+        let read = read_tar(f, &mut staging, &limits)?;
+        let layout = read.layout.as_deref().ok_or(Refusal::NoFile("oci-layout"))?;
+        let lv: Value = serde_json::from_slice(layout).map_err(|e| Refusal::Layout(format!("not JSON: {e}")))?;
+        if lv["imageLayoutVersion"] != "1.0.0" {
+            return Err(
+                Refusal::Layout(format!("imageLayoutVersion is {}, not \"1.0.0\"", lv["imageLayoutVersion"])).into()
+            );
+        }
+        let index = read.index.as_deref().ok_or(Refusal::NoFile("index.json"))?;
+        let roots = roots(index, &canon)?;
+        let plan = plan(&roots, &canon, &StagedContent { staging: &staging, blobs: &read.blobs })?;
+        Ok((staging, read, plan))
+    })
+    .await
+    .map_err(|e| io(std::io::Error::other(e)))??;
+    let mut report = ImportReport::default();
+    conflicts(state, &plan).await?;
+    // Checked in full: the reached blobs become visible, then the rows.
+    let store = state.blobs.clone();
+    let reached = plan.reached.clone();
+    let (new_blobs, new_bytes, unreached) =
+        tokio::task::spawn_blocking(move || -> std::io::Result<(usize, u64, usize)> {
+            let (mut n, mut bytes, mut unreached) = (0, 0, 0);
+            for (d, s) in read.blobs {
+                if !reached.contains(&d) {
+                    unreached += 1;
+                    continue;
+                }
+                let size = s.size;
+                if store.adopt_staged(s)? {
+                    n += 1;
+                    bytes += size;
+                }
+            }
+            drop(staging);
+            Ok((n, bytes, unreached))
+        })
+        .await
+        .map_err(|e| io(std::io::Error::other(e)))?
+        .map_err(|source| ImportError::Io { path: PathBuf::from("blobs"), source })?;
+    report.new_blobs = new_blobs;
+    report.new_bytes = new_bytes;
+    report.unreached = unreached;
+    apply(state, &plan, &mut report).await?;
+    Ok(report)
+}
