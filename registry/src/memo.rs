@@ -17,8 +17,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use crate::repo::ObjectRow;
-
 /// Answers held at most (of each kind).
 pub const MAX_ENTRIES: usize = 4096;
 
@@ -33,19 +31,21 @@ pub struct Stamp {
 type FileKey = (String, String, String);
 type LinkKey = (String, String);
 
-#[derive(Debug, Default)]
-struct Answers {
+#[derive(Debug)]
+struct Answers<F> {
     stamp: Option<Stamp>,
-    files: HashMap<FileKey, Vec<ObjectRow>>,
+    files: HashMap<FileKey, F>,
     links: HashMap<LinkKey, bool>,
 }
 
+/// The answers; `F` is what a static-layout path's query returns (`repo`'s
+/// rows: generic so that this module needs nothing from `repo`).
 #[derive(Debug)]
-pub struct Memo {
+pub struct Memo<F> {
     db: PathBuf,
     wal: PathBuf,
     generation: AtomicU64,
-    answers: Mutex<Answers>,
+    answers: Mutex<Answers<F>>,
 }
 
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
@@ -53,15 +53,20 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-impl Memo {
+impl<F: Clone> Memo<F> {
     /// For the index file `db` (its WAL beside it).
     pub fn new(db: &Path) -> Self {
         let mut wal = db.as_os_str().to_owned();
         wal.push("-wal");
-        Self { db: db.to_owned(), wal: PathBuf::from(wal), generation: AtomicU64::new(0), answers: Mutex::default() }
+        Self {
+            db: db.to_owned(),
+            wal: PathBuf::from(wal),
+            generation: AtomicU64::new(0),
+            answers: Mutex::new(Answers { stamp: None, files: HashMap::new(), links: HashMap::new() }),
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Answers> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Answers<F>> {
         match self.answers.lock() {
             Ok(a) => a,
             Err(poisoned) => poisoned.into_inner(),
@@ -83,7 +88,7 @@ impl Memo {
     }
 
     /// The answers valid at `stamp`, dropping them all if the index changed.
-    fn at(&self, stamp: Stamp) -> std::sync::MutexGuard<'_, Answers> {
+    fn at(&self, stamp: Stamp) -> std::sync::MutexGuard<'_, Answers<F>> {
         let mut a = self.lock();
         if a.stamp != Some(stamp) {
             a.files.clear();
@@ -93,11 +98,11 @@ impl Memo {
         a
     }
 
-    pub fn file(&self, stamp: Stamp, key: &FileKey) -> Option<Vec<ObjectRow>> {
+    pub fn file(&self, stamp: Stamp, key: &FileKey) -> Option<F> {
         self.at(stamp).files.get(key).cloned()
     }
 
-    pub fn put_file(&self, stamp: Stamp, key: FileKey, rows: Vec<ObjectRow>) {
+    pub fn put_file(&self, stamp: Stamp, key: FileKey, rows: F) {
         let mut a = self.at(stamp);
         if a.files.len() >= MAX_ENTRIES {
             a.files.clear();
@@ -127,7 +132,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("index.sqlite");
         std::fs::write(&db, b"x").unwrap();
-        let memo = Memo::new(&db);
+        let memo = Memo::<()>::new(&db);
         let key = ("r".to_owned(), "d".to_owned());
         let s = memo.stamp();
         memo.put_link(s, key.clone(), true);
@@ -150,7 +155,7 @@ mod tests {
     #[test]
     fn holds_at_most_max_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let memo = Memo::new(&dir.path().join("index.sqlite"));
+        let memo = Memo::<()>::new(&dir.path().join("index.sqlite"));
         let s = memo.stamp();
         for i in 0..=MAX_ENTRIES {
             memo.put_link(s, ("r".to_owned(), i.to_string()), true);

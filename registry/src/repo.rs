@@ -22,7 +22,7 @@ pub struct Repo {
     writer: SqlitePool,
     reader: SqlitePool,
     /// The hottest reads' answers (`memo`).
-    memo: Arc<Memo>,
+    memo: Arc<Memo<Vec<ObjectRow>>>,
 }
 
 /// One stored object row.
@@ -331,7 +331,7 @@ pub struct NewManifest<'a> {
 #[derive(Debug)]
 pub struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
-    memo: Arc<Memo>,
+    memo: Arc<Memo<Vec<ObjectRow>>>,
 }
 
 impl WriteTx {
