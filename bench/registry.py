@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
-"""Benchmark: object download from bpfarm-registry against Debian's
+"""Benchmark: object download from bpfarm-registry against what the
+machine can do (nginx serving the file with sendfile) and against Debian's
 docker-registry (CNCF distribution 2.8) serving the same bytes as a blob.
 
-Both run on loopback in this one run; the same load client (wrk) hits
-each blob URL with the same settings. Prints requests/s, p99 latency, the
-ratio, and each server's peak RSS (VmHWM) under the load.
+All run on loopback in this one run; the same load client (wrk) hits each
+URL with the same settings: nginx, bpfarm's static layout path, its /v1
+blob, its /v2 blob, distribution's blob, for each object size. Prints
+requests/s, p99 latency and the ratios against nginx and distribution (the
+figures that mean anything on a shared machine), then the registry's peak
+RSS (VmHWM) including a run with 1,000 connections. --repeat N runs each
+measurement N times and shows the best and the spread.
 
-    bench/registry.py [--seconds 10] [--connections 64] [--object PATH]
+    bench/registry.py [--seconds 10] [--connections 64] [--sizes 100K,1M,10M] [--repeat 3]
 
 Soak: bpfarm-registry alone under mixed load for a while, with a slowloris
 and unauthenticated uploads running against it the whole time: /v1
@@ -301,67 +306,170 @@ def soak(args):
         shutil.rmtree(work, ignore_errors=True)
 
 
+NGINX_CONF = """daemon off;
+master_process on;
+user root;
+worker_processes auto;
+pid {work}/nginx.pid;
+error_log {work}/nginx.err error;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    client_body_temp_path {work}/ncb;
+    proxy_temp_path {work}/np;
+    fastcgi_temp_path {work}/nf;
+    uwsgi_temp_path {work}/nu;
+    scgi_temp_path {work}/ns;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        default_type application/octet-stream;
+    }}
+}}
+"""
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def load():
+    return open("/proc/loadavg").read().split()[:3]
+
+
+def fetch(url):
+    return urllib.request.urlopen(url, timeout=30).read()
+
+
+def compare(args):
+    """The same objects served by nginx (sendfile), bpfarm-registry's three
+    object paths and distribution, with the same wrk load, side by side."""
+    # The peers come from Debian (ci/install-deps installs them).
+    missing = [exe for exe in ("docker-registry", "wrk", "nginx") if not shutil.which(exe) and not os.path.exists(f"/usr/sbin/{exe}")]
+    if missing:
+        raise SystemExit(f"bench: missing {', '.join(missing)} (run ci/install-deps)")
+    if not os.path.exists(args.registry_bin):
+        subprocess.run(["cargo", "build", "--release", "-p", "bpfarm-registry"], cwd=ROOT, check=True)
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    work = tempfile.mkdtemp(prefix="bpfarm-regbench-")
+    procs = []
+    try:
+        # nginx with sendfile: what the machine can do for a static file.
+        www = os.path.join(work, "www")
+        os.makedirs(www)
+        nport = free_port()
+        with open(os.path.join(work, "nginx.conf"), "w") as f:
+            f.write(NGINX_CONF.format(work=work, port=nport, root=www))
+        nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", os.path.join(work, "nginx.conf")], stderr=subprocess.DEVNULL)
+        procs.append(nginx)
+        # distribution 2.8, minimal config, filesystem storage on loopback.
+        dport = free_port()
+        cfg = os.path.join(work, "distribution.yml")
+        with open(cfg, "w") as f:
+            f.write(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {work}/distribution\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{dport}\n")
+        dist = subprocess.Popen(["docker-registry", "serve", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(dist)
+        # bpfarm-registry.
+        rdata = os.path.join(work, "bpfarm")
+        token = subprocess.run([args.registry_bin, "token", "create", "--data", rdata, "--name", "bench", "--scope", "push"], capture_output=True, text=True, check=True).stdout.split()[-1]
+        reg = subprocess.Popen([args.registry_bin, "serve", "--listen", "127.0.0.1:0", "--data", rdata], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "BPFARM_LOG": "error"})
+        procs.append(reg)
+        base = reg.stdout.readline().decode().strip().removeprefix("listening on ")
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        wait_http(f"http://127.0.0.1:{nport}/")
+        wait_http(f"http://127.0.0.1:{dport}/v2/")
+        pusher = Client(host, int(port), token)
+
+        targets = []  # (size, {server: url})
+        for i, size in enumerate(sizes):
+            block = hashlib.sha256(f"object{i}".encode()).digest()
+            data = (block * (size // 32 + 1))[:size]
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            release = f"6.1.0-{i}-amd64"
+            meta = sample_meta(release, "x86_64", data)
+            with open(os.path.join(www, meta["file_name"]), "wb") as f:
+                f.write(data)
+            publish(pusher, meta, data)
+            req = urllib.request.Request(f"http://127.0.0.1:{dport}/v2/bench/tracee-bpf/blobs/uploads/", method="POST")
+            loc = urllib.request.urlopen(req).headers["Location"]
+            sep = "&" if "?" in loc else "?"
+            put = urllib.request.Request(f"{loc}{sep}digest={digest}", data=data, method="PUT", headers={"Content-Type": "application/octet-stream"})
+            urllib.request.urlopen(put)
+            urls = {
+                "nginx sendfile": f"http://127.0.0.1:{nport}/{meta['file_name']}",
+                "bpfarm static": f"{base}/{meta['version']}/x86_64/{meta['file_name']}",
+                "bpfarm /v1 blob": f"{base}/v1/blobs/{digest}",
+                "bpfarm /v2 blob": f"{base}/v2/bpfarm/tracee-bpf/blobs/{digest}",
+                "distribution 2.8": f"http://127.0.0.1:{dport}/v2/bench/tracee-bpf/blobs/{digest}",
+            }
+            for name, url in urls.items():
+                if hashlib.sha256(fetch(url)).hexdigest() != digest[7:]:
+                    raise SystemExit(f"bench: {name} served wrong bytes for {url}")
+            targets.append((size, urls))
+
+        print(f"bench: wrk -t2 -c{args.connections} -d{args.seconds}s, best of {args.repeat} (spread in brackets), {os.cpu_count()} cores, load {' '.join(load())}", flush=True)
+        for size, urls in targets:
+            results = {}
+            for name, url in urls.items():
+                runs = [wrk(url, args.seconds, args.connections) for _ in range(args.repeat)]
+                best = max(runs, key=lambda r: r[0])
+                spread = (max(r[0] for r in runs) - min(r[0] for r in runs)) / best[0] if best[0] else 0.0
+                results[name] = (best[0], best[1], best[2], spread)
+            n_rps, n_p99 = results["nginx sendfile"][:2]
+            d_rps = results["distribution 2.8"][0]
+            print(f"\n{human(size)} object:")
+            print(f"  {'server':18} {'req/s':>9} {'spread':>7} {'p99 ms':>8} {'x nginx':>8} {'x distr':>8} {'p99/nginx':>9}")
+            for name, (rps, p99, err, spread) in results.items():
+                print(f"  {name:18} {rps:9.0f} {spread * 100:6.0f}% {p99:8.2f} {rps / n_rps:8.2f} {rps / d_rps:8.2f} {p99 / n_p99:9.2f}{'   ' + err if err else ''}", flush=True)
+        # Peak RSS with 1,000 connections downloading the largest object.
+        size, urls = targets[-1]
+        wrk(urls["bpfarm /v1 blob"], args.seconds, 1000)
+        print(f"\nbpfarm-registry peak RSS (VmHWM) over the bench, incl. wrk -c1000 on the {human(size)} object: {hwm_mib(reg.pid):.1f} MiB")
+        print(f"distribution peak RSS: {hwm_mib(dist.pid):.1f} MiB; load at the end {' '.join(load())}")
+    finally:
+        # SIGTERM: nginx's master then stops its workers (SIGKILL would
+        # leave them running).
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def parse_size(s):
+    s = s.strip().upper()
+    mult = {"K": 1000, "M": 1000 * 1000}.get(s[-1:], 1)
+    return int(float(s.rstrip("KM")) * mult)
+
+
+def human(n):
+    return f"{n / 1e6:g} MB" if n >= 1e6 else f"{n / 1e3:g} KB"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--object", help="object file to serve (default: 132 KiB of pseudo-random bytes, a tracer object's size)")
+    ap.add_argument("--sizes", default="100K,1M,10M", help="object sizes, comma-separated (K = 1000 bytes, M = 10^6)")
+    ap.add_argument("--repeat", type=int, default=1, help="wrk runs per server and size (the best is shown, with the spread)")
     ap.add_argument("--registry-bin", default=os.path.join(ROOT, "target/release/bpfarm-registry"))
     ap.add_argument("--soak", type=int, metavar="SECONDS", help="run the soak for this long instead of the comparison")
     ap.add_argument("--slowloris", type=int, default=300, help="slowloris connections during the soak")
     args = ap.parse_args()
     if args.soak:
         return soak(args)
-    # The peers come from Debian; install them if this machine lacks them.
-    missing = [pkg for pkg, exe in (("docker-registry", "docker-registry"), ("wrk", "wrk")) if not shutil.which(exe)]
-    if missing:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    if not os.path.exists(args.registry_bin):
-        subprocess.run(["cargo", "build", "--release", "-p", "bpfarm-registry"], cwd=ROOT, check=True)
-    data = open(args.object, "rb").read() if args.object else hashlib.sha256(b"seed").digest() * (132 * 1024 // 32)
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    work = tempfile.mkdtemp(prefix="bpfarm-regbench-")
-    procs = []
-    try:
-        # distribution 2.8, minimal config, filesystem storage on loopback.
-        cfg = os.path.join(work, "distribution.yml")
-        with open(cfg, "w") as f:
-            f.write(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {work}/distribution\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:5055\n")
-        dist = subprocess.Popen(["docker-registry", "serve", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(dist)
-        wait_http("http://127.0.0.1:5055/v2/")
-        req = urllib.request.Request("http://127.0.0.1:5055/v2/bench/tracee-bpf/blobs/uploads/", method="POST")
-        loc = urllib.request.urlopen(req).headers["Location"]
-        sep = "&" if "?" in loc else "?"
-        put = urllib.request.Request(f"{loc}{sep}digest={digest}", data=data, method="PUT", headers={"Content-Type": "application/octet-stream"})
-        urllib.request.urlopen(put)
-        dist_url = f"http://127.0.0.1:5055/v2/bench/tracee-bpf/blobs/{digest}"
-        assert hashlib.sha256(urllib.request.urlopen(dist_url).read()).hexdigest() == digest[7:]
-
-        # bpfarm-registry with the same bytes.
-        rdata = os.path.join(work, "bpfarm")
-        token = subprocess.run([args.registry_bin, "token", "create", "--data", rdata, "--name", "bench", "--scope", "push"], capture_output=True, text=True, check=True).stdout.split()[-1]
-        reg = subprocess.Popen([args.registry_bin, "serve", "--listen", "127.0.0.1:0", "--data", rdata], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "BPFARM_LOG": "error"})
-        procs.append(reg)
-        base = reg.stdout.readline().decode().strip().removeprefix("listening on ")
-        auth = {"Authorization": f"Bearer {token}"}
-        urllib.request.urlopen(urllib.request.Request(f"{base}/v1/blobs/{digest}", data=data, method="PUT", headers=auth))
-        ours_url = f"{base}/v1/blobs/{digest}"
-        assert hashlib.sha256(urllib.request.urlopen(ours_url).read()).hexdigest() == digest[7:]
-
-        print(f"bench: {len(data)} byte object, wrk -t2 -c{args.connections} -d{args.seconds}s, {os.cpu_count()} cores", flush=True)
-        d_rps, d_p99, d_err = wrk(dist_url, args.seconds, args.connections)
-        d_rss = hwm_mib(dist.pid)
-        o_rps, o_p99, o_err = wrk(ours_url, args.seconds, args.connections)
-        o_rss = hwm_mib(reg.pid)
-        print(f"distribution 2.8 : {d_rps:9.0f} req/s   p99 {d_p99:7.2f} ms   peak RSS {d_rss:6.1f} MiB{'   ' + d_err if d_err else ''}")
-        print(f"bpfarm-registry  : {o_rps:9.0f} req/s   p99 {o_p99:7.2f} ms   peak RSS {o_rss:6.1f} MiB{'   ' + o_err if o_err else ''}")
-        print(f"throughput ratio (bpfarm/distribution): {o_rps / d_rps:.2f}x   p99 ratio: {o_p99 / d_p99:.2f}x (lower is better)")
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        subprocess.run(["rm", "-rf", work])
+    return compare(args)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,14 @@
 //! through `BlobStore` alone.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bpfarm_object::Digest;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
+
+use crate::hot::HotCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -38,6 +41,20 @@ pub enum BlobError {
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    /// Hot blobs in memory, for downloads (`hot`).
+    hot: Arc<HotCache>,
+    /// One cache fill at a time: a burst of misses streams from the file
+    /// rather than reading the same blob into memory many times over.
+    filling: Arc<tokio::sync::Semaphore>,
+}
+
+/// Where a download's bytes come from.
+#[derive(Debug)]
+pub enum Source {
+    /// The whole blob, from the hot cache.
+    Memory(bytes::Bytes),
+    /// The open file, to stream.
+    File(tokio::fs::File),
 }
 
 impl BlobStore {
@@ -62,7 +79,54 @@ impl BlobStore {
         // OCI upload sessions span requests, so they live beside tmp/ and
         // are expired by age rather than wiped at start.
         tokio::fs::create_dir_all(root.join("uploads")).await?;
-        Ok(Self { root })
+        Ok(Self { root, hot: Arc::default(), filling: Arc::new(tokio::sync::Semaphore::new(1)) })
+    }
+
+    /// The same store with a hot cache of `budget` bytes holding blobs of
+    /// at most `max_object` bytes (`0` turns it off).
+    pub fn with_hot_cache(mut self, budget: u64, max_object: u64) -> Self {
+        self.hot = Arc::new(HotCache::new(budget, max_object));
+        self
+    }
+
+    /// Opens a blob for a download: its bytes from the hot cache while the
+    /// file is still stored, else the file (read into the cache first when
+    /// it fits). Errors as `open_blob`.
+    pub async fn open_for_download(&self, d: &Digest) -> Result<(Source, u64), BlobError> {
+        if let Some(bytes) = self.hot.get(d) {
+            // One stat of a cached dentry: a blob removed or quarantined
+            // behind the server's back is not served from memory.
+            match std::fs::metadata(self.path(d)) {
+                Ok(m) if m.is_file() && m.len() == bytes.len() as u64 => {
+                    let len = bytes.len() as u64;
+                    return Ok((Source::Memory(bytes), len));
+                }
+                _ => self.hot.forget(d),
+            }
+        }
+        let (file, size) = self.open_blob(d).await?;
+        if !self.hot.admits(size) {
+            return Ok((Source::File(file), size));
+        }
+        let Ok(_permit) = self.filling.try_acquire() else { return Ok((Source::File(file), size)) };
+        let mut std_file = file.into_std().await;
+        let read = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut buf = Vec::with_capacity(size as usize);
+            std_file.by_ref().take(size).read_to_end(&mut buf).map(|_| (buf, std_file))
+        })
+        .await
+        .map_err(|e| BlobError::Io(std::io::Error::other(format!("reading a blob: {e}"))))??;
+        let (buf, std_file) = read;
+        if buf.len() as u64 != size {
+            // Changed under us (it never should): serve the file as it is.
+            let mut file = tokio::fs::File::from_std(std_file);
+            tokio::io::AsyncSeekExt::rewind(&mut file).await?;
+            return Ok((Source::File(file), size));
+        }
+        let bytes = bytes::Bytes::from(buf);
+        self.hot.put(d, bytes.clone());
+        Ok((Source::Memory(bytes), size))
     }
 
     /// Where an OCI upload session's bytes accumulate.

@@ -11,7 +11,7 @@ use bpfarm_object::Digest;
 use http_range_header::parse_range_header;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::blobs::BlobStore;
+use crate::blobs::{BlobStore, Source};
 use crate::error::Error;
 use crate::metrics::Metrics;
 
@@ -31,7 +31,7 @@ pub async fn serve(
     headers: &HeaderMap,
     send: Send,
 ) -> Result<Response, Error> {
-    let (mut file, size) = blobs.open_blob(digest).await?;
+    let (source, size) = blobs.open_for_download(digest).await?;
     let etag = format!("\"{digest}\"");
     let common = |b: axum::http::response::Builder| {
         b.header(header::ETAG, &etag)
@@ -69,10 +69,15 @@ pub async fn serve(
     if send == Send::HeadersOnly {
         return build(b, Body::empty());
     }
-    file.seek(std::io::SeekFrom::Start(start)).await.map_err(Error::Store)?;
     metrics.served(len);
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 64 << 10);
-    build(b, Body::from_stream(stream))
+    match source {
+        Source::Memory(bytes) => build(b, Body::from(bytes.slice(start as usize..(start + len) as usize))),
+        Source::File(mut file) => {
+            file.seek(std::io::SeekFrom::Start(start)).await.map_err(Error::Store)?;
+            let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 64 << 10);
+            build(b, Body::from_stream(stream))
+        }
+    }
 }
 
 /// The one byte range a `Range` header asks for within `size` bytes, as

@@ -20,8 +20,10 @@
 //!   `gc` (unreferenced blobs, old versions);
 //! - the shared vocabulary: `state` (`AppState`, `Settings`), `error` (the
 //!   one `Error` the services return);
-//! - storage and plumbing: `repo` (the only module that runs SQL), `blobs`
-//!   (the only one that touches blob files), `tokens`, `manifest` (parsing
+//! - storage and plumbing: `repo` (the only module that runs SQL; `memo`
+//!   keeps its hottest reads' answers while the index is unchanged), `blobs`
+//!   (the only one that touches blob files; `hot` is its in-memory cache
+//!   of hot blobs for downloads), `tokens`, `manifest` (parsing
 //!   pushed manifests), `metrics`.
 
 pub mod auth;
@@ -36,8 +38,10 @@ pub mod face;
 pub mod faces;
 pub mod fsck;
 pub mod gc;
+pub mod hot;
 pub mod import;
 pub mod manifest;
+pub mod memo;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;

@@ -9,15 +9,20 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bpfarm_object::{Identity, ObjectMetadata};
+
+use crate::memo::Memo;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 #[derive(Debug, Clone)]
 pub struct Repo {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// The hottest reads' answers (`memo`).
+    memo: Arc<Memo<Vec<ObjectRow>>>,
 }
 
 /// One stored object row.
@@ -135,7 +140,7 @@ impl Repo {
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await?;
         sqlx::migrate!("./migrations").run(&writer).await?;
         let reader = SqlitePoolOptions::new().max_connections(8).connect_with(opts.read_only(true)).await?;
-        Ok(Self { writer, reader })
+        Ok(Self { writer, reader, memo: Arc::new(Memo::new(&data.join("index.sqlite"))) })
     }
 
     pub async fn current(&self, release: &str, arch: &str, version: &str) -> Result<Option<ObjectRow>, sqlx::Error> {
@@ -155,12 +160,19 @@ impl Repo {
         arch: &str,
         file_name: &str,
     ) -> Result<Vec<ObjectRow>, sqlx::Error> {
-        sqlx::query_as("SELECT id, digest, size, metadata, published_at FROM objects WHERE current = 1 AND version = ? AND arch = ? AND file_name = ? LIMIT 2")
+        let stamp = self.memo.stamp();
+        let key = (version.to_owned(), arch.to_owned(), file_name.to_owned());
+        if let Some(rows) = self.memo.file(stamp, &key) {
+            return Ok(rows);
+        }
+        let rows: Vec<ObjectRow> = sqlx::query_as("SELECT id, digest, size, metadata, published_at FROM objects WHERE current = 1 AND version = ? AND arch = ? AND file_name = ? LIMIT 2")
             .bind(version)
             .bind(arch)
             .bind(file_name)
             .fetch_all(&self.reader)
-            .await
+            .await?;
+        self.memo.put_file(stamp, key, rows.clone());
+        Ok(rows)
     }
 
     pub async fn list(&self, f: &Filter) -> Result<Vec<ObjectRow>, sqlx::Error> {
@@ -259,7 +271,7 @@ impl Repo {
 
     /// Starts the one kind of transaction that changes what is current.
     pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
-        Ok(WriteTx { tx: self.writer.begin_with("BEGIN IMMEDIATE").await? })
+        Ok(WriteTx { tx: self.writer.begin_with("BEGIN IMMEDIATE").await?, memo: self.memo.clone() })
     }
 
     /// Every object row, current and history.
@@ -319,11 +331,16 @@ pub struct NewManifest<'a> {
 #[derive(Debug)]
 pub struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    memo: Arc<Memo<Vec<ObjectRow>>>,
 }
 
 impl WriteTx {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+        // Before and after: a read between the two sees a new generation.
+        self.memo.bump();
+        let r = self.tx.commit().await;
+        self.memo.bump();
+        r
     }
 
     /// The current object of an identity.
@@ -541,11 +558,17 @@ impl Repo {
     }
 
     pub async fn oci_linked(&self, repo: &str, digest: &str) -> Result<bool, sqlx::Error> {
+        let stamp = self.memo.stamp();
+        let key = (repo.to_owned(), digest.to_owned());
+        if let Some(linked) = self.memo.link(stamp, &key) {
+            return Ok(linked);
+        }
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM oci_blob_links WHERE repo = ? AND digest = ?")
             .bind(repo)
             .bind(digest)
             .fetch_one(&self.reader)
             .await?;
+        self.memo.put_link(stamp, key, n > 0);
         Ok(n > 0)
     }
 

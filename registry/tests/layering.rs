@@ -9,7 +9,7 @@ use std::path::Path;
 
 /// Bottom to top. A module may import from its own layer or any below it.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("storage and plumbing", &["repo", "blobs", "tokens", "manifest", "metrics", "tls"]),
+    ("storage and plumbing", &["repo", "memo", "blobs", "hot", "tokens", "manifest", "metrics", "tls"]),
     ("vocabulary", &["state", "error"]),
     ("services", &["faces", "publish", "signatures", "distribution", "fsck", "export", "bundle", "import", "mirror", "gc"]),
     ("HTTP faces", &["face", "auth", "body", "download", "page", "routes", "oci"]),
@@ -29,6 +29,7 @@ const HTTP_BELOW_FACES: &[(&str, &str)] = &[
 /// files through `blobs` or `repo`).
 const FILE_USERS: &[(&str, &str)] = &[
     ("blobs", "the blob store itself"),
+    ("memo", "stats the index files to tell that they are unchanged"),
     ("export", "writes the exported tree (reading blobs through `blobs`)"),
     ("tls", "reads the certificate and key files"),
     ("bundle", "writes the bundle tar (reading blobs through `blobs`)"),

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Benchmark: bpfarm-registry at fleet scale, by simulation, on loopback.
+
+  1. seed: a registry holding --kernels x --versions objects (synthetic
+     kernel releases, default 10,000 x 10 = 100,000), written through the
+     registry's own publish code in batched transactions
+     (registry/examples/fleet_seed.rs), with their OCI forms;
+  2. start: time from `bpfarm-registry serve` to listening (it checks every
+     object's OCI form at start), RSS after start;
+  3. lookup: `GET /v1/objects/<arch>/<version>/<release>` for random
+     identities under wrk -c64: req/s and p99;
+  4. list: every page of `GET /v1/objects?limit=1000` walked with `after`,
+     and a search (`q=`) walked the same way: pages, p50/p99/max per page;
+  5. the coverage page `GET /`: render time and size;
+  6. a burst of --agents simulated agents (at most --concurrency at once,
+     each its own connection): look up its kernel's object, download the
+     blob, check its digest. Completion time, p99 per agent, errors.
+Ends with the registry's peak RSS (VmHWM). Baselines in the same run: the
+lookup's req/s against `/healthz` (the server's floor for one request).
+
+    bench/fleet.py [--kernels 10000] [--versions 10] [--agents 10000] [--concurrency 256]
+"""
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from registry import hwm_mib, load, proc_status  # noqa: E402
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else 0.0
+
+
+def wrk_lua(url, paths, seconds, conns, work):
+    script = os.path.join(work, "paths.lua")
+    with open(script, "w") as f:
+        f.write("paths = {" + ",".join(json.dumps(p) for p in paths) + "}\n")
+        f.write("request = function() return wrk.format(nil, paths[math.random(#paths)]) end\n")
+    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", script, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rps, p99, int(errors.group(1)) if errors else 0
+
+
+def get(url):
+    t = time.monotonic()
+    with urllib.request.urlopen(url, timeout=120) as r:
+        body = r.read()
+    return time.monotonic() - t, body
+
+
+def walk(base, query):
+    """Every page of /v1/objects?<query>; returns (page times, objects)."""
+    times, n, after = [], 0, 0
+    while True:
+        took, body = get(f"{base}/v1/objects?{query}&limit=1000&after={after}")
+        page = json.loads(body)
+        times.append(took)
+        n += len(page["objects"])
+        if page.get("next") is None:
+            return times, n
+        after = page["next"]
+
+
+async def agent(host, port, arch, version, release):
+    """One simulated agent: its own connection, lookup then download."""
+    t = time.monotonic()
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        async def request(path):
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+            body = await reader.readexactly(int(m.group(1))) if m else b""
+            return status, body
+
+        status, body = await request(f"/v1/objects/{arch}/{version}/{release}")
+        if status != 200:
+            raise RuntimeError(f"lookup {release} {version}: {status}")
+        meta = json.loads(body)
+        status, blob = await request(meta["download"])
+        if status != 200 or "sha256:" + hashlib.sha256(blob).hexdigest() != meta["digest"]:
+            raise RuntimeError(f"download {meta['digest']}: {status}, {len(blob)} bytes")
+    finally:
+        writer.close()
+    return time.monotonic() - t
+
+
+async def burst(host, port, identities, concurrency):
+    sem = asyncio.Semaphore(concurrency)
+    times, errors = [], []
+
+    async def one(ident):
+        async with sem:
+            try:
+                times.append(await agent(host, port, *ident))
+            except Exception as e:
+                errors.append(str(e))
+
+    t = time.monotonic()
+    await asyncio.gather(*(one(i) for i in identities))
+    return time.monotonic() - t, times, errors
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kernels", type=int, default=10_000)
+    ap.add_argument("--versions", type=int, default=10)
+    ap.add_argument("--agents", type=int, default=10_000)
+    ap.add_argument("--concurrency", type=int, default=256)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--registry-bin", default=os.path.join(ROOT, "target/release/bpfarm-registry"))
+    ap.add_argument("--seed-bin", default=os.path.join(ROOT, "target/release/examples/fleet_seed"))
+    ap.add_argument("--work", help="keep the seeded registry here (reused when it exists; default: a fresh folder in /dev/shm, removed)")
+    args = ap.parse_args()
+    if not os.path.exists(args.registry_bin) or not os.path.exists(args.seed_bin):
+        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "bpfarm-registry", "--bin", "bpfarm-registry", "--example", "fleet_seed"], cwd=ROOT, check=True)
+    # tmpfs by default: the blob store fsyncs every manifest it writes,
+    # which would make the seed, not what is measured, take the time.
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    work = args.work or tempfile.mkdtemp(prefix="bpfarm-fleet-", dir=shm)
+    data = os.path.join(work, "data")
+    n = args.kernels * args.versions
+    reg = None
+    print(f"fleet: {args.kernels} kernels x {args.versions} versions = {n} objects, {os.cpu_count()} cores, load {' '.join(load())}", flush=True)
+    try:
+        releases_file = os.path.join(work, "releases")
+        if not os.path.exists(releases_file):
+            t = time.monotonic()
+            with open(releases_file + ".tmp", "w") as out:
+                subprocess.run([args.seed_bin, "--data", data, "--kernels", str(args.kernels), "--versions", str(args.versions)], stdout=out, check=True, env={**os.environ, "BPFARM_LOG": "error"})
+            os.rename(releases_file + ".tmp", releases_file)
+            print(f"seed:    {n} objects in {time.monotonic() - t:.1f} s", flush=True)
+        releases = open(releases_file).read().split()
+        versions = [f"v1.{v}.0" for v in range(args.versions)]
+
+        t = time.monotonic()
+        reg = subprocess.Popen([args.registry_bin, "serve", "--listen", "127.0.0.1:0", "--data", data], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "BPFARM_LOG": "error"})
+        base = reg.stdout.readline().decode().strip().removeprefix("listening on ")
+        if not base.startswith("http://"):
+            raise SystemExit("fleet: the registry did not start")
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        print(f"start:   {time.monotonic() - t:.2f} s to listening, RSS {proc_status(reg.pid, 'VmRSS'):.1f} MiB", flush=True)
+
+        rnd = random.Random(1)
+        paths = [f"/v1/objects/x86_64/{rnd.choice(versions)}/{rnd.choice(releases)}" for _ in range(2000)]
+        h_rps, h_p99, _ = wrk_lua(base, ["/healthz"], args.seconds, 64, work)
+        l_rps, l_p99, l_err = wrk_lua(base, paths, args.seconds, 64, work)
+        print(f"lookup:  {l_rps:8.0f} req/s  p99 {l_p99:7.2f} ms  non-2xx {l_err}   (/healthz {h_rps:.0f} req/s, p99 {h_p99:.2f} ms: lookup/healthz {l_rps / h_rps:.2f}x)", flush=True)
+
+        times, count = walk(base, "arch=x86_64")
+        print(f"list:    {count} objects in {len(times)} pages of 1000, {sum(times):.2f} s; per page p50 {statistics.median(times) * 1000:.1f} ms  p99 {pct(times, 0.99) * 1000:.1f} ms  max {max(times) * 1000:.1f} ms", flush=True)
+        if count != n:
+            raise SystemExit(f"fleet: the list walked {count} objects, not {n}")
+        times, count = walk(base, "q=-fleet-")
+        print(f"search:  {count} objects in {len(times)} pages, {sum(times):.2f} s; per page p50 {statistics.median(times) * 1000:.1f} ms  p99 {pct(times, 0.99) * 1000:.1f} ms", flush=True)
+
+        took, page = get(f"{base}/")
+        took2, _ = get(f"{base}/")
+        print(f"page:    GET / {min(took, took2) * 1000:.0f} ms (of two), {len(page) / 1e6:.1f} MB of HTML", flush=True)
+
+        identities = [("x86_64", rnd.choice(versions), rnd.choice(releases)) for _ in range(args.agents)]
+        wall, times, errors = asyncio.run(burst(host, int(port), identities, args.concurrency))
+        print(f"agents:  {args.agents} in one burst (at most {args.concurrency} at once): {wall:.2f} s, {len(times) / wall:.0f} agents/s, per agent p50 {statistics.median(times) * 1000 if times else 0:.1f} ms  p99 {pct(times, 0.99) * 1000:.1f} ms, errors {len(errors)}", flush=True)
+        for e in errors[:5]:
+            print(f"    {e}")
+        print(f"rss:     peak {hwm_mib(reg.pid):.1f} MiB, now {proc_status(reg.pid, 'VmRSS'):.1f} MiB; load at the end {' '.join(load())}")
+        if errors:
+            sys.exit(1)
+    finally:
+        if reg is not None:
+            reg.kill()
+            reg.wait()
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
