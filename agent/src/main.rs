@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Find, fetch and verify (or build) this kernel's tracer object, load it and stream events"
 )]
 #[command(
-    after_help = "Search order: TRACEE_BPF_FILE (file or folder), the agent's own folder, --install-path, each --registry in turn, then a local build if --build-policy allows (headers from KERN_HEADERS, /lib/modules/<release>/build, or the running kernel's BTF).\n\nTrust: folders are used only when they and every folder above them belong to root or this user and no one else can write them; files are never read through symlinks. Every object must carry an embedded identity (.bpfarm.identity) naming this kernel release, arch and version; fetched objects must also match the registry's digest and size. Exactly the verified bytes are loaded.\n\nExit codes: 0 success, 1 no usable object or a load/run failure, 2 usage error."
+    after_help = "Search order: TRACEE_BPF_FILE (file or folder), the agent's own folder, --install-path, each --registry in turn, then a local build if --build-policy allows (headers from KERN_HEADERS, /lib/modules/<release>/build, or the running kernel's BTF).\n\nTrust: folders are used only when they and every folder above them belong to root or this user and no one else can write them; files are never read through symlinks. Every object must carry an embedded identity (.bpfarm.identity) naming this kernel release, arch and version; fetched objects must also match the registry's digest and size. Exactly the verified bytes are loaded.\n\nSigning: with --verify-key, every object must also carry a valid signature by a trusted key (<file>.sig beside it, from the registry, or the cosign signature of its OCI manifest), and a signed build time older than the newest accepted (recorded in --state-dir) is refused unless --allow-downgrade. A local build cannot be signed, so it is not attempted under --verify-key (`build` still builds on request). `fetch` then replaces an installed object only with a newer signed one.\n\nExit codes: 0 success, 1 no usable object or a load/run failure, 2 usage error."
 )]
 struct Cli {
     #[command(flatten)]
@@ -92,6 +92,34 @@ struct Common {
     /// any other place an object comes from.
     #[arg(long, global = true)]
     force_object: bool,
+    // #11: --verify-key, --allow-downgrade, --state-dir.
+    #[command(flatten)]
+    signing: SigningArgs,
+}
+
+/// Signed objects (issue #11).
+#[derive(Args, Debug)]
+struct SigningArgs {
+    /// A public key (PEM: cosign.pub, or `openssl pkey -pubout`). With it,
+    /// every object, from every place, must carry a valid signature by one
+    /// of the keys over its exact bytes (`<file>.sig` beside it, or the
+    /// cosign signature of its OCI manifest), else it is refused and the
+    /// search goes on. Repeatable (key rotation). The environment variable
+    /// takes a comma- or colon-separated list; the config file
+    /// `verify_keys = [...]`. Read only from a folder root or this user
+    /// owns that no one else can write.
+    #[arg(long = "verify-key", global = true, value_name = "FILE")]
+    verify_keys: Vec<PathBuf>,
+    /// Accept a validly signed object whose signed build time is older
+    /// than the newest one accepted before for this kernel (a rollback),
+    /// or one without a signed build time once one was accepted.
+    #[arg(long, global = true)]
+    allow_downgrade: bool,
+    /// Where the newest accepted signed build time per kernel is recorded
+    /// (rollback.json, 0600; the folder 0700, checked like the install
+    /// path). [default: /var/lib/bpfarm/agent]
+    #[arg(long, global = true, value_name = "DIR", env = "BPFARM_AGENT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -110,6 +138,11 @@ enum Command {
     Locate {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
+        /// Also print the verified provenance of the object it would load
+        /// (builder, build time, source packages with digests, compiler,
+        /// flags). Needs --verify-key.
+        #[arg(long)]
+        provenance: bool,
     },
     /// Fetch from the registries only and install (for baking images).
     Fetch,
@@ -196,7 +229,33 @@ fn resolve_config(c: &Common) -> anyhow::Result<ResolveConfig> {
             max_object_bytes: c.max_object_size.or(file.max_object_size).unwrap_or(defaults.max_object_bytes),
         },
         force_object: c.force_object,
+        signing: signing_policy(&c.signing, file.verify_keys, file.state_dir)?,
     })
+}
+
+/// #11: keys from the flags, else `BPFARM_VERIFY_KEYS` (comma- or
+/// colon-separated), else the config file.
+fn signing_policy(
+    a: &SigningArgs,
+    file_keys: Option<Vec<PathBuf>>,
+    file_state: Option<PathBuf>,
+) -> anyhow::Result<bpfarm_agent::verify::SignPolicy> {
+    use bpfarm_agent::verify::SignPolicy;
+    let from_env = || {
+        std::env::var("BPFARM_VERIFY_KEYS").ok().map(|v| {
+            v.split([',', ':']).map(str::trim).filter(|p| !p.is_empty()).map(PathBuf::from).collect::<Vec<_>>()
+        })
+    };
+    let paths =
+        if a.verify_keys.is_empty() { from_env().or(file_keys).unwrap_or_default() } else { a.verify_keys.clone() };
+    let mut policy = SignPolicy { allow_downgrade: a.allow_downgrade, ..SignPolicy::default() };
+    if !paths.is_empty() {
+        policy.keys = Some(bpfarm_agent::verify::load_keys(&paths)?);
+    }
+    if let Some(dir) = a.state_dir.clone().or(file_state) {
+        policy.state = bpfarm_agent::rollback::RollbackState::new(dir);
+    }
+    Ok(policy)
 }
 
 fn print_trail(trail: &[resolve::Step]) {
@@ -215,14 +274,45 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if matches!(cli.command, Command::Locate { provenance: true, .. })
+        && cli.common.signing.verify_keys.is_empty()
+        && std::env::var_os("BPFARM_VERIFY_KEYS").is_none()
+        && bpfarm_agent::config::load(cli.common.config.as_deref()).is_ok_and(|(f, _)| f.verify_keys.is_none())
+    {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "locate --provenance needs --verify-key: an unverified statement proves nothing",
+            )
+            .exit();
+    }
     let cfg = resolve_config(&cli.common)?;
     match cli.command {
-        Command::Locate { output } => {
+        Command::Locate { output, provenance } => {
             let r = resolve::resolve(&cfg, Mode::Locate);
+            // #11: the verified provenance of what would be loaded.
+            let verified = r.as_ref().ok().and_then(|res| res.object.as_ref()?.signature.as_ref()?.provenance.clone());
+            if provenance && verified.is_none() {
+                let why = match &r {
+                    Ok(res) if res.object.is_none() => "it would be fetched or built; its provenance is checked then",
+                    Ok(_) => "the object it would load came without a signed provenance (.intoto.jsonl)",
+                    Err(_) => "there is nothing to load",
+                };
+                anyhow::bail!("no verified provenance to print: {why}");
+            }
             match output {
                 Output::Json => {
                     let v = match &r {
-                        Ok(res) => serde_json::to_value(res)?,
+                        Ok(res) => {
+                            let mut v = serde_json::to_value(res)?;
+                            let signature = res.object.as_ref().and_then(|o| o.signature.as_ref());
+                            v["signature"] = serde_json::to_value(signature)?;
+                            if let Some(p) = verified.as_ref().filter(|_| provenance) {
+                                v["provenance"] = serde_json::from_slice(&p.statement)?;
+                            }
+                            v
+                        }
                         Err(e) => serde_json::json!({ "error": e.to_string(), "trail": e.trail() }),
                     };
                     println!("{}", serde_json::to_string_pretty(&v)?);
@@ -248,6 +338,9 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
                         }
                         Ok(res) => println!("would load {}", res.path.display()),
                         Err(_) => println!("nothing to load"),
+                    }
+                    if let Some(p) = verified.as_ref().filter(|_| provenance) {
+                        print!("{}", bpfarm_agent::verify::describe_provenance(p));
                     }
                 }
             }

@@ -73,6 +73,8 @@ pub struct ResolveConfig {
     /// `--force-object`: load a `TRACEE_BPF_FILE` whose embedded identity
     /// is missing or names another kernel (dangerous).
     pub force_object: bool,
+    /// #11: `--verify-key`, `--allow-downgrade`, `--state-dir` (see `verify`).
+    pub signing: crate::verify::SignPolicy,
 }
 
 /// One place looked at.
@@ -99,6 +101,8 @@ pub struct Verified {
     pub digest: Digest,
     /// What the object says it is (`None` only under `--force-object`).
     pub embedded: Option<EmbeddedIdentity>,
+    /// #11: its signature, once `verify::check` accepted it.
+    pub signature: Option<crate::verify::Signature>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -205,7 +209,7 @@ fn verify(
         }
         Err(e) => return Err(format!("refused: {e}")),
     };
-    Ok((Verified { bytes, digest, embedded }, outcome))
+    Ok((Verified { bytes, digest, embedded, signature: None }, outcome))
 }
 
 /// Reads `name` from a checked folder and verifies it; the `.json` beside
@@ -217,6 +221,7 @@ fn check_local(
     require_metadata: bool,
     force: bool,
     limit: u64,
+    signing: &crate::verify::SignPolicy,
 ) -> Result<(Verified, String), String> {
     let bytes = match dir.read_file(name, limit) {
         Ok(Some(b)) => b,
@@ -235,7 +240,12 @@ fn check_local(
         Ok(None) => None,
         Err(e) => return Err(format!("refusing: {e}")),
     };
-    verify(bytes, id, meta.as_ref(), force)
+    let (mut v, outcome) = verify(bytes, id, meta.as_ref(), force)?;
+    // #11: the signature beside it, over exactly these bytes.
+    let (signature, note) = crate::verify::check(signing, id, &v.bytes, crate::verify::read_local(dir, name))
+        .map_err(|why| format!("found, but {why}"))?;
+    v.signature = Some(signature);
+    Ok((v, format!("{outcome}; {note}")))
 }
 
 /// Looks at one local candidate and records what was found there in the
@@ -258,7 +268,7 @@ fn consider(
             let lock = if install_path { dir.lock_shared() } else { Ok(None) };
             match lock {
                 Err(e) => Err(format!("refusing: {e}")),
-                Ok(_lock) => check_local(&dir, name, id, install_path, force, limit),
+                Ok(_lock) => check_local(&dir, name, id, install_path, force, limit, &cfg.signing),
             }
         }
         Err(TrustError::Missing { .. }) => Err("not there".into()),
@@ -278,6 +288,18 @@ fn consider(
 
 /// Resolves the object per the config and mode.
 pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveError> {
+    let mut r = resolve_candidates(cfg, mode)?;
+    // #11: an object accepted for use moves the rollback record forward.
+    if mode != Mode::Locate
+        && let Some(v) = &r.object
+        && let Some(note) = crate::verify::remember(&cfg.signing, &cfg.identity, &v.digest, v.signature.as_ref())
+    {
+        r.trail.push(Step { place: "rollback state".into(), outcome: note });
+    }
+    Ok(r)
+}
+
+fn resolve_candidates(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveError> {
     let id = &cfg.identity;
     let name = id.file_name();
     let mut trail = Vec::new();
@@ -328,6 +350,17 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
         }
     }
 
+    // #11: `fetch` under --verify-key replaces the installed object only
+    // with a newer signed one (and keeps it when the registries have none).
+    let installed = if mode == Mode::FetchOnly && cfg.signing.keys.is_some() {
+        let candidate = cfg.install_path.join(&name);
+        let place = format!("install path ({})", candidate.display());
+        consider(&mut trail, place, TrustedDir::open(&cfg.install_path), &name, cfg, true, false)
+    } else {
+        None
+    };
+    let installed_at = installed.as_ref().and_then(|v| v.signature.as_ref()?.provenance.as_ref()).map(|p| p.built_at);
+
     // 4. Registries, in order, each within its own --timeout.
     if matches!(mode, Mode::Run | Mode::Locate | Mode::FetchOnly) && cfg.policy != BuildPolicy::Always {
         if cfg.registries.is_empty() {
@@ -340,8 +373,20 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
             for base in &cfg.registries {
                 let place = format!("registry {base}");
                 match fetch_one(&transport, base, cfg, mode == Mode::Locate) {
-                    Ok(Fetched::Got(meta, bytes, how)) => match verify(bytes, id, Some(&meta), false) {
-                        Ok((v, outcome)) => match install(&cfg.install_path, &v.bytes, &meta) {
+                    Ok(Fetched::Got(meta, bytes, how, evidence)) => match verify(bytes, id, Some(&meta), false)
+                        .and_then(|(mut v, outcome)| {
+                            // #11: its signature, then (for `fetch`) newer than the installed one.
+                            let (sig, note) = crate::verify::check(&cfg.signing, id, &v.bytes, *evidence)?;
+                            let built = sig.provenance.as_ref().map(|p| p.built_at);
+                            if let Some(at) = installed_at
+                                && built.is_none_or(|b| b <= at)
+                            {
+                                return Err(format!("{note}; not newer than the installed one: not replacing it"));
+                            }
+                            v.signature = Some(sig);
+                            Ok((v, format!("{outcome}; {note}")))
+                        }) {
+                        Ok((v, outcome)) => match install(&cfg.install_path, &v.bytes, &meta, v.signature.as_ref()) {
                             Ok(path) => {
                                 step(&mut trail, place, format!("{how}; {outcome}; installed"));
                                 return found(path, Source::Registry, v, trail);
@@ -379,12 +424,27 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
         }
     }
 
+    if let Some(v) = installed {
+        step(&mut trail, "install path".into(), "no newer signed object in the registries; keeping it".into());
+        return found(cfg.install_path.join(&name), Source::InstallPath, v, trail);
+    }
+
     // 5. Local build.
     let may_build = match mode {
         Mode::BuildOnly => true,
         Mode::Run | Mode::Locate => cfg.policy != BuildPolicy::Never,
         Mode::FetchOnly => false,
     };
+    // #11: a local build cannot be signed here (no private key reaches the
+    // agent), so it cannot pass --verify-key; `build` still builds on request.
+    if may_build && mode != Mode::BuildOnly && cfg.signing.keys.is_some() {
+        step(
+            &mut trail,
+            "local build".into(),
+            "not attempted: --verify-key requires signed objects, and a local build is unsigned".into(),
+        );
+        return Err(not_found(trail));
+    }
     if !may_build {
         if mode != Mode::FetchOnly {
             step(&mut trail, "local build".into(), "not attempted: --build-policy never (no compiler is run)".into());
@@ -424,7 +484,7 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
 enum Fetched {
     /// Metadata, bytes (checked against the registry's digest and size) and
     /// how they came.
-    Got(Box<ObjectMetadata>, Vec<u8>, String),
+    Got(Box<ObjectMetadata>, Vec<u8>, String, Box<crate::verify::Evidence>),
     /// `locate`: the registry has it.
     Available(String),
 }
@@ -439,16 +499,17 @@ fn fetch_one(transport: &Transport, base: &str, cfg: &ResolveConfig, look_only: 
         let auth = credentials(&target.registry, None, cfg.registry_token.as_deref());
         let registry = OciRegistry::new(target, auth, transport).map_err(|e| format!("refused: {e}"))?;
         warn(registry.warning());
-        let got = transport.within(registry.fetch(&cfg.identity)).ok_or_else(gave_up)?;
+        let got = transport.within(registry.fetch_with_manifest(&cfg.identity)).ok_or_else(gave_up)?;
         return match got {
-            Ok(Some((meta, bytes))) if look_only => {
+            Ok(Some((meta, bytes, _))) if look_only => {
                 drop(bytes);
                 Ok(Fetched::Available(format!("has it ({}); would fetch and install it", meta.digest)))
             }
-            Ok(Some((meta, bytes))) => Ok(Fetched::Got(
+            Ok(Some((meta, bytes, manifest))) => Ok(Fetched::Got(
                 Box::new(meta),
                 bytes,
                 format!("fetched from {}, verified against its manifest", registry.target().repository()),
+                Box::new(crate::verify::read_oci(&registry, &manifest, cfg.signing.keys.as_ref())),
             )),
             Ok(None) => Err(format!(
                 "no {} for this kernel and arch in {}",
@@ -479,13 +540,24 @@ async fn fetch_http(client: &RegistryClient, cfg: &ResolveConfig, look_only: boo
         ClientError::Transport(TransportError::Request { .. }) => format!("unreachable: {e}"),
         _ => format!("refused: {e}"),
     };
-    match client.lookup_on(id, cfg.kernel.uname_version.as_deref()).await.map_err(why)? {
+    let (lookup, attachments) = client.lookup_signed(id, cfg.kernel.uname_version.as_deref()).await.map_err(why)?;
+    match lookup {
         Lookup::Found(meta) => {
             if look_only {
-                return Ok(Fetched::Available(format!("has it ({}); would fetch and install it", meta.digest)));
+                let signed = if attachments.signature.is_some() { "signed" } else { "unsigned" };
+                return Ok(Fetched::Available(format!(
+                    "has it ({}, {signed}); would fetch and install it",
+                    meta.digest
+                )));
             }
             let bytes = client.fetch_object(&meta).await.map_err(why)?;
-            Ok(Fetched::Got(meta, bytes, "fetched through its /v1 API, matching the registry's digest".into()))
+            let evidence = crate::verify::read_v1(client, &attachments).await;
+            Ok(Fetched::Got(
+                meta,
+                bytes,
+                "fetched through its /v1 API, matching the registry's digest".into(),
+                Box::new(evidence),
+            ))
         }
         Lookup::NotFound(msg) => Err(format!("no object ({msg})")),
         Lookup::NoApi => match client.fetch_static(id).await.map_err(why)? {
@@ -506,6 +578,7 @@ async fn fetch_http(client: &RegistryClient, cfg: &ResolveConfig, look_only: boo
                     Box::new(meta),
                     obj.bytes,
                     "fetched from its static layout, matching its .sha256".into(),
+                    Box::new(crate::verify::read_static(client, id).await),
                 ))
             }
             None => Err(format!("no /v1 API and no {} in its static layout", id.file_name())),
@@ -517,7 +590,12 @@ async fn fetch_http(client: &RegistryClient, cfg: &ResolveConfig, look_only: boo
 /// missing, and checked like every folder the agent trusts) atomically,
 /// under the lock: readers see the old pair, or the new object and then its
 /// metadata, never half a file. Both names come from the identity.
-pub fn install(install_path: &Path, bytes: &[u8], meta: &ObjectMetadata) -> Result<PathBuf, TrustError> {
+pub fn install(
+    install_path: &Path,
+    bytes: &[u8],
+    meta: &ObjectMetadata,
+    signature: Option<&crate::verify::Signature>,
+) -> Result<PathBuf, TrustError> {
     let dir = TrustedDir::open_or_create(install_path)?;
     let _lock = dir.lock_exclusive()?;
     let name = meta.identity.file_name();
@@ -528,6 +606,7 @@ pub fn install(install_path: &Path, bytes: &[u8], meta: &ObjectMetadata) -> Resu
     })?;
     json.push(b'\n');
     dir.write_atomic(&format!("{name}.json"), &json)?;
+    crate::verify::install_beside(&dir, &name, signature)?; // #11
     Ok(install_path.join(name))
 }
 
@@ -606,6 +685,6 @@ fn build_locally(cfg: &ResolveConfig, input: HeaderInput) -> Result<(PathBuf, Ve
     let bytes = fs::read(&out.path).map_err(|e| format!("{}: {e}", out.path.display()))?;
     let meta = &out.metadata;
     let (v, _) = verify(bytes, id, Some(meta), false)?;
-    let path = install(&cfg.install_path, &v.bytes, meta).map_err(|e| e.to_string())?;
+    let path = install(&cfg.install_path, &v.bytes, meta, None).map_err(|e| e.to_string())?;
     Ok((path, v))
 }
