@@ -33,7 +33,7 @@ struct Cli {
 struct Common {
     /// A settings file (TOML) with any of: registries, registry_headers,
     /// registry_token, install_path, build_policy, timeout, ca_cert,
-    /// insecure, max_object_size. Flags and environment variables win over
+    /// insecure, max_object_size, verify_keys, state_dir. Flags and environment variables win over
     /// it. Read only when root or this user owns it and no one else can
     /// write it. [default: /etc/bpfarm/agent.toml, when it exists]
     #[arg(long, global = true, value_name = "FILE", env = "BPFARM_AGENT_CONFIG")]
@@ -104,8 +104,8 @@ struct SigningArgs {
     /// every object, from every place, must carry a valid signature by one
     /// of the keys over its exact bytes (`<file>.sig` beside it, or the
     /// cosign signature of its OCI manifest), else it is refused and the
-    /// search goes on. Repeatable (key rotation). The environment variable
-    /// takes a comma- or colon-separated list; the config file
+    /// search goes on. Repeatable (key rotation). BPFARM_VERIFY_KEYS takes
+    /// a comma- or colon-separated list; the config file
     /// `verify_keys = [...]`. Read only from a folder root or this user
     /// owns that no one else can write.
     #[arg(long = "verify-key", global = true, value_name = "FILE")]
