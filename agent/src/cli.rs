@@ -21,7 +21,7 @@ use crate::run::Output;
     about = "Find, fetch and verify (or build) this kernel's tracer object, load it and stream events"
 )]
 #[command(
-    after_help = "Search order: TRACEE_BPF_FILE (file or folder), the agent's own folder, --install-path, each --registry in turn, then a local build if --build-policy allows (headers from KERN_HEADERS, /lib/modules/<release>/build, or the running kernel's BTF).\n\nTrust: folders are used only when they and every folder above them belong to root or this user and no one else can write them; files are never read through symlinks. Every object must carry an embedded identity (.bpfarm.identity) naming this kernel release, arch and version; fetched objects must also match the registry's digest and size. Exactly the verified bytes are loaded.\n\nExit codes: 0 success, 1 no usable object or a load/run failure, 2 usage error."
+    after_help = "Search order: TRACEE_BPF_FILE (file or folder), the agent's own folder, --install-path, each --registry in turn, then a local build if --build-policy allows (headers from KERN_HEADERS, /lib/modules/<release>/build, or the running kernel's BTF).\n\nTrust: folders are used only when they and every folder above them belong to root or this user and no one else can write them; files are never read through symlinks. Every object must carry an embedded identity (.bpfarm.identity) naming this kernel release, arch and version; fetched objects must also match the registry's digest and size. Exactly the verified bytes are loaded.\n\nSigning: with --verify-key, every object must also carry a valid signature by a trusted key (<file>.sig beside it, from the registry, or the cosign signature of its OCI manifest), and a signed build time older than the newest accepted (recorded in --state-dir) is refused unless --allow-downgrade. A local build cannot be signed, so it is not attempted under --verify-key (`build` still builds on request). `fetch` then replaces an installed object only with a newer signed one.\n\nExit codes: 0 success, 1 no usable object or a load/run failure, 2 usage error."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -34,7 +34,8 @@ pub struct Cli {
 pub struct Common {
     /// A settings file (TOML) with any of: registries, registry_headers,
     /// registry_token, install_path, build_policy, timeout, ca_cert,
-    /// insecure, max_object_size. Flags and environment variables win over
+    /// insecure, max_object_size, verify_keys, state_dir. Flags and
+    /// environment variables win over
     /// it. Read only when root or this user owns it and no one else can
     /// write it. [default: /etc/bpfarm/agent.toml, when it exists]
     #[arg(long, global = true, value_name = "FILE", env = "BPFARM_AGENT_CONFIG")]
@@ -94,6 +95,63 @@ pub struct Common {
     /// any other place an object comes from.
     #[arg(long, global = true)]
     pub force_object: bool,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+}
+
+/// Signed objects: `--verify-key`, `--allow-downgrade`, `--state-dir`.
+#[derive(Args, Debug)]
+pub struct SigningArgs {
+    /// A public key (PEM: cosign.pub, or `openssl pkey -pubout`). With it,
+    /// every object, from every place, must carry a valid signature by one
+    /// of the keys over its exact bytes (`<file>.sig` beside it, or the
+    /// cosign signature of its OCI manifest), else it is refused and the
+    /// search goes on. Repeatable (key rotation). BPFARM_VERIFY_KEYS takes
+    /// a comma- or colon-separated list; the config file
+    /// `verify_keys = [...]`. Read only from a folder root or this user
+    /// owns that no one else can write.
+    #[arg(long = "verify-key", global = true, value_name = "FILE")]
+    pub verify_keys: Vec<PathBuf>,
+    /// Accept a validly signed object whose signed build time is older
+    /// than the newest one accepted before for this kernel (a rollback),
+    /// or one without a signed build time once one was accepted.
+    #[arg(long, global = true)]
+    pub allow_downgrade: bool,
+    /// Where the newest accepted signed build time per kernel is recorded
+    /// (rollback.json, 0600; the folder 0700, checked like the install
+    /// path). [default: /var/lib/bpfarm/agent]
+    #[arg(long, global = true, value_name = "DIR", env = "BPFARM_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl SigningArgs {
+    /// Keys from the flags, else `BPFARM_VERIFY_KEYS` (comma- or
+    /// colon-separated), else the config file.
+    fn policy(
+        &self,
+        file_keys: Option<Vec<PathBuf>>,
+        file_state: Option<PathBuf>,
+    ) -> Result<crate::verify::SignPolicy, crate::verify::KeyFileError> {
+        let from_env = || {
+            std::env::var("BPFARM_VERIFY_KEYS").ok().map(|v| {
+                v.split([',', ':']).map(str::trim).filter(|p| !p.is_empty()).map(PathBuf::from).collect::<Vec<_>>()
+            })
+        };
+        let paths = if self.verify_keys.is_empty() {
+            from_env().or(file_keys).unwrap_or_default()
+        } else {
+            self.verify_keys.clone()
+        };
+        let mut policy =
+            crate::verify::SignPolicy { allow_downgrade: self.allow_downgrade, ..crate::verify::SignPolicy::default() };
+        if !paths.is_empty() {
+            policy.keys = Some(crate::verify::load_keys(&paths)?);
+        }
+        if let Some(dir) = self.state_dir.clone().or(file_state) {
+            policy.state = crate::rollback::RollbackState::new(dir);
+        }
+        Ok(policy)
+    }
 }
 
 pub fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -112,6 +170,11 @@ pub enum Command {
     Locate {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
+        /// Also print the verified provenance of the object it would load
+        /// (builder, build time, source packages with digests, compiler,
+        /// flags). Needs --verify-key.
+        #[arg(long)]
+        provenance: bool,
     },
     /// Fetch from the registries only and install (for baking images).
     Fetch,
@@ -171,6 +234,8 @@ pub enum SettingsError {
     Identity(#[from] IdentityError),
     #[error("registry_headers in the config file: {0}")]
     Header(String),
+    #[error(transparent)]
+    Keys(#[from] crate::verify::KeyFileError),
     /// A usage error: exit code 2.
     #[error(
         "--build-policy {0} (flag, BPFARM_BUILD_POLICY or build_policy in the config file) needs local builds, and this agent was built without them (no `local-build` feature: it holds no compiler path); use --build-policy never"
@@ -219,6 +284,7 @@ impl Common {
             c.registry_headers.clone()
         };
         let defaults = TransportConfig::default();
+        let signing = c.signing.policy(file.verify_keys, file.state_dir)?;
         Ok(ResolveConfig {
             identity: Identity::new(&release, arch, &version)?,
             kernel: if running { kernel } else { Default::default() },
@@ -238,6 +304,7 @@ impl Common {
                 max_object_bytes: c.max_object_size.or(file.max_object_size).unwrap_or(defaults.max_object_bytes),
             },
             force_object: c.force_object,
+            signing,
         })
     }
 }

@@ -31,13 +31,18 @@ pub enum AgentError {
     Run(#[from] RunError),
     #[error("writing the answer: {0}")]
     Json(#[from] serde_json::Error),
+    /// `locate --provenance` without a key: a usage error.
+    #[error("locate --provenance needs --verify-key: an unverified statement proves nothing")]
+    ProvenanceNeedsKey,
+    #[error("no verified provenance to print: {0}")]
+    NoProvenance(&'static str),
 }
 
 impl AgentError {
     /// 2 for usage errors, else 1 (see `--help`).
     pub fn exit_code(&self) -> u8 {
         match self {
-            AgentError::NoLocalBuild => 2,
+            AgentError::NoLocalBuild | AgentError::ProvenanceNeedsKey => 2,
             AgentError::Settings(e) if e.is_usage() => 2,
             _ => 1,
         }
@@ -52,7 +57,7 @@ pub fn execute(cli: Cli) -> Result<(), AgentError> {
             Ok(())
         }
         Command::Build if !cfg!(feature = "local-build") => Err(AgentError::NoLocalBuild),
-        Command::Locate { output } => locate(&cli.common.settings()?, output),
+        Command::Locate { output, provenance } => locate(&cli.common.settings()?, output, provenance),
         Command::Fetch => install_only(&cli.common.settings()?, Mode::FetchOnly),
         Command::Build => install_only(&cli.common.settings()?, Mode::BuildOnly),
         Command::Run(a) => {
@@ -111,12 +116,32 @@ fn print_trail(trail: &[Step]) {
 
 /// `locate`: where the object would come from; nothing is fetched, built
 /// or written.
-fn locate(cfg: &ResolveConfig, output: Output) -> Result<(), AgentError> {
+fn locate(cfg: &ResolveConfig, output: Output, provenance: bool) -> Result<(), AgentError> {
+    if provenance && cfg.signing.keys.is_none() {
+        return Err(AgentError::ProvenanceNeedsKey);
+    }
     let r = resolve::resolve(cfg, Mode::Locate);
+    // The verified provenance of what would be loaded.
+    let verified = r.as_ref().ok().and_then(|res| res.object.as_ref()?.signature.as_ref()?.provenance.clone());
+    if provenance && verified.is_none() {
+        return Err(AgentError::NoProvenance(match &r {
+            Ok(res) if res.object.is_none() => "it would be fetched or built; its provenance is checked then",
+            Ok(_) => "the object it would load came without a signed provenance (.intoto.jsonl)",
+            Err(_) => "there is nothing to load",
+        }));
+    }
     match output {
         Output::Json => {
             let v = match &r {
-                Ok(res) => serde_json::to_value(res)?,
+                Ok(res) => {
+                    let mut v = serde_json::to_value(res)?;
+                    let signature = res.object.as_ref().and_then(|o| o.signature.as_ref());
+                    v["signature"] = serde_json::to_value(signature)?;
+                    if let Some(p) = verified.as_ref().filter(|_| provenance) {
+                        v["provenance"] = serde_json::from_slice(&p.statement)?;
+                    }
+                    v
+                }
                 Err(e) => serde_json::json!({ "error": e.to_string(), "trail": e.trail() }),
             };
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -137,6 +162,9 @@ fn locate(cfg: &ResolveConfig, output: Output) -> Result<(), AgentError> {
                     None => println!("would load {}", res.path.display()),
                 },
                 Err(_) => println!("nothing to load"),
+            }
+            if let Some(p) = verified.as_ref().filter(|_| provenance) {
+                print!("{}", crate::verify::describe_provenance(p));
             }
         }
     }

@@ -7,9 +7,8 @@
 //! so it is read like everything else the agent trusts: through a checked
 //! folder, never through a symlink, and only when root or the agent's user
 //! owns it and no one else can write it. Unknown keys are an error (a
-//! misspelt `registries` must not silently mean "none"); keys for later
-//! features (signature verification) are added to [`FileConfig`] as they
-//! come.
+//! misspelt `registries` must not silently mean "none", a misspelt
+//! `verify_keys` must not silently mean "unsigned is fine").
 
 use std::path::{Path, PathBuf};
 
@@ -42,6 +41,10 @@ pub struct FileConfig {
     pub insecure: Option<bool>,
     /// Largest object read, in bytes (as `--max-object-size`).
     pub max_object_size: Option<u64>,
+    /// #11: public keys every object must be signed by, one of them (as `--verify-key`).
+    pub verify_keys: Option<Vec<PathBuf>>,
+    /// #11: where the rollback record is kept (as `--state-dir`).
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]

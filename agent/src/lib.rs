@@ -18,5 +18,7 @@ pub mod commands;
 pub mod config;
 pub mod events;
 pub mod resolve;
+pub mod rollback;
 pub mod run;
 pub mod trust;
+pub mod verify;

@@ -205,6 +205,12 @@ impl TrustedDir {
     /// Writes `name` atomically: a new temp file (`O_EXCL`, never through a
     /// symlink), fsync, `renameat` over the name, fsync the folder.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), TrustError> {
+        self.write_atomic_mode(name, bytes, 0o644)
+    }
+
+    /// [`TrustedDir::write_atomic`] with the file's mode (e.g. `0600` for
+    /// the agent's own state).
+    pub fn write_atomic_mode(&self, name: &str, bytes: &[u8], mode: u32) -> Result<(), TrustError> {
         let path = self.path.join(name);
         let mut created = None;
         for _ in 0..16 {
@@ -215,7 +221,7 @@ impl TrustedDir {
                 &self.fd,
                 &tmp,
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o644),
+                Mode::from_raw_mode(mode),
             ) {
                 Ok(fd) => {
                     created = Some((tmp, fd));
@@ -236,6 +242,17 @@ impl TrustedDir {
         }
         renamed?;
         rustix::fs::fsync(&self.fd).map_err(|e| io(&self.path, e))
+    }
+}
+
+impl TrustedDir {
+    /// Removes `name` from this folder if it is there (never following a
+    /// symlink: a link itself is removed, not its target).
+    pub fn remove_file(&self, name: &str) -> Result<(), TrustError> {
+        match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(io(&self.path.join(name), e)),
+        }
     }
 }
 

@@ -178,20 +178,23 @@ impl RegistryClient {
         version: &str,
         uname_version: Option<&str>,
     ) -> Result<Lookup, ClientError> {
+        let (url, r) = self.lookup_response(release, arch, version, uname_version).await?;
+        read_lookup(url, &r)
+    }
+
+    async fn lookup_response(
+        &self,
+        release: &str,
+        arch: &str,
+        version: &str,
+        uname_version: Option<&str>,
+    ) -> Result<(String, Response), ClientError> {
         let mut url = self.url(&format!("/v1/objects/{}/{}/{}", encode(arch), encode(version), encode(release)));
         if let Some(v) = uname_version {
             url += &format!("?uname_version={}", encode(v));
         }
         let r = self.get(&url, MAX_METADATA).await?;
-        let json: Option<serde_json::Value> = serde_json::from_slice(&r.body).ok();
-        match r.status {
-            200 => serde_json::from_slice(&r.body)
-                .map(|m| Lookup::Found(Box::new(m)))
-                .map_err(|e| ClientError::Invalid { url, message: format!("unreadable metadata: {e}") }),
-            404 if json.as_ref().is_some_and(|j| j["error"] == "NOT_FOUND") => Ok(Lookup::NotFound(r.message())),
-            404 | 405 => Ok(Lookup::NoApi),
-            status => Err(ClientError::Http { url, status, message: r.message() }),
-        }
+        Ok((url, r))
     }
 
     /// Downloads the object `meta` names: at most `meta.size` bytes (and
@@ -477,6 +480,19 @@ impl RegistryClient {
     }
 }
 
+/// A `/v1` lookup answer: metadata, "no such object", or "no API here".
+fn read_lookup(url: String, r: &Response) -> Result<Lookup, ClientError> {
+    let json: Option<serde_json::Value> = serde_json::from_slice(&r.body).ok();
+    match r.status {
+        200 => serde_json::from_slice(&r.body)
+            .map(|m| Lookup::Found(Box::new(m)))
+            .map_err(|e| ClientError::Invalid { url, message: format!("unreadable metadata: {e}") }),
+        404 if json.as_ref().is_some_and(|j| j["error"] == "NOT_FOUND") => Ok(Lookup::NotFound(r.message())),
+        404 | 405 => Ok(Lookup::NoApi),
+        status => Err(ClientError::Http { url, status, message: r.message() }),
+    }
+}
+
 /// The body must have `size` bytes (when known) and hash to `digest`.
 fn verify(url: &str, r: &Response, digest: &Digest, size: Option<u64>, whose: &str) -> Result<(), ClientError> {
     if let Some(size) = size
@@ -494,6 +510,96 @@ fn verify(url: &str, r: &Response, digest: &Digest, size: Option<u64>, whose: &s
         });
     }
     Ok(())
+}
+
+// ---- Signatures beside objects (issue #11, agent side) ----
+
+/// A signature or attestation blob a `/v1` answer names beside the
+/// metadata (`"signature"` / `"attestation"`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct BlobRef {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// The signature and attestation a `/v1` answer names, each when present.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct Attachments {
+    #[serde(default)]
+    pub signature: Option<BlobRef>,
+    #[serde(default)]
+    pub attestation: Option<BlobRef>,
+}
+
+impl RegistryClient {
+    /// [`RegistryClient::lookup_on`], with the signature and attestation
+    /// the answer names (from the same answer). A malformed `signature` or
+    /// `attestation` field is an error, never "unsigned".
+    pub async fn lookup_signed(
+        &self,
+        id: &Identity,
+        uname_version: Option<&str>,
+    ) -> Result<(Lookup, Attachments), ClientError> {
+        let (url, r) = self.lookup_response(&id.kernel_release, id.arch.uname(), &id.version, uname_version).await?;
+        let found = read_lookup(url.clone(), &r)?;
+        let Lookup::Found(meta) = &found else { return Ok((found, Attachments::default())) };
+        meta.check_identity(id).map_err(|e| ClientError::Invalid {
+            url: url.clone(),
+            message: format!("its metadata does not fit this host: {e}"),
+        })?;
+        let attachments = serde_json::from_slice(&r.body).map_err(|e| ClientError::Invalid {
+            url,
+            message: format!("its signature or attestation reference is unreadable: {e}"),
+        })?;
+        Ok((found, attachments))
+    }
+
+    /// A signature or attestation blob: at most `min(r.size, cap)` bytes
+    /// (the transfer stops there), which must be `r.size` bytes hashing to
+    /// `r.digest`.
+    pub async fn fetch_attachment(&self, r: &BlobRef, cap: u64) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(&format!("/v1/blobs/{}", r.digest));
+        if r.size > cap {
+            return Err(ClientError::Invalid {
+                url,
+                message: format!("its metadata says {} bytes, over the {cap}-byte limit for it", r.size),
+            });
+        }
+        let resp = self.get(&url, r.size).await.map_err(|e| match e {
+            ClientError::Transport(TransportError::TooLarge { url, .. }) => {
+                ClientError::Invalid { url, message: format!("it sent more than the {} bytes named", r.size) }
+            }
+            e => e,
+        })?;
+        if resp.status != 200 {
+            return Err(ClientError::Http { url, status: resp.status, message: resp.message() });
+        }
+        verify(&url, &resp, &r.digest, Some(r.size), "the metadata")?;
+        Ok(resp.body)
+    }
+
+    /// `<base>/<version>/<arch>/<file><suffix>` of the static layout (a
+    /// `.sig` or `.intoto.jsonl`), at most `cap` bytes; `Ok(None)` on 404.
+    pub async fn fetch_static_beside(
+        &self,
+        id: &Identity,
+        suffix: &str,
+        cap: u64,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let url =
+            self.url(&format!("/{}/{}/{}{suffix}", encode(&id.version), id.arch.uname(), encode(&id.file_name())));
+        let r = self.get(&url, cap).await.map_err(|e| match e {
+            ClientError::Transport(TransportError::TooLarge { url, .. }) => {
+                ClientError::Invalid { url, message: format!("it is over the {cap}-byte limit for it") }
+            }
+            e => e,
+        })?;
+        match r.status {
+            200 => Ok(Some(r.body)),
+            404 => Ok(None),
+            status => Err(ClientError::Http { url, status, message: r.message() }),
+        }
+    }
 }
 
 /// What a path segment or query value may hold as is: RFC 3986's

@@ -359,6 +359,16 @@ impl OciRegistry {
     /// limit), verified against its digest. `None` when the registry has
     /// none. The caller puts the deadline around it.
     pub async fn fetch(&self, id: &Identity) -> Result<Option<(ObjectMetadata, Vec<u8>)>, OciError> {
+        Ok(self.fetch_with_manifest(id).await?.map(|(meta, bytes, _)| (meta, bytes)))
+    }
+
+    /// [`OciRegistry::fetch`], also returning the digest of the platform
+    /// manifest whose one layer is the object: what a cosign signature
+    /// (`sha256-<hex>.sig`) names.
+    pub async fn fetch_with_manifest(
+        &self,
+        id: &Identity,
+    ) -> Result<Option<(ObjectMetadata, Vec<u8>, Digest)>, OciError> {
         let auth = self.auth_header(RegistryOperation::Pull).await?;
         let (tag, index) = self.tag_and_index(&id.kernel_release, &id.version, &auth).await?;
         let tref = self.target.reference(&tag)?;
@@ -436,7 +446,7 @@ impl OciRegistry {
             return Err(invalid(format!("layer bytes hash to {}, the manifest says {digest}", r.digest)));
         }
         let meta = ObjectMetadata::unattested(id.clone(), digest, size, Origin::OciFetch);
-        Ok(Some((meta, r.body)))
+        Ok(Some((meta, r.body, md)))
     }
 }
 

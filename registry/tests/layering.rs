@@ -11,7 +11,10 @@ use std::path::Path;
 const LAYERS: &[(&str, &[&str])] = &[
     ("storage and plumbing", &["repo", "memo", "blobs", "hot", "tokens", "manifest", "metrics", "tls"]),
     ("vocabulary", &["state", "error"]),
-    ("services", &["faces", "publish", "signatures", "distribution", "fsck", "export", "bundle", "import", "mirror", "gc"]),
+    (
+        "services",
+        &["faces", "publish", "signatures", "distribution", "fsck", "export", "bundle", "import", "mirror", "gc"],
+    ),
     ("HTTP faces", &["face", "auth", "body", "download", "page", "routes", "oci"]),
     ("connections", &["server"]),
 ];

@@ -147,7 +147,7 @@ mod compile {
         let bytes = fs::read(&output.path).map_err(|source| BuildError::Io { path: output.path.clone(), source })?;
         let metadata = output.metadata.clone();
         let (verified, _) = verify(bytes, id, Some(&metadata), false)?;
-        let path = install(&cfg.install_path, &verified.bytes, &metadata)?;
+        let path = install(&cfg.install_path, &verified.bytes, &metadata, None)?;
         Ok(Built { path, verified, metadata })
     }
 }

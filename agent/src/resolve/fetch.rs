@@ -18,9 +18,11 @@ use super::ResolveConfig;
 pub enum Fetched {
     /// Metadata and bytes (checked against the registry's digest and size),
     /// and how they came.
-    Got { metadata: Box<ObjectMetadata>, bytes: Vec<u8>, via: Via },
-    /// `locate`: the registry has it (nothing was downloaded).
-    Available { digest: Digest, via: Via },
+    /// `evidence`: its signature and provenance, as they came (#11).
+    Got { metadata: Box<ObjectMetadata>, bytes: Vec<u8>, via: Via, evidence: Box<crate::verify::Evidence> },
+    /// `locate`: the registry has it (nothing was downloaded); `signed`
+    /// when the registry said whether it is.
+    Available { digest: Digest, via: Via, signed: Option<bool> },
 }
 
 /// How an object came, for the trail.
@@ -46,10 +48,15 @@ impl fmt::Display for Via {
 
 impl Fetched {
     /// `locate`'s line for a registry that has the object.
-    pub fn would(digest: &Digest, via: &Via) -> String {
+    pub fn would(digest: &Digest, via: &Via, signed: Option<bool>) -> String {
+        let signed = match signed {
+            Some(true) => ", signed",
+            Some(false) => ", unsigned",
+            None => "",
+        };
         match via {
-            Via::StaticLayout => format!("static layout has it ({digest}); would fetch and install it"),
-            _ => format!("has it ({digest}); would fetch and install it"),
+            Via::StaticLayout => format!("static layout has it ({digest}{signed}); would fetch and install it"),
+            _ => format!("has it ({digest}{signed}); would fetch and install it"),
         }
     }
 }
@@ -97,11 +104,14 @@ pub fn fetch_one(
         let registry = OciRegistry::new(target, auth, transport).map_err(FetchError::Oci)?;
         warn(registry.warning());
         let repository = registry.target().repository();
-        let got = transport.within(registry.fetch(&cfg.identity)).ok_or_else(gave_up)?;
+        let got = transport.within(registry.fetch_with_manifest(&cfg.identity)).ok_or_else(gave_up)?;
         let via = Via::Oci { repository: repository.clone() };
         return match got.map_err(FetchError::Oci)? {
-            Some((meta, _)) if look_only => Ok(Fetched::Available { digest: meta.digest, via }),
-            Some((meta, bytes)) => Ok(Fetched::Got { metadata: Box::new(meta), bytes, via }),
+            Some((meta, _, _)) if look_only => Ok(Fetched::Available { digest: meta.digest, via, signed: None }),
+            Some((meta, bytes, manifest)) => {
+                let evidence = crate::verify::read_oci(&registry, &manifest, cfg.signing.keys.as_ref());
+                Ok(Fetched::Got { metadata: Box::new(meta), bytes, via, evidence: Box::new(evidence) })
+            }
             None => Err(FetchError::NotInOci { file: cfg.identity.file_name(), repository }),
         };
     }
@@ -121,21 +131,28 @@ fn warn(w: Option<&str>) {
 /// One bpfarm registry: the `/v1` API if it speaks it, else the static layout.
 async fn fetch_http(client: &RegistryClient, cfg: &ResolveConfig, look_only: bool) -> Result<Fetched, FetchError> {
     let id = &cfg.identity;
-    match client.lookup_on(id, cfg.kernel.uname_version.as_deref()).await? {
-        Lookup::Found(meta) if look_only => Ok(Fetched::Available { digest: meta.digest, via: Via::V1 }),
+    let (lookup, attachments) = client.lookup_signed(id, cfg.kernel.uname_version.as_deref()).await?;
+    match lookup {
+        Lookup::Found(meta) if look_only => {
+            Ok(Fetched::Available { digest: meta.digest, via: Via::V1, signed: Some(attachments.signature.is_some()) })
+        }
         Lookup::Found(meta) => {
             let bytes = client.fetch_object(&meta).await?;
-            Ok(Fetched::Got { metadata: meta, bytes, via: Via::V1 })
+            let evidence = Box::new(crate::verify::read_v1(client, &attachments).await);
+            Ok(Fetched::Got { metadata: meta, bytes, via: Via::V1, evidence })
         }
         Lookup::NotFound(msg) => Err(FetchError::NotFound(msg)),
         Lookup::NoApi => match client.fetch_static(id).await? {
-            Some(obj) if look_only => Ok(Fetched::Available { digest: obj.digest, via: Via::StaticLayout }),
+            Some(obj) if look_only => {
+                Ok(Fetched::Available { digest: obj.digest, via: Via::StaticLayout, signed: None })
+            }
             Some(obj) => {
                 let size = obj.bytes.len() as u64;
                 let metadata = obj
                     .metadata
                     .unwrap_or_else(|| ObjectMetadata::unattested(id.clone(), obj.digest, size, Origin::StaticLayout));
-                Ok(Fetched::Got { metadata: Box::new(metadata), bytes: obj.bytes, via: Via::StaticLayout })
+                let evidence = Box::new(crate::verify::read_static(client, id).await);
+                Ok(Fetched::Got { metadata: Box::new(metadata), bytes: obj.bytes, via: Via::StaticLayout, evidence })
             }
             None => Err(FetchError::NotInStatic(id.file_name())),
         },

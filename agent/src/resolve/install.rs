@@ -11,7 +11,14 @@ use crate::trust::{TrustError, TrustedDir};
 /// missing, and checked like every folder the agent trusts) atomically,
 /// under the lock: readers see the old pair, or the new object and then its
 /// metadata, never half a file. Both names come from the identity.
-pub fn install(install_path: &Path, bytes: &[u8], meta: &ObjectMetadata) -> Result<PathBuf, TrustError> {
+/// The object's `.sig` and `.intoto.jsonl` (from `signature`) go beside it
+/// the same way, and stale ones are removed.
+pub fn install(
+    install_path: &Path,
+    bytes: &[u8],
+    meta: &ObjectMetadata,
+    signature: Option<&crate::verify::Signature>,
+) -> Result<PathBuf, TrustError> {
     let dir = TrustedDir::open_or_create(install_path)?;
     let _lock = dir.lock_exclusive()?;
     let name = meta.identity.file_name();
@@ -22,5 +29,6 @@ pub fn install(install_path: &Path, bytes: &[u8], meta: &ObjectMetadata) -> Resu
     })?;
     json.push(b'\n');
     dir.write_atomic(&format!("{name}.json"), &json)?;
+    crate::verify::install_beside(&dir, &name, signature)?;
     Ok(install_path.join(name))
 }

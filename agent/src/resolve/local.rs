@@ -30,6 +30,9 @@ pub enum Miss {
     NoMetadata(PathBuf),
     #[error(transparent)]
     Rejected(#[from] Rejected),
+    /// Its signature (`--verify-key`) or rollback check refused it.
+    #[error("found, but {0}")]
+    Signature(String),
 }
 
 /// A local place the object was found in, and its verified bytes.
@@ -96,6 +99,7 @@ fn check_local(
     require_metadata: bool,
     force: bool,
     limit: u64,
+    signing: &crate::verify::SignPolicy,
 ) -> Result<(Verified, String), Miss> {
     let bytes = dir.read_file(name, limit).map_err(Miss::Untrusted)?.ok_or(Miss::Absent)?;
     let json = format!("{name}.json");
@@ -107,7 +111,20 @@ fn check_local(
         None if require_metadata => return Err(Miss::NoMetadata(dir.path().join(&json))),
         None => None,
     };
-    Ok(verify(bytes, id, meta.as_ref(), force)?)
+    let (mut v, outcome) = verify(bytes, id, meta.as_ref(), force)?;
+    // The signature beside it, over exactly these bytes.
+    let (signature, note) =
+        crate::verify::check(signing, id, &v.bytes, crate::verify::read_local(dir, name)).map_err(Miss::Signature)?;
+    v.signature = Some(signature);
+    Ok((v, format!("{outcome}; {note}")))
+}
+
+/// The install path's object, for `fetch` under `--verify-key` (it is
+/// replaced only by a newer signed one).
+pub fn installed(cfg: &ResolveConfig, trail: &mut Trail) -> Option<Verified> {
+    let name = cfg.identity.file_name();
+    let place = format!("install path ({})", cfg.install_path.join(&name).display());
+    consider(trail, place, TrustedDir::open(&cfg.install_path), &name, cfg, true, false)
 }
 
 /// Looks at one local candidate and records what was found there in the
@@ -129,7 +146,7 @@ fn consider(
             let lock = if install_path { dir.lock_shared() } else { Ok(None) };
             match lock {
                 Err(e) => Err(Miss::Untrusted(e)),
-                Ok(_lock) => check_local(&dir, name, &cfg.identity, install_path, force, limit),
+                Ok(_lock) => check_local(&dir, name, &cfg.identity, install_path, force, limit, &cfg.signing),
             }
         }
         Err(TrustError::Missing { .. }) => Err(Miss::Absent),

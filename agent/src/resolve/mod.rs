@@ -85,6 +85,8 @@ pub struct ResolveConfig {
     /// `--force-object`: load a `TRACEE_BPF_FILE` whose embedded identity
     /// is missing or names another kernel (dangerous).
     pub force_object: bool,
+    /// `--verify-key`, `--allow-downgrade`, `--state-dir` (see `crate::verify`).
+    pub signing: crate::verify::SignPolicy,
 }
 
 /// One place looked at.
@@ -182,8 +184,20 @@ impl Trail {
     }
 }
 
-/// Resolves the object per the config and mode.
+/// Resolves the object per the config and mode; an object accepted for
+/// use moves the rollback record forward (`crate::rollback`).
 pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveError> {
+    let mut r = resolve_candidates(cfg, mode)?;
+    if mode != Mode::Locate
+        && let Some(v) = &r.object
+        && let Some(note) = crate::verify::remember(&cfg.signing, &cfg.identity, &v.digest, v.signature.as_ref())
+    {
+        r.trail.push(Step { place: "rollback state".into(), outcome: note });
+    }
+    Ok(r)
+}
+
+fn resolve_candidates(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveError> {
     let id = &cfg.identity;
     let name = id.file_name();
     let mut trail = Trail::default();
@@ -220,6 +234,12 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
         }
     }
 
+    // `fetch` under --verify-key replaces the installed object only with a
+    // newer signed one (and keeps it when the registries have none).
+    let installed =
+        if mode == Mode::FetchOnly && cfg.signing.keys.is_some() { local::installed(cfg, &mut trail) } else { None };
+    let installed_at = installed.as_ref().and_then(|v| v.signature.as_ref()?.provenance.as_ref()).map(|p| p.built_at);
+
     // 4. Registries, in order, each within its own --timeout.
     if matches!(mode, Mode::Run | Mode::Locate | Mode::FetchOnly) && cfg.policy != BuildPolicy::Always {
         if cfg.registries.is_empty() {
@@ -231,28 +251,51 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
             };
             for base in &cfg.registries {
                 let place = format!("registry {base}");
-                let (metadata, bytes, via) = match fetch::fetch_one(&transport, base, cfg, mode == Mode::Locate) {
-                    Ok(Fetched::Got { metadata, bytes, via }) => (metadata, bytes, via),
-                    Ok(Fetched::Available { digest, via }) => {
-                        let msg = Fetched::would(&digest, &via);
-                        trail.step(place, msg.clone());
-                        return would(Source::Registry, msg, trail);
-                    }
-                    Err(why) => {
-                        trail.step(place, why.to_string());
-                        continue;
-                    }
-                };
+                let (metadata, bytes, via, evidence) =
+                    match fetch::fetch_one(&transport, base, cfg, mode == Mode::Locate) {
+                        Ok(Fetched::Got { metadata, bytes, via, evidence }) => (metadata, bytes, via, evidence),
+                        Ok(Fetched::Available { digest, via, signed }) => {
+                            let msg = Fetched::would(&digest, &via, signed);
+                            trail.step(place, msg.clone());
+                            return would(Source::Registry, msg, trail);
+                        }
+                        Err(why) => {
+                            trail.step(place, why.to_string());
+                            continue;
+                        }
+                    };
                 // Every fetched candidate is verified here before it is
                 // installed or loaded.
-                let (v, outcome) = match verify::verify(bytes, id, Some(&metadata), false) {
+                let (mut v, mut outcome) = match verify::verify(bytes, id, Some(&metadata), false) {
                     Ok(ok) => ok,
                     Err(why) => {
                         trail.step(place, format!("{via}, but {why}"));
                         continue;
                     }
                 };
-                match install(&cfg.install_path, &v.bytes, &metadata) {
+                // Its signature over exactly these bytes; for `fetch`, newer
+                // than the installed one.
+                match crate::verify::check(&cfg.signing, id, &v.bytes, *evidence) {
+                    Ok((sig, note)) => {
+                        let built = sig.provenance.as_ref().map(|p| p.built_at);
+                        if let Some(at) = installed_at
+                            && built.is_none_or(|b| b <= at)
+                        {
+                            trail.step(
+                                place,
+                                format!("{via}; {note}; not newer than the installed one: not replacing it"),
+                            );
+                            continue;
+                        }
+                        v.signature = Some(sig);
+                        outcome = format!("{outcome}; {note}");
+                    }
+                    Err(why) => {
+                        trail.step(place, format!("{via}, but {why}"));
+                        continue;
+                    }
+                }
+                match install(&cfg.install_path, &v.bytes, &metadata, v.signature.as_ref()) {
                     Ok(path) => {
                         trail.step(place, format!("{via}; {outcome}; installed"));
                         return found(path, Source::Registry, v, trail);
@@ -271,12 +314,23 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
         }
     }
 
+    if let Some(v) = installed {
+        trail.step("install path", "no newer signed object in the registries; keeping it");
+        return found(cfg.install_path.join(&name), Source::InstallPath, v, trail);
+    }
+
     // 5. Local build.
     let may_build = match mode {
         Mode::BuildOnly => true,
         Mode::Run | Mode::Locate => cfg.policy != BuildPolicy::Never,
         Mode::FetchOnly => false,
     };
+    // A local build cannot be signed here (no private key reaches the
+    // agent), so it cannot pass --verify-key; `build` still builds on request.
+    if may_build && mode != Mode::BuildOnly && cfg.signing.keys.is_some() {
+        trail.step("local build", "not attempted: --verify-key requires signed objects, and a local build is unsigned");
+        return Err(not_found(trail));
+    }
     if !may_build {
         if mode != Mode::FetchOnly {
             trail.step("local build", "not attempted: --build-policy never (no compiler is run)");

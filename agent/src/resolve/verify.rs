@@ -12,6 +12,8 @@ pub struct Verified {
     pub digest: Digest,
     /// What the object says it is (`None` only under `--force-object`).
     pub embedded: Option<EmbeddedIdentity>,
+    /// Its signature, once `crate::verify::check` accepted it (#11).
+    pub signature: Option<crate::verify::Signature>,
 }
 
 /// Why a candidate's bytes are not used. The wording is the trail's.
@@ -75,5 +77,5 @@ pub fn verify(
         }
         Err(e) => return Err(Rejected::Unreadable(e)),
     };
-    Ok((Verified { bytes, digest, embedded }, outcome))
+    Ok((Verified { bytes, digest, embedded, signature: None }, outcome))
 }
