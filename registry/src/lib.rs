@@ -14,7 +14,8 @@
 //! - services, which know nothing of HTTP: `publish` (every rule about
 //!   making an object current), `faces` (an object's OCI form and the
 //!   check that it reaches the object), `distribution` (the OCI rules),
-//!   and the offline tools `fsck` and `export`;
+//!   `coverage` (counting present / failed / missing against a published
+//!   matrix or the releases seen), and the offline tools `fsck` and `export`;
 //! - the shared vocabulary: `state` (`AppState`, `Settings`), `error` (the
 //!   one `Error` the services return);
 //! - storage and plumbing: `repo` (the only module that runs SQL), `blobs`
@@ -24,6 +25,7 @@
 pub mod auth;
 pub mod blobs;
 pub mod body;
+pub mod coverage;
 pub mod distribution;
 pub mod download;
 pub mod error;

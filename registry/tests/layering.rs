@@ -11,7 +11,7 @@ use std::path::Path;
 const LAYERS: &[(&str, &[&str])] = &[
     ("storage and plumbing", &["repo", "blobs", "tokens", "manifest", "metrics", "tls"]),
     ("vocabulary", &["state", "error"]),
-    ("services", &["faces", "publish", "distribution", "fsck", "export"]),
+    ("services", &["faces", "publish", "distribution", "fsck", "export", "coverage"]),
     ("HTTP faces", &["face", "auth", "body", "download", "page", "routes", "oci"]),
     ("connections", &["server"]),
 ];
