@@ -466,6 +466,7 @@ fn kernel_of(k: &packages::DebKernel, suite: &str) -> MatrixKernel {
         package: k.flavour.name.clone(),
         suites: vec![suite.to_owned()],
         debs: vec![deb(&k.flavour), deb(&k.common), deb(&k.kbuild)],
+        rpms: vec![],
     }
 }
 

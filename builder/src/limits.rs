@@ -47,6 +47,11 @@ impl Default for Limits {
 /// blocks of any stream compress better than the whole.
 pub const RATIO_FLOOR: u64 = 1 << 20;
 
+/// The fixed cap on an RPM's signature and main header (index and data
+/// each): a kernel-devel header with 20k files is a few MB; rpm itself
+/// refuses headers over 256 MB.
+pub const RPM_HEADER_BYTES: u64 = 64 << 20;
+
 /// Fixed caps on control data (not configurable: real control archives are
 /// a few hundred KB, and the control file a few KB).
 pub const CONTROL_TAR_BYTES: u64 = 16 << 20;
@@ -69,6 +74,7 @@ pub enum Limit {
     Ratio(u64),
     ControlBytes(u64),
     TarMetadata(u64),
+    RpmHeader(u64),
 }
 
 impl fmt::Display for Limit {
@@ -83,6 +89,7 @@ impl fmt::Display for Limit {
             Limit::Ratio(n) => write!(f, "--max-ratio ({n}:1 decompressed to compressed)"),
             Limit::ControlBytes(n) => write!(f, "the {} cap on control data", human(n)),
             Limit::TarMetadata(n) => write!(f, "the {} cap on tar metadata (long names, pax records)", human(n)),
+            Limit::RpmHeader(n) => write!(f, "the {} cap on an RPM header", human(n)),
         }
     }
 }
@@ -202,6 +209,21 @@ impl<R> Guarded<R> {
     ) -> (Self, Guard) {
         let guard = Guard::default();
         (Self { inner, guard: guard.clone(), compressed, total, max_total, max_ratio, window }, guard)
+    }
+
+    /// Another reader counted against the same guard: one stream read in
+    /// pieces (an RPM payload, handed out a file at a time) is held to one
+    /// total and one ratio.
+    pub fn resume(
+        inner: R,
+        guard: &Guard,
+        compressed: Counter,
+        total: Limit,
+        max_total: u64,
+        max_ratio: u64,
+        window: Limit,
+    ) -> Self {
+        Self { inner, guard: guard.clone(), compressed, total, max_total, max_ratio, window }
     }
 
     fn trip(&self, limit: Limit) -> io::Error {

@@ -69,10 +69,16 @@ enum Command {
     /// Packages.xz against the signed SHA256. Flavour packages are paired
     /// with their -common and linux-kbuild from control data. If any index
     /// fails, discover names it, exits 1 and leaves --output untouched.
+    ///
+    /// With --yum-repo (and no --apt-source or --suite), the yum
+    /// repositories alone are read: repodata/repomd.xml, then the primary
+    /// index it names (checked against its sha256 and size), for
+    /// kernel-devel packages, each pinned as a [[kernel.rpm]].
     #[command(after_help = "Examples:\n  \
         bpfarm-builder discover --output kernels/debian.toml\n  \
         bpfarm-builder discover --suite bookworm-backports --arch amd64 --output bpo.toml\n  \
-        bpfarm-builder discover --apt-source https://mirror.internal/debian --output m.toml")]
+        bpfarm-builder discover --apt-source https://mirror.internal/debian --output m.toml\n  \
+        bpfarm-builder discover --yum-repo https://mirror.internal/fedora/40/x86_64/os --output fedora.toml")]
     Discover(DiscoverArgs),
 
     /// Download a pinned matrix's packages straight from the archive.
@@ -94,6 +100,13 @@ struct ArchiveArgs {
     /// apt sources. Repeatable: the security archive is usually a second one.
     #[arg(long, value_name = "URI", env = "BPFARM_APT_SOURCE", value_delimiter = ',')]
     apt_source: Vec<String>,
+
+    /// A yum/dnf repository root (the folder holding repodata/), for RPM
+    /// kernel-devel packages. Repeatable. `discover` reads its
+    /// repodata/repomd.xml and primary index; `fetch` and `build --matrix`
+    /// download the matrix's [[kernel.rpm]] packages from it.
+    #[arg(long, value_name = "URL", env = "BPFARM_YUM_REPO", value_delimiter = ',')]
+    yum_repo: Vec<String>,
 
     /// apt's configuration folder, read for sources.list, sources.list.d/*.list
     /// and *.sources.
@@ -459,6 +472,16 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
                 unavailable.insert(d.sha256, e);
             }
         }
+        let rpms: Vec<&MatrixDeb> = {
+            let mut seen = std::collections::HashSet::new();
+            kernels.iter().flat_map(|k| &k.rpms).filter(|d| seen.insert(d.sha256.clone())).collect()
+        };
+        if !fetch::missing(&package_cache, &rpms).is_empty() {
+            let report = run_fetch_rpms(&a.archive, &transport, &package_cache, &rpms, 4, !a.no_progress)?;
+            for (d, e) in report.failed {
+                unavailable.insert(d.sha256, e);
+            }
+        }
     }
     let req = Request { headers: a.headers, matrix: a.matrix, package_cache, btf, select: a.select, unavailable };
     let report = build::run(&cfg, &req)?;
@@ -479,6 +502,10 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
         }
         _ => None,
     };
+    let matrix_ok = match (&dest, &req.matrix) {
+        (Some(dest), Some(path)) => publish_matrix(dest, path),
+        _ => true,
+    };
     if let Some(path) = a.report {
         let mut value = serde_json::to_value(&report)?;
         if let Some(p) = &published {
@@ -489,15 +516,99 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
         std::fs::write(&path, json).with_context(|| format!("writing the report to {}", path.display()))?;
     }
     let signed_all = signatures.as_ref().is_none_or(|s| s.failed.is_empty());
-    Ok(!report.any_failed() && signed_all && published.is_none_or(|p| p.ok()))
+    Ok(!report.any_failed() && signed_all && published.is_none_or(|p| p.ok()) && matrix_ok)
+}
+
+/// Uploads the matrix the build was asked for (all of it, whatever
+/// --select or --shard built) so the registry counts "missing" against it.
+/// An OCI registry has no such place: nothing to do.
+fn publish_matrix(dest: &Destination, path: &std::path::Path) -> bool {
+    let Destination::Registry(client) = dest else { return true };
+    let m = match Matrix::load(path) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("matrix {}: not published: {e}", path.display());
+            return false;
+        }
+    };
+    let pairs: Vec<(String, Arch)> =
+        m.kernels.iter().filter_map(|k| Some((k.release.clone()?, Arch::from_any(&k.arch)?))).collect();
+    match client.put_matrix(&m.name, &pairs) {
+        Ok(()) => {
+            println!("matrix {}: {} kernels published for coverage", m.name, pairs.len());
+            true
+        }
+        Err(e) => {
+            println!("matrix {}: not published: {e}", m.name);
+            false
+        }
+    }
 }
 
 fn say(line: &str) {
     eprintln!("{line}");
 }
 
+/// `discover --yum-repo`: every repository read whole, or no matrix.
+fn run_discover_yum(a: &DiscoverArgs, archive: &Archive, arches: &[Arch]) -> anyhow::Result<bool> {
+    let mut kernels = Vec::new();
+    let mut failed = Vec::new();
+    for repo in &a.archive.yum_repo {
+        match bpfarm_builder::yum::discover(archive, repo, arches) {
+            Ok(found) => {
+                eprintln!("discover: {repo}: {} kernel-devel packages", found.len());
+                kernels.extend(bpfarm_builder::yum::kernels(&found));
+            }
+            Err(e) => failed.push(format!("{repo}: {}", discover::error_chain(&e))),
+        }
+    }
+    if !failed.is_empty() {
+        eprintln!(
+            "bpfarm-builder: error: {} of {} yum repositories could not be read; no matrix written:\n  {}",
+            failed.len(),
+            a.archive.yum_repo.len(),
+            failed.join("\n  ")
+        );
+        return Ok(false);
+    }
+    let mut m = Matrix { name: a.name.clone(), distro: "rpm".into(), suites: Vec::new(), kernels };
+    if m.kernels.is_empty() {
+        bail!("no kernel-devel packages for {:?} in {}", arches, a.archive.yum_repo.join(", "));
+    }
+    if !a.select.is_empty() {
+        m = m.select(&a.select, std::path::Path::new("the discovered matrix"))?;
+    }
+    let header = format!(
+        "{}: {} RPM kernel-devel packages from {} yum repositories.\n\
+         Generated by `bpfarm-builder discover --yum-repo`; every [[kernel.rpm]] is pinned by size and sha256.\n\
+         `bpfarm-builder fetch --matrix <this file> --yum-repo URL` downloads them.",
+        m.name,
+        m.kernels.len(),
+        a.archive.yum_repo.len()
+    );
+    let text = m.to_toml(&header)?;
+    match &a.output {
+        Some(path) => {
+            bpfarm_builder::fsutil::write_atomic(path, text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("discover: wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(true)
+}
+
 fn run_discover(a: DiscoverArgs) -> anyhow::Result<bool> {
     let archive = Archive::new(&transport(&a.archive, false)?);
+    if !a.archive.yum_repo.is_empty() && a.archive.apt_source.is_empty() && a.suite.is_empty() {
+        let mut arches: Vec<Arch> = Vec::new();
+        for x in &a.arch {
+            if !arches.contains(x) {
+                arches.push(*x);
+            }
+        }
+        return run_discover_yum(&a, &archive, &arches);
+    }
     let roots = discover::roots(&a.archive.apt_source, &a.archive.apt_dir, &a.archive.keyring, &say)?;
     let mut arches: Vec<Arch> = Vec::new();
     for x in a.arch {
@@ -580,9 +691,31 @@ fn run_fetch_debs(
     Ok(report)
 }
 
+/// Downloads RPMs from the --yum-repo roots, as `run_fetch_debs` does .debs.
+fn run_fetch_rpms(
+    archive: &ArchiveArgs,
+    transport: &Transport,
+    store: &std::path::Path,
+    rpms: &[&MatrixDeb],
+    jobs: usize,
+    progress_bar: bool,
+) -> anyhow::Result<fetch::FetchReport> {
+    if archive.yum_repo.is_empty() {
+        bail!("the matrix pins {} RPM packages ([[kernel.rpm]]): pass --yum-repo URL to fetch them", rpms.len());
+    }
+    let cfg = FetchConfig { store: store.to_owned(), roots: archive.yum_repo.clone(), jobs, progress_bar };
+    let report = fetch::fetch(&cfg, &Archive::new(transport), rpms, &say)?;
+    eprintln!("{}", report.summary());
+    for (d, e) in &report.failed {
+        eprintln!("fetch: FAILED {} {} ({}): {}", d.name, d.version, d.arch, bpfarm_builder::discover::error_chain(e));
+    }
+    Ok(report)
+}
+
 fn run_fetch(a: FetchArgs) -> anyhow::Result<bool> {
     let m = Matrix::load(&a.matrix)?.select(&a.select, &a.matrix)?;
-    let unpinned: Vec<&str> = m.kernels.iter().filter(|k| k.debs.is_empty()).map(|k| k.label()).collect();
+    let unpinned: Vec<&str> =
+        m.kernels.iter().filter(|k| k.debs.is_empty() && k.rpms.is_empty()).map(|k| k.label()).collect();
     if !unpinned.is_empty() {
         bail!(
             "{}: {} kernels are not pinned ([[kernel.deb]]), e.g. {}: regenerate the matrix with bpfarm-builder discover",
@@ -594,8 +727,16 @@ fn run_fetch(a: FetchArgs) -> anyhow::Result<bool> {
     let cache_dir = a.cache_dir.unwrap_or_else(default_cache_dir);
     let store = a.package_cache.unwrap_or_else(|| cache_dir.join("debs"));
     let transport = transport(&a.archive, false)?;
-    let report = run_fetch_debs(&a.archive, &transport, &store, &m.debs(), a.jobs, !a.no_progress)?;
-    Ok(report.failed.is_empty())
+    let mut ok = true;
+    if !m.debs().is_empty() {
+        let report = run_fetch_debs(&a.archive, &transport, &store, &m.debs(), a.jobs, !a.no_progress)?;
+        ok &= report.failed.is_empty();
+    }
+    if !m.rpms().is_empty() {
+        let report = run_fetch_rpms(&a.archive, &transport, &store, &m.rpms(), a.jobs, !a.no_progress)?;
+        ok &= report.failed.is_empty();
+    }
+    Ok(ok)
 }
 
 fn main() -> ExitCode {

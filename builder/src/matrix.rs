@@ -67,12 +67,18 @@ pub struct MatrixKernel {
     /// Pinned packages: the flavour, its `-common` and its `linux-kbuild`.
     #[serde(rename = "deb", default, skip_serializing_if = "Vec::is_empty")]
     pub debs: Vec<MatrixDeb>,
+    /// A pinned RPM kernel-devel package (`discover --yum-repo`): one
+    /// self-contained tree, `filename` relative to the yum repository root,
+    /// `version` its version-release, `arch` RPM's (`x86_64`, `aarch64`).
+    #[serde(rename = "rpm", default, skip_serializing_if = "Vec::is_empty")]
+    pub rpms: Vec<MatrixDeb>,
 }
 
 impl MatrixKernel {
-    /// What selections match and reports name: the release, else the package.
+    /// What selections match and reports name: the release, else an RPM's
+    /// location (it names version and arch), else the package.
     pub fn label(&self) -> &str {
-        self.release.as_deref().unwrap_or(&self.package)
+        self.release.as_deref().or_else(|| self.rpms.first().map(|r| r.filename.as_str())).unwrap_or(&self.package)
     }
 }
 
@@ -92,9 +98,11 @@ pub struct MatrixDeb {
 }
 
 impl MatrixDeb {
-    /// apt's file name for it: `<name>_<version>_<arch>.deb`, `:` as `%3a`.
+    /// apt's file name for it: `<name>_<version>_<arch>.deb`, `:` as `%3a`
+    /// (`.rpm` for an RPM, so `--headers DIR` reads it as one).
     pub fn apt_file_name(&self) -> String {
-        format!("{}_{}_{}.deb", self.name, self.version.replace(':', "%3a"), self.arch)
+        let ext = if self.filename.ends_with(".rpm") { "rpm" } else { "deb" };
+        format!("{}_{}_{}.{ext}", self.name, self.version.replace(':', "%3a"), self.arch)
     }
 }
 
@@ -180,6 +188,22 @@ impl Matrix {
         if Arch::from_any(&k.arch).is_none() {
             return Err(format!("arch {:?} is not one bpfarm builds for", k.arch));
         }
+        if !k.rpms.is_empty() {
+            if !k.debs.is_empty() || k.rpms.len() != 1 {
+                return Err("a kernel pins either its .debs or exactly one [[kernel.rpm]]".into());
+            }
+            let r = &k.rpms[0];
+            if !valid_archive_path(&r.filename) || !r.filename.ends_with(".rpm") {
+                return Err(format!("{}: file name {:?} is not a plain relative .rpm path", r.name, r.filename));
+            }
+            if r.name != k.package || !valid_package_word(&r.name) || !valid_package_word(&r.version) {
+                return Err(format!(
+                    "{} {}: not the kernel's package, or not a package name and version",
+                    r.name, r.version
+                ));
+            }
+            return Ok(());
+        }
         if k.debs.is_empty() {
             return Ok(());
         }
@@ -222,6 +246,12 @@ impl Matrix {
     pub fn debs(&self) -> Vec<&MatrixDeb> {
         let mut seen = std::collections::HashSet::new();
         self.kernels.iter().flat_map(|k| &k.debs).filter(|d| seen.insert(d.sha256.clone())).collect()
+    }
+
+    /// Every pinned RPM of the matrix, once (by digest), in matrix order.
+    pub fn rpms(&self) -> Vec<&MatrixDeb> {
+        let mut seen = std::collections::HashSet::new();
+        self.kernels.iter().flat_map(|k| &k.rpms).filter(|d| seen.insert(d.sha256.clone())).collect()
     }
 
     /// The TOML text, after a comment header; the same matrix always gives
@@ -280,6 +310,7 @@ mod tests {
             package: format!("linux-headers-{release}"),
             suites: vec!["bookworm".into()],
             debs,
+            rpms: vec![],
         }
     }
 

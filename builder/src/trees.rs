@@ -18,6 +18,7 @@ use bpfarm_object::Digest;
 use crate::fsutil;
 use crate::limits::Limits;
 use crate::packages::PackageFacts;
+use crate::rpms::{self, RpmFacts};
 use crate::unpack::{self, UnpackStats};
 
 /// Bumped whenever `keep` changes what a tree holds.
@@ -50,6 +51,18 @@ pub fn keep(p: &Path) -> bool {
     }
 }
 
+/// [`keep`] for an RPM `kernel-devel` package, whose one tree sits at
+/// `usr/src/kernels/<release>/` (the same files kept as from a Debian tree).
+pub fn keep_rpm(p: &Path) -> bool {
+    let c: Vec<&str> =
+        p.components().filter_map(|c| if let Component::Normal(s) = c { s.to_str() } else { None }).collect();
+    match c.as_slice() {
+        [] | ["usr"] | ["usr", "src"] => true,
+        ["usr", "src", "kernels", rest @ ..] => keep(&Path::new("usr/src").join(rest.iter().collect::<PathBuf>())),
+        _ => false,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
     #[error(transparent)]
@@ -63,6 +76,8 @@ pub enum TreeError {
     },
     #[error("{package}: expected exactly one folder under usr/src/, found {found:?}")]
     Layout { package: PathBuf, found: Vec<String> },
+    #[error("{package}: expected exactly one kernel tree under usr/src/kernels/, found {found:?}")]
+    RpmLayout { package: PathBuf, found: Vec<String> },
 }
 
 impl TreeError {
@@ -147,8 +162,55 @@ impl TreeCache {
     }
 
     fn unpack_once(&self, pkg: &PackageFacts) -> Result<(PathBuf, Option<UnpackStats>), TreeError> {
-        let io = |what, source| TreeError::Io { package: pkg.path.clone(), what, source };
-        let done = self.final_dir(pkg);
+        self.unpack_into(&pkg.path, self.final_dir(pkg), &|tmp| {
+            unpack::unpack_deb(&pkg.path, Some(&pkg.digest), tmp, &keep, &self.limits)
+        })
+    }
+
+    /// An RPM `kernel-devel` package's `usr/src/kernels/<release>` folder,
+    /// unpacked once into `trees/<digest>.f<FILTER_VERSION>/` like a `.deb`.
+    pub fn get_rpm(&self, pkg: &RpmFacts) -> Result<Tree, Arc<TreeError>> {
+        let slot = self.slot(&pkg.digest);
+        let mut unpacked = None;
+        let done = self.dir.join(format!("{}.f{FILTER_VERSION}", pkg.digest.hex()));
+        let dir = slot.get_or_init(|| {
+            match self.unpack_into(&pkg.path, done, &|tmp| {
+                rpms::unpack_rpm(&pkg.path, Some(&pkg.digest), tmp, &keep_rpm, &self.limits)
+            }) {
+                Ok((dir, stats)) => {
+                    unpacked = stats;
+                    Ok(dir)
+                }
+                Err(e) => Err(Arc::new(e)),
+            }
+        });
+        let dir = match dir {
+            Ok(d) => d.clone(),
+            Err(e) => {
+                self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&pkg.digest);
+                return Err(e.clone());
+            }
+        };
+        let kernels = dir.join("usr/src/kernels");
+        let found: Vec<String> = fs::read_dir(&kernels)
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        match found.as_slice() {
+            [one] if kernels.join(one).symlink_metadata().is_ok_and(|m| m.is_dir()) => {
+                Ok(Tree { root: kernels.join(one), unpacked })
+            }
+            _ => Err(Arc::new(TreeError::RpmLayout { package: pkg.path.clone(), found })),
+        }
+    }
+
+    /// Unpacks with `unpack` into a fresh temp folder renamed to `done`.
+    fn unpack_into(
+        &self,
+        package: &Path,
+        done: PathBuf,
+        unpack: &dyn Fn(&Path) -> Result<UnpackStats, unpack::UnpackError>,
+    ) -> Result<(PathBuf, Option<UnpackStats>), TreeError> {
+        let io = |what, source| TreeError::Io { package: package.to_owned(), what, source };
         if done.is_dir() {
             return Ok((done, None));
         }
@@ -157,7 +219,7 @@ impl TreeCache {
             .tempdir_in(&self.dir)
             .map_err(|e| io("create temp folder", e))?
             .keep();
-        let stats = match unpack::unpack_deb(&pkg.path, Some(&pkg.digest), &tmp, &keep, &self.limits) {
+        let stats = match unpack(&tmp) {
             Ok(stats) => stats,
             Err(e) => {
                 if let Err(rm) = fsutil::remove_tree(&tmp) {
@@ -214,5 +276,19 @@ mod tests {
         assert!(!k("usr/src/linux-headers-6.1.0-56-amd64/Module.symvers"));
         assert!(!k("lib/modules/6.1.0-56-amd64/build"));
         assert!(!k("usr/share/doc/x/copyright"));
+    }
+
+    #[test]
+    fn keep_rpm_takes_the_same_files_from_usr_src_kernels() {
+        let k = |s: &str| keep_rpm(Path::new(s));
+        assert!(k("usr") && k("usr/src") && k("usr/src/kernels") && k("usr/src/kernels/6.1.0-56-amd64"));
+        assert!(k("usr/src/kernels/6.1.0-56-amd64/include/linux/sched.h"));
+        assert!(k("usr/src/kernels/6.1.0-56-amd64/arch/x86/include/generated/asm/rwonce.h"));
+        assert!(k("usr/src/kernels/6.1.0-56-amd64/.config"));
+        assert!(k("usr/src/kernels/6.1.0-56-amd64/Makefile"));
+        assert!(!k("usr/src/kernels/6.1.0-56-amd64/include/config/HAVE_KPROBES"));
+        assert!(!k("usr/src/kernels/6.1.0-56-amd64/scripts/mod/modpost"));
+        assert!(!k("usr/src/linux-headers-6.1.0-56-amd64/include/linux/sched.h"));
+        assert!(!k("lib/modules/6.1.0-56-amd64/build"));
     }
 }

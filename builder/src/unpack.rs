@@ -43,6 +43,8 @@ pub enum UnpackError {
     },
     #[error("{archive}: not a Debian package: {reason}")]
     NotDeb { archive: PathBuf, reason: String },
+    #[error("{archive}: not an RPM package: {reason}")]
+    NotRpm { archive: PathBuf, reason: String },
     #[error("{archive}: {member}: exceeds {limit}; refused")]
     Limit { archive: PathBuf, member: String, limit: Limit },
     #[error("{archive}: not a regular file ({kind}); only regular files are read as packages")]
@@ -52,10 +54,10 @@ pub enum UnpackError {
 }
 
 impl UnpackError {
-    fn io(archive: &Path, what: impl Into<String>, source: io::Error) -> Self {
+    pub(crate) fn io(archive: &Path, what: impl Into<String>, source: io::Error) -> Self {
         Self::Io { archive: archive.to_owned(), what: what.into(), source }
     }
-    fn hostile(archive: &Path, entry: &Path, reason: impl Into<String>) -> Self {
+    pub(crate) fn hostile(archive: &Path, entry: &Path, reason: impl Into<String>) -> Self {
         Self::Hostile { archive: archive.to_owned(), entry: entry.display().to_string(), reason: reason.into() }
     }
     fn not_deb(archive: &Path, reason: impl Into<String>) -> Self {
@@ -116,7 +118,7 @@ pub fn open_package(path: &Path) -> Result<File, UnpackError> {
 }
 
 /// Passes bytes through a sha256.
-struct Hashing<R> {
+pub(crate) struct Hashing<R> {
     inner: R,
     hash: Sha256,
     len: u64,
@@ -132,11 +134,11 @@ impl<R: Read> Read for Hashing<R> {
 }
 
 impl<R: Read> Hashing<R> {
-    fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         Self { inner, hash: Sha256::new(), len: 0 }
     }
     /// Reads the rest and returns the digest and size of everything.
-    fn finish(mut self) -> io::Result<(Digest, u64)> {
+    pub(crate) fn finish(mut self) -> io::Result<(Digest, u64)> {
         io::copy(&mut self, &mut io::sink())?;
         Ok((Digest::from_raw(self.hash.finalize().into()), self.len))
     }
@@ -489,7 +491,7 @@ fn normalize_mode(archive: &Path, raw: &Path, path: &Path, kind: tar::EntryType,
 }
 
 /// `./a/b` → `a/b`; refuses `..`, absolute paths and prefixes.
-fn checked_relative(archive: &Path, raw: &Path) -> Result<PathBuf, UnpackError> {
+pub(crate) fn checked_relative(archive: &Path, raw: &Path) -> Result<PathBuf, UnpackError> {
     let mut out = PathBuf::new();
     for c in raw.components() {
         match c {
@@ -508,7 +510,7 @@ fn checked_relative(archive: &Path, raw: &Path) -> Result<PathBuf, UnpackError> 
 
 /// A symlink at `rel` pointing to `target` must stay inside the target
 /// directory when resolved lexically from the link's own folder.
-fn check_symlink_target(archive: &Path, raw: &Path, rel: &Path, target: &Path) -> Result<(), UnpackError> {
+pub(crate) fn check_symlink_target(archive: &Path, raw: &Path, rel: &Path, target: &Path) -> Result<(), UnpackError> {
     if target.is_absolute() {
         return Err(UnpackError::hostile(archive, raw, format!("symlink to absolute path {}", target.display())));
     }

@@ -377,6 +377,20 @@ impl RegistryClient {
         })
     }
 
+    /// Publishes a kernel matrix's (release, arch) pairs under `name`, so the
+    /// registry counts coverage against what exists (`PUT /v1/matrices/<name>`,
+    /// push token). Replaces what the name held.
+    pub fn put_matrix(&self, name: &str, kernels: &[(String, crate::Arch)]) -> Result<(), ClientError> {
+        let url = self.url(&format!("/v1/matrices/{}", encode(name)));
+        let kernels: Vec<serde_json::Value> =
+            kernels.iter().map(|(r, a)| serde_json::json!({ "release": r, "arch": a.uname() })).collect();
+        let body = serde_json::json!({ "kernels": kernels });
+        self.blocking(async {
+            self.send(reqwest::Method::PUT, &url, "application/json", body.to_string().into_bytes()).await?;
+            Ok(())
+        })
+    }
+
     /// Tells the registry a kernel failed to build (shown on its coverage page).
     pub fn report_failure(&self, release: &str, arch: &str, version: &str, message: &str) -> Result<(), ClientError> {
         let url = self.url("/v1/failures");

@@ -56,6 +56,26 @@ impl Arch {
             _ => None,
         }
     }
+    /// The one arch a kernel release can only exist on, when its name says
+    /// so: Debian's flavour suffixes (`-amd64`, `-cloud-amd64`, `-rt-amd64`;
+    /// `-arm64`, `-arm64-16k`, `-cloud-arm64`, `-rt-arm64`) and the RPM
+    /// `.x86_64` / `.aarch64` suffix. `None` for a name that is built for
+    /// both (Ubuntu's `-generic`, a custom kernel).
+    pub fn of_release(release: &str) -> Option<Arch> {
+        if release.ends_with("-amd64") || release.ends_with(".x86_64") {
+            Some(Arch::X86_64)
+        } else if release.ends_with("-arm64") || release.ends_with("-arm64-16k") || release.ends_with(".aarch64") {
+            Some(Arch::Aarch64)
+        } else {
+            None
+        }
+    }
+    /// Whether a kernel with this release can exist on this arch (an
+    /// `-amd64` release never runs on aarch64): a pair that cannot is never
+    /// counted as missing.
+    pub fn can_run(self, release: &str) -> bool {
+        Arch::of_release(release).is_none_or(|a| a == self)
+    }
     /// Accepts the uname, Debian/OCI and kernel-dir spellings.
     pub fn from_any(s: &str) -> Option<Arch> {
         match s {
@@ -189,6 +209,27 @@ mod tests {
             object_file_name("4_18_0-193_el8_x86_64", "0.3.0"),
             object_file_name("4.18.0-193.el8.x86_64", "0.3.0")
         );
+    }
+
+    #[test]
+    fn releases_that_name_their_arch() {
+        for (release, only) in [
+            ("6.1.0-56-amd64", Some(Arch::X86_64)),
+            ("6.12.57+deb13-cloud-amd64", Some(Arch::X86_64)),
+            ("6.1.0-56-rt-amd64", Some(Arch::X86_64)),
+            ("6.1.0-56-arm64", Some(Arch::Aarch64)),
+            ("6.12.57+deb13-arm64-16k", Some(Arch::Aarch64)),
+            ("6.12.57+deb13-cloud-arm64", Some(Arch::Aarch64)),
+            ("5.14.0-427.el9.x86_64", Some(Arch::X86_64)),
+            ("6.8.5-301.fc40.aarch64", Some(Arch::Aarch64)),
+            ("5.15.0-91-generic", None),
+            ("6.18.0", None),
+        ] {
+            assert_eq!(Arch::of_release(release), only, "{release}");
+            for a in Arch::ALL {
+                assert_eq!(a.can_run(release), only.is_none_or(|o| o == a), "{release} on {a}");
+            }
+        }
     }
 
     #[test]

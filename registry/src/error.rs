@@ -25,6 +25,8 @@ pub enum BodyKind {
     FailureReport,
     /// An OCI manifest or index.
     Manifest,
+    /// A kernel matrix (`PUT /v1/matrices/<name>`).
+    Matrix,
 }
 
 fn too_large(what: BodyKind, limit: u64) -> String {
@@ -33,6 +35,7 @@ fn too_large(what: BodyKind, limit: u64) -> String {
         BodyKind::Metadata => format!("metadata over {limit} bytes"),
         BodyKind::FailureReport => format!("failure report over {limit} bytes"),
         BodyKind::Manifest => format!("manifests are limited to {limit} bytes"),
+        BodyKind::Matrix => format!("matrix over {limit} bytes"),
     }
 }
 

@@ -14,10 +14,11 @@
 //! - services, which know nothing of HTTP: `publish` (every rule about
 //!   making an object current), `faces` (an object's OCI form and the
 //!   check that it reaches the object), `distribution` (the OCI rules),
-//!   and the offline tools `fsck` and `export`, and the air-gap and
-//!   retention tools `bundle` (an OCI layout in a tar), `import` (one
-//!   checked in full, then published), `mirror` (an upstream, synced) and
-//!   `gc` (unreferenced blobs, old versions);
+//!   `coverage` (counting present / failed / missing against a published
+//!   matrix or the releases seen), the offline tools `fsck` and `export`,
+//!   and the air-gap and retention tools `bundle` (an OCI layout in a
+//!   tar), `import` (one checked in full, then published), `mirror` (an
+//!   upstream, synced) and `gc` (unreferenced blobs, old versions);
 //! - the shared vocabulary: `state` (`AppState`, `Settings`), `error` (the
 //!   one `Error` the services return);
 //! - storage and plumbing: `repo` (the only module that runs SQL; `memo`
@@ -30,6 +31,7 @@ pub mod auth;
 pub mod blobs;
 pub mod body;
 pub mod bundle;
+pub mod coverage;
 pub mod distribution;
 pub mod download;
 pub mod error;

@@ -8,6 +8,7 @@ use std::fmt::Write;
 
 use bpfarm_object::Arch;
 
+use crate::coverage::{self, Matrix};
 use crate::repo::{CoverageFailure, CoverageObject};
 
 /// `&`, `<`, `>`, `"`, `'` escaped for HTML text and attribute values.
@@ -60,10 +61,18 @@ enum Cell<'a> {
 }
 
 pub fn render(objects: &[CoverageObject], failures: &[CoverageFailure]) -> String {
+    render_against(objects, failures, None)
+}
+
+/// The page, counting against a published matrix when one is given (its
+/// releases are rows even before anything was built for them).
+pub fn render_against(objects: &[CoverageObject], failures: &[CoverageFailure], matrix: Option<&Matrix>) -> String {
+    let expected = coverage::expected(objects, failures, matrix);
     let mut releases: Vec<&str> = objects
         .iter()
         .map(|o| o.kernel_release.as_str())
         .chain(failures.iter().map(|f| f.kernel_release.as_str()))
+        .chain(expected.iter().map(|(r, _)| r.as_str()))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -84,18 +93,19 @@ pub fn render(objects: &[CoverageObject], failures: &[CoverageFailure]) -> Strin
     for o in objects {
         cells.insert((o.kernel_release.as_str(), o.version.as_str(), o.arch.as_str()), Cell::Present(o));
     }
-    let present = objects.len();
-    let failed = cells.values().filter(|c| matches!(c, Cell::Failed(_))).count();
-    let missing = releases.len() * versions.len() * arches.len() - present - failed;
+    let counts = coverage::report(objects, failures, matrix, None).counts;
+    let (present, failed, missing) = (counts.present, counts.failed, counts.missing);
+    let is_expected = |r: &str, a: &str| Arch::from_any(a).is_some_and(|a| expected.contains(&(r.to_owned(), a)));
 
     let mut h = String::new();
     h.push_str(HEAD);
     let _ = write!(
         h,
-        "<header><h1>bpfarm coverage</h1><p class=\"counts\"><span class=\"chip present\">{present} present</span> <span class=\"chip failed\">{failed} failed</span> <span class=\"chip missing\">{missing} missing</span> across {} kernel releases, {} versions</p>\
+        "<header><h1>bpfarm coverage</h1><p class=\"counts\"><span class=\"chip present\">{present} present</span> <span class=\"chip failed\">{failed} failed</span> <span class=\"chip missing\">{missing} missing</span> across {} kernel releases, {} versions{}</p>\
          <input id=\"search\" type=\"search\" placeholder=\"Search kernel releases, e.g. 6.12 or cloud\" autocomplete=\"off\" aria-label=\"Search kernel releases\"> <span id=\"shown\"></span></header>",
         releases.len(),
-        versions.len()
+        versions.len(),
+        matrix.map(|m| format!(", against matrix <code>{}</code>", esc(&m.name))).unwrap_or_default()
     );
     if releases.is_empty() {
         h.push_str("<p class=\"empty\">No objects yet. Publish some with <code>bpfarm-builder build … --publish URL</code>.</p>");
@@ -137,6 +147,7 @@ pub fn render(objects: &[CoverageObject], failures: &[CoverageFailure]) -> Strin
                                 .unwrap_or("");
                             let _ = write!(h, "<td class=\"failed\" title=\"{}\">failed</td>", esc(first));
                         }
+                        None if !is_expected(r, a) => h.push_str(&not_expected_cell(r, a, matrix)),
                         None => h.push_str("<td class=\"missing\">—</td>"),
                     }
                 }
@@ -147,6 +158,18 @@ pub fn render(objects: &[CoverageObject], failures: &[CoverageFailure]) -> Strin
     }
     h.push_str(TAIL);
     h
+}
+
+/// A cell for a (release, arch) pair nothing expects: one that cannot
+/// exist, or one the matrix does not list. Neither missing nor a link.
+fn not_expected_cell(release: &str, arch: &str, matrix: Option<&Matrix>) -> String {
+    let why = match matrix {
+        Some(m) if Arch::from_any(arch).is_some_and(|a| a.can_run(release)) => {
+            format!("{} on {} is not in matrix {}", esc(release), esc(arch), esc(&m.name))
+        }
+        _ => format!("{} does not run on {}", esc(release), esc(arch)),
+    };
+    format!("<td class=\"none\" title=\"{why}\"></td>")
 }
 
 const HEAD: &str = r#"<!doctype html>
@@ -169,6 +192,7 @@ const HEAD: &str = r#"<!doctype html>
   td.present, .chip.present { background: #d9f2e1; color: #14532d; }
   td.failed, .chip.failed { background: #fbdcdc; color: #7f1d1d; }
   td.missing, .chip.missing { background: #eef0f3; color: #8a93a3; }
+  td.none { background: repeating-linear-gradient(135deg, #fff 0 4px, #f1f3f6 4px 8px); }
   td.present a { color: inherit; font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
   tr[hidden] { display: none; }
 </style></head><body>
@@ -204,5 +228,47 @@ mod tests {
         v.sort_by_key(|r| natural_key(r));
         assert_eq!(v, ["6.1.0-9-amd64", "6.1.0-10-amd64", "6.2", "6.12.1"]);
         assert_eq!(esc("<a href='x'>&\"</a>"), "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;");
+    }
+}
+
+#[cfg(test)]
+mod counting {
+    use super::*;
+
+    fn object(release: &str, arch: &str) -> CoverageObject {
+        CoverageObject {
+            kernel_release: release.into(),
+            arch: arch.into(),
+            version: "v0.1.0".into(),
+            digest: format!("sha256:{}", "0".repeat(64)),
+            size: 1,
+        }
+    }
+
+    /// Five `-amd64` releases, each present on x86_64: nothing is missing
+    /// (their aarch64 cells cannot exist), where the page once said "5 missing".
+    #[test]
+    fn pairs_that_cannot_exist_are_never_missing() {
+        let objects: Vec<CoverageObject> = (52..57).map(|n| object(&format!("6.1.0-{n}-amd64"), "x86_64")).collect();
+        let html = render(&objects, &[]);
+        assert!(html.contains("5 present") && html.contains("0 missing"), "{html}");
+        assert_eq!(html.matches("class=\"missing\"").count(), 0);
+        assert_eq!(html.matches("class=\"none\"").count(), 5);
+        assert!(html.contains("title=\"6.1.0-52-amd64 does not run on aarch64\""));
+
+        // A release built for both arches (Ubuntu's -generic) and an arm64
+        // one present on neither count where they can exist: 2 + 1.
+        let objects = vec![object("6.1.0-56-amd64", "x86_64")];
+        let failures = vec![CoverageFailure {
+            kernel_release: "6.1.0-56-arm64".into(),
+            arch: "aarch64".into(),
+            version: "v0.1.0".into(),
+            message: "error: x".into(),
+        }];
+        let mut html = render(&objects, &failures);
+        assert!(html.contains("1 present") && html.contains("1 failed") && html.contains("0 missing"), "{html}");
+        let objects = vec![object("6.1.0-56-amd64", "x86_64"), object("5.15.0-91-generic", "x86_64")];
+        html = render(&objects, &failures);
+        assert!(html.contains("1 missing"), "{html}");
     }
 }

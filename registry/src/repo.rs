@@ -879,3 +879,43 @@ impl WriteTx {
             .rows_affected())
     }
 }
+
+/// Published kernel matrices: the (release, arch) pairs coverage counts
+/// against.
+impl Repo {
+    /// Stores (or replaces) matrix `name`'s pairs, in one transaction.
+    pub async fn put_matrix(&self, name: &str, pairs: &[(String, String)], now: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("DELETE FROM matrices WHERE name = ?").bind(name).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO matrices (name, uploaded_at) VALUES (?, ?)")
+            .bind(name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        for (release, arch) in pairs {
+            sqlx::query("INSERT OR IGNORE INTO matrix_kernels (matrix, kernel_release, arch) VALUES (?, ?, ?)")
+                .bind(name)
+                .bind(release)
+                .bind(arch)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    /// Matrix `name`'s (release, arch) pairs; `None` when no such matrix.
+    pub async fn matrix(&self, name: &str) -> Result<Option<Vec<(String, String)>>, sqlx::Error> {
+        let known: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM matrices WHERE name = ?").bind(name).fetch_optional(&self.reader).await?;
+        if known.is_none() {
+            return Ok(None);
+        }
+        let pairs = sqlx::query_as(
+            "SELECT kernel_release, arch FROM matrix_kernels WHERE matrix = ? ORDER BY kernel_release, arch",
+        )
+        .bind(name)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(Some(pairs))
+    }
+}

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Pusher;
 use crate::body;
+use crate::coverage;
 use crate::download::{self, Send};
 use crate::error::{BodyKind, Error};
 use crate::face::V1;
@@ -46,6 +47,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/blobs/{digest}", put(put_blob).get(get_blob).head(get_blob))
         .route("/v1/objects", post(publish).get(list))
         .route("/v1/objects/{arch}/{version}/{release}", get(lookup))
+        .route("/v1/matrices/{name}", put(put_matrix).get(get_matrix))
+        .route("/v1/coverage", get(coverage_json))
         .route("/{version}/{arch}/{file}", get(static_file))
         .route("/v2/", get(crate::oci::base))
         .route("/v2", get(crate::oci::base))
@@ -150,10 +153,68 @@ async fn publish(
     Ok((status, Json(PublishAnswer { status: outcome.as_str(), digest: meta.digest })).into_response())
 }
 
-/// `GET /`: the coverage page.
-async fn coverage(State(s): State<AppState>) -> V1Result<Response> {
+/// `?matrix=<name>&version=<v>` of the coverage page and `GET /v1/coverage`.
+#[derive(Debug, Deserialize)]
+struct CoverageQuery {
+    matrix: Option<String>,
+    version: Option<String>,
+}
+
+/// The published matrix a coverage query names (404 when there is none).
+async fn matrix_of(s: &AppState, name: Option<&str>) -> Result<Option<coverage::Matrix>, Error> {
+    let Some(name) = name else { return Ok(None) };
+    coverage::validate_matrix_name(name)?;
+    let pairs =
+        s.repo.matrix(name).await?.ok_or_else(|| Error::NotFound(format!("no matrix {name:?} was published")))?;
+    let pairs = pairs.into_iter().filter_map(|(r, a)| Some((r, Arch::from_any(&a)?))).collect();
+    Ok(Some(coverage::Matrix { name: name.to_owned(), pairs }))
+}
+
+/// `GET /`: the coverage page (`?matrix=<name>`: against a published matrix).
+async fn coverage(State(s): State<AppState>, Query(q): Query<CoverageQuery>) -> V1Result<Response> {
+    let matrix = matrix_of(&s, q.matrix.as_deref()).await?;
     let (objects, failures) = s.repo.coverage().await?;
-    Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], crate::page::render(&objects, &failures)).into_response())
+    let html = crate::page::render_against(&objects, &failures, matrix.as_ref());
+    Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
+}
+
+/// `GET /v1/coverage?matrix=<name>&version=<v>`: present / failed / missing
+/// per (release, arch) and version, with counts.
+async fn coverage_json(State(s): State<AppState>, Query(q): Query<CoverageQuery>) -> V1Result<Response> {
+    if let Some(v) = &q.version {
+        bpfarm_object::identity::validate_version(v).map_err(Error::from)?;
+    }
+    let matrix = matrix_of(&s, q.matrix.as_deref()).await?;
+    let (objects, failures) = s.repo.coverage().await?;
+    Ok(Json(coverage::report(&objects, &failures, matrix.as_ref(), q.version.as_deref())).into_response())
+}
+
+/// `PUT /v1/matrices/{name}`: the (release, arch) pairs a matrix expects,
+/// `{"kernels": [{"release": "...", "arch": "x86_64"}, ...]}`; replaces
+/// what the name held.
+async fn put_matrix(
+    _: Pusher,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> V1Result<Response> {
+    coverage::validate_matrix_name(&name)?;
+    let body = body::read_limited(body, &headers, BodyKind::Matrix, coverage::MATRIX_LIMIT).await?;
+    let upload: coverage::MatrixUpload =
+        serde_json::from_slice(&body).map_err(|e| Error::BadRequest(format!("matrix: {e}")))?;
+    let pairs: Vec<(String, String)> = upload.validate()?.into_iter().map(|(r, a)| (r, a.uname().to_owned())).collect();
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    s.repo.put_matrix(&name, &pairs, &now).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "matrix": name, "kernels": pairs.len() }))).into_response())
+}
+
+/// `GET /v1/matrices/{name}`: the pairs as uploaded.
+async fn get_matrix(State(s): State<AppState>, Path(name): Path<String>) -> V1Result<Response> {
+    let m = matrix_of(&s, Some(&name)).await?.unwrap_or_default();
+    let kernels: Vec<coverage::MatrixKernel> =
+        m.pairs.into_iter().map(|(release, arch)| coverage::MatrixKernel { release, arch }).collect();
+    Ok(Json(serde_json::json!({ "matrix": name, "kernels": kernels })).into_response())
 }
 
 #[derive(Debug, Deserialize)]

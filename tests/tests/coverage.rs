@@ -47,7 +47,8 @@ fn coverage_page_shows_present_failed_missing_and_searches() {
         String::from_utf8_lossy(&out.stdout)
     );
 
-    // An x86_64-only object for a Debian kernel: its arm64 cell is missing.
+    // An x86_64-only object for a Debian amd64 kernel: its aarch64 cells
+    // cannot exist, so they are not missing.
     let bytes = b"a stand-in object for a kernel this machine does not run".to_vec();
     let meta = bpfarm_tests::sample_metadata("6.1.0-56-amd64", Arch::X86_64, &bytes);
     let client = bpfarm_tests::client(&reg.url, Some(push.clone()));
@@ -65,7 +66,10 @@ fn coverage_page_shows_present_failed_missing_and_searches() {
     assert_eq!(mine.matches("class=\"missing\"").count(), 2, "{mine}");
     let debian = row(&dom, "6.1.0-56-amd64");
     assert_eq!(debian.matches("class=\"present\"").count(), 1, "{debian}");
-    assert_eq!(debian.matches("class=\"missing\"").count(), 3, "{debian}");
+    assert_eq!(debian.matches("class=\"missing\"").count(), 1, "{debian}");
+    assert_eq!(debian.matches("class=\"none\"").count(), 2, "{debian}");
+    // Running kernel: 2 aarch64 cells; Debian's: v0.0.9 on x86_64.
+    assert!(dom.contains("3 missing"), "counts: {dom}");
     assert!(!debian.contains(" hidden"), "{debian}");
 
     // Search: only matching releases stay shown.
@@ -85,4 +89,101 @@ fn coverage_page_shows_present_failed_missing_and_searches() {
     if let Ok(keep) = std::env::var("BPFARM_KEEP_SCREENSHOT") {
         std::fs::copy(&png, keep).unwrap();
     }
+}
+
+/// `build --matrix --publish` uploads the matrix; `GET /v1/coverage` and the
+/// page count "missing" against it, kernels nothing was built for included,
+/// and never count an `-amd64` release on aarch64.
+#[test]
+fn coverage_counts_missing_against_the_published_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let reg = bpfarm_tests::serve(&data);
+    let push = bpfarm_tests::token(&data, "ci", "push");
+    let read = bpfarm_tests::token(&data, "reader", "read");
+    let matrix = repo_root().join("kernels/default.toml");
+    // One kernel of the four built; the whole matrix uploaded.
+    let out = Command::new(bin("bpfarm-builder"))
+        .args(["build", "--no-progress", "--matrix"])
+        .arg(&matrix)
+        .args(["--select", r"^6\.1\.0-56-amd64$", "--package-cache"])
+        .arg(bpfarm_tests::fixture_debs())
+        .args(["--publish", &reg.url, "--token", &push, "--cache-dir"])
+        .arg(dir.path().join("cache"))
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .env_remove("BPFARM_CACHE")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("matrix default: 4 kernels published for coverage"), "{stdout}");
+
+    let client = reqwest::blocking::Client::new();
+    let get = |path: &str, token: Option<&str>| {
+        let mut r = client.get(format!("{}{path}", reg.url));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().unwrap()
+    };
+    let r = get("/v1/coverage?matrix=default", None);
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["matrix"], "default");
+    assert_eq!(v["counts"], serde_json::json!({ "present": 1, "failed": 0, "missing": 3 }), "{v:#}");
+    assert_eq!(v["by_arch"]["aarch64"]["missing"], 1, "{v:#}");
+    let kernels = v["kernels"].as_array().unwrap();
+    assert_eq!(kernels.len(), 4, "{v:#}");
+    assert!(kernels.iter().all(|k| {
+        Arch::from_any(k["arch"].as_str().unwrap()).is_some_and(|a| a.can_run(k["release"].as_str().unwrap()))
+    }));
+    let built = kernels.iter().find(|k| k["release"] == "6.1.0-56-amd64").unwrap();
+    assert_eq!(built["versions"]["v0.1.0"], "present");
+    // Against the releases seen only: the one built, and nothing missing.
+    let v: serde_json::Value = get("/v1/coverage", None).json().unwrap();
+    assert_eq!(v["counts"], serde_json::json!({ "present": 1, "failed": 0, "missing": 0 }), "{v:#}");
+    // One version only; an unknown matrix; a bad name.
+    let v: serde_json::Value = get("/v1/coverage?matrix=default&version=v9.9.9", None).json().unwrap();
+    assert_eq!(v["counts"]["missing"], 4);
+    assert_eq!(get("/v1/coverage?matrix=nonesuch", None).status(), 404);
+    assert_eq!(get("/v1/coverage?matrix=..%2Fx", None).status(), 400);
+    assert_eq!(
+        get("/v1/matrices/default", None).json::<serde_json::Value>().unwrap()["kernels"].as_array().unwrap().len(),
+        4
+    );
+
+    // The page, against the matrix: rows for the kernels never built.
+    let dom = browser_dom(&format!("{}/?matrix=default", reg.url));
+    assert!(dom.contains("1 present") && dom.contains("0 failed") && dom.contains("3 missing"), "{dom}");
+    assert!(dom.contains("against matrix"), "{dom}");
+    let arm = row(&dom, "6.12.117+deb12-arm64");
+    assert_eq!(arm.matches("class=\"missing\"").count(), 1, "{arm}");
+    assert_eq!(arm.matches("class=\"none\"").count(), 1, "{arm}");
+
+    // Uploads: push token only, validated, size-capped.
+    let put = |name: &str, token: &str, body: Vec<u8>| {
+        client
+            .put(format!("{}/v1/matrices/{name}", reg.url))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let one = |release: &str, arch: &str| {
+        serde_json::json!({ "kernels": [{ "release": release, "arch": arch }] }).to_string().into_bytes()
+    };
+    assert_eq!(put("x", &read, one("6.1.0-56-amd64", "x86_64")).status(), 403);
+    let r = put("x", &push, one("6.1.0-56-amd64", "aarch64"));
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("cannot run on aarch64"));
+    assert_eq!(put("x", &push, one("../../etc", "x86_64")).status(), 400);
+    assert_eq!(put("x", &push, b"{\"kernels\": 1}".to_vec()).status(), 400);
+    assert_eq!(put(".x", &push, one("6.1.0-56-amd64", "x86_64")).status(), 400);
+    assert_eq!(put("x", &push, vec![b' '; 9 << 20]).status(), 413);
+    assert_eq!(get("/v1/coverage?matrix=x", None).status(), 404, "a refused upload stored nothing");
+    assert_eq!(put("x", &push, one("6.1.0-56-amd64", "x86_64")).status(), 201);
+    let v: serde_json::Value = get("/v1/coverage?matrix=x", None).json().unwrap();
+    assert_eq!(v["counts"], serde_json::json!({ "present": 1, "failed": 0, "missing": 0 }), "{v:#}");
 }

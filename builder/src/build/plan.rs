@@ -21,6 +21,7 @@ use crate::kernel::{self, TreeFactsError};
 use crate::layout::{self, LayoutError};
 use crate::matrix::{Matrix, MatrixKernel};
 use crate::packages::{self, DebKernel, PackageError, PackageFacts, Unpaired};
+use crate::rpms;
 use crate::trees::{TreeCache, TreeError};
 
 /// Why an input cannot become a kernel to build.
@@ -59,6 +60,10 @@ pub enum PlanError {
     NoArch(PathBuf),
     #[error("{package} holds kernel {found}, the matrix says {expected}")]
     MatrixRelease { package: String, found: String, expected: String },
+    #[error("{package}: its tree usr/src/kernels/{folder} says it is kernel {release}; refused")]
+    RpmRelease { package: String, folder: String, release: String },
+    #[error("{package}: an {rpm_arch} package holding an {tree} kernel tree; refused")]
+    RpmArch { package: String, rpm_arch: String, tree: Arch },
     #[error("two inputs for the same kernel: {first} and {second}")]
     Duplicate { first: String, second: String },
 }
@@ -181,7 +186,7 @@ pub(super) fn plan(
     for p in &req.headers {
         let has_debs = p.is_dir()
             && fs::read_dir(p)
-                .map(|rd| rd.flatten().any(|e| e.path().extension().is_some_and(|x| x == "deb")))
+                .map(|rd| rd.flatten().any(|e| e.path().extension().is_some_and(|x| x == "deb" || x == "rpm")))
                 .unwrap_or(false);
         // A folder, or a link to one that resolves only under its own root
         // (`<chroot>/lib/modules/<r>/build -> /usr/src/...`).
@@ -200,11 +205,17 @@ pub(super) fn plan(
             deb_paths.push(p.clone());
         }
     }
+    // RPM kernel-devel packages, named or in the folders given.
+    let rpm_paths =
+        rpms::find_rpms(&deb_paths).map_err(|e| PackageError::Io { path: "--headers".into(), source: e })?;
+    deb_paths.retain(|p| !rpms::is_rpm(p));
     let matrix = req.matrix.as_deref().map(|p| Matrix::load(p).and_then(|m| m.select(&req.select, p))).transpose()?;
     // Pinned entries name their packages by digest; the others by name, in
     // the package cache.
+    let (rpm_kernels, deb_kernels): (Vec<&MatrixKernel>, Vec<&MatrixKernel>) =
+        matrix.iter().flat_map(|m| &m.kernels).partition(|k| !k.rpms.is_empty());
     let (pinned, by_name): (Vec<&MatrixKernel>, Vec<&MatrixKernel>) =
-        matrix.iter().flat_map(|m| &m.kernels).partition(|k| !k.debs.is_empty());
+        deb_kernels.into_iter().partition(|k| !k.debs.is_empty());
     if !by_name.is_empty() {
         deb_paths.push(req.package_cache.clone());
     }
@@ -260,7 +271,13 @@ pub(super) fn plan(
     // Decided before any unpacking: is there anything that can build? A
     // pinned matrix kernel is a kernel even when its packages could not be
     // had: that is its failed row (exit 1), not "nothing to build".
-    if !pairs.iter().any(|r| r.is_ok()) && tree_inputs.is_empty() && req.btf.is_empty() && pinned.is_empty() {
+    if !pairs.iter().any(|r| r.is_ok())
+        && tree_inputs.is_empty()
+        && req.btf.is_empty()
+        && pinned.is_empty()
+        && rpm_paths.is_empty()
+        && rpm_kernels.is_empty()
+    {
         for f in facts.iter().filter(|f| !f.is_flavour()) {
             found.push(format!(
                 "{} {} ({}): not a flavour headers package, and no flavour among the inputs needs it",
@@ -312,6 +329,16 @@ pub(super) fn plan(
         }
     }
     inputs.extend(tree_inputs);
+    // An RPM is one self-contained tree: unpacked once, it says its kernel.
+    let mut rpm_inputs: Vec<Result<KernelInput, Box<Unbuildable>>> =
+        rpm_paths.par_iter().map(|p| rpm_input(p, None, trees)).collect();
+    rpm_inputs.extend(rpm_kernels.par_iter().map(|k| pinned_rpm(k, req, trees)).collect::<Vec<_>>());
+    for r in rpm_inputs {
+        match r {
+            Ok(k) => inputs.push(k),
+            Err(u) => failed.push(*u),
+        }
+    }
     for b in &req.btf {
         inputs.push(KernelInput {
             release: b.release.clone(),
@@ -396,6 +423,59 @@ fn describe(s: &Source) -> String {
         Source::Tree { build, .. } => build.display().to_string(),
         Source::Btf { file } => file.display().to_string(),
     }
+}
+
+/// An RPM `kernel-devel` package: its `usr/src/kernels/<release>` tree,
+/// unpacked into the tree cache, whose own release must be the folder's name
+/// and whose arch the package's.
+fn rpm_input(path: &Path, pinned: Option<(&str, &Digest)>, trees: &TreeCache) -> Result<KernelInput, Box<Unbuildable>> {
+    let label = match pinned {
+        Some((label, _)) => label.to_owned(),
+        None => path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "package".into()),
+    };
+    let facts = rpms::rpm_info(path).map_err(|e| Unbuildable::input(&label, None, PackageError::from(e)))?;
+    let fail = |e: PlanError| Unbuildable::input(&label, facts.arch(), e);
+    if let Some((_, digest)) = pinned
+        && facts.digest != *digest
+    {
+        return Err(fail(PlanError::NotPinned {
+            path: path.to_owned(),
+            found: facts.digest.clone(),
+            pinned: digest.clone(),
+        }));
+    }
+    let tree = trees.get_rpm(&facts).map_err(|e| fail(e.into()))?;
+    let tf = kernel::tree_facts(&tree.root).map_err(|e| fail(e.into()))?;
+    let folder = tree.root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if folder != tf.release {
+        return Err(fail(PlanError::RpmRelease { package: label.clone(), folder, release: tf.release }));
+    }
+    let arch = tf.arch.ok_or_else(|| fail(PlanError::NoArch(tree.root.clone())))?;
+    if facts.arch().is_some_and(|a| a != arch) {
+        return Err(fail(PlanError::RpmArch { package: label.clone(), rpm_arch: facts.rpm_arch.clone(), tree: arch }));
+    }
+    Ok(KernelInput {
+        release: tf.release,
+        arch,
+        facts: tf.facts,
+        source: Source::Tree { build: tree.root.clone(), source: tree.root },
+    })
+}
+
+/// A matrix kernel pinned to one RPM (`[[kernel.rpm]]`), from the digest store.
+fn pinned_rpm(k: &MatrixKernel, req: &Request, trees: &TreeCache) -> Result<KernelInput, Box<Unbuildable>> {
+    let arch = Arch::from_any(&k.arch);
+    let fail = |e: PlanError| Unbuildable::input(k.label(), arch, e);
+    let Some(r) = k.rpms.first() else { return Err(fail(PlanError::NotAFlavour(k.package.clone()))) };
+    let path = crate::fetch::store_path(&req.package_cache, &r.sha256);
+    if !path.is_file() {
+        let (name, version) = (r.name.clone(), r.version.clone());
+        return Err(fail(match req.unavailable.get(&r.sha256) {
+            Some(e) => PlanError::Unavailable { name, version, source: e.clone() },
+            None => PlanError::NotFetched { name, version, cache: req.package_cache.clone() },
+        }));
+    }
+    rpm_input(&path, Some((k.label(), &r.sha256)), trees)
 }
 
 /// An unpacked header tree: `build` is the configured tree, paired with its

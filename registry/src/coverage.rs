@@ -1,0 +1,267 @@
+//! Coverage, counted: for each expected (kernel release, arch) pair and each
+//! program version, is there an object (present), a build failure the
+//! builder reported (failed), or neither (missing)?
+//!
+//! What is expected is either a published matrix (the pairs a builder was
+//! asked to cover: `PUT /v1/matrices/<name>`), or, without one, every
+//! release seen in an object or failure on each arch it can run on. A pair
+//! that cannot exist (an `-amd64` release on aarch64, an `-arm64` one on
+//! x86_64) is never expected, so never missing. The page and
+//! `GET /v1/coverage` both count here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bpfarm_object::Arch;
+use bpfarm_object::identity::validate_release;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::repo::{CoverageFailure, CoverageObject};
+
+/// Largest matrix body `PUT /v1/matrices/<name>` takes (the full Debian
+/// matrix of ~260 kernels is ~20 KB; this leaves room for 100k kernels).
+pub const MATRIX_LIMIT: u64 = 8 << 20;
+/// Most kernels in one matrix.
+pub const MATRIX_KERNELS: usize = 100_000;
+
+/// A published matrix: its name and expected pairs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Matrix {
+    pub name: String,
+    pub pairs: BTreeSet<(String, Arch)>,
+}
+
+/// The body of `PUT /v1/matrices/<name>`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixUpload {
+    pub kernels: Vec<MatrixKernel>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixKernel {
+    pub release: String,
+    pub arch: Arch,
+}
+
+/// A matrix name: what a `kernels/<name>.toml` file is called.
+pub fn validate_matrix_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(format!(
+            "invalid matrix name {name:?}: 1 to 64 of [A-Za-z0-9._-], not starting with '.'"
+        )))
+    }
+}
+
+impl MatrixUpload {
+    /// The pairs, each release checked as an identity's is; a pair that
+    /// cannot exist is refused rather than stored.
+    pub fn validate(self) -> Result<Vec<(String, Arch)>, Error> {
+        if self.kernels.len() > MATRIX_KERNELS {
+            return Err(Error::BadRequest(format!(
+                "matrix has {} kernels; at most {MATRIX_KERNELS}",
+                self.kernels.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(self.kernels.len());
+        for k in self.kernels {
+            validate_release(&k.release)?;
+            if !k.arch.can_run(&k.release) {
+                return Err(Error::BadRequest(format!("{} cannot run on {}", k.release, k.arch)));
+            }
+            out.push((k.release, k.arch));
+        }
+        Ok(out)
+    }
+}
+
+/// One cell's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Present,
+    Failed,
+    Missing,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub present: usize,
+    pub failed: usize,
+    pub missing: usize,
+}
+
+/// One expected (release, arch) pair and its state per version.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelRow {
+    pub release: String,
+    pub arch: Arch,
+    pub versions: BTreeMap<String, State>,
+}
+
+/// `GET /v1/coverage`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The matrix counted against; `None`: the releases seen.
+    pub matrix: Option<String>,
+    pub versions: Vec<String>,
+    pub counts: Counts,
+    /// Counts per arch (`x86_64`, `aarch64`).
+    pub by_arch: BTreeMap<Arch, Counts>,
+    pub kernels: Vec<KernelRow>,
+}
+
+/// The pairs expected: the matrix's, or every seen release on each arch it
+/// can run on (and any pair an object or failure exists for).
+pub fn expected(
+    objects: &[CoverageObject],
+    failures: &[CoverageFailure],
+    matrix: Option<&Matrix>,
+) -> BTreeSet<(String, Arch)> {
+    if let Some(m) = matrix {
+        return m.pairs.clone();
+    }
+    let seen = objects
+        .iter()
+        .map(|o| (o.kernel_release.as_str(), o.arch.as_str()))
+        .chain(failures.iter().map(|f| (f.kernel_release.as_str(), f.arch.as_str())));
+    let mut out = BTreeSet::new();
+    for (release, arch) in seen {
+        for a in Arch::ALL {
+            if a.can_run(release) {
+                out.insert((release.to_owned(), a));
+            }
+        }
+        if let Some(a) = Arch::from_any(arch) {
+            out.insert((release.to_owned(), a));
+        }
+    }
+    out
+}
+
+/// Counts every expected pair × version (`version`, or every version seen).
+pub fn report(
+    objects: &[CoverageObject],
+    failures: &[CoverageFailure],
+    matrix: Option<&Matrix>,
+    version: Option<&str>,
+) -> Report {
+    let versions: Vec<String> = match version {
+        Some(v) => vec![v.to_owned()],
+        None => objects
+            .iter()
+            .map(|o| o.version.clone())
+            .chain(failures.iter().map(|f| f.version.clone()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+    };
+    let mut cells: BTreeMap<(&str, &str, &str), State> = BTreeMap::new();
+    for f in failures {
+        cells.insert((f.kernel_release.as_str(), f.arch.as_str(), f.version.as_str()), State::Failed);
+    }
+    for o in objects {
+        cells.insert((o.kernel_release.as_str(), o.arch.as_str(), o.version.as_str()), State::Present);
+    }
+    let mut counts = Counts::default();
+    let mut by_arch: BTreeMap<Arch, Counts> = BTreeMap::new();
+    let mut kernels = Vec::new();
+    for (release, arch) in expected(objects, failures, matrix) {
+        let mut row = BTreeMap::new();
+        for v in &versions {
+            let state = cells.get(&(release.as_str(), arch.uname(), v.as_str())).copied().unwrap_or(State::Missing);
+            let per = by_arch.entry(arch).or_default();
+            for c in [&mut counts, per] {
+                match state {
+                    State::Present => c.present += 1,
+                    State::Failed => c.failed += 1,
+                    State::Missing => c.missing += 1,
+                }
+            }
+            row.insert(v.clone(), state);
+        }
+        kernels.push(KernelRow { release, arch, versions: row });
+    }
+    Report { matrix: matrix.map(|m| m.name.clone()), versions, counts, by_arch, kernels }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(release: &str, arch: &str, version: &str) -> CoverageObject {
+        CoverageObject {
+            kernel_release: release.into(),
+            arch: arch.into(),
+            version: version.into(),
+            digest: format!("sha256:{}", "0".repeat(64)),
+            size: 1,
+        }
+    }
+
+    #[test]
+    fn seen_releases_count_only_where_they_can_run() {
+        let objects: Vec<_> = (52..57).map(|n| object(&format!("6.1.0-{n}-amd64"), "x86_64", "v1")).collect();
+        let r = report(&objects, &[], None, None);
+        assert_eq!(r.counts, Counts { present: 5, failed: 0, missing: 0 });
+        assert_eq!(r.kernels.len(), 5);
+        let objects = vec![object("5.15.0-91-generic", "x86_64", "v1")];
+        let r = report(&objects, &[], None, None);
+        assert_eq!(r.counts, Counts { present: 1, failed: 0, missing: 1 });
+        assert_eq!(r.by_arch[&Arch::Aarch64].missing, 1);
+    }
+
+    #[test]
+    fn a_matrix_counts_what_exists_but_was_never_built() {
+        let m = Matrix {
+            name: "debian".into(),
+            pairs: [
+                ("6.1.0-56-amd64", Arch::X86_64),
+                ("6.1.0-56-arm64", Arch::Aarch64),
+                ("6.12.57+deb13-amd64", Arch::X86_64),
+            ]
+            .into_iter()
+            .map(|(r, a)| (r.to_owned(), a))
+            .collect(),
+        };
+        let objects = vec![object("6.1.0-56-amd64", "x86_64", "v1"), object("9.9.9-outside", "x86_64", "v1")];
+        let failures = vec![CoverageFailure {
+            kernel_release: "6.1.0-56-arm64".into(),
+            arch: "aarch64".into(),
+            version: "v1".into(),
+            message: "x".into(),
+        }];
+        let r = report(&objects, &failures, Some(&m), None);
+        assert_eq!(r.counts, Counts { present: 1, failed: 1, missing: 1 });
+        assert_eq!(
+            r.kernels.iter().find(|k| k.release == "6.12.57+deb13-amd64").unwrap().versions["v1"],
+            State::Missing
+        );
+        assert_eq!(r.matrix.as_deref(), Some("debian"));
+        // Against a version nothing was built for: all three missing.
+        let r = report(&objects, &failures, Some(&m), Some("v2"));
+        assert_eq!(r.counts, Counts { present: 0, failed: 0, missing: 3 });
+    }
+
+    #[test]
+    fn uploads_are_validated() {
+        let up = |kernels: &[(&str, Arch)]| MatrixUpload {
+            kernels: kernels.iter().map(|(r, a)| MatrixKernel { release: (*r).into(), arch: *a }).collect(),
+        };
+        assert!(up(&[("6.1.0-56-amd64", Arch::X86_64)]).validate().is_ok());
+        let e = up(&[("6.1.0-56-amd64", Arch::Aarch64)]).validate().unwrap_err().to_string();
+        assert!(e.contains("cannot run on aarch64"), "{e}");
+        assert!(up(&[("../etc", Arch::X86_64)]).validate().is_err());
+        assert!(validate_matrix_name("debian-bookworm.1").is_ok());
+        for bad in ["", ".hidden", "a/b", &"x".repeat(65)] {
+            assert!(validate_matrix_name(bad).is_err(), "{bad}");
+        }
+    }
+}
