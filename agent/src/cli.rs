@@ -52,8 +52,10 @@ pub struct Common {
     #[arg(long, global = true, value_name = "DIR")]
     pub install_path: Option<PathBuf>,
     /// A registry to fetch from: a bpfarm registry (its /v1 API), any HTTP
-    /// server with the static layout, or an OCI registry as
-    /// oci://HOST[:PORT]/NAMESPACE. Repeatable, tried in order; the
+    /// server with the static layout, an OCI registry as
+    /// oci://HOST[:PORT]/NAMESPACE, or an unpacked OCI image layout folder
+    /// as oci-layout:DIR (`bpfarm-registry bundle`, untarred: a USB stick,
+    /// a ConfigMap, an image volume). Repeatable, tried in order; the
     /// environment variable takes a comma-separated list.
     #[arg(long = "registry", global = true, value_name = "URL", env = "BPFARM_REGISTRIES", value_delimiter = ',')]
     pub registries: Vec<String>,

@@ -691,3 +691,78 @@ fn mirror_stops_an_endless_body_at_the_size_the_metadata_names() {
     let stored = std::fs::read_dir(data.join("blobs/sha256")).unwrap().count();
     assert_eq!(stored, 0, "something became visible");
 }
+
+/// The agent reads an unpacked bundle directly (`--registry
+/// oci-layout:DIR`): no server. The object it installs is the builder's,
+/// byte for byte; under `--verify-key` it is refused (the agent does not
+/// read a layout's signatures yet) with the reason, and nothing is
+/// installed; a layout whose blob was swapped is refused.
+#[test]
+fn the_agent_fetches_from_an_unpacked_bundle_with_oci_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let published = bpfarm_tests::registry_with_running_object(dir.path());
+    let tar = dir.path().join("bundle.tar");
+    ok(registry_cmd(&["bundle", "--data", p(&dir.path().join("registry")), "--out", p(&tar)]));
+    drop(published.registry);
+    let layout = dir.path().join("layout");
+    untar(&tar, &layout);
+    let source = format!("oci-layout:{}", layout.display());
+    let agent = |install: &Path, extra: &[&str]| {
+        let mut c = Command::new(bin("bpfarm-agent"));
+        c.env_remove("TRACEE_BPF_FILE").env_remove("KERN_HEADERS").env_remove("BPFARM_REGISTRIES");
+        c.arg("--install-path").arg(install).args(["--build-policy", "never", "--registry", &source]);
+        c.args(extra).output().unwrap()
+    };
+
+    let located = ok(agent(&dir.path().join("nothing-here"), &["locate"]));
+    assert!(String::from_utf8_lossy(&located.stdout).contains("would fetch and install it"), "{}", show(&located));
+    assert!(!dir.path().join("nothing-here").exists(), "locate wrote the install path");
+
+    let install = dir.path().join("install");
+    let o = ok(agent(&install, &["fetch"]));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("read from the OCI layout"), "{}", show(&o));
+    let name = published.object.file_name().unwrap();
+    assert_eq!(std::fs::read(install.join(name)).unwrap(), std::fs::read(&published.object).unwrap());
+
+    // Under --verify-key: refused with the reason, nothing installed.
+    let key = dir.path().join("key.pem");
+    let public = dir.path().join("key.pub");
+    let made = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", show(&made));
+    let pubout = Command::new("openssl")
+        .arg("pkey")
+        .arg("-in")
+        .arg(&key)
+        .arg("-pubout")
+        .arg("-out")
+        .arg(&public)
+        .output()
+        .unwrap();
+    assert!(pubout.status.success(), "{}", show(&pubout));
+    let strict = dir.path().join("strict");
+    let o = agent(&strict, &["--verify-key", p(&public), "--state-dir", p(&dir.path().join("state")), "fetch"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("signatures inside an OCI layout are not read"),
+        "{}",
+        show(&o)
+    );
+    assert!(!strict.join(name).exists(), "an unverified object was installed");
+
+    // A swapped layer: same size, other bytes.
+    let digest = Digest::of_bytes(&std::fs::read(&published.object).unwrap());
+    let blob = layout.join("blobs/sha256").join(digest.hex());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+    let swapped = dir.path().join("swapped");
+    let o = agent(&swapped, &["fetch"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("refused"), "{}", show(&o));
+    assert!(!swapped.join(name).exists(), "a swapped object was installed");
+}
