@@ -48,8 +48,9 @@ impl ProgramSources {
         let mut files = Vec::new();
         for e in fs::read_dir(dir).map_err(|e| io(dir, e))? {
             let p = e.map_err(|e| io(dir, e))?.path();
+            // An entry of read_dir always has a file name.
+            let Some(name) = p.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
             if p.extension().is_some_and(|x| x == "c" || x == "h") {
-                let name = p.file_name().expect("file has a name").to_string_lossy().into_owned();
                 files.push((name, fs::read(&p).map_err(|e| io(&p, e))?));
             }
         }
