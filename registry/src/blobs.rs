@@ -110,14 +110,20 @@ impl BlobStore {
         }
         let Ok(_permit) = self.filling.try_acquire() else { return Ok((Source::File(file), size)) };
         let mut std_file = file.into_std().await;
+        let d_owned = d.clone();
         let read = tokio::task::spawn_blocking(move || {
             use std::io::Read;
             let mut buf = Vec::with_capacity(size as usize);
-            std_file.by_ref().take(size).read_to_end(&mut buf).map(|_| (buf, std_file))
+            std_file.by_ref().take(size).read_to_end(&mut buf)?;
+            // Only bytes that hash to their name enter the cache: a file
+            // damaged behind the server's back must not outlive its repair
+            // in memory (fsck, or a restore, fixes the file, not the cache).
+            let sound = Digest::of_bytes(&buf) == d_owned;
+            Ok::<_, std::io::Error>((buf, std_file, sound))
         })
         .await
         .map_err(|e| BlobError::Io(std::io::Error::other(format!("reading a blob: {e}"))))??;
-        let (buf, std_file) = read;
+        let (buf, std_file, sound) = read;
         if buf.len() as u64 != size {
             // Changed under us (it never should): serve the file as it is.
             let mut file = tokio::fs::File::from_std(std_file);
@@ -125,7 +131,9 @@ impl BlobStore {
             return Ok((Source::File(file), size));
         }
         let bytes = bytes::Bytes::from(buf);
-        self.hot.put(d, bytes.clone());
+        if sound {
+            self.hot.put(d, bytes.clone());
+        }
         Ok((Source::Memory(bytes), size))
     }
 

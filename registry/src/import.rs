@@ -378,8 +378,18 @@ enum EntryName {
     Blob(Digest),
 }
 
+/// An entry's name as messages show it: at most 200 characters, so a
+/// hostile name cannot flood the output.
+fn shown(path: &Path) -> String {
+    let full = path.to_string_lossy();
+    match full.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &full[..cut], full.len()),
+        None => full.into_owned(),
+    }
+}
+
 fn entry_name(path: &Path) -> Result<(String, EntryName), Refusal> {
-    let shown = path.to_string_lossy().into_owned();
+    let shown = shown(path);
     let mut parts = Vec::new();
     for c in path.components() {
         match c {
@@ -417,7 +427,11 @@ struct Read1 {
 
 fn read_tar(file: std::fs::File, staging: &mut Staging, limits: &ImportLimits) -> Result<Read1, ImportError> {
     let mut tar = tar::Archive::new(std::io::BufReader::with_capacity(1 << 16, file));
-    let entries = tar.entries().map_err(|e| Refusal::Tar(e.to_string()))?;
+    // Raw: the tar crate would read a GNU long-name or PAX extension entry
+    // whole into memory, whatever its size, before handing over the entry
+    // it names. A layout needs neither (its names are short): they are
+    // refused by their type below, unread.
+    let entries = tar.entries().map_err(|e| Refusal::Tar(e.to_string()))?.raw(true);
     let mut out = Read1 { layout: None, index: None, blobs: BTreeMap::new() };
     let mut names = BTreeSet::new();
     let (mut count, mut total) = (0u64, 0u64);
@@ -428,11 +442,13 @@ fn read_tar(file: std::fs::File, staging: &mut Staging, limits: &ImportLimits) -
             return Err(Refusal::TooManyEntries(limits.max_entries).into());
         }
         let kind = entry.header().entry_type();
-        if kind == tar::EntryType::XGlobalHeader {
+        // A small global PAX header (what some writers put first) says
+        // nothing a layout needs; a large one is refused unread.
+        if kind == tar::EntryType::XGlobalHeader && entry.header().size().unwrap_or(u64::MAX) <= 4096 {
             continue;
         }
         let path = entry.path().map_err(|e| Refusal::Tar(e.to_string()))?.into_owned();
-        let shown = path.to_string_lossy().into_owned();
+        let shown = shown(&path);
         // The type first: a link or a device is refused whatever its name.
         if !matches!(kind, tar::EntryType::Directory | tar::EntryType::Regular) {
             let kind = match kind {

@@ -766,3 +766,34 @@ fn the_agent_fetches_from_an_unpacked_bundle_with_oci_layout() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("refused"), "{}", show(&o));
     assert!(!swapped.join(name).exists(), "a swapped object was installed");
 }
+
+/// A GNU long-name entry of 256 MiB (sparse on disk) ahead of everything:
+/// the tar crate would read it whole into memory before `import` sees an
+/// entry. It is refused by its type, unread: fast, and the message stays
+/// short.
+#[test]
+fn import_refuses_a_huge_long_name_entry_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target, _push, data) = populated(&dir.path().join("t"), &OBJECTS[..1]);
+    drop(target);
+    let before = snapshot(&data);
+    let path = dir.path().join("longname.tar");
+    let mut h = tar::Header::new_gnu();
+    h.set_path("././@LongLink").unwrap();
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_size(256 << 20);
+    h.set_cksum();
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(h.as_bytes()).unwrap();
+    f.set_len(512 + (256 << 20) + 1024).unwrap();
+    drop(f);
+    let started = std::time::Instant::now();
+    let o = registry_cmd(&["import", "--data", p(&data), p(&path)]);
+    let took = started.elapsed();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("GNULongName") && err.contains("nothing was imported"), "{}", show(&o));
+    assert!(o.stderr.len() < 4096, "the refusal printed {} bytes", o.stderr.len());
+    assert!(took < std::time::Duration::from_secs(20), "took {took:?}: the entry was read");
+    assert_eq!(snapshot(&data), before);
+}

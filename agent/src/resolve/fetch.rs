@@ -91,7 +91,8 @@ pub enum FetchError {
 
 /// What the agent reads of an OCI layout's signatures: nothing yet, so
 /// under `--verify-key` its objects are refused with this reason.
-const LAYOUT_SIGNATURES: &str = "signatures inside an OCI layout are not read by this agent yet: under --verify-key, import the bundle into a registry (bpfarm-registry import) and fetch from it";
+const LAYOUT_SIGNATURES: &str =
+    "signatures inside an OCI layout are not read by this agent yet, and --verify-key requires one";
 
 impl From<ClientError> for FetchError {
     fn from(e: ClientError) -> Self {
