@@ -359,22 +359,33 @@ impl RegistryClient {
                 url: obj_url.clone(),
                 message: format!("serializing the metadata: {e}"),
             })?;
-            let post = || self.send(reqwest::Method::POST, &obj_url, "application/json", metadata.clone());
-            // The small metadata goes first: it is refused cleanly for a
-            // missing or read-only token (a large body could race with an
-            // early refusal and surface as a reset connection), and the blob
-            // is uploaded only when the registry says it lacks those bytes.
-            let status = match post().await {
-                Ok(status) => status,
-                Err(ClientError::BlobUnknown { .. }) => {
-                    let blob_url = self.url(&format!("/v1/blobs/{}", meta.digest));
-                    self.send(reqwest::Method::PUT, &blob_url, "application/octet-stream", bytes.to_vec()).await?;
-                    post().await?
-                }
-                Err(e) => return Err(e),
-            };
-            Ok(if status == 201 { Published::Published } else { Published::Skipped })
+            self.post_object(&obj_url, metadata, meta, bytes).await
         })
+    }
+
+    /// POSTs an object's metadata `body` to `obj_url`. The small metadata
+    /// goes first: it is refused cleanly for a missing or read-only token (a
+    /// large body could race with an early refusal and surface as a reset
+    /// connection), and the object's bytes are uploaded only when the
+    /// registry says it lacks them, then the metadata again.
+    async fn post_object(
+        &self,
+        obj_url: &str,
+        body: Vec<u8>,
+        meta: &ObjectMetadata,
+        bytes: &[u8],
+    ) -> Result<Published, ClientError> {
+        let post = || self.send(reqwest::Method::POST, obj_url, "application/json", body.clone());
+        let status = match post().await {
+            Ok(status) => status,
+            Err(ClientError::BlobUnknown { .. }) => {
+                let blob_url = self.url(&format!("/v1/blobs/{}", meta.digest));
+                self.send(reqwest::Method::PUT, &blob_url, "application/octet-stream", bytes.to_vec()).await?;
+                post().await?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(if status == 201 { Published::Published } else { Published::Skipped })
     }
 
     /// Publishes a kernel matrix's (release, arch) pairs under `name`, so the
@@ -478,18 +489,7 @@ impl RegistryClient {
             {
                 fields.extend(extra);
             }
-            let body = body.to_string().into_bytes();
-            let post = || self.send(reqwest::Method::POST, &obj_url, "application/json", body.clone());
-            let status = match post().await {
-                Ok(status) => status,
-                Err(ClientError::BlobUnknown { .. }) => {
-                    let blob_url = self.url(&format!("/v1/blobs/{}", meta.digest));
-                    self.send(reqwest::Method::PUT, &blob_url, "application/octet-stream", bytes.to_vec()).await?;
-                    post().await?
-                }
-                Err(e) => return Err(e),
-            };
-            Ok(if status == 201 { Published::Published } else { Published::Skipped })
+            self.post_object(&obj_url, body.to_string().into_bytes(), meta, bytes).await
         })
     }
 }
