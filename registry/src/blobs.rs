@@ -292,15 +292,17 @@ impl BlobStore {
     /// for a name that is not a digest in its right folder).
     pub fn stored(&self) -> std::io::Result<Vec<(PathBuf, Option<Digest>)>> {
         let mut out = Vec::new();
-        for dir in std::fs::read_dir(self.root.join("sha256"))? {
-            let dir = dir?;
+        let top = self.root.join("sha256");
+        let at = |p: &Path, e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", p.display()));
+        for dir in std::fs::read_dir(&top).map_err(|e| at(&top, e))? {
+            let dir = dir.map_err(|e| at(&top, e))?;
             if !dir.file_type()?.is_dir() {
                 out.push((dir.path(), None));
                 continue;
             }
             let prefix = dir.file_name().to_string_lossy().into_owned();
-            for f in std::fs::read_dir(dir.path())? {
-                let f = f?;
+            for f in std::fs::read_dir(dir.path()).map_err(|e| at(&dir.path(), e))? {
+                let f = f.map_err(|e| at(&dir.path(), e))?;
                 let name = f.file_name().to_string_lossy().into_owned();
                 let digest = format!("sha256:{name}")
                     .parse::<Digest>()
@@ -358,7 +360,10 @@ impl BlobStore {
         let mut out = Vec::new();
         for (path, digest) in self.stored()? {
             let Some(digest) = digest else { continue };
-            let meta = std::fs::symlink_metadata(&path)?;
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+            };
             if meta.is_file() {
                 out.push((digest, meta.len(), meta.modified()?));
             }

@@ -138,6 +138,8 @@ enum Command {
         keep_versions: Option<usize>,
         /// Blobs younger than this many seconds are kept even if nothing
         /// names them yet (a publish in flight uploads its blob first).
+        /// With 0 a publish in flight may be refused (never left
+        /// incomplete) and has to be retried.
         #[arg(long, default_value_t = 3600)]
         grace: u64,
         /// The OCI namespace the server uses (--oci-namespace of serve).
