@@ -297,19 +297,7 @@ fn unpack_payload(
         f.finish().map_err(|e| UnpackError::io(archive, raw_name(&raw), e))?;
     }
     stats.bytes_decompressed = guard.decompressed();
-    // A chain of links, each harmless alone, must not resolve outside either.
-    let root = dest.canonicalize().map_err(|e| UnpackError::io(archive, "resolve target directory", e))?;
-    for rel in links {
-        if let Ok(resolved) = dest.join(&rel).canonicalize()
-            && !resolved.starts_with(&root)
-        {
-            return Err(UnpackError::hostile(
-                archive,
-                &rel,
-                format!("symlink resolves to {} outside the target", resolved.display()),
-            ));
-        }
-    }
+    unpack::check_link_chains(archive, dest, &links)?;
     Ok(stats)
 }
 

@@ -455,20 +455,27 @@ fn unpack_tar_guarded(
         normalize_mode(archive, &raw, &dest.join(&rel), kind, mode)?;
     }
     stats.bytes_decompressed = guard.decompressed();
-    // A chain of links, each harmless alone, must not resolve outside either.
+    check_link_chains(archive, dest, &links)?;
+    Ok(stats)
+}
+
+/// A chain of links, each harmless alone, must not resolve outside `dest`
+/// either: every symlink an unpack made (`links`, relative to `dest`) is
+/// resolved once the whole archive is down.
+pub(crate) fn check_link_chains(archive: &Path, dest: &Path, links: &[PathBuf]) -> Result<(), UnpackError> {
     let root = dest.canonicalize().map_err(|e| UnpackError::io(archive, "resolve target directory", e))?;
     for rel in links {
-        if let Ok(resolved) = dest.join(&rel).canonicalize()
+        if let Ok(resolved) = dest.join(rel).canonicalize()
             && !resolved.starts_with(&root)
         {
             return Err(UnpackError::hostile(
                 archive,
-                &rel,
+                rel,
                 format!("symlink resolves to {} outside the target", resolved.display()),
             ));
         }
     }
-    Ok(stats)
+    Ok(())
 }
 
 /// Folders are made `rwxr-xr-x` and files at least owner-readable, whatever
