@@ -419,7 +419,13 @@ fn an_older_signed_build_after_a_newer_one_is_refused_unless_downgrades_are_allo
     let root = tmp.path();
     let newer = place(&root.join("newer"), &signed(NEWER), false);
     let older = place(&root.join("older"), &signed(OLDER), false);
-    let no_time = place(&root.join("no-time"), &Files { intoto: None, ..signed(NEWER) }, false);
+    // Another object (one byte appended), validly signed, with no signed
+    // build time; and the newer object itself without its provenance.
+    let mut other = real_object().0.clone();
+    other.push(0);
+    let other_sig = sign::sign_blob(&signing_key(&keys().cosign_key), &other).unwrap().into_bytes();
+    let no_time = place(&root.join("no-time"), &Files { object: other, sig: Some(other_sig), intoto: None }, false);
+    let same_no_time = place(&root.join("same-no-time"), &Files { intoto: None, ..signed(NEWER) }, false);
     let go = |object: &Path, extra: &[&str]| {
         let mut c = agent(root);
         c.env("TRACEE_BPF_FILE", object).args(extra);
@@ -438,9 +444,14 @@ fn an_older_signed_build_after_a_newer_one_is_refused_unless_downgrades_are_allo
     // …then the older one, validly signed, is a replay: refused.
     let out = go(&older, &[]);
     assert_refused(&out, root, &["TRACEE_BPF_FILE", "a downgrade", OLDER, NEWER, "--allow-downgrade"]);
-    // So is one without a signed build time.
+    // So is another object without a signed build time…
     let out = go(&no_time, &[]);
     assert_refused(&out, root, &["no signed build time", "--allow-downgrade"]);
+    // …but not the recorded object itself (same digest), and not the
+    // recorded build again (same build time).
+    assert_loaded(&go(&same_no_time, &[]));
+    assert_loaded(&go(&newer, &[]));
+    assert_eq!(recorded_time(root), NEWER);
     // --allow-downgrade loads it, and the record does not go back.
     assert_loaded(&go(&older, &["--allow-downgrade"]));
     assert_eq!(recorded_time(root), NEWER);
