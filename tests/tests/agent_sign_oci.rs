@@ -250,6 +250,7 @@ fn a_signed_bundle_is_accepted_from_an_oci_layout_and_verified_offline_afterward
 
     // Every link of the kept chain, tampered: refused, nothing loaded.
     let good = std::fs::read(evidence_path(root)).unwrap();
+    eprintln!("{}.cosign.json: {} bytes", name(), good.len());
     let key = SigningKey::load(&s.key).unwrap();
     let md = Digest::of_bytes(&manifest());
     let mut other_meta = s.meta.clone();
