@@ -107,8 +107,9 @@ pub struct SigningArgs {
     /// A public key (PEM: cosign.pub, or `openssl pkey -pubout`). With it,
     /// every object, from every place, must carry a valid signature by one
     /// of the keys over its exact bytes (`<file>.sig` beside it, or the
-    /// cosign signature of its OCI manifest), else it is refused and the
-    /// search goes on. Repeatable (key rotation). BPFARM_VERIFY_KEYS takes
+    /// cosign signature of its OCI manifest, from oci:// or oci-layout:,
+    /// kept beside the install as `<file>.cosign.json`), else it is
+    /// refused and the search goes on. Repeatable (key rotation). BPFARM_VERIFY_KEYS takes
     /// a comma- or colon-separated list; the config file
     /// `verify_keys = [...]`. Read only from a folder root or this user
     /// owns that no one else can write.
@@ -121,7 +122,8 @@ pub struct SigningArgs {
     pub allow_downgrade: bool,
     /// Where the newest accepted signed build time per kernel is recorded
     /// (rollback.json, 0600; the folder 0700, checked like the install
-    /// path). [default: /var/lib/bpfarm/agent]
+    /// path). An accepted object whose newer build time cannot be recorded
+    /// here is not used. [default: /var/lib/bpfarm/agent]
     #[arg(long, global = true, value_name = "DIR", env = "BPFARM_AGENT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 }

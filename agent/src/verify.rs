@@ -25,18 +25,26 @@ use std::path::PathBuf;
 
 use bpfarm_object::client::{Attachments, RegistryClient};
 use bpfarm_object::oci_client::OciRegistry;
+use bpfarm_object::oci_layout::OciLayout;
 use bpfarm_object::sign::{
-    self, KeyId, PROVENANCE_SUFFIX, SIGNATURE_SUFFIX, TrustedKeys, VerifiedProvenance, VerifyError,
+    self, EVIDENCE_SUFFIX, FetchError, KeyId, LayerRef, ManifestSignature, OciEvidence, PROVENANCE_SUFFIX,
+    SIGNATURE_SUFFIX, TrustedKeys, VerifiedProvenance, VerifyError,
 };
 use bpfarm_object::{Digest, Identity};
 
-use crate::rollback::{DEFAULT_STATE_DIR, RollbackState};
+use crate::rollback::{DEFAULT_STATE_DIR, RollbackError, RollbackState};
 use crate::trust::{TrustError, TrustedDir};
 
 /// Cap on a signature read from anywhere.
 pub const MAX_SIGNATURE: u64 = 4 << 10;
 /// Cap on an attestation (`.intoto.jsonl`) read from anywhere.
 pub const MAX_ATTESTATION: u64 = 1 << 20;
+/// Signature layers fetched per `.sig` tag (cosign appends one layer per
+/// signature; a hostile tag may list many): the first that verifies wins.
+pub const MAX_SIGNATURE_LAYERS: usize = 8;
+/// Attestation layers fetched per `.att` tag (bpfarm writes two: SLSA v1
+/// and its v0.2 twin).
+pub const MAX_ATTESTATION_LAYERS: usize = 4;
 
 /// `--verify-key`, `--allow-downgrade` and `--state-dir`.
 #[derive(Debug, Clone)]
@@ -56,27 +64,45 @@ impl Default for SignPolicy {
 }
 
 /// What came with a candidate to show who made it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Evidence {
     /// `<file>.sig` and `<file>.intoto.jsonl`, each when present.
     Files { signature: Option<Vec<u8>>, provenance: Option<Vec<u8>> },
-    /// An OCI registry's cosign artifacts for the platform manifest,
-    /// checked where they were fetched (their layers come from there).
-    Oci { manifest: Digest, signature: OciCheck<KeyId>, provenance: OciCheck<VerifiedProvenance> },
+    /// cosign's signature (and attestation) of the platform manifest whose
+    /// one layer is the object: from an OCI registry or layout, or kept
+    /// beside an installed object (`<file>.cosign.json`).
+    Cosign(CosignEvidence),
     /// Reading them failed (a symlinked or foreign `.sig`, a registry
     /// error): why.
     Unreadable(String),
 }
 
-/// One cosign artifact of an OCI registry.
-#[derive(Debug, Clone)]
+/// The cosign form of [`Evidence`]: nothing in it is trusted until
+/// [`check`] has verified the chain ([`OciEvidence::verify`]).
+#[derive(Debug)]
+pub struct CosignEvidence {
+    /// The platform manifest's exact bytes.
+    pub manifest: Vec<u8>,
+    /// The simple-signing payload and signature a trusted key made for it.
+    pub signature: OciCheck<ManifestSignature>,
+    /// The DSSE envelope of its SLSA provenance.
+    pub attestation: OciCheck<Vec<u8>>,
+    /// Read from `<file>.cosign.json` beside the object (else fetched).
+    pub kept: bool,
+}
+
+/// One cosign artifact of an OCI registry or layout.
+#[derive(Debug)]
 pub enum OciCheck<T> {
     /// No such tag.
     Absent,
     /// There, not checked (no `--verify-key`).
     Unchecked,
-    Valid(T),
-    Invalid(String),
+    /// The layer a trusted key signed for this manifest (checked again,
+    /// with the whole chain, by [`check`]).
+    Found(T),
+    /// No layer of it verifies: why.
+    Invalid(VerifyError),
 }
 
 /// What is known about a candidate's signature once it was accepted.
@@ -91,30 +117,110 @@ pub struct Signature {
     pub built_at: Option<String>,
     #[serde(skip)]
     pub provenance: Option<VerifiedProvenance>,
-    /// The `.sig` and `.intoto.jsonl` to install beside the object.
+    /// What to install beside the object.
     #[serde(skip)]
-    pub files: Option<(Vec<u8>, Option<Vec<u8>>)>,
+    pub beside: Option<Beside>,
+}
+
+/// The files an install writes beside the object, so that the next start
+/// verifies it offline.
+#[derive(Debug, Clone)]
+pub enum Beside {
+    /// `<file>.sig` and, when there is one, `<file>.intoto.jsonl`.
+    Files { signature: Vec<u8>, provenance: Option<Vec<u8>> },
+    /// `<file>.cosign.json` (an object from OCI).
+    Cosign(Vec<u8>),
 }
 
 impl Signature {
     fn unsigned() -> Self {
-        Self { status: "unsigned", key_id: None, built_at: None, provenance: None, files: None }
+        Self { status: "unsigned", key_id: None, built_at: None, provenance: None, beside: None }
     }
 }
 
-fn refusal(what: &str, e: impl std::fmt::Display) -> String {
-    format!("refused: {what}: {e}")
+/// Why `--verify-key` (or the rollback record) refuses a candidate. The
+/// wording is the trail's.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("refused: {0}")]
+    Unreadable(String),
+    #[error(
+        "refused: unsigned (no {SIGNATURE_SUFFIX} with it), and --verify-key requires a signature by a trusted key"
+    )]
+    Unsigned,
+    #[error("refused: unsigned (no cosign signature tag {tag} for its manifest), and --verify-key requires one")]
+    UnsignedManifest { tag: String },
+    #[error("refused: its signature does not verify: {0}")]
+    Signature(#[source] VerifyError),
+    #[error("refused: its {PROVENANCE_SUFFIX} does not verify: {0}")]
+    Provenance(#[source] VerifyError),
+    #[error("refused: its cosign signature does not verify: {}", chain(.0))]
+    CosignSignature(#[source] VerifyError),
+    #[error("refused: its cosign attestation does not verify: {}", chain(.0))]
+    CosignAttestation(#[source] VerifyError),
+    #[error("refused: {form} does not verify: {}", chain(.source))]
+    Chain {
+        form: &'static str,
+        #[source]
+        source: VerifyError,
+    },
+    #[error("refused: its signed provenance names another object: {0}")]
+    OtherObject(#[source] VerifyError),
+    #[error("refused: {0}")]
+    Rollback(#[source] RollbackError),
+    #[error(
+        "refused: a downgrade: signed build time {built_at} is older than {recorded} (the newest accepted for this \
+         kernel, recorded in {}); a replayed old object? (--allow-downgrade accepts it)",
+        .file.display()
+    )]
+    Downgrade { built_at: String, recorded: String, file: PathBuf },
+    #[error(
+        "refused: it has no signed build time ({PROVENANCE_SUFFIX}), and a build of {recorded} was accepted before \
+         (recorded in {}): it cannot show it is not an older one replayed (--allow-downgrade accepts it)",
+        .file.display()
+    )]
+    NoBuildTime { recorded: String, file: PathBuf },
 }
 
-/// The `.sig` and `.intoto.jsonl` beside `name` in a checked folder, read
-/// like the object (no symlinks, trusted owner and mode, capped).
+/// An error and its causes, for the trail (a layer's fetch error says
+/// which blob, its source why).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out += &format!(": {cause}");
+        next = cause.source();
+    }
+    out
+}
+
+/// The `.sig`, `.intoto.jsonl` and `.cosign.json` beside `name` in a
+/// checked folder, read like the object (no symlinks, trusted owner and
+/// mode, capped). A `.sig` wins over a `.cosign.json`.
 pub fn read_local(dir: &TrustedDir, name: &str) -> Evidence {
     let read = |suffix: &str, cap| {
         dir.read_file(&format!("{name}{suffix}"), cap).map_err(|e: TrustError| format!("refusing its {suffix}: {e}"))
     };
-    match (read(SIGNATURE_SUFFIX, MAX_SIGNATURE), read(PROVENANCE_SUFFIX, MAX_ATTESTATION)) {
-        (Ok(signature), Ok(provenance)) => Evidence::Files { signature, provenance },
-        (Err(e), _) | (_, Err(e)) => Evidence::Unreadable(e),
+    let files = (read(SIGNATURE_SUFFIX, MAX_SIGNATURE), read(PROVENANCE_SUFFIX, MAX_ATTESTATION));
+    let (signature, provenance) = match files {
+        (Ok(signature), Ok(provenance)) => (signature, provenance),
+        (Err(e), _) | (_, Err(e)) => return Evidence::Unreadable(e),
+    };
+    if signature.is_some() {
+        return Evidence::Files { signature, provenance };
+    }
+    match read(EVIDENCE_SUFFIX, sign::evidence::MAX_EVIDENCE) {
+        Err(e) => Evidence::Unreadable(e),
+        Ok(None) => Evidence::Files { signature, provenance },
+        Ok(Some(bytes)) => match OciEvidence::from_json(&bytes) {
+            Ok(e) => Evidence::Cosign(CosignEvidence {
+                manifest: e.manifest,
+                signature: OciCheck::Found(e.signature),
+                attestation: e.attestation.map_or(OciCheck::Absent, OciCheck::Found),
+                kept: true,
+            }),
+            Err(e) => Evidence::Unreadable(format!("its {EVIDENCE_SUFFIX}: {e}")),
+        },
     }
 }
 
@@ -149,117 +255,197 @@ pub async fn read_static(client: &RegistryClient, id: &Identity) -> Evidence {
     }
 }
 
+/// Where cosign's tags are read from: an OCI registry (`oci://`) or an OCI
+/// image layout (`oci-layout:`), each with its own bounds (caps, digest
+/// checks; no symlinks in a layout). One reader, [`read_cosign`], for both.
+pub(crate) trait CosignSource {
+    /// The manifest under `tag`, or `None` when there is no such tag.
+    async fn tagged_manifest(&self, tag: &str) -> Result<Option<Vec<u8>>, FetchError>;
+    /// A blob of at most `max` bytes, hashing to `digest`.
+    async fn blob(&self, digest: &Digest, max: u64) -> Result<Vec<u8>, FetchError>;
+}
+
+impl CosignSource for OciRegistry {
+    async fn tagged_manifest(&self, tag: &str) -> Result<Option<Vec<u8>>, FetchError> {
+        OciRegistry::tagged_manifest(self, tag).await.map_err(Into::into)
+    }
+    async fn blob(&self, digest: &Digest, max: u64) -> Result<Vec<u8>, FetchError> {
+        self.small_blob(digest, max as usize).await.map_err(Into::into)
+    }
+}
+
+impl CosignSource for OciLayout {
+    async fn tagged_manifest(&self, tag: &str) -> Result<Option<Vec<u8>>, FetchError> {
+        OciLayout::tagged_manifest(self, tag, sign::cosign::MAX_MANIFEST as u64).map_err(Into::into)
+    }
+    async fn blob(&self, digest: &Digest, max: u64) -> Result<Vec<u8>, FetchError> {
+        self.blob_capped(digest, max).map_err(Into::into)
+    }
+}
+
 /// cosign's signature and attestation of the platform manifest `manifest`
-/// in an OCI registry, checked against `keys` (just looked up without).
-/// Blocking: call it outside the registry's async deadline.
-pub fn read_oci(registry: &OciRegistry, manifest: &Digest, keys: Option<&TrustedKeys>) -> Evidence {
-    let fetch = |cap: usize| {
-        move |d: &Digest| registry.pull_small_blob(d, cap).map_err(|e| Box::new(e) as sign::cosign::FetchError)
-    };
-    let signature = match registry.pull_tagged_manifest(&sign::signature_tag(manifest)) {
+/// (its exact bytes) in a registry or layout. With `keys`, the first
+/// layer of each tag that a trusted key signed for this manifest is kept
+/// (at most [`MAX_SIGNATURE_LAYERS`] / [`MAX_ATTESTATION_LAYERS`] layers
+/// fetched); without, the signature tag is only looked up. The caller
+/// bounds it in time (the attempt's `--timeout`).
+pub(crate) async fn read_cosign(source: &impl CosignSource, manifest: Vec<u8>, keys: Option<&TrustedKeys>) -> Evidence {
+    let subject = Digest::of_bytes(&manifest);
+    let signature = match source.tagged_manifest(&sign::signature_tag(&subject)).await {
         Err(e) => return Evidence::Unreadable(format!("its signature tag: {e}")),
         Ok(None) => OciCheck::Absent,
         Ok(Some(_)) if keys.is_none() => OciCheck::Unchecked,
-        Ok(Some(m)) => match keys
-            .map(|k| sign::verify_signature_manifest(k, manifest, &m, &mut fetch(sign::cosign::MAX_PAYLOAD as usize)))
-        {
-            Some(Ok(v)) => OciCheck::Valid(v.key_id),
-            Some(Err(e)) => OciCheck::Invalid(e.to_string()),
-            None => OciCheck::Unchecked,
+        Ok(Some(m)) => match (keys, sign::signature_layers(&m)) {
+            (_, Err(e)) => OciCheck::Invalid(e),
+            (None, _) => OciCheck::Unchecked,
+            (Some(keys), Ok(layers)) => {
+                let verify = |l: &LayerRef, payload: Vec<u8>| {
+                    let s = ManifestSignature { payload, signature: l.signature.clone().unwrap_or_default() };
+                    s.verify(keys, &subject).map(|_| s)
+                };
+                let layers = layers.into_iter().filter(|l| l.signature.is_some());
+                first_layer(source, layers, MAX_SIGNATURE_LAYERS, sign::cosign::MAX_PAYLOAD, verify).await
+            }
         },
     };
-    let provenance = match registry.pull_tagged_manifest(&sign::attestation_tag(manifest)) {
+    let Some(keys) = keys else {
+        return Evidence::Cosign(CosignEvidence { manifest, signature, attestation: OciCheck::Unchecked, kept: false });
+    };
+    let attestation = match source.tagged_manifest(&sign::attestation_tag(&subject)).await {
         Err(e) => return Evidence::Unreadable(format!("its attestation tag: {e}")),
         Ok(None) => OciCheck::Absent,
-        Ok(Some(m)) => match keys
-            .map(|k| sign::verify_attestation_manifest(k, manifest, &m, &mut fetch(sign::dsse::MAX_ENVELOPE)))
-        {
-            Some(Ok(v)) => OciCheck::Valid(v),
-            Some(Err(e)) => OciCheck::Invalid(e.to_string()),
-            None => OciCheck::Unchecked,
+        Ok(Some(m)) => match sign::attestation_layers(&m) {
+            Err(e) => OciCheck::Invalid(e),
+            Ok(layers) => {
+                let verify = |_: &LayerRef, envelope: Vec<u8>| {
+                    sign::verify_attestation_envelope(keys, &envelope, &subject).map(|_| envelope)
+                };
+                let max = sign::dsse::MAX_ENVELOPE as u64;
+                first_layer(source, layers.into_iter(), MAX_ATTESTATION_LAYERS, max, verify).await
+            }
         },
     };
-    Evidence::Oci { manifest: manifest.clone(), signature, provenance }
+    Evidence::Cosign(CosignEvidence { manifest, signature, attestation, kept: false })
+}
+
+/// Fetches at most `count` layers, in order, each at most `max` bytes, and
+/// keeps the first that `verify` accepts; else every reason.
+async fn first_layer<T>(
+    source: &impl CosignSource,
+    layers: impl Iterator<Item = LayerRef>,
+    count: usize,
+    max: u64,
+    verify: impl Fn(&LayerRef, Vec<u8>) -> Result<T, VerifyError>,
+) -> OciCheck<T> {
+    let mut errors = Vec::new();
+    for l in layers.take(count) {
+        if l.size > max {
+            errors.push(VerifyError::TooLarge { what: "layer", len: l.size as usize, max: max as usize });
+            continue;
+        }
+        let bytes = match source.blob(&l.digest, l.size).await {
+            Ok(b) if b.len() as u64 == l.size => b,
+            Ok(b) => {
+                errors.push(VerifyError::BlobMismatch { expected: l.digest.clone(), found: Digest::of_bytes(&b) });
+                continue;
+            }
+            Err(source) => {
+                errors.push(VerifyError::Fetch { digest: l.digest.clone(), source });
+                continue;
+            }
+        };
+        match verify(&l, bytes) {
+            Ok(v) => return OciCheck::Found(v),
+            Err(e) => errors.push(e),
+        }
+    }
+    OciCheck::Invalid(match errors.len() {
+        0 => VerifyError::NoSignature,
+        1 => errors.remove(0),
+        _ => VerifyError::NoLayerVerified(errors),
+    })
 }
 
 /// Decides on one candidate whose bytes already passed the digest and
 /// identity checks: `Ok` with what is known about its signature and a note
-/// for the trail, or `Err` with the refusal.
+/// for the trail, or the refusal.
 pub fn check(
     policy: &SignPolicy,
     id: &Identity,
     bytes: &[u8],
     evidence: Evidence,
-) -> Result<(Signature, String), String> {
+) -> Result<(Signature, String), CheckError> {
     let Some(keys) = &policy.keys else { return Ok(report_unchecked(evidence)) };
     let digest = Digest::of_bytes(bytes);
-    let (key_id, provenance, files, form) = match evidence {
-        Evidence::Unreadable(why) => return Err(format!("refused: {why}")),
-        Evidence::Files { signature: None, .. } => {
-            return Err(format!(
-                "refused: unsigned (no {SIGNATURE_SUFFIX} with it), and --verify-key requires a signature by a trusted key"
-            ));
-        }
+    let (key_id, provenance, beside, form): (KeyId, _, _, &str) = match evidence {
+        Evidence::Unreadable(why) => return Err(CheckError::Unreadable(why)),
+        Evidence::Files { signature: None, .. } => return Err(CheckError::Unsigned),
         Evidence::Files { signature: Some(sig), provenance } => {
-            let v = sign::verify_blob(keys, bytes, &sig).map_err(|e| refusal("its signature does not verify", e))?;
+            let v = sign::verify_blob(keys, bytes, &sig).map_err(CheckError::Signature)?;
             let p = match &provenance {
-                Some(p) => Some(
-                    sign::verify_provenance(keys, p, &digest)
-                        .map_err(|e| refusal(&format!("its {PROVENANCE_SUFFIX} does not verify"), e))?,
-                ),
+                Some(p) => Some(sign::verify_provenance(keys, p, &digest).map_err(CheckError::Provenance)?),
                 None => None,
             };
-            (v.key_id, p, Some((sig, provenance)), "its .sig")
+            (v.key_id, p, Beside::Files { signature: sig, provenance }, "its .sig")
         }
-        Evidence::Oci { manifest, signature, provenance } => {
-            let key_id = match signature {
-                OciCheck::Valid(k) => k,
+        Evidence::Cosign(c) => {
+            let signature = match c.signature {
+                OciCheck::Found(s) => s,
                 OciCheck::Absent | OciCheck::Unchecked => {
-                    return Err(format!(
-                        "refused: unsigned (no cosign signature tag {} for its manifest), and --verify-key requires one",
-                        sign::signature_tag(&manifest)
-                    ));
+                    let tag = sign::signature_tag(&Digest::of_bytes(&c.manifest));
+                    return Err(CheckError::UnsignedManifest { tag });
                 }
-                OciCheck::Invalid(e) => return Err(refusal("its cosign signature does not verify", e)),
+                OciCheck::Invalid(e) => return Err(CheckError::CosignSignature(e)),
             };
-            let p = match provenance {
-                OciCheck::Valid(p) => Some(p),
+            let attestation = match c.attestation {
+                OciCheck::Found(a) => Some(a),
                 OciCheck::Absent | OciCheck::Unchecked => None,
-                OciCheck::Invalid(e) => return Err(refusal("its cosign attestation does not verify", e)),
+                OciCheck::Invalid(e) => return Err(CheckError::CosignAttestation(e)),
             };
-            (key_id, p, None, "the cosign signature of its manifest")
+            let form = if c.kept {
+                "the cosign signature of its manifest, kept beside it"
+            } else {
+                "the cosign signature of its manifest"
+            };
+            let e = OciEvidence { manifest: c.manifest, signature, attestation };
+            let v =
+                e.verify(keys, id, &digest, bytes.len() as u64).map_err(|source| CheckError::Chain { form, source })?;
+            (v.key_id, v.provenance, Beside::Cosign(e.to_json()), form)
         }
     };
     if let Some(p) = &provenance
         && p.identity != *id
     {
-        return Err(refusal(
-            "its signed provenance names another object",
-            VerifyError::IdentityMismatch { expected: Box::new(id.clone()), found: Box::new(p.identity.clone()) },
-        ));
+        return Err(CheckError::OtherObject(VerifyError::IdentityMismatch {
+            expected: Box::new(id.clone()),
+            found: Box::new(p.identity.clone()),
+        }));
     }
     let mut note = format!("signature verified ({form}, key {key_id})");
     match &provenance {
         Some(p) => note += &format!("; signed build time {}", p.built_at_text),
         None => note += "; no signed build time",
     }
-    check_rollback(policy, id, provenance.as_ref())?;
+    check_rollback(policy, id, &digest, provenance.as_ref())?;
     let built_at = provenance.as_ref().map(|p| p.built_at_text.clone());
-    Ok((Signature { status: "verified", key_id: Some(key_id.to_string()), built_at, provenance, files }, note))
+    let key_id = Some(key_id.to_string());
+    Ok((Signature { status: "verified", key_id, built_at, provenance, beside: Some(beside) }, note))
 }
 
 /// Without `--verify-key`: say whether something came with it, refuse nothing.
 fn report_unchecked(evidence: Evidence) -> (Signature, String) {
-    let unchecked = |files| Signature { status: "unchecked", key_id: None, built_at: None, provenance: None, files };
+    let unchecked = |beside| Signature { status: "unchecked", key_id: None, built_at: None, provenance: None, beside };
     match evidence {
-        Evidence::Files { signature: Some(sig), provenance } => (
-            unchecked(Some((sig, provenance))),
+        Evidence::Files { signature: Some(signature), provenance } => (
+            unchecked(Some(Beside::Files { signature, provenance })),
             format!("signed ({SIGNATURE_SUFFIX} with it; not checked without --verify-key)"),
         ),
-        Evidence::Oci { signature: OciCheck::Absent, .. } | Evidence::Files { signature: None, .. } => {
-            (Signature::unsigned(), "unsigned".into())
+        Evidence::Cosign(CosignEvidence { signature: OciCheck::Absent, .. })
+        | Evidence::Files { signature: None, .. } => (Signature::unsigned(), "unsigned".into()),
+        Evidence::Cosign(CosignEvidence { kept: true, .. }) => {
+            (unchecked(None), format!("signed ({EVIDENCE_SUFFIX} with it; not checked without --verify-key)"))
         }
-        Evidence::Oci { .. } => {
+        Evidence::Cosign(_) => {
             (unchecked(None), "signed (cosign signature tag; not checked without --verify-key)".into())
         }
         Evidence::Unreadable(why) => (Signature::unsigned(), format!("signature not read: {why}")),
@@ -267,66 +453,102 @@ fn report_unchecked(evidence: Evidence) -> (Signature, String) {
 }
 
 /// Refuses a build older than the record (or one without a signed build
-/// time once a record exists), unless `--allow-downgrade`.
-fn check_rollback(policy: &SignPolicy, id: &Identity, provenance: Option<&VerifiedProvenance>) -> Result<(), String> {
-    let record = policy.state.read(id).map_err(|e| format!("refused: {e}"))?;
+/// time once a record exists), unless `--allow-downgrade`. A build as new
+/// as the record passes; so does the very object recorded (same digest)
+/// without a signed build time: it is what was accepted, not a replay of
+/// something older.
+fn check_rollback(
+    policy: &SignPolicy,
+    id: &Identity,
+    digest: &Digest,
+    provenance: Option<&VerifiedProvenance>,
+) -> Result<(), CheckError> {
+    let record = policy.state.read(id).map_err(CheckError::Rollback)?;
     let Some(record) = record else { return Ok(()) };
+    if policy.allow_downgrade {
+        return Ok(());
+    }
     let file = policy.state.file();
     match provenance {
         Some(p) if record.time().is_some_and(|t| p.built_at < t) => {
-            if policy.allow_downgrade {
-                return Ok(());
-            }
-            Err(format!(
-                "refused: a downgrade: signed build time {} is older than {} (the newest accepted for this kernel, \
-                 recorded in {}); a replayed old object? (--allow-downgrade accepts it)",
-                p.built_at_text,
-                record.built_at,
-                file.display()
-            ))
+            Err(CheckError::Downgrade { built_at: p.built_at_text.clone(), recorded: record.built_at, file })
         }
         Some(_) => Ok(()),
-        None if policy.allow_downgrade => Ok(()),
-        None => Err(format!(
-            "refused: it has no signed build time ({PROVENANCE_SUFFIX}), and a build of {} was accepted before \
-             (recorded in {}): it cannot show it is not an older one replayed (--allow-downgrade accepts it)",
-            record.built_at,
-            file.display()
-        )),
+        None if record.digest == *digest => Ok(()),
+        None => Err(CheckError::NoBuildTime { recorded: record.built_at, file }),
     }
+}
+
+/// The rollback record could not be moved forward.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the accepted object's signed build time {built_at} could not be recorded in {} ({source}); not using it: \
+     without the record, a replay of an older signed build could not be refused later. Make {} writable by \
+     the agent (root), or point --state-dir (BPFARM_AGENT_STATE_DIR) at a folder that is",
+    .dir.display(),
+    .dir.display()
+)]
+pub struct RememberError {
+    pub dir: PathBuf,
+    pub built_at: String,
+    #[source]
+    pub source: RollbackError,
 }
 
 /// After an object was accepted for use: records its signed build time.
-/// Returns a line for the trail (or `None` when there is nothing to say).
-pub fn remember(policy: &SignPolicy, id: &Identity, digest: &Digest, signature: Option<&Signature>) -> Option<String> {
-    policy.keys.as_ref()?;
-    let p = signature?.provenance.as_ref()?;
+/// Returns a line for the trail (or `None` when there is nothing to say),
+/// or an error when the record had to move forward and could not: then
+/// the object must not be used (fail closed).
+pub fn remember(
+    policy: &SignPolicy,
+    id: &Identity,
+    digest: &Digest,
+    signature: Option<&Signature>,
+) -> Result<Option<String>, RememberError> {
+    if policy.keys.is_none() {
+        return Ok(None);
+    }
+    let Some(p) = signature.and_then(|s| s.provenance.as_ref()) else { return Ok(None) };
     match policy.state.record(id, digest, p) {
         Ok(true) => {
-            Some(format!("recorded signed build time {} in {}", p.built_at_text, policy.state.file().display()))
+            Ok(Some(format!("recorded signed build time {} in {}", p.built_at_text, policy.state.file().display())))
         }
-        Ok(false) => None,
-        Err(e) => Some(format!("warning: could not record the signed build time: {e}")),
+        Ok(false) => Ok(None),
+        // Nothing to record when the record already holds this build or a
+        // newer one (read-only state folders are fine then).
+        Err(_) if matches!(policy.state.read(id), Ok(Some(r)) if r.time().is_some_and(|t| t >= p.built_at)) => Ok(None),
+        Err(source) => {
+            Err(RememberError { dir: policy.state.dir().to_owned(), built_at: p.built_at_text.clone(), source })
+        }
     }
 }
 
-/// Writes (or, for an unsigned object, removes) the `.sig` and
-/// `.intoto.jsonl` beside `name` in the install folder, atomically and
-/// never through a symlink; the caller holds the install lock.
+/// Writes (or, for an unsigned object, removes) what goes beside `name`
+/// in the install folder — `.sig` and `.intoto.jsonl`, or `.cosign.json`
+/// for an object from OCI — atomically and never through a symlink, and
+/// removes the other form; the caller holds the install lock.
 pub fn install_beside(dir: &TrustedDir, name: &str, signature: Option<&Signature>) -> Result<(), TrustError> {
     let sig_name = format!("{name}{SIGNATURE_SUFFIX}");
     let prov_name = format!("{name}{PROVENANCE_SUFFIX}");
-    match signature.and_then(|s| s.files.as_ref()) {
-        Some((sig, prov)) => {
-            dir.write_atomic(&sig_name, sig)?;
-            match prov {
-                Some(p) => dir.write_atomic(&prov_name, p),
-                None => dir.remove_file(&prov_name),
+    let evidence_name = format!("{name}{EVIDENCE_SUFFIX}");
+    match signature.and_then(|s| s.beside.as_ref()) {
+        Some(Beside::Files { signature, provenance }) => {
+            dir.write_atomic(&sig_name, signature)?;
+            match provenance {
+                Some(p) => dir.write_atomic(&prov_name, p)?,
+                None => dir.remove_file(&prov_name)?,
             }
+            dir.remove_file(&evidence_name)
+        }
+        Some(Beside::Cosign(evidence)) => {
+            dir.write_atomic(&evidence_name, evidence)?;
+            dir.remove_file(&sig_name)?;
+            dir.remove_file(&prov_name)
         }
         None => {
             dir.remove_file(&sig_name)?;
-            dir.remove_file(&prov_name)
+            dir.remove_file(&prov_name)?;
+            dir.remove_file(&evidence_name)
         }
     }
 }

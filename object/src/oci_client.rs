@@ -362,13 +362,13 @@ impl OciRegistry {
         Ok(self.fetch_with_manifest(id).await?.map(|(meta, bytes, _)| (meta, bytes)))
     }
 
-    /// [`OciRegistry::fetch`], also returning the digest of the platform
-    /// manifest whose one layer is the object: what a cosign signature
-    /// (`sha256-<hex>.sig`) names.
+    /// [`OciRegistry::fetch`], also returning the exact bytes of the
+    /// platform manifest whose one layer is the object: what a cosign
+    /// signature (`sha256-<hex>.sig`) names by digest.
     pub async fn fetch_with_manifest(
         &self,
         id: &Identity,
-    ) -> Result<Option<(ObjectMetadata, Vec<u8>, Digest)>, OciError> {
+    ) -> Result<Option<crate::oci_layout::WithManifest>, OciError> {
         let auth = self.auth_header(RegistryOperation::Pull).await?;
         let (tag, index) = self.tag_and_index(&id.kernel_release, &id.version, &auth).await?;
         let tref = self.target.reference(&tag)?;
@@ -446,7 +446,7 @@ impl OciRegistry {
             return Err(invalid(format!("layer bytes hash to {}, the manifest says {digest}", r.digest)));
         }
         let meta = ObjectMetadata::unattested(id.clone(), digest, size, Origin::OciFetch);
-        Ok(Some((meta, r.body, md)))
+        Ok(Some((meta, r.body, manifest)))
     }
 }
 
@@ -495,34 +495,41 @@ impl OciRegistry {
     /// `sign::cosign::MAX_MANIFEST` bytes, or `None` when the registry has
     /// no such tag.
     pub fn pull_tagged_manifest(&self, tag: &str) -> Result<Option<Vec<u8>>, OciError> {
-        self.within(async {
-            let auth = self.auth_header(RegistryOperation::Pull).await?;
-            let cap = crate::sign::cosign::MAX_MANIFEST as u64;
-            self.manifest(tag, Some(cap), &auth, oci::MANIFEST_MEDIA_TYPE).await
-        })
+        self.within(self.tagged_manifest(tag))
+    }
+
+    /// [`OciRegistry::pull_tagged_manifest`] without its own deadline, for a
+    /// caller that bounds a whole attempt.
+    pub async fn tagged_manifest(&self, tag: &str) -> Result<Option<Vec<u8>>, OciError> {
+        let auth = self.auth_header(RegistryOperation::Pull).await?;
+        let cap = crate::sign::cosign::MAX_MANIFEST as u64;
+        self.manifest(tag, Some(cap), &auth, oci::MANIFEST_MEDIA_TYPE).await
     }
 
     /// A small blob (a signature payload, an envelope) of this repository,
     /// at most `max` bytes (the transfer stops there) and checked against
     /// its digest.
     pub fn pull_small_blob(&self, digest: &Digest, max: usize) -> Result<Vec<u8>, OciError> {
-        self.within(async {
-            let auth = self.auth_header(RegistryOperation::Pull).await?;
-            let repo = self.target.reference(oci::REPOSITORY)?;
-            let invalid = |message: String| OciError::Invalid { reference: repo.to_string(), message };
-            let url = self.url(&repo, "blobs", digest.as_str());
-            let r = self.transport.get(&url, &auth, max as u64, Overflow::Error).await.map_err(|e| match e {
-                TransportError::TooLarge { .. } => invalid(format!("blob {digest} is larger than {max} bytes")),
-                e => e.into(),
-            })?;
-            if r.status != 200 {
-                return Err(invalid(format!("HTTP {} for blob {digest}: {}", r.status, registry_message(&r))));
-            }
-            if r.digest != *digest {
-                return Err(invalid(format!("blob {digest} has bytes hashing to {}", r.digest)));
-            }
-            Ok(r.body)
-        })
+        self.within(self.small_blob(digest, max))
+    }
+
+    /// [`OciRegistry::pull_small_blob`] without its own deadline.
+    pub async fn small_blob(&self, digest: &Digest, max: usize) -> Result<Vec<u8>, OciError> {
+        let auth = self.auth_header(RegistryOperation::Pull).await?;
+        let repo = self.target.reference(oci::REPOSITORY)?;
+        let invalid = |message: String| OciError::Invalid { reference: repo.to_string(), message };
+        let url = self.url(&repo, "blobs", digest.as_str());
+        let r = self.transport.get(&url, &auth, max as u64, Overflow::Error).await.map_err(|e| match e {
+            TransportError::TooLarge { .. } => invalid(format!("blob {digest} is larger than {max} bytes")),
+            e => e.into(),
+        })?;
+        if r.status != 200 {
+            return Err(invalid(format!("HTTP {} for blob {digest}: {}", r.status, registry_message(&r))));
+        }
+        if r.digest != *digest {
+            return Err(invalid(format!("blob {digest} has bytes hashing to {}", r.digest)));
+        }
+        Ok(r.body)
     }
 }
 

@@ -68,6 +68,10 @@ pub struct OciLayout {
     max_object_bytes: u64,
 }
 
+/// An object found in OCI: its metadata, its bytes, and the exact bytes of
+/// the platform manifest whose one layer it is (what cosign signs).
+pub type WithManifest = (ObjectMetadata, Vec<u8>, Vec<u8>);
+
 /// A descriptor as read from the layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
@@ -212,6 +216,34 @@ impl OciLayout {
     /// The object for `id`: `None` when the layout has none. The same
     /// checks as a fetch from a registry (see the module docs).
     pub fn fetch(&self, id: &Identity) -> Result<Option<(ObjectMetadata, Vec<u8>)>, LayoutError> {
+        Ok(self.fetch_with_manifest(id)?.map(|(meta, bytes, _)| (meta, bytes)))
+    }
+
+    /// A manifest `index.json` names under `tag` (cosign's
+    /// `sha256-<hex>.sig` / `.att`), at most `cap` bytes and hashing to its
+    /// descriptor's digest; `None` when no entry has that tag.
+    pub fn tagged_manifest(&self, tag: &str, cap: u64) -> Result<Option<Vec<u8>>, LayoutError> {
+        match self.resolve(tag)? {
+            Some(d) => Ok(Some(self.blob(&d.digest, d.size, cap.min(MAX_MANIFEST))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A blob by digest alone (a signature payload, an envelope): at most
+    /// `limit` bytes, hashing to `digest`.
+    pub fn blob_capped(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, LayoutError> {
+        let bytes = self.read_file(&["blobs", "sha256", digest.hex()], limit)?;
+        let actual = Digest::of_bytes(&bytes);
+        if actual != *digest {
+            let entry = format!("blobs/sha256/{}", digest.hex());
+            return Err(LayoutError::Digest { path: self.path.clone(), entry, expected: digest.clone(), actual });
+        }
+        Ok(bytes)
+    }
+
+    /// [`OciLayout::fetch`], also returning the platform manifest's exact
+    /// bytes: what a cosign signature (`sha256-<hex>.sig`) names by digest.
+    pub fn fetch_with_manifest(&self, id: &Identity) -> Result<Option<WithManifest>, LayoutError> {
         let Some((tag, index)) = self.index_for(id)? else { return Ok(None) };
         let arch = oci::oci_arch(id.arch);
         let Some(entry) =
@@ -267,7 +299,7 @@ impl OciLayout {
         let size = layer["size"].as_u64().ok_or_else(|| self.invalid(&what, "its layer descriptor has no size"))?;
         let bytes = self.blob(&digest, size, self.max_object_bytes)?;
         let meta = ObjectMetadata::unattested(id.clone(), digest, size, Origin::OciFetch);
-        Ok(Some((meta, bytes)))
+        Ok(Some((meta, bytes, manifest)))
     }
 }
 

@@ -12,24 +12,23 @@
 //! objects are loaded into the real kernel (`run`) where the test is
 //! privileged. The provenance (`.intoto.jsonl`) is made with
 //! `bpfarm_object::sign` and the same cosign key file (cosign has no SLSA
-//! predicate of bpfarm's). Registries: `/v1` is a small loopback server
-//! (`bpfarm_tests::hostile`) serving the metadata with the contract's
-//! `signature`/`attestation` fields and the blobs, because the real
-//! registry learns to store signatures in a parallel branch (helper S2);
-//! the lead switches these to the real registry after merging it. The
-//! static layout is the same server; OCI is the real distribution registry.
+//! predicate of bpfarm's). Registries: `/v1` is the real registry (without
+//! `--trusted-key`, so it serves what a compromised publisher sent, too);
+//! the static layout is a small loopback server (`bpfarm_tests::hostile`)
+//! standing in for any web server; OCI is the real distribution registry.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use base64::Engine as _;
+use bpfarm_object::client::SignedUpload;
 use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
 use bpfarm_object::sign::{self, BuilderInfo, SigningKey, Subject};
 use bpfarm_object::{Digest, ObjectMetadata, oci};
 use bpfarm_tests::hostile::{HostileServer, Reply, Request};
 use bpfarm_tests::{bin, distribution, privileged};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const PASSWORD: &str = "correct horse battery staple";
 const NEWER: &str = "2026-06-01T00:00:00Z";
@@ -419,7 +418,13 @@ fn an_older_signed_build_after_a_newer_one_is_refused_unless_downgrades_are_allo
     let root = tmp.path();
     let newer = place(&root.join("newer"), &signed(NEWER), false);
     let older = place(&root.join("older"), &signed(OLDER), false);
-    let no_time = place(&root.join("no-time"), &Files { intoto: None, ..signed(NEWER) }, false);
+    // Another object (one byte appended), validly signed, with no signed
+    // build time; and the newer object itself without its provenance.
+    let mut other = real_object().0.clone();
+    other.push(0);
+    let other_sig = sign::sign_blob(&signing_key(&keys().cosign_key), &other).unwrap().into_bytes();
+    let no_time = place(&root.join("no-time"), &Files { object: other, sig: Some(other_sig), intoto: None }, false);
+    let same_no_time = place(&root.join("same-no-time"), &Files { intoto: None, ..signed(NEWER) }, false);
     let go = |object: &Path, extra: &[&str]| {
         let mut c = agent(root);
         c.env("TRACEE_BPF_FILE", object).args(extra);
@@ -438,9 +443,14 @@ fn an_older_signed_build_after_a_newer_one_is_refused_unless_downgrades_are_allo
     // …then the older one, validly signed, is a replay: refused.
     let out = go(&older, &[]);
     assert_refused(&out, root, &["TRACEE_BPF_FILE", "a downgrade", OLDER, NEWER, "--allow-downgrade"]);
-    // So is one without a signed build time.
+    // So is another object without a signed build time…
     let out = go(&no_time, &[]);
     assert_refused(&out, root, &["no signed build time", "--allow-downgrade"]);
+    // …but not the recorded object itself (same digest), and not the
+    // recorded build again (same build time).
+    assert_loaded(&go(&same_no_time, &[]));
+    assert_loaded(&go(&newer, &[]));
+    assert_eq!(recorded_time(root), NEWER);
     // --allow-downgrade loads it, and the record does not go back.
     assert_loaded(&go(&older, &["--allow-downgrade"]));
     assert_eq!(recorded_time(root), NEWER);
@@ -450,30 +460,39 @@ fn an_older_signed_build_after_a_newer_one_is_refused_unless_downgrades_are_allo
     assert_refused(&out, root, &["rollback state", "unreadable"]);
 }
 
-/// A loopback `/v1` registry with the contract's fields: the lookup answer
-/// is the metadata plus `signature`/`attestation` (when given), and blobs
-/// come by digest. Static-layout paths serve the same files.
-fn v1_registry(f: &Files) -> HostileServer {
-    let mut meta = serde_json::to_value(&real_object().1).unwrap();
-    meta["digest"] = json!(Digest::of_bytes(&f.object).to_string());
-    let mut blobs = vec![(Digest::of_bytes(&f.object), f.object.clone())];
-    for (field, bytes) in [("signature", &f.sig), ("attestation", &f.intoto)] {
-        if let Some(b) = bytes {
-            let d = Digest::of_bytes(b);
-            meta[field] = json!({ "digest": d.to_string(), "size": b.len() });
-            blobs.push((d, b.clone()));
+/// The real registry (no `--trusted-key`, so it stores what a compromised
+/// publisher sends too) holding `f`'s object, published through `/v1` with
+/// its signature, provenance and manifest signature when `f` has them.
+struct V1 {
+    _registry: bpfarm_tests::Registry,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn v1_registry(f: &Files) -> V1 {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let push = bpfarm_tests::token(&data, "ci", "push");
+    let registry = bpfarm_tests::serve(&data);
+    let client = bpfarm_tests::client(&registry.url, Some(push));
+    let mut meta = real_object().1.clone();
+    meta.digest = Digest::of_bytes(&f.object);
+    meta.size = f.object.len() as u64;
+    match (&f.sig, &f.intoto) {
+        (Some(signature), Some(attestation)) => {
+            let manifest = Digest::of_bytes(&oci::manifest(&meta));
+            let key = signing_key(&keys().cosign_key);
+            let manifest_signature = sign::sign_manifest(&key, &client.docker_reference(), &manifest).unwrap();
+            let up =
+                SignedUpload { signature: signature.clone(), attestation: attestation.clone(), manifest_signature };
+            client.publish_signed(&meta, &f.object, false, &up).unwrap();
         }
+        (None, None) => {
+            client.publish(&meta, &f.object, false).unwrap();
+        }
+        _ => panic!("the registry takes a provenance only with a signature"),
     }
-    HostileServer::start(move |r: &Request| {
-        if r.path.starts_with("/v1/objects/") {
-            return Reply::json(200, &meta);
-        }
-        r.path
-            .strip_prefix("/v1/blobs/")
-            .and_then(|d| blobs.iter().find(|(digest, _)| digest.as_str() == d))
-            .map(|(_, b)| Reply::bytes(200, "application/octet-stream", b.clone()))
-            .unwrap_or_else(Reply::not_found)
-    })
+    V1 { url: registry.url.clone(), _registry: registry, _dir: dir }
 }
 
 /// A static layout (no `/v1`): `<file>`, `.sha256`, `.sig`, `.intoto.jsonl`.
@@ -503,10 +522,11 @@ fn fetch_from(root: &Path, url: &str, key: &Path) -> Output {
 
 #[test]
 fn registries_serve_signed_objects_and_the_install_keeps_the_signature() {
-    for (what, server) in [("/v1", v1_registry(&signed(NEWER))), ("static", static_registry(&signed(NEWER)))] {
+    let (v1, statik) = (v1_registry(&signed(NEWER)), static_registry(&signed(NEWER)));
+    for (what, url) in [("/v1", &v1.url), ("static", &statik.url)] {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
-        let out = fetch_from(root, &server.url, &keys().cosign_pub);
+        let out = fetch_from(root, url, &keys().cosign_pub);
         let text = show(&out);
         assert_eq!(out.status.code(), Some(0), "{what}: {text}");
         assert!(text.contains("signature verified") && text.contains("installed"), "{what}: {text}");
@@ -532,10 +552,11 @@ fn registries_serve_signed_objects_and_the_install_keeps_the_signature() {
         (Files { sig: None, intoto: None, ..good.clone() }, "unsigned"),
     ];
     for (f, why) in cases {
-        for server in [v1_registry(&f), static_registry(&f)] {
+        let (v1, statik) = (v1_registry(&f), static_registry(&f));
+        for url in [&v1.url, &statik.url] {
             let tmp = tempfile::tempdir().unwrap();
-            let out = fetch_from(tmp.path(), &server.url, &keys().cosign_pub);
-            assert_refused(&out, tmp.path(), &[&format!("registry {}", server.url), why]);
+            let out = fetch_from(tmp.path(), url, &keys().cosign_pub);
+            assert_refused(&out, tmp.path(), &[&format!("registry {url}"), why]);
             assert!(!tmp.path().join("state").exists());
         }
     }

@@ -732,9 +732,10 @@ fn mirror_stops_an_endless_body_at_the_size_the_metadata_names() {
 
 /// The agent reads an unpacked bundle directly (`--registry
 /// oci-layout:DIR`): no server. The object it installs is the builder's,
-/// byte for byte; under `--verify-key` it is refused (the agent does not
-/// read a layout's signatures yet) with the reason, and nothing is
-/// installed; a layout whose blob was swapped is refused.
+/// byte for byte; under `--verify-key` this unsigned bundle is refused
+/// (no cosign signature tag in the layout) with the reason, and nothing is
+/// installed; a layout whose blob was swapped is refused. (Signed bundles:
+/// `agent_sign_oci`.)
 #[test]
 fn the_agent_fetches_from_an_unpacked_bundle_with_oci_layout() {
     let dir = tempfile::tempdir().unwrap();
@@ -784,11 +785,7 @@ fn the_agent_fetches_from_an_unpacked_bundle_with_oci_layout() {
     let strict = dir.path().join("strict");
     let o = agent(&strict, &["--verify-key", p(&public), "--state-dir", p(&dir.path().join("state")), "fetch"]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("signatures inside an OCI layout are not read"),
-        "{}",
-        show(&o)
-    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unsigned (no cosign signature tag sha256-"), "{}", show(&o));
     assert!(!strict.join(name).exists(), "an unverified object was installed");
 
     // A swapped layer: same size, other bytes.

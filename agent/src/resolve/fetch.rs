@@ -89,11 +89,6 @@ pub enum FetchError {
     NotInLayout(String),
 }
 
-/// What the agent reads of an OCI layout's signatures: nothing yet, so
-/// under `--verify-key` its objects are refused with this reason.
-const LAYOUT_SIGNATURES: &str =
-    "signatures inside an OCI layout are not read by this agent yet, and --verify-key requires one";
-
 impl From<ClientError> for FetchError {
     fn from(e: ClientError) -> Self {
         match &e {
@@ -112,18 +107,20 @@ pub fn fetch_one(
     look_only: bool,
 ) -> Result<Fetched, FetchError> {
     let gave_up = || FetchError::Timeout(transport.config().timeout.as_secs_f64());
+    // Under --verify-key, cosign's tags are read within the same deadline
+    // (and, in a layout, under the same bounds) as the object.
+    let keys = cfg.signing.keys.as_ref();
     if let Some(dir) = base.strip_prefix("oci-layout:") {
         let layout = OciLayout::open(std::path::Path::new(dir), transport.config().max_object_bytes)
             .map_err(FetchError::Layout)?;
         let via = Via::OciLayout;
-        return match layout.fetch(&cfg.identity).map_err(FetchError::Layout)? {
-            Some((meta, _)) if look_only => Ok(Fetched::Available { digest: meta.digest, via, signed: None }),
-            Some((meta, bytes)) => Ok(Fetched::Got {
-                metadata: Box::new(meta),
-                bytes,
-                via,
-                evidence: Box::new(crate::verify::Evidence::Unreadable(LAYOUT_SIGNATURES.into())),
-            }),
+        return match layout.fetch_with_manifest(&cfg.identity).map_err(FetchError::Layout)? {
+            Some((meta, _, _)) if look_only => Ok(Fetched::Available { digest: meta.digest, via, signed: None }),
+            Some((meta, bytes, manifest)) => {
+                let evidence =
+                    transport.within(crate::verify::read_cosign(&layout, manifest, keys)).ok_or_else(gave_up)?;
+                Ok(Fetched::Got { metadata: Box::new(meta), bytes, via, evidence: Box::new(evidence) })
+            }
             None => Err(FetchError::NotInLayout(cfg.identity.file_name())),
         };
     }
@@ -133,14 +130,24 @@ pub fn fetch_one(
         let registry = OciRegistry::new(target, auth, transport).map_err(FetchError::Oci)?;
         warn(registry.warning());
         let repository = registry.target().repository();
-        let got = transport.within(registry.fetch_with_manifest(&cfg.identity)).ok_or_else(gave_up)?;
+        let attempt = async {
+            let found = registry.fetch_with_manifest(&cfg.identity).await?;
+            Ok::<_, OciError>(match found {
+                Some((meta, bytes, manifest)) if !look_only => {
+                    let evidence = crate::verify::read_cosign(&registry, manifest, keys).await;
+                    Some((meta, bytes, Some(evidence)))
+                }
+                Some((meta, bytes, _)) => Some((meta, bytes, None)),
+                None => None,
+            })
+        };
+        let got = transport.within(attempt).ok_or_else(gave_up)?;
         let via = Via::Oci { repository: repository.clone() };
         return match got.map_err(FetchError::Oci)? {
-            Some((meta, _, _)) if look_only => Ok(Fetched::Available { digest: meta.digest, via, signed: None }),
-            Some((meta, bytes, manifest)) => {
-                let evidence = crate::verify::read_oci(&registry, &manifest, cfg.signing.keys.as_ref());
+            Some((meta, bytes, Some(evidence))) => {
                 Ok(Fetched::Got { metadata: Box::new(meta), bytes, via, evidence: Box::new(evidence) })
             }
+            Some((meta, _, None)) => Ok(Fetched::Available { digest: meta.digest, via, signed: None }),
             None => Err(FetchError::NotInOci { file: cfg.identity.file_name(), repository }),
         };
     }

@@ -32,7 +32,7 @@ pub enum Miss {
     Rejected(#[from] Rejected),
     /// Its signature (`--verify-key`) or rollback check refused it.
     #[error("found, but {0}")]
-    Signature(String),
+    Signature(#[source] crate::verify::CheckError),
 }
 
 /// A local place the object was found in, and its verified bytes.

@@ -138,6 +138,12 @@ pub enum ResolveError {
         "this agent was built without local builds (the `local-build` feature): it has no compiler path; use --build-policy never, or an agent built with local builds"
     )]
     NoLocalBuild { trail: Vec<Step> },
+    #[error("{source}{}", trail_text(.trail))]
+    Rollback {
+        #[source]
+        source: Box<crate::verify::RememberError>,
+        trail: Vec<Step>,
+    },
     #[error("setting up the registry client: {source}")]
     Transport {
         #[source]
@@ -152,6 +158,7 @@ impl ResolveError {
             ResolveError::BpfFileEmpty { trail, .. }
             | ResolveError::NotFound { trail, .. }
             | ResolveError::NoLocalBuild { trail, .. }
+            | ResolveError::Rollback { trail, .. }
             | ResolveError::Transport { trail, .. } => trail,
             #[cfg(feature = "local-build")]
             ResolveError::BuildFailed { trail, .. } => trail,
@@ -190,9 +197,18 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
     let mut r = resolve_candidates(cfg, mode)?;
     if mode != Mode::Locate
         && let Some(v) = &r.object
-        && let Some(note) = crate::verify::remember(&cfg.signing, &cfg.identity, &v.digest, v.signature.as_ref())
     {
-        r.trail.push(Step { place: "rollback state".into(), outcome: note });
+        match crate::verify::remember(&cfg.signing, &cfg.identity, &v.digest, v.signature.as_ref()) {
+            Ok(Some(note)) => r.trail.push(Step { place: "rollback state".into(), outcome: note }),
+            Ok(None) => {}
+            // Fail closed: an accepted object whose build time cannot be
+            // recorded is not used.
+            Err(source) => {
+                let mut trail = r.trail;
+                trail.push(Step { place: "rollback state".into(), outcome: source.to_string() });
+                return Err(ResolveError::Rollback { source: Box::new(source), trail });
+            }
+        }
     }
     Ok(r)
 }

@@ -419,6 +419,58 @@ pub fn verify_attestation_manifest(
     first_ok(results, VerifyError::NoProvenance)
 }
 
+/// One layer of a signature or attestation manifest, for a verifier that
+/// fetches the layers itself (the agent, one at a time, within its
+/// deadline, stopping at the first that verifies).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerRef {
+    pub digest: Digest,
+    pub size: u64,
+    /// The `dev.cosignproject.cosign/signature` annotation, if any.
+    pub signature: Option<String>,
+}
+
+fn layer_refs(manifest: &[u8], what: &'static str, media_type: &str) -> Result<Vec<LayerRef>, VerifyError> {
+    parse_manifest(manifest, what)?
+        .into_iter()
+        .filter(|l| l.media_type == media_type)
+        .map(|l| {
+            let digest = l.digest.parse().map_err(|e: crate::DigestError| VerifyError::Format {
+                what: "layer descriptor",
+                reason: e.to_string(),
+            })?;
+            Ok(LayerRef { digest, size: l.size, signature: l.annotations.get(ANN_SIGNATURE).cloned() })
+        })
+        .collect()
+}
+
+/// The simple-signing layers of a signature manifest, in order (at most
+/// [`MAX_LAYERS`]; a malformed manifest or descriptor is an error). Each,
+/// with its payload, is a [`ManifestSignature`] to [`ManifestSignature::verify`].
+pub fn signature_layers(manifest: &[u8]) -> Result<Vec<LayerRef>, VerifyError> {
+    layer_refs(manifest, "signature manifest", SIMPLE_SIGNING_MEDIA_TYPE)
+}
+
+/// The DSSE layers of an attestation manifest, in order (at most
+/// [`MAX_LAYERS`]); each envelope is for [`verify_attestation_envelope`].
+pub fn attestation_layers(manifest: &[u8]) -> Result<Vec<LayerRef>, VerifyError> {
+    layer_refs(manifest, "attestation manifest", DSSE_MEDIA_TYPE)
+}
+
+/// One attestation layer's DSSE envelope: the SLSA v1 provenance a trusted
+/// key signed for the manifest `subject` ([`VerifyError::NoProvenance`]
+/// for a valid statement of another predicate type).
+pub fn verify_attestation_envelope(
+    keys: &TrustedKeys,
+    envelope: &[u8],
+    subject: &Digest,
+) -> Result<VerifiedProvenance, VerifyError> {
+    if envelope.len() > super::dsse::MAX_ENVELOPE {
+        return Err(VerifyError::TooLarge { what: "envelope", len: envelope.len(), max: super::dsse::MAX_ENVELOPE });
+    }
+    verify_envelope(keys, &Envelope::parse(envelope)?, subject)?.ok_or(VerifyError::NoProvenance)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

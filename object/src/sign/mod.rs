@@ -41,16 +41,19 @@ pub mod attached;
 pub mod blob;
 pub mod cosign;
 pub mod dsse;
+pub mod evidence;
 pub mod keys;
 pub mod provenance;
 
 pub use attached::{Attached, BlobRef, MAX_ATTESTATION_BLOB, MAX_SIGNATURE_BLOB, WireManifestSignature};
 pub use blob::{sign_blob, sign_blob_digest, verify_blob, verify_blob_digest};
 pub use cosign::{
-    FetchError, ManifestSignature, OciArtifact, OciBlob, Subject, attestation_artifact, attestation_tag, sign_manifest,
-    signature_artifact, signature_tag, simple_signing_payload, verify_attestation_manifest, verify_signature_manifest,
+    FetchError, LayerRef, ManifestSignature, OciArtifact, OciBlob, Subject, attestation_artifact, attestation_layers,
+    attestation_tag, sign_manifest, signature_artifact, signature_layers, signature_tag, simple_signing_payload,
+    verify_attestation_envelope, verify_attestation_manifest, verify_signature_manifest,
 };
 pub use dsse::Envelope;
+pub use evidence::{EVIDENCE_SUFFIX, OciEvidence, VerifiedEvidence};
 pub use keys::{KeyError, KeyId, PublicKey, SigningKey, TrustedKeys};
 pub use provenance::{BuilderInfo, SignedProvenance, VerifiedProvenance, sign_provenance, verify_provenance};
 
