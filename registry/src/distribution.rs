@@ -315,6 +315,22 @@ pub async fn put_manifest(
     bytes: &[u8],
     content_type: &str,
 ) -> Result<(Digest, Option<Digest>)> {
+    put_manifest_carried(s, repo, reference, bytes, content_type, None).await
+}
+
+/// As `put_manifest`, with what an import carries for a bpfarm artifact
+/// (its `.sig` and `.intoto.jsonl`, stored, and its manifest signature):
+/// held to the object and the trusted keys by `signatures::check`, then
+/// attached to the object's row. Without a `.sig` among them, the `/v2`
+/// rule applies (under `--trusted-key`, the cosign signature tag first).
+pub async fn put_manifest_carried(
+    s: &AppState,
+    repo: &str,
+    reference: &str,
+    bytes: &[u8],
+    content_type: &str,
+    carried: Option<&bpfarm_object::sign::Attached>,
+) -> Result<(Digest, Option<Digest>)> {
     let digest = Digest::of_bytes(bytes);
     let tag = if reference.starts_with("sha256:") {
         if reference.parse::<Digest>()? != digest {
@@ -328,15 +344,21 @@ pub async fn put_manifest(
     };
     let doc = manifest::parse(bytes, content_type)?;
     let artifact = doc.bpfarm_object()?;
+    let mut checked = None;
     if let Some(meta) = &artifact {
         publish::check(&s.blobs, meta).await?;
+        if let Some(a) = carried.filter(|a| a.signature.is_some()) {
+            checked = crate::signatures::check(&s.blobs, meta, a, s.settings.trusted_keys.as_ref()).await?;
+        }
     }
     let canonical = s.settings.canonical_repo();
     let mut tx = s.repo.begin_write().await?;
     check_references(s, &mut tx, repo, &doc).await?;
     if let Some(meta) = &artifact {
         publish::check_current(&mut tx, meta, publish::Replace::No).await?;
-        if let Some(keys) = &s.settings.trusted_keys {
+        if let Some(keys) = &s.settings.trusted_keys
+            && checked.is_none()
+        {
             crate::signatures::check_v2(&mut tx, &s.blobs, repo, &digest, keys).await?;
         }
     }
@@ -361,7 +383,8 @@ pub async fn put_manifest(
     })
     .await?;
     if let Some(meta) = &artifact {
-        publish::make_current(&mut tx, &s.blobs, &canonical, meta, publish::Replace::No).await?;
+        publish::make_current_signed(&mut tx, &s.blobs, &canonical, meta, publish::Replace::No, checked.as_ref())
+            .await?;
     }
     tx.commit().await?;
     Ok((digest, doc.subject.map(|d| d.digest)))
