@@ -29,7 +29,12 @@ use std::time::Duration;
 use bpfarm_object::ObjectMetadata;
 use bpfarm_object::client::{BlobRef as ClientBlobRef, RegistryClient};
 use bpfarm_object::http::{Overflow, Transport, TransportConfig};
-use bpfarm_object::sign::{Attached, BlobRef, MAX_ATTESTATION_BLOB, MAX_SIGNATURE_BLOB, VerifyError};
+use bpfarm_object::Digest;
+use bpfarm_object::http::TransportError;
+use bpfarm_object::sign::{
+    Attached, BlobRef, MAX_ATTESTATION_BLOB, MAX_SIGNATURE_BLOB, ManifestSignature, VerifyError,
+    WireManifestSignature, cosign,
+};
 use serde_json::Value;
 
 use crate::error::Error;
@@ -248,6 +253,16 @@ fn one(
         (Some(_), Some(r)) => Some(fetch(r, MAX_ATTESTATION_BLOB)?),
         _ => None,
     };
+    // The cosign signature of the object's manifest, from the upstream's
+    // /v2, so this registry's `.sig` tag (what `cosign verify` and OCI
+    // readers check) survives the copy. Best effort: the files above are
+    // what the policy rests on.
+    let mut attached = attached.clone();
+    if attached.signature.is_some() {
+        let found = upstream_manifest_signature(transport, config, base, canonical, meta, keys)?;
+        attached.manifest_signature = found.as_ref().map(WireManifestSignature::from);
+    }
+    let attached = &attached;
     let checked = signatures::check_bytes(meta, attached, sig.as_deref(), att.as_deref(), keys)?;
     if let Some(row) = &here {
         publish::carried_verdict(&row.digest, held.as_ref(), meta, checked.as_ref(), keys.is_some())?;
@@ -270,4 +285,62 @@ fn one(
         report.published += 1;
     }
     Ok(())
+}
+
+/// The first simple-signing layer of the upstream's `sha256-<hex>.sig` tag
+/// for `meta`'s manifest that names that manifest (and, with `keys`,
+/// verifies); `None` when there is none. Manifest and payload are capped
+/// and digest-checked.
+fn upstream_manifest_signature(
+    transport: &Transport,
+    config: &MirrorConfig,
+    base: &str,
+    repo: &str,
+    meta: &ObjectMetadata,
+    keys: Option<&bpfarm_object::sign::TrustedKeys>,
+) -> Result<Option<ManifestSignature>, MirrorError> {
+    let subject = signatures::manifest_digest(meta);
+    let mut headers: Vec<(String, String)> =
+        config.token.iter().map(|t| ("Authorization".to_owned(), format!("Bearer {t}"))).collect();
+    headers.push(("Accept".to_owned(), bpfarm_object::oci::MANIFEST_MEDIA_TYPE.to_owned()));
+    let get = |url: String, cap: u64| -> Result<Option<Vec<u8>>, MirrorError> {
+        let after = config.timeout;
+        let r = transport
+            .within(transport.get(&url, &headers, cap, Overflow::Error))
+            .ok_or_else(|| MirrorError::Timeout { url: url.clone(), after })?;
+        match r {
+            Ok(r) if r.status == 200 => Ok(Some(r.body)),
+            Ok(_) | Err(TransportError::TooLarge { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    };
+    let tag = cosign::signature_tag(&subject);
+    let Some(bytes) = get(format!("{base}/v2/{repo}/manifests/{tag}"), cosign::MAX_MANIFEST as u64)? else {
+        return Ok(None);
+    };
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    for l in v["layers"].as_array().into_iter().flatten().take(cosign::MAX_LAYERS) {
+        let (Some(d), Some(sig)) = (
+            l["digest"].as_str().and_then(|d| d.parse::<Digest>().ok()),
+            l["annotations"][cosign::ANN_SIGNATURE].as_str(),
+        ) else {
+            continue;
+        };
+        if l["mediaType"] != cosign::SIMPLE_SIGNING_MEDIA_TYPE {
+            continue;
+        }
+        let Some(payload) = get(format!("{base}/v2/{repo}/blobs/{d}"), cosign::MAX_PAYLOAD)? else { continue };
+        if Digest::of_bytes(&payload) != d {
+            continue;
+        }
+        let s = ManifestSignature { payload, signature: sig.to_owned() };
+        let fits = match keys {
+            Some(keys) => s.verify(keys, &subject).is_ok(),
+            None => s.subject().is_ok_and(|named| named == subject),
+        };
+        if fits {
+            return Ok(Some(s));
+        }
+    }
+    Ok(None)
 }

@@ -194,6 +194,18 @@ fn mirror_carries_signatures_and_refuses_what_the_trust_policy_or_a_lying_upstre
         assert_eq!(here["signature"], upstream_view["signature"], "{here}");
         assert_eq!(here["attestation"], upstream_view["attestation"], "{here}");
         assert!(lookup(&served.url, UNSIGNED).is_none() && lookup(&served.url, FOREIGN).is_none());
+        // Its /v2 face has the same cosign and carrier tags as upstream's
+        // (the manifest signature came from the upstream's .sig tag).
+        let manifest = Digest::of_bytes(&oci::manifest(&meta_s));
+        for tag in [cosign::signature_tag(&manifest), cosign::attestation_tag(&manifest), sign::files_tag(&manifest)] {
+            let get = |url: &str| {
+                let r = reqwest::blocking::get(format!("{url}/v2/bpfarm/tracee-bpf/manifests/{tag}")).unwrap();
+                (r.status().as_u16(), r.bytes().unwrap().to_vec())
+            };
+            let here = get(&served.url);
+            assert_eq!(here.0, 200, "{tag}");
+            assert_eq!(here, get(&up.url), "{tag}");
+        }
         // cosign checks the mirrored object's files, downloaded from the
         // static layout, offline.
         let files = home.path().join("files");
