@@ -302,6 +302,35 @@ async fn check_canonical_tag(
     Ok(())
 }
 
+/// The `.sig` and `.intoto.jsonl` a push put under the `.bpfarm` carrier
+/// tag of manifest `digest` in `repo`, if any (its blobs were checked when
+/// the carrier was stored; `signatures::check` reads them again).
+async fn pushed_files(s: &AppState, repo: &str, digest: &Digest) -> Result<Option<bpfarm_object::sign::Attached>> {
+    use bpfarm_object::sign::{Attached, BlobRef, VerifyError};
+    let Some(m) = s.repo.oci_manifest(repo, &bpfarm_object::sign::files_tag(digest)).await? else {
+        return Ok(None);
+    };
+    let d: Digest = m.digest.parse()?;
+    let bytes = match s.blobs.read(&d).await {
+        Ok(b) => b,
+        Err(crate::blobs::BlobError::Missing(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let what = "signature carrier";
+    let files =
+        bpfarm_object::sign::read_files_artifact(&bytes).map_err(|source| Error::SignatureForm { what, source })?;
+    if &files.subject != digest {
+        let source = VerifyError::SubjectMismatch { expected: digest.clone(), found: files.subject.to_string() };
+        return Err(Error::SignatureForm { what, source });
+    }
+    let blob = |b: bpfarm_object::sign::carrier::CarriedBlob| BlobRef { digest: b.digest, size: b.size };
+    Ok(Some(Attached {
+        signature: Some(blob(files.signature)),
+        attestation: files.attestation.map(blob),
+        manifest_signature: None,
+    }))
+}
+
 /// Stores a manifest's exact bytes under `reference` (a tag, or its own
 /// digest) once it is fully valid: well-formed, everything it references
 /// in `repo` with the right sizes, a bpfarm artifact through the publish
@@ -345,9 +374,19 @@ pub async fn put_manifest_carried(
     let doc = manifest::parse(bytes, content_type)?;
     let artifact = doc.bpfarm_object()?;
     let mut checked = None;
+    // A /v2 push keeps the /v2 rule under --trusted-key (the cosign
+    // signature tag first); what an import carries was checked instead.
+    let pushed = carried.is_none();
     if let Some(meta) = &artifact {
         publish::check(&s.blobs, meta).await?;
-        if let Some(a) = carried.filter(|a| a.signature.is_some()) {
+        // A push may have sent the object's files first, as the builder's
+        // `--publish oci://` does (the `.bpfarm` carrier): they become its
+        // /v1 `.sig` and `.intoto.jsonl`.
+        let from_push = match carried {
+            Some(_) => None,
+            None => pushed_files(s, repo, &digest).await?,
+        };
+        if let Some(a) = carried.or(from_push.as_ref()).filter(|a| a.signature.is_some()) {
             checked = crate::signatures::check(&s.blobs, meta, a, s.settings.trusted_keys.as_ref()).await?;
         }
     }
@@ -357,7 +396,7 @@ pub async fn put_manifest_carried(
     if let Some(meta) = &artifact {
         publish::check_current(&mut tx, meta, publish::Replace::No).await?;
         if let Some(keys) = &s.settings.trusted_keys
-            && checked.is_none()
+            && (pushed || checked.is_none())
         {
             crate::signatures::check_v2(&mut tx, &s.blobs, repo, &digest, keys).await?;
         }

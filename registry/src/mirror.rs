@@ -26,14 +26,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bpfarm_object::Digest;
 use bpfarm_object::ObjectMetadata;
 use bpfarm_object::client::{BlobRef as ClientBlobRef, RegistryClient};
-use bpfarm_object::http::{Overflow, Transport, TransportConfig};
-use bpfarm_object::Digest;
 use bpfarm_object::http::TransportError;
+use bpfarm_object::http::{Overflow, Transport, TransportConfig};
 use bpfarm_object::sign::{
-    Attached, BlobRef, MAX_ATTESTATION_BLOB, MAX_SIGNATURE_BLOB, ManifestSignature, VerifyError,
-    WireManifestSignature, cosign,
+    Attached, BlobRef, MAX_ATTESTATION_BLOB, MAX_SIGNATURE_BLOB, ManifestSignature, VerifyError, WireManifestSignature,
+    cosign,
 };
 use serde_json::Value;
 

@@ -397,6 +397,25 @@ fn a_signed_bundle_imports_under_a_trusted_key_and_exports_the_same_files_cosign
     assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&tar).unwrap(), "the round trip changed the bundle");
     let o = registry_cmd(&["fsck", "--data", p(&data_b)]);
     assert!(o.status.success(), "{}", show(&o));
+    // A registry that signed objects before the carrier existed: fsck
+    // names the missing tag, and --repair writes it from the row.
+    let o = Command::new("sqlite3")
+        .arg(data_b.join("index.sqlite"))
+        .arg(format!("DELETE FROM oci_tags WHERE tag = '{ftag}'"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let o = registry_cmd(&["fsck", "--data", p(&data_b)]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("has no tag {ftag}")), "{}", show(&o));
+    let o = registry_cmd(&["fsck", "--data", p(&data_b), "--repair"]);
+    assert!(o.status.success(), "{}", show(&o));
+    bundle(&data_b, &again);
+    assert_eq!(
+        std::fs::read(&again).unwrap(),
+        std::fs::read(&tar).unwrap(),
+        "the repaired registry bundles differently"
+    );
 }
 
 #[test]
@@ -514,5 +533,45 @@ fn resent_signatures_replace_only_when_asked_and_attestations_name_their_object(
     assert!(text.contains("attestation is malformed") && text.contains(other_meta.digest.as_str()), "{text}");
     assert!(text.contains(Digest::of_bytes(&object(FOREIGN)).as_str()), "{text}");
     assert_eq!(snapshot(&data), before, "a refused attestation changed the store");
+    assert!(lookup(&r.url, UNSIGNED).is_none());
+}
+
+#[test]
+fn a_v2_push_with_its_carrier_first_gets_its_v1_signature_files() {
+    use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
+    let home = tempfile::tempdir().unwrap();
+    let (key_path, public) = openssl_key(home.path(), "signer");
+    let key = SigningKey::load(&key_path).unwrap();
+    let data = home.path().join("data");
+    let push = token(&data, "ci", "push");
+    let r = bpfarm_tests::serve_with(&["--listen", "127.0.0.1:0", "--data", p(&data), "--trusted-key", p(&public)]);
+    let addr = r.url.trim_start_matches("http://").to_owned();
+    let transport = bpfarm_object::http::Transport::new(Default::default()).unwrap();
+    let oci = OciRegistry::new(
+        OciTarget::parse(&format!("oci://{addr}/bpfarm")).unwrap(),
+        credentials(&addr, None, Some(&push)),
+        &transport,
+    )
+    .unwrap();
+    let (meta, bytes, up) = signed(&key, &oci.docker_reference(), SIGNED);
+    let subject = sign::Subject::manifest(&oci::manifest(&meta));
+    // What `bpfarm-builder --sign-key … --publish oci://` pushes.
+    oci.push_artifact(&sign::signature_artifact(&subject, std::slice::from_ref(&up.manifest_signature))).unwrap();
+    oci.push_artifact(&sign::files_artifact(&subject, &meta.file_name, &up.signature, Some(&up.attestation))).unwrap();
+    oci.publish(&meta, &bytes).unwrap();
+    let view = lookup(&r.url, SIGNED).unwrap();
+    assert_eq!(view["signature"]["digest"], Digest::of_bytes(&up.signature).as_str(), "{view}");
+    assert_eq!(view["attestation"]["digest"], Digest::of_bytes(&up.attestation).as_str(), "{view}");
+
+    // A carrier holding another object's files, pushed under this one's
+    // tag: the artifact is refused (the .sig file does not verify for it)
+    // and /v1 gains nothing.
+    let (meta2, bytes2, up2) = signed(&key, &oci.docker_reference(), UNSIGNED);
+    let subject2 = sign::Subject::manifest(&oci::manifest(&meta2));
+    oci.push_artifact(&sign::signature_artifact(&subject2, std::slice::from_ref(&up2.manifest_signature))).unwrap();
+    let wrong = sign::files_artifact(&subject2, &meta2.file_name, &up.signature, Some(&up.attestation));
+    oci.push_artifact(&wrong).unwrap();
+    let e = oci.publish(&meta2, &bytes2).unwrap_err();
+    assert!(e.to_string().contains("signature is refused"), "{e}");
     assert!(lookup(&r.url, UNSIGNED).is_none());
 }
