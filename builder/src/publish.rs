@@ -6,7 +6,7 @@
 
 use bpfarm_object::client::{ClientError, Published, RegistryClient, SignedUpload};
 use bpfarm_object::oci_client::{OciError, OciRegistry};
-use bpfarm_object::sign::{SignError, SignedObject, Subject, attestation_artifact, signature_artifact};
+use bpfarm_object::sign::{SignError, SignedObject, Subject, attestation_artifact, files_artifact, signature_artifact};
 use bpfarm_object::{Digest, ObjectMetadata, oci};
 use serde::Serialize;
 
@@ -65,7 +65,8 @@ impl Destination {
     /// Publishes a signed object: to `/v1` with its `.sig`, `.intoto.jsonl`
     /// and the signature of its OCI manifest (the registry writes the
     /// `.sig`/`.att` tags of its `/v2` face); to an OCI registry, the
-    /// `sha256-<hex>.sig` and `.att` tags of its manifest, then the object.
+    /// `sha256-<hex>.sig`, `.att` and `.bpfarm` tags of its manifest, then
+    /// the object.
     fn publish_signed(
         &self,
         meta: &ObjectMetadata,
@@ -91,6 +92,11 @@ impl Destination {
                 let signature = signer.sign_manifest(meta, &r.docker_reference())?;
                 r.push_artifact(&signature_artifact(&subject, std::slice::from_ref(&signature)))?;
                 r.push_artifact(&attestation_artifact(&subject, &signed.provenance))?;
+                // The `.sig` and `.intoto.jsonl` files themselves, as a
+                // bpfarm registry serves them, so copies of this
+                // repository (skopeo, oras, a bundle) carry them.
+                let jsonl = signed.provenance.to_jsonl();
+                r.push_artifact(&files_artifact(&subject, &meta.file_name, signed.signature.as_bytes(), Some(&jsonl)))?;
                 Ok(r.publish(meta, bytes)?)
             }
         }

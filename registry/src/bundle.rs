@@ -126,7 +126,8 @@ struct Root {
 
 fn is_cosign_tag(tag: &str) -> Option<String> {
     let rest = tag.strip_prefix("sha256-")?;
-    let hex = rest.strip_suffix(".sig").or_else(|| rest.strip_suffix(".att"))?;
+    let hex =
+        rest.strip_suffix(".sig").or_else(|| rest.strip_suffix(".att")).or_else(|| rest.strip_suffix(".bpfarm"))?;
     Some(format!("sha256:{hex}"))
 }
 

@@ -302,6 +302,35 @@ async fn check_canonical_tag(
     Ok(())
 }
 
+/// The `.sig` and `.intoto.jsonl` a push put under the `.bpfarm` carrier
+/// tag of manifest `digest` in `repo`, if any (its blobs were checked when
+/// the carrier was stored; `signatures::check` reads them again).
+async fn pushed_files(s: &AppState, repo: &str, digest: &Digest) -> Result<Option<bpfarm_object::sign::Attached>> {
+    use bpfarm_object::sign::{Attached, BlobRef, VerifyError};
+    let Some(m) = s.repo.oci_manifest(repo, &bpfarm_object::sign::files_tag(digest)).await? else {
+        return Ok(None);
+    };
+    let d: Digest = m.digest.parse()?;
+    let bytes = match s.blobs.read(&d).await {
+        Ok(b) => b,
+        Err(crate::blobs::BlobError::Missing(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let what = "signature carrier";
+    let files =
+        bpfarm_object::sign::read_files_artifact(&bytes).map_err(|source| Error::SignatureForm { what, source })?;
+    if &files.subject != digest {
+        let source = VerifyError::SubjectMismatch { expected: digest.clone(), found: files.subject.to_string() };
+        return Err(Error::SignatureForm { what, source });
+    }
+    let blob = |b: bpfarm_object::sign::carrier::CarriedBlob| BlobRef { digest: b.digest, size: b.size };
+    Ok(Some(Attached {
+        signature: Some(blob(files.signature)),
+        attestation: files.attestation.map(blob),
+        manifest_signature: None,
+    }))
+}
+
 /// Stores a manifest's exact bytes under `reference` (a tag, or its own
 /// digest) once it is fully valid: well-formed, everything it references
 /// in `repo` with the right sizes, a bpfarm artifact through the publish
@@ -314,6 +343,22 @@ pub async fn put_manifest(
     reference: &str,
     bytes: &[u8],
     content_type: &str,
+) -> Result<(Digest, Option<Digest>)> {
+    put_manifest_carried(s, repo, reference, bytes, content_type, None).await
+}
+
+/// As `put_manifest`, with what an import carries for a bpfarm artifact
+/// (its `.sig` and `.intoto.jsonl`, stored, and its manifest signature):
+/// held to the object and the trusted keys by `signatures::check`, then
+/// attached to the object's row. Without a `.sig` among them, the `/v2`
+/// rule applies (under `--trusted-key`, the cosign signature tag first).
+pub async fn put_manifest_carried(
+    s: &AppState,
+    repo: &str,
+    reference: &str,
+    bytes: &[u8],
+    content_type: &str,
+    carried: Option<&bpfarm_object::sign::Attached>,
 ) -> Result<(Digest, Option<Digest>)> {
     let digest = Digest::of_bytes(bytes);
     let tag = if reference.starts_with("sha256:") {
@@ -328,15 +373,31 @@ pub async fn put_manifest(
     };
     let doc = manifest::parse(bytes, content_type)?;
     let artifact = doc.bpfarm_object()?;
+    let mut checked = None;
+    // A /v2 push keeps the /v2 rule under --trusted-key (the cosign
+    // signature tag first); what an import carries was checked instead.
+    let pushed = carried.is_none();
     if let Some(meta) = &artifact {
         publish::check(&s.blobs, meta).await?;
+        // A push may have sent the object's files first, as the builder's
+        // `--publish oci://` does (the `.bpfarm` carrier): they become its
+        // /v1 `.sig` and `.intoto.jsonl`.
+        let from_push = match carried {
+            Some(_) => None,
+            None => pushed_files(s, repo, &digest).await?,
+        };
+        if let Some(a) = carried.or(from_push.as_ref()).filter(|a| a.signature.is_some()) {
+            checked = crate::signatures::check(&s.blobs, meta, a, s.settings.trusted_keys.as_ref()).await?;
+        }
     }
     let canonical = s.settings.canonical_repo();
     let mut tx = s.repo.begin_write().await?;
     check_references(s, &mut tx, repo, &doc).await?;
     if let Some(meta) = &artifact {
         publish::check_current(&mut tx, meta, publish::Replace::No).await?;
-        if let Some(keys) = &s.settings.trusted_keys {
+        if let Some(keys) = &s.settings.trusted_keys
+            && (pushed || checked.is_none())
+        {
             crate::signatures::check_v2(&mut tx, &s.blobs, repo, &digest, keys).await?;
         }
     }
@@ -361,7 +422,8 @@ pub async fn put_manifest(
     })
     .await?;
     if let Some(meta) = &artifact {
-        publish::make_current(&mut tx, &s.blobs, &canonical, meta, publish::Replace::No).await?;
+        publish::make_current_signed(&mut tx, &s.blobs, &canonical, meta, publish::Replace::No, checked.as_ref())
+            .await?;
     }
     tx.commit().await?;
     Ok((digest, doc.subject.map(|d| d.digest)))

@@ -79,6 +79,16 @@ pub enum Error {
         .identity.kernel_release, .identity.arch, .identity.version
     )]
     Conflict { identity: Identity, existing: String },
+    #[error(
+        "kernel {} ({}) version {} already has this object with other signatures attached; publish with ?replace=true to replace them",
+        .identity.kernel_release, .identity.arch, .identity.version
+    )]
+    SignaturesDiffer { identity: Identity },
+    #[error(
+        "kernel {} ({}) version {} has a signed object ({existing}); it is not replaced by {incoming}, which carries no signature",
+        .identity.kernel_release, .identity.arch, .identity.version
+    )]
+    WouldDropSignature { identity: Identity, existing: String, incoming: Digest },
 
     // The signing rules (`signatures`).
     #[error("{0}")]

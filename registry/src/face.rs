@@ -103,7 +103,9 @@ impl IntoResponse for V1 {
             Error::Size { .. } | Error::BlobRefSize { .. } | Error::ManifestRefSize { .. } => {
                 (S::BAD_REQUEST, "SIZE_INVALID")
             }
-            Error::Conflict { .. } => (S::CONFLICT, "CONFLICT"),
+            Error::Conflict { .. } | Error::SignaturesDiffer { .. } | Error::WouldDropSignature { .. } => {
+                (S::CONFLICT, "CONFLICT")
+            }
             Error::Unsigned(_) => (S::FORBIDDEN, "SIGNATURE_REQUIRED"),
             Error::SignatureRefused { .. } => (S::FORBIDDEN, "SIGNATURE_INVALID"),
             Error::SignatureForm { .. } => (S::BAD_REQUEST, "SIGNATURE_MALFORMED"),
@@ -159,7 +161,9 @@ impl IntoResponse for V2 {
             Error::Size { .. } | Error::BlobRefSize { .. } | Error::ManifestRefSize { .. } => {
                 (S::BAD_REQUEST, "SIZE_INVALID")
             }
-            Error::Conflict { .. } => (S::CONFLICT, "MANIFEST_INVALID"),
+            Error::Conflict { .. } | Error::SignaturesDiffer { .. } | Error::WouldDropSignature { .. } => {
+                (S::CONFLICT, "MANIFEST_INVALID")
+            }
             Error::Unsigned(_) | Error::SignatureRefused { .. } => (S::FORBIDDEN, "DENIED"),
             Error::SignatureForm { .. } => (S::BAD_REQUEST, "MANIFEST_INVALID"),
             Error::SignatureBlobMissing { .. } => (S::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),

@@ -54,7 +54,8 @@ pub struct GcReport {
 
 fn cosign_subject(tag: &str) -> Option<String> {
     let rest = tag.strip_prefix("sha256-")?;
-    let hex = rest.strip_suffix(".sig").or_else(|| rest.strip_suffix(".att"))?;
+    let hex =
+        rest.strip_suffix(".sig").or_else(|| rest.strip_suffix(".att")).or_else(|| rest.strip_suffix(".bpfarm"))?;
     Some(format!("sha256:{hex}"))
 }
 

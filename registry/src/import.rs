@@ -17,11 +17,21 @@
 //! repository's per-release indexes are written by the registry itself
 //! (the same bytes, `oci::index` being deterministic). What is already
 //! here is skipped: importing again writes nothing.
+//!
+//! Signatures: for each bpfarm object the bundle's `sha256-<hex>.bpfarm`
+//! tag (the `.sig` and `.intoto.jsonl` files, `sign::carrier`) and cosign
+//! `.sig` tag are read from the checked tar and held to the object and to
+//! the registry's `--trusted-key` (`carried`) before anything is written;
+//! the object is then stored with them attached to its `/v1` row.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
+use bpfarm_object::sign::{
+    self, Attached, BlobRef, MAX_ATTESTATION_BLOB, MAX_SIGNATURE_BLOB, ManifestSignature, TrustedKeys,
+    WireManifestSignature, cosign,
+};
 use bpfarm_object::{Digest, oci};
 use serde_json::Value;
 
@@ -30,6 +40,7 @@ use crate::bundle::{ANN_REPOSITORY, REF_NAME};
 use crate::distribution::{self, MANIFEST_LIMIT};
 use crate::error::Error;
 use crate::manifest::{self, Kind};
+use crate::signatures;
 use crate::state::AppState;
 
 /// Caps on what a bundle may hold.
@@ -82,6 +93,9 @@ pub enum Refusal {
     Manifest { digest: Digest, named_by: String, why: String },
     #[error("{0}")]
     Conflict(String),
+    /// The signing policy refused an object (see `carried`).
+    #[error("{0}")]
+    Signing(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +171,8 @@ pub trait Content {
     fn manifest(&self, d: &Digest) -> Result<Option<Vec<u8>>, ImportError>;
     /// A blob's size; `None` when absent.
     fn size(&self, d: &Digest) -> Option<u64>;
+    /// A small blob's bytes (at most `max`); `None` when absent.
+    fn blob(&self, d: &Digest, max: u64) -> Result<Option<Vec<u8>>, ImportError>;
 }
 
 fn is_bpfarm_index(doc: &manifest::Manifest, bytes: &[u8]) -> bool {
@@ -251,8 +267,149 @@ fn visit(
     Ok(())
 }
 
+/// What a bundle carries for one bpfarm object manifest, checked.
+#[derive(Debug, Clone, Default)]
+pub struct Carried {
+    /// For the `/v1` row: the `.sig` and `.intoto.jsonl` (from the
+    /// `sha256-<hex>.bpfarm` tag) and the cosign signature of the manifest
+    /// (from its `.sig` tag), when the manifest is the one the registry
+    /// writes for the object.
+    pub attached: Attached,
+    /// What `signatures::check_bytes` made of it (`None`: no `.sig` file).
+    pub checked: Option<signatures::Checked>,
+}
+
+/// A tag of `repo` among the bundle's roots.
+fn root_tagged<'r>(roots: &'r [Root], repo: &str, tag: &str) -> Option<&'r Root> {
+    roots.iter().find(|r| r.repo == repo && r.tag == tag)
+}
+
+/// The first simple-signing layer of a cosign signature manifest that
+/// names `subject` (and, with `keys`, verifies).
+fn manifest_signature(
+    bytes: &[u8],
+    subject: &Digest,
+    keys: Option<&TrustedKeys>,
+    content: &dyn Content,
+) -> Result<Option<ManifestSignature>, ImportError> {
+    let v: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    for l in v["layers"].as_array().into_iter().flatten().take(cosign::MAX_LAYERS) {
+        if l["mediaType"] != cosign::SIMPLE_SIGNING_MEDIA_TYPE {
+            continue;
+        }
+        let (Some(d), Some(sig)) = (
+            l["digest"].as_str().and_then(|d| d.parse::<Digest>().ok()),
+            l["annotations"][cosign::ANN_SIGNATURE].as_str(),
+        ) else {
+            continue;
+        };
+        let Some(payload) = content.blob(&d, cosign::MAX_PAYLOAD)? else { continue };
+        let s = ManifestSignature { payload, signature: sig.to_owned() };
+        let fits = match keys {
+            Some(keys) => s.verify(keys, subject).is_ok(),
+            None => s.subject().is_ok_and(|named| &named == subject),
+        };
+        if fits {
+            return Ok(Some(s));
+        }
+    }
+    Ok(None)
+}
+
+/// For every bpfarm object of `plan`, what the bundle carries for it,
+/// held to the object and to `keys` (`--trusted-key`): with keys, an
+/// object needs its `.sig` file verified by one of them or, lacking one,
+/// a cosign signature of its manifest that verifies (what a `/v2` push
+/// needs). Any refusal refuses the bundle: nothing is written.
+pub fn carried(
+    roots: &[Root],
+    plan: &Plan,
+    keys: Option<&TrustedKeys>,
+    content: &dyn Content,
+) -> Result<BTreeMap<(String, Digest), Carried>, ImportError> {
+    let mut out = BTreeMap::new();
+    for m in plan.manifests.iter().filter(|m| m.bpfarm_object) {
+        let doc = manifest::parse(&m.bytes, &m.media_type).map_err(Error::from)?;
+        let Some(meta) = doc.bpfarm_object().map_err(Error::from)? else { continue };
+        let id = &meta.identity;
+        let refuse = |why: String| {
+            Refusal::Signing(format!("kernel {} ({}) version {}: {why}", id.kernel_release, id.arch, id.version))
+        };
+        let named_by = |tag: &str| format!("tag {tag} of {}", m.repo);
+        let mut files: Option<(Vec<u8>, Option<Vec<u8>>)> = None;
+        let ftag = sign::files_tag(&m.digest);
+        if let Some(root) = root_tagged(roots, &m.repo, &ftag) {
+            let bytes = content
+                .manifest(&root.digest)?
+                .ok_or_else(|| Refusal::MissingBlob { digest: root.digest.clone(), named_by: named_by(&ftag) })?;
+            let cf = sign::read_files_artifact(&bytes).map_err(|e| refuse(format!("{}: {e}", named_by(&ftag))))?;
+            if cf.subject != m.digest {
+                return Err(refuse(format!("{} names {} as its subject", named_by(&ftag), cf.subject)).into());
+            }
+            let read = |b: &sign::carrier::CarriedBlob, max: u64| -> Result<Vec<u8>, ImportError> {
+                let bytes = content
+                    .blob(&b.digest, max)?
+                    .ok_or_else(|| Refusal::MissingBlob { digest: b.digest.clone(), named_by: named_by(&ftag) })?;
+                if bytes.len() as u64 != b.size {
+                    return Err(Refusal::SizeLies {
+                        digest: b.digest.clone(),
+                        claimed: b.size,
+                        actual: bytes.len() as u64,
+                        named_by: named_by(&ftag),
+                    }
+                    .into());
+                }
+                Ok(bytes)
+            };
+            let sig = read(&cf.signature, MAX_SIGNATURE_BLOB)?;
+            let att = cf.attestation.as_ref().map(|a| read(a, MAX_ATTESTATION_BLOB)).transpose()?;
+            files = Some((sig, att));
+        }
+        let stag = cosign::signature_tag(&m.digest);
+        let sig_manifest = match root_tagged(roots, &m.repo, &stag) {
+            Some(root) => content.manifest(&root.digest)?,
+            None => None,
+        };
+        let ms = match &sig_manifest {
+            Some(b) => manifest_signature(b, &m.digest, keys, content)?,
+            None => None,
+        };
+        let mut c = Carried::default();
+        match files {
+            Some((sig, att)) => {
+                c.attached = Attached {
+                    signature: Some(BlobRef::of(&sig)),
+                    attestation: att.as_deref().map(BlobRef::of),
+                    // The row's manifest signature is for the manifest the
+                    // registry writes; a foreign manifest's stays a tag.
+                    manifest_signature: ms
+                        .as_ref()
+                        .filter(|_| m.digest == signatures::manifest_digest(&meta))
+                        .map(WireManifestSignature::from),
+                };
+                c.checked = signatures::check_bytes(&meta, &c.attached, Some(&sig), att.as_deref(), keys)
+                    .map_err(|e| refuse(e.to_string()))?;
+            }
+            None if keys.is_some() && ms.is_none() => {
+                return Err(refuse(format!(
+                    "{} carries no signature by a trusted key (neither its {ftag} files nor a valid {stag})",
+                    meta.file_name
+                ))
+                .into());
+            }
+            None => {}
+        }
+        out.insert((m.repo.clone(), m.digest.clone()), c);
+    }
+    Ok(out)
+}
+
 /// The bpfarm objects of `plan` that conflict with what this registry holds.
-async fn conflicts(state: &AppState, plan: &Plan) -> Result<(), ImportError> {
+async fn conflicts(
+    state: &AppState,
+    plan: &Plan,
+    carried: &BTreeMap<(String, Digest), Carried>,
+) -> Result<(), ImportError> {
     for m in &plan.manifests {
         if !m.bpfarm_object {
             continue;
@@ -260,8 +417,20 @@ async fn conflicts(state: &AppState, plan: &Plan) -> Result<(), ImportError> {
         let doc = manifest::parse(&m.bytes, &m.media_type).map_err(Error::from)?;
         let Some(meta) = doc.bpfarm_object().map_err(Error::from)? else { continue };
         let id = &meta.identity;
-        if let Some(row) =
-            state.repo.current(&id.kernel_release, id.arch.uname(), &id.version).await.map_err(Error::from)?
+        let here = state.repo.current(&id.kernel_release, id.arch.uname(), &id.version).await.map_err(Error::from)?;
+        if let Some(row) = &here
+            && row.digest == meta.digest.as_str()
+            && let Some(checked) = carried.get(&(m.repo.clone(), m.digest.clone())).and_then(|c| c.checked.as_ref())
+            && let Some(held) = state.repo.signatures(row.id).await.map_err(Error::from)?
+            && signatures::differs(&held, checked)
+        {
+            return Err(Refusal::Conflict(format!(
+                "this registry's object for {} ({}) {} carries other signatures than the bundle's; an import never replaces signatures (publish with --replace first)",
+                id.kernel_release, id.arch, id.version
+            ))
+            .into());
+        }
+        if let Some(row) = here
             && row.digest != meta.digest.as_str()
         {
             return Err(Refusal::Conflict(format!(
@@ -276,14 +445,23 @@ async fn conflicts(state: &AppState, plan: &Plan) -> Result<(), ImportError> {
 
 /// Stores a checked plan whose blobs are all in the store: links, then
 /// manifests children first, skipping what is already here.
-pub async fn apply(state: &AppState, plan: &Plan, report: &mut ImportReport) -> Result<(), ImportError> {
-    conflicts(state, plan).await?;
+pub async fn apply(
+    state: &AppState,
+    plan: &Plan,
+    carried: &BTreeMap<(String, Digest), Carried>,
+    report: &mut ImportReport,
+) -> Result<(), ImportError> {
+    conflicts(state, plan, carried).await?;
     for (repo, d) in &plan.blobs {
         if !state.repo.oci_linked(repo, d.as_str()).await.map_err(Error::from)? {
             state.repo.oci_link(repo, d.as_str()).await.map_err(Error::from)?;
         }
     }
-    for m in &plan.manifests {
+    // Signatures first: under --trusted-key an object whose only signature
+    // is its cosign one needs it in the repository when it is stored.
+    let (signing, rest): (Vec<&PlannedManifest>, Vec<&PlannedManifest>) =
+        plan.manifests.iter().partition(|m| m.tag.as_deref().is_some_and(is_signature_tag));
+    for m in signing.into_iter().chain(rest) {
         let stored = state.repo.oci_manifest(&m.repo, m.digest.as_str()).await.map_err(Error::from)?.is_some();
         let tag_done = match &m.tag {
             Some(t) if !m.written_by_registry => {
@@ -304,7 +482,8 @@ pub async fn apply(state: &AppState, plan: &Plan, report: &mut ImportReport) -> 
             Some(t) => t.clone(),
             None => m.digest.to_string(),
         };
-        distribution::put_manifest(state, &m.repo, &reference, &m.bytes, &m.media_type).await?;
+        let attached = carried.get(&(m.repo.clone(), m.digest.clone())).map(|c| &c.attached);
+        distribution::put_manifest_carried(state, &m.repo, &reference, &m.bytes, &m.media_type, attached).await?;
         if !stored {
             report.new_manifests += 1;
             if m.bpfarm_object {
@@ -313,6 +492,11 @@ pub async fn apply(state: &AppState, plan: &Plan, report: &mut ImportReport) -> 
         }
     }
     Ok(())
+}
+
+/// cosign's `sha256-<hex>.sig`/`.att` and bpfarm's `sha256-<hex>.bpfarm`.
+fn is_signature_tag(tag: &str) -> bool {
+    tag.strip_prefix("sha256-").is_some_and(|t| t.ends_with(".sig") || t.ends_with(".att") || t.ends_with(".bpfarm"))
 }
 
 /// The tags of an `index.json`.
@@ -532,6 +716,17 @@ impl Content for StagedContent<'_> {
     fn size(&self, d: &Digest) -> Option<u64> {
         self.blobs.get(d).map(|s| s.size)
     }
+
+    fn blob(&self, d: &Digest, max: u64) -> Result<Option<Vec<u8>>, ImportError> {
+        let Some(s) = self.blobs.get(d) else { return Ok(None) };
+        match self.staging.read(s, max) {
+            Ok(b) => Ok(Some(b)),
+            Err(StageError::TooLarge { limit }) => {
+                Err(Refusal::TooLarge { entry: format!("blobs/sha256/{}", d.hex()), size: s.size, limit }.into())
+            }
+            Err(StageError::Io(e)) => Err(ImportError::Io { path: PathBuf::from("staging"), source: e }),
+        }
+    }
 }
 
 /// Imports the bundle `file` into `state` (see the module docs).
@@ -549,7 +744,8 @@ pub async fn import_with(state: &AppState, file: &Path, limits: &ImportLimits) -
     let limits = limits.clone();
     let canon = canonical.clone();
     // Pass one and the checks are blocking file work.
-    let (staging, read, plan) = tokio::task::spawn_blocking(move || -> Result<_, ImportError> {
+    let keys = state.settings.trusted_keys.clone();
+    let (staging, read, plan, carried) = tokio::task::spawn_blocking(move || -> Result<_, ImportError> {
         let mut staging = blobs.staging().map_err(|source| ImportError::Io { path: PathBuf::from("blobs"), source })?;
         let read = read_tar(f, &mut staging, &limits)?;
         let layout = read.layout.as_deref().ok_or(Refusal::NoFile("oci-layout"))?;
@@ -561,13 +757,15 @@ pub async fn import_with(state: &AppState, file: &Path, limits: &ImportLimits) -
         }
         let index = read.index.as_deref().ok_or(Refusal::NoFile("index.json"))?;
         let roots = roots(index, &canon)?;
-        let plan = plan(&roots, &canon, &StagedContent { staging: &staging, blobs: &read.blobs })?;
-        Ok((staging, read, plan))
+        let content = StagedContent { staging: &staging, blobs: &read.blobs };
+        let plan = plan(&roots, &canon, &content)?;
+        let carried = carried(&roots, &plan, keys.as_ref(), &content)?;
+        Ok((staging, read, plan, carried))
     })
     .await
     .map_err(|e| io(std::io::Error::other(e)))??;
     let mut report = ImportReport::default();
-    conflicts(state, &plan).await?;
+    conflicts(state, &plan, &carried).await?;
     // Checked in full: the reached blobs become visible, then the rows.
     let store = state.blobs.clone();
     let reached = plan.reached.clone();
@@ -594,6 +792,6 @@ pub async fn import_with(state: &AppState, file: &Path, limits: &ImportLimits) -
     report.new_blobs = new_blobs;
     report.new_bytes = new_bytes;
     report.unreached = unreached;
-    apply(state, &plan, &mut report).await?;
+    apply(state, &plan, &carried, &mut report).await?;
     Ok(report)
 }

@@ -99,11 +99,17 @@ enum Command {
     /// skopeo or oras): every entry is checked — path, type, size, digest,
     /// media type, every blob the index reaches present with the size it
     /// names — before anything is written; bpfarm objects then become /v1
-    /// objects through the publish rules, as a /v2 push does. Importing
-    /// again adds nothing.
+    /// objects through the publish rules, as a /v2 push does, with the
+    /// signature and provenance files the bundle carries for them (its
+    /// sha256-<hex>.bpfarm tags) and their cosign signatures. With
+    /// --trusted-key every object must be signed by one of the keys (its
+    /// .sig file, or else its cosign signature). Importing again adds
+    /// nothing.
     ///
     /// Exit status: 0 imported (or nothing new), 1 the bundle was refused
-    /// (nothing written), 2 the import failed.
+    /// (nothing written; an object the keys refuse, or signatures that
+    /// differ from those held for the same object, refuse it too), 2 the
+    /// import failed.
     Import {
         #[arg(long, env = "BPFARM_REGISTRY_DATA")]
         data: PathBuf,
@@ -121,6 +127,12 @@ enum Command {
         /// Most bytes of all entries together.
         #[arg(long, default_value_t = 64 << 30)]
         max_total_bytes: u64,
+        /// Take only objects signed by one of these ECDSA P-256 public keys
+        /// (PEM, e.g. cosign.pub; repeatable for rotation), as `serve
+        /// --trusted-key` does: an unsigned or badly signed object is refused
+        /// and nothing of it is stored.
+        #[arg(long = "trusted-key", value_name = "FILE", env = "BPFARM_REGISTRY_TRUSTED_KEYS", value_delimiter = ',')]
+        trusted_keys: Vec<PathBuf>,
     },
     /// Remove what nothing references: blobs no manifest or object names
     /// (older than --grace), and with --keep-versions N every object
@@ -147,9 +159,16 @@ enum Command {
         oci_namespace: String,
     },
     /// Sync from an upstream bpfarm registry (http(s)://HOST[:PORT], its /v1
-    /// objects) into this data folder, fetching only what is missing, every
-    /// digest verified; interrupted, run it again. For a DMZ host serving
-    /// an air-gapped site.
+    /// objects with their .sig and .intoto.jsonl) into this data folder,
+    /// fetching only what is missing, every digest verified; interrupted,
+    /// run it again. For a DMZ host serving an air-gapped site.
+    ///
+    /// An object is refused, and nothing of it stored, when --trusted-key
+    /// is given and it is not signed by one of the keys; whatever the keys,
+    /// when it would replace a signed object here with an unsigned one, or
+    /// bring other signatures for an object held signed (accepted only when
+    /// the keys verify them). Refusals are printed and the sync goes on.
+    /// Exit status: 0 synced, 1 some objects were refused, 2 the sync failed.
     Mirror {
         #[arg(long, env = "BPFARM_REGISTRY_DATA")]
         data: PathBuf,
@@ -174,6 +193,12 @@ enum Command {
         /// The OCI namespace the server uses (--oci-namespace of serve).
         #[arg(long, env = "BPFARM_REGISTRY_OCI_NAMESPACE", default_value = "bpfarm")]
         oci_namespace: String,
+        /// Take only objects signed by one of these ECDSA P-256 public keys
+        /// (PEM, e.g. cosign.pub; repeatable for rotation), as `serve
+        /// --trusted-key` does: an unsigned or badly signed object is refused
+        /// and nothing of it is stored.
+        #[arg(long = "trusted-key", value_name = "FILE", env = "BPFARM_REGISTRY_TRUSTED_KEYS", value_delimiter = ',')]
+        trusted_keys: Vec<PathBuf>,
     },
 }
 
@@ -407,6 +432,16 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--trusted-key` files of a tool, loaded and checked before any work.
+fn load_keys(paths: &[PathBuf]) -> anyhow::Result<Option<bpfarm_object::sign::TrustedKeys>> {
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let keys = bpfarm_object::sign::TrustedKeys::load(paths).context("--trusted-key")?;
+    tracing::info!("objects must be signed by one of: {}", keys.ids());
+    Ok(Some(keys))
+}
+
 /// Opens an existing registry's data folder for a tool.
 async fn open_existing(data: &std::path::Path) -> anyhow::Result<bpfarm_registry::AppState> {
     anyhow::ensure!(data.join("index.sqlite").is_file(), "{} holds no registry (no index.sqlite)", data.display());
@@ -482,8 +517,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Import { data, file, oci_namespace, max_entries, max_blob_bytes, max_total_bytes } => {
-            let state = open_tool(&data, Settings { oci_namespace, max_blob_bytes, ..Settings::default() }).await?;
+        Command::Import { data, file, oci_namespace, max_entries, max_blob_bytes, max_total_bytes, trusted_keys } => {
+            let trusted_keys = load_keys(&trusted_keys)?;
+            let state =
+                open_tool(&data, Settings { oci_namespace, max_blob_bytes, trusted_keys, ..Settings::default() })
+                    .await?;
             let started = std::time::Instant::now();
             let limits = bpfarm_registry::import::ImportLimits { max_entries, max_blob_bytes, max_total_bytes };
             match bpfarm_registry::import::import_with(&state, &file, &limits).await {
@@ -529,8 +567,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Mirror { data, from, token, ca_certs, insecure, timeout, max_blob_bytes, oci_namespace } => {
-            let state = open_tool(&data, Settings { oci_namespace, ..Settings::default() }).await?;
+        Command::Mirror {
+            data,
+            from,
+            token,
+            ca_certs,
+            insecure,
+            timeout,
+            max_blob_bytes,
+            oci_namespace,
+            trusted_keys,
+        } => {
+            let trusted_keys = load_keys(&trusted_keys)?;
+            let state = open_tool(&data, Settings { oci_namespace, trusted_keys, ..Settings::default() }).await?;
             let config = bpfarm_registry::mirror::MirrorConfig {
                 from,
                 token,
@@ -544,16 +593,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for w in &r.warnings {
                 eprintln!("bpfarm-registry: warning: {w}");
             }
+            for refused in &r.refused {
+                eprintln!("bpfarm-registry: refused {refused}");
+            }
             println!(
-                "mirrored {}: {} fetched ({} bytes), {} already here, {} objects published, in {:.1}s",
+                "mirrored {}: {} fetched ({} bytes), {} already here, {} objects published, {} refused, in {:.1}s",
                 config.from,
                 r.fetched,
                 r.bytes,
                 r.present,
                 r.published,
+                r.refused.len(),
                 started.elapsed().as_secs_f64()
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(if r.refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Token(TokenCommand::Create { data, name, scope }) => {
             let state = open_tool(&data, Settings::default()).await?;

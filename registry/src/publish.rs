@@ -18,7 +18,7 @@ use bpfarm_object::{Identity, ObjectMetadata};
 
 use crate::blobs::BlobStore;
 use crate::error::{Error, Result};
-use crate::repo::{ObjectCheckRow, Repo, WriteTx};
+use crate::repo::{ObjectCheckRow, Repo, SignatureRow, WriteTx};
 use crate::{faces, signatures};
 
 /// What a publish did.
@@ -103,7 +103,9 @@ pub async fn make_current(
 /// As `make_current`, attaching `signed` (checked by `signatures::check`)
 /// to the object row. The signatures belong to the row: a replaced
 /// object's stay in its history, a new object has only what came with it,
-/// and an unchanged object keeps what it had unless new ones came. The
+/// and an unchanged object keeps what it had; signatures sent for it are
+/// attached when it had none, and replace different ones only with
+/// `Replace::Yes` (else `Error::SignaturesDiffer`). The
 /// cosign `.sig`/`.att` tags of the object's manifest are (re)written from
 /// the row in the same transaction as its OCI form.
 pub async fn make_current_signed(
@@ -139,6 +141,15 @@ pub async fn make_current_signed(
         .ok_or_else(|| Error::NotFound(format!("{} vanished while it was published", meta.file_name)))?;
     if let Some(signed) = signed {
         let before = tx.signatures(row.id).await?;
+        // Another set of signatures for the same object replaces the
+        // stored one only when asked: a stale or hostile re-publish must
+        // not swap what agents verify.
+        if outcome == Outcome::Unchanged
+            && replace == Replace::No
+            && before.as_ref().is_some_and(|b| signatures::differs(b, signed))
+        {
+            return Err(Error::SignaturesDiffer { identity: meta.identity.clone() });
+        }
         signatures::store(tx, blobs, row.id, signed).await?;
         if outcome == Outcome::Unchanged && tx.signatures(row.id).await? != before {
             outcome = Outcome::Signed;
@@ -187,6 +198,71 @@ pub async fn publish_signed(
     let made = make_current_signed(&mut tx, blobs, oci_repo, meta, replace, checked.as_ref()).await?;
     tx.commit().await?;
     Ok(made.outcome)
+}
+
+/// Publishes `meta` as a mirror or an import carries it, with what came
+/// beside it: the `/v1` rules and the signing policy (`keys`), following
+/// the source's replacements, plus two rules for copies. A current object
+/// that is signed is never replaced by one that carries no signature
+/// (`Error::WouldDropSignature`), whatever the keys. The same object with
+/// other signatures takes them only when `keys` verified them (a source
+/// re-signed with a trusted key); without keys nothing can tell a
+/// re-signing from a swap, so that is `Error::SignaturesDiffer`. Nothing
+/// is written unless all of it passes.
+pub async fn publish_carried(
+    repo: &Repo,
+    blobs: &BlobStore,
+    oci_repo: &str,
+    meta: &ObjectMetadata,
+    attached: &Attached,
+    keys: Option<&TrustedKeys>,
+) -> Result<Outcome> {
+    check(blobs, meta).await?;
+    let checked = signatures::check(blobs, meta, attached, keys).await?;
+    let mut tx = repo.begin_write().await?;
+    if blobs.size(&meta.digest).await.is_none() {
+        return Err(Error::ObjectBlobMissing(meta.digest.clone()));
+    }
+    carried_rules(&mut tx, meta, checked.as_ref(), keys.is_some()).await?;
+    let made = make_current_signed(&mut tx, blobs, oci_repo, meta, Replace::Yes, checked.as_ref()).await?;
+    tx.commit().await?;
+    Ok(made.outcome)
+}
+
+/// The copy rules of `publish_carried`, against what `tx` holds now.
+pub async fn carried_rules(
+    tx: &mut WriteTx,
+    meta: &ObjectMetadata,
+    checked: Option<&signatures::Checked>,
+    verified: bool,
+) -> Result<()> {
+    let Some(row) = tx.current(&meta.identity).await? else { return Ok(()) };
+    let held = tx.signatures(row.id).await?;
+    carried_verdict(&row.digest, held.as_ref(), meta, checked, verified)
+}
+
+/// The copy rules on what an identity holds: its current object's digest
+/// and signatures (`held`), and what is carried in (`checked`, verified by
+/// trusted keys when `verified`).
+pub fn carried_verdict(
+    current: &str,
+    held: Option<&SignatureRow>,
+    meta: &ObjectMetadata,
+    checked: Option<&signatures::Checked>,
+    verified: bool,
+) -> Result<()> {
+    let Some(held) = held else { return Ok(()) };
+    match checked {
+        None if current != meta.digest.as_str() => Err(Error::WouldDropSignature {
+            identity: meta.identity.clone(),
+            existing: current.to_owned(),
+            incoming: meta.digest.clone(),
+        }),
+        Some(c) if current == meta.digest.as_str() && !verified && signatures::differs(held, c) => {
+            Err(Error::SignaturesDiffer { identity: meta.identity.clone() })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Rewrites the OCI form of the object that is current for `row`'s

@@ -11,7 +11,10 @@
 //! each must verify with one of the keys and the `.sig` is required.
 //! `store` records them on the object row and `write_oci_forms` writes the
 //! `sha256-<hex>.sig` and `.att` tags of the object's manifest in the
-//! canonical repository, all inside the publish's transaction.
+//! canonical repository, and the `sha256-<hex>.bpfarm` tag carrying the
+//! two files themselves (`sign::carrier`, what bundles take across an air
+//! gap), all inside the publish's transaction. An attestation must name
+//! the object's digest even without keys (`check_bytes`).
 //!
 //! Through `/v2`, a bpfarm artifact manifest pushed under `--trusted-key`
 //! must already have its cosign signature in the repository: the
@@ -20,8 +23,9 @@
 //! it before the artifact is stored.
 
 use bpfarm_object::sign::{
-    self, Attached, BlobRef, MAX_ATTESTATION_BLOB, MAX_SIGNATURE_BLOB, ManifestSignature, SignedProvenance, Subject,
-    TrustedKeys, VerifyError, attestation_artifact, cosign, signature_artifact,
+    self, Attached, BlobRef, FILES_ARTIFACT_TYPE, MAX_ATTESTATION_BLOB, MAX_SIGNATURE_BLOB, ManifestSignature,
+    SignedProvenance, Subject, TrustedKeys, VerifyError, attestation_artifact, cosign, files_artifact, files_tag,
+    signature_artifact,
 };
 use bpfarm_object::{Digest, ObjectMetadata, oci};
 
@@ -72,9 +76,31 @@ pub async fn check(
     attached: &Attached,
     keys: Option<&TrustedKeys>,
 ) -> Result<Option<Checked>> {
+    let sig = match &attached.signature {
+        Some(r) => Some(named_blob(blobs, "signature", r, MAX_SIGNATURE_BLOB).await?),
+        None => None,
+    };
+    let att = match (&attached.signature, &attached.attestation) {
+        (Some(_), Some(r)) => Some(named_blob(blobs, "attestation", r, MAX_ATTESTATION_BLOB).await?),
+        _ => None,
+    };
+    check_bytes(meta, attached, sig.as_deref(), att.as_deref(), keys)
+}
+
+/// `check` on bytes already in hand (a mirror checks what it fetched, an
+/// import what its bundle carries, before storing any of it): `signature`
+/// and `attestation` are the bytes `attached` names (the caller has
+/// checked their digests and sizes against it).
+pub fn check_bytes(
+    meta: &ObjectMetadata,
+    attached: &Attached,
+    signature: Option<&[u8]>,
+    attestation: Option<&[u8]>,
+    keys: Option<&TrustedKeys>,
+) -> Result<Option<Checked>> {
     let refuse = |what: &'static str| move |source: VerifyError| Error::SignatureRefused { what, source };
     let form = |what: &'static str| move |source: VerifyError| Error::SignatureForm { what, source };
-    let Some(sig_ref) = &attached.signature else {
+    let (Some(sig_ref), Some(sig)) = (&attached.signature, signature) else {
         if keys.is_some() {
             return Err(Error::Unsigned(format!(
                 "{} carries no signature; this registry takes only objects signed by a trusted key",
@@ -88,22 +114,24 @@ pub async fn check(
         }
         return Ok(None);
     };
-    let sig = named_blob(blobs, "signature", sig_ref, MAX_SIGNATURE_BLOB).await?;
     match keys {
         Some(keys) => {
-            sign::verify_blob_digest(keys, &meta.digest, &sig).map_err(refuse("signature"))?;
+            sign::verify_blob_digest(keys, &meta.digest, sig).map_err(refuse("signature"))?;
         }
         None => {
-            sign::blob::check_form(&sig).map_err(form("signature"))?;
+            sign::blob::check_form(sig).map_err(form("signature"))?;
         }
     }
-    let attestation = match &attached.attestation {
-        None => None,
-        Some(r) => {
-            let bytes = named_blob(blobs, "attestation", r, MAX_ATTESTATION_BLOB).await?;
-            let envelopes = SignedProvenance::from_jsonl(&bytes).map_err(form("attestation"))?;
+    let attestation = match (&attached.attestation, attestation) {
+        (None, _) => None,
+        (Some(r), None) => return Err(Error::SignatureBlobMissing { what: "attestation", digest: r.digest.clone() }),
+        (Some(r), Some(bytes)) => {
+            let envelopes = SignedProvenance::from_jsonl(bytes).map_err(form("attestation"))?;
+            // Held to this object whatever the keys: a statement about
+            // other bytes is never attached to these.
+            envelopes.check_subject(&meta.digest).map_err(form("attestation"))?;
             if let Some(keys) = keys {
-                let v = sign::verify_provenance(keys, &bytes, &meta.digest).map_err(refuse("attestation"))?;
+                let v = sign::verify_provenance(keys, bytes, &meta.digest).map_err(refuse("attestation"))?;
                 if v.identity != meta.identity {
                     return Err(Error::SignatureRefused {
                         what: "attestation",
@@ -136,6 +164,17 @@ pub async fn check(
         }
     };
     Ok(Some(Checked { signature: sig_ref.clone(), attestation, manifest }))
+}
+
+/// Whether storing `checked` would change what `row` records: another
+/// signature, attestation or manifest signature (the payload is compared
+/// by its digest).
+pub fn differs(row: &SignatureRow, checked: &Checked) -> bool {
+    let payload = checked.manifest.as_ref().map(|m| Digest::of_bytes(&m.payload).to_string());
+    row.signature_digest != checked.signature.digest.as_str()
+        || row.attestation_digest.as_deref() != checked.attestation.as_ref().map(|(r, _)| r.digest.as_str())
+        || row.payload_digest != payload
+        || row.manifest_signature.as_deref() != checked.manifest.as_ref().map(|m| m.signature.as_str())
 }
 
 /// Records `checked` on object row `object_id` (its payload becomes a blob).
@@ -227,6 +266,19 @@ pub async fn write_oci_forms(
             None => tracing::warn!(%payload, "the manifest signature's payload is missing; no .sig tag written"),
         }
     }
+    // The `.sig` and `.intoto.jsonl` files themselves, for bundles.
+    let sig = stored(blobs, &row.signature_digest).await?;
+    let att = match &row.attestation_digest {
+        Some(d) => stored(blobs, d).await?.map(Some),
+        None => Some(None),
+    };
+    match (sig, att) {
+        (Some(sig), Some(att)) => {
+            let a = files_artifact(&subject, &meta.file_name, &sig, att.as_deref());
+            put_artifact(tx, blobs, repo, &a, FILES_ARTIFACT_TYPE, &subject.digest).await?;
+        }
+        _ => tracing::warn!(object = %meta.file_name, "a signature file is missing; no .bpfarm tag written"),
+    }
     if let Some(att) = &row.attestation_digest {
         match stored(blobs, att).await?.map(|b| SignedProvenance::from_jsonl(&b)) {
             Some(Ok(p)) => {
@@ -310,6 +362,7 @@ pub async fn missing_forms(
     if row.attestation_digest.is_some() {
         wanted.push(cosign::attestation_tag(&subject));
     }
+    wanted.push(files_tag(&subject));
     let mut missing = Vec::new();
     for tag in wanted {
         match repo.oci_manifest(oci_repo, &tag).await? {

@@ -569,4 +569,18 @@ fn publishing_to_an_oci_registry_pushes_the_cosign_tags() {
         &image,
     );
     assert!(!v.status.success(), "cosign verify-attestation accepted another key");
+    // The .sig and .intoto.jsonl files ride along as the .bpfarm carrier,
+    // byte for byte what the builder wrote beside the object.
+    let (object, _) = built_object(home.path());
+    let carrier = reqwest::blocking::Client::new()
+        .get(format!("http://{}/v2/ns/tracee-bpf/manifests/{}", dist.addr, sign::files_tag(&manifest)))
+        .header("Accept", oci::MANIFEST_MEDIA_TYPE)
+        .send()
+        .unwrap();
+    assert_eq!(carrier.status().as_u16(), 200);
+    let files = sign::read_files_artifact(&carrier.bytes().unwrap()).unwrap();
+    assert_eq!(files.subject, manifest);
+    assert_eq!(files.signature.digest, Digest::of_bytes(&std::fs::read(beside(&object, ".sig")).unwrap()));
+    let jsonl = std::fs::read(beside(&object, ".intoto.jsonl")).unwrap();
+    assert_eq!(files.attestation.map(|a| a.digest), Some(Digest::of_bytes(&jsonl)));
 }

@@ -10,6 +10,7 @@
 //! | its provenance | in-toto statement, SLSA provenance v1 (and a v0.2 twin), in a DSSE envelope | `<file>.intoto.jsonl` | [`verify_provenance`] |
 //! | its OCI manifest | cosign "simple signing" payload | tag `sha256-<hex>.sig` | [`verify_signature_manifest`], `cosign verify` |
 //! | the provenance, in OCI | the same envelopes as layers | tag `sha256-<hex>.att` | [`verify_attestation_manifest`], `cosign verify-attestation` |
+//! | the `.sig` and `.intoto.jsonl` files, in OCI | a bpfarm artifact carrying both ([`carrier`]) | tag `sha256-<hex>.bpfarm` | what they carry |
 //!
 //! Keys are ECDSA P-256 ([`keys`]): PKCS#8 or SEC1 PEM as `openssl` writes
 //! them, or cosign's encrypted `cosign.key` (password from
@@ -39,6 +40,7 @@
 
 pub mod attached;
 pub mod blob;
+pub mod carrier;
 pub mod cosign;
 pub mod dsse;
 pub mod evidence;
@@ -47,6 +49,7 @@ pub mod provenance;
 
 pub use attached::{Attached, BlobRef, MAX_ATTESTATION_BLOB, MAX_SIGNATURE_BLOB, WireManifestSignature};
 pub use blob::{sign_blob, sign_blob_digest, verify_blob, verify_blob_digest};
+pub use carrier::{CarriedFiles, FILES_ARTIFACT_TYPE, files_artifact, files_tag, read_files_artifact};
 pub use cosign::{
     FetchError, LayerRef, ManifestSignature, OciArtifact, OciBlob, Subject, attestation_artifact, attestation_layers,
     attestation_tag, sign_manifest, signature_artifact, signature_layers, signature_tag, simple_signing_payload,

@@ -110,6 +110,28 @@ impl SignedProvenance {
     }
 }
 
+impl SignedProvenance {
+    /// Checks, without a key, that both statements name `subject` (the
+    /// object's sha256) among their subjects: an attestation held to its
+    /// object even where nothing can verify its signature.
+    pub fn check_subject(&self, subject: &Digest) -> Result<(), VerifyError> {
+        use base64::Engine as _;
+        for e in [&self.v1, &self.v02] {
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(&e.payload)
+                .map_err(|err| VerifyError::Base64(format!("DSSE payload: {err}")))?;
+            let st: Statement = serde_json::from_slice(&payload)
+                .map_err(|err| VerifyError::Format { what: "in-toto statement", reason: err.to_string() })?;
+            let named: Vec<String> =
+                st.subject.iter().filter_map(|s| s.digest.get("sha256").map(|h| format!("sha256:{h}"))).collect();
+            if !named.iter().any(|d| d == subject.as_str()) {
+                return Err(VerifyError::SubjectMismatch { expected: subject.clone(), found: named.join(", ") });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a verified provenance statement says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedProvenance {
@@ -415,6 +437,17 @@ pub(crate) mod tests {
         // Deterministic: same metadata, same key, same bytes.
         assert_eq!(sign_provenance(&key, &m, &BuilderInfo::bpfarm("1")).unwrap().to_jsonl(), jsonl);
         assert!(matches!(verify_provenance(&keys, b"garbage\n", &m.digest), Err(VerifyError::Format { .. })));
+    }
+
+    #[test]
+    fn without_a_key_the_statements_are_still_held_to_their_object() {
+        let (key, _) = setup();
+        let m = meta(b"object");
+        let p = sign_provenance(&key, &m, &BuilderInfo::bpfarm("1")).unwrap();
+        assert!(p.check_subject(&m.digest).is_ok());
+        let e = p.check_subject(&Digest::of_bytes(b"another object")).unwrap_err();
+        assert!(matches!(e, VerifyError::SubjectMismatch { .. }), "{e}");
+        assert!(e.to_string().contains(m.digest.as_str()), "{e}");
     }
 
     #[test]

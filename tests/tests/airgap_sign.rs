@@ -1,0 +1,577 @@
+//! Signatures across the air gap (issues #11 and #13), with real
+//! registries on loopback and real keys: `mirror` and `import` carry each
+//! object's `.sig` and `.intoto.jsonl` and obey `--trusted-key`; a lying
+//! upstream that strips or swaps signatures is refused with nothing
+//! stored; a bundle carries the files (the `sha256-<hex>.bpfarm` tag) so an
+//! imported registry serves them again byte for byte, checked by the real
+//! cosign offline.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use bpfarm_object::client::SignedUpload;
+use bpfarm_object::sign::{self, BuilderInfo, SigningKey, cosign};
+use bpfarm_object::{Arch, Digest, ObjectMetadata, oci};
+use bpfarm_tests::hostile::{HostileServer, Reply};
+use bpfarm_tests::{bin, client, sample_metadata, serve, token};
+use serde_json::Value;
+
+fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn registry_cmd(args: &[&str]) -> Output {
+    Command::new(bin("bpfarm-registry")).args(args).env_remove("BPFARM_REGISTRY_TRUSTED_KEYS").output().unwrap()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A P-256 key pair from `openssl genpkey`: (private PEM path, public PEM path).
+fn openssl_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub"));
+    for args in [
+        vec!["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", p(&key)],
+        vec!["pkey", "-pubout", "-in", p(&key), "-out", p(&public)],
+    ] {
+        let o = Command::new("openssl").args(&args).output().expect("openssl (ci/install-deps installs it)");
+        assert!(o.status.success(), "{}", show(&o));
+    }
+    (key, public)
+}
+
+/// `cosign verify-blob` in a fresh network namespace (no network at all).
+fn cosign_verify_blob(home: &Path, public: &Path, file: &Path) -> Output {
+    let state = home.join("cosign-home");
+    std::fs::create_dir_all(&state).unwrap();
+    Command::new("unshare")
+        .args(["-rn", "cosign", "verify-blob", "--insecure-ignore-tlog", "--key"])
+        .arg(public)
+        .arg("--signature")
+        .arg(format!("{}.sig", file.display()))
+        .arg(file)
+        .env("HOME", &state)
+        .env("TUF_ROOT", state.join("tuf"))
+        .output()
+        .expect("unshare runs cosign (ci/install-deps installs cosign)")
+}
+
+fn object(release: &str) -> Vec<u8> {
+    format!("\x7fELF stand-in object for {release}").into_bytes()
+}
+
+/// An object's metadata and what a signing builder sends with it.
+fn signed(key: &SigningKey, reference: &str, release: &str) -> (ObjectMetadata, Vec<u8>, SignedUpload) {
+    let bytes = object(release);
+    let meta = sample_metadata(release, Arch::X86_64, &bytes);
+    let s = sign::sign_object(key, &meta, &bytes, &BuilderInfo::bpfarm("test")).unwrap();
+    let manifest_signature = sign::sign_manifest(key, reference, &Digest::of_bytes(&oci::manifest(&meta))).unwrap();
+    let up =
+        SignedUpload { signature: s.signature.into_bytes(), attestation: s.provenance.to_jsonl(), manifest_signature };
+    (meta, bytes, up)
+}
+
+/// The index's rows and every blob file (with its bytes' digest).
+fn snapshot(data: &Path) -> (String, Vec<(String, String)>) {
+    let dump = Command::new("sqlite3").arg("-readonly").arg(data.join("index.sqlite")).arg(".dump").output().unwrap();
+    assert!(dump.status.success(), "{}", show(&dump));
+    let mut files = Vec::new();
+    let root = data.join("blobs/sha256");
+    for d in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            let bytes = std::fs::read(f.path()).unwrap();
+            files.push((f.file_name().to_string_lossy().into_owned(), Digest::of_bytes(&bytes).to_string()));
+        }
+    }
+    files.sort();
+    (String::from_utf8(dump.stdout).unwrap(), files)
+}
+
+fn stored(data: &Path, d: &Digest) -> bool {
+    data.join("blobs/sha256").join(&d.hex()[..2]).join(d.hex()).exists()
+}
+
+/// The `/v1` answer for `release` (x86_64, v0.1.0), if any.
+fn lookup(url: &str, release: &str) -> Option<Value> {
+    let r = reqwest::blocking::get(format!("{url}/v1/objects/x86_64/v0.1.0/{release}")).unwrap();
+    (r.status() == 200).then(|| r.json().unwrap())
+}
+
+const SIGNED: &str = "6.1.0-56-amd64";
+const UNSIGNED: &str = "6.1.0-57-amd64";
+const FOREIGN: &str = "6.1.0-58-amd64";
+
+/// A proxy in front of `upstream` whose `/v1/objects` list is rewritten by
+/// `lie` (the rest is passed through).
+fn lying_proxy(upstream: &str, lie: impl Fn(&mut Vec<Value>) + Send + Sync + 'static) -> HostileServer {
+    let upstream = upstream.to_owned();
+    HostileServer::start(move |req| {
+        let r = reqwest::blocking::get(format!("{upstream}{}", req.path)).unwrap();
+        let status = r.status().as_u16();
+        let body = r.bytes().unwrap().to_vec();
+        if req.path.starts_with("/v1/objects?") {
+            let mut page: Value = serde_json::from_slice(&body).unwrap();
+            let mut entries = page["objects"].as_array().unwrap().clone();
+            lie(&mut entries);
+            page["objects"] = Value::Array(entries);
+            return Reply::json(status, &page);
+        }
+        Reply::bytes(status, "application/octet-stream", body)
+    })
+}
+
+#[test]
+fn mirror_carries_signatures_and_refuses_what_the_trust_policy_or_a_lying_upstream_would_lose() {
+    let home = tempfile::tempdir().unwrap();
+    let (key_path, public) = openssl_key(home.path(), "signer");
+    let (stranger_path, _) = openssl_key(home.path(), "stranger");
+    let key = SigningKey::load(&key_path).unwrap();
+    let stranger = SigningKey::load(&stranger_path).unwrap();
+
+    // Upstream (no policy of its own): one object signed by the trusted
+    // key, one unsigned, one signed by a stranger.
+    let data_up = home.path().join("up");
+    let push = token(&data_up, "ci", "push");
+    let up = serve(&data_up);
+    let c = client(&up.url, Some(push.clone()));
+    let (meta_s, bytes_s, up_s) = signed(&key, &c.docker_reference(), SIGNED);
+    c.publish_signed(&meta_s, &bytes_s, false, &up_s).unwrap();
+    let bytes_u = object(UNSIGNED);
+    let meta_u = sample_metadata(UNSIGNED, Arch::X86_64, &bytes_u);
+    c.publish(&meta_u, &bytes_u, false).unwrap();
+    let (meta_f, bytes_f, up_f) = signed(&stranger, &c.docker_reference(), FOREIGN);
+    c.publish_signed(&meta_f, &bytes_f, false, &up_f).unwrap();
+    let upstream_view = lookup(&up.url, SIGNED).unwrap();
+
+    // The DMZ trusts the key: the signed object comes with its files, the
+    // other two are refused by name, nothing of them is stored, exit 1.
+    let dmz = home.path().join("dmz");
+    let mirror = |from: &str, keys: bool| {
+        let mut args = vec!["mirror", "--data", p(&dmz), "--from", from];
+        if keys {
+            args.extend(["--trusted-key", p(&public)]);
+        }
+        registry_cmd(&args)
+    };
+    let o = mirror(&up.url, true);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("refused {UNSIGNED} (x86_64) v0.1.0: {} carries no signature", meta_u.file_name)),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        err.contains(&format!("refused {FOREIGN} (x86_64) v0.1.0: the signature is refused"))
+            && err.contains("does not verify with any trusted key"),
+        "{}",
+        show(&o)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("1 objects published, 2 refused"), "{}", show(&o));
+    for d in [&meta_u.digest, &meta_f.digest, &Digest::of_bytes(&up_f.signature)] {
+        assert!(!stored(&dmz, d), "{d} of a refused object was stored");
+    }
+    // Resumable: a rerun refuses the same two again and changes nothing.
+    let before = snapshot(&dmz);
+    let o = mirror(&up.url, true);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("1 already here, 0 objects published, 2 refused"),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(snapshot(&dmz), before, "a rerun changed the mirror");
+    {
+        let served = serve(&dmz);
+        let here = lookup(&served.url, SIGNED).unwrap();
+        assert_eq!(here["signature"], upstream_view["signature"], "{here}");
+        assert_eq!(here["attestation"], upstream_view["attestation"], "{here}");
+        assert!(lookup(&served.url, UNSIGNED).is_none() && lookup(&served.url, FOREIGN).is_none());
+        // Its /v2 face has the same cosign and carrier tags as upstream's
+        // (the manifest signature came from the upstream's .sig tag).
+        let manifest = Digest::of_bytes(&oci::manifest(&meta_s));
+        for tag in [cosign::signature_tag(&manifest), cosign::attestation_tag(&manifest), sign::files_tag(&manifest)] {
+            let get = |url: &str| {
+                let r = reqwest::blocking::get(format!("{url}/v2/bpfarm/tracee-bpf/manifests/{tag}")).unwrap();
+                (r.status().as_u16(), r.bytes().unwrap().to_vec())
+            };
+            let here = get(&served.url);
+            assert_eq!(here.0, 200, "{tag}");
+            assert_eq!(here, get(&up.url), "{tag}");
+        }
+        // cosign checks the mirrored object's files, downloaded from the
+        // static layout, offline.
+        let files = home.path().join("files");
+        std::fs::create_dir_all(&files).unwrap();
+        for suffix in ["", ".sig"] {
+            let url = format!("{}/v0.1.0/x86_64/{}{suffix}", served.url, meta_s.file_name);
+            let b = reqwest::blocking::get(url).unwrap().bytes().unwrap();
+            std::fs::write(files.join(format!("{}{suffix}", meta_s.file_name)), b).unwrap();
+        }
+        let v = cosign_verify_blob(home.path(), &public, &files.join(&meta_s.file_name));
+        assert!(v.status.success(), "cosign verify-blob: {}", show(&v));
+    }
+
+    // A lying upstream swaps the signed object's signature for the
+    // stranger's: refused with the key and without (nothing can tell a
+    // swap from a re-signing without one), the mirror unchanged.
+    let (victim, thief) = (meta_s.file_name.clone(), meta_f.file_name.clone());
+    let swapping = lying_proxy(&up.url, move |entries| {
+        let foreign = entries.iter().find(|e| e["file_name"] == thief.as_str()).unwrap().clone();
+        for e in entries.iter_mut().filter(|e| e["file_name"] == victim.as_str()) {
+            e["signature"] = foreign["signature"].clone();
+        }
+    });
+    let before = snapshot(&dmz);
+    for (keys, says) in
+        [(true, "the signature is refused"), (false, "already has this object with other signatures attached")]
+    {
+        let o = mirror(&swapping.url, keys);
+        assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(&format!("refused {SIGNED} (x86_64) v0.1.0: "))
+                && String::from_utf8_lossy(&o.stderr).contains(says),
+            "keys {keys}: {}",
+            show(&o)
+        );
+        // Without keys the other two come in; the signed one keeps its files.
+        if keys {
+            assert_eq!(snapshot(&dmz), before, "a refused swap changed the mirror");
+        }
+    }
+    let after_swaps = snapshot(&dmz);
+
+    // A lying upstream strips the signatures: the same object here keeps
+    // what it has (no refusal, nothing lost).
+    let stripping = lying_proxy(&up.url, |entries| {
+        for e in entries.iter_mut() {
+            let m = e.as_object_mut().unwrap();
+            m.remove("signature");
+            m.remove("attestation");
+        }
+    });
+    let o = mirror(&stripping.url, false);
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(snapshot(&dmz), after_swaps, "stripped signatures changed the mirror");
+
+    // The upstream replaces the signed object with an unsigned one: the
+    // mirror refuses to lose the signature, with or without keys.
+    let newer = b"\x7fELF an unsigned rebuild".to_vec();
+    let newer_meta = sample_metadata(SIGNED, Arch::X86_64, &newer);
+    c.publish(&newer_meta, &newer, true).unwrap();
+    for keys in [false, true] {
+        let o = mirror(&up.url, keys);
+        assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let says = if keys {
+            format!("refused {SIGNED} (x86_64) v0.1.0: {} carries no signature", newer_meta.file_name)
+        } else {
+            format!(
+                "refused {SIGNED} (x86_64) v0.1.0: kernel {SIGNED} (x86_64) version v0.1.0 has a signed object ({}); it is not replaced by {}, which carries no signature",
+                meta_s.digest, newer_meta.digest
+            )
+        };
+        assert!(err.contains(&says), "keys {keys}: {}", show(&o));
+        assert_eq!(snapshot(&dmz), after_swaps, "a refused replacement changed the mirror");
+        assert!(!stored(&dmz, &newer_meta.digest));
+    }
+    let served = serve(&dmz);
+    let here = lookup(&served.url, SIGNED).unwrap();
+    assert_eq!(
+        (here["digest"].clone(), here["signature"].clone()),
+        (upstream_view["digest"].clone(), upstream_view["signature"].clone())
+    );
+}
+
+/// A registry under `dir` whose objects are published through `/v1` by
+/// `publish(client)`; returns it with its data folder.
+fn registry_with(
+    dir: &Path,
+    publish: impl FnOnce(&bpfarm_object::client::RegistryClient),
+) -> (bpfarm_tests::Registry, PathBuf) {
+    let data = dir.join("data");
+    let push = token(&data, "ci", "push");
+    let r = serve(&data);
+    publish(&client(&r.url, Some(push)));
+    (r, data)
+}
+
+fn bundle(data: &Path, out: &Path) {
+    let o = registry_cmd(&["bundle", "--data", p(data), "--out", p(out)]);
+    assert!(o.status.success(), "{}", show(&o));
+}
+
+fn export(data: &Path, out: &Path) {
+    let o = registry_cmd(&["export", "--data", p(data), "--out", p(out)]);
+    assert!(o.status.success(), "{}", show(&o));
+}
+
+#[test]
+fn a_signed_bundle_imports_under_a_trusted_key_and_exports_the_same_files_cosign_verifies() {
+    let home = tempfile::tempdir().unwrap();
+    let (key_path, public) = openssl_key(home.path(), "signer");
+    let key = SigningKey::load(&key_path).unwrap();
+    let mut made = None;
+    let (a, data_a) = registry_with(&home.path().join("a"), |c| {
+        let (meta, bytes, up) = signed(&key, &c.docker_reference(), SIGNED);
+        c.publish_signed(&meta, &bytes, false, &up).unwrap();
+        made = Some((meta, up));
+    });
+    let (meta, up) = made.unwrap();
+    let view_a = lookup(&a.url, SIGNED).unwrap();
+    drop(a);
+    let tar = home.path().join("a.tar");
+    bundle(&data_a, &tar);
+
+    // The carrier is an OCI artifact skopeo and oras read: oras pulls the
+    // two files under their names, and cosign verifies them offline.
+    let manifest = Digest::of_bytes(&oci::manifest(&meta));
+    let ftag = sign::files_tag(&manifest);
+    let o = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci-archive:{}:{ftag}", tar.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let carrier: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(carrier["artifactType"], sign::FILES_ARTIFACT_TYPE);
+    assert_eq!(carrier["subject"]["digest"], manifest.as_str());
+    let layout = home.path().join("layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    let o = Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&layout).output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let pulled = home.path().join("pulled");
+    let o = Command::new("oras")
+        .args(["pull", "--oci-layout", "-o"])
+        .arg(&pulled)
+        .arg(format!("{}:{ftag}", layout.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(std::fs::read(pulled.join(format!("{}.sig", meta.file_name))).unwrap(), up.signature);
+    assert_eq!(std::fs::read(pulled.join(format!("{}.intoto.jsonl", meta.file_name))).unwrap(), up.attestation);
+    std::fs::write(pulled.join(&meta.file_name), object(SIGNED)).unwrap();
+    let v = cosign_verify_blob(home.path(), &public, &pulled.join(&meta.file_name));
+    assert!(v.status.success(), "cosign verify-blob (oras pull of the bundle): {}", show(&v));
+
+    // Imported into an empty registry that trusts the key: /v1 names the
+    // same files, and an export of it has them byte for byte.
+    let data_b = home.path().join("b");
+    let o = registry_cmd(&["import", "--data", p(&data_b), "--trusted-key", p(&public), p(&tar)]);
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("1 objects published"), "{}", show(&o));
+    let before = snapshot(&data_b);
+    let o = registry_cmd(&["import", "--data", p(&data_b), "--trusted-key", p(&public), p(&tar)]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(": 0 new blobs (0 bytes), 0 new manifests"), "{}", show(&o));
+    assert_eq!(snapshot(&data_b), before, "importing again changed the registry");
+    {
+        let b = serve(&data_b);
+        let view_b = lookup(&b.url, SIGNED).unwrap();
+        assert_eq!(view_b["signature"], view_a["signature"], "{view_b}");
+        assert_eq!(view_b["attestation"], view_a["attestation"], "{view_b}");
+        for tag in [cosign::signature_tag(&manifest), cosign::attestation_tag(&manifest), ftag.clone()] {
+            let r = reqwest::blocking::get(format!("{}/v2/bpfarm/tracee-bpf/manifests/{tag}", b.url)).unwrap();
+            assert_eq!(r.status().as_u16(), 200, "{tag}");
+        }
+    }
+    let (tree_a, tree_b) = (home.path().join("export-a"), home.path().join("export-b"));
+    export(&data_a, &tree_a);
+    export(&data_b, &tree_b);
+    let file = Path::new("v0.1.0/x86_64").join(&meta.file_name);
+    for suffix in ["", ".sig", ".intoto.jsonl"] {
+        let name = format!("{}{suffix}", file.display());
+        assert_eq!(std::fs::read(tree_b.join(&name)).unwrap(), std::fs::read(tree_a.join(&name)).unwrap(), "{name}");
+    }
+    let v = cosign_verify_blob(home.path(), &public, &tree_b.join(&file));
+    assert!(v.status.success(), "cosign verify-blob (export of the imported registry): {}", show(&v));
+    // And the imported registry bundles to the same bytes.
+    let again = home.path().join("b.tar");
+    bundle(&data_b, &again);
+    assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&tar).unwrap(), "the round trip changed the bundle");
+    let o = registry_cmd(&["fsck", "--data", p(&data_b)]);
+    assert!(o.status.success(), "{}", show(&o));
+    // A registry that signed objects before the carrier existed: fsck
+    // names the missing tag, and --repair writes it from the row.
+    let o = Command::new("sqlite3")
+        .arg(data_b.join("index.sqlite"))
+        .arg(format!("DELETE FROM oci_tags WHERE tag = '{ftag}'"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let o = registry_cmd(&["fsck", "--data", p(&data_b)]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("has no tag {ftag}")), "{}", show(&o));
+    let o = registry_cmd(&["fsck", "--data", p(&data_b), "--repair"]);
+    assert!(o.status.success(), "{}", show(&o));
+    bundle(&data_b, &again);
+    assert_eq!(
+        std::fs::read(&again).unwrap(),
+        std::fs::read(&tar).unwrap(),
+        "the repaired registry bundles differently"
+    );
+}
+
+#[test]
+fn import_refuses_unsigned_foreign_and_resigned_objects_and_writes_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let (key_path, public) = openssl_key(home.path(), "signer");
+    let (stranger_path, _) = openssl_key(home.path(), "stranger");
+    let key = SigningKey::load(&key_path).unwrap();
+    let stranger = SigningKey::load(&stranger_path).unwrap();
+    // The target holds the object signed by the trusted key.
+    let (_t, data) = registry_with(&home.path().join("t"), |c| {
+        let (meta, bytes, up) = signed(&key, &c.docker_reference(), SIGNED);
+        c.publish_signed(&meta, &bytes, false, &up).unwrap();
+    });
+    drop(_t);
+    let before = snapshot(&data);
+    let attempt = |tar: &Path, keys: bool, says: &str| {
+        let mut args = vec!["import", "--data", p(&data)];
+        if keys {
+            args.extend(["--trusted-key", p(&public)]);
+        }
+        args.push(p(tar));
+        let o = registry_cmd(&args);
+        assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says) && err.contains("nothing was imported"), "{says}: {}", show(&o));
+        assert_eq!(snapshot(&data), before, "a refused import changed the registry ({says})");
+    };
+    // An unsigned object, under the key.
+    let (_u, data_u) = registry_with(&home.path().join("u"), |c| {
+        let bytes = object(UNSIGNED);
+        c.publish(&sample_metadata(UNSIGNED, Arch::X86_64, &bytes), &bytes, false).unwrap();
+    });
+    let tar_u = home.path().join("u.tar");
+    bundle(&data_u, &tar_u);
+    let file_u = sample_metadata(UNSIGNED, Arch::X86_64, &object(UNSIGNED)).file_name;
+    attempt(
+        &tar_u,
+        true,
+        &format!("kernel {UNSIGNED} (x86_64) version v0.1.0: {file_u} carries no signature by a trusted key"),
+    );
+    // An object signed by a stranger, under the key.
+    let (_f, data_f) = registry_with(&home.path().join("f"), |c| {
+        let (meta, bytes, up) = signed(&stranger, &c.docker_reference(), FOREIGN);
+        c.publish_signed(&meta, &bytes, false, &up).unwrap();
+    });
+    let tar_f = home.path().join("f.tar");
+    bundle(&data_f, &tar_f);
+    attempt(&tar_f, true, &format!("kernel {FOREIGN} (x86_64) version v0.1.0: the signature is refused"));
+    // The object the target holds, signed by someone else: without keys
+    // an import never swaps the signatures it holds.
+    let (_r, data_r) = registry_with(&home.path().join("r"), |c| {
+        let (meta, bytes, up) = signed(&stranger, &c.docker_reference(), SIGNED);
+        c.publish_signed(&meta, &bytes, false, &up).unwrap();
+    });
+    let tar_r = home.path().join("r.tar");
+    bundle(&data_r, &tar_r);
+    attempt(&tar_r, false, "carries other signatures than the bundle's");
+    attempt(&tar_r, true, "the signature is refused");
+}
+
+#[test]
+fn resent_signatures_replace_only_when_asked_and_attestations_name_their_object() {
+    let home = tempfile::tempdir().unwrap();
+    let (key_path, _) = openssl_key(home.path(), "signer");
+    let (stranger_path, _) = openssl_key(home.path(), "stranger");
+    let key = SigningKey::load(&key_path).unwrap();
+    let stranger = SigningKey::load(&stranger_path).unwrap();
+    // No --trusted-key: what holds here holds for every registry.
+    let data = home.path().join("data");
+    let push = token(&data, "ci", "push");
+    let r = serve(&data);
+    let c = client(&r.url, Some(push.clone()));
+    let (meta, bytes, mine) = signed(&key, &c.docker_reference(), SIGNED);
+    c.publish_signed(&meta, &bytes, false, &mine).unwrap();
+    let upload = |data: &[u8]| {
+        let resp = reqwest::blocking::Client::new()
+            .put(format!("{}/v1/blobs/{}", r.url, Digest::of_bytes(data)))
+            .bearer_auth(&push)
+            .body(data.to_vec())
+            .send()
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    };
+
+    // The same object with other signatures: 409 and nothing changes;
+    // with ?replace=true they replace the stored ones.
+    let (_, _, theirs) = signed(&stranger, &c.docker_reference(), SIGNED);
+    upload(&theirs.signature);
+    upload(&theirs.attestation);
+    let before = snapshot(&data);
+    let e = c.publish_signed(&meta, &bytes, false, &theirs).unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    assert!(e.to_string().contains("already has this object with other signatures attached"), "{e}");
+    assert!(e.to_string().contains("?replace=true"), "{e}");
+    assert_eq!(snapshot(&data), before, "refused signatures changed the store");
+    assert_eq!(lookup(&r.url, SIGNED).unwrap()["signature"]["digest"], Digest::of_bytes(&mine.signature).as_str());
+    // The same signatures again are a no-op.
+    assert_eq!(c.publish_signed(&meta, &bytes, false, &mine).unwrap(), bpfarm_object::client::Published::Skipped);
+    c.publish_signed(&meta, &bytes, true, &theirs).unwrap();
+    assert_eq!(lookup(&r.url, SIGNED).unwrap()["signature"]["digest"], Digest::of_bytes(&theirs.signature).as_str());
+
+    // An attestation about other bytes beside this object's signature:
+    // 400, naming both digests, nothing stored.
+    let (other_meta, other_bytes, other) = signed(&key, &c.docker_reference(), UNSIGNED);
+    let (_, _, another) = signed(&key, &c.docker_reference(), FOREIGN);
+    let mixed = SignedUpload { attestation: another.attestation.clone(), ..other.clone() };
+    upload(&other_bytes);
+    upload(&mixed.signature);
+    upload(&mixed.attestation);
+    let before = snapshot(&data);
+    let e = c.publish_signed(&other_meta, &other_bytes, false, &mixed).unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("attestation is malformed") && text.contains(other_meta.digest.as_str()), "{text}");
+    assert!(text.contains(Digest::of_bytes(&object(FOREIGN)).as_str()), "{text}");
+    assert_eq!(snapshot(&data), before, "a refused attestation changed the store");
+    assert!(lookup(&r.url, UNSIGNED).is_none());
+}
+
+#[test]
+fn a_v2_push_with_its_carrier_first_gets_its_v1_signature_files() {
+    use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
+    let home = tempfile::tempdir().unwrap();
+    let (key_path, public) = openssl_key(home.path(), "signer");
+    let key = SigningKey::load(&key_path).unwrap();
+    let data = home.path().join("data");
+    let push = token(&data, "ci", "push");
+    let r = bpfarm_tests::serve_with(&["--listen", "127.0.0.1:0", "--data", p(&data), "--trusted-key", p(&public)]);
+    let addr = r.url.trim_start_matches("http://").to_owned();
+    let transport = bpfarm_object::http::Transport::new(Default::default()).unwrap();
+    let oci = OciRegistry::new(
+        OciTarget::parse(&format!("oci://{addr}/bpfarm")).unwrap(),
+        credentials(&addr, None, Some(&push)),
+        &transport,
+    )
+    .unwrap();
+    let (meta, bytes, up) = signed(&key, &oci.docker_reference(), SIGNED);
+    let subject = sign::Subject::manifest(&oci::manifest(&meta));
+    // What `bpfarm-builder --sign-key … --publish oci://` pushes.
+    oci.push_artifact(&sign::signature_artifact(&subject, std::slice::from_ref(&up.manifest_signature))).unwrap();
+    oci.push_artifact(&sign::files_artifact(&subject, &meta.file_name, &up.signature, Some(&up.attestation))).unwrap();
+    oci.publish(&meta, &bytes).unwrap();
+    let view = lookup(&r.url, SIGNED).unwrap();
+    assert_eq!(view["signature"]["digest"], Digest::of_bytes(&up.signature).as_str(), "{view}");
+    assert_eq!(view["attestation"]["digest"], Digest::of_bytes(&up.attestation).as_str(), "{view}");
+
+    // A carrier holding another object's files, pushed under this one's
+    // tag: the artifact is refused (the .sig file does not verify for it)
+    // and /v1 gains nothing.
+    let (meta2, bytes2, up2) = signed(&key, &oci.docker_reference(), UNSIGNED);
+    let subject2 = sign::Subject::manifest(&oci::manifest(&meta2));
+    oci.push_artifact(&sign::signature_artifact(&subject2, std::slice::from_ref(&up2.manifest_signature))).unwrap();
+    let wrong = sign::files_artifact(&subject2, &meta2.file_name, &up.signature, Some(&up.attestation));
+    oci.push_artifact(&wrong).unwrap();
+    let e = oci.publish(&meta2, &bytes2).unwrap_err();
+    assert!(e.to_string().contains("signature is refused"), "{e}");
+    assert!(lookup(&r.url, UNSIGNED).is_none());
+}
