@@ -310,6 +310,114 @@ async fn an_object_without_its_oci_form_is_repaired_at_start() {
     assert_eq!(index["manifests"][0]["platform"]["architecture"], "amd64");
 }
 
+/// The set-based start-up check finds exactly what checking each object
+/// one by one finds — a crash between the faces, a tag naming the wrong
+/// index, a manifest row or a manifest's bytes gone, a second arch under
+/// one tag intact — and opening the store to serve it repairs them all.
+#[tokio::test]
+async fn the_set_based_faces_check_agrees_with_the_one_by_one_check() {
+    use bpfarm_registry::faces::{Disagreement, disagreements, disagreements_one_by_one};
+    let r = registry(Settings::default()).await;
+    let oci_repo = bpfarm_registry::faces::canonical_repo("bpfarm");
+    let mut metas = Vec::new();
+    for n in 0..8 {
+        let bytes = format!("object {n}").into_bytes();
+        let m = meta(&format!("6.1.0-{}-amd64", 100 + n), &bytes);
+        assert_eq!(publish(&r, &m, &bytes, "").await.0, StatusCode::CREATED);
+        metas.push(m);
+    }
+    // Both arches of one release under one tag.
+    let bytes = b"an arm64 object".to_vec();
+    let mut arm = meta("5.15.0-91-generic", &bytes);
+    arm.identity = Identity::new("5.15.0-91-generic", Arch::Aarch64, "v0.1.0").unwrap();
+    assert_eq!(publish(&r, &arm, &bytes, "").await.0, StatusCode::CREATED);
+    let bytes = b"an amd64 object".to_vec();
+    let amd = meta("5.15.0-91-generic", &bytes);
+    assert_eq!(publish(&r, &amd, &bytes, "").await.0, StatusCode::CREATED);
+    let ids = |d: &[Disagreement]| d.iter().map(|d| (d.row.id, d.why.to_string())).collect::<Vec<_>>();
+    assert!(disagreements(&r.state.repo, &r.state.blobs, &oci_repo).await.unwrap().is_empty());
+
+    let db = sqlx::sqlite::SqlitePool::connect(&format!("sqlite://{}", r.data.join("index.sqlite").display()))
+        .await
+        .unwrap();
+    let tag = |m: &ObjectMetadata| bpfarm_object::oci::tag(&m.identity.kernel_release, &m.identity.version, false);
+    let index_of = |t: String| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT digest FROM oci_tags WHERE tag = ?")
+                .bind(t)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    // 0: a crash between the two faces (no tag recorded).
+    sqlx::query("UPDATE objects SET oci_tag = NULL WHERE digest = ?")
+        .bind(metas[0].digest.as_str())
+        .execute(&db)
+        .await
+        .unwrap();
+    // 1: its tag names object 2's index.
+    let other = index_of(tag(&metas[2])).await;
+    sqlx::query("UPDATE oci_tags SET digest = ? WHERE tag = ?")
+        .bind(other)
+        .bind(tag(&metas[1]))
+        .execute(&db)
+        .await
+        .unwrap();
+    // 3: its tag is gone; 4: its index's manifest row is gone.
+    sqlx::query("DELETE FROM oci_tags WHERE tag = ?").bind(tag(&metas[3])).execute(&db).await.unwrap();
+    let index4 = index_of(tag(&metas[4])).await;
+    sqlx::query("DELETE FROM oci_manifests WHERE digest = ?").bind(&index4).execute(&db).await.unwrap();
+    // 5: its index's bytes are gone; 6: its manifest's bytes are gone.
+    let index5: Digest = index_of(tag(&metas[5])).await.parse().unwrap();
+    std::fs::remove_file(r.state.blobs.path(&index5)).unwrap();
+    let index6: Digest = index_of(tag(&metas[6])).await.parse().unwrap();
+    let child: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(r.state.blobs.path(&index6)).unwrap()).unwrap();
+    let child: Digest = child["manifests"][0]["digest"].as_str().unwrap().parse().unwrap();
+    std::fs::remove_file(r.state.blobs.path(&child)).unwrap();
+    // The arm64 child's manifest row is gone; the amd64 one under the same
+    // tag still reaches its object.
+    let index: Digest = index_of(tag(&arm)).await.parse().unwrap();
+    let both: serde_json::Value = serde_json::from_slice(&std::fs::read(r.state.blobs.path(&index)).unwrap()).unwrap();
+    let arm_child =
+        both["manifests"].as_array().unwrap().iter().find(|c| c["platform"]["architecture"] == "arm64").unwrap();
+    sqlx::query("DELETE FROM oci_manifests WHERE digest = ?")
+        .bind(arm_child["digest"].as_str().unwrap())
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+
+    let fast = disagreements(&r.state.repo, &r.state.blobs, &oci_repo).await.unwrap();
+    let slow = disagreements_one_by_one(&r.state.repo, &r.state.blobs, &oci_repo).await.unwrap();
+    assert_eq!(ids(&fast), ids(&slow));
+    let found: Vec<&str> = fast.iter().map(|d| d.row.digest.as_str()).collect();
+    let want: Vec<&str> =
+        [0, 1, 3, 4, 5, 6].iter().map(|&i| metas[i].digest.as_str()).chain([arm.digest.as_str()]).collect();
+    assert_eq!(found.len(), want.len(), "{fast:#?}");
+    for w in &want {
+        assert!(found.contains(w), "{w} not found: {fast:#?}");
+    }
+    let text = ids(&fast).into_iter().map(|(_, w)| w).collect::<Vec<_>>().join("\n");
+    for part in [
+        "no OCI form was recorded",
+        "has no tag",
+        "bytes of index",
+        "bytes of manifest",
+        "is not in bpfarm/tracee-bpf",
+        "names layer",
+    ] {
+        assert!(text.contains(part), "{part:?} not in:\n{text}");
+    }
+
+    // Opening the store to serve it repairs every one.
+    let state = open(&r.data, Settings::default()).await.unwrap();
+    assert!(disagreements(&state.repo, &state.blobs, &oci_repo).await.unwrap().is_empty());
+    assert!(disagreements_one_by_one(&state.repo, &state.blobs, &oci_repo).await.unwrap().is_empty());
+}
+
 /// A stored row whose metadata no longer parses (the index was changed
 /// behind the registry's back) is an error on every read that needs it,
 /// naming the row where it is logged and answered without detail; nothing
