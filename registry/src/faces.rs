@@ -349,7 +349,7 @@ fn suspects(blobs: &BlobStore, manifests: &HashSet<[u8; 32]>, mut rows: Vec<Face
             let arch = Arch::from_any(&row.arch)?;
             let digest = row.index_digest.as_deref().filter(|_| row.index_row == 1)?;
             if index.as_ref().is_none_or(|(d, _)| d != digest) {
-                let bytes = digest.parse::<Digest>().ok().and_then(|d| std::fs::read(blobs.path(&d)).ok());
+                let bytes = digest.parse::<Digest>().ok().and_then(|d| blobs.read_now(&d).ok());
                 index = Some((digest.to_owned(), bytes));
             }
             let bytes = index.as_ref().and_then(|(_, b)| b.as_deref())?;
@@ -357,7 +357,7 @@ fn suspects(blobs: &BlobStore, manifests: &HashSet<[u8; 32]>, mut rows: Vec<Face
             if !manifests.contains(&child.to_bytes()) {
                 return None;
             }
-            let manifest = std::fs::read(blobs.path(&child)).ok()?;
+            let manifest = blobs.read_now(&child).ok()?;
             let held = Held { arch, digest: &row.digest, size: u64::try_from(row.size).ok()? };
             layer_is(&manifest, &held).ok()
         })()
