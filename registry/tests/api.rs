@@ -458,3 +458,120 @@ async fn a_stored_row_that_no_longer_parses_is_an_error_not_a_panic() {
     let e = bpfarm_registry::export::export(&r.state.repo, &r.state.blobs, &out, &filter).await.unwrap_err();
     assert!(e.to_string().contains(&format!("({}): stored metadata does not parse", m.digest)), "{e}");
 }
+
+/// The coverage page stays under its size bound with thousands of objects
+/// (the detail table is cut into pages, the counts cover everything), and
+/// still shows every kernel of a matrix that is missing an object: it says
+/// how many, names the first, and the pages its link leads to hold them
+/// all. `GET /v1/coverage` pages its kernels the same way.
+#[tokio::test]
+async fn the_coverage_page_is_bounded_and_still_shows_every_missing_kernel() {
+    use bpfarm_registry::page::MAX_PAGE_BYTES;
+    let r = registry(Settings::default()).await;
+    let (built, never, versions) = (400, 300, 10);
+    let release = |k: usize| format!("6.1.0-{k}-amd64");
+    let db = sqlx::sqlite::SqlitePool::connect(&format!("sqlite://{}", r.data.join("index.sqlite").display()))
+        .await
+        .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    for k in 0..built {
+        for v in 0..versions {
+            let d = Digest::of_bytes(format!("{k}/{v}").as_bytes());
+            sqlx::query(
+                "INSERT INTO objects (kernel_release, arch, version, file_name, digest, size, metadata, published_at)
+                 VALUES (?, 'x86_64', ?, 'f', ?, 1, '{}', 't')",
+            )
+            .bind(release(k))
+            .bind(format!("v1.{v}.0"))
+            .bind(d.as_str())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+    db.close().await;
+    // The matrix: every kernel built, and `never` more nothing was built for.
+    let kernels: Vec<_> =
+        (0..built + never).map(|k| serde_json::json!({"release": release(k), "arch": "x86_64"})).collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "kernels": kernels })).unwrap();
+    let (s, _, _) = call(&r, req("PUT", "/v1/matrices/big", Some(&r.push), body)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let missing: std::collections::BTreeSet<String> = (built..built + never).map(release).collect();
+
+    let page = |uri: String| {
+        let r = &r;
+        async move {
+            let (s, h, body) = call(r, req("GET", &uri, None, vec![])).await;
+            assert_eq!(s, StatusCode::OK, "{uri}");
+            assert!(h[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+            assert!(body.len() <= MAX_PAGE_BYTES, "{uri}: {} bytes", body.len());
+            String::from_utf8(body).unwrap()
+        }
+    };
+    let rows = |html: &str| -> Vec<String> {
+        html.split("<tr data-release=\"").skip(1).map(|s| s[..s.find('"').unwrap()].to_owned()).collect()
+    };
+    let next = |html: &str| -> Option<String> {
+        let at = html.find("rel=\"next\" href=\"")? + "rel=\"next\" href=\"".len();
+        Some(html[at..at + html[at..].find('"').unwrap()].replace("&amp;", "&"))
+    };
+    let html = page("/?matrix=big".into()).await;
+    let all = (built + never) * versions;
+    assert!(html.contains(&format!("{} present", built * versions)), "counts cover everything");
+    assert!(html.contains(&format!("{} missing", never * versions)));
+    assert!(html.contains(&format!("across {} kernel releases", built + never)));
+    assert!(rows(&html).len() < built + never, "the whole table does not fit: it is cut into pages");
+    assert!(
+        html.contains(&format!("Releases 1–{} of {}", rows(&html).len(), built + never)),
+        "the page says where it is"
+    );
+    // Every missing kernel: how many, the first by name, then all of them
+    // through the link.
+    assert!(html.contains(&format!("{never} kernels missing an object")), "the count");
+    assert_eq!(html.matches("<li data-missing=").count(), 100);
+    assert!(html.contains(&format!("and {} more", never - 100)));
+    let at = html.find("class=\"all-missing\" href=\"").unwrap() + "class=\"all-missing\" href=\"".len();
+    let mut uri = Some(html[at..at + html[at..].find('"').unwrap()].replace("&amp;", "&"));
+    assert_eq!(uri.as_deref(), Some("/?matrix=big&state=missing"));
+    let mut seen = std::collections::BTreeSet::new();
+    let mut pages = 0;
+    while let Some(u) = uri {
+        let html = page(u).await;
+        seen.extend(rows(&html));
+        uri = next(&html);
+        pages += 1;
+        assert!(pages < 100, "the pages never end");
+    }
+    assert_eq!(seen, missing, "every missing kernel, and only those, in {pages} pages");
+    // The server narrows by q when the table does not fit.
+    let html = page("/?matrix=big&q=6.1.0-42-".into()).await;
+    assert_eq!(rows(&html), ["6.1.0-42-amd64"]);
+    let (s, _, _) = call(&r, req("GET", &format!("/?q={}", "x".repeat(65)), None, vec![])).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // The JSON: counts of everything, kernels a page at a time.
+    let (s, _, body) = call(&r, req("GET", "/v1/coverage?matrix=big&limit=300", None, vec![])).await;
+    assert_eq!(s, StatusCode::OK);
+    let v = json(&body);
+    assert_eq!(v["counts"]["present"].as_u64().unwrap() + v["counts"]["missing"].as_u64().unwrap(), all as u64);
+    assert_eq!(v["by_series"]["6.1"]["x86_64"]["missing"], never * versions);
+    assert_eq!(v["by_version"]["v1.0.0"]["x86_64"]["present"], built);
+    assert_eq!(
+        (v["kernels"].as_array().unwrap().len(), v["total_kernels"].as_u64()),
+        (300, Some((built + never) as u64))
+    );
+    let mut walked = 0;
+    let mut offset = Some(0);
+    while let Some(o) = offset {
+        let (_, _, body) =
+            call(&r, req("GET", &format!("/v1/coverage?matrix=big&state=missing&limit=120&offset={o}"), None, vec![]))
+                .await;
+        let v = json(&body);
+        walked += v["kernels"].as_array().unwrap().len();
+        offset = v["next"].as_u64();
+    }
+    assert_eq!(walked, never);
+    let (s, _, _) = call(&r, req("GET", "/v1/coverage?limit=0", None, vec![])).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
