@@ -926,9 +926,23 @@ impl WriteTx {
 /// Published kernel matrices: the (release, arch) pairs coverage counts
 /// against.
 impl Repo {
-    /// Stores (or replaces) matrix `name`'s pairs, in one transaction.
-    pub async fn put_matrix(&self, name: &str, pairs: &[(String, String)], now: &str) -> Result<(), sqlx::Error> {
+    /// Stores (or replaces) matrix `name`'s pairs, in one transaction,
+    /// unless `name` is new and `max` matrices are stored already: then
+    /// nothing is written and `Some(how many)` says why.
+    pub async fn put_matrix(
+        &self,
+        name: &str,
+        pairs: &[(String, String)],
+        now: &str,
+        max: u64,
+    ) -> Result<Option<u64>, sqlx::Error> {
         let mut tx = self.writer.begin().await?;
+        let held: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM matrices WHERE name != ?").bind(name).fetch_one(&mut *tx).await?;
+        let held = u64::try_from(held).unwrap_or(0);
+        if held >= max {
+            return Ok(Some(held));
+        }
         sqlx::query("DELETE FROM matrices WHERE name = ?").bind(name).execute(&mut *tx).await?;
         sqlx::query("INSERT INTO matrices (name, uploaded_at) VALUES (?, ?)")
             .bind(name)
@@ -943,7 +957,8 @@ impl Repo {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(None)
     }
 
     /// Matrix `name`'s (release, arch) pairs; `None` when no such matrix.

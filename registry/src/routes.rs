@@ -247,9 +247,24 @@ async fn put_matrix(
     let body = body::read_limited(body, &headers, BodyKind::Matrix, coverage::MATRIX_LIMIT).await?;
     let upload: coverage::MatrixUpload =
         serde_json::from_slice(&body).map_err(|e| Error::BadRequest(format!("matrix: {e}")))?;
-    let pairs: Vec<(String, String)> = upload.validate()?.into_iter().map(|(r, a)| (r, a.uname().to_owned())).collect();
+    // A pair listed twice is one kernel.
+    let pairs: Vec<(String, String)> = upload
+        .validate()?
+        .into_iter()
+        .map(|(r, a)| (r, a.uname().to_owned()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    s.repo.put_matrix(&name, &pairs, &now).await?;
+    if let Some(held) = s.repo.put_matrix(&name, &pairs, &now, s.settings.max_matrices).await? {
+        return Err(Error::TooMany {
+            what: "matrices",
+            held,
+            flag: "--max-matrices",
+            hint: "replace one by uploading under its name, or raise the limit",
+        }
+        .into());
+    }
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "matrix": name, "kernels": pairs.len() }))).into_response())
 }
 

@@ -614,3 +614,35 @@ async fn the_memo_sees_another_process_write_within_one_clock_tick() {
     let (s, _, _) = call(&r, req("GET", &path, None, vec![])).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "the memo served an answer from before another process's write");
 }
+
+/// `PUT /v1/matrices/<name>` counts a pair listed twice once, and beyond
+/// `max_matrices` a new name is refused (409, named limit, nothing stored)
+/// while replacing a stored one still works.
+#[tokio::test]
+async fn matrices_count_unique_pairs_and_are_capped() {
+    let r = registry(Settings { max_matrices: 2, ..Settings::default() }).await;
+    let body = |releases: &[&str]| {
+        let kernels: Vec<_> = releases.iter().map(|r| serde_json::json!({"release": r, "arch": "x86_64"})).collect();
+        serde_json::to_vec(&serde_json::json!({ "kernels": kernels })).unwrap()
+    };
+    let put = |name: &str, b: Vec<u8>| req("PUT", &format!("/v1/matrices/{name}"), Some(&r.push), b);
+    let (s, _, b) = call(&r, put("a", body(&["6.1.0-1-amd64", "6.1.0-1-amd64", "6.1.0-2-amd64"]))).await;
+    assert_eq!((s, json(&b)["kernels"].as_u64()), (StatusCode::CREATED, Some(2)), "duplicates count once");
+    assert_eq!(call(&r, put("b", body(&["6.1.0-3-amd64"]))).await.0, StatusCode::CREATED);
+    let (s, _, b) = call(&r, put("c", body(&["6.1.0-4-amd64"]))).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let v = json(&b);
+    assert_eq!(v["error"], "TOO_MANY");
+    assert!(
+        v["message"].as_str().unwrap().contains("holds 2 matrices")
+            && v["message"].as_str().unwrap().contains("--max-matrices"),
+        "{v}"
+    );
+    let (s, _, _) = call(&r, req("GET", "/v1/matrices/c", None, vec![])).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "nothing stored");
+    // Replacing a stored matrix is not a new one.
+    let (s, _, b) = call(&r, put("b", body(&["6.1.0-5-amd64", "6.1.0-6-amd64"]))).await;
+    assert_eq!((s, json(&b)["kernels"].as_u64()), (StatusCode::CREATED, Some(2)));
+    let (_, _, b) = call(&r, req("GET", "/v1/matrices/b", None, vec![])).await;
+    assert_eq!(json(&b)["kernels"].as_array().unwrap().len(), 2);
+}
