@@ -262,10 +262,14 @@ pub fn render_view(objects: &[CoverageObject], failures: &[CoverageFailure], vie
     let mut shown = releases.clone();
     if end < releases.len() || view.from > 0 {
         server_side = true;
-        if let Some(q) = view.q.filter(|q| !q.is_empty()) {
+        let q = view.q.filter(|q| !q.is_empty());
+        if let Some(q) = q {
             shown.retain(|r| coverage::matches(r, q));
         }
-        (body, end) = render_rows(&shown, view.from);
+        // The first page of everything is what was just rendered.
+        if q.is_some() || view.from > 0 {
+            (body, end) = render_rows(&shown, view.from);
+        }
     }
     let from = view.from.min(shown.len());
 
