@@ -139,6 +139,7 @@ def main():
     # which would make the seed, not what is measured, take the time.
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     work = args.work or tempfile.mkdtemp(prefix="bpfarm-fleet-", dir=shm)
+    os.makedirs(work, exist_ok=True)
     data = os.path.join(work, "data")
     n = args.kernels * args.versions
     reg = None
