@@ -5,43 +5,37 @@
 //!
 //! Never stale: an answer is served only while the index is as it was
 //! when the answer was read — the same write generation (`bump`, on every
-//! commit of this process's `WriteTx`) and the same WAL-index header.
-//! That header (the first 48 bytes of `index.sqlite-shm`, kept twice so a
-//! reader can tell a torn read; sqlite's documented WAL-index format)
-//! changes with every commit of any connection of any process: its
-//! change counter and last valid frame move on every commit, its salts on
-//! every restart of the WAL. Unlike a file's size and modification time,
-//! it cannot look the same after another process's write within one clock
-//! tick. A header that cannot be read, or whose two copies differ (a
-//! write in progress), makes the stamp unusable: nothing is served or kept
-//! under it. The stamp is taken before the query, so a write racing a read
-//! only makes the answer unusable. Bounded: at most `MAX_ENTRIES` answers;
-//! when full, or when the index changed, all are dropped.
+//! commit of this process's `WriteTx`) and the same WAL and database files
+//! (size and modification time, which any other process's write changes).
+//! The stamp is taken before the query, so a write racing a read only
+//! makes the answer unusable. Bounded: at most `MAX_ENTRIES` answers; when
+//! full, or when the index changed, all are dropped.
+//!
+//! Known gap: another process's commit within one mtime tick that leaves
+//! the WAL's size unchanged (a WAL restarted from its start) is missed.
+//! sqlite's WAL-index header (`index.sqlite-shm`) would be exact, but it
+//! must never be read through a descriptor this process opens and closes:
+//! closing any descriptor of a file drops every POSIX lock the process
+//! holds on it, sqlite's connections' included (tried: beside a `gc`
+//! process the serving registry then lost its index). `PRAGMA
+//! data_version` is exact too, but is a query per stamp, which is what
+//! this memo saves.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 /// Answers held at most (of each kind).
 pub const MAX_ENTRIES: usize = 4096;
-
-/// Bytes of one copy of the WAL-index header.
-const WAL_INDEX_HEADER: usize = 48;
 
 /// How the index looked when an answer was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
     generation: u64,
-    /// The WAL-index header; `None`: unknown, so the stamp is unusable.
-    wal_index: Option<[u8; WAL_INDEX_HEADER]>,
-}
-
-impl Stamp {
-    fn usable(&self) -> bool {
-        self.wal_index.is_some()
-    }
+    wal: Option<(SystemTime, u64)>,
+    db: Option<(SystemTime, u64)>,
 }
 
 type FileKey = (String, String, String);
@@ -58,29 +52,25 @@ struct Answers<F> {
 /// rows: generic so that this module needs nothing from `repo`).
 #[derive(Debug)]
 pub struct Memo<F> {
-    shm: PathBuf,
+    db: PathBuf,
+    wal: PathBuf,
     generation: AtomicU64,
     answers: Mutex<Answers<F>>,
 }
 
-/// The WAL-index header of `shm`, if both copies read the same.
-fn wal_index(shm: &Path) -> Option<[u8; WAL_INDEX_HEADER]> {
-    let mut both = [0u8; 2 * WAL_INDEX_HEADER];
-    std::fs::File::open(shm).ok()?.read_exact(&mut both).ok()?;
-    let (a, b) = both.split_at(WAL_INDEX_HEADER);
-    if a != b {
-        return None;
-    }
-    a.try_into().ok()
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 impl<F: Clone> Memo<F> {
-    /// For the index file `db` (its WAL-index beside it).
+    /// For the index file `db` (its WAL beside it).
     pub fn new(db: &Path) -> Self {
-        let mut shm = db.as_os_str().to_owned();
-        shm.push("-shm");
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
         Self {
-            shm: PathBuf::from(shm),
+            db: db.to_owned(),
+            wal: PathBuf::from(wal),
             generation: AtomicU64::new(0),
             answers: Mutex::new(Answers { stamp: None, files: HashMap::new(), links: HashMap::new() }),
         }
@@ -98,9 +88,13 @@ impl<F: Clone> Memo<F> {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// How the index looks now (one small read of the WAL-index file).
+    /// How the index looks now (two stats of cached dentries).
     pub fn stamp(&self) -> Stamp {
-        Stamp { generation: self.generation.load(Ordering::SeqCst), wal_index: wal_index(&self.shm) }
+        Stamp {
+            generation: self.generation.load(Ordering::SeqCst),
+            wal: file_stamp(&self.wal),
+            db: file_stamp(&self.db),
+        }
     }
 
     /// The answers valid at `stamp`, dropping them all if the index changed.
@@ -115,16 +109,10 @@ impl<F: Clone> Memo<F> {
     }
 
     pub fn file(&self, stamp: Stamp, key: &FileKey) -> Option<F> {
-        if !stamp.usable() {
-            return None;
-        }
         self.at(stamp).files.get(key).cloned()
     }
 
     pub fn put_file(&self, stamp: Stamp, key: FileKey, rows: F) {
-        if !stamp.usable() {
-            return;
-        }
         let mut a = self.at(stamp);
         if a.files.len() >= MAX_ENTRIES {
             a.files.clear();
@@ -133,16 +121,10 @@ impl<F: Clone> Memo<F> {
     }
 
     pub fn link(&self, stamp: Stamp, key: &LinkKey) -> Option<bool> {
-        if !stamp.usable() {
-            return None;
-        }
         self.at(stamp).links.get(key).copied()
     }
 
     pub fn put_link(&self, stamp: Stamp, key: LinkKey, linked: bool) {
-        if !stamp.usable() {
-            return;
-        }
         let mut a = self.at(stamp);
         if a.links.len() >= MAX_ENTRIES {
             a.links.clear();
@@ -155,16 +137,11 @@ impl<F: Clone> Memo<F> {
 mod tests {
     use super::*;
 
-    /// A WAL-index file whose header reads `fill` (both copies).
-    fn header(dir: &Path, fill: u8) {
-        std::fs::write(dir.join("index.sqlite-shm"), [fill; 2 * WAL_INDEX_HEADER + 40]).unwrap();
-    }
-
     #[test]
     fn an_answer_lives_only_while_the_index_is_unchanged() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("index.sqlite");
-        header(dir.path(), 1);
+        std::fs::write(&db, b"x").unwrap();
         let memo = Memo::<()>::new(&db);
         let key = ("r".to_owned(), "d".to_owned());
         let s = memo.stamp();
@@ -173,34 +150,21 @@ mod tests {
         // This process commits.
         memo.bump();
         assert_eq!(memo.link(memo.stamp(), &key), None);
-        // Another process commits (the header moves on).
+        // Another process writes the WAL (it grows).
         let s = memo.stamp();
         memo.put_link(s, key.clone(), false);
-        header(dir.path(), 2);
+        std::fs::write(dir.path().join("index.sqlite-wal"), b"frame").unwrap();
         assert_eq!(memo.link(memo.stamp(), &key), None);
         // An answer read before a change is never served after it.
         let before = memo.stamp();
-        header(dir.path(), 3);
+        std::fs::write(dir.path().join("index.sqlite-wal"), b"frame2").unwrap();
         memo.put_link(before, key.clone(), true);
         assert_eq!(memo.link(memo.stamp(), &key), None);
-        // A torn header (the copies differ) or none at all: nothing is
-        // served or kept.
-        let mut torn = vec![4u8; 2 * WAL_INDEX_HEADER];
-        torn[WAL_INDEX_HEADER + 1] = 5;
-        std::fs::write(dir.path().join("index.sqlite-shm"), torn).unwrap();
-        let s = memo.stamp();
-        memo.put_link(s, key.clone(), true);
-        assert_eq!(memo.link(s, &key), None);
-        std::fs::remove_file(dir.path().join("index.sqlite-shm")).unwrap();
-        let s = memo.stamp();
-        memo.put_link(s, key.clone(), true);
-        assert_eq!(memo.link(s, &key), None);
     }
 
     #[test]
     fn holds_at_most_max_entries() {
         let dir = tempfile::tempdir().unwrap();
-        header(dir.path(), 1);
         let memo = Memo::<()>::new(&dir.path().join("index.sqlite"));
         let s = memo.stamp();
         for i in 0..=MAX_ENTRIES {

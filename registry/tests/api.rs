@@ -576,45 +576,6 @@ async fn the_coverage_page_is_bounded_and_still_shows_every_missing_kernel() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
-/// Another process's write within one clock tick — the files keep their
-/// modification times — is still seen: the static layout's memo must not
-/// serve an object the other process made no longer current. (The WAL may
-/// still grow here; that the signal needs neither size nor time is the
-/// memo's own unit test.)
-#[tokio::test]
-async fn the_memo_sees_another_process_write_within_one_clock_tick() {
-    let r = registry(Settings::default()).await;
-    let bytes = b"an object another process retires".to_vec();
-    let m = meta("6.1.0-77-amd64", &bytes);
-    assert_eq!(publish(&r, &m, &bytes, "").await.0, StatusCode::CREATED);
-    let db = r.data.join("index.sqlite");
-    let sqlite3 = |sql: &str| {
-        let out = std::process::Command::new("sqlite3")
-            .arg(&db)
-            .arg(sql)
-            .output()
-            .expect("sqlite3 is not installed (ci/install-deps installs it)");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let path = format!("/v0.1.0/x86_64/{}", m.file_name);
-    let (s, _, _) = call(&r, req("GET", &path, None, vec![])).await;
-    assert_eq!(s, StatusCode::OK, "served, and its answer kept");
-    let wal = r.data.join("index.sqlite-wal");
-    let before = |p: &std::path::Path| std::fs::metadata(p).map(|m| (m.len(), m.modified().unwrap())).unwrap();
-    let (wal_then, db_then) = (before(&wal), before(&db));
-
-    sqlite3(&format!("UPDATE objects SET current = 0 WHERE digest = '{}';", m.digest));
-    // Within the same clock tick: the files look as they did.
-    for (p, (_, mtime)) in [(&wal, wal_then), (&db, db_then)] {
-        let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
-        f.set_times(std::fs::FileTimes::new().set_modified(mtime)).unwrap();
-        assert_eq!(before(p).1, mtime);
-    }
-    let (s, _, _) = call(&r, req("GET", &path, None, vec![])).await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "the memo served an answer from before another process's write");
-}
-
 /// `PUT /v1/matrices/<name>` counts a pair listed twice once, and beyond
 /// `max_matrices` a new name is refused (409, named limit, nothing stored)
 /// while replacing a stored one still works.
