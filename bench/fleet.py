@@ -6,19 +6,21 @@
      registry's own publish code in batched transactions
      (registry/examples/fleet_seed.rs), with their OCI forms;
   2. start: time from `bpfarm-registry serve` to listening (it checks every
-     object's OCI form at start), RSS after start;
+     object's OCI form at start), RSS after start; with --compare-check,
+     first the check alone both ways (set-based, one object at a time);
   3. lookup: `GET /v1/objects/<arch>/<version>/<release>` for random
      identities under wrk -c64: req/s and p99;
   4. list: every page of `GET /v1/objects?limit=1000` walked with `after`,
      and a search (`q=`) walked the same way: pages, p50/p99/max per page;
-  5. the coverage page `GET /`: render time and size;
+  5. the coverage page `GET /` (and a later page of a search) and
+     `GET /v1/coverage` (and a page of a search): time and size;
   6. a burst of --agents simulated agents (at most --concurrency at once,
      each its own connection): look up its kernel's object, download the
      blob, check its digest. Completion time, p99 per agent, errors.
 Ends with the registry's peak RSS (VmHWM). Baselines in the same run: the
 lookup's req/s against `/healthz` (the server's floor for one request).
 
-    bench/fleet.py [--kernels 10000] [--versions 10] [--agents 10000] [--concurrency 256]
+    bench/fleet.py [--kernels 10000] [--versions 10] [--agents 10000] [--concurrency 256] [--compare-check]
 """
 import argparse
 import asyncio
@@ -126,6 +128,7 @@ def main():
     ap.add_argument("--agents", type=int, default=10_000)
     ap.add_argument("--concurrency", type=int, default=256)
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--compare-check", action="store_true", help="before serving, time the start-up faces check set-based and one object at a time (the old way) on the same data")
     ap.add_argument("--registry-bin", default=os.path.join(ROOT, "target/release/bpfarm-registry"))
     ap.add_argument("--seed-bin", default=os.path.join(ROOT, "target/release/examples/fleet_seed"))
     ap.add_argument("--work", help="keep the seeded registry here (reused when it exists; default: a fresh folder in /dev/shm, removed)")
@@ -136,6 +139,7 @@ def main():
     # which would make the seed, not what is measured, take the time.
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     work = args.work or tempfile.mkdtemp(prefix="bpfarm-fleet-", dir=shm)
+    os.makedirs(work, exist_ok=True)
     data = os.path.join(work, "data")
     n = args.kernels * args.versions
     reg = None
@@ -150,6 +154,10 @@ def main():
             print(f"seed:    {n} objects in {time.monotonic() - t:.1f} s", flush=True)
         releases = open(releases_file).read().split()
         versions = [f"v1.{v}.0" for v in range(args.versions)]
+
+        if args.compare_check:
+            out = subprocess.run([args.seed_bin, "--data", data, "--time-check"], capture_output=True, text=True, check=True, env={**os.environ, "BPFARM_LOG": "error"}).stdout
+            print(f"check:   {out.strip()}", flush=True)
 
         t = time.monotonic()
         reg = subprocess.Popen([args.registry_bin, "serve", "--listen", "127.0.0.1:0", "--data", data], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "BPFARM_LOG": "error"})
@@ -172,9 +180,10 @@ def main():
         times, count = walk(base, "q=-fleet-")
         print(f"search:  {count} objects in {len(times)} pages, {sum(times):.2f} s; per page p50 {statistics.median(times) * 1000:.1f} ms  p99 {pct(times, 0.99) * 1000:.1f} ms", flush=True)
 
-        took, page = get(f"{base}/")
-        took2, _ = get(f"{base}/")
-        print(f"page:    GET / {min(took, took2) * 1000:.0f} ms (of two), {len(page) / 1e6:.1f} MB of HTML", flush=True)
+        for what, path in [("page", "/"), ("page q", "/?q=-fleet-&from=1000"), ("json", "/v1/coverage"), ("json q", "/v1/coverage?q=-fleet-&offset=5000&limit=1000")]:
+            took, body = get(f"{base}{path}")
+            took2, _ = get(f"{base}{path}")
+            print(f"{what + ':':8} GET {path} {min(took, took2) * 1000:.0f} ms (of two), {len(body) / 1e6:.2f} MB", flush=True)
 
         identities = [("x86_64", rnd.choice(versions), rnd.choice(releases)) for _ in range(args.agents)]
         wall, times, errors = asyncio.run(burst(host, int(port), identities, args.concurrency))

@@ -6,6 +6,11 @@
 //! versions of a kernel share it: only the index is under test).
 //!
 //!     cargo run --release -p bpfarm-registry --example fleet_seed -- --data DIR --kernels 10000 --versions 10
+//!
+//! With `--time-check` it seeds nothing: it times the start-up check of
+//! the two faces on DIR both ways, set-based (`faces::disagreements`, what
+//! `serve` runs) and one object at a time (`disagreements_one_by_one`,
+//! what it ran before), and prints both.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -30,6 +35,28 @@ struct Args {
     /// Bytes of each kernel's blob.
     #[arg(long, default_value_t = 2048)]
     blob_bytes: usize,
+    /// Seed nothing; time the faces check of DIR both ways.
+    #[arg(long)]
+    time_check: bool,
+}
+
+/// Times the set-based and the one-by-one faces check on the same data.
+async fn time_check(state: &bpfarm_registry::AppState) -> anyhow::Result<()> {
+    let oci_repo = state.settings.canonical_repo();
+    let t = Instant::now();
+    let fast = bpfarm_registry::faces::disagreements(&state.repo, &state.blobs, &oci_repo).await?;
+    let fast_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let slow = bpfarm_registry::faces::disagreements_one_by_one(&state.repo, &state.blobs, &oci_repo).await?;
+    let slow_s = t.elapsed().as_secs_f64();
+    println!(
+        "faces check: set-based {fast_s:.2} s ({} disagree), one by one {slow_s:.2} s ({} disagree): {:.1}x",
+        fast.len(),
+        slow.len(),
+        slow_s / fast_s
+    );
+    anyhow::ensure!(fast.len() == slow.len(), "the two checks disagree");
+    Ok(())
 }
 
 /// The release of synthetic kernel `k`.
@@ -57,6 +84,9 @@ fn metadata(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let state = bpfarm_registry::open_tool(&args.data, bpfarm_registry::Settings::default()).await?;
+    if args.time_check {
+        return time_check(&state).await;
+    }
     let oci_repo = state.settings.canonical_repo();
     let started = Instant::now();
     let versions: Vec<String> = (0..args.versions).map(|v| format!("v1.{v}.0")).collect();

@@ -288,6 +288,15 @@ impl BlobStore {
         Ok(bytes)
     }
 
+    /// A small blob's bytes, for a blocking reader (the faces check).
+    pub fn read_now(&self, d: &Digest) -> Result<Vec<u8>, BlobError> {
+        use std::io::Read;
+        let mut file = self.open_now(d)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+
     /// Every file under `sha256/`, with the digest its name claims (`None`
     /// for a name that is not a digest in its right folder).
     pub fn stored(&self) -> std::io::Result<Vec<(PathBuf, Option<Digest>)>> {

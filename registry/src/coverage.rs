@@ -9,7 +9,7 @@
 //! x86_64) is never expected, so never missing. The page and
 //! `GET /v1/coverage` both count here.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bpfarm_object::Arch;
 use bpfarm_object::identity::validate_release;
@@ -83,7 +83,7 @@ impl MatrixUpload {
 }
 
 /// One cell's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Present,
@@ -115,7 +115,75 @@ pub struct Report {
     pub counts: Counts,
     /// Counts per arch (`x86_64`, `aarch64`).
     pub by_arch: BTreeMap<Arch, Counts>,
+    /// Counts per version, per arch.
+    pub by_version: BTreeMap<String, BTreeMap<Arch, Counts>>,
+    /// Counts per kernel series (`6.1`, `5.15`: a release's first two
+    /// numbers; `other`), per arch.
+    pub by_series: BTreeMap<String, BTreeMap<Arch, Counts>>,
+    /// The expected pairs `select` kept (before its page was cut).
+    pub total_kernels: usize,
+    /// The `offset` of the next page of `kernels`; absent on the last.
+    pub next: Option<usize>,
     pub kernels: Vec<KernelRow>,
+}
+
+/// Kernel rows per `GET /v1/coverage` page unless `limit` says otherwise.
+pub const DEFAULT_KERNELS: usize = 1000;
+/// Most kernel rows one page may ask for.
+pub const MAX_KERNELS: usize = 10_000;
+/// Longest `q` accepted (a substring of a 64-byte release).
+pub const MAX_QUERY: usize = 64;
+
+/// Which kernel rows to answer: a substring of the release (ASCII case
+/// ignored), rows with a cell in one state, a page of them.
+#[derive(Debug, Clone, Default)]
+pub struct Select<'a> {
+    pub q: Option<&'a str>,
+    pub state: Option<State>,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// Whether `release` contains `q`, ASCII case ignored.
+pub fn matches(release: &str, q: &str) -> bool {
+    q.is_empty() || release.to_ascii_lowercase().contains(&q.to_ascii_lowercase())
+}
+
+/// A `q` as given: at most `MAX_QUERY` bytes.
+pub fn validate_query(q: &str) -> Result<(), Error> {
+    if q.len() > MAX_QUERY {
+        return Err(Error::BadRequest(format!("q is {} bytes long; at most {MAX_QUERY}", q.len())));
+    }
+    Ok(())
+}
+
+impl Report {
+    /// Keeps the kernel rows `s` selects (counts stay those of everything).
+    pub fn select(mut self, s: &Select<'_>) -> Report {
+        let kernels = std::mem::take(&mut self.kernels);
+        let kept: Vec<KernelRow> = kernels
+            .into_iter()
+            .filter(|k| s.q.is_none_or(|q| matches(&k.release, q)))
+            .filter(|k| s.state.is_none_or(|st| k.versions.values().any(|v| *v == st)))
+            .collect();
+        self.total_kernels = kept.len();
+        let end = s.offset.saturating_add(s.limit).min(kept.len());
+        self.next = (end < kept.len()).then_some(end);
+        self.kernels = kept.into_iter().skip(s.offset).take(s.limit).collect();
+        self
+    }
+}
+
+/// A release's series: its first two dot-separated numbers (`6.1` of
+/// `6.1.0-56-amd64`), or `other`.
+pub fn series(release: &str) -> String {
+    let mut parts = release.splitn(3, '.');
+    let (Some(major), Some(minor)) = (parts.next(), parts.next()) else { return "other".into() };
+    let minor: String = minor.chars().take_while(char::is_ascii_digit).collect();
+    if major.is_empty() || !major.bytes().all(|b| b.is_ascii_digit()) || minor.is_empty() {
+        return "other".into();
+    }
+    format!("{major}.{minor}")
 }
 
 /// The pairs expected: the matrix's, or every seen release on each arch it
@@ -163,7 +231,7 @@ pub fn report(
             .into_iter()
             .collect(),
     };
-    let mut cells: BTreeMap<(&str, &str, &str), State> = BTreeMap::new();
+    let mut cells: HashMap<(&str, &str, &str), State> = HashMap::with_capacity(objects.len() + failures.len());
     for f in failures {
         cells.insert((f.kernel_release.as_str(), f.arch.as_str(), f.version.as_str()), State::Failed);
     }
@@ -172,24 +240,49 @@ pub fn report(
     }
     let mut counts = Counts::default();
     let mut by_arch: BTreeMap<Arch, Counts> = BTreeMap::new();
+    let mut by_version: BTreeMap<String, BTreeMap<Arch, Counts>> = BTreeMap::new();
+    let mut by_series: BTreeMap<String, BTreeMap<Arch, Counts>> = BTreeMap::new();
     let mut kernels = Vec::new();
     for (release, arch) in expected(objects, failures, matrix) {
         let mut row = BTreeMap::new();
+        let series = by_series.entry(series(&release)).or_default();
         for v in &versions {
             let state = cells.get(&(release.as_str(), arch.uname(), v.as_str())).copied().unwrap_or(State::Missing);
-            let per = by_arch.entry(arch).or_default();
-            for c in [&mut counts, per] {
-                match state {
-                    State::Present => c.present += 1,
-                    State::Failed => c.failed += 1,
-                    State::Missing => c.missing += 1,
-                }
+            let per_version = by_version.entry(v.clone()).or_default().entry(arch).or_default();
+            let per_series = series.entry(arch).or_default();
+            let per_arch = by_arch.entry(arch).or_default();
+            for c in [&mut counts, per_arch, per_version, per_series] {
+                c.add(state);
             }
             row.insert(v.clone(), state);
         }
         kernels.push(KernelRow { release, arch, versions: row });
     }
-    Report { matrix: matrix.map(|m| m.name.clone()), versions, counts, by_arch, kernels }
+    Report {
+        matrix: matrix.map(|m| m.name.clone()),
+        versions,
+        counts,
+        by_arch,
+        by_version,
+        by_series,
+        total_kernels: kernels.len(),
+        next: None,
+        kernels,
+    }
+}
+
+impl Counts {
+    pub fn add(&mut self, state: State) {
+        match state {
+            State::Present => self.present += 1,
+            State::Failed => self.failed += 1,
+            State::Missing => self.missing += 1,
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.present + self.failed + self.missing
+    }
 }
 
 #[cfg(test)]

@@ -138,6 +138,9 @@ pub enum Error {
     NotFound(String),
     #[error("{0} names more than one kernel release; use /v1/objects")]
     Ambiguous(String),
+    /// The registry holds as many of a thing as it is allowed to.
+    #[error("the registry holds {held} {what}, its limit ({flag}); {hint}")]
+    TooMany { what: &'static str, held: u64, flag: &'static str, hint: &'static str },
 
     // Access.
     #[error("a {} token is required (Authorization: Bearer <token>, or Basic with the token as password)", .0.as_str())]

@@ -112,6 +112,7 @@ impl IntoResponse for V1 {
             Error::SignatureBlobMissing { .. } => (S::BAD_REQUEST, "SIGNATURE_BLOB_UNKNOWN"),
             Error::HeldByV1 { .. } => (S::CONFLICT, "DENIED"),
             Error::Ambiguous(_) => (S::CONFLICT, "AMBIGUOUS"),
+            Error::TooMany { .. } => (S::CONFLICT, "TOO_MANY"),
             Error::BlobMissing(_) | Error::NotInRepo { .. } => (S::NOT_FOUND, "BLOB_UNKNOWN"),
             Error::ManifestUnknown { .. }
             | Error::UploadUnknown { .. }
@@ -169,6 +170,7 @@ impl IntoResponse for V2 {
             Error::SignatureBlobMissing { .. } => (S::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
             Error::HeldByV1 { .. } => (S::CONFLICT, "DENIED"),
             Error::Ambiguous(_) => (S::CONFLICT, "UNSUPPORTED"),
+            Error::TooMany { .. } => (S::CONFLICT, "DENIED"),
             Error::BlobMissing(_) | Error::NotInRepo { .. } => (S::NOT_FOUND, "BLOB_UNKNOWN"),
             Error::ManifestUnknown { .. } => (S::NOT_FOUND, "MANIFEST_UNKNOWN"),
             Error::UploadUnknown { .. } => (S::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),

@@ -9,6 +9,7 @@
 //! holds for an arch, and if not, how (`Unreached`): start-up repair, fsck,
 //! and `/v2` writes to such a tag all use it.
 
+use std::collections::HashSet;
 use std::future::Future;
 
 use bpfarm_object::{Arch, Digest, Identity, ObjectMetadata, oci};
@@ -16,7 +17,7 @@ use serde_json::Value;
 
 use crate::blobs::{BlobError, BlobStore};
 use crate::error::Result;
-use crate::repo::{NewManifest, ObjectCheckRow, OciManifest, Repo, WriteTx};
+use crate::repo::{FaceRow, NewManifest, ObjectCheckRow, OciManifest, Repo, WriteTx};
 
 pub use crate::state::canonical_repo;
 
@@ -181,6 +182,30 @@ pub enum Unreached {
     UnknownArch(String),
 }
 
+/// The child of index bytes `index` for `arch`: the first whose platform
+/// names it, by digest (`Err`: how the index fails to name one).
+fn child_for(index: &[u8], arch: &'static str) -> Result<Digest, Unreached> {
+    let Ok(v) = serde_json::from_slice::<Value>(index) else { return Err(Unreached::NotJson) };
+    let Some(child) =
+        v["manifests"].as_array().and_then(|c| c.iter().find(|c| c["platform"]["architecture"].as_str() == Some(arch)))
+    else {
+        return Err(Unreached::NoArch(arch));
+    };
+    child["digest"].as_str().and_then(|d| d.parse::<Digest>().ok()).ok_or(Unreached::BadEntry(arch))
+}
+
+/// Whether manifest bytes `manifest` have exactly `held` as their layer
+/// (`Err`: the layer they name instead, and its size, for the message).
+fn layer_is(manifest: &[u8], held: &Held<'_>) -> Result<(), (String, String)> {
+    let mv: Value = serde_json::from_slice(manifest).unwrap_or(Value::Null);
+    let layer = &mv["layers"][0];
+    if layer["digest"].as_str() == Some(held.digest) && layer["size"].as_u64() == Some(held.size) {
+        Ok(())
+    } else {
+        Err((layer["digest"].as_str().unwrap_or("none").to_owned(), layer["size"].to_string()))
+    }
+}
+
 /// Whether the index bytes `index` reach `held` in `repo`: a child for its
 /// arch, by digest, whose manifest's layer is exactly that blob. `Some`
 /// says how they do not.
@@ -191,15 +216,10 @@ pub async fn index_reaches<M: ManifestLookup>(
     index: &[u8],
     held: &Held<'_>,
 ) -> Result<Option<Unreached>> {
-    let Ok(v) = serde_json::from_slice::<Value>(index) else { return Ok(Some(Unreached::NotJson)) };
     let arch = oci::oci_arch(held.arch);
-    let Some(child) =
-        v["manifests"].as_array().and_then(|c| c.iter().find(|c| c["platform"]["architecture"].as_str() == Some(arch)))
-    else {
-        return Ok(Some(Unreached::NoArch(arch)));
-    };
-    let Some(cd) = child["digest"].as_str().and_then(|d| d.parse::<Digest>().ok()) else {
-        return Ok(Some(Unreached::BadEntry(arch)));
+    let cd = match child_for(index, arch) {
+        Ok(cd) => cd,
+        Err(why) => return Ok(Some(why)),
     };
     if m.manifest(repo, cd.as_str()).await?.is_none() {
         return Ok(Some(Unreached::EntryMissing { arch, digest: cd, repo: repo.to_owned() }));
@@ -209,19 +229,16 @@ pub async fn index_reaches<M: ManifestLookup>(
         Err(BlobError::Missing(_)) => return Ok(Some(Unreached::ManifestBytesMissing(cd))),
         Err(e) => return Err(e.into()),
     };
-    let mv: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let layer = &mv["layers"][0];
-    if layer["digest"].as_str() == Some(held.digest) && layer["size"].as_u64() == Some(held.size) {
-        Ok(None)
-    } else {
-        Ok(Some(Unreached::WrongLayer {
+    match layer_is(&bytes, held) {
+        Ok(()) => Ok(None),
+        Err((layer, layer_size)) => Ok(Some(Unreached::WrongLayer {
             arch,
             manifest: cd,
-            layer: layer["digest"].as_str().unwrap_or("none").to_owned(),
-            layer_size: layer["size"].to_string(),
+            layer,
+            layer_size,
             held: held.digest.to_owned(),
             held_size: held.size,
-        }))
+        })),
     }
 }
 
@@ -260,7 +277,51 @@ pub struct Disagreement {
 }
 
 /// Every current object whose OCI form does not reach it.
+///
+/// Set-based, for start-up at fleet scale: one query joins every current
+/// object with its tag and whether the tag's index has a manifest row,
+/// one more reads which manifests the repository has; then, off the async
+/// runtime, each distinct index's bytes and each child manifest's bytes
+/// are read once and checked as `check_object` checks them. What passes
+/// there is proven exactly as `check_object` would prove it (the same
+/// bytes, the same rules); every other object — a suspect — goes through
+/// `check_object` itself, which says how it fails (or finds it fine after
+/// all, e.g. written since the first query).
 pub async fn disagreements(repo: &Repo, blobs: &BlobStore, oci_repo: &str) -> Result<Vec<Disagreement>> {
+    let rows = repo.face_rows(oci_repo).await?;
+    let manifests: HashSet<[u8; 32]> = repo
+        .manifest_digests(oci_repo)
+        .await?
+        .iter()
+        .filter_map(|d| d.parse::<Digest>().ok())
+        .map(|d| d.to_bytes())
+        .collect();
+    let store = blobs.clone();
+    let suspects = tokio::task::spawn_blocking(move || suspects(&store, &manifests, rows)).await?;
+    let mut out = Vec::new();
+    let mut lookup = repo.clone();
+    for id in suspects {
+        let Some(row) = repo.object_check_row(id).await? else { continue };
+        if row.current != 1 {
+            continue;
+        }
+        let Some(arch) = Arch::from_any(&row.arch) else {
+            out.push(Disagreement { why: Unreached::UnknownArch(row.arch.clone()), row });
+            continue;
+        };
+        let held = Held { arch, digest: &row.digest, size: row.size.max(0) as u64 };
+        if let Some(why) = check_object(&mut lookup, blobs, oci_repo, row.oci_tag.as_deref(), &held).await? {
+            out.push(Disagreement { why, row });
+        }
+    }
+    Ok(out)
+}
+
+/// The same as `disagreements`, one object at a time through
+/// `check_object` (four queries and two blob reads each): what start-up
+/// did before it was set-based, kept to compare against (`fleet_seed
+/// --time-check`) and as the reference the fast path must agree with.
+pub async fn disagreements_one_by_one(repo: &Repo, blobs: &BlobStore, oci_repo: &str) -> Result<Vec<Disagreement>> {
     let mut out = Vec::new();
     let mut lookup = repo.clone();
     for row in repo.current_objects().await? {
@@ -274,6 +335,39 @@ pub async fn disagreements(repo: &Repo, blobs: &BlobStore, oci_repo: &str) -> Re
         }
     }
     Ok(out)
+}
+
+/// The ids of the rows the fast check cannot prove reach their object
+/// (blocking: reads blob files). Each index and manifest is read once.
+fn suspects(blobs: &BlobStore, manifests: &HashSet<[u8; 32]>, mut rows: Vec<FaceRow>) -> Vec<i64> {
+    // Rows of one index together, so its bytes are read once.
+    rows.sort_by(|a, b| a.index_digest.cmp(&b.index_digest));
+    let mut out = Vec::new();
+    let mut index: Option<(String, Option<Vec<u8>>)> = None;
+    for row in &rows {
+        let ok = (|| {
+            let arch = Arch::from_any(&row.arch)?;
+            let digest = row.index_digest.as_deref().filter(|_| row.index_row == 1)?;
+            if index.as_ref().is_none_or(|(d, _)| d != digest) {
+                let bytes = digest.parse::<Digest>().ok().and_then(|d| blobs.read_now(&d).ok());
+                index = Some((digest.to_owned(), bytes));
+            }
+            let bytes = index.as_ref().and_then(|(_, b)| b.as_deref())?;
+            let child = child_for(bytes, oci::oci_arch(arch)).ok()?;
+            if !manifests.contains(&child.to_bytes()) {
+                return None;
+            }
+            let manifest = blobs.read_now(&child).ok()?;
+            let held = Held { arch, digest: &row.digest, size: u64::try_from(row.size).ok()? };
+            layer_is(&manifest, &held).ok()
+        })()
+        .is_some();
+        if !ok {
+            out.push(row.id);
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 /// The identity recorded in a check row (for messages).

@@ -260,9 +260,14 @@ struct ServeArgs {
     /// sha256-<hex>.sig tag. Keys are checked at start.
     #[arg(long = "trusted-key", value_name = "FILE", env = "BPFARM_REGISTRY_TRUSTED_KEYS", value_delimiter = ',')]
     trusted_keys: Vec<PathBuf>,
+    /// Most published matrices (PUT /v1/matrices/<name>): a new name beyond
+    /// it is refused (409), replacing one is not [default: 256].
+    #[arg(long, env = "BPFARM_REGISTRY_MAX_MATRICES")]
+    max_matrices: Option<u64>,
     /// A TOML file with any of: listen, data, require_read_token, max_object_bytes,
     /// max_blob_bytes, oci_namespace, upload_ttl, max_connections, header_timeout,
-    /// idle_timeout, shutdown_timeout, tls_cert, tls_key, metrics_listen, trusted_keys.
+    /// idle_timeout, shutdown_timeout, tls_cert, tls_key, metrics_listen, trusted_keys,
+    /// max_matrices.
     #[arg(long, value_name = "FILE", env = "BPFARM_REGISTRY_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -299,6 +304,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     metrics_listen: Option<String>,
     trusted_keys: Option<Vec<PathBuf>>,
+    max_matrices: Option<u64>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -334,6 +340,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         oci_namespace: a.oci_namespace.or(file.oci_namespace).unwrap_or_else(|| defaults.oci_namespace.clone()),
         upload_ttl: a.upload_ttl.or(file.upload_ttl).map(Duration::from_secs).unwrap_or(defaults.upload_ttl),
         metrics_on_api: metrics_listen.is_none(),
+        max_matrices: a.max_matrices.or(file.max_matrices).unwrap_or(defaults.max_matrices),
         trusted_keys: {
             let paths = if a.trusted_keys.is_empty() { file.trusted_keys.unwrap_or_default() } else { a.trusted_keys };
             if paths.is_empty() {

@@ -10,6 +10,16 @@
 //! The stamp is taken before the query, so a write racing a read only
 //! makes the answer unusable. Bounded: at most `MAX_ENTRIES` answers; when
 //! full, or when the index changed, all are dropped.
+//!
+//! Known gap: another process's commit within one mtime tick that leaves
+//! the WAL's size unchanged (a WAL restarted from its start) is missed.
+//! sqlite's WAL-index header (`index.sqlite-shm`) would be exact, but it
+//! must never be read through a descriptor this process opens and closes:
+//! closing any descriptor of a file drops every POSIX lock the process
+//! holds on it, sqlite's connections' included (tried: beside a `gc`
+//! process the serving registry then lost its index). `PRAGMA
+//! data_version` is exact too, but is a query per stamp, which is what
+//! this memo saves.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -3,12 +3,12 @@
 //! builder's reason) or missing — with a search box over kernel releases.
 //! Rendered on the server from the index; the only script filters rows.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 
 use bpfarm_object::Arch;
 
-use crate::coverage::{self, Matrix};
+use crate::coverage::{self, Matrix, State};
 use crate::repo::{CoverageFailure, CoverageObject};
 
 /// `&`, `<`, `>`, `"`, `'` escaped for HTML text and attribute values.
@@ -60,13 +60,98 @@ enum Cell<'a> {
     Failed(&'a CoverageFailure),
 }
 
+/// The page is never larger than this, whatever the registry holds.
+pub const MAX_PAGE_BYTES: usize = 1 << 20;
+/// Rows of each summary table (the newest versions, the series in order).
+const MAX_SUMMARY_ROWS: usize = 50;
+/// Version columns of the detail table (the newest; `?version=` picks one).
+const MAX_DETAIL_VERSIONS: usize = 12;
+/// Kernel rows on one page of the detail table.
+const MAX_ROWS: usize = 1000;
+/// Missing (release, arch) pairs listed by name above the table.
+const MAX_MISSING_LISTED: usize = 100;
+/// Room kept for the navigation lines around the table.
+const NAV_RESERVE: usize = 4096;
+
+/// What one request of the page asks for: `?matrix=`, `?version=`, `?q=`
+/// (a substring of the release), `?state=` (rows with a cell in that
+/// state), `?from=` (the first row of the page).
+#[derive(Debug, Clone, Default)]
+pub struct View<'a> {
+    pub matrix: Option<&'a Matrix>,
+    pub version: Option<&'a str>,
+    pub q: Option<&'a str>,
+    pub state: Option<State>,
+    pub from: usize,
+}
+
+impl View<'_> {
+    /// `/` with this view's parameters, `from` replaced (and `state`/`q`
+    /// when given).
+    fn href(&self, from: usize, state: Option<Option<State>>, q: Option<Option<&str>>) -> String {
+        let state = state.unwrap_or(self.state);
+        let q = q.unwrap_or(self.q);
+        let mut parts = Vec::new();
+        if let Some(m) = self.matrix {
+            parts.push(format!("matrix={}", pct(&m.name)));
+        }
+        if let Some(v) = self.version {
+            parts.push(format!("version={}", pct(v)));
+        }
+        if let Some(q) = q.filter(|q| !q.is_empty()) {
+            parts.push(format!("q={}", pct(q)));
+        }
+        if let Some(s) = state {
+            parts.push(format!("state={}", state_name(s)));
+        }
+        if from > 0 {
+            parts.push(format!("from={from}"));
+        }
+        if parts.is_empty() { "/".to_owned() } else { format!("/?{}", parts.join("&")) }
+    }
+}
+
+fn state_name(s: State) -> &'static str {
+    match s {
+        State::Present => "present",
+        State::Failed => "failed",
+        State::Missing => "missing",
+    }
+}
+
+/// Percent-encodes everything but unreserved characters (for a query value).
+fn pct(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 pub fn render(objects: &[CoverageObject], failures: &[CoverageFailure]) -> String {
-    render_against(objects, failures, None)
+    render_view(objects, failures, &View::default())
 }
 
 /// The page, counting against a published matrix when one is given (its
 /// releases are rows even before anything was built for them).
 pub fn render_against(objects: &[CoverageObject], failures: &[CoverageFailure], matrix: Option<&Matrix>) -> String {
+    render_view(objects, failures, &View { matrix, ..View::default() })
+}
+
+/// The page for one request: counts of everything (totals, per version,
+/// per kernel series), the missing pairs by name (the first
+/// `MAX_MISSING_LISTED`, then a link to all of them), and the detail table
+/// a page at a time. At most `MAX_PAGE_BYTES` whatever the registry holds:
+/// when every row fits, they are all there and the search filters them in
+/// the browser; when not, the table is cut into pages (`from`) and `q`
+/// narrows it on the server.
+pub fn render_view(objects: &[CoverageObject], failures: &[CoverageFailure], view: &View<'_>) -> String {
+    let matrix = view.matrix;
+    let report = coverage::report(objects, failures, matrix, view.version);
     let expected = coverage::expected(objects, failures, matrix);
     let mut releases: Vec<&str> = objects
         .iter()
@@ -76,88 +161,278 @@ pub fn render_against(objects: &[CoverageObject], failures: &[CoverageFailure], 
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    releases.sort_by_key(|r| natural_key(r));
-    let mut versions: Vec<&str> = objects
-        .iter()
-        .map(|o| o.version.as_str())
-        .chain(failures.iter().map(|f| f.version.as_str()))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    versions.sort_by_key(|v| std::cmp::Reverse(natural_key(v)));
+    releases.sort_by_cached_key(|r| natural_key(r));
+    let all_releases = releases.len();
+    let mut versions: Vec<&str> = report.versions.iter().map(String::as_str).collect();
+    versions.sort_by_cached_key(|v| std::cmp::Reverse(natural_key(v)));
+    let hidden_versions = versions.len().saturating_sub(MAX_DETAIL_VERSIONS);
+    let columns: Vec<&str> = versions.iter().take(MAX_DETAIL_VERSIONS).copied().collect();
     let arches: Vec<&str> = Arch::ALL.iter().map(|a| a.uname()).collect();
-    let mut cells: BTreeMap<(&str, &str, &str), Cell<'_>> = BTreeMap::new();
+    let mut cells: HashMap<(&str, &str, &str), Cell<'_>> = HashMap::with_capacity(objects.len() + failures.len());
     for f in failures {
         cells.insert((f.kernel_release.as_str(), f.version.as_str(), f.arch.as_str()), Cell::Failed(f));
     }
     for o in objects {
         cells.insert((o.kernel_release.as_str(), o.version.as_str(), o.arch.as_str()), Cell::Present(o));
     }
-    let counts = coverage::report(objects, failures, matrix, None).counts;
+    if let Some(state) = view.state {
+        let with: HashSet<&str> = report
+            .kernels
+            .iter()
+            .filter(|k| k.versions.values().any(|s| *s == state))
+            .map(|k| k.release.as_str())
+            .collect();
+        releases.retain(|r| with.contains(r));
+    }
+    let counts = report.counts;
     let (present, failed, missing) = (counts.present, counts.failed, counts.missing);
     let is_expected = |r: &str, a: &str| Arch::from_any(a).is_some_and(|a| expected.contains(&(r.to_owned(), a)));
 
-    let mut h = String::new();
-    h.push_str(HEAD);
+    let mut top = String::new();
+    top.push_str(HEAD);
+    let chip = |h: &mut String, n: usize, s: State| {
+        let _ = write!(
+            h,
+            "<a class=\"chip {0}\" href=\"{1}\">{n} {0}</a>",
+            state_name(s),
+            esc(&view.href(0, Some(Some(s)), Some(None)))
+        );
+    };
+    top.push_str("<header><h1>bpfarm coverage</h1><p class=\"counts\">");
+    chip(&mut top, present, State::Present);
+    top.push(' ');
+    chip(&mut top, failed, State::Failed);
+    top.push(' ');
+    chip(&mut top, missing, State::Missing);
     let _ = write!(
-        h,
-        "<header><h1>bpfarm coverage</h1><p class=\"counts\"><span class=\"chip present\">{present} present</span> <span class=\"chip failed\">{failed} failed</span> <span class=\"chip missing\">{missing} missing</span> across {} kernel releases, {} versions{}</p>\
-         <input id=\"search\" type=\"search\" placeholder=\"Search kernel releases, e.g. 6.12 or cloud\" autocomplete=\"off\" aria-label=\"Search kernel releases\"> <span id=\"shown\"></span></header>",
-        releases.len(),
+        top,
+        " across {all_releases} kernel releases, {} versions{}{}</p>",
         versions.len(),
-        matrix.map(|m| format!(", against matrix <code>{}</code>", esc(&m.name))).unwrap_or_default()
+        matrix.map(|m| format!(", against matrix <code>{}</code>", esc(&m.name))).unwrap_or_default(),
+        view.version.map(|v| format!(", version <code>{}</code> only", esc(v))).unwrap_or_default(),
     );
-    if releases.is_empty() {
+    top.push_str("<form method=\"get\" action=\"/\">");
+    for (name, value) in [("matrix", matrix.map(|m| m.name.as_str())), ("version", view.version)] {
+        if let Some(v) = value {
+            let _ = write!(top, "<input type=\"hidden\" name=\"{name}\" value=\"{}\">", esc(v));
+        }
+    }
+    if let Some(s) = view.state {
+        let _ = write!(top, "<input type=\"hidden\" name=\"state\" value=\"{}\">", state_name(s));
+    }
+    let _ = write!(
+        top,
+        "<input id=\"search\" name=\"q\" type=\"search\" value=\"{}\" placeholder=\"Search kernel releases, e.g. 6.12 or cloud\" autocomplete=\"off\" aria-label=\"Search kernel releases\"> <span id=\"shown\"></span></form></header>",
+        esc(view.q.unwrap_or(""))
+    );
+    summaries(&mut top, &report, view);
+    missing_list(&mut top, &report, view);
+
+    // The detail: every row if they all fit (the browser filters them),
+    // else the page of rows `from` starts, narrowed by `q` on the server.
+    let budget = MAX_PAGE_BYTES.saturating_sub(top.len() + TAIL.len() + NAV_RESERVE);
+    let render_rows = |rows: &[&str], from: usize| -> (String, usize) {
+        let mut body = String::new();
+        let mut row = String::new();
+        let mut end = from.min(rows.len());
+        for r in rows.iter().skip(from).take(MAX_ROWS) {
+            row.clear();
+            let _ = write!(row, "<tr data-release=\"{0}\"><th class=\"release\">{0}</th>", esc(r));
+            for v in &columns {
+                for a in &arches {
+                    match cells.get(&(*r, *v, *a)) {
+                        Some(Cell::Present(o)) => present_cell(&mut row, o, r, v),
+                        Some(Cell::Failed(f)) => failed_cell(&mut row, f),
+                        None if !is_expected(r, a) => row.push_str(&not_expected_cell(r, a, matrix)),
+                        None => row.push_str("<td class=\"missing\">—</td>"),
+                    }
+                }
+            }
+            row.push_str("</tr>");
+            if body.len() + row.len() > budget {
+                break;
+            }
+            body.push_str(&row);
+            end += 1;
+        }
+        (body, end)
+    };
+    let (mut body, mut end) = render_rows(&releases, 0);
+    let mut server_side = false;
+    let mut shown = releases.clone();
+    if end < releases.len() || view.from > 0 {
+        server_side = true;
+        let q = view.q.filter(|q| !q.is_empty());
+        if let Some(q) = q {
+            shown.retain(|r| coverage::matches(r, q));
+        }
+        // The first page of everything is what was just rendered.
+        if q.is_some() || view.from > 0 {
+            (body, end) = render_rows(&shown, view.from);
+        }
+    }
+    let from = view.from.min(shown.len());
+
+    let mut h = top;
+    if all_releases == 0 {
         h.push_str("<p class=\"empty\">No objects yet. Publish some with <code>bpfarm-builder build … --publish URL</code>.</p>");
     } else {
-        h.push_str("<table id=\"matrix\"><thead><tr><th rowspan=\"2\">kernel release</th>");
-        for v in &versions {
+        let mut nav = String::from("<p class=\"nav\">");
+        if server_side {
+            let what = match (view.q.filter(|q| !q.is_empty()), view.state) {
+                (Some(q), _) => format!(" matching <code>{}</code>", esc(q)),
+                (None, Some(s)) => format!(" with a {} cell", state_name(s)),
+                (None, None) => String::new(),
+            };
+            let _ = write!(nav, "Releases {}–{end} of {}{what}.", (from + 1).min(end), shown.len());
+            if from > 0 {
+                let _ = write!(nav, " <a href=\"{}\">First page</a>", esc(&view.href(0, None, None)));
+            }
+            if end < shown.len() {
+                let _ = write!(nav, " <a rel=\"next\" href=\"{}\">Next page</a>", esc(&view.href(end, None, None)));
+            }
+        } else if view.state.is_some() {
+            let _ = write!(nav, "{} releases.", shown.len());
+        }
+        if hidden_versions > 0 {
+            let _ = write!(
+                nav,
+                " The {MAX_DETAIL_VERSIONS} newest of {} versions are shown; pick another with <code>?version=</code> (see the table above).",
+                versions.len()
+            );
+        }
+        nav.push_str("</p>");
+        h.push_str(&nav);
+        let _ = write!(
+            h,
+            "<table id=\"matrix\" data-server=\"{server_side}\"><thead><tr><th rowspan=\"2\">kernel release</th>"
+        );
+        for v in &columns {
             let _ = write!(h, "<th colspan=\"{}\">{}</th>", arches.len(), esc(v));
         }
         h.push_str("</tr><tr>");
-        for _ in &versions {
+        for _ in &columns {
             for a in &arches {
                 let _ = write!(h, "<th class=\"arch\">{a}</th>");
             }
         }
         h.push_str("</tr></thead><tbody>");
-        for r in &releases {
-            let _ = write!(h, "<tr data-release=\"{0}\"><th class=\"release\">{0}</th>", esc(r));
-            for v in &versions {
-                for a in &arches {
-                    match cells.get(&(*r, *v, *a)) {
-                        Some(Cell::Present(o)) => {
-                            let _ = write!(
-                                h,
-                                "<td class=\"present\" title=\"{} ({} bytes)\"><a href=\"/v1/blobs/{}\" download=\"{}\">{}</a></td>",
-                                esc(&o.digest),
-                                o.size,
-                                esc(&o.digest),
-                                esc(&bpfarm_object::object_file_name(r, v)),
-                                // "sha256:" + the first 12 hex digits
-                                esc(o.digest.get(7..19).unwrap_or(&o.digest))
-                            );
-                        }
-                        Some(Cell::Failed(f)) => {
-                            let first = f
-                                .message
-                                .lines()
-                                .find(|l| l.contains("error"))
-                                .or_else(|| f.message.lines().next())
-                                .unwrap_or("");
-                            let _ = write!(h, "<td class=\"failed\" title=\"{}\">failed</td>", esc(first));
-                        }
-                        None if !is_expected(r, a) => h.push_str(&not_expected_cell(r, a, matrix)),
-                        None => h.push_str("<td class=\"missing\">—</td>"),
-                    }
-                }
-            }
-            h.push_str("</tr>");
-        }
+        h.push_str(&body);
         h.push_str("</tbody></table>");
+        if server_side && end < shown.len() {
+            h.push_str(&nav);
+        }
     }
     h.push_str(TAIL);
     h
+}
+
+fn present_cell(h: &mut String, o: &CoverageObject, release: &str, version: &str) {
+    let _ = write!(
+        h,
+        "<td class=\"present\" title=\"{} ({} bytes)\"><a href=\"/v1/blobs/{}\" download=\"{}\">{}</a></td>",
+        esc(&o.digest),
+        o.size,
+        esc(&o.digest),
+        esc(&bpfarm_object::object_file_name(release, version)),
+        // "sha256:" + the first 12 hex digits
+        esc(o.digest.get(7..19).unwrap_or(&o.digest))
+    );
+}
+
+fn failed_cell(h: &mut String, f: &CoverageFailure) {
+    let first = f.message.lines().find(|l| l.contains("error")).or_else(|| f.message.lines().next()).unwrap_or("");
+    // The builder's first error line, cut: a title, not a log.
+    let first: String = first.chars().take(240).collect();
+    let _ = write!(h, "<td class=\"failed\" title=\"{}\">failed</td>", esc(&first));
+}
+
+/// Counts per version (the newest `MAX_SUMMARY_ROWS`) and per kernel
+/// series, each per arch, linking to the rows they count.
+fn summaries(h: &mut String, report: &coverage::Report, view: &View<'_>) {
+    let cell = |c: Option<&coverage::Counts>| match c {
+        Some(c) if c.total() > 0 => format!(
+            "<td class=\"sum\"><span class=\"p\">{}</span> / <span class=\"f\">{}</span> / <span class=\"m\">{}</span></td>",
+            c.present, c.failed, c.missing
+        ),
+        _ => "<td class=\"sum none\"></td>".to_owned(),
+    };
+    let head = |h: &mut String, what: &str| {
+        let _ = write!(h, "<table class=\"summary\"><thead><tr><th>{what}</th>");
+        for a in Arch::ALL {
+            let _ = write!(h, "<th>{a} <small>present / failed / missing</small></th>");
+        }
+        h.push_str("</tr></thead><tbody>");
+    };
+    h.push_str("<section class=\"summaries\"><div>");
+    let mut versions: Vec<&String> = report.by_version.keys().collect();
+    versions.sort_by_cached_key(|v| std::cmp::Reverse(natural_key(v)));
+    head(h, "version");
+    for v in versions.iter().take(MAX_SUMMARY_ROWS) {
+        let href = View { version: Some(v.as_str()), from: 0, ..view.clone() }.href(0, None, None);
+        let _ = write!(h, "<tr><th><a href=\"{}\">{}</a></th>", esc(&href), esc(v));
+        for a in Arch::ALL {
+            h.push_str(&cell(report.by_version[*v].get(&a)));
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</tbody></table>");
+    if versions.len() > MAX_SUMMARY_ROWS {
+        let _ = write!(h, "<p class=\"more\">and {} older versions</p>", versions.len() - MAX_SUMMARY_ROWS);
+    }
+    h.push_str("</div><div>");
+    let mut series: Vec<&String> = report.by_series.keys().collect();
+    series.sort_by_cached_key(|s| natural_key(s));
+    head(h, "kernel series");
+    for s in series.iter().take(MAX_SUMMARY_ROWS) {
+        let q = if s.as_str() == "other" { None } else { Some(format!("{s}.")) };
+        let href = view.href(0, None, Some(q.as_deref()));
+        let _ = write!(h, "<tr><th><a href=\"{}\">{}</a></th>", esc(&href), esc(s));
+        for a in Arch::ALL {
+            h.push_str(&cell(report.by_series[*s].get(&a)));
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</tbody></table>");
+    if series.len() > MAX_SUMMARY_ROWS {
+        let _ = write!(h, "<p class=\"more\">and {} more series</p>", series.len() - MAX_SUMMARY_ROWS);
+    }
+    h.push_str("</div></section>");
+}
+
+/// The missing (release, arch) pairs by name, the first
+/// `MAX_MISSING_LISTED`, and a link to the rows of all of them.
+fn missing_list(h: &mut String, report: &coverage::Report, view: &View<'_>) {
+    let missing: Vec<&coverage::KernelRow> =
+        report.kernels.iter().filter(|k| k.versions.values().any(|s| *s == State::Missing)).collect();
+    if missing.is_empty() {
+        return;
+    }
+    let _ = write!(h, "<section class=\"missing-list\"><h2>{} kernels missing an object</h2><ul>", missing.len());
+    for k in missing.iter().take(MAX_MISSING_LISTED) {
+        let n = k.versions.values().filter(|s| **s == State::Missing).count();
+        let _ = write!(
+            h,
+            "<li data-missing=\"{} {}\"><code>{}</code> {} <small>({n} of {} versions)</small></li>",
+            esc(&k.release),
+            k.arch,
+            esc(&k.release),
+            k.arch,
+            k.versions.len()
+        );
+    }
+    h.push_str("</ul>");
+    let all = esc(&view.href(0, Some(Some(State::Missing)), Some(None)));
+    if missing.len() > MAX_MISSING_LISTED {
+        let _ = write!(
+            h,
+            "<p class=\"more\">and {} more: <a class=\"all-missing\" href=\"{all}\">every kernel with a missing cell</a></p>",
+            missing.len() - MAX_MISSING_LISTED
+        );
+    } else {
+        let _ = write!(h, "<p class=\"more\"><a class=\"all-missing\" href=\"{all}\">Their rows</a></p>");
+    }
+    h.push_str("</section>");
 }
 
 /// A cell for a (release, arch) pair nothing expects: one that cannot
@@ -195,6 +470,14 @@ const HEAD: &str = r#"<!doctype html>
   td.none { background: repeating-linear-gradient(135deg, #fff 0 4px, #f1f3f6 4px 8px); }
   td.present a { color: inherit; font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
   tr[hidden] { display: none; }
+  .chip { text-decoration: none; }
+  .summaries { display: flex; flex-wrap: wrap; gap: 1.5rem; margin: 0 0 1rem; align-items: flex-start; }
+  table.summary td.sum { font-variant-numeric: tabular-nums; }
+  table.summary th small { font-weight: normal; color: #4a5468; }
+  .p { color: #14532d; } .f { color: #7f1d1d; } .m { color: #8a93a3; }
+  .missing-list ul { columns: 3 18rem; margin: .25rem 0; }
+  .missing-list h2 { font-size: 1rem; margin: .5rem 0 .25rem; }
+  .nav, .more { color: #4a5468; }
 </style></head><body>
 "#;
 
@@ -202,12 +485,14 @@ const TAIL: &str = r#"
 <script>
   const box = document.getElementById('search');
   const rows = Array.from(document.querySelectorAll('#matrix tbody tr'));
+  const table = document.getElementById('matrix');
+  const paged = table && table.dataset.server === 'true';
   const shown = document.getElementById('shown');
   function apply() {
     const q = box.value.trim().toLowerCase();
     let n = 0;
     for (const r of rows) { const hit = r.dataset.release.toLowerCase().includes(q); r.hidden = !hit; n += hit; }
-    shown.textContent = q ? `${n} of ${rows.length} releases` : '';
+    shown.textContent = q ? `${n} of ${rows.length} releases${paged ? ' on this page (Enter searches them all)' : ''}` : '';
     const url = new URL(location); if (q) url.searchParams.set('q', q); else url.searchParams.delete('q');
     history.replaceState(null, '', url);
   }

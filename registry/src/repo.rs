@@ -79,6 +79,19 @@ impl ObjectCheckRow {
     }
 }
 
+/// A current object as the faces check sees it first (`face_rows`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FaceRow {
+    pub id: i64,
+    pub arch: String,
+    pub digest: String,
+    pub size: i64,
+    /// What its recorded tag names, when it has a tag and the tag exists.
+    pub index_digest: Option<String>,
+    /// Whether `index_digest` has a manifest row (1) or not (0).
+    pub index_row: i64,
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CoverageObject {
     pub kernel_release: String,
@@ -289,6 +302,36 @@ impl Repo {
             "SELECT id, kernel_release, arch, version, digest, size, metadata, current, oci_tag FROM objects WHERE current = 1 ORDER BY id",
         )
         .fetch_all(&self.reader)
+        .await
+    }
+
+    /// Every current object with what the faces check needs to prove its
+    /// OCI form from sqlite: the digest its recorded tag names in
+    /// `oci_repo` (if any) and whether that manifest has a row there.
+    pub async fn face_rows(&self, oci_repo: &str) -> Result<Vec<FaceRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT o.id, o.arch, o.digest, o.size, t.digest AS index_digest,
+                    EXISTS (SELECT 1 FROM oci_manifests m WHERE m.repo = ?1 AND m.digest = t.digest) AS index_row
+               FROM objects o LEFT JOIN oci_tags t ON t.repo = ?1 AND t.tag = o.oci_tag
+              WHERE o.current = 1",
+        )
+        .bind(oci_repo)
+        .fetch_all(&self.reader)
+        .await
+    }
+
+    /// The digest of every manifest row of `repo`.
+    pub async fn manifest_digests(&self, repo: &str) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT digest FROM oci_manifests WHERE repo = ?").bind(repo).fetch_all(&self.reader).await
+    }
+
+    /// One object row, current or not, by id.
+    pub async fn object_check_row(&self, id: i64) -> Result<Option<ObjectCheckRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, kernel_release, arch, version, digest, size, metadata, current, oci_tag FROM objects WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
         .await
     }
 
@@ -883,9 +926,23 @@ impl WriteTx {
 /// Published kernel matrices: the (release, arch) pairs coverage counts
 /// against.
 impl Repo {
-    /// Stores (or replaces) matrix `name`'s pairs, in one transaction.
-    pub async fn put_matrix(&self, name: &str, pairs: &[(String, String)], now: &str) -> Result<(), sqlx::Error> {
+    /// Stores (or replaces) matrix `name`'s pairs, in one transaction,
+    /// unless `name` is new and `max` matrices are stored already: then
+    /// nothing is written and `Some(how many)` says why.
+    pub async fn put_matrix(
+        &self,
+        name: &str,
+        pairs: &[(String, String)],
+        now: &str,
+        max: u64,
+    ) -> Result<Option<u64>, sqlx::Error> {
         let mut tx = self.writer.begin().await?;
+        let held: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM matrices WHERE name != ?").bind(name).fetch_one(&mut *tx).await?;
+        let held = u64::try_from(held).unwrap_or(0);
+        if held >= max {
+            return Ok(Some(held));
+        }
         sqlx::query("DELETE FROM matrices WHERE name = ?").bind(name).execute(&mut *tx).await?;
         sqlx::query("INSERT INTO matrices (name, uploaded_at) VALUES (?, ?)")
             .bind(name)
@@ -900,7 +957,8 @@ impl Repo {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(None)
     }
 
     /// Matrix `name`'s (release, arch) pairs; `None` when no such matrix.

@@ -153,11 +153,30 @@ async fn publish(
     Ok((status, Json(PublishAnswer { status: outcome.as_str(), digest: meta.digest })).into_response())
 }
 
-/// `?matrix=<name>&version=<v>` of the coverage page and `GET /v1/coverage`.
+/// `?matrix=<name>&version=<v>&q=<substring>&state=<present|failed|missing>`
+/// of the coverage page and `GET /v1/coverage`; the page pages with
+/// `from`, the JSON with `offset` and `limit`.
 #[derive(Debug, Deserialize)]
 struct CoverageQuery {
     matrix: Option<String>,
     version: Option<String>,
+    q: Option<String>,
+    state: Option<coverage::State>,
+    from: Option<usize>,
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+impl CoverageQuery {
+    fn validate(&self) -> Result<(), Error> {
+        if let Some(v) = &self.version {
+            bpfarm_object::identity::validate_version(v)?;
+        }
+        if let Some(q) = &self.q {
+            coverage::validate_query(q)?;
+        }
+        Ok(())
+    }
 }
 
 /// The published matrix a coverage query names (404 when there is none).
@@ -170,23 +189,48 @@ async fn matrix_of(s: &AppState, name: Option<&str>) -> Result<Option<coverage::
     Ok(Some(coverage::Matrix { name: name.to_owned(), pairs }))
 }
 
-/// `GET /`: the coverage page (`?matrix=<name>`: against a published matrix).
+/// `GET /`: the coverage page (`?matrix=<name>`: against a published
+/// matrix; `?version=`, `?q=`, `?state=`, `?from=`: see `page::View`).
 async fn coverage(State(s): State<AppState>, Query(q): Query<CoverageQuery>) -> V1Result<Response> {
+    q.validate()?;
     let matrix = matrix_of(&s, q.matrix.as_deref()).await?;
     let (objects, failures) = s.repo.coverage().await?;
-    let html = crate::page::render_against(&objects, &failures, matrix.as_ref());
+    // Counting and rendering 100k objects takes a while: off the runtime.
+    let html = tokio::task::spawn_blocking(move || {
+        let view = crate::page::View {
+            matrix: matrix.as_ref(),
+            version: q.version.as_deref(),
+            q: q.q.as_deref(),
+            state: q.state,
+            from: q.from.unwrap_or(0),
+        };
+        crate::page::render_view(&objects, &failures, &view)
+    })
+    .await
+    .map_err(Error::from)?;
     Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
 }
 
-/// `GET /v1/coverage?matrix=<name>&version=<v>`: present / failed / missing
-/// per (release, arch) and version, with counts.
+/// `GET /v1/coverage?matrix=<name>&version=<v>&q=&state=&offset=&limit=`:
+/// present / failed / missing per (release, arch) and version, with
+/// counts of everything (totals, per arch, per version, per kernel
+/// series); `kernels` a page of at most `limit` rows (default 1000, at
+/// most 10000), `next` the `offset` of the next.
 async fn coverage_json(State(s): State<AppState>, Query(q): Query<CoverageQuery>) -> V1Result<Response> {
-    if let Some(v) = &q.version {
-        bpfarm_object::identity::validate_version(v).map_err(Error::from)?;
+    q.validate()?;
+    let limit = q.limit.unwrap_or(coverage::DEFAULT_KERNELS);
+    if !(1..=coverage::MAX_KERNELS).contains(&limit) {
+        return Err(Error::BadRequest(format!("limit must be between 1 and {}", coverage::MAX_KERNELS)).into());
     }
     let matrix = matrix_of(&s, q.matrix.as_deref()).await?;
     let (objects, failures) = s.repo.coverage().await?;
-    Ok(Json(coverage::report(&objects, &failures, matrix.as_ref(), q.version.as_deref())).into_response())
+    let report = tokio::task::spawn_blocking(move || {
+        let select = coverage::Select { q: q.q.as_deref(), state: q.state, offset: q.offset.unwrap_or(0), limit };
+        coverage::report(&objects, &failures, matrix.as_ref(), q.version.as_deref()).select(&select)
+    })
+    .await
+    .map_err(Error::from)?;
+    Ok(Json(report).into_response())
 }
 
 /// `PUT /v1/matrices/{name}`: the (release, arch) pairs a matrix expects,
@@ -203,9 +247,24 @@ async fn put_matrix(
     let body = body::read_limited(body, &headers, BodyKind::Matrix, coverage::MATRIX_LIMIT).await?;
     let upload: coverage::MatrixUpload =
         serde_json::from_slice(&body).map_err(|e| Error::BadRequest(format!("matrix: {e}")))?;
-    let pairs: Vec<(String, String)> = upload.validate()?.into_iter().map(|(r, a)| (r, a.uname().to_owned())).collect();
+    // A pair listed twice is one kernel.
+    let pairs: Vec<(String, String)> = upload
+        .validate()?
+        .into_iter()
+        .map(|(r, a)| (r, a.uname().to_owned()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    s.repo.put_matrix(&name, &pairs, &now).await?;
+    if let Some(held) = s.repo.put_matrix(&name, &pairs, &now, s.settings.max_matrices).await? {
+        return Err(Error::TooMany {
+            what: "matrices",
+            held,
+            flag: "--max-matrices",
+            hint: "replace one by uploading under its name, or raise the limit",
+        }
+        .into());
+    }
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "matrix": name, "kernels": pairs.len() }))).into_response())
 }
 

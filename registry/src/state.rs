@@ -29,6 +29,9 @@ pub struct Settings {
     /// `--trusted-key`: publishes through `/v1` and `/v2` must carry a
     /// signature by one of these keys (see `signatures`).
     pub trusted_keys: Option<bpfarm_object::sign::TrustedKeys>,
+    /// Most published matrices (`PUT /v1/matrices/<name>` of a new name
+    /// beyond it is refused; replacing one is not).
+    pub max_matrices: u64,
 }
 
 impl Default for Settings {
@@ -41,6 +44,7 @@ impl Default for Settings {
             upload_ttl: Duration::from_secs(3600),
             metrics_on_api: true,
             trusted_keys: None,
+            max_matrices: 256,
         }
     }
 }

@@ -310,6 +310,114 @@ async fn an_object_without_its_oci_form_is_repaired_at_start() {
     assert_eq!(index["manifests"][0]["platform"]["architecture"], "amd64");
 }
 
+/// The set-based start-up check finds exactly what checking each object
+/// one by one finds — a crash between the faces, a tag naming the wrong
+/// index, a manifest row or a manifest's bytes gone, a second arch under
+/// one tag intact — and opening the store to serve it repairs them all.
+#[tokio::test]
+async fn the_set_based_faces_check_agrees_with_the_one_by_one_check() {
+    use bpfarm_registry::faces::{Disagreement, disagreements, disagreements_one_by_one};
+    let r = registry(Settings::default()).await;
+    let oci_repo = bpfarm_registry::faces::canonical_repo("bpfarm");
+    let mut metas = Vec::new();
+    for n in 0..8 {
+        let bytes = format!("object {n}").into_bytes();
+        let m = meta(&format!("6.1.0-{}-amd64", 100 + n), &bytes);
+        assert_eq!(publish(&r, &m, &bytes, "").await.0, StatusCode::CREATED);
+        metas.push(m);
+    }
+    // Both arches of one release under one tag.
+    let bytes = b"an arm64 object".to_vec();
+    let mut arm = meta("5.15.0-91-generic", &bytes);
+    arm.identity = Identity::new("5.15.0-91-generic", Arch::Aarch64, "v0.1.0").unwrap();
+    assert_eq!(publish(&r, &arm, &bytes, "").await.0, StatusCode::CREATED);
+    let bytes = b"an amd64 object".to_vec();
+    let amd = meta("5.15.0-91-generic", &bytes);
+    assert_eq!(publish(&r, &amd, &bytes, "").await.0, StatusCode::CREATED);
+    let ids = |d: &[Disagreement]| d.iter().map(|d| (d.row.id, d.why.to_string())).collect::<Vec<_>>();
+    assert!(disagreements(&r.state.repo, &r.state.blobs, &oci_repo).await.unwrap().is_empty());
+
+    let db = sqlx::sqlite::SqlitePool::connect(&format!("sqlite://{}", r.data.join("index.sqlite").display()))
+        .await
+        .unwrap();
+    let tag = |m: &ObjectMetadata| bpfarm_object::oci::tag(&m.identity.kernel_release, &m.identity.version, false);
+    let index_of = |t: String| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT digest FROM oci_tags WHERE tag = ?")
+                .bind(t)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    // 0: a crash between the two faces (no tag recorded).
+    sqlx::query("UPDATE objects SET oci_tag = NULL WHERE digest = ?")
+        .bind(metas[0].digest.as_str())
+        .execute(&db)
+        .await
+        .unwrap();
+    // 1: its tag names object 2's index.
+    let other = index_of(tag(&metas[2])).await;
+    sqlx::query("UPDATE oci_tags SET digest = ? WHERE tag = ?")
+        .bind(other)
+        .bind(tag(&metas[1]))
+        .execute(&db)
+        .await
+        .unwrap();
+    // 3: its tag is gone; 4: its index's manifest row is gone.
+    sqlx::query("DELETE FROM oci_tags WHERE tag = ?").bind(tag(&metas[3])).execute(&db).await.unwrap();
+    let index4 = index_of(tag(&metas[4])).await;
+    sqlx::query("DELETE FROM oci_manifests WHERE digest = ?").bind(&index4).execute(&db).await.unwrap();
+    // 5: its index's bytes are gone; 6: its manifest's bytes are gone.
+    let index5: Digest = index_of(tag(&metas[5])).await.parse().unwrap();
+    std::fs::remove_file(r.state.blobs.path(&index5)).unwrap();
+    let index6: Digest = index_of(tag(&metas[6])).await.parse().unwrap();
+    let child: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(r.state.blobs.path(&index6)).unwrap()).unwrap();
+    let child: Digest = child["manifests"][0]["digest"].as_str().unwrap().parse().unwrap();
+    std::fs::remove_file(r.state.blobs.path(&child)).unwrap();
+    // The arm64 child's manifest row is gone; the amd64 one under the same
+    // tag still reaches its object.
+    let index: Digest = index_of(tag(&arm)).await.parse().unwrap();
+    let both: serde_json::Value = serde_json::from_slice(&std::fs::read(r.state.blobs.path(&index)).unwrap()).unwrap();
+    let arm_child =
+        both["manifests"].as_array().unwrap().iter().find(|c| c["platform"]["architecture"] == "arm64").unwrap();
+    sqlx::query("DELETE FROM oci_manifests WHERE digest = ?")
+        .bind(arm_child["digest"].as_str().unwrap())
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+
+    let fast = disagreements(&r.state.repo, &r.state.blobs, &oci_repo).await.unwrap();
+    let slow = disagreements_one_by_one(&r.state.repo, &r.state.blobs, &oci_repo).await.unwrap();
+    assert_eq!(ids(&fast), ids(&slow));
+    let found: Vec<&str> = fast.iter().map(|d| d.row.digest.as_str()).collect();
+    let want: Vec<&str> =
+        [0, 1, 3, 4, 5, 6].iter().map(|&i| metas[i].digest.as_str()).chain([arm.digest.as_str()]).collect();
+    assert_eq!(found.len(), want.len(), "{fast:#?}");
+    for w in &want {
+        assert!(found.contains(w), "{w} not found: {fast:#?}");
+    }
+    let text = ids(&fast).into_iter().map(|(_, w)| w).collect::<Vec<_>>().join("\n");
+    for part in [
+        "no OCI form was recorded",
+        "has no tag",
+        "bytes of index",
+        "bytes of manifest",
+        "is not in bpfarm/tracee-bpf",
+        "names layer",
+    ] {
+        assert!(text.contains(part), "{part:?} not in:\n{text}");
+    }
+
+    // Opening the store to serve it repairs every one.
+    let state = open(&r.data, Settings::default()).await.unwrap();
+    assert!(disagreements(&state.repo, &state.blobs, &oci_repo).await.unwrap().is_empty());
+    assert!(disagreements_one_by_one(&state.repo, &state.blobs, &oci_repo).await.unwrap().is_empty());
+}
+
 /// A stored row whose metadata no longer parses (the index was changed
 /// behind the registry's back) is an error on every read that needs it,
 /// naming the row where it is logged and answered without detail; nothing
@@ -349,4 +457,153 @@ async fn a_stored_row_that_no_longer_parses_is_an_error_not_a_panic() {
     let filter = bpfarm_registry::export::ExportFilter::default();
     let e = bpfarm_registry::export::export(&r.state.repo, &r.state.blobs, &out, &filter).await.unwrap_err();
     assert!(e.to_string().contains(&format!("({}): stored metadata does not parse", m.digest)), "{e}");
+}
+
+/// The coverage page stays under its size bound with thousands of objects
+/// (the detail table is cut into pages, the counts cover everything), and
+/// still shows every kernel of a matrix that is missing an object: it says
+/// how many, names the first, and the pages its link leads to hold them
+/// all. `GET /v1/coverage` pages its kernels the same way.
+#[tokio::test]
+async fn the_coverage_page_is_bounded_and_still_shows_every_missing_kernel() {
+    use bpfarm_registry::page::MAX_PAGE_BYTES;
+    let r = registry(Settings::default()).await;
+    let (built, never, versions) = (400, 300, 10);
+    let release = |k: usize| format!("6.1.0-{k}-amd64");
+    let db = sqlx::sqlite::SqlitePool::connect(&format!("sqlite://{}", r.data.join("index.sqlite").display()))
+        .await
+        .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    for k in 0..built {
+        for v in 0..versions {
+            let d = Digest::of_bytes(format!("{k}/{v}").as_bytes());
+            sqlx::query(
+                "INSERT INTO objects (kernel_release, arch, version, file_name, digest, size, metadata, published_at)
+                 VALUES (?, 'x86_64', ?, 'f', ?, 1, '{}', 't')",
+            )
+            .bind(release(k))
+            .bind(format!("v1.{v}.0"))
+            .bind(d.as_str())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+    db.close().await;
+    // The matrix: every kernel built, and `never` more nothing was built for.
+    let kernels: Vec<_> =
+        (0..built + never).map(|k| serde_json::json!({"release": release(k), "arch": "x86_64"})).collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "kernels": kernels })).unwrap();
+    let (s, _, _) = call(&r, req("PUT", "/v1/matrices/big", Some(&r.push), body)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let missing: std::collections::BTreeSet<String> = (built..built + never).map(release).collect();
+
+    let page = |uri: String| {
+        let r = &r;
+        async move {
+            let (s, h, body) = call(r, req("GET", &uri, None, vec![])).await;
+            assert_eq!(s, StatusCode::OK, "{uri}");
+            assert!(h[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+            assert!(body.len() <= MAX_PAGE_BYTES, "{uri}: {} bytes", body.len());
+            String::from_utf8(body).unwrap()
+        }
+    };
+    let rows = |html: &str| -> Vec<String> {
+        html.split("<tr data-release=\"").skip(1).map(|s| s[..s.find('"').unwrap()].to_owned()).collect()
+    };
+    let next = |html: &str| -> Option<String> {
+        let at = html.find("rel=\"next\" href=\"")? + "rel=\"next\" href=\"".len();
+        Some(html[at..at + html[at..].find('"').unwrap()].replace("&amp;", "&"))
+    };
+    let html = page("/?matrix=big".into()).await;
+    let all = (built + never) * versions;
+    assert!(html.contains(&format!("{} present", built * versions)), "counts cover everything");
+    assert!(html.contains(&format!("{} missing", never * versions)));
+    assert!(html.contains(&format!("across {} kernel releases", built + never)));
+    assert!(rows(&html).len() < built + never, "the whole table does not fit: it is cut into pages");
+    assert!(
+        html.contains(&format!("Releases 1–{} of {}", rows(&html).len(), built + never)),
+        "the page says where it is"
+    );
+    // Every missing kernel: how many, the first by name, then all of them
+    // through the link.
+    assert!(html.contains(&format!("{never} kernels missing an object")), "the count");
+    assert_eq!(html.matches("<li data-missing=").count(), 100);
+    assert!(html.contains(&format!("and {} more", never - 100)));
+    let at = html.find("class=\"all-missing\" href=\"").unwrap() + "class=\"all-missing\" href=\"".len();
+    let mut uri = Some(html[at..at + html[at..].find('"').unwrap()].replace("&amp;", "&"));
+    assert_eq!(uri.as_deref(), Some("/?matrix=big&state=missing"));
+    let mut seen = std::collections::BTreeSet::new();
+    let mut pages = 0;
+    while let Some(u) = uri {
+        let html = page(u).await;
+        seen.extend(rows(&html));
+        uri = next(&html);
+        pages += 1;
+        assert!(pages < 100, "the pages never end");
+    }
+    assert_eq!(seen, missing, "every missing kernel, and only those, in {pages} pages");
+    // The server narrows by q when the table does not fit.
+    let html = page("/?matrix=big&q=6.1.0-42-".into()).await;
+    assert_eq!(rows(&html), ["6.1.0-42-amd64"]);
+    let (s, _, _) = call(&r, req("GET", &format!("/?q={}", "x".repeat(65)), None, vec![])).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // The JSON: counts of everything, kernels a page at a time.
+    let (s, _, body) = call(&r, req("GET", "/v1/coverage?matrix=big&limit=300", None, vec![])).await;
+    assert_eq!(s, StatusCode::OK);
+    let v = json(&body);
+    assert_eq!(v["counts"]["present"].as_u64().unwrap() + v["counts"]["missing"].as_u64().unwrap(), all as u64);
+    assert_eq!(v["by_series"]["6.1"]["x86_64"]["missing"], never * versions);
+    assert_eq!(v["by_version"]["v1.0.0"]["x86_64"]["present"], built);
+    assert_eq!(
+        (v["kernels"].as_array().unwrap().len(), v["total_kernels"].as_u64()),
+        (300, Some((built + never) as u64))
+    );
+    let mut walked = 0;
+    let mut offset = Some(0);
+    while let Some(o) = offset {
+        let (_, _, body) =
+            call(&r, req("GET", &format!("/v1/coverage?matrix=big&state=missing&limit=120&offset={o}"), None, vec![]))
+                .await;
+        let v = json(&body);
+        walked += v["kernels"].as_array().unwrap().len();
+        offset = v["next"].as_u64();
+    }
+    assert_eq!(walked, never);
+    let (s, _, _) = call(&r, req("GET", "/v1/coverage?limit=0", None, vec![])).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+/// `PUT /v1/matrices/<name>` counts a pair listed twice once, and beyond
+/// `max_matrices` a new name is refused (409, named limit, nothing stored)
+/// while replacing a stored one still works.
+#[tokio::test]
+async fn matrices_count_unique_pairs_and_are_capped() {
+    let r = registry(Settings { max_matrices: 2, ..Settings::default() }).await;
+    let body = |releases: &[&str]| {
+        let kernels: Vec<_> = releases.iter().map(|r| serde_json::json!({"release": r, "arch": "x86_64"})).collect();
+        serde_json::to_vec(&serde_json::json!({ "kernels": kernels })).unwrap()
+    };
+    let put = |name: &str, b: Vec<u8>| req("PUT", &format!("/v1/matrices/{name}"), Some(&r.push), b);
+    let (s, _, b) = call(&r, put("a", body(&["6.1.0-1-amd64", "6.1.0-1-amd64", "6.1.0-2-amd64"]))).await;
+    assert_eq!((s, json(&b)["kernels"].as_u64()), (StatusCode::CREATED, Some(2)), "duplicates count once");
+    assert_eq!(call(&r, put("b", body(&["6.1.0-3-amd64"]))).await.0, StatusCode::CREATED);
+    let (s, _, b) = call(&r, put("c", body(&["6.1.0-4-amd64"]))).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let v = json(&b);
+    assert_eq!(v["error"], "TOO_MANY");
+    assert!(
+        v["message"].as_str().unwrap().contains("holds 2 matrices")
+            && v["message"].as_str().unwrap().contains("--max-matrices"),
+        "{v}"
+    );
+    let (s, _, _) = call(&r, req("GET", "/v1/matrices/c", None, vec![])).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "nothing stored");
+    // Replacing a stored matrix is not a new one.
+    let (s, _, b) = call(&r, put("b", body(&["6.1.0-5-amd64", "6.1.0-6-amd64"]))).await;
+    assert_eq!((s, json(&b)["kernels"].as_u64()), (StatusCode::CREATED, Some(2)));
+    let (_, _, b) = call(&r, req("GET", "/v1/matrices/b", None, vec![])).await;
+    assert_eq!(json(&b)["kernels"].as_array().unwrap().len(), 2);
 }
