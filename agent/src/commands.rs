@@ -85,7 +85,7 @@ pub fn execute(cli: Cli) -> Result<(), AgentError> {
                 ),
                 None => None,
             };
-            run::run(&RunConfig {
+            let ran = run::run(&RunConfig {
                 object: res.path,
                 bytes: object.bytes,
                 output,
@@ -93,7 +93,15 @@ pub fn execute(cli: Cli) -> Result<(), AgentError> {
                 duration: a.duration.map(Duration::from_secs_f64),
                 capture_dir,
                 host: a.host_name.filter(|h| !h.is_empty()).unwrap_or_else(crate::events::host_name),
-            })?;
+            });
+            // The fetched object's install, written while the programs ran.
+            if let Some(pending) = res.pending_install {
+                match pending.wait() {
+                    Ok(path) => eprintln!("bpfarm-agent: installed {}", path.display()),
+                    Err(e) => eprintln!("bpfarm-agent: warning: the fetched object was not installed: {e}"),
+                }
+            }
+            ran?;
             Ok(())
         }
     }

@@ -152,6 +152,13 @@ pub fn run(cfg: &RunConfig) -> Result<(), RunError> {
     if !missing.is_empty() {
         return Err(RunError::Capabilities(missing));
     }
+    // Before loading: a SIGINT/SIGTERM from here on ends the run cleanly
+    // (links detached, a background install finished), even one that
+    // arrives while the programs are still being attached.
+    let stop = Arc::new(AtomicBool::new(false));
+    for (signal, number) in [("SIGINT", signal_hook::consts::SIGINT), ("SIGTERM", signal_hook::consts::SIGTERM)] {
+        signal_hook::flag::register(number, stop.clone()).map_err(|source| RunError::Signal { signal, source })?;
+    }
     bpfarm_object::libbpf::route_logs();
     let open = libbpf_rs::ObjectBuilder::default()
         .name("tracee")
@@ -185,11 +192,6 @@ pub fn run(cfg: &RunConfig) -> Result<(), RunError> {
                 "bpfarm-agent: warning: not in the host PID namespace; --capture exec cannot read host processes' executables"
             );
         }
-    }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    for (signal, number) in [("SIGINT", signal_hook::consts::SIGINT), ("SIGTERM", signal_hook::consts::SIGTERM)] {
-        signal_hook::flag::register(number, stop.clone()).map_err(|source| RunError::Signal { signal, source })?;
     }
 
     let stdout = std::io::stdout();

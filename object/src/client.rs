@@ -19,6 +19,15 @@ use crate::{Digest, Identity, ObjectMetadata};
 
 /// Cap on metadata documents.
 const MAX_METADATA: u64 = 1 << 20;
+/// What a `/v1` lookup asks for (in `Accept`) to get the object itself in
+/// the same answer: the body is the object's bytes, the lookup's JSON
+/// document comes base64 in [`METADATA_HEADER`].
+pub const OBJECT_MEDIA_TYPE: &str = crate::oci::LAYER_MEDIA_TYPE;
+/// The header of a one-round-trip lookup holding its JSON document, base64.
+pub const METADATA_HEADER: &str = "x-bpfarm-metadata";
+/// Cap on [`METADATA_HEADER`] (a registry sends the JSON answer instead of a
+/// larger one).
+pub const MAX_METADATA_HEADER: usize = 128 << 10;
 /// Cap on a `.sha256` file.
 const MAX_SUM: u64 = 4 << 10;
 
@@ -65,6 +74,18 @@ pub enum Lookup {
     NotFound(String),
     /// The server does not speak bpfarm's `/v1` API (a plain static server).
     NoApi,
+}
+
+/// What a one-round-trip `/v1` lookup ([`RegistryClient::lookup_object`])
+/// brought.
+#[derive(Debug, Clone)]
+pub enum LookupObject {
+    /// The object with its metadata, in one answer: the metadata names the
+    /// identity asked for, the bytes have its size and digest.
+    Object { metadata: Box<ObjectMetadata>, attachments: Attachments, bytes: Vec<u8> },
+    /// The lookup's answer only (a registry that does not send objects in
+    /// lookups, or could not this time): fetch the bytes by digest.
+    Answer(Lookup, Attachments),
 }
 
 /// An object fetched from a static layout, verified against its `.sha256`
@@ -230,12 +251,17 @@ impl RegistryClient {
     /// `.json` if there) for `id`: the `.json` must name `id` and the same
     /// digest; the bytes are read up to the `.json`'s size (or the object
     /// limit) and must hash to the `.sha256`. `Ok(None)` when the layout has
-    /// no such file.
+    /// no such file. The three requests go out at once (the path names the
+    /// object, so nothing waits for another answer); the object's body is
+    /// read only after the `.sha256` and `.json` checked out, capped by them.
     pub async fn fetch_static(&self, id: &Identity) -> Result<Option<StaticObject>, ClientError> {
         let file = id.file_name();
         let base = self.url(&format!("/{}/{}/{}", encode(&id.version), id.arch.uname(), encode(&file)));
         let sum_url = format!("{base}.sha256");
-        let r = self.get(&sum_url, MAX_SUM).await?;
+        let json_url = format!("{base}.json");
+        let (sum, json, object) =
+            tokio::join!(self.get(&sum_url, MAX_SUM), self.get(&json_url, MAX_METADATA), self.open(&base, &[]));
+        let r = sum?;
         if r.status == 404 {
             return Ok(None);
         }
@@ -246,8 +272,7 @@ impl RegistryClient {
         let digest: Digest = format!("sha256:{hex}")
             .parse()
             .map_err(|e: crate::DigestError| ClientError::Invalid { url: sum_url.clone(), message: e.to_string() })?;
-        let json_url = format!("{base}.json");
-        let r = self.get(&json_url, MAX_METADATA).await?;
+        let r = json?;
         let metadata = match r.status {
             200 => {
                 let m: ObjectMetadata = serde_json::from_slice(&r.body).map_err(|e| ClientError::Invalid {
@@ -277,7 +302,7 @@ impl RegistryClient {
             Some(m) => m.size,
             None => limit,
         };
-        let r = self.get(&base, cap).await?;
+        let r = Transport::read_body(object?, cap, Overflow::Error).await?;
         if r.status != 200 {
             return Err(ClientError::Http {
                 url: base,
@@ -555,7 +580,13 @@ impl RegistryClient {
         uname_version: Option<&str>,
     ) -> Result<(Lookup, Attachments), ClientError> {
         let (url, r) = self.lookup_response(&id.kernel_release, id.arch.uname(), &id.version, uname_version).await?;
-        let found = read_lookup(url.clone(), &r)?;
+        self.read_signed(id, url, &r)
+    }
+
+    /// A `/v1` lookup answer with the attachments it names; found metadata
+    /// must be for exactly `id`.
+    fn read_signed(&self, id: &Identity, url: String, r: &Response) -> Result<(Lookup, Attachments), ClientError> {
+        let found = read_lookup(url.clone(), r)?;
         let Lookup::Found(meta) = &found else { return Ok((found, Attachments::default())) };
         meta.check_identity(id).map_err(|e| ClientError::Invalid {
             url: url.clone(),
@@ -566,6 +597,86 @@ impl RegistryClient {
             message: format!("its signature or attestation reference is unreadable: {e}"),
         })?;
         Ok((found, attachments))
+    }
+
+    /// [`RegistryClient::lookup_signed`] and [`RegistryClient::fetch_object`]
+    /// in one round trip where the registry allows it: the lookup asks for
+    /// the object itself (`Accept: `[`OBJECT_MEDIA_TYPE`]), and a registry
+    /// that can sends its bytes with the metadata in [`METADATA_HEADER`].
+    /// The same checks as the two requests: the metadata must be for exactly
+    /// `id` and within the object limit, the bytes are read up to its size
+    /// (hashed as they stream in) and must match its size and digest. A
+    /// registry that answers with JSON (older ones) gets the usual answer
+    /// back, for the caller to fetch the bytes by digest.
+    pub async fn lookup_object(&self, id: &Identity, uname_version: Option<&str>) -> Result<LookupObject, ClientError> {
+        let mut url = self.url(&format!(
+            "/v1/objects/{}/{}/{}",
+            encode(id.arch.uname()),
+            encode(&id.version),
+            encode(&id.kernel_release)
+        ));
+        if let Some(v) = uname_version {
+            url += &format!("?uname_version={}", encode(v));
+        }
+        let accept = format!("{OBJECT_MEDIA_TYPE}, application/json;q=0.5");
+        let resp = self.open(&url, &[("Accept".into(), accept)]).await?;
+        let Some(header) = resp.headers().get(METADATA_HEADER).filter(|_| resp.status().as_u16() == 200) else {
+            let r = Transport::read_body(resp, MAX_METADATA, Overflow::Error).await?;
+            let (found, attachments) = self.read_signed(id, url, &r)?;
+            return Ok(LookupObject::Answer(found, attachments));
+        };
+        let invalid = |message: String| ClientError::Invalid { url: url.clone(), message };
+        if header.len() > MAX_METADATA_HEADER {
+            return Err(invalid(format!("its {METADATA_HEADER} header is over {MAX_METADATA_HEADER} bytes")));
+        }
+        let json = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(header.as_bytes())
+                .map_err(|e| invalid(format!("its {METADATA_HEADER} header is not base64: {e}")))?
+        };
+        let meta: ObjectMetadata =
+            serde_json::from_slice(&json).map_err(|e| invalid(format!("unreadable metadata: {e}")))?;
+        meta.check_identity(id).map_err(|e| invalid(format!("its metadata does not fit this host: {e}")))?;
+        let attachments: Attachments = serde_json::from_slice(&json)
+            .map_err(|e| invalid(format!("its signature or attestation reference is unreadable: {e}")))?;
+        let limit = self.transport.config().max_object_bytes;
+        if meta.size > limit {
+            return Err(invalid(format!(
+                "its metadata says {} bytes, over the {limit}-byte limit (--max-object-size)",
+                meta.size
+            )));
+        }
+        let r = Transport::read_body(resp, meta.size, Overflow::Error).await.map_err(|e| match e {
+            TransportError::TooLarge { url, .. } => ClientError::Invalid {
+                url,
+                message: format!("it sent more than the {} bytes its metadata names", meta.size),
+            },
+            e => ClientError::Transport(e),
+        })?;
+        verify(&url, &r, &meta.digest, Some(meta.size), "its metadata")?;
+        Ok(LookupObject::Object { metadata: Box::new(meta), attachments, bytes: r.body })
+    }
+
+    /// GET `url` with this registry's headers and `extra`, with retries on
+    /// transport errors and 5xx, up to the response's headers.
+    async fn open(&self, url: &str, extra: &[(String, String)]) -> Result<reqwest::Response, ClientError> {
+        let mut own = self.own_headers();
+        own.extend_from_slice(extra);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self.transport.open(url, &own).await;
+            let retry = match &result {
+                Ok(r) => r.status().is_server_error(),
+                Err(TransportError::Request { .. }) => true,
+                Err(_) => false,
+            };
+            if !retry || attempt >= self.attempts {
+                return Ok(result?);
+            }
+            tokio::time::sleep(Duration::from_millis(200 << (attempt - 1).min(5))).await;
+        }
     }
 
     /// A signature or attestation blob: at most `min(r.size, cap)` bytes

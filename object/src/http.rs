@@ -146,7 +146,13 @@ pub struct Transport {
 }
 
 struct Inner {
-    http: reqwest::Client,
+    /// For `http://`: no TLS roots loaded (loading the system's takes
+    /// milliseconds, a loopback fetch's whole budget).
+    plain: reqwest::Client,
+    /// For `https://`: built on first use, with the system's roots and
+    /// `--ca-cert`s (an error building it is kept and returned each time).
+    tls: std::sync::OnceLock<Result<reqwest::Client, String>>,
+    certs: Vec<reqwest::Certificate>,
     rt: tokio::runtime::Runtime,
     config: TransportConfig,
     /// The `--ca-cert` files' PEM bytes, for clients built elsewhere (OCI).
@@ -230,6 +236,18 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The settings both clients share.
+fn client_builder(config: &TransportConfig) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(config.timeout)
+        // bpfarm-registry closes idle keep-alive connections after 10 s
+        // (its --header-timeout); drop ours first, so a request is never
+        // sent on a connection the server is closing.
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
+        .user_agent(concat!("bpfarm/", env!("CARGO_PKG_VERSION")))
+}
+
 /// Whether `host` (no port) is a loopback name or address.
 pub fn is_loopback_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
@@ -258,17 +276,8 @@ impl Transport {
             certs.extend(found);
             ca_pems.push(pem);
         }
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.timeout)
-            // bpfarm-registry closes idle keep-alive connections after 10 s
-            // (its --header-timeout); drop ours first, so a request is never
-            // sent on a connection the server is closing.
-            .pool_idle_timeout(std::time::Duration::from_secs(5))
-            .tls_certs_merge(certs)
-            .user_agent(concat!("bpfarm/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| TransportError::Client(chain(&e)))?;
+        let plain =
+            client_builder(&config).tls_certs_only([]).build().map_err(|e| TransportError::Client(chain(&e)))?;
         // One worker drives the connections; callers on any thread (the
         // builder's download workers) block on their own futures.
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -277,7 +286,26 @@ impl Transport {
             .enable_all()
             .build()
             .map_err(TransportError::Runtime)?;
-        Ok(Self { inner: Arc::new(Inner { http, rt, config, ca_pems }), plain_http: PlainHttp::Loopback })
+        let inner = Inner { plain, tls: std::sync::OnceLock::new(), certs, rt, config, ca_pems };
+        Ok(Self { inner: Arc::new(inner), plain_http: PlainHttp::Loopback })
+    }
+
+    /// The client for `u`'s scheme: the TLS one (built now if this is the
+    /// first https request) or the plain one.
+    fn client_for(&self, u: &Url) -> Result<&reqwest::Client, TransportError> {
+        if u.scheme() != "https" {
+            return Ok(&self.inner.plain);
+        }
+        self.inner
+            .tls
+            .get_or_init(|| {
+                client_builder(&self.inner.config)
+                    .tls_certs_merge(self.inner.certs.iter().cloned())
+                    .build()
+                    .map_err(|e| chain(&e))
+            })
+            .as_ref()
+            .map_err(|e| TransportError::Client(e.clone()))
     }
 
     /// The same client for a peer whose every byte is checked against
@@ -369,6 +397,20 @@ impl Transport {
         overflow: Overflow,
     ) -> Result<Response, TransportError> {
         let resp = self.follow(url, own, None).await?;
+        Self::read_body(resp, cap, overflow).await
+    }
+
+    /// GET `url` as [`Transport::get`] does, handing the response back as
+    /// soon as its headers are in, so the caller can pick the body's cap
+    /// from them; read the body with [`Transport::read_body`].
+    pub async fn open(&self, url: &str, own: &[(String, String)]) -> Result<reqwest::Response, TransportError> {
+        self.follow(url, own, None).await
+    }
+
+    /// Reads the body of a response from [`Transport::open`], hashing as it
+    /// streams: at most `cap` bytes (per `overflow`) for a success status,
+    /// at most 64 KiB (truncated) for an error status.
+    pub async fn read_body(resp: reqwest::Response, cap: u64, overflow: Overflow) -> Result<Response, TransportError> {
         let (cap, overflow) =
             if resp.status().is_success() { (cap, overflow) } else { (cap.min(MAX_ERROR_BODY), Overflow::Truncate) };
         read_capped(resp, cap, overflow).await
@@ -435,7 +477,7 @@ impl Transport {
         }
         let mut current = start.clone();
         for _ in 0..=MAX_REDIRECTS {
-            let mut req = self.inner.http.get(current.clone());
+            let mut req = self.client_for(&current)?.get(current.clone());
             if origin(&current) == home {
                 req = req.headers(own_headers.clone());
             }
@@ -491,7 +533,7 @@ impl Transport {
     ) -> Result<Response, TransportError> {
         let u = Url::parse(url).map_err(|e| TransportError::Url { url: url.to_owned(), reason: e.to_string() })?;
         self.check_parsed(&u)?;
-        let mut req = self.inner.http.request(method, u).body(body);
+        let mut req = self.client_for(&u)?.request(method, u).body(body);
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
         }

@@ -15,6 +15,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use bpfarm_object::client::{METADATA_HEADER, OBJECT_MEDIA_TYPE};
 use bpfarm_object::sign::{Attached, PROVENANCE_SUFFIX, SIGNATURE_SUFFIX};
 use bpfarm_object::{Arch, Digest, Identity, ObjectMetadata};
 use serde::{Deserialize, Serialize};
@@ -379,13 +380,65 @@ struct LookupQuery {
 /// the current object's metadata. With the host's `uname -v` or config
 /// digest, an object recorded as built for a different build of the same
 /// release is not returned (facts the object lacks do not exclude it).
+///
+/// A client that accepts [`OBJECT_MEDIA_TYPE`] gets the object itself in
+/// the same answer (one round trip): the bytes as the body and the same
+/// JSON document, base64, in [`METADATA_HEADER`]. When that cannot be
+/// served (the blob is missing, the header would be too large) the answer
+/// is the JSON document, as for every other client.
 async fn lookup(
     State(s): State<AppState>,
     Path((arch, version, release)): Path<(String, String, String)>,
     Query(q): Query<LookupQuery>,
-) -> V1Result<Json<ObjectView>> {
-    let arch = parse_arch(&arch)?;
-    let id = Identity::new(&release, arch, &version).map_err(|e| Error::BadRequest(e.to_string()))?;
+    headers: HeaderMap,
+) -> V1Result<Response> {
+    let view = lookup_view(&s, &arch, &version, &release, &q).await?;
+    let wants_object = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.split(';').next().is_some_and(|t| t.trim() == OBJECT_MEDIA_TYPE));
+    if wants_object && let Some(r) = with_object(&s, &view).await {
+        return Ok(r);
+    }
+    Ok(Json(view).into_response())
+}
+
+/// Largest [`METADATA_HEADER`] sent (the client reads up to
+/// `client::MAX_METADATA_HEADER`); a larger document goes as the JSON answer.
+const MAX_METADATA_HEADER: usize = 96 << 10;
+
+/// The object `view` names, with `view` in [`METADATA_HEADER`]; `None`
+/// when the JSON answer should be sent instead.
+async fn with_object(s: &AppState, view: &ObjectView) -> Option<Response> {
+    use base64::Engine as _;
+    let json = serde_json::to_vec(view).ok()?;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(json);
+    if encoded.len() > MAX_METADATA_HEADER {
+        return None;
+    }
+    let value = header::HeaderValue::from_str(&encoded).ok()?;
+    let mut r =
+        download::serve(&s.blobs, s.metrics(), &view.metadata.digest, &HeaderMap::new(), Send::Body).await.ok()?;
+    if r.status() != StatusCode::OK {
+        return None;
+    }
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(OBJECT_MEDIA_TYPE));
+    r.headers_mut().insert(METADATA_HEADER, value);
+    r.headers_mut().insert(header::VARY, header::HeaderValue::from_static("accept"));
+    Some(r)
+}
+
+async fn lookup_view(
+    s: &AppState,
+    arch: &str,
+    version: &str,
+    release: &str,
+    q: &LookupQuery,
+) -> Result<ObjectView, V1> {
+    let arch = parse_arch(arch)?;
+    let id = Identity::new(release, arch, version).map_err(|e| Error::BadRequest(e.to_string()))?;
     let row = s
         .repo
         .current(&id.kernel_release, id.arch.uname(), &id.version)
@@ -405,7 +458,7 @@ async fn lookup(
     {
         return Err(Error::NotFound(format!("the object for {release} was built for config {have}, not {want}")).into());
     }
-    Ok(Json(view(&s, &row).await?))
+    Ok(view(s, &row).await?)
 }
 
 /// The static layout: `/<version>/<arch>/<file name>` and `<file name>.sha256`,

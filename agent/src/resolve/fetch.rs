@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use bpfarm_object::client::{ClientError, Lookup, RegistryClient};
+use bpfarm_object::client::{ClientError, Lookup, LookupObject, RegistryClient};
 use bpfarm_object::http::{Transport, TransportError};
 use bpfarm_object::oci_client::{OciError, OciRegistry, OciTarget, credentials};
 use bpfarm_object::oci_layout::{LayoutError, OciLayout};
@@ -165,9 +165,24 @@ fn warn(w: Option<&str>) {
 }
 
 /// One bpfarm registry: the `/v1` API if it speaks it, else the static layout.
+/// A fetch from `/v1` is one round trip when the registry sends the object
+/// with its lookup answer, else two (the lookup, then the bytes by digest);
+/// from a static layout, the object, its `.sha256`, `.json` and signature
+/// files are asked for at once.
 async fn fetch_http(client: &RegistryClient, cfg: &ResolveConfig, look_only: bool) -> Result<Fetched, FetchError> {
     let id = &cfg.identity;
-    let (lookup, attachments) = client.lookup_signed(id, cfg.kernel.uname_version.as_deref()).await?;
+    let uname_version = cfg.kernel.uname_version.as_deref();
+    let (lookup, attachments) = if look_only {
+        client.lookup_signed(id, uname_version).await?
+    } else {
+        match client.lookup_object(id, uname_version).await? {
+            LookupObject::Object { metadata, attachments, bytes } => {
+                let evidence = Box::new(crate::verify::read_v1(client, &attachments).await);
+                return Ok(Fetched::Got { metadata, bytes, via: Via::V1, evidence });
+            }
+            LookupObject::Answer(lookup, attachments) => (lookup, attachments),
+        }
+    };
     match lookup {
         Lookup::Found(meta) if look_only => {
             Ok(Fetched::Available { digest: meta.digest, via: Via::V1, signed: Some(attachments.signature.is_some()) })
@@ -178,19 +193,27 @@ async fn fetch_http(client: &RegistryClient, cfg: &ResolveConfig, look_only: boo
             Ok(Fetched::Got { metadata: meta, bytes, via: Via::V1, evidence })
         }
         Lookup::NotFound(msg) => Err(FetchError::NotFound(msg)),
-        Lookup::NoApi => match client.fetch_static(id).await? {
-            Some(obj) if look_only => {
-                Ok(Fetched::Available { digest: obj.digest, via: Via::StaticLayout, signed: None })
-            }
-            Some(obj) => {
-                let size = obj.bytes.len() as u64;
-                let metadata = obj
-                    .metadata
-                    .unwrap_or_else(|| ObjectMetadata::unattested(id.clone(), obj.digest, size, Origin::StaticLayout));
-                let evidence = Box::new(crate::verify::read_static(client, id).await);
-                Ok(Fetched::Got { metadata: Box::new(metadata), bytes: obj.bytes, via: Via::StaticLayout, evidence })
-            }
+        Lookup::NoApi if look_only => match client.fetch_static(id).await? {
+            Some(obj) => Ok(Fetched::Available { digest: obj.digest, via: Via::StaticLayout, signed: None }),
             None => Err(FetchError::NotInStatic(id.file_name())),
         },
+        Lookup::NoApi => {
+            let (obj, evidence) = tokio::join!(client.fetch_static(id), crate::verify::read_static(client, id));
+            match obj? {
+                Some(obj) => {
+                    let size = obj.bytes.len() as u64;
+                    let metadata = obj.metadata.unwrap_or_else(|| {
+                        ObjectMetadata::unattested(id.clone(), obj.digest, size, Origin::StaticLayout)
+                    });
+                    Ok(Fetched::Got {
+                        metadata: Box::new(metadata),
+                        bytes: obj.bytes,
+                        via: Via::StaticLayout,
+                        evidence: Box::new(evidence),
+                    })
+                }
+                None => Err(FetchError::NotInStatic(id.file_name())),
+            }
+        }
     }
 }

@@ -1,7 +1,11 @@
 //! Installing a verified object: the object and its metadata, written into
-//! the install path atomically under its lock.
+//! the install path atomically under its lock. `run` installs in the
+//! background ([`install_in_background`]): the object is loaded from the
+//! verified bytes in memory meanwhile, so the install's fsyncs (several ms
+//! each on a busy disk) are not on the way to attached programs.
 
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use bpfarm_object::ObjectMetadata;
 
@@ -20,15 +24,68 @@ pub fn install(
     signature: Option<&crate::verify::Signature>,
 ) -> Result<PathBuf, TrustError> {
     let dir = TrustedDir::open_or_create(install_path)?;
+    write_all(&dir, bytes, meta, signature)?;
+    Ok(install_path.join(meta.identity.file_name()))
+}
+
+/// The files of an install, under the lock.
+fn write_all(
+    dir: &TrustedDir,
+    bytes: &[u8],
+    meta: &ObjectMetadata,
+    signature: Option<&crate::verify::Signature>,
+) -> Result<(), TrustError> {
     let _lock = dir.lock_exclusive()?;
     let name = meta.identity.file_name();
     dir.write_atomic(&name, bytes)?;
     let mut json = serde_json::to_vec_pretty(meta).map_err(|e| TrustError::Io {
-        path: install_path.join(format!("{name}.json")),
+        path: dir.path().join(format!("{name}.json")),
         source: std::io::Error::other(e),
     })?;
     json.push(b'\n');
     dir.write_atomic(&format!("{name}.json"), &json)?;
-    crate::verify::install_beside(&dir, &name, signature)?;
-    Ok(install_path.join(name))
+    crate::verify::install_beside(dir, &name, signature)
+}
+
+/// An install running on its own thread; [`PendingInstall::wait`] for it.
+#[derive(Debug)]
+pub struct PendingInstall {
+    path: PathBuf,
+    thread: JoinHandle<Result<(), TrustError>>,
+}
+
+impl PendingInstall {
+    /// Where the object goes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits for the install to end: the object's path, or why it failed.
+    pub fn wait(self) -> Result<PathBuf, TrustError> {
+        match self.thread.join() {
+            Ok(r) => r.map(|()| self.path),
+            Err(_) => {
+                Err(TrustError::Io { path: self.path, source: std::io::Error::other("the install thread panicked") })
+            }
+        }
+    }
+}
+
+/// [`install`], with the install path checked (or created) here and the
+/// files written on another thread: the same files, names, lock and
+/// atomicity. A refused install path is an error here, before anything is
+/// written.
+pub fn install_in_background(
+    install_path: &Path,
+    bytes: Vec<u8>,
+    meta: ObjectMetadata,
+    signature: Option<crate::verify::Signature>,
+) -> Result<PendingInstall, TrustError> {
+    let dir = TrustedDir::open_or_create(install_path)?;
+    let path = install_path.join(meta.identity.file_name());
+    let thread = std::thread::Builder::new()
+        .name("bpfarm-install".into())
+        .spawn(move || write_all(&dir, &bytes, &meta, signature.as_ref()))
+        .map_err(|source| TrustError::Io { path: path.clone(), source })?;
+    Ok(PendingInstall { path, thread })
 }

@@ -33,7 +33,7 @@ use bpfarm_object::{Arch, Digest, Identity, KernelFacts};
 pub use build::{BuildError, Built};
 pub use build::{HeaderInput, NoHeaders};
 pub use fetch::{FetchError, Fetched, Via};
-pub use install::install;
+pub use install::{PendingInstall, install};
 pub use local::Miss;
 pub use verify::{Rejected, Verified};
 
@@ -106,7 +106,7 @@ pub enum Source {
     LocalBuild,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, serde::Serialize)]
 pub struct Resolution {
     /// The object to load (for `locate`: where it is or would be).
     pub path: PathBuf,
@@ -119,6 +119,9 @@ pub struct Resolution {
     /// The verified bytes; `None` only when `locate` found nothing local.
     #[serde(skip)]
     pub object: Option<Verified>,
+    /// `run`: the install of a fetched object, still being written.
+    #[serde(skip)]
+    pub pending_install: Option<PendingInstall>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,7 +221,15 @@ fn resolve_candidates(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, Res
     let name = id.file_name();
     let mut trail = Trail::default();
     let found = |path: PathBuf, source, v: Verified, trail: Trail| {
-        Ok(Resolution { path, source, would: None, digest: Some(v.digest.clone()), trail: trail.0, object: Some(v) })
+        Ok(Resolution {
+            path,
+            source,
+            would: None,
+            digest: Some(v.digest.clone()),
+            trail: trail.0,
+            object: Some(v),
+            pending_install: None,
+        })
     };
     let would = |source, would: String, trail: Trail| {
         Ok(Resolution {
@@ -228,6 +239,7 @@ fn resolve_candidates(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, Res
             digest: None,
             trail: trail.0,
             object: None,
+            pending_install: None,
         })
     };
     let not_found = |trail: Trail| ResolveError::NotFound {
@@ -311,17 +323,34 @@ fn resolve_candidates(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, Res
                         continue;
                     }
                 }
+                // `run` loads the verified bytes from memory, so the files
+                // are written (and synced) meanwhile, on another thread.
+                if mode == Mode::Run {
+                    match install::install_in_background(
+                        &cfg.install_path,
+                        v.bytes.clone(),
+                        (*metadata).clone(),
+                        v.signature.clone(),
+                    ) {
+                        Ok(pending) => {
+                            trail.step(place, format!("{via}; {outcome}; installing (loaded from memory meanwhile)"));
+                            let path = pending.path().to_owned();
+                            let mut r = found(path, Source::Registry, v, trail)?;
+                            r.pending_install = Some(pending);
+                            return Ok(r);
+                        }
+                        // A refused install path must not stop a fleet host
+                        // (anyone can create /tmp/tracee first).
+                        Err(e) => {
+                            trail.step(place, format!("{via}; {outcome}; NOT installed ({e}): loading it from memory"));
+                            let path = PathBuf::from(format!("{base} ({name}, in memory)"));
+                            return found(path, Source::Registry, v, trail);
+                        }
+                    }
+                }
                 match install(&cfg.install_path, &v.bytes, &metadata, v.signature.as_ref()) {
                     Ok(path) => {
                         trail.step(place, format!("{via}; {outcome}; installed"));
-                        return found(path, Source::Registry, v, trail);
-                    }
-                    // A refused install path must not stop a fleet host
-                    // (anyone can create /tmp/tracee first): `run` loads the
-                    // verified bytes from memory.
-                    Err(e) if mode == Mode::Run => {
-                        trail.step(place, format!("{via}; {outcome}; NOT installed ({e}): loading it from memory"));
-                        let path = PathBuf::from(format!("{base} ({name}, in memory)"));
                         return found(path, Source::Registry, v, trail);
                     }
                     Err(e) => trail.step(place, format!("{via}; {outcome}; but installing failed: {e}")),
@@ -387,6 +416,7 @@ fn build_and_install(cfg: &ResolveConfig, input: HeaderInput, mut trail: Trail) 
                 digest,
                 trail: trail.0,
                 object: Some(built.verified),
+                pending_install: None,
             })
         }
         Err(source) => Err(ResolveError::BuildFailed { source: Box::new(source), trail: trail.0 }),
