@@ -576,6 +576,18 @@ fn an_unwritable_state_folder_fails_closed_and_nothing_is_loaded() {
     assert!(text.contains(&state.display().to_string()) && text.contains("--state-dir"), "{text}");
     assert!(!text.contains("attached") && out.stdout.is_empty(), "loaded:\n{text}");
     assert!(!state.join("rollback.json").exists());
+    // Nothing was installed either, however often it is tried: the install
+    // starts only once the record moved forward (no object, no temp files).
+    for _ in 0..3 {
+        assert_eq!(read_only().status.code(), Some(1));
+    }
+    let left: Vec<String> = match std::fs::read_dir(root.join("install")) {
+        Ok(dir) => {
+            dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n != ".bpfarm.lock").collect()
+        }
+        Err(_) => vec![],
+    };
+    assert!(left.is_empty(), "the refused object left files in the install path: {left:?}");
 
     // Writable again: accepted and recorded. Then read-only once more: the
     // record already holds this build, so nothing needs writing and the

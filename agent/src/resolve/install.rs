@@ -47,11 +47,32 @@ fn write_all(
     crate::verify::install_beside(dir, &name, signature)
 }
 
-/// An install running on its own thread; [`PendingInstall::wait`] for it.
+/// A verified object's install for `run`: prepared (the install path
+/// checked, nothing written) by [`install_in_background`], started by
+/// [`PendingInstall::start`] once the object is accepted for use (after the
+/// rollback record moved forward), then written on its own thread.
+/// Dropping it before `start` writes nothing; dropping it after waits for
+/// the thread, so the agent never exits half-way through an install (and
+/// leaves no temp files behind).
 #[derive(Debug)]
 pub struct PendingInstall {
     path: PathBuf,
-    thread: JoinHandle<Result<(), TrustError>>,
+    state: InstallState,
+}
+
+#[derive(Debug)]
+enum InstallState {
+    Prepared(Box<Prepared>),
+    Running(JoinHandle<Result<(), TrustError>>),
+    Done,
+}
+
+#[derive(Debug)]
+struct Prepared {
+    dir: TrustedDir,
+    bytes: Vec<u8>,
+    meta: ObjectMetadata,
+    signature: Option<crate::verify::Signature>,
 }
 
 impl PendingInstall {
@@ -60,21 +81,55 @@ impl PendingInstall {
         &self.path
     }
 
-    /// Waits for the install to end: the object's path, or why it failed.
-    pub fn wait(self) -> Result<PathBuf, TrustError> {
-        match self.thread.join() {
-            Ok(r) => r.map(|()| self.path),
-            Err(_) => {
-                Err(TrustError::Io { path: self.path, source: std::io::Error::other("the install thread panicked") })
-            }
+    /// Starts writing the files on their own thread (once; later calls do
+    /// nothing).
+    pub fn start(&mut self) -> Result<(), TrustError> {
+        if !matches!(self.state, InstallState::Prepared(_)) {
+            return Ok(());
+        }
+        let InstallState::Prepared(p) = std::mem::replace(&mut self.state, InstallState::Done) else {
+            return Ok(());
+        };
+        let thread = std::thread::Builder::new()
+            .name("bpfarm-install".into())
+            .spawn(move || write_all(&p.dir, &p.bytes, &p.meta, p.signature.as_ref()))
+            .map_err(|source| TrustError::Io { path: self.path.clone(), source })?;
+        self.state = InstallState::Running(thread);
+        Ok(())
+    }
+
+    /// Waits for the install to end: the object's path, or why it failed
+    /// (also when it was never started).
+    pub fn wait(mut self) -> Result<PathBuf, TrustError> {
+        match std::mem::replace(&mut self.state, InstallState::Done) {
+            InstallState::Running(thread) => match thread.join() {
+                Ok(r) => r.map(|()| self.path.clone()),
+                Err(_) => Err(TrustError::Io {
+                    path: self.path.clone(),
+                    source: std::io::Error::other("the install thread panicked"),
+                }),
+            },
+            InstallState::Prepared(_) | InstallState::Done => Err(TrustError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other("the install never started"),
+            }),
         }
     }
 }
 
-/// [`install`], with the install path checked (or created) here and the
-/// files written on another thread: the same files, names, lock and
-/// atomicity. A refused install path is an error here, before anything is
-/// written.
+impl Drop for PendingInstall {
+    fn drop(&mut self) {
+        if let InstallState::Running(thread) = std::mem::replace(&mut self.state, InstallState::Done) {
+            // An error here was not waited for: the next start installs again.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// [`install`], prepared for `run`: the install path checked (or created)
+/// here, the files written on another thread once [`PendingInstall::start`]
+/// is called: the same files, names, lock and atomicity. A refused install
+/// path is an error here, before anything is written.
 pub fn install_in_background(
     install_path: &Path,
     bytes: Vec<u8>,
@@ -83,9 +138,5 @@ pub fn install_in_background(
 ) -> Result<PendingInstall, TrustError> {
     let dir = TrustedDir::open_or_create(install_path)?;
     let path = install_path.join(meta.identity.file_name());
-    let thread = std::thread::Builder::new()
-        .name("bpfarm-install".into())
-        .spawn(move || write_all(&dir, &bytes, &meta, signature.as_ref()))
-        .map_err(|source| TrustError::Io { path: path.clone(), source })?;
-    Ok(PendingInstall { path, thread })
+    Ok(PendingInstall { path, state: InstallState::Prepared(Box::new(Prepared { dir, bytes, meta, signature })) })
 }

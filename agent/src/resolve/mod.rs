@@ -213,6 +213,14 @@ pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveErr
             }
         }
     }
+    // Accepted (and recorded): only now is a fetched object written to the
+    // install path. A failure to start is not fatal: it is used from memory.
+    if let Some(pending) = r.pending_install.as_mut()
+        && let Err(e) = pending.start()
+    {
+        r.trail.push(Step { place: "install path".into(), outcome: format!("NOT installed ({e}): used from memory") });
+        r.pending_install = None;
+    }
     Ok(r)
 }
 
