@@ -47,6 +47,7 @@ pub mod memo;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod oci_mirror;
 pub mod page;
 pub mod publish;
 pub mod repo;
