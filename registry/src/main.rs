@@ -172,7 +172,8 @@ enum Command {
     /// when it would replace a signed object here with an unsigned one, or
     /// bring other signatures for an object held signed (accepted only when
     /// the keys verify them). Refusals are printed and the sync goes on.
-    /// Exit status: 0 synced, 1 some objects were refused, 2 the sync failed.
+    /// Exit status: 0 synced, 1 some objects (or an oci:// upstream's tag
+    /// list) were refused, 2 the sync failed.
     Mirror {
         #[arg(long, env = "BPFARM_REGISTRY_DATA")]
         data: PathBuf,
