@@ -214,13 +214,18 @@ fn mirror_from_an_oci_registry_carries_signed_objects_incrementally_and_obeys_tr
 
 /// An OCI registry on loopback that serves one bpfarm release whose layer
 /// bytes are not the ones its manifest names (same size, other digest).
+/// The same server serving the honest bytes is mirrored (the control), and
+/// a layer over `--max-blob-bytes` is refused before it is downloaded.
 #[test]
 fn a_layer_whose_digest_lies_is_refused_and_nothing_is_stored() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     let release = "6.1.0-56-amd64";
     let honest = b"\x7fELF honest object".to_vec();
     let mut swapped = honest.clone();
     swapped[5] ^= 0xff;
     let meta = sample_metadata(release, Arch::X86_64, &honest);
+    let size = honest.len();
     let manifest = oci::manifest(&meta);
     let md = Digest::of_bytes(&manifest);
     let index = oci::index(release, "v0.1.0", None, Arch::X86_64, &md, manifest.len() as u64);
@@ -230,6 +235,9 @@ fn a_layer_whose_digest_lies_is_refused_and_nothing_is_stored() {
     let (tag_path, md_path) =
         (format!("/v2/ns/tracee-bpf/manifests/{tag}"), format!("/v2/ns/tracee-bpf/manifests/{md}"));
     let list = json!({"name": "ns/tracee-bpf", "tags": [tag]});
+    let lie = Arc::new(AtomicBool::new(true));
+    let lying = lie.clone();
+    let served_bytes = honest.clone();
     let server = HostileServer::start(move |req| {
         let path = req.path.split('?').next().unwrap_or("");
         if path == "/v2/" {
@@ -243,7 +251,8 @@ fn a_layer_whose_digest_lies_is_refused_and_nothing_is_stored() {
         } else if path == config {
             Reply::bytes(200, "application/octet-stream", oci::EMPTY_CONFIG)
         } else if path == layer {
-            Reply::bytes(200, "application/octet-stream", swapped.clone())
+            let body = if lying.load(Ordering::SeqCst) { swapped.clone() } else { served_bytes.clone() };
+            Reply::bytes(200, "application/octet-stream", body)
         } else {
             Reply::not_found()
         }
@@ -263,6 +272,21 @@ fn a_layer_whose_digest_lies_is_refused_and_nothing_is_stored() {
     assert!(blobs(&data).is_empty(), "the lying upstream's bytes were stored: {:?}", blobs(&data));
     let (dump, _) = snapshot(&data);
     assert!(!dump.contains(md.hex()) && !dump.contains(meta.digest.hex()), "rows were stored");
+
+    // Over --max-blob-bytes: refused by its descriptor, not downloaded.
+    let o = mirror(&data, &from, &["--max-blob-bytes", &(size - 1).to_string()]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("(--max-blob-bytes); not downloading it"), "{}", show(&o));
+    assert!(blobs(&data).is_empty());
+
+    // The control: the same upstream, honest, is mirrored.
+    lie.store(false, Ordering::SeqCst);
+    let o = mirror(&data, &from, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("1 objects published, 0 refused"), "{}", show(&o));
+    let served = serve(&data);
+    let got = reqwest::blocking::get(format!("{}/v0.1.0/x86_64/{}", served.url, meta.file_name)).unwrap();
+    assert_eq!(got.bytes().unwrap().to_vec(), honest);
 }
 
 /// A tag list whose `Link` always names one more page: refused at the
