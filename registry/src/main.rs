@@ -597,7 +597,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_blob_bytes,
             };
             let started = std::time::Instant::now();
-            let r = match bpfarm_registry::mirror::mirror(&state, &config).await {
+            let r = match bpfarm_registry::oci_mirror::mirror(&state, &config).await {
                 Ok(r) => r,
                 Err(e) if e.is_refusal() => {
                     eprintln!("bpfarm-registry: refused {}: {e}; nothing of it was stored", config.from);

@@ -51,7 +51,8 @@ const PAGE_LIMIT: u64 = 32 << 20;
 #[derive(Debug, Clone)]
 pub struct MirrorConfig {
     /// `http(s)://HOST[:PORT]` of a bpfarm registry, or
-    /// `oci://HOST[:PORT]/NAMESPACE` of an OCI registry (`oci_mirror`).
+    /// `oci://HOST[:PORT]/NAMESPACE` of an OCI registry (for
+    /// `oci_mirror::mirror`).
     pub from: String,
     /// A read token for it.
     pub token: Option<String>,
@@ -135,9 +136,6 @@ pub async fn mirror(state: &AppState, config: &MirrorConfig) -> Result<MirrorRep
 }
 
 fn run(h: &tokio::runtime::Handle, state: &AppState, config: &MirrorConfig) -> Result<MirrorReport, MirrorError> {
-    if config.from.starts_with("oci://") {
-        return crate::oci_mirror::run(h, state, config);
-    }
     let base = config.from.trim_end_matches('/').to_owned();
     if !(base.starts_with("http://") || base.starts_with("https://")) {
         return Err(MirrorError::Source(config.from.clone()));

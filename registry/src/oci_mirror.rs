@@ -33,13 +33,25 @@ use crate::import::{self, Content, ImportError, ImportReport, Refusal, Root};
 use crate::mirror::{MirrorConfig, MirrorError, MirrorReport};
 use crate::state::AppState;
 
+/// Syncs `state` from `config.from`: an `oci://` target here, anything
+/// else through `mirror::mirror` (see the module docs).
+pub async fn mirror(state: &AppState, config: &MirrorConfig) -> Result<MirrorReport, MirrorError> {
+    if !config.from.starts_with("oci://") {
+        return crate::mirror::mirror(state, config).await;
+    }
+    let handle = tokio::runtime::Handle::current();
+    let state = state.clone();
+    let config = config.clone();
+    // As in `mirror`: the transport owns a runtime of its own, driven from
+    // a blocking thread; storage calls go back to this runtime.
+    tokio::task::spawn_blocking(move || run(&handle, &state, &config))
+        .await
+        .map_err(|e| MirrorError::Task(e.to_string()))?
+}
+
 /// Mirrors `config.from` (an `oci://` target) into `state`, from a blocking
 /// thread; storage calls go to `h`.
-pub(crate) fn run(
-    h: &tokio::runtime::Handle,
-    state: &AppState,
-    config: &MirrorConfig,
-) -> Result<MirrorReport, MirrorError> {
+fn run(h: &tokio::runtime::Handle, state: &AppState, config: &MirrorConfig) -> Result<MirrorReport, MirrorError> {
     let target = OciTarget::parse(config.from.trim_end_matches('/'))?;
     let transport = Transport::new(TransportConfig {
         ca_certs: config.ca_certs.clone(),
