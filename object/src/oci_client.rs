@@ -37,6 +37,9 @@ pub enum OciError {
     },
     #[error("{reference}: {message}")]
     Invalid { reference: String, message: String },
+    /// The registry refused the credentials (or their absence): HTTP 401/403.
+    #[error("{reference}: HTTP {status}: {message} (check --token or the docker config.json entry)")]
+    Denied { reference: String, status: u16, message: String },
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error("oci://{registry}: no answer within {}s (--timeout)", .after.as_secs_f64())]
@@ -602,6 +605,13 @@ impl OciRegistry {
                 200 => {}
                 // A repository nothing was pushed to has no tags.
                 404 if pages == 1 => return Ok(tags),
+                s @ (401 | 403) => {
+                    return Err(OciError::Denied {
+                        reference: repo.to_string(),
+                        status: s,
+                        message: registry_message(&r),
+                    });
+                }
                 s => return Err(invalid(format!("HTTP {s} for the tag list: {}", registry_message(&r)))),
             }
             let v: Value =

@@ -318,3 +318,42 @@ fn an_endless_tag_list_is_refused() {
     let (dump, _) = snapshot(&data);
     assert!(!dump.contains("INSERT INTO oci_tags"), "tags were stored");
 }
+
+/// `--token` against a registry that wants one for reads: bpfarm's own
+/// `/v2` under `--require-read-token` (an OCI registry like any other to
+/// the mirror). Without the token the run fails saying so and stores
+/// nothing; with it, both objects arrive.
+#[test]
+fn mirror_from_an_oci_registry_that_needs_a_token() {
+    let home = tempfile::tempdir().unwrap();
+    let up = home.path().join("up");
+    let push = bpfarm_tests::token(&up, "ci", "push");
+    let read = bpfarm_tests::token(&up, "dmz", "read");
+    let reg = bpfarm_tests::serve_with(&["--listen", "127.0.0.1:0", "--data", p(&up), "--require-read-token"]);
+    let c = bpfarm_tests::client(&reg.url, Some(push));
+    let mut metas = Vec::new();
+    for release in ["6.1.0-56-amd64", "6.1.0-57-amd64"] {
+        let bytes = format!("\x7fELF stand-in object for {release}").into_bytes();
+        let meta = sample_metadata(release, Arch::X86_64, &bytes);
+        c.publish(&meta, &bytes, false).unwrap();
+        metas.push((meta, bytes));
+    }
+    let from = format!("oci://{}/bpfarm", reg.url.trim_start_matches("http://"));
+    let data = home.path().join("dmz");
+    let o = mirror(&data, &from, &[]);
+    assert!(!o.status.success(), "{}", show(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("HTTP 401"), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("check --token"), "{}", show(&o));
+    assert!(blobs(&data).is_empty());
+
+    let o = mirror(&data, &from, &["--token", &read]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("2 objects published, 0 refused"), "{}", show(&o));
+    drop(reg);
+    let served = serve(&data);
+    for (meta, bytes) in metas {
+        let f = format!("{}/v0.1.0/x86_64/{}", served.url, meta.file_name);
+        assert_eq!(reqwest::blocking::get(&f).unwrap().bytes().unwrap().to_vec(), bytes, "{f}");
+    }
+}
