@@ -5,7 +5,9 @@ Publishes N stand-in objects of SIZE random bytes to a fresh
 bpfarm-registry through /v1, then measures, each with its wall time and
 peak RSS (GNU time): `bundle` of the whole data folder (and the tar's
 size against the blobs it carries), `import` of it into an empty folder,
-the second `import` (nothing new), and `gc --dry-run`. Prints one line
+the second `import` (nothing new), `mirror` from the registry's `/v1`
+(the baseline) and from its `/v2` as an OCI registry (`oci://`, then again:
+nothing new), and `gc --dry-run`. Prints one line
 per step.
 
     bench/airgap.py [--objects 100] [--size 1048576] [--registry-bin PATH]
@@ -77,6 +79,15 @@ def main():
                     "built_at": "2026-11-27T00:00:00Z",
                 }
                 request("POST", f"{url}/v1/objects", json.dumps(meta).encode(), token, "application/json")
+            # mirror from the registry's /v1 (the baseline) and from its /v2
+            # as any OCI registry (oci://), each into an empty folder.
+            w1, rss1, out1 = run_measured([reg, "mirror", "--data", os.path.join(tmp, "m1"), "--from", url])
+            print(f"mirror --from http:// (baseline): {w1:.2f} s, peak RSS {rss1:.0f} MiB [{out1}]")
+            oci = "oci://" + url.split("://", 1)[1] + "/bpfarm"
+            w2, rss2, out2 = run_measured([reg, "mirror", "--data", os.path.join(tmp, "m2"), "--from", oci])
+            print(f"mirror --from oci://: {w2:.2f} s ({w2 / w1:.2f}x the baseline), peak RSS {rss2:.0f} MiB [{out2}]")
+            w3, rss3, out3 = run_measured([reg, "mirror", "--data", os.path.join(tmp, "m2"), "--from", oci])
+            print(f"mirror --from oci:// again (nothing new): {w3:.2f} s, peak RSS {rss3:.0f} MiB [{out3}]")
         finally:
             srv.terminate()
             srv.wait()

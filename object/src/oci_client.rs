@@ -37,6 +37,9 @@ pub enum OciError {
     },
     #[error("{reference}: {message}")]
     Invalid { reference: String, message: String },
+    /// The registry refused the credentials (or their absence): HTTP 401/403.
+    #[error("{reference}: HTTP {status}: {message} (check --token or the docker config.json entry)")]
+    Denied { reference: String, status: u16, message: String },
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error("oci://{registry}: no answer within {}s (--timeout)", .after.as_secs_f64())]
@@ -533,6 +536,199 @@ impl OciRegistry {
     }
 }
 
+/// Caps on a tag listing (`GET /v2/<name>/tags/list`).
+#[derive(Debug, Clone, Copy)]
+pub struct TagListLimits {
+    /// Tags asked for per page (`?n=`).
+    pub page_size: u32,
+    /// Pages followed through `Link: <…>; rel="next"`.
+    pub max_pages: u32,
+    /// Bytes of one page.
+    pub max_page_bytes: u64,
+    /// Tags in all.
+    pub max_tags: usize,
+}
+
+impl Default for TagListLimits {
+    fn default() -> Self {
+        Self { page_size: 1000, max_pages: 1000, max_page_bytes: 4 << 20, max_tags: 200_000 }
+    }
+}
+
+/// A manifest as the registry answered it: its bytes, their digest and
+/// its media type (the body's `mediaType`, else the `Content-Type`).
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub bytes: Vec<u8>,
+    pub digest: Digest,
+    pub media_type: String,
+}
+
+/// Reading a whole repository, for a mirror: its tags, its manifests by
+/// tag or digest, its blobs by digest; every read capped and checked.
+impl OciRegistry {
+    /// Every tag of the repository, through the distribution API's
+    /// pagination (`?n=`, `Link` next), bounded by `limits` and by one
+    /// deadline for the whole listing. A `Link` leaving the registry's
+    /// origin, a page that repeats, or a listing past the caps is an
+    /// error: an endless list is refused, not followed.
+    pub fn list_tags(&self, limits: TagListLimits) -> Result<Vec<String>, OciError> {
+        self.within(self.tags(limits))
+    }
+
+    /// [`OciRegistry::list_tags`] without its own deadline.
+    pub async fn tags(&self, limits: TagListLimits) -> Result<Vec<String>, OciError> {
+        let auth = self.auth_header(RegistryOperation::Pull).await?;
+        let repo = self.target.reference(oci::REPOSITORY)?;
+        let invalid = |message: String| OciError::Invalid { reference: repo.to_string(), message };
+        let origin = format!("{}://{}", self.scheme, repo.resolve_registry());
+        let mut url = format!("{origin}/v2/{}/tags/list?n={}", repo.repository(), limits.page_size);
+        let mut tags: Vec<String> = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut pages = 0u32;
+        loop {
+            pages += 1;
+            if pages > limits.max_pages {
+                return Err(invalid(format!(
+                    "the tag list goes on past {} pages; refusing to follow it further",
+                    limits.max_pages
+                )));
+            }
+            let r =
+                self.transport.get(&url, &auth, limits.max_page_bytes, Overflow::Error).await.map_err(|e| match e {
+                    TransportError::TooLarge { .. } => {
+                        invalid(format!("a page of the tag list is over {} bytes", limits.max_page_bytes))
+                    }
+                    e => e.into(),
+                })?;
+            match r.status {
+                200 => {}
+                // A repository nothing was pushed to has no tags.
+                404 if pages == 1 => return Ok(tags),
+                s @ (401 | 403) => {
+                    return Err(OciError::Denied {
+                        reference: repo.to_string(),
+                        status: s,
+                        message: registry_message(&r),
+                    });
+                }
+                s => return Err(invalid(format!("HTTP {s} for the tag list: {}", registry_message(&r)))),
+            }
+            let v: Value =
+                serde_json::from_slice(&r.body).map_err(|e| invalid(format!("the tag list is not JSON: {e}")))?;
+            // `tags` is null for a repository without tags.
+            if !v["tags"].is_null() && !v["tags"].is_array() {
+                return Err(invalid("the tag list's tags is not an array".into()));
+            }
+            for t in v["tags"].as_array().into_iter().flatten() {
+                let t = t.as_str().ok_or_else(|| invalid("the tag list holds a non-string".into()))?;
+                if seen.insert(t.to_owned()) {
+                    tags.push(t.to_owned());
+                }
+                if tags.len() > limits.max_tags {
+                    return Err(invalid(format!("the tag list has more than {} tags", limits.max_tags)));
+                }
+            }
+            let next = r.headers.get_all(reqwest::header::LINK).iter().find_map(|h| next_link(h.to_str().ok()?));
+            let Some(next) = next else { return Ok(tags) };
+            let next = if next.starts_with('/') {
+                format!("{origin}{next}")
+            } else if next.starts_with(&format!("{origin}/")) {
+                next
+            } else {
+                return Err(invalid(format!("the tag list's next page {next:?} is on another origin")));
+            };
+            if next == url {
+                return Err(invalid("the tag list's next page is the page itself".into()));
+            }
+            url = next;
+        }
+    }
+
+    /// The manifest under a tag or digest, at most `cap` bytes (never over
+    /// 4 MiB); `None` when the registry has none. By digest, its bytes must
+    /// hash to it.
+    pub async fn fetch_manifest(&self, tag_or_digest: &str, cap: u64) -> Result<Option<FetchedManifest>, OciError> {
+        let auth = self.auth_header(RegistryOperation::Pull).await?;
+        let accept = [oci::MANIFEST_MEDIA_TYPE, oci::INDEX_MEDIA_TYPE, DOCKER_MANIFEST, DOCKER_LIST].join(", ");
+        let reference = self.target.reference(tag_or_digest)?;
+        let url = self.url(&reference, "manifests", tag_or_digest);
+        let mut headers = auth.clone();
+        headers.push(("Accept".into(), accept));
+        let cap = cap.min(MAX_MANIFEST);
+        let invalid = |message: String| OciError::Invalid { reference: reference.to_string(), message };
+        let r = self.transport.get(&url, &headers, cap, Overflow::Error).await.map_err(|e| match e {
+            TransportError::TooLarge { .. } => invalid(format!("its manifest is over {cap} bytes")),
+            e => e.into(),
+        })?;
+        match r.status {
+            200 => {}
+            404 => return Ok(None),
+            s => return Err(invalid(format!("HTTP {s} for its manifest: {}", registry_message(&r)))),
+        }
+        if tag_or_digest.starts_with("sha256:") && r.digest.as_str() != tag_or_digest {
+            return Err(invalid(format!("the manifest's bytes hash to {}, not {tag_or_digest}", r.digest)));
+        }
+        let body_type =
+            serde_json::from_slice::<Value>(&r.body).ok().and_then(|v| v["mediaType"].as_str().map(str::to_owned));
+        let header_type = r
+            .headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|h| h.to_str().ok())
+            .map(|s| s.split(';').next().unwrap_or("").trim().to_owned());
+        let media_type = body_type.or(header_type).ok_or_else(|| invalid("its manifest names no media type".into()))?;
+        Ok(Some(FetchedManifest { digest: r.digest, bytes: r.body, media_type }))
+    }
+
+    /// A blob of `size` bytes (as its descriptor names), never more: the
+    /// transfer stops at `size`, and the bytes must be exactly `size` long
+    /// and hash to `digest`.
+    pub async fn fetch_blob(&self, digest: &Digest, size: u64) -> Result<Vec<u8>, OciError> {
+        let auth = self.auth_header(RegistryOperation::Pull).await?;
+        let repo = self.target.reference(oci::REPOSITORY)?;
+        let invalid = |message: String| OciError::Invalid { reference: repo.to_string(), message };
+        let url = self.url(&repo, "blobs", digest.as_str());
+        let r = self.transport.get(&url, &auth, size, Overflow::Error).await.map_err(|e| match e {
+            TransportError::TooLarge { .. } => {
+                invalid(format!("blob {digest}: the registry sent more than the {size} bytes its descriptor names"))
+            }
+            e => e.into(),
+        })?;
+        if r.status != 200 {
+            return Err(invalid(format!("HTTP {} for blob {digest}: {}", r.status, registry_message(&r))));
+        }
+        if r.body.len() as u64 != size {
+            return Err(invalid(format!("blob {digest} is {} bytes, its descriptor says {size}", r.body.len())));
+        }
+        if r.digest != *digest {
+            return Err(invalid(format!("blob {digest} has bytes hashing to {}", r.digest)));
+        }
+        Ok(r.body)
+    }
+
+    /// Runs `fut` under the transport's deadline (for a caller driving
+    /// several reads from a blocking thread).
+    pub fn run<T>(&self, fut: impl Future<Output = Result<T, OciError>>) -> Result<T, OciError> {
+        self.within(fut)
+    }
+}
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// The target of a `Link` header's `rel="next"` entry.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        let next = params.split(';').any(|p| {
+            let p = p.trim().replace(' ', "");
+            p == "rel=\"next\"" || p == "rel=next"
+        });
+        next.then(|| target.to_owned())
+    })
+}
+
 fn header_value(reference: &Reference, v: &str) -> Result<reqwest::header::HeaderValue, OciError> {
     v.parse()
         .map_err(|e| OciError::Invalid { reference: reference.to_string(), message: format!("media type {v}: {e}") })
@@ -573,6 +769,16 @@ mod tests {
         let t = OciTarget::parse("oci://h/ns").unwrap();
         assert!(t.reference("-bad tag").is_err());
         assert!(t.reference("sha256:short").is_err());
+    }
+
+    #[test]
+    fn link_next() {
+        assert_eq!(
+            next_link(r#"</v2/a/tracee-bpf/tags/list?n=2&last=b>; rel="next""#).as_deref(),
+            Some("/v2/a/tracee-bpf/tags/list?n=2&last=b")
+        );
+        assert_eq!(next_link(r#"<https://h/x>; rel="prev""#), None);
+        assert_eq!(next_link("garbage"), None);
     }
 
     #[test]

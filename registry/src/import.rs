@@ -405,7 +405,7 @@ pub fn carried(
 }
 
 /// The bpfarm objects of `plan` that conflict with what this registry holds.
-async fn conflicts(
+pub async fn conflicts(
     state: &AppState,
     plan: &Plan,
     carried: &BTreeMap<(String, Digest), Carried>,

@@ -18,7 +18,7 @@
 //!   matrix or the releases seen), the offline tools `fsck` and `export`,
 //!   and the air-gap and retention tools `bundle` (an OCI layout in a
 //!   tar), `import` (one checked in full, then published), `mirror` (an
-//!   upstream, synced) and `gc` (unreferenced blobs, old versions);
+//!   upstream, synced; `oci_mirror` for an `oci://` one) and `gc` (unreferenced blobs, old versions);
 //! - the shared vocabulary: `state` (`AppState`, `Settings`), `error` (the
 //!   one `Error` the services return);
 //! - storage and plumbing: `repo` (the only module that runs SQL; `memo`
@@ -47,6 +47,7 @@ pub mod memo;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod oci_mirror;
 pub mod page;
 pub mod publish;
 pub mod repo;

@@ -159,20 +159,28 @@ enum Command {
         oci_namespace: String,
     },
     /// Sync from an upstream bpfarm registry (http(s)://HOST[:PORT], its /v1
-    /// objects with their .sig and .intoto.jsonl) into this data folder,
-    /// fetching only what is missing, every digest verified; interrupted,
-    /// run it again. For a DMZ host serving an air-gapped site.
+    /// objects with their .sig and .intoto.jsonl) or from any OCI registry
+    /// the builder published to (oci://HOST[:PORT]/NAMESPACE: its
+    /// NAMESPACE/tracee-bpf release tags with their cosign .sig/.att and
+    /// sha256-<hex>.bpfarm tags, stored as `import` stores a bundle) into
+    /// this data folder, fetching only what is missing, every digest and
+    /// size verified; interrupted, run it again. For a DMZ host serving an
+    /// air-gapped site.
     ///
     /// An object is refused, and nothing of it stored, when --trusted-key
     /// is given and it is not signed by one of the keys; whatever the keys,
     /// when it would replace a signed object here with an unsigned one, or
     /// bring other signatures for an object held signed (accepted only when
     /// the keys verify them). Refusals are printed and the sync goes on.
-    /// Exit status: 0 synced, 1 some objects were refused, 2 the sync failed.
+    /// Exit status: 0 synced, 1 some objects (or an oci:// upstream's tag
+    /// list) were refused, 2 the sync failed.
     Mirror {
         #[arg(long, env = "BPFARM_REGISTRY_DATA")]
         data: PathBuf,
-        /// The upstream bpfarm registry: http(s)://HOST[:PORT].
+        /// The upstream: a bpfarm registry, http(s)://HOST[:PORT], or an OCI
+        /// registry, oci://HOST[:PORT]/NAMESPACE (plain http for loopback
+        /// hosts only, unless --insecure; credentials: --token, else the
+        /// docker config.json entry for the host).
         #[arg(long)]
         from: String,
         /// A read token for the upstream.
@@ -596,7 +604,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_blob_bytes,
             };
             let started = std::time::Instant::now();
-            let r = bpfarm_registry::mirror::mirror(&state, &config).await?;
+            let r = match bpfarm_registry::oci_mirror::mirror(&state, &config).await {
+                Ok(r) => r,
+                Err(e) if e.is_refusal() => {
+                    eprintln!("bpfarm-registry: refused {}: {e}; nothing of it was stored", config.from);
+                    return Ok(ExitCode::from(1));
+                }
+                Err(e) => return Err(e.into()),
+            };
             for w in &r.warnings {
                 eprintln!("bpfarm-registry: warning: {w}");
             }

@@ -50,7 +50,9 @@ const PAGE_LIMIT: u64 = 32 << 20;
 
 #[derive(Debug, Clone)]
 pub struct MirrorConfig {
-    /// `http(s)://HOST[:PORT]` of a bpfarm registry.
+    /// `http(s)://HOST[:PORT]` of a bpfarm registry, or
+    /// `oci://HOST[:PORT]/NAMESPACE` of an OCI registry (for
+    /// `oci_mirror::mirror`).
     pub from: String,
     /// A read token for it.
     pub token: Option<String>,
@@ -64,8 +66,20 @@ pub struct MirrorConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
-    #[error("{0} is not a bpfarm registry URL (http(s)://HOST[:PORT]); mirroring an OCI registry is not supported yet")]
+    #[error(
+        "{0} is neither a bpfarm registry URL (http(s)://HOST[:PORT]) nor an OCI target (oci://HOST[:PORT]/NAMESPACE)"
+    )]
     Source(String),
+    /// An OCI upstream (`oci://`): its answers, or reaching it.
+    #[error(transparent)]
+    Oci(bpfarm_object::oci_client::OciError),
+    /// What the upstream serves is refused (a lying digest or size, an
+    /// endless list, a bad graph, the signing policy): nothing of it was
+    /// stored.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: std::io::Error },
     #[error(transparent)]
     Transport(#[from] bpfarm_object::http::TransportError),
     #[error(transparent)]
@@ -78,6 +92,19 @@ pub enum MirrorError {
     Registry(#[from] Error),
     #[error("the mirror task: {0}")]
     Task(String),
+}
+
+impl MirrorError {
+    /// Whether the upstream's content was refused (exit status 1), rather
+    /// than the sync failing (2).
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            MirrorError::Refused(_) => true,
+            MirrorError::Oci(bpfarm_object::oci_client::OciError::Invalid { .. }) => true,
+            MirrorError::Registry(e) => refusal(e),
+            _ => false,
+        }
+    }
 }
 
 /// What a mirror run did.

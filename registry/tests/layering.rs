@@ -24,6 +24,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "bundle",
             "import",
             "mirror",
+            "oci_mirror",
             "gc",
         ],
     ),
@@ -38,6 +39,7 @@ const HTTP: &[&str] = &["axum", "hyper", "tower", "http::", "http_body", "Status
 const HTTP_BELOW_FACES: &[(&str, &str)] = &[
     ("metrics", "its middleware counts requests by route and status"),
     ("mirror", "a client of upstream registries, through bpfarm_object::http's transport"),
+    ("oci_mirror", "a client of OCI registries, through bpfarm_object::http's transport"),
 ];
 
 /// Modules that may use the file system, and why (everything else reaches

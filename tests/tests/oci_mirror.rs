@@ -1,0 +1,359 @@
+//! `bpfarm-registry mirror --from oci://…` (issue #13): the real builder
+//! publishes a signed object to the real docker-registry with `--publish
+//! oci://`, and the registry mirrors it from there into an empty data
+//! folder, signatures and all, incrementally, under `--trusted-key`; a
+//! hostile OCI upstream (a loopback server: a layer whose digest lies, an
+//! endless tag list) is refused with nothing stored.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use bpfarm_object::{Arch, Digest, ObjectMetadata, oci};
+use bpfarm_tests::hostile::{HostileServer, Reply};
+use bpfarm_tests::{bin, distribution, sample_metadata, serve};
+use serde_json::{Value, json};
+
+fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn mirror(data: &Path, from: &str, extra: &[&str]) -> Output {
+    Command::new(bin("bpfarm-registry"))
+        .args(["mirror", "--data", p(data), "--from", from])
+        .args(extra)
+        .env_remove("BPFARM_REGISTRY_TRUSTED_KEYS")
+        .env_remove("BPFARM_MIRROR_TOKEN")
+        .env("DOCKER_CONFIG", data.with_extension("no-docker-config"))
+        .output()
+        .unwrap()
+}
+
+/// A P-256 key pair from `openssl genpkey`: (private PEM path, public PEM path).
+fn openssl_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub"));
+    for args in [
+        vec!["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", p(&key)],
+        vec!["pkey", "-pubout", "-in", p(&key), "-out", p(&public)],
+    ] {
+        let o = Command::new("openssl").args(&args).output().expect("openssl (ci/install-deps installs it)");
+        assert!(o.status.success(), "{}", show(&o));
+    }
+    (key, public)
+}
+
+/// The sqlite dump and every stored blob (name, hash of its bytes).
+fn snapshot(data: &Path) -> (String, Vec<(String, String)>) {
+    let dump = Command::new("sqlite3").arg("-readonly").arg(data.join("index.sqlite")).arg(".dump").output().unwrap();
+    assert!(dump.status.success(), "{}", show(&dump));
+    (String::from_utf8(dump.stdout).unwrap(), blobs(data))
+}
+
+fn blobs(data: &Path) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    for d in std::fs::read_dir(data.join("blobs/sha256")).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            let bytes = std::fs::read(f.path()).unwrap();
+            files.push((f.file_name().to_string_lossy().into_owned(), Digest::of_bytes(&bytes).to_string()));
+        }
+    }
+    files.sort();
+    files
+}
+
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// `bpfarm-builder build --running-kernel` into `dir/out`, with `args`.
+fn build(dir: &Path, args: &[&str]) -> Output {
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci-mirror-cache");
+    Command::new(bin("bpfarm-builder"))
+        .args(["build", "--running-kernel", "--no-progress", "--cache-dir"])
+        .arg(&cache)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .args(args)
+        .env_remove("COSIGN_PASSWORD")
+        .env_remove("BPFARM_SIGN_KEY")
+        .output()
+        .expect("running bpfarm-builder")
+}
+
+/// The object the builder wrote into `dir/out`, with its metadata.
+fn built_object(dir: &Path) -> (PathBuf, ObjectMetadata) {
+    let arch_dir = dir.join("out").join(std::env::consts::ARCH);
+    let json = std::fs::read_dir(&arch_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".o.json"))
+        .expect("the builder wrote metadata");
+    let meta: ObjectMetadata = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    (arch_dir.join(&meta.file_name), meta)
+}
+
+#[test]
+fn mirror_from_an_oci_registry_carries_signed_objects_incrementally_and_obeys_trusted_keys() {
+    let home = tempfile::tempdir().unwrap();
+    let (key, public) = openssl_key(home.path(), "signer");
+    let (_, stranger) = openssl_key(home.path(), "stranger");
+    let dist = distribution();
+    let target = format!("oci://{}/ns", dist.addr);
+    let out = build(home.path(), &["--sign-key", p(&key), "--publish", &target]);
+    assert!(out.status.success(), "{}", show(&out));
+    let (object, meta) = built_object(home.path());
+    let id = &meta.identity;
+
+    // Cut mid-way: a proxy in front of the registry breaks the layer's
+    // download. The run fails and nothing of the release is visible.
+    let dmz = home.path().join("dmz");
+    let upstream = format!("http://{}", dist.addr);
+    let layer = format!("/v2/ns/tracee-bpf/blobs/{}", meta.digest);
+    let size = meta.size;
+    let proxy = HostileServer::start(move |req| {
+        if req.path == layer {
+            let mut r = Reply::bytes(200, "application/octet-stream", vec![]);
+            r.body = bpfarm_tests::hostile::Body::Stream { total: size / 2, content_length: Some(size) };
+            return r;
+        }
+        let mut get = reqwest::blocking::Client::new().get(format!("{upstream}{}", req.path));
+        if let Some(a) = req.header("accept") {
+            get = get.header("Accept", a);
+        }
+        let r = get.send().unwrap();
+        let status = r.status().as_u16();
+        let ct = r.headers().get("content-type").and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
+        Reply::bytes(status, &ct, r.bytes().unwrap().to_vec())
+    });
+    let cut = format!("oci://{}/ns", proxy.url.trim_start_matches("http://"));
+    let o = mirror(&dmz, &cut, &["--trusted-key", p(&public)]);
+    assert!(!o.status.success(), "{}", show(&o));
+    eprintln!("cut mid-way: {}", show(&o));
+    assert!(blobs(&dmz).is_empty(), "a cut run left blobs visible: {:?}", blobs(&dmz));
+    drop(proxy);
+
+    // Rerun from the registry itself, into the same folder, under the
+    // signer's key: it completes.
+    let o = mirror(&dmz, &target, &["--trusted-key", p(&public)]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    eprintln!("first full run: {}", show(&o));
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(said.contains("1 objects published, 0 refused"), "{}", show(&o));
+    assert!(!said.contains(" 0 fetched"), "{}", show(&o));
+    {
+        let served = serve(&dmz);
+        let url = format!("{}/v1/objects/{}/{}/{}", served.url, id.arch.uname(), id.version, id.kernel_release);
+        let r = reqwest::blocking::get(&url).unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{url}");
+        let v: Value = r.json().unwrap();
+        assert_eq!(v["digest"], meta.digest.as_str(), "{v}");
+        let sig = std::fs::read(beside(&object, ".sig")).unwrap();
+        let att = std::fs::read(beside(&object, ".intoto.jsonl")).unwrap();
+        assert_eq!(v["signature"]["digest"], Digest::of_bytes(&sig).as_str(), "{v}");
+        assert_eq!(v["attestation"]["digest"], Digest::of_bytes(&att).as_str(), "{v}");
+        // The files themselves, byte for byte what the builder wrote.
+        for (suffix, want) in [("", std::fs::read(&object).unwrap()), (".sig", sig), (".intoto.jsonl", att)] {
+            let f = format!("{}/{}/{}/{}{suffix}", served.url, id.version, id.arch.uname(), meta.file_name);
+            let got = reqwest::blocking::get(&f).unwrap();
+            assert_eq!(got.status().as_u16(), 200, "{f}");
+            assert_eq!(got.bytes().unwrap().to_vec(), want, "{f}");
+        }
+        // The cosign tags as the OCI upstream has them.
+        let manifest = Digest::of_bytes(&oci::manifest(&meta));
+        for tag in [
+            bpfarm_object::sign::cosign::signature_tag(&manifest),
+            bpfarm_object::sign::cosign::attestation_tag(&manifest),
+            bpfarm_object::sign::files_tag(&manifest),
+        ] {
+            let get = |base: String| {
+                let r = reqwest::blocking::Client::new()
+                    .get(format!("{base}/manifests/{tag}"))
+                    .header("Accept", oci::MANIFEST_MEDIA_TYPE)
+                    .send()
+                    .unwrap();
+                (r.status().as_u16(), r.bytes().unwrap().to_vec())
+            };
+            let here = get(format!("{}/v2/bpfarm/tracee-bpf", served.url));
+            assert_eq!(here.0, 200, "{tag}");
+            assert_eq!(here, get(format!("http://{}/v2/ns/tracee-bpf", dist.addr)), "{tag}");
+        }
+    }
+
+    // A second run transfers nothing new and changes nothing.
+    let before = snapshot(&dmz);
+    let o = mirror(&dmz, &target, &["--trusted-key", p(&public)]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    eprintln!("second run: {}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(" 0 fetched (0 bytes)"), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("0 objects published"), "{}", show(&o));
+    assert_eq!(snapshot(&dmz), before, "a second mirror run changed the data folder");
+
+    // Another key: everything refused, nothing stored, exit 1.
+    let other = home.path().join("other");
+    let o = mirror(&other, &target, &["--trusted-key", p(&stranger)]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("refused tag ") && err.contains("trusted key"), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("0 objects published, 1 refused"), "{}", show(&o));
+    assert!(blobs(&other).is_empty(), "a refused mirror stored blobs: {:?}", blobs(&other));
+    let (dump, _) = snapshot(&other);
+    assert!(!dump.contains(meta.digest.hex()), "a refused mirror stored rows naming the object");
+}
+
+/// An OCI registry on loopback that serves one bpfarm release whose layer
+/// bytes are not the ones its manifest names (same size, other digest).
+/// The same server serving the honest bytes is mirrored (the control), and
+/// a layer over `--max-blob-bytes` is refused before it is downloaded.
+#[test]
+fn a_layer_whose_digest_lies_is_refused_and_nothing_is_stored() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let release = "6.1.0-56-amd64";
+    let honest = b"\x7fELF honest object".to_vec();
+    let mut swapped = honest.clone();
+    swapped[5] ^= 0xff;
+    let meta = sample_metadata(release, Arch::X86_64, &honest);
+    let size = honest.len();
+    let manifest = oci::manifest(&meta);
+    let md = Digest::of_bytes(&manifest);
+    let index = oci::index(release, "v0.1.0", None, Arch::X86_64, &md, manifest.len() as u64);
+    let tag = oci::tag(release, "v0.1.0", false);
+    let layer = format!("/v2/ns/tracee-bpf/blobs/{}", meta.digest);
+    let config = format!("/v2/ns/tracee-bpf/blobs/{}", Digest::of_bytes(oci::EMPTY_CONFIG));
+    let (tag_path, md_path) =
+        (format!("/v2/ns/tracee-bpf/manifests/{tag}"), format!("/v2/ns/tracee-bpf/manifests/{md}"));
+    let list = json!({"name": "ns/tracee-bpf", "tags": [tag]});
+    let lie = Arc::new(AtomicBool::new(true));
+    let lying = lie.clone();
+    let served_bytes = honest.clone();
+    let server = HostileServer::start(move |req| {
+        let path = req.path.split('?').next().unwrap_or("");
+        if path == "/v2/" {
+            Reply::json(200, &json!({}))
+        } else if path == "/v2/ns/tracee-bpf/tags/list" {
+            Reply::json(200, &list)
+        } else if path == tag_path {
+            Reply::bytes(200, oci::INDEX_MEDIA_TYPE, index.clone())
+        } else if path == md_path {
+            Reply::bytes(200, oci::MANIFEST_MEDIA_TYPE, manifest.clone())
+        } else if path == config {
+            Reply::bytes(200, "application/octet-stream", oci::EMPTY_CONFIG)
+        } else if path == layer {
+            let body = if lying.load(Ordering::SeqCst) { swapped.clone() } else { served_bytes.clone() };
+            Reply::bytes(200, "application/octet-stream", body)
+        } else {
+            Reply::not_found()
+        }
+    });
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("dmz");
+    let from = format!("oci://{}/ns", server.url.trim_start_matches("http://"));
+    let o = mirror(&data, &from, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("refused tag {tag}"))
+            && err.contains(&format!("blob {} has bytes hashing to", meta.digest)),
+        "{}",
+        show(&o)
+    );
+    assert!(blobs(&data).is_empty(), "the lying upstream's bytes were stored: {:?}", blobs(&data));
+    let (dump, _) = snapshot(&data);
+    assert!(!dump.contains(md.hex()) && !dump.contains(meta.digest.hex()), "rows were stored");
+
+    // Over --max-blob-bytes: refused by its descriptor, not downloaded.
+    let o = mirror(&data, &from, &["--max-blob-bytes", &(size - 1).to_string()]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("(--max-blob-bytes); not downloading it"), "{}", show(&o));
+    assert!(blobs(&data).is_empty());
+
+    // The control: the same upstream, honest, is mirrored.
+    lie.store(false, Ordering::SeqCst);
+    let o = mirror(&data, &from, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("1 objects published, 0 refused"), "{}", show(&o));
+    let served = serve(&data);
+    let got = reqwest::blocking::get(format!("{}/v0.1.0/x86_64/{}", served.url, meta.file_name)).unwrap();
+    assert_eq!(got.bytes().unwrap().to_vec(), honest);
+}
+
+/// A tag list whose `Link` always names one more page: refused at the
+/// page cap with the reason, exit 1, nothing stored.
+#[test]
+fn an_endless_tag_list_is_refused() {
+    let server = HostileServer::start(|req| {
+        let path = req.path.split('?').next().unwrap_or("");
+        if path == "/v2/" {
+            return Reply::json(200, &json!({}));
+        }
+        if path != "/v2/ns/tracee-bpf/tags/list" {
+            return Reply::not_found();
+        }
+        let n: u64 = req.path.rsplit_once("last=t").and_then(|(_, n)| n.parse().ok()).unwrap_or(0);
+        let mut r = Reply::json(200, &json!({"name": "ns/tracee-bpf", "tags": [format!("t{}", n + 1)]}));
+        r.headers.push(("Link".into(), format!("</v2/ns/tracee-bpf/tags/list?n=1000&last=t{}>; rel=\"next\"", n + 1)));
+        r
+    });
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("dmz");
+    let from = format!("oci://{}/ns", server.url.trim_start_matches("http://"));
+    let started = std::time::Instant::now();
+    let o = mirror(&data, &from, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the tag list goes on past 1000 pages"), "{}", show(&o));
+    eprintln!("refused the endless tag list in {:.1}s", started.elapsed().as_secs_f64());
+    assert!(blobs(&data).is_empty());
+    let (dump, _) = snapshot(&data);
+    assert!(!dump.contains("INSERT INTO oci_tags"), "tags were stored");
+}
+
+/// `--token` against a registry that wants one for reads: bpfarm's own
+/// `/v2` under `--require-read-token` (an OCI registry like any other to
+/// the mirror). Without the token the run fails saying so and stores
+/// nothing; with it, both objects arrive.
+#[test]
+fn mirror_from_an_oci_registry_that_needs_a_token() {
+    let home = tempfile::tempdir().unwrap();
+    let up = home.path().join("up");
+    let push = bpfarm_tests::token(&up, "ci", "push");
+    let read = bpfarm_tests::token(&up, "dmz", "read");
+    let reg = bpfarm_tests::serve_with(&["--listen", "127.0.0.1:0", "--data", p(&up), "--require-read-token"]);
+    let c = bpfarm_tests::client(&reg.url, Some(push));
+    let mut metas = Vec::new();
+    for release in ["6.1.0-56-amd64", "6.1.0-57-amd64"] {
+        let bytes = format!("\x7fELF stand-in object for {release}").into_bytes();
+        let meta = sample_metadata(release, Arch::X86_64, &bytes);
+        c.publish(&meta, &bytes, false).unwrap();
+        metas.push((meta, bytes));
+    }
+    let from = format!("oci://{}/bpfarm", reg.url.trim_start_matches("http://"));
+    let data = home.path().join("dmz");
+    let o = mirror(&data, &from, &[]);
+    assert!(!o.status.success(), "{}", show(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("HTTP 401"), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("check --token"), "{}", show(&o));
+    assert!(blobs(&data).is_empty());
+
+    let o = mirror(&data, &from, &["--token", &read]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("2 objects published, 0 refused"), "{}", show(&o));
+    drop(reg);
+    let served = serve(&data);
+    for (meta, bytes) in metas {
+        let f = format!("{}/v0.1.0/x86_64/{}", served.url, meta.file_name);
+        assert_eq!(reqwest::blocking::get(&f).unwrap().bytes().unwrap().to_vec(), bytes, "{f}");
+    }
+}
