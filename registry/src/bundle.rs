@@ -10,7 +10,9 @@
 //! bpfarm indexes whose version and (release, arch) match, and the cosign
 //! tags of what is kept; an index is carried whole (its bytes, so its
 //! digest, unchanged), so a release in the matrix for one arch brings its
-//! other arches along.
+//! other arches along. The `.bpfarm` carrier of an object the registry
+//! holds is the one its `/v1` signature row makes (written into the tar
+//! when the stored tag names other bytes), so a stale tag is never carried.
 //!
 //! The tar is deterministic — entries sorted, mtime 0, owner 0:0, fixed
 //! modes — so the same data gives the same bytes. It is written to a temp
@@ -170,25 +172,94 @@ async fn read_manifest(blobs: &BlobStore, repo: &str, d: &Digest) -> Result<Valu
     })
 }
 
-/// The tags to carry and every blob they reach (digest → size).
+/// What `/v1` makes the `.bpfarm` carrier of platform manifest `subject`
+/// in `r`: `None` when no current object has that manifest; `Some(None)`
+/// for one without a `/v1` signature (it has no carrier); else the
+/// carrier's bytes, written from the object's signature row as the
+/// registry writes them.
+async fn carrier_from_v1(repo: &Repo, blobs: &BlobStore, r: &str, subject: &Digest) -> Result<Option<Option<Vec<u8>>>> {
+    let Some(m) = repo.oci_manifest(r, subject.as_str()).await.map_err(Error::from)? else { return Ok(None) };
+    let bytes = match blobs.read(subject).await {
+        Ok(b) => b,
+        Err(BlobError::Missing(_)) => return Ok(None),
+        Err(e) => return Err(Error::from(e).into()),
+    };
+    let Ok(doc) = crate::manifest::parse(&bytes, &m.media_type) else { return Ok(None) };
+    let Ok(Some(meta)) = doc.bpfarm_object() else { return Ok(None) };
+    let id = &meta.identity;
+    let Some(row) = repo.current(&id.kernel_release, id.arch.uname(), &id.version).await.map_err(Error::from)? else {
+        return Ok(None);
+    };
+    let held = row.metadata().map_err(Error::from)?;
+    if &crate::signatures::manifest_digest(&held) != subject {
+        return Ok(None);
+    }
+    let Some(sigs) = repo.signatures(row.id).await.map_err(Error::from)? else { return Ok(Some(None)) };
+    let read = |d: &str| {
+        let d = d.parse::<Digest>().map_err(Error::from);
+        async move {
+            let d = d?;
+            match blobs.read(&d).await {
+                Ok(b) => Ok(b),
+                Err(BlobError::Missing(d)) => Err(BundleError::Missing(d)),
+                Err(e) => Err(Error::from(e).into()),
+            }
+        }
+    };
+    let signature = read(&sigs.signature_digest).await?;
+    let attestation = match &sigs.attestation_digest {
+        Some(d) => Some(read(d).await?),
+        None => None,
+    };
+    let subject = bpfarm_object::sign::Subject::manifest(&oci::manifest(&held));
+    let a = bpfarm_object::sign::files_artifact(&subject, &held.file_name, &signature, attestation.as_deref());
+    Ok(Some(Some(a.manifest)))
+}
+
+/// The tags to carry, every blob they reach (digest → size), and the
+/// manifests written for the bundle rather than read from the store.
 async fn plan(
     repo: &Repo,
     blobs: &BlobStore,
     canonical: &str,
     filter: &BundleFilter,
-) -> Result<(Vec<Root>, BTreeMap<Digest, u64>)> {
+) -> Result<(Vec<Root>, BTreeMap<Digest, u64>, BTreeMap<Digest, Vec<u8>>)> {
     let mut roots = Vec::new();
     let mut cosign = Vec::new();
+    let mut written: BTreeMap<Digest, Vec<u8>> = BTreeMap::new();
     for (r, tag, digest) in repo.oci_all_tags().await.map_err(Error::from)? {
         let Some(m) = repo.oci_manifest(&r, &digest).await.map_err(Error::from)? else { continue };
         let d: Digest = digest.parse().map_err(Error::from)?;
-        let root = Root {
+        let mut root = Root {
             repo: r.clone(),
             tag: tag.clone(),
             digest: d.clone(),
             media_type: m.media_type,
             size: m.size.max(0) as u64,
         };
+        // A held object's carrier is what its /v1 row makes, whatever the
+        // tag names (one stored before pushes of it were checked).
+        if r == canonical
+            && let Some(subject) = bpfarm_object::sign::carrier::files_tag_subject(&tag)
+        {
+            match carrier_from_v1(repo, blobs, &r, &subject).await? {
+                None => {}
+                Some(None) => {
+                    tracing::warn!(%tag, "an unsigned object's carrier tag is not carried (/v1 holds no signature for it)");
+                    continue;
+                }
+                Some(Some(bytes)) => {
+                    let own = Digest::of_bytes(&bytes);
+                    if own != d {
+                        tracing::warn!(%tag, stored = %d, carried = %own, "the stored carrier is not what /v1 holds; carrying /v1's");
+                        root.digest = own.clone();
+                        root.size = bytes.len() as u64;
+                        root.media_type = oci::MANIFEST_MEDIA_TYPE.to_owned();
+                        written.insert(own, bytes);
+                    }
+                }
+            }
+        }
         if !filter.active() {
             roots.push(root);
             continue;
@@ -197,7 +268,7 @@ async fn plan(
             cosign.push(root);
             continue;
         }
-        let doc = read_manifest(blobs, &r, &d).await?;
+        let doc = read_manifest(blobs, &r, &root.digest).await?;
         if passes(&doc, filter) == Some(true) && r == canonical {
             roots.push(root);
         }
@@ -213,7 +284,14 @@ async fn plan(
             if !manifests.insert((r.clone(), d.clone())) {
                 continue;
             }
-            let doc = read_manifest(blobs, &r, &d).await?;
+            let doc = match written.get(&d) {
+                Some(bytes) => serde_json::from_slice(bytes).map_err(|e| BundleError::BadManifest {
+                    repo: r.clone(),
+                    digest: d.to_string(),
+                    why: e.to_string(),
+                })?,
+                None => read_manifest(blobs, &r, &d).await?,
+            };
             let bad = |why: &str| BundleError::BadManifest { repo: r.clone(), digest: d.to_string(), why: why.into() };
             let desc = |v: &Value| -> Result<(Digest, u64)> {
                 let cd: Digest = v["digest"]
@@ -258,10 +336,13 @@ async fn plan(
     // Sizes from the store: the bytes written are what it holds (checked
     // against the digest on the way).
     for (d, size) in reached.iter_mut() {
-        *size = blobs.size(d).await.ok_or_else(|| BundleError::Missing(d.clone()))?;
+        *size = match written.get(d) {
+            Some(bytes) => bytes.len() as u64,
+            None => blobs.size(d).await.ok_or_else(|| BundleError::Missing(d.clone()))?,
+        };
     }
     roots.sort_by(|a, b| (&a.repo, &a.tag).cmp(&(&b.repo, &b.tag)));
-    Ok((roots, reached))
+    Ok((roots, reached, written))
 }
 
 /// The `index.json` of a bundle: one entry per tag.
@@ -311,6 +392,7 @@ fn write_tar(
     blobs: &BlobStore,
     index: &[u8],
     reached: &BTreeMap<Digest, u64>,
+    written: &BTreeMap<Digest, Vec<u8>>,
 ) -> Result<std::fs::File> {
     let io = |source: std::io::Error| BundleError::Io { path: PathBuf::from("bundle"), source };
     let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 16, file));
@@ -322,6 +404,11 @@ fn write_tar(
         tar.append_data(&mut header(tar::EntryType::Directory, 0, 0o755), dir, std::io::empty()).map_err(io)?;
     }
     for (d, size) in reached {
+        if let Some(bytes) = written.get(d) {
+            let name = format!("blobs/sha256/{}", d.hex());
+            tar.append_data(&mut header(tar::EntryType::Regular, *size, 0o644), name, bytes.as_slice()).map_err(io)?;
+            continue;
+        }
         let f = blobs.open_now(d).map_err(|e| match e {
             BlobError::Missing(d) => BundleError::Missing(d),
             e => Error::from(e).into(),
@@ -351,7 +438,7 @@ pub async fn bundle(
     out: &Path,
     filter: &BundleFilter,
 ) -> Result<BundleReport> {
-    let (roots, reached) = plan(repo, blobs, canonical, filter).await?;
+    let (roots, reached, written) = plan(repo, blobs, canonical, filter).await?;
     let index = index_json(&roots, canonical);
     let report = BundleReport { tags: roots.len(), blobs: reached.len(), bytes: reached.values().sum() };
     let out = out.to_owned();
@@ -364,7 +451,7 @@ pub async fn bundle(
         let io = |source| BundleError::Io { path: out.clone(), source };
         let tmp = tempfile::Builder::new().prefix(".bpfarm-bundle-").tempfile_in(&parent).map_err(io)?;
         let (file, tmp_path) = tmp.into_parts();
-        let file = write_tar(file, &blobs, &index, &reached)?;
+        let file = write_tar(file, &blobs, &index, &reached, &written)?;
         file.sync_all().map_err(io)?;
         tmp_path.persist(&out).map_err(|e| io(e.error))?;
         if let Ok(dir) = std::fs::File::open(&parent) {

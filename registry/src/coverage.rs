@@ -10,6 +10,7 @@
 //! `GET /v1/coverage` both count here.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use bpfarm_object::Arch;
 use bpfarm_object::identity::validate_release;
@@ -19,10 +20,12 @@ use crate::error::Error;
 use crate::repo::{CoverageFailure, CoverageObject};
 
 /// Largest matrix body `PUT /v1/matrices/<name>` takes (the full Debian
-/// matrix of ~260 kernels is ~20 KB; this leaves room for 100k kernels).
+/// matrix of ~260 kernels is ~20 KB).
 pub const MATRIX_LIMIT: u64 = 8 << 20;
-/// Most kernels in one matrix.
-pub const MATRIX_KERNELS: usize = 100_000;
+/// Most kernels in one matrix: room for every Debian and RPM kernel
+/// (hundreds) many times over, while a coverage answer, which holds a
+/// state for each of a matrix's kernels × every version, stays bounded.
+pub const MATRIX_KERNELS: usize = 20_000;
 
 /// A published matrix: its name and expected pairs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -103,7 +106,59 @@ pub struct Counts {
 pub struct KernelRow {
     pub release: String,
     pub arch: Arch,
-    pub versions: BTreeMap<String, State>,
+    pub versions: VersionStates,
+}
+
+/// A row's state per version: one byte a version, the names shared by
+/// every row (a report of 100k pairs × 300 versions is 30 MB of states,
+/// not 30M map entries each with its own copy of the version). Answered
+/// as `{"<version>": "<state>", ...}` in version order.
+#[derive(Debug, Clone)]
+pub struct VersionStates {
+    names: Arc<[String]>,
+    states: Vec<State>,
+}
+
+impl VersionStates {
+    /// The states, in version order.
+    pub fn values(&self) -> impl Iterator<Item = &State> {
+        self.states.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    /// The state of `version`, if the report counts it.
+    pub fn get(&self, version: &str) -> Option<State> {
+        self.names.binary_search_by(|n| n.as_str().cmp(version)).ok().and_then(|i| self.states.get(i).copied())
+    }
+}
+
+impl std::ops::Index<&str> for VersionStates {
+    type Output = State;
+    fn index(&self, version: &str) -> &State {
+        let i = self.names.binary_search_by(|n| n.as_str().cmp(version));
+        match i.ok().and_then(|i| self.states.get(i)) {
+            Some(s) => s,
+            None => &State::Missing,
+        }
+    }
+}
+
+impl Serialize for VersionStates {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = ser.serialize_map(Some(self.states.len()))?;
+        for (n, st) in self.names.iter().zip(&self.states) {
+            m.serialize_entry(n, st)?;
+        }
+        m.end()
+    }
 }
 
 /// `GET /v1/coverage`.
@@ -214,7 +269,10 @@ pub fn expected(
     out
 }
 
-/// Counts every expected pair × version (`version`, or every version seen).
+/// Counts every expected pair × version (`version`, or every version
+/// seen), in time and memory linear in pairs × versions at one byte a
+/// cell: the cells are looked up once per object and failure, not once
+/// per pair and version.
 pub fn report(
     objects: &[CoverageObject],
     failures: &[CoverageFailure],
@@ -231,32 +289,52 @@ pub fn report(
             .into_iter()
             .collect(),
     };
-    let mut cells: HashMap<(&str, &str, &str), State> = HashMap::with_capacity(objects.len() + failures.len());
-    for f in failures {
-        cells.insert((f.kernel_release.as_str(), f.arch.as_str(), f.version.as_str()), State::Failed);
+    let names: Arc<[String]> = versions.clone().into();
+    let position: HashMap<&str, usize> = versions.iter().enumerate().map(|(i, v)| (v.as_str(), i)).collect();
+    // Per pair, the versions it has a cell for; an object wins over a
+    // failure of the same version (objects come last).
+    let mut cells: HashMap<(&str, &str), Vec<(usize, State)>> = HashMap::new();
+    let failed =
+        failures.iter().map(|f| (f.kernel_release.as_str(), f.arch.as_str(), f.version.as_str(), State::Failed));
+    let present =
+        objects.iter().map(|o| (o.kernel_release.as_str(), o.arch.as_str(), o.version.as_str(), State::Present));
+    for (release, arch, v, state) in failed.chain(present) {
+        if let Some(&i) = position.get(v) {
+            cells.entry((release, arch)).or_default().push((i, state));
+        }
     }
-    for o in objects {
-        cells.insert((o.kernel_release.as_str(), o.arch.as_str(), o.version.as_str()), State::Present);
-    }
+    let arch_index = |a: Arch| Arch::ALL.iter().position(|x| *x == a).unwrap_or(0);
+    let mut per_version = vec![[Counts::default(); Arch::ALL.len()]; versions.len()];
     let mut counts = Counts::default();
     let mut by_arch: BTreeMap<Arch, Counts> = BTreeMap::new();
-    let mut by_version: BTreeMap<String, BTreeMap<Arch, Counts>> = BTreeMap::new();
     let mut by_series: BTreeMap<String, BTreeMap<Arch, Counts>> = BTreeMap::new();
     let mut kernels = Vec::new();
     for (release, arch) in expected(objects, failures, matrix) {
-        let mut row = BTreeMap::new();
-        let series = by_series.entry(series(&release)).or_default();
-        for v in &versions {
-            let state = cells.get(&(release.as_str(), arch.uname(), v.as_str())).copied().unwrap_or(State::Missing);
-            let per_version = by_version.entry(v.clone()).or_default().entry(arch).or_default();
-            let per_series = series.entry(arch).or_default();
-            let per_arch = by_arch.entry(arch).or_default();
-            for c in [&mut counts, per_arch, per_version, per_series] {
-                c.add(state);
-            }
-            row.insert(v.clone(), state);
+        let mut states = vec![State::Missing; versions.len()];
+        for &(i, state) in cells.get(&(release.as_str(), arch.uname())).into_iter().flatten() {
+            states[i] = state;
         }
-        kernels.push(KernelRow { release, arch, versions: row });
+        let mut row = Counts::default();
+        let ai = arch_index(arch);
+        for (i, state) in states.iter().enumerate() {
+            row.add(*state);
+            per_version[i][ai].add(*state);
+        }
+        let series = by_series.entry(series(&release)).or_default().entry(arch).or_default();
+        series.merge(&row);
+        if !versions.is_empty() {
+            by_arch.entry(arch).or_default().merge(&row);
+        }
+        counts.merge(&row);
+        kernels.push(KernelRow { release, arch, versions: VersionStates { names: names.clone(), states } });
+    }
+    let mut by_version: BTreeMap<String, BTreeMap<Arch, Counts>> = BTreeMap::new();
+    for (v, per_arch) in versions.iter().zip(&per_version) {
+        for (a, c) in Arch::ALL.iter().zip(per_arch) {
+            if c.total() > 0 {
+                by_version.entry(v.clone()).or_default().insert(*a, *c);
+            }
+        }
     }
     Report {
         matrix: matrix.map(|m| m.name.clone()),
@@ -278,6 +356,12 @@ impl Counts {
             State::Failed => self.failed += 1,
             State::Missing => self.missing += 1,
         }
+    }
+
+    pub fn merge(&mut self, other: &Counts) {
+        self.present += other.present;
+        self.failed += other.failed;
+        self.missing += other.missing;
     }
 
     pub fn total(&self) -> usize {

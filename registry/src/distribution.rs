@@ -331,6 +331,95 @@ async fn pushed_files(s: &AppState, repo: &str, digest: &Digest) -> Result<Optio
     }))
 }
 
+/// The current object whose platform manifest in `repo` is `subject`, if
+/// the registry holds one (inside the push's transaction).
+async fn held_object(
+    s: &AppState,
+    tx: &mut WriteTx,
+    repo: &str,
+    subject: &Digest,
+) -> Result<Option<(crate::repo::ObjectRow, ObjectMetadata)>> {
+    let Some(m) = tx.manifest(repo, subject.as_str()).await? else { return Ok(None) };
+    let bytes = match s.blobs.read(subject).await {
+        Ok(b) => b,
+        Err(crate::blobs::BlobError::Missing(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let Ok(doc) = manifest::parse(&bytes, &m.media_type) else { return Ok(None) };
+    let Ok(Some(meta)) = doc.bpfarm_object() else { return Ok(None) };
+    let Some(row) = tx.current(&meta.identity).await? else { return Ok(None) };
+    let held = row.metadata()?;
+    if &crate::signatures::manifest_digest(&held) != subject {
+        return Ok(None);
+    }
+    Ok(Some((row, held)))
+}
+
+/// The signature tags of an object the registry holds (refused with
+/// `Error::SignaturesHeld` otherwise). The `.bpfarm` carrier of a held
+/// object's manifest is written by the registry from its `/v1` row: a
+/// push of one is taken only when it names exactly those files. Under
+/// `--trusted-key`, its cosign `.sig` tag takes only a signature a
+/// trusted key made. Tags of manifests the registry holds no object for
+/// (a builder pushes them before the object) are left to the generic
+/// checks and to the object's own push.
+async fn check_held_signatures(
+    s: &AppState,
+    tx: &mut WriteTx,
+    repo: &str,
+    tag: Option<&str>,
+    doc: &manifest::Manifest,
+    bytes: &[u8],
+) -> Result<()> {
+    use bpfarm_object::sign::FILES_ARTIFACT_TYPE;
+    let carrier_type = doc.reported_artifact_type() == Some(FILES_ARTIFACT_TYPE);
+    let subject = doc.subject.as_ref().map(|d| &d.digest);
+    let carrier = tag
+        .and_then(bpfarm_object::sign::carrier::files_tag_subject)
+        .or_else(|| subject.filter(|_| carrier_type).cloned());
+    if let Some(subject) = carrier
+        && let Some((row, _)) = held_object(s, tx, repo, &subject).await?
+    {
+        let held = tx.signatures(row.id).await?;
+        let files = bpfarm_object::sign::read_files_artifact(bytes).ok();
+        let same = match (&held, &files) {
+            (Some(h), Some(f)) => {
+                f.subject == subject
+                    && f.signature.digest.as_str() == h.signature_digest
+                    && f.attestation.as_ref().map(|a| a.digest.as_str()) == h.attestation_digest.as_deref()
+            }
+            _ => false,
+        };
+        if !same {
+            return Err(Error::SignaturesHeld {
+                repo: repo.to_owned(),
+                what: format!("the signature carrier {}", bpfarm_object::sign::files_tag(&subject)),
+                hint: "the registry writes it from the object's /v1 signature; publish new signatures with POST /v1/objects?replace=true",
+            });
+        }
+    }
+    if let Some(keys) = &s.settings.trusted_keys
+        && let Some(tag) = tag
+        && let Some(subject) = cosign_signature_subject(tag)
+        && held_object(s, tx, repo, &subject).await?.is_some()
+    {
+        crate::signatures::verify_v2_signature(tx, &s.blobs, repo, &subject, bytes, keys).await.map_err(|e| {
+            tracing::info!(%repo, %tag, "refused a cosign signature of a held object: {e}");
+            Error::SignaturesHeld {
+                repo: repo.to_owned(),
+                what: format!("the cosign signature tag {tag}"),
+                hint: "this registry takes only signatures a trusted key made for the objects it holds",
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// The manifest digest a cosign signature tag (`sha256-<hex>.sig`) names.
+fn cosign_signature_subject(tag: &str) -> Option<Digest> {
+    tag.strip_prefix("sha256-")?.strip_suffix(".sig").and_then(|hex| format!("sha256:{hex}").parse().ok())
+}
+
 /// Stores a manifest's exact bytes under `reference` (a tag, or its own
 /// digest) once it is fully valid: well-formed, everything it references
 /// in `repo` with the right sizes, a bpfarm artifact through the publish
@@ -393,6 +482,9 @@ pub async fn put_manifest_carried(
     let canonical = s.settings.canonical_repo();
     let mut tx = s.repo.begin_write().await?;
     check_references(s, &mut tx, repo, &doc).await?;
+    if repo == canonical && carried.is_none() {
+        check_held_signatures(s, &mut tx, repo, tag, &doc, bytes).await?;
+    }
     if let Some(meta) = &artifact {
         publish::check_current(&mut tx, meta, publish::Replace::No).await?;
         if let Some(keys) = &s.settings.trusted_keys

@@ -121,6 +121,8 @@ pub enum Error {
     ManifestRefSize { digest: Digest, claimed: u64, actual: i64 },
     #[error("{what} in {repo} is the OCI form of a current /v1 object; it changes only when the object does")]
     HeldByV1 { repo: String, what: String },
+    #[error("{what} in {repo} belongs to an object this registry holds; {hint}")]
+    SignaturesHeld { repo: String, what: String, hint: &'static str },
 
     // What is not there.
     #[error("no blob {0}")]

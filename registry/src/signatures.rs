@@ -316,10 +316,23 @@ pub async fn check_v2(
         }
         Err(e) => return Err(e.into()),
     };
+    verify_v2_signature(tx, blobs, repo, manifest, &bytes, keys).await
+}
+
+/// Verifies cosign signature manifest `bytes` of manifest `manifest` in
+/// `repo` against `keys`, its layers read from `repo`'s blobs.
+pub async fn verify_v2_signature(
+    tx: &mut WriteTx,
+    blobs: &BlobStore,
+    repo: &str,
+    manifest: &Digest,
+    bytes: &[u8],
+    keys: &TrustedKeys,
+) -> Result<()> {
     // Layers are read from this repository only, within the bound the
     // verifier passes, from bytes the blob store checked when they came.
     let mut layers = Vec::new();
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
         for l in v["layers"].as_array().into_iter().flatten().take(cosign::MAX_LAYERS) {
             let Some(d) = l["digest"].as_str().and_then(|d| d.parse::<Digest>().ok()) else { continue };
             let linked = tx.linked(repo, d.as_str()).await?;
@@ -339,7 +352,7 @@ pub async fn check_v2(
             .map(|(_, b)| b.clone())
             .ok_or_else(|| format!("{repo} has no blob {d}").into())
     };
-    sign::verify_signature_manifest(keys, manifest, &bytes, &mut fetch)
+    sign::verify_signature_manifest(keys, manifest, bytes, &mut fetch)
         .map_err(|source| Error::SignatureRefused { what: "signature manifest", source })?;
     Ok(())
 }

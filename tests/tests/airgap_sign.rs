@@ -575,3 +575,135 @@ fn a_v2_push_with_its_carrier_first_gets_its_v1_signature_files() {
     assert!(e.to_string().contains("signature is refused"), "{e}");
     assert!(lookup(&r.url, UNSIGNED).is_none());
 }
+
+/// The digest a tag of the canonical repository names (`None`: no tag).
+fn tag_digest(url: &str, tag: &str) -> Option<String> {
+    let r = reqwest::blocking::Client::new()
+        .head(format!("{url}/v2/bpfarm/tracee-bpf/manifests/{tag}"))
+        .header("accept", oci::MANIFEST_MEDIA_TYPE)
+        .send()
+        .unwrap();
+    (r.status() == 200).then(|| r.headers()["docker-content-digest"].to_str().unwrap().to_owned())
+}
+
+/// A `PUT` of manifest `bytes` under `tag` with `token`: (status, body).
+fn put_manifest(url: &str, token: &str, tag: &str, bytes: &[u8]) -> (u16, String) {
+    let r = reqwest::blocking::Client::new()
+        .put(format!("{url}/v2/bpfarm/tracee-bpf/manifests/{tag}"))
+        .bearer_auth(token)
+        .header("content-type", oci::MANIFEST_MEDIA_TYPE)
+        .body(bytes.to_vec())
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+#[test]
+fn the_signature_tags_of_a_held_object_take_no_foreign_files_or_untrusted_signatures() {
+    use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
+    let home = tempfile::tempdir().unwrap();
+    let (key_path, public) = openssl_key(home.path(), "signer");
+    let key = SigningKey::load(&key_path).unwrap();
+    let (other_path, _) = openssl_key(home.path(), "other");
+    let other = SigningKey::load(&other_path).unwrap();
+    let data = home.path().join("data");
+    let push = token(&data, "ci", "push");
+    let r = bpfarm_tests::serve_with(&["--listen", "127.0.0.1:0", "--data", p(&data), "--trusted-key", p(&public)]);
+    let addr = r.url.trim_start_matches("http://").to_owned();
+    let transport = bpfarm_object::http::Transport::new(Default::default()).unwrap();
+    let oci = OciRegistry::new(
+        OciTarget::parse(&format!("oci://{addr}/bpfarm")).unwrap(),
+        credentials(&addr, None, Some(&push)),
+        &transport,
+    )
+    .unwrap();
+    let (meta, bytes, up) = signed(&key, &oci.docker_reference(), SIGNED);
+    let subject = sign::Subject::manifest(&oci::manifest(&meta));
+    oci.push_artifact(&sign::signature_artifact(&subject, std::slice::from_ref(&up.manifest_signature))).unwrap();
+    let ours = sign::files_artifact(&subject, &meta.file_name, &up.signature, Some(&up.attestation));
+    oci.push_artifact(&ours).unwrap();
+    oci.publish(&meta, &bytes).unwrap();
+    let view = lookup(&r.url, SIGNED).unwrap();
+    let ftag = sign::files_tag(&subject.digest);
+    let stag = cosign::signature_tag(&subject.digest);
+    let (carrier_before, sig_before) = (tag_digest(&r.url, &ftag).unwrap(), tag_digest(&r.url, &stag).unwrap());
+
+    // `oras cp` of a carrier whose files another key made, to the held
+    // object's carrier tag: refused, the tag and /v1 unchanged.
+    let s = sign::sign_object(&other, &meta, &bytes, &BuilderInfo::bpfarm("test")).unwrap();
+    let (foreign_sig, foreign_att) = (s.signature.into_bytes(), s.provenance.to_jsonl());
+    let foreign = sign::files_artifact(&subject, &meta.file_name, &foreign_sig, Some(&foreign_att));
+    let e = oci.push_artifact(&foreign).unwrap_err().to_string();
+    assert!(
+        e.contains("writes it from the object's /v1 signature") && e.contains("POST /v1/objects?replace=true"),
+        "{e}"
+    );
+    let (status, body) = put_manifest(&r.url, &push, &ftag, &foreign.manifest);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("\"DENIED\""), "{body}");
+    // By digest too (the referrers API would list it).
+    let (status, body) = put_manifest(&r.url, &push, foreign.manifest_digest().as_str(), &foreign.manifest);
+    assert_eq!(status, 409, "{body}");
+    // Our own files with another's attestation: refused as well.
+    let mixed = sign::files_artifact(&subject, &meta.file_name, &up.signature, Some(&foreign_att));
+    assert!(oci.push_artifact(&mixed).is_err());
+    assert_eq!(tag_digest(&r.url, &ftag).as_deref(), Some(carrier_before.as_str()));
+    assert_eq!(lookup(&r.url, SIGNED).unwrap(), view, "the /v1 answer changed");
+    let ro = reqwest::blocking::get(format!("{}/v2/bpfarm/tracee-bpf/manifests/{}", r.url, foreign.manifest_digest()))
+        .unwrap();
+    assert_eq!(ro.status().as_u16(), 404, "the refused carrier is stored");
+    // The same files again: taken, nothing changes.
+    oci.push_artifact(&ours).unwrap();
+    assert_eq!(tag_digest(&r.url, &ftag).as_deref(), Some(carrier_before.as_str()));
+
+    // The cosign .sig tag under --trusted-key: a signature by the other
+    // key is refused; a new one by the trusted key is taken.
+    let untrusted = sign::sign_manifest(&other, &oci.docker_reference(), &subject.digest).unwrap();
+    let e = oci.push_artifact(&sign::signature_artifact(&subject, &[untrusted])).unwrap_err().to_string();
+    assert!(e.contains(&format!("the cosign signature tag {stag}")) && e.contains("trusted key"), "{e}");
+    assert_eq!(tag_digest(&r.url, &stag).as_deref(), Some(sig_before.as_str()));
+    let again = sign::sign_manifest(&key, &oci.docker_reference(), &subject.digest).unwrap();
+    let resigned = sign::signature_artifact(&subject, &[again]);
+    oci.push_artifact(&resigned).unwrap();
+    assert_eq!(tag_digest(&r.url, &stag).as_deref(), Some(resigned.manifest_digest().as_str()));
+
+    // A registry whose carrier tag was overwritten before these checks:
+    // the foreign carrier (accepted in another repository, which holds no
+    // object) is put under the tag by hand. The bundle carries the carrier
+    // /v1's files make, and a registry trusting the key imports it.
+    let elsewhere = OciRegistry::new(
+        OciTarget::parse(&format!("oci://{addr}/elsewhere")).unwrap(),
+        credentials(&addr, None, Some(&push)),
+        &transport,
+    )
+    .unwrap();
+    elsewhere.push_artifact(&foreign).unwrap();
+    drop(r);
+    let fd = foreign.manifest_digest();
+    let o = Command::new("sqlite3")
+        .arg(data.join("index.sqlite"))
+        .arg(format!(
+            "INSERT INTO oci_manifests SELECT 'bpfarm/tracee-bpf', digest, media_type, size, artifact_type, subject, annotations, created_at FROM oci_manifests WHERE repo = 'elsewhere/tracee-bpf' AND digest = '{fd}'; \
+             UPDATE oci_tags SET digest = '{fd}' WHERE repo = 'bpfarm/tracee-bpf' AND tag = '{ftag}';"
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let tar = home.path().join("b.tar");
+    bundle(&data, &tar);
+    let o = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci-archive:{}:{ftag}", tar.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(Digest::of_bytes(&o.stdout), ours.manifest_digest(), "the bundle carries the stale carrier");
+    assert_eq!(o.stdout, ours.manifest);
+    let imported = home.path().join("imported");
+    let o = registry_cmd(&["import", "--data", p(&imported), "--trusted-key", p(&public), p(&tar)]);
+    assert!(o.status.success(), "{}", show(&o));
+    let b = serve(&imported);
+    let view_b = lookup(&b.url, SIGNED).unwrap();
+    assert_eq!(view_b["signature"], view["signature"], "{view_b}");
+    assert_eq!(view_b["attestation"], view["attestation"], "{view_b}");
+}
