@@ -560,15 +560,16 @@ fn an_unwritable_state_folder_fails_closed_and_nothing_is_loaded() {
     };
     let script =
         format!("mount --bind {st} {st} && mount -o remount,bind,ro {st} && exec \"$@\"", st = state.display());
-    let read_only = || {
+    let read_only_cmd = || {
         let mut c = Command::new("unshare");
         c.args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"]);
         c.arg(bin("bpfarm-agent")).args(&agent_args);
         for v in ["TRACEE_BPF_FILE", "KERN_HEADERS", "BPFARM_REGISTRIES", "BPFARM_AGENT_CONFIG", "BPFARM_VERIFY_KEYS"] {
             c.env_remove(v);
         }
-        run_agent(&mut c)
+        c
     };
+    let read_only = || run_agent(&mut read_only_cmd());
     let out = read_only();
     let text = show(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
@@ -581,6 +582,11 @@ fn an_unwritable_state_folder_fails_closed_and_nothing_is_loaded() {
     for _ in 0..3 {
         assert_eq!(read_only().status.code(), Some(1));
     }
+    // `fetch` writes the files at once: it too is refused before writing.
+    let out = read_only_cmd().arg("fetch").output().unwrap();
+    let text = show(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("could not be recorded in"), "{text}");
     let left: Vec<String> = match std::fs::read_dir(root.join("install")) {
         Ok(dir) => {
             dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n != ".bpfarm.lock").collect()

@@ -356,6 +356,20 @@ fn resolve_candidates(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, Res
                         }
                     }
                 }
+                // `fetch` writes the files now, so the object is accepted
+                // first: its rollback record moves forward before anything
+                // is written (a record that cannot be written refuses it, as
+                // `resolve` would, with nothing installed).
+                if mode != Mode::Locate {
+                    match crate::verify::remember(&cfg.signing, id, &v.digest, v.signature.as_ref()) {
+                        Ok(Some(note)) => trail.step("rollback state", note),
+                        Ok(None) => {}
+                        Err(source) => {
+                            trail.step("rollback state", source.to_string());
+                            return Err(ResolveError::Rollback { source: Box::new(source), trail: trail.0 });
+                        }
+                    }
+                }
                 match install(&cfg.install_path, &v.bytes, &metadata, v.signature.as_ref()) {
                     Ok(path) => {
                         trail.step(place, format!("{via}; {outcome}; installed"));
