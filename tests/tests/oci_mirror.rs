@@ -431,3 +431,76 @@ fn an_index_naming_one_child_thousands_of_times_is_walked_once() {
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("1 objects published, 0 refused"), "{}", show(&o));
 }
+
+/// An object mirrored unsigned, then signed upstream (the same bytes,
+/// `?replace=true` with signatures): the next run refuses that release's
+/// unit before writing anything, naming the object and the way to add
+/// signatures here, exit 1, and mirrors the other releases; a rerun
+/// changes nothing.
+#[test]
+fn signatures_for_an_object_held_unsigned_are_refused_per_unit() {
+    use bpfarm_object::client::SignedUpload;
+    use bpfarm_object::sign::{self, BuilderInfo, SigningKey};
+    let home = tempfile::tempdir().unwrap();
+    let (key_path, _) = openssl_key(home.path(), "signer");
+    let key = SigningKey::load(&key_path).unwrap();
+    let up = home.path().join("up");
+    let push = bpfarm_tests::token(&up, "ci", "push");
+    let reg = bpfarm_tests::serve(&up);
+    let c = bpfarm_tests::client(&reg.url, Some(push));
+    let object = |release: &str| {
+        let bytes = format!("\x7fELF stand-in object for {release}").into_bytes();
+        (sample_metadata(release, Arch::X86_64, &bytes), bytes)
+    };
+    let (signed_later, a) = object("6.1.0-56-amd64");
+    let (plain, b) = object("6.1.0-57-amd64");
+    c.publish(&signed_later, &a, false).unwrap();
+    c.publish(&plain, &b, false).unwrap();
+    let from = format!("oci://{}/bpfarm", reg.url.trim_start_matches("http://"));
+    let data = home.path().join("dmz");
+    let o = mirror(&data, &from, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("2 objects published, 0 refused"), "{}", show(&o));
+
+    // Upstream: the first object gains signatures; a third one arrives.
+    let s = sign::sign_object(&key, &signed_later, &a, &BuilderInfo::bpfarm("test")).unwrap();
+    let manifest_signature =
+        sign::sign_manifest(&key, &c.docker_reference(), &Digest::of_bytes(&oci::manifest(&signed_later))).unwrap();
+    let up_sigs = SignedUpload {
+        signature: s.signature.clone().into_bytes(),
+        attestation: s.provenance.to_jsonl(),
+        manifest_signature,
+    };
+    c.publish_signed(&signed_later, &a, true, &up_sigs).unwrap();
+    let (third, t) = object("6.1.0-58-amd64");
+    c.publish(&third, &t, false).unwrap();
+
+    let o = mirror(&data, &from, &[]);
+    eprintln!("signed upstream, unsigned here: {}", show(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let tag = oci::tag("6.1.0-56-amd64", "v0.1.0", false);
+    assert!(
+        err.contains(&format!("refused tag {tag}"))
+            && err.contains("6.1.0-56-amd64 (x86_64) v0.1.0 without signatures")
+            && err.contains("POST /v1/objects?replace=true"),
+        "{}",
+        show(&o)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("1 objects published, 1 refused"), "{}", show(&o));
+    let (dump, _) = snapshot(&data);
+    let sig_digest = Digest::of_bytes(s.signature.as_bytes());
+    assert!(!dump.contains(sig_digest.hex()), "the refused unit's signature was stored");
+    assert!(
+        !dump.contains(&sign::files_tag(&Digest::of_bytes(&oci::manifest(&signed_later)))),
+        "a carrier tag was stored"
+    );
+    assert!(dump.contains(third.digest.hex()), "the other release was not mirrored");
+
+    // A rerun: the same refusal, nothing changes.
+    let before = snapshot(&data);
+    let o = mirror(&data, &from, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("0 objects published, 1 refused"), "{}", show(&o));
+    assert_eq!(snapshot(&data), before, "a refused rerun changed the data folder");
+}
