@@ -622,6 +622,11 @@ impl OciRegistry {
             }
             for t in v["tags"].as_array().into_iter().flatten() {
                 let t = t.as_str().ok_or_else(|| invalid("the tag list holds a non-string".into()))?;
+                // Not a tag a manifest can be fetched by (a page may be one
+                // 4 MiB string): dropped, never stored.
+                if !is_tag(t) {
+                    continue;
+                }
                 if seen.insert(t.to_owned()) {
                     tags.push(t.to_owned());
                 }
@@ -746,9 +751,30 @@ fn annotation(manifest: &[u8], key: &str) -> Option<String> {
     serde_json::from_slice::<Value>(manifest).ok()?["annotations"][key].as_str().map(str::to_owned)
 }
 
+/// A valid OCI tag: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+pub fn is_tag(t: &str) -> bool {
+    let b = t.as_bytes();
+    (1..=128).contains(&b.len())
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b[1..].iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_valid_oci_tags_are_tags() {
+        let longest = format!("a{}", "b".repeat(127));
+        for ok in ["v1", "_x", "6.1.0-56-amd64.v0.1.0", "sha256-ab.sig", "A_b.c-d", "0", longest.as_str()] {
+            assert!(is_tag(ok), "{ok}");
+        }
+        let too_long = format!("a{}", "b".repeat(128));
+        let huge = "t".repeat(4 << 20);
+        for bad in ["", ".x", "-x", "a/b", "a b", "a:b", "é", "a\n", too_long.as_str(), huge.as_str()] {
+            assert!(!is_tag(bad), "{bad:.40}");
+        }
+    }
 
     #[test]
     fn targets() {

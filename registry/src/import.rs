@@ -430,6 +430,22 @@ pub async fn conflicts(
             ))
             .into());
         }
+        // Held unsigned, carried signed: the registry writes a held
+        // object's signature carrier from its `/v1` signatures, so the
+        // carrier's push would be refused half-way through the unit.
+        if let Some(row) = &here
+            && row.digest == meta.digest.as_str()
+            && carried
+                .get(&(m.repo.clone(), m.digest.clone()))
+                .is_some_and(|c| c.attached.signature.is_some() || c.checked.is_some())
+            && state.repo.signatures(row.id).await.map_err(Error::from)?.is_none()
+        {
+            return Err(Refusal::Conflict(format!(
+                "this registry holds the object for {} ({}) {} without signatures, the copy arriving carries signatures for it; an import or mirror never adds signatures to a held object (publish them on this registry with POST /v1/objects?replace=true first)",
+                id.kernel_release, id.arch, id.version
+            ))
+            .into());
+        }
         if let Some(row) = here
             && row.digest != meta.digest.as_str()
         {

@@ -214,6 +214,7 @@ fn refusal(e: &Error) -> bool {
             | Error::SignatureForm { .. }
             | Error::SignaturesDiffer { .. }
             | Error::WouldDropSignature { .. }
+            | Error::SignaturesHeld { .. }
             | Error::BadRequest(_)
     )
 }

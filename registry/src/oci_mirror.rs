@@ -167,8 +167,10 @@ fn unit(
         media_type: index.media_type.clone(),
         size: index.bytes.len() as u64,
     }];
-    let mut subjects = vec![index.digest.clone()];
-    gather(registry, config, &mut g, &v, &mut subjects, &mut fetched, 0)?;
+    // Each manifest once: an index may name a child any number of times.
+    let mut subjects = BTreeSet::from([index.digest.clone()]);
+    let mut seen = BTreeSet::new();
+    gather(registry, config, &mut g, &v, &mut subjects, &mut seen, &mut fetched, 0)?;
     // The signing tags of the index and of every manifest under it.
     for subject in subjects {
         for suffix in ["sig", "att", "bpfarm"] {
@@ -179,8 +181,8 @@ fn unit(
             let Some(m) = registry.run(registry.fetch_manifest(&stag, MANIFEST_LIMIT))? else { continue };
             stage(&mut g, &m.bytes, &m.digest, &mut fetched, false)?;
             let sv: Value = serde_json::from_slice(&m.bytes).unwrap_or(Value::Null);
-            let mut none = Vec::new();
-            gather(registry, config, &mut g, &sv, &mut none, &mut fetched, 1)?;
+            let mut none = BTreeSet::new();
+            gather(registry, config, &mut g, &sv, &mut none, &mut seen, &mut fetched, 1)?;
             roots.push(Root {
                 repo: canonical.to_owned(),
                 tag: stag,
@@ -252,13 +254,17 @@ fn descriptor(d: &Value, named_by: &str) -> Result<(Digest, u64), MirrorError> {
 /// Fetches what the store lacks under manifest `v`: child manifests (by
 /// digest, capped at their descriptor's size) and, for image manifests,
 /// the config and layers (capped at their size and `--max-blob-bytes`).
-/// `subjects` collects the child manifests' digests.
+/// `subjects` collects the child manifests' digests; `seen` holds the
+/// manifests already descended into, so a child named many times (or by
+/// many indexes) is read and walked once.
+#[allow(clippy::too_many_arguments)]
 fn gather(
     registry: &OciRegistry,
     config: &MirrorConfig,
     g: &mut Gathered,
     v: &Value,
-    subjects: &mut Vec<Digest>,
+    subjects: &mut BTreeSet<Digest>,
+    seen: &mut BTreeSet<Digest>,
     fetched: &mut Fetched,
     depth: usize,
 ) -> Result<(), MirrorError> {
@@ -267,7 +273,10 @@ fn gather(
     }
     for c in v["manifests"].as_array().into_iter().flatten() {
         let (d, size) = descriptor(c, "an index")?;
-        subjects.push(d.clone());
+        subjects.insert(d.clone());
+        if !seen.insert(d.clone()) {
+            continue;
+        }
         let bytes = if g.size(&d).is_some() {
             match g.manifest(&d)? {
                 Some(b) => b,
@@ -293,7 +302,7 @@ fn gather(
         };
         let child: Value = serde_json::from_slice(&bytes)
             .map_err(|e| MirrorError::Refused(format!("manifest {d} is not JSON: {e}")))?;
-        gather(registry, config, g, &child, subjects, fetched, depth + 1)?;
+        gather(registry, config, g, &child, subjects, seen, fetched, depth + 1)?;
     }
     let blobs =
         v["config"].is_object().then_some(&v["config"]).into_iter().chain(v["layers"].as_array().into_iter().flatten());

@@ -477,6 +477,46 @@ fn import_refuses_unsigned_foreign_and_resigned_objects_and_writes_nothing() {
     attempt(&tar_r, true, "the signature is refused");
 }
 
+/// The target holds an object unsigned; the bundle carries the same bytes
+/// signed: refused before anything is written (an import never adds
+/// signatures to a held object), saying how to add them here.
+#[test]
+fn import_refuses_signatures_for_an_object_held_unsigned_and_writes_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let (key_path, public) = openssl_key(home.path(), "signer");
+    let key = SigningKey::load(&key_path).unwrap();
+    let (_t, data) = registry_with(&home.path().join("t"), |c| {
+        let bytes = object(UNSIGNED);
+        c.publish(&sample_metadata(UNSIGNED, Arch::X86_64, &bytes), &bytes, false).unwrap();
+    });
+    drop(_t);
+    let (_s, data_s) = registry_with(&home.path().join("s"), |c| {
+        let (meta, bytes, up) = signed(&key, &c.docker_reference(), UNSIGNED);
+        c.publish_signed(&meta, &bytes, false, &up).unwrap();
+    });
+    let tar = home.path().join("s.tar");
+    bundle(&data_s, &tar);
+    let before = snapshot(&data);
+    for keys in [false, true] {
+        let mut args = vec!["import", "--data", p(&data)];
+        if keys {
+            args.extend(["--trusted-key", p(&public)]);
+        }
+        args.push(p(&tar));
+        let o = registry_cmd(&args);
+        assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("holds the object for {UNSIGNED} (x86_64) v0.1.0 without signatures"))
+                && err.contains("POST /v1/objects?replace=true")
+                && err.contains("nothing was imported"),
+            "{}",
+            show(&o)
+        );
+        assert_eq!(snapshot(&data), before, "a refused import changed the registry (keys: {keys})");
+    }
+}
+
 #[test]
 fn resent_signatures_replace_only_when_asked_and_attestations_name_their_object() {
     let home = tempfile::tempdir().unwrap();

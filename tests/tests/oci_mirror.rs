@@ -357,3 +357,150 @@ fn mirror_from_an_oci_registry_that_needs_a_token() {
         assert_eq!(reqwest::blocking::get(&f).unwrap().bytes().unwrap().to_vec(), bytes, "{f}");
     }
 }
+
+/// An upstream whose release index names one child index 2,000 times,
+/// which names another 2,000 times, which names the object's manifest
+/// 2,000 times (8·10⁹ paths, four distinct manifests): each manifest is
+/// fetched and walked once, so the run ends fast, with a clear outcome and
+/// a handful of requests.
+#[test]
+fn an_index_naming_one_child_thousands_of_times_is_walked_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let release = "6.1.0-56-amd64";
+    let object = b"\x7fELF object under a repetitive index".to_vec();
+    let meta = sample_metadata(release, Arch::X86_64, &object);
+    let manifest = oci::manifest(&meta);
+    let md = Digest::of_bytes(&manifest);
+    let repeat = |media_type: &str, d: &Digest, size: usize, top: Option<Vec<u8>>| -> Vec<u8> {
+        let one = json!({"mediaType": media_type, "digest": d.as_str(), "size": size,
+            "platform": {"architecture": "amd64", "os": "linux"}});
+        let mut v = match top {
+            Some(b) => serde_json::from_slice::<Value>(&b).unwrap(),
+            None => json!({"schemaVersion": 2, "mediaType": oci::INDEX_MEDIA_TYPE}),
+        };
+        v["manifests"] = Value::Array(vec![one; 2000]);
+        v.to_string().into_bytes()
+    };
+    let l2 = repeat(oci::MANIFEST_MEDIA_TYPE, &md, manifest.len(), None);
+    let l2d = Digest::of_bytes(&l2);
+    let l1 = repeat(oci::INDEX_MEDIA_TYPE, &l2d, l2.len(), None);
+    let l1d = Digest::of_bytes(&l1);
+    let bpfarm_index = oci::index(release, "v0.1.0", None, Arch::X86_64, &md, manifest.len() as u64);
+    let top = repeat(oci::INDEX_MEDIA_TYPE, &l1d, l1.len(), Some(bpfarm_index));
+    let tag = oci::tag(release, "v0.1.0", false);
+    let mut by_path: Vec<(String, &'static str, Vec<u8>)> = vec![
+        (format!("/v2/ns/tracee-bpf/manifests/{tag}"), oci::INDEX_MEDIA_TYPE, top),
+        (format!("/v2/ns/tracee-bpf/manifests/{l1d}"), oci::INDEX_MEDIA_TYPE, l1),
+        (format!("/v2/ns/tracee-bpf/manifests/{l2d}"), oci::INDEX_MEDIA_TYPE, l2),
+        (format!("/v2/ns/tracee-bpf/manifests/{md}"), oci::MANIFEST_MEDIA_TYPE, manifest),
+        (format!("/v2/ns/tracee-bpf/blobs/{}", meta.digest), "application/octet-stream", object),
+    ];
+    by_path.push((
+        format!("/v2/ns/tracee-bpf/blobs/{}", Digest::of_bytes(oci::EMPTY_CONFIG)),
+        "application/octet-stream",
+        oci::EMPTY_CONFIG.to_vec(),
+    ));
+    let list = json!({"name": "ns/tracee-bpf", "tags": [tag]});
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    let server = HostileServer::start(move |req| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let path = req.path.split('?').next().unwrap_or("");
+        if path == "/v2/" {
+            return Reply::json(200, &json!({}));
+        }
+        if path == "/v2/ns/tracee-bpf/tags/list" {
+            return Reply::json(200, &list);
+        }
+        match by_path.iter().find(|(p, _, _)| p == path) {
+            Some((_, ct, body)) => Reply::bytes(200, ct, body.clone()),
+            None => Reply::not_found(),
+        }
+    });
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("dmz");
+    let from = format!("oci://{}/ns", server.url.trim_start_matches("http://"));
+    let started = std::time::Instant::now();
+    let o = mirror(&data, &from, &[]);
+    let took = started.elapsed();
+    let n = requests.load(Ordering::SeqCst);
+    eprintln!("mirrored a 2000×2000×2000 index in {:.1}s, {n} requests: {}", took.as_secs_f64(), show(&o));
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}: {}", show(&o));
+    assert!(n <= 20, "{n} requests to the upstream");
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("1 objects published, 0 refused"), "{}", show(&o));
+}
+
+/// An object mirrored unsigned, then signed upstream (the same bytes,
+/// `?replace=true` with signatures): the next run refuses that release's
+/// unit before writing anything, naming the object and the way to add
+/// signatures here, exit 1, and mirrors the other releases; a rerun
+/// changes nothing.
+#[test]
+fn signatures_for_an_object_held_unsigned_are_refused_per_unit() {
+    use bpfarm_object::client::SignedUpload;
+    use bpfarm_object::sign::{self, BuilderInfo, SigningKey};
+    let home = tempfile::tempdir().unwrap();
+    let (key_path, _) = openssl_key(home.path(), "signer");
+    let key = SigningKey::load(&key_path).unwrap();
+    let up = home.path().join("up");
+    let push = bpfarm_tests::token(&up, "ci", "push");
+    let reg = bpfarm_tests::serve(&up);
+    let c = bpfarm_tests::client(&reg.url, Some(push));
+    let object = |release: &str| {
+        let bytes = format!("\x7fELF stand-in object for {release}").into_bytes();
+        (sample_metadata(release, Arch::X86_64, &bytes), bytes)
+    };
+    let (signed_later, a) = object("6.1.0-56-amd64");
+    let (plain, b) = object("6.1.0-57-amd64");
+    c.publish(&signed_later, &a, false).unwrap();
+    c.publish(&plain, &b, false).unwrap();
+    let from = format!("oci://{}/bpfarm", reg.url.trim_start_matches("http://"));
+    let data = home.path().join("dmz");
+    let o = mirror(&data, &from, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("2 objects published, 0 refused"), "{}", show(&o));
+
+    // Upstream: the first object gains signatures; a third one arrives.
+    let s = sign::sign_object(&key, &signed_later, &a, &BuilderInfo::bpfarm("test")).unwrap();
+    let manifest_signature =
+        sign::sign_manifest(&key, &c.docker_reference(), &Digest::of_bytes(&oci::manifest(&signed_later))).unwrap();
+    let up_sigs = SignedUpload {
+        signature: s.signature.clone().into_bytes(),
+        attestation: s.provenance.to_jsonl(),
+        manifest_signature,
+    };
+    c.publish_signed(&signed_later, &a, true, &up_sigs).unwrap();
+    let (third, t) = object("6.1.0-58-amd64");
+    c.publish(&third, &t, false).unwrap();
+
+    let o = mirror(&data, &from, &[]);
+    eprintln!("signed upstream, unsigned here: {}", show(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let tag = oci::tag("6.1.0-56-amd64", "v0.1.0", false);
+    assert!(
+        err.contains(&format!("refused tag {tag}"))
+            && err.contains("6.1.0-56-amd64 (x86_64) v0.1.0 without signatures")
+            && err.contains("POST /v1/objects?replace=true"),
+        "{}",
+        show(&o)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("1 objects published, 1 refused"), "{}", show(&o));
+    let (dump, _) = snapshot(&data);
+    let sig_digest = Digest::of_bytes(s.signature.as_bytes());
+    assert!(!dump.contains(sig_digest.hex()), "the refused unit's signature was stored");
+    assert!(
+        !dump.contains(&sign::files_tag(&Digest::of_bytes(&oci::manifest(&signed_later)))),
+        "a carrier tag was stored"
+    );
+    assert!(dump.contains(third.digest.hex()), "the other release was not mirrored");
+
+    // A rerun: the same refusal, nothing changes.
+    let before = snapshot(&data);
+    let o = mirror(&data, &from, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("0 objects published, 1 refused"), "{}", show(&o));
+    assert_eq!(snapshot(&data), before, "a refused rerun changed the data folder");
+}
