@@ -224,7 +224,7 @@ async fn coverage_json(State(s): State<AppState>, Query(q): Query<CoverageQuery>
         return Err(Error::BadRequest(format!("limit must be between 1 and {}", coverage::MAX_KERNELS)).into());
     }
     let matrix = matrix_of(&s, q.matrix.as_deref()).await?;
-    let (objects, failures) = s.repo.coverage().await?;
+    let (objects, failures) = s.repo.coverage_cells().await?;
     let report = tokio::task::spawn_blocking(move || {
         let select = coverage::Select { q: q.q.as_deref(), state: q.state, offset: q.offset.unwrap_or(0), limit };
         coverage::report(&objects, &failures, matrix.as_ref(), q.version.as_deref()).select(&select)
