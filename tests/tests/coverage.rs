@@ -206,7 +206,8 @@ fn coverage_counts_missing_against_the_published_matrix() {
 /// Failures' messages are pushers' text, up to 16 KiB each; the JSON
 /// report counts failures and never shows them, so an anonymous
 /// `GET /v1/coverage` does not read them: 3,000 failures of 16 KiB (48 MB
-/// of messages) raise the registry's peak RSS by far less than that.
+/// of messages) raise the registry's peak RSS by far less than that. And
+/// without `?version=` it counts the 12 newest versions.
 #[test]
 fn the_json_report_counts_failures_without_reading_their_messages() {
     const FAILURES: usize = 3000;
@@ -217,7 +218,7 @@ fn the_json_report_counts_failures_without_reading_their_messages() {
         .arg(data.join("index.sqlite"))
         .arg(format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {FAILURES}) \
-             INSERT INTO failures SELECT '6.1.0-' || i || '-amd64', 'x86_64', 'v0.1.0', hex(randomblob(8192)), \
+             INSERT INTO failures SELECT '6.1.0-' || i || '-amd64', 'x86_64', 'v0.1.' || (i % 15), hex(randomblob(8192)), \
              '2026-01-01T00:00:00Z' FROM n;"
         ))
         .output()
@@ -236,8 +237,16 @@ fn the_json_report_counts_failures_without_reading_their_messages() {
         .json()
         .unwrap();
     let after = bpfarm_tests::peak_rss(r.child.id());
-    assert_eq!(report["counts"]["failed"], FAILURES, "{}", report["counts"]);
+    // 15 versions (v0.1.0 .. v0.1.14): the newest 12 are counted, every
+    // kernel is a row, each row has 12 cells.
+    assert_eq!(report["versions_total"], 15);
+    let versions: Vec<&str> = report["versions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let mut want: Vec<String> = (3..15).map(|n| format!("v0.1.{n}")).collect();
+    want.sort();
+    assert_eq!(versions, want);
+    assert_eq!(report["counts"]["failed"], FAILURES / 15 * 12, "{}", report["counts"]);
     assert_eq!(report["total_kernels"], FAILURES);
+    assert_eq!(report["kernels"][0]["versions"].as_object().unwrap().len(), 12, "{}", report["kernels"][0]);
     let grew = after.saturating_sub(before);
     eprintln!(
         "peak RSS {} MiB -> {} MiB (+{} KiB) for {FAILURES} failures of 16 KiB",
