@@ -12,7 +12,10 @@
 //! digest, unchanged), so a release in the matrix for one arch brings its
 //! other arches along. The `.bpfarm` carrier of an object the registry
 //! holds is the one its `/v1` signature row makes (written into the tar
-//! when the stored tag names other bytes), so a stale tag is never carried.
+//! when the stored tag names other bytes), so a stale tag is never carried;
+//! a held, signed object whose `.bpfarm` or cosign `.sig` tag is missing
+//! gets both written from that row, so `import --trusted-key` still finds
+//! its signature.
 //!
 //! The tar is deterministic — entries sorted, mtime 0, owner 0:0, fixed
 //! modes — so the same data gives the same bytes. It is written to a temp
@@ -24,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use bpfarm_object::{Arch, Digest, oci};
+use bpfarm_object::{Arch, Digest, oci, sign};
 use serde_json::{Value, json};
 
 use crate::blobs::{BlobError, BlobStore};
@@ -216,6 +219,52 @@ async fn carrier_from_v1(repo: &Repo, blobs: &BlobStore, r: &str, subject: &Dige
     Ok(Some(Some(a.manifest)))
 }
 
+/// The `.bpfarm` carrier and cosign `.sig` artifacts of every current,
+/// signed object, from its `/v1` row (the tag each goes under, and its
+/// bytes). A part whose blob is gone is left out (fsck reports it).
+async fn held_signed_forms(repo: &Repo, blobs: &BlobStore) -> Result<Vec<(String, sign::cosign::OciArtifact)>> {
+    let rows: BTreeMap<i64, crate::repo::SignatureRow> =
+        repo.all_signatures().await.map_err(Error::from)?.into_iter().map(|r| (r.object_id, r)).collect();
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stored = |d: &str| {
+        let d = d.parse::<Digest>().ok();
+        async move {
+            let Some(d) = d else { return Ok(None) };
+            match blobs.read(&d).await {
+                Ok(b) => Ok(Some(b)),
+                Err(BlobError::Missing(_)) => Ok(None),
+                Err(e) => Err(BundleError::from(Error::from(e))),
+            }
+        }
+    };
+    let mut out = Vec::new();
+    for o in repo.current_objects().await.map_err(Error::from)? {
+        let Some(row) = rows.get(&o.id) else { continue };
+        let meta = o.metadata().map_err(Error::from)?;
+        let subject = sign::Subject::manifest(&oci::manifest(&meta));
+        if let (Some(payload), Some(signature)) = (&row.payload_digest, &row.manifest_signature)
+            && let Some(payload) = stored(payload).await?
+        {
+            let s = sign::ManifestSignature { payload, signature: signature.clone() };
+            let a = sign::signature_artifact(&subject, std::slice::from_ref(&s));
+            out.push((a.tag.clone(), a));
+        }
+        let Some(sig) = stored(&row.signature_digest).await? else { continue };
+        let att = match &row.attestation_digest {
+            Some(d) => match stored(d).await? {
+                Some(b) => Some(b),
+                None => continue,
+            },
+            None => None,
+        };
+        let a = sign::files_artifact(&subject, &meta.file_name, &sig, att.as_deref());
+        out.push((sign::files_tag(&subject.digest), a));
+    }
+    Ok(out)
+}
+
 /// The tags to carry, every blob they reach (digest → size), and the
 /// manifests written for the bundle rather than read from the store.
 async fn plan(
@@ -227,7 +276,11 @@ async fn plan(
     let mut roots = Vec::new();
     let mut cosign = Vec::new();
     let mut written: BTreeMap<Digest, Vec<u8>> = BTreeMap::new();
+    let mut tags_seen: Vec<String> = Vec::new();
     for (r, tag, digest) in repo.oci_all_tags().await.map_err(Error::from)? {
+        if r == canonical {
+            tags_seen.push(tag.clone());
+        }
         let Some(m) = repo.oci_manifest(&r, &digest).await.map_err(Error::from)? else { continue };
         let d: Digest = digest.parse().map_err(Error::from)?;
         let mut root = Root {
@@ -272,6 +325,35 @@ async fn plan(
         if passes(&doc, filter) == Some(true) && r == canonical {
             roots.push(root);
         }
+    }
+    // A held, signed object whose `.bpfarm` or cosign `.sig` tag is gone
+    // (deleted before such deletes were refused) still travels with both:
+    // written from its /v1 row, as a publish writes them.
+    let present: BTreeSet<&str> = tags_seen.iter().map(String::as_str).collect();
+    let mut missing = Vec::new();
+    for (tag, a) in held_signed_forms(repo, blobs).await? {
+        if present.contains(tag.as_str()) {
+            continue;
+        }
+        tracing::warn!(%tag, "a held object's signature tag is missing; carrying the one its /v1 row makes");
+        let own = Digest::of_bytes(&a.manifest);
+        let root = Root {
+            repo: canonical.to_owned(),
+            tag,
+            digest: own.clone(),
+            media_type: oci::MANIFEST_MEDIA_TYPE.to_owned(),
+            size: a.manifest.len() as u64,
+        };
+        for b in a.blobs {
+            written.insert(b.digest, b.data);
+        }
+        written.insert(own, a.manifest);
+        missing.push(root);
+    }
+    if filter.active() {
+        cosign.extend(missing);
+    } else {
+        roots.extend(missing);
     }
     // Walk what is kept: every manifest, its config, layers and children.
     let mut reached: BTreeMap<Digest, u64> = BTreeMap::new();

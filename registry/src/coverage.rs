@@ -166,7 +166,11 @@ impl Serialize for VersionStates {
 pub struct Report {
     /// The matrix counted against; `None`: the releases seen.
     pub matrix: Option<String>,
+    /// The versions counted (name order).
     pub versions: Vec<String>,
+    /// How many versions there are; more than `versions` when only the
+    /// newest are counted (`report_newest`).
+    pub versions_total: usize,
     pub counts: Counts,
     /// Counts per arch (`x86_64`, `aarch64`).
     pub by_arch: BTreeMap<Arch, Counts>,
@@ -269,26 +273,99 @@ pub fn expected(
     out
 }
 
+/// Orders `6.1.0-9` before `6.1.0-10`: digit runs compare as numbers.
+pub fn natural_key(s: &str) -> Vec<(u64, String)> {
+    let mut key = Vec::new();
+    let mut digits = String::new();
+    let mut text = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            if !text.is_empty() {
+                key.push((u64::MAX, std::mem::take(&mut text)));
+            }
+            digits.push(c);
+        } else {
+            if !digits.is_empty() {
+                key.push((digits.parse().unwrap_or(u64::MAX), String::new()));
+                digits.clear();
+            }
+            text.push(c);
+        }
+    }
+    if !digits.is_empty() {
+        key.push((digits.parse().unwrap_or(u64::MAX), String::new()));
+    }
+    if !text.is_empty() {
+        key.push((u64::MAX, text));
+    }
+    key
+}
+
+/// Versions a `GET /v1/coverage` without `?version=` counts: the newest
+/// (as the page's detail table shows), so its work is kernels × 12.
+pub const MAX_REPORT_VERSIONS: usize = 12;
+
+/// Every version seen, in name order.
+fn versions_seen(objects: &[CoverageObject], failures: &[CoverageFailure]) -> Vec<String> {
+    objects
+        .iter()
+        .map(|o| o.version.as_str())
+        .chain(failures.iter().map(|f| f.version.as_str()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Counts every expected pair × version (`version`, or every version
-/// seen), in time and memory linear in pairs × versions at one byte a
-/// cell: the cells are looked up once per object and failure, not once
-/// per pair and version.
+/// seen); see `report_of`.
 pub fn report(
     objects: &[CoverageObject],
     failures: &[CoverageFailure],
     matrix: Option<&Matrix>,
     version: Option<&str>,
 ) -> Report {
-    let versions: Vec<String> = match version {
+    let versions = match version {
         Some(v) => vec![v.to_owned()],
-        None => objects
-            .iter()
-            .map(|o| o.version.clone())
-            .chain(failures.iter().map(|f| f.version.clone()))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect(),
+        None => versions_seen(objects, failures),
     };
+    report_of(objects, failures, matrix, versions)
+}
+
+/// As `report`, but without `version` only the `max` newest versions
+/// seen (natural order: `v0.10` after `v0.9`) are counted;
+/// `versions_total` says how many there are.
+pub fn report_newest(
+    objects: &[CoverageObject],
+    failures: &[CoverageFailure],
+    matrix: Option<&Matrix>,
+    version: Option<&str>,
+    max: usize,
+) -> Report {
+    if version.is_some() {
+        return report(objects, failures, matrix, version);
+    }
+    let mut versions = versions_seen(objects, failures);
+    let total = versions.len();
+    if total > max {
+        versions.sort_by_cached_key(|v| std::cmp::Reverse(natural_key(v)));
+        versions.truncate(max);
+        versions.sort();
+    }
+    let mut r = report_of(objects, failures, matrix, versions);
+    r.versions_total = total;
+    r
+}
+
+/// Counts every expected pair × one of `versions`, in time and memory
+/// linear in pairs × versions at one byte a cell: the cells are looked up
+/// once per object and failure, not once per pair and version.
+fn report_of(
+    objects: &[CoverageObject],
+    failures: &[CoverageFailure],
+    matrix: Option<&Matrix>,
+    versions: Vec<String>,
+) -> Report {
     let names: Arc<[String]> = versions.clone().into();
     let position: HashMap<&str, usize> = versions.iter().enumerate().map(|(i, v)| (v.as_str(), i)).collect();
     // Per pair, the versions it has a cell for; an object wins over a
@@ -338,6 +415,7 @@ pub fn report(
     }
     Report {
         matrix: matrix.map(|m| m.name.clone()),
+        versions_total: versions.len(),
         versions,
         counts,
         by_arch,
@@ -393,6 +471,28 @@ mod tests {
         let r = report(&objects, &[], None, None);
         assert_eq!(r.counts, Counts { present: 1, failed: 0, missing: 1 });
         assert_eq!(r.by_arch[&Arch::Aarch64].missing, 1);
+    }
+
+    #[test]
+    fn without_a_version_only_the_newest_are_counted_and_every_kernel_is_a_row() {
+        // v0.1 .. v0.15, and a kernel only the oldest version has.
+        let mut objects: Vec<_> = (1..=15).map(|n| object("6.1.0-56-amd64", "x86_64", &format!("v0.{n}"))).collect();
+        objects.push(object("6.1.0-9-amd64", "x86_64", "v0.1"));
+        let r = report_newest(&objects, &[], None, None, 12);
+        let mut want: Vec<String> = (4..=15).map(|n| format!("v0.{n}")).collect();
+        want.sort();
+        assert_eq!(r.versions, want);
+        assert_eq!(r.versions_total, 15);
+        assert_eq!(r.kernels.len(), 2, "a kernel of an older version is still a row");
+        assert_eq!(r.counts, Counts { present: 12, failed: 0, missing: 12 });
+        assert!(r.kernels.iter().all(|k| k.versions.states.len() == 12));
+        // ?version= names any version, however old.
+        let r = report_newest(&objects, &[], None, Some("v0.1"), 12);
+        assert_eq!((r.versions.as_slice(), r.versions_total), (["v0.1".to_owned()].as_slice(), 1));
+        assert_eq!(r.counts, Counts { present: 2, failed: 0, missing: 0 });
+        // Fewer than the cap: all of them, as `report`.
+        let r = report_newest(&objects[..3], &[], None, None, 12);
+        assert_eq!((r.versions.len(), r.versions_total), (3, 3));
     }
 
     #[test]

@@ -186,11 +186,22 @@ pub async fn manifest(s: &AppState, repo: &str, reference: &str, with_bytes: boo
 }
 
 /// Deletes a manifest (or just a tag), unless it carries a current `/v1`
-/// object's OCI form in the canonical repository.
+/// object's OCI form in the canonical repository, or its `.bpfarm`
+/// carrier or cosign `.sig` (what a bundle and `import --trusted-key`
+/// take its signature from).
 pub async fn delete_manifest(s: &AppState, repo: &str, reference: &str) -> Result<()> {
     let mut tx = s.repo.begin_write().await?;
-    if repo == s.settings.canonical_repo() && holds_v1_form(s, &mut tx, repo, reference).await? {
-        return Err(held_by_v1(repo, reference));
+    if repo == s.settings.canonical_repo() {
+        if let Some(tag) = held_signature_tag(s, &mut tx, repo, reference).await? {
+            return Err(Error::SignaturesHeld {
+                repo: repo.to_owned(),
+                what: format!("the signature tag {tag}"),
+                hint: "the registry writes it from the object's /v1 signature; it changes with POST /v1/objects?replace=true",
+            });
+        }
+        if holds_v1_form(s, &mut tx, repo, reference).await? {
+            return Err(held_by_v1(repo, reference));
+        }
     }
     let gone = tx.delete_manifest(repo, reference).await?;
     tx.commit().await?;
@@ -210,10 +221,40 @@ async fn holds_v1_form(s: &AppState, tx: &mut WriteTx, repo: &str, reference: &s
         }
     }
     let Ok(d) = reference.parse::<Digest>() else { return Ok(false) };
+    is_held_manifest(s, tx, repo, &d).await
+}
+
+/// The `.bpfarm` carrier or cosign `.sig` tag of a held object that
+/// `reference` is (a tag) or that names it (a manifest digest), if any.
+async fn held_signature_tag(s: &AppState, tx: &mut WriteTx, repo: &str, reference: &str) -> Result<Option<String>> {
+    let tags =
+        if reference.starts_with("sha256:") { tx.tags_of(repo, reference).await? } else { vec![reference.to_owned()] };
+    for tag in tags {
+        if signs_held(s, tx, repo, &tag).await? {
+            return Ok(Some(tag));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `tag` is the `.bpfarm` carrier or cosign `.sig` tag of a held
+/// object's manifest: what `bundle` and `import --trusted-key` read its
+/// signature from, so the registry's, not a pusher's to delete.
+async fn signs_held(s: &AppState, tx: &mut WriteTx, repo: &str, tag: &str) -> Result<bool> {
+    let subject = bpfarm_object::sign::carrier::files_tag_subject(tag).or_else(|| cosign_signature_subject(tag));
+    match subject {
+        Some(d) => is_held_manifest(s, tx, repo, &d).await,
+        None => Ok(false),
+    }
+}
+
+/// Whether manifest `d` of `repo` is a bpfarm manifest whose layer is a
+/// current `/v1` object.
+async fn is_held_manifest(s: &AppState, tx: &mut WriteTx, repo: &str, d: &Digest) -> Result<bool> {
     if tx.manifest(repo, d.as_str()).await?.is_none() {
         return Ok(false);
     }
-    let bytes = match s.blobs.read(&d).await {
+    let bytes = match s.blobs.read(d).await {
         Ok(b) => b,
         Err(crate::blobs::BlobError::Missing(_)) => return Ok(false),
         Err(e) => return Err(e.into()),

@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use bpfarm_object::Arch;
 
-use crate::coverage::{self, Matrix, State};
+use crate::coverage::{self, Matrix, State, natural_key};
 use crate::repo::{CoverageFailure, CoverageObject};
 
 /// `&`, `<`, `>`, `"`, `'` escaped for HTML text and attribute values.
@@ -25,34 +25,6 @@ fn esc(s: &str) -> String {
         }
     }
     out
-}
-
-/// Orders `6.1.0-9` before `6.1.0-10`: digit runs compare as numbers.
-fn natural_key(s: &str) -> Vec<(u64, String)> {
-    let mut key = Vec::new();
-    let mut digits = String::new();
-    let mut text = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            if !text.is_empty() {
-                key.push((u64::MAX, std::mem::take(&mut text)));
-            }
-            digits.push(c);
-        } else {
-            if !digits.is_empty() {
-                key.push((digits.parse().unwrap_or(u64::MAX), String::new()));
-                digits.clear();
-            }
-            text.push(c);
-        }
-    }
-    if !digits.is_empty() {
-        key.push((digits.parse().unwrap_or(u64::MAX), String::new()));
-    }
-    if !text.is_empty() {
-        key.push((u64::MAX, text));
-    }
-    key
 }
 
 enum Cell<'a> {

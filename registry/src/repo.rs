@@ -252,6 +252,20 @@ impl Repo {
         Ok((objects, failures))
     }
 
+    /// What `GET /v1/coverage` counts: current objects and failures, the
+    /// failures' `message` left empty (up to 16 KiB each that pushers
+    /// write and the report never shows, so not read).
+    pub async fn coverage_cells(&self) -> Result<(Vec<CoverageObject>, Vec<CoverageFailure>), sqlx::Error> {
+        let objects =
+            sqlx::query_as("SELECT kernel_release, arch, version, digest, size FROM objects WHERE current = 1")
+                .fetch_all(&self.reader)
+                .await?;
+        let failures = sqlx::query_as("SELECT kernel_release, arch, version, '' AS message FROM failures")
+            .fetch_all(&self.reader)
+            .await?;
+        Ok((objects, failures))
+    }
+
     /// How many objects an identity has had, current and replaced.
     pub async fn history_len(&self, release: &str, arch: &str, version: &str) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT COUNT(*) FROM objects WHERE kernel_release = ? AND arch = ? AND version = ?")

@@ -747,3 +747,89 @@ fn the_signature_tags_of_a_held_object_take_no_foreign_files_or_untrusted_signat
     assert_eq!(view_b["signature"], view["signature"], "{view_b}");
     assert_eq!(view_b["attestation"], view["attestation"], "{view_b}");
 }
+
+/// A `DELETE` of `/v2` manifest `reference` with `token`: (status, body).
+fn delete_manifest(url: &str, token: &str, reference: &str) -> (u16, String) {
+    let r = reqwest::blocking::Client::new()
+        .delete(format!("{url}/v2/bpfarm/tracee-bpf/manifests/{reference}"))
+        .bearer_auth(token)
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+#[test]
+fn a_held_objects_signature_tags_are_not_deleted_and_a_bundle_carries_them_from_v1_anyway() {
+    let home = tempfile::tempdir().unwrap();
+    let (key_path, public) = openssl_key(home.path(), "signer");
+    let key = SigningKey::load(&key_path).unwrap();
+    let data = home.path().join("data");
+    let push = token(&data, "ci", "push");
+    let r = serve(&data);
+    let (meta, bytes, up) = signed(&key, &client(&r.url, None).docker_reference(), SIGNED);
+    client(&r.url, Some(push.clone())).publish_signed(&meta, &bytes, false, &up).unwrap();
+    let view = lookup(&r.url, SIGNED).unwrap();
+    let manifest = Digest::of_bytes(&oci::manifest(&meta));
+    let (ftag, stag) = (sign::files_tag(&manifest), cosign::signature_tag(&manifest));
+    let carrier = tag_digest(&r.url, &ftag).unwrap();
+    let sig = tag_digest(&r.url, &stag).unwrap();
+
+    // By tag and by the digest each names: refused, 409 DENIED, naming
+    // the tag and how its signatures do change.
+    for reference in [&ftag, &carrier, &stag, &sig] {
+        let (status, body) = delete_manifest(&r.url, &push, reference);
+        assert_eq!(status, 409, "{reference}: {body}");
+        assert!(body.contains("\"DENIED\""), "{body}");
+        assert!(body.contains("belongs to an object this registry holds"), "{body}");
+        assert!(body.contains("POST /v1/objects?replace=true"), "{body}");
+    }
+    assert_eq!(tag_digest(&r.url, &ftag).as_deref(), Some(carrier.as_str()));
+    assert_eq!(tag_digest(&r.url, &stag).as_deref(), Some(sig.as_str()));
+    assert_eq!(lookup(&r.url, SIGNED).unwrap(), view, "the /v1 answer changed");
+    // A cosign signature of a manifest /v1 does not hold is the pusher's.
+    use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
+    let addr = r.url.trim_start_matches("http://").to_owned();
+    let transport = bpfarm_object::http::Transport::new(Default::default()).unwrap();
+    let oci = OciRegistry::new(
+        OciTarget::parse(&format!("oci://{addr}/bpfarm")).unwrap(),
+        credentials(&addr, None, Some(&push)),
+        &transport,
+    )
+    .unwrap();
+    let (other, ..) = signed(&key, &oci.docker_reference(), UNSIGNED);
+    let other = sign::Subject::manifest(&oci::manifest(&other));
+    let s = sign::sign_manifest(&key, &oci.docker_reference(), &other.digest).unwrap();
+    oci.push_artifact(&sign::signature_artifact(&other, &[s])).unwrap();
+    let (status, body) = delete_manifest(&r.url, &push, &cosign::signature_tag(&other.digest));
+    assert_eq!(status, 202, "{body}");
+    drop(r);
+
+    // Tags gone before deletes were refused (removed by hand): the bundle
+    // writes both from the /v1 row, and a registry trusting the key
+    // imports the object with its /v1 signature and serves both tags.
+    let o = Command::new("sqlite3")
+        .arg(data.join("index.sqlite"))
+        .arg(format!("DELETE FROM oci_tags WHERE tag IN ('{ftag}', '{stag}')"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let tar = home.path().join("b.tar");
+    bundle(&data, &tar);
+    for tag in [&ftag, &stag] {
+        let o = Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci-archive:{}:{tag}", tar.display()))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{tag} is not in the bundle: {}", show(&o));
+    }
+    let imported = home.path().join("imported");
+    let o = registry_cmd(&["import", "--data", p(&imported), "--trusted-key", p(&public), p(&tar)]);
+    assert!(o.status.success(), "{}", show(&o));
+    let b = serve(&imported);
+    let view_b = lookup(&b.url, SIGNED).unwrap();
+    assert_eq!(view_b["signature"], view["signature"], "{view_b}");
+    assert_eq!(view_b["attestation"], view["attestation"], "{view_b}");
+    assert_eq!(tag_digest(&b.url, &ftag).as_deref(), Some(carrier.as_str()));
+    assert_eq!(tag_digest(&b.url, &stag).as_deref(), Some(sig.as_str()));
+}

@@ -202,3 +202,57 @@ fn coverage_counts_missing_against_the_published_matrix() {
     let v: serde_json::Value = get("/v1/coverage?matrix=x", None).json().unwrap();
     assert_eq!(v["counts"], serde_json::json!({ "present": 1, "failed": 0, "missing": 0 }), "{v:#}");
 }
+
+/// Failures' messages are pushers' text, up to 16 KiB each; the JSON
+/// report counts failures and never shows them, so an anonymous
+/// `GET /v1/coverage` does not read them: 3,000 failures of 16 KiB (48 MB
+/// of messages) raise the registry's peak RSS by far less than that. And
+/// without `?version=` it counts the 12 newest versions.
+#[test]
+fn the_json_report_counts_failures_without_reading_their_messages() {
+    const FAILURES: usize = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    drop(bpfarm_tests::serve(&data)); // creates the schema
+    let o = Command::new("sqlite3")
+        .arg(data.join("index.sqlite"))
+        .arg(format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {FAILURES}) \
+             INSERT INTO failures SELECT '6.1.0-' || i || '-amd64', 'x86_64', 'v0.1.' || (i % 15), hex(randomblob(8192)), \
+             '2026-01-01T00:00:00Z' FROM n;"
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = bpfarm_tests::serve(&data);
+    // Warm the HTTP path (a matrix that does not exist answers 404 before
+    // the coverage query), then measure one report.
+    let r404 = reqwest::blocking::get(format!("{}/v1/coverage?matrix=none", r.url)).unwrap();
+    assert_eq!(r404.status().as_u16(), 404);
+    let before = bpfarm_tests::peak_rss(r.child.id());
+    let report: serde_json::Value = reqwest::blocking::get(format!("{}/v1/coverage?limit=1", r.url))
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .unwrap();
+    let after = bpfarm_tests::peak_rss(r.child.id());
+    // 15 versions (v0.1.0 .. v0.1.14): the newest 12 are counted, every
+    // kernel is a row, each row has 12 cells.
+    assert_eq!(report["versions_total"], 15);
+    let versions: Vec<&str> = report["versions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let mut want: Vec<String> = (3..15).map(|n| format!("v0.1.{n}")).collect();
+    want.sort();
+    assert_eq!(versions, want);
+    assert_eq!(report["counts"]["failed"], FAILURES / 15 * 12, "{}", report["counts"]);
+    assert_eq!(report["total_kernels"], FAILURES);
+    assert_eq!(report["kernels"][0]["versions"].as_object().unwrap().len(), 12, "{}", report["kernels"][0]);
+    let grew = after.saturating_sub(before);
+    eprintln!(
+        "peak RSS {} MiB -> {} MiB (+{} KiB) for {FAILURES} failures of 16 KiB",
+        before >> 20,
+        after >> 20,
+        grew >> 10
+    );
+    assert!(grew < 16 << 20, "the report read the failures' messages: peak RSS grew {} MiB", grew >> 20);
+}
