@@ -246,6 +246,24 @@ impl TrustedDir {
 }
 
 impl TrustedDir {
+    /// Removes the temp files an earlier writer left here when it was killed
+    /// mid-write (`.tmp-<16 hex>`, as [`TrustedDir::write_atomic`] names
+    /// them). Only with this folder's exclusive lock held (`_held`): every
+    /// writer holds it, so no temp file here is anyone's write in flight.
+    /// Best effort: what cannot be listed or removed stays.
+    pub fn remove_stale_temps(&self, _held: &DirLock) {
+        let Ok(dir) = rustix::fs::Dir::read_from(&self.fd) else { return };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_bytes();
+            let is_temp =
+                name.strip_prefix(b".tmp-").is_some_and(|h| h.len() == 16 && h.iter().all(u8::is_ascii_hexdigit));
+            if is_temp {
+                // Never follows a link: a planted symlink is removed itself.
+                let _ = rustix::fs::unlinkat(&self.fd, entry.file_name(), AtFlags::empty());
+            }
+        }
+    }
+
     /// Removes `name` from this folder if it is there (never following a
     /// symlink: a link itself is removed, not its target).
     pub fn remove_file(&self, name: &str) -> Result<(), TrustError> {

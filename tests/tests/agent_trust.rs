@@ -526,6 +526,32 @@ fn the_lock_and_objects_are_never_followed_through_symlinks() {
 }
 
 #[test]
+fn an_install_removes_temp_files_a_killed_writer_left_and_nothing_else() {
+    // A writer killed mid-write (SIGKILL, an OOM kill) leaves its
+    // `.tmp-<16 hex>`; the next install, holding the lock every writer
+    // holds, removes them, never following a link, and touches nothing else.
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let install = dir.path().join("install");
+    std::fs::create_dir(&install).unwrap();
+    chmod(&install, 0o700);
+    let outside_file = dir.path().join("precious");
+    std::fs::write(&outside_file, b"keep").unwrap();
+    std::fs::write(install.join(".tmp-0123456789abcdef"), vec![7u8; 4096]).unwrap();
+    std::os::unix::fs::symlink(&outside_file, install.join(".tmp-fedcba9876543210")).unwrap();
+    std::fs::write(install.join(".tmp-not-ours"), b"x").unwrap();
+    std::fs::write(install.join("notes.txt"), b"x").unwrap();
+    let good = honest();
+    let out = agent(&install).args(["--registry", &good.url, "--build-policy", "never", "fetch"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(std::fs::read(install.join(name())).unwrap(), f.bytes);
+    assert!(!install.join(".tmp-0123456789abcdef").exists(), "a stale temp file stayed");
+    assert!(std::fs::symlink_metadata(install.join(".tmp-fedcba9876543210")).is_err(), "the planted link stayed");
+    assert_eq!(std::fs::read(&outside_file).unwrap(), b"keep", "the link was followed");
+    assert!(install.join(".tmp-not-ours").exists() && install.join("notes.txt").exists(), "other files were removed");
+}
+
+#[test]
 fn locate_writes_nothing() {
     let good = honest();
     let dir = tempfile::tempdir().unwrap();

@@ -35,7 +35,8 @@ fn write_all(
     meta: &ObjectMetadata,
     signature: Option<&crate::verify::Signature>,
 ) -> Result<(), TrustError> {
-    let _lock = dir.lock_exclusive()?;
+    let lock = dir.lock_exclusive()?;
+    dir.remove_stale_temps(&lock);
     let name = meta.identity.file_name();
     dir.write_atomic(&name, bytes)?;
     let mut json = serde_json::to_vec_pretty(meta).map_err(|e| TrustError::Io {
