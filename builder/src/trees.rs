@@ -141,56 +141,49 @@ impl TreeCache {
     /// The package's unpacked `usr/src/<top>` folder, unpacking it if needed.
     /// Every caller waiting on one unpack gets the same error.
     pub fn get(&self, pkg: &PackageFacts) -> Result<Tree, Arc<TreeError>> {
-        let slot = self.slot(&pkg.digest);
+        let (dir, unpacked) = self.unpacked_once(&pkg.digest, &pkg.path, self.final_dir(pkg), &|tmp| {
+            unpack::unpack_deb(&pkg.path, Some(&pkg.digest), tmp, &keep, &self.limits)
+        })?;
+        Ok(Tree { root: top_folder(&pkg.path, &dir)?, unpacked })
+    }
+
+    /// The unpacked folder of the package with `digest`, unpacking it into
+    /// `done` with `unpack` once however many callers ask at the same time
+    /// (the stats go to the caller that unpacked). Every caller waiting on
+    /// one unpack gets the same error, and a failure is forgotten so a later
+    /// call (e.g. after a re-fetch) retries.
+    fn unpacked_once(
+        &self,
+        digest: &Digest,
+        package: &Path,
+        done: PathBuf,
+        unpack: &dyn Fn(&Path) -> Result<UnpackStats, unpack::UnpackError>,
+    ) -> Result<(PathBuf, Option<UnpackStats>), Arc<TreeError>> {
+        let slot = self.slot(digest);
         let mut unpacked = None;
-        let dir = slot.get_or_init(|| match self.unpack_once(pkg) {
+        let dir = slot.get_or_init(|| match self.unpack_into(package, done, unpack) {
             Ok((dir, stats)) => {
                 unpacked = stats;
                 Ok(dir)
             }
             Err(e) => Err(Arc::new(e)),
         });
-        let dir = match dir {
-            Ok(d) => d.clone(),
+        match dir {
+            Ok(d) => Ok((d.clone(), unpacked)),
             Err(e) => {
-                // Forget the failure so a later call (e.g. after a re-fetch) retries.
-                self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&pkg.digest);
-                return Err(e.clone());
+                self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(digest);
+                Err(e.clone())
             }
-        };
-        Ok(Tree { root: top_folder(&pkg.path, &dir)?, unpacked })
-    }
-
-    fn unpack_once(&self, pkg: &PackageFacts) -> Result<(PathBuf, Option<UnpackStats>), TreeError> {
-        self.unpack_into(&pkg.path, self.final_dir(pkg), &|tmp| {
-            unpack::unpack_deb(&pkg.path, Some(&pkg.digest), tmp, &keep, &self.limits)
-        })
+        }
     }
 
     /// An RPM `kernel-devel` package's `usr/src/kernels/<release>` folder,
     /// unpacked once into `trees/<digest>.f<FILTER_VERSION>/` like a `.deb`.
     pub fn get_rpm(&self, pkg: &RpmFacts) -> Result<Tree, Arc<TreeError>> {
-        let slot = self.slot(&pkg.digest);
-        let mut unpacked = None;
         let done = self.dir.join(format!("{}.f{FILTER_VERSION}", pkg.digest.hex()));
-        let dir = slot.get_or_init(|| {
-            match self.unpack_into(&pkg.path, done, &|tmp| {
-                rpms::unpack_rpm(&pkg.path, Some(&pkg.digest), tmp, &keep_rpm, &self.limits)
-            }) {
-                Ok((dir, stats)) => {
-                    unpacked = stats;
-                    Ok(dir)
-                }
-                Err(e) => Err(Arc::new(e)),
-            }
-        });
-        let dir = match dir {
-            Ok(d) => d.clone(),
-            Err(e) => {
-                self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&pkg.digest);
-                return Err(e.clone());
-            }
-        };
+        let (dir, unpacked) = self.unpacked_once(&pkg.digest, &pkg.path, done, &|tmp| {
+            rpms::unpack_rpm(&pkg.path, Some(&pkg.digest), tmp, &keep_rpm, &self.limits)
+        })?;
         let kernels = dir.join("usr/src/kernels");
         let found: Vec<String> = fs::read_dir(&kernels)
             .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
