@@ -7,11 +7,14 @@ All run on loopback in this one run; the same load client (wrk) hits each
 URL with the same settings: nginx, bpfarm's static layout path, its /v1
 blob, its /v2 blob, distribution's blob, for each object size. Prints
 requests/s, p99 latency and the ratios against nginx and distribution (the
-figures that mean anything on a shared machine), then the registry's peak
-RSS (VmHWM) including a run with 1,000 connections. --repeat N runs each
-measurement N times and shows the best and the spread.
+figures that mean anything on a shared machine), each server's own CPU
+time per request (the figure other jobs move least), wrk's CPU share, and
+the bound a size puts on "x distribution" when even nginx cannot reach it;
+then the registry's peak RSS (VmHWM) including a run with 1,000
+connections. --repeat N runs N interleaved rounds (every server once per
+round) and shows the median, the best and the spread.
 
-    bench/registry.py [--seconds 10] [--connections 64] [--sizes 100K,1M,10M] [--repeat 3]
+    bench/registry.py [--seconds 10] [--connections 64] [--sizes 100K,1M,10M] [--repeat 5]
 
 Soak: bpfarm-registry alone under mixed load for a while, with a slowloris
 and unauthenticated uploads running against it the whole time: /v1
@@ -62,13 +65,46 @@ def hwm_mib(pid):
     return 0.0
 
 
-def wrk(url, seconds, conns):
+def wrk(url, seconds, conns, server_pid=None):
+    """One wrk run: requests/s, p99 ms, an error line or None, the server's
+    CPU time per request (µs, its whole process tree; None without a pid)
+    and wrk's own CPU use as a share of the machine's cores."""
+    clk = os.sysconf("SC_CLK_TCK")
+    before_srv = cpu_ticks(server_pid) if server_pid else 0
+    before_wrk = os.times()
     out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", url], capture_output=True, text=True, check=True).stdout
+    after_wrk = os.times()
+    srv_ticks = cpu_ticks(server_pid) - before_srv if server_pid else 0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    done = int(re.search(r"(\d+) requests in", out).group(1))
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-    return rps, float(p99.group(1)) * scale, errors.group(0) if errors else None
+    cpu_us = srv_ticks / clk * 1e6 / done if server_pid and done else None
+    wrk_cpu = (after_wrk.children_user + after_wrk.children_system - before_wrk.children_user - before_wrk.children_system)
+    wrk_share = wrk_cpu / (seconds * (os.cpu_count() or 1))
+    return rps, float(p99.group(1)) * scale, errors.group(0) if errors else None, cpu_us, wrk_share
+
+
+def cpu_ticks(pid):
+    """User + system clock ticks of `pid` and its child processes (nginx's
+    workers), 0 for a process that is gone."""
+    total = 0
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+        for task in os.listdir(f"/proc/{pid}/task"):
+            for child in open(f"/proc/{pid}/task/{task}/children").read().split():
+                total += cpu_ticks(int(child))
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return total
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
 def proc_status(pid, key):
@@ -414,23 +450,37 @@ def compare(args):
                     raise SystemExit(f"bench: {name} served wrong bytes for {url}")
             targets.append((size, urls))
 
-        print(f"bench: wrk -t2 -c{args.connections} -d{args.seconds}s, best of {args.repeat} (spread in brackets), {os.cpu_count()} cores, load {' '.join(load())}", flush=True)
+        pids = {"nginx sendfile": nginx.pid, "distribution 2.8": dist.pid}
+        print(f"bench: wrk -t2 -c{args.connections} -d{args.seconds}s, {args.repeat} interleaved rounds (every server once per round, so load drift hits all alike), median (best, spread); {os.cpu_count()} cores, load {' '.join(load())}", flush=True)
+        print("  CPU us/req: the server's own CPU time per request (its whole process tree), the figure least moved by other jobs on the machine")
         for size, urls in targets:
+            runs = {name: [] for name in urls}
+            loads = []
+            for _ in range(args.repeat):
+                loads.append(float(load()[0]))
+                for name, url in urls.items():
+                    runs[name].append(wrk(url, args.seconds, args.connections, pids.get(name, reg.pid)))
             results = {}
-            for name, url in urls.items():
-                runs = [wrk(url, args.seconds, args.connections) for _ in range(args.repeat)]
-                best = max(runs, key=lambda r: r[0])
-                spread = (max(r[0] for r in runs) - min(r[0] for r in runs)) / best[0] if best[0] else 0.0
-                results[name] = (best[0], best[1], best[2], spread)
-            n_rps, n_p99 = results["nginx sendfile"][:2]
+            for name, rs in runs.items():
+                rps = [r[0] for r in rs]
+                best = max(rps)
+                cpu = [r[3] for r in rs if r[3] is not None]
+                errs = [r[2] for r in rs if r[2]]
+                results[name] = (median(rps), best, (best - min(rps)) / best if best else 0.0, median([r[1] for r in rs]), median(cpu) if cpu else 0.0, errs[0] if errs else None, median([r[4] for r in rs]))
+            n_rps, _, _, n_p99, n_cpu = results["nginx sendfile"][:5]
             d_rps = results["distribution 2.8"][0]
-            print(f"\n{human(size)} object:")
-            print(f"  {'server':18} {'req/s':>9} {'spread':>7} {'p99 ms':>8} {'x nginx':>8} {'x distr':>8} {'p99/nginx':>9}")
-            for name, (rps, p99, err, spread) in results.items():
-                print(f"  {name:18} {rps:9.0f} {spread * 100:6.0f}% {p99:8.2f} {rps / n_rps:8.2f} {rps / d_rps:8.2f} {p99 / n_p99:9.2f}{'   ' + err if err else ''}", flush=True)
+            print(f"\n{human(size)} object (load {min(loads):.1f}-{max(loads):.1f}):")
+            print(f"  {'server':18} {'req/s':>8} {'best':>8} {'spread':>6} {'p99 ms':>8} {'x nginx':>8} {'x distr':>8} {'p99/nginx':>9} {'CPU us/req':>10} {'/nginx':>6} {'wrk CPU':>7}")
+            for name, (rps, best, spread, p99, cpu, err, wrk_share) in results.items():
+                print(f"  {name:18} {rps:8.0f} {best:8.0f} {spread * 100:5.0f}% {p99:8.2f} {rps / n_rps:8.2f} {rps / d_rps:8.2f} {p99 / n_p99:9.2f} {cpu:10.0f} {cpu / n_cpu if n_cpu else 0:6.2f} {wrk_share * 100:6.0f}%{'   ' + err if err else ''}", flush=True)
+            # What "x distribution" can reach at all: when even nginx is not
+            # 4x distribution, the load client is the bound, not the server.
+            bound = n_rps / d_rps if d_rps else 0.0
+            if bound < 4:
+                print(f"  bound: nginx itself is {bound:.2f}x distribution here, so >= 4x distribution would need {4 / bound:.2f}x nginx: every server waits on the load client reading {human(size)} per response (wrk had {results['nginx sendfile'][6] * 100:.0f}% of the cores during nginx's runs, the rest went to the server and to other jobs); by CPU per request bpfarm /v1 is {results['distribution 2.8'][4] / results['bpfarm /v1 blob'][4] if results['bpfarm /v1 blob'][4] else 0:.1f}x cheaper than distribution")
         # Peak RSS with 1,000 connections downloading the largest object.
         size, urls = targets[-1]
-        wrk(urls["bpfarm /v1 blob"], args.seconds, 1000)
+        wrk(urls["bpfarm /v1 blob"], args.seconds, 1000, reg.pid)
         print(f"\nbpfarm-registry peak RSS (VmHWM) over the bench, incl. wrk -c1000 on the {human(size)} object: {hwm_mib(reg.pid):.1f} MiB")
         print(f"distribution peak RSS: {hwm_mib(dist.pid):.1f} MiB; load at the end {' '.join(load())}")
     finally:
@@ -462,7 +512,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--sizes", default="100K,1M,10M", help="object sizes, comma-separated (K = 1000 bytes, M = 10^6)")
-    ap.add_argument("--repeat", type=int, default=1, help="wrk runs per server and size (the best is shown, with the spread)")
+    ap.add_argument("--repeat", type=int, default=1, help="interleaved rounds of wrk runs per size (the median is shown, with the best and the spread)")
     ap.add_argument("--registry-bin", default=os.path.join(ROOT, "target/release/bpfarm-registry"))
     ap.add_argument("--soak", type=int, metavar="SECONDS", help="run the soak for this long instead of the comparison")
     ap.add_argument("--slowloris", type=int, default=300, help="slowloris connections during the soak")

@@ -137,6 +137,11 @@ impl BlobStore {
         Ok((Source::Memory(bytes), size))
     }
 
+    /// Bytes the hot cache holds now.
+    pub fn hot_bytes(&self) -> u64 {
+        self.hot.used()
+    }
+
     /// Where an OCI upload session's bytes accumulate.
     fn upload_path(&self, id: &str) -> PathBuf {
         self.root.join("uploads").join(id)

@@ -669,3 +669,101 @@ async fn an_oversized_matrix_is_refused_and_one_at_the_limit_is_counted_in_bound
     // counting a row per pair and version as maps took minutes here.
     assert!(took < std::time::Duration::from_secs(30), "{took:?}");
 }
+
+/// Every object path (the static layout, `/v1/blobs`, `/v2/…/blobs`)
+/// answers with the stored bytes and their exact `Content-Length`, for a
+/// small, a multi-read and a 1 MB blob, whether the bytes come from the hot
+/// cache or from the file: `GET` (the first fills the cache, the second is
+/// a hit), `HEAD` and a byte range.
+#[tokio::test]
+async fn every_object_path_serves_the_same_bytes_from_memory_and_from_the_file() {
+    for cached in [true, false] {
+        let mut r = registry(Settings::default()).await;
+        if !cached {
+            // No blob fits: every download streams from the file.
+            r.state.blobs = r.state.blobs.clone().with_hot_cache(0, 0);
+        }
+        for (i, size) in [1_000usize, 100_000, 1_000_000].into_iter().enumerate() {
+            let bytes: Vec<u8> = (0..size).map(|n| (n * 31 + n / 7 + i) as u8).collect();
+            let m = meta(&format!("6.12.{i}+deb12-amd64"), &bytes);
+            let (s, body) = publish(&r, &m, &bytes, "").await;
+            assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+            let paths = [
+                format!("/v0.1.0/x86_64/{}", m.file_name),
+                format!("/v1/blobs/{}", m.digest),
+                format!("/v2/bpfarm/tracee-bpf/blobs/{}", m.digest),
+            ];
+            for path in &paths {
+                let at = format!("{path} ({size} bytes, cached: {cached})");
+                for _ in 0..2 {
+                    let (s, h, body) = call(&r, req("GET", path, None, vec![])).await;
+                    assert_eq!(s, StatusCode::OK, "{at}");
+                    assert!(body == bytes, "{at}: body differs ({} bytes)", body.len());
+                    assert_eq!(h[header::CONTENT_LENGTH], size.to_string().as_str(), "{at}");
+                    assert_eq!(h["docker-content-digest"], m.digest.as_str(), "{at}");
+                }
+                let (a, b) = (size / 3, size / 3 + size / 2);
+                let mut ranged = req("GET", path, None, vec![]);
+                ranged.headers_mut().insert(header::RANGE, format!("bytes={a}-{b}").parse().unwrap());
+                let (s, h, body) = call(&r, ranged).await;
+                assert_eq!(s, StatusCode::PARTIAL_CONTENT, "{at}");
+                assert!(body == bytes[a..=b], "{at}: range body differs");
+                assert_eq!(h[header::CONTENT_LENGTH], (b - a + 1).to_string().as_str(), "{at}");
+                assert_eq!(h[header::CONTENT_RANGE], format!("bytes {a}-{b}/{size}").as_str(), "{at}");
+            }
+            for path in &paths[1..] {
+                let (s, h, body) = call(&r, req("HEAD", path, None, vec![])).await;
+                assert_eq!((s, body.len()), (StatusCode::OK, 0), "HEAD {path}");
+                assert_eq!(h[header::CONTENT_LENGTH], size.to_string().as_str(), "HEAD {path}");
+            }
+        }
+        assert_eq!(r.state.blobs.hot_bytes() > 0, cached, "the hot cache holds what was served");
+    }
+}
+
+/// A blob removed or damaged behind the server's back after it was served
+/// (so it is in the hot cache) is answered exactly as from the file, on
+/// every path: missing is a 404, a truncated file is not served from
+/// memory; the right bytes uploaded again are served again.
+#[tokio::test]
+async fn a_blob_removed_or_damaged_behind_the_server_is_not_served_from_memory() {
+    let r = registry(Settings::default()).await;
+    let bytes: Vec<u8> = (0..300_000usize).map(|n| (n % 251) as u8).collect();
+    let m = meta("6.12.7+deb12-amd64", &bytes);
+    publish(&r, &m, &bytes, "").await;
+    let paths = [
+        format!("/v0.1.0/x86_64/{}", m.file_name),
+        format!("/v1/blobs/{}", m.digest),
+        format!("/v2/bpfarm/tracee-bpf/blobs/{}", m.digest),
+    ];
+    for path in &paths {
+        assert_eq!(call(&r, req("GET", path, None, vec![])).await.2, bytes, "{path}");
+    }
+    assert!(r.state.blobs.hot_bytes() >= bytes.len() as u64, "the blob is cached");
+    let file = r.state.blobs.path(&m.digest);
+
+    std::fs::remove_file(&file).unwrap();
+    for path in &paths {
+        let (s, _, body) = call(&r, req("GET", path, None, vec![])).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path} after removal: {}", String::from_utf8_lossy(&body));
+    }
+    assert_eq!(r.state.blobs.hot_bytes(), 0, "a removed blob leaves the cache");
+
+    // The right bytes again: served again (and cached again).
+    let (s, _, _) = call(&r, req("PUT", &format!("/v1/blobs/{}", m.digest), Some(&r.push), bytes.clone())).await;
+    assert_eq!(s, StatusCode::CREATED);
+    for path in &paths {
+        assert_eq!(call(&r, req("GET", path, None, vec![])).await.2, bytes, "{path} after the upload");
+    }
+    assert!(r.state.blobs.hot_bytes() > 0);
+
+    // Cut short behind the server's back: what the file holds now, never
+    // the 300,000 cached bytes.
+    std::fs::write(&file, &bytes[..1000]).unwrap();
+    for path in &paths {
+        let (s, h, body) = call(&r, req("GET", path, None, vec![])).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+        assert_eq!((body.as_slice(), &h[header::CONTENT_LENGTH]), (&bytes[..1000], &"1000".parse().unwrap()), "{path}");
+    }
+    assert_eq!(r.state.blobs.hot_bytes(), 0, "damaged bytes are never cached");
+}
