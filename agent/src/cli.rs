@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bpfarm_object::http::TransportConfig;
-use bpfarm_object::{Arch, Identity, IdentityError};
+use bpfarm_object::{Arch, Identity, IdentityError, KernelFacts};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, ConfigError};
@@ -268,7 +268,9 @@ impl Common {
         if !cfg!(feature = "local-build") && policy != BuildPolicy::Never {
             return Err(SettingsError::NoLocalBuild(policy.name()));
         }
-        let (running_release, kernel) = bpfarm_object::host::running_kernel().map_err(SettingsError::Kernel)?;
+        // The config digest is left for a local build to read (it costs a
+        // decompression and a hash that a local hit or a fetch never needs).
+        let (running_release, uname_version) = bpfarm_object::host::running_release().map_err(SettingsError::Kernel)?;
         let release = c.kernel_release.clone().unwrap_or_else(|| running_release.clone());
         let arch = Arch::host().ok_or(SettingsError::Arch)?;
         let version = match &c.obj_version {
@@ -291,7 +293,7 @@ impl Common {
         let signing = c.signing.policy(file.verify_keys, file.state_dir)?;
         Ok(ResolveConfig {
             identity: Identity::new(&release, arch, &version)?,
-            kernel: if running { kernel } else { Default::default() },
+            kernel: if running { KernelFacts { uname_version, config_digest: None } } else { Default::default() },
             bpf_file: std::env::var_os("TRACEE_BPF_FILE").filter(|v| !v.is_empty()).map(PathBuf::from),
             exe_dir: std::env::current_exe().ok().and_then(|e| e.parent().map(|p| p.to_owned())),
             install_path: c.install_path.clone().or(file.install_path).unwrap_or_else(|| PathBuf::from("/tmp/tracee")),

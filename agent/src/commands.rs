@@ -63,8 +63,8 @@ pub fn execute(cli: Cli) -> Result<(), AgentError> {
         Command::Run(a) => {
             let cfg = cli.common.settings()?;
             let res = resolve::resolve(&cfg, Mode::Run)?;
-            eprintln!("bpfarm-agent: using {} ({:?})", res.path.display(), res.source);
-            print_trail(&res.trail);
+            // One write (stderr is unbuffered: a line per piece costs a start).
+            eprint!("bpfarm-agent: using {} ({:?})\n{}", res.path.display(), res.source, trail_text(&res.trail));
             let object = res.object.ok_or(AgentError::NoBytes)?;
             if object.embedded.as_ref().is_none_or(|e| e.check(&cfg.identity).is_err()) {
                 eprintln!(
@@ -117,9 +117,12 @@ fn list_events() {
 }
 
 fn print_trail(trail: &[Step]) {
-    for s in trail {
-        eprintln!("  {}: {}", s.place, s.outcome);
-    }
+    eprint!("{}", trail_text(trail));
+}
+
+/// The trail, a line per place.
+fn trail_text(trail: &[Step]) -> String {
+    trail.iter().map(|s| format!("  {}: {}\n", s.place, s.outcome)).collect()
 }
 
 /// `locate`: where the object would come from; nothing is fetched, built

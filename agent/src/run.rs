@@ -160,6 +160,9 @@ pub fn run(cfg: &RunConfig) -> Result<(), RunError> {
         signal_hook::flag::register(number, stop.clone()).map_err(|source| RunError::Signal { signal, source })?;
     }
     bpfarm_object::libbpf::route_logs();
+    // Everything before this line is the agent's own work; after it, the
+    // kernel's (bench/agent.py times both).
+    eprintln!("bpfarm-agent: loading {} ({} bytes)", cfg.object.display(), cfg.bytes.len());
     let open = libbpf_rs::ObjectBuilder::default()
         .name("tracee")
         .and_then(|b| b.open_memory(&cfg.bytes))

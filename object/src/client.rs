@@ -15,7 +15,7 @@ use std::time::Duration;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::http::{Overflow, Response, Transport, TransportError};
-use crate::{Digest, Identity, ObjectMetadata};
+use crate::{Digest, Hashed, Identity, ObjectMetadata};
 
 /// Cap on metadata documents.
 const MAX_METADATA: u64 = 1 << 20;
@@ -82,7 +82,8 @@ pub enum Lookup {
 pub enum LookupObject {
     /// The object with its metadata, in one answer: the metadata names the
     /// identity asked for, the bytes have its size and digest.
-    Object { metadata: Box<ObjectMetadata>, attachments: Attachments, bytes: Vec<u8> },
+    /// The bytes come with the digest computed as they streamed in.
+    Object { metadata: Box<ObjectMetadata>, attachments: Attachments, bytes: Hashed },
     /// The lookup's answer only (a registry that does not send objects in
     /// lookups, or could not this time): fetch the bytes by digest.
     Answer(Lookup, Attachments),
@@ -92,7 +93,8 @@ pub enum LookupObject {
 /// (and its `.json`, when the server has one).
 #[derive(Debug, Clone)]
 pub struct StaticObject {
-    pub bytes: Vec<u8>,
+    /// With the digest computed as they streamed in.
+    pub bytes: Hashed,
     pub digest: Digest,
     pub metadata: Option<ObjectMetadata>,
 }
@@ -221,7 +223,7 @@ impl RegistryClient {
     /// Downloads the object `meta` names: at most `meta.size` bytes (and
     /// never over the transport's object limit), which must hash to
     /// `meta.digest`.
-    pub async fn fetch_object(&self, meta: &ObjectMetadata) -> Result<Vec<u8>, ClientError> {
+    pub async fn fetch_object(&self, meta: &ObjectMetadata) -> Result<Hashed, ClientError> {
         let url = self.url(&format!("/v1/blobs/{}", meta.digest));
         let limit = self.transport.config().max_object_bytes;
         if meta.size > limit {
@@ -244,7 +246,7 @@ impl RegistryClient {
             return Err(ClientError::Http { url, status: r.status, message: r.message() });
         }
         verify(&url, &r, &meta.digest, Some(meta.size), "the registry's digest")?;
-        Ok(r.body)
+        Ok(r.into_hashed())
     }
 
     /// Fetches `<base>/<version>/<arch>/<file>` with its `.sha256` (and
@@ -268,14 +270,14 @@ impl RegistryClient {
         if r.status != 200 {
             return Err(ClientError::Http { url: sum_url, status: r.status, message: r.message() });
         }
-        let hex = String::from_utf8_lossy(&r.body).split_whitespace().next().unwrap_or("").to_owned();
+        let hex = String::from_utf8_lossy(r.body()).split_whitespace().next().unwrap_or("").to_owned();
         let digest: Digest = format!("sha256:{hex}")
             .parse()
             .map_err(|e: crate::DigestError| ClientError::Invalid { url: sum_url.clone(), message: e.to_string() })?;
         let r = json?;
         let metadata = match r.status {
             200 => {
-                let m: ObjectMetadata = serde_json::from_slice(&r.body).map_err(|e| ClientError::Invalid {
+                let m: ObjectMetadata = serde_json::from_slice(r.body()).map_err(|e| ClientError::Invalid {
                     url: json_url.clone(),
                     message: format!("unreadable metadata: {e}"),
                 })?;
@@ -311,7 +313,7 @@ impl RegistryClient {
             });
         }
         verify(&base, &r, &digest, metadata.as_ref().map(|m| m.size), "the .sha256")?;
-        Ok(Some(StaticObject { bytes: r.body, digest, metadata }))
+        Ok(Some(StaticObject { bytes: r.into_hashed(), digest, metadata }))
     }
 
     /// The current object's metadata for an identity, if the registry has one.
@@ -338,7 +340,7 @@ impl RegistryClient {
                 });
             }
             verify(&url, &r, digest, None, "the digest asked for")?;
-            Ok(r.body)
+            Ok(r.into_body())
         })
     }
 
@@ -355,13 +357,13 @@ impl RegistryClient {
         headers.push(("Content-Type".into(), content_type.into()));
         let r = self.transport.send(method, url, &headers, body).await?;
         if r.status >= 400 {
-            let json = serde_json::from_slice::<serde_json::Value>(&r.body).ok();
+            let json = serde_json::from_slice::<serde_json::Value>(r.body()).ok();
             if r.status == 400 && json.as_ref().is_some_and(|v| v["error"] == "BLOB_UNKNOWN") {
                 return Err(ClientError::BlobUnknown { url: url.to_owned() });
             }
             let message = json
                 .and_then(|v| v["message"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| format!("HTTP {}: {}", r.status, String::from_utf8_lossy(&r.body).trim()));
+                .unwrap_or_else(|| format!("HTTP {}: {}", r.status, String::from_utf8_lossy(r.body()).trim()));
             return Err(ClientError::Http { url: url.to_owned(), status: r.status, message });
         }
         Ok(r.status)
@@ -490,7 +492,7 @@ impl RegistryClient {
             let r = self.get(&url, MAX_METADATA).await?;
             if r.status == 200 {
                 let held: Option<(ObjectMetadata, Attached)> =
-                    serde_json::from_slice(&r.body).ok().zip(serde_json::from_slice(&r.body).ok());
+                    serde_json::from_slice(r.body()).ok().zip(serde_json::from_slice(r.body()).ok());
                 if let Some((m, a)) = held
                     && m.digest == meta.digest
                     && a.signature == attached.signature
@@ -521,9 +523,9 @@ impl RegistryClient {
 
 /// A `/v1` lookup answer: metadata, "no such object", or "no API here".
 fn read_lookup(url: String, r: &Response) -> Result<Lookup, ClientError> {
-    let json: Option<serde_json::Value> = serde_json::from_slice(&r.body).ok();
+    let json: Option<serde_json::Value> = serde_json::from_slice(r.body()).ok();
     match r.status {
-        200 => serde_json::from_slice(&r.body)
+        200 => serde_json::from_slice(r.body())
             .map(|m| Lookup::Found(Box::new(m)))
             .map_err(|e| ClientError::Invalid { url, message: format!("unreadable metadata: {e}") }),
         404 if json.as_ref().is_some_and(|j| j["error"] == "NOT_FOUND") => Ok(Lookup::NotFound(r.message())),
@@ -535,17 +537,17 @@ fn read_lookup(url: String, r: &Response) -> Result<Lookup, ClientError> {
 /// The body must have `size` bytes (when known) and hash to `digest`.
 fn verify(url: &str, r: &Response, digest: &Digest, size: Option<u64>, whose: &str) -> Result<(), ClientError> {
     if let Some(size) = size
-        && r.body.len() as u64 != size
+        && r.body().len() as u64 != size
     {
         return Err(ClientError::Invalid {
             url: url.to_owned(),
-            message: format!("received {} bytes, its metadata says {size}", r.body.len()),
+            message: format!("received {} bytes, its metadata says {size}", r.body().len()),
         });
     }
-    if &r.digest != digest {
+    if r.digest() != digest {
         return Err(ClientError::Invalid {
             url: url.to_owned(),
-            message: format!("received bytes hash to {}, {whose} says {digest}", r.digest),
+            message: format!("received bytes hash to {}, {whose} says {digest}", r.digest()),
         });
     }
     Ok(())
@@ -592,7 +594,7 @@ impl RegistryClient {
             url: url.clone(),
             message: format!("its metadata does not fit this host: {e}"),
         })?;
-        let attachments = serde_json::from_slice(&r.body).map_err(|e| ClientError::Invalid {
+        let attachments = serde_json::from_slice(r.body()).map_err(|e| ClientError::Invalid {
             url,
             message: format!("its signature or attestation reference is unreadable: {e}"),
         })?;
@@ -655,7 +657,7 @@ impl RegistryClient {
             e => ClientError::Transport(e),
         })?;
         verify(&url, &r, &meta.digest, Some(meta.size), "its metadata")?;
-        Ok(LookupObject::Object { metadata: Box::new(meta), attachments, bytes: r.body })
+        Ok(LookupObject::Object { metadata: Box::new(meta), attachments, bytes: r.into_hashed() })
     }
 
     /// GET `url` with this registry's headers and `extra`, with retries on
@@ -700,7 +702,7 @@ impl RegistryClient {
             return Err(ClientError::Http { url, status: resp.status, message: resp.message() });
         }
         verify(&url, &resp, &r.digest, Some(r.size), "the metadata")?;
-        Ok(resp.body)
+        Ok(resp.into_body())
     }
 
     /// `<base>/<version>/<arch>/<file><suffix>` of the static layout (a
@@ -720,7 +722,7 @@ impl RegistryClient {
             e => e,
         })?;
         match r.status {
-            200 => Ok(Some(r.body)),
+            200 => Ok(Some(r.into_body())),
             404 => Ok(None),
             status => Err(ClientError::Http { url, status, message: r.message() }),
         }

@@ -13,6 +13,56 @@ use sha2::{Digest as _, Sha256};
 #[serde(try_from = "String", into = "String")]
 pub struct Digest(String);
 
+/// Bytes with their sha256, computed over exactly these bytes. The fields
+/// are private and nothing here changes the bytes, so the digest cannot go
+/// stale: a gate that needs the digest of what it passes can take it from
+/// the hash computed while the bytes streamed in ([`crate::http`]) instead
+/// of hashing them a second time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hashed {
+    bytes: Vec<u8>,
+    digest: Digest,
+}
+
+impl Hashed {
+    /// Hashes `bytes`.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        let digest = Digest::of_bytes(&bytes);
+        Self { bytes, digest }
+    }
+
+    /// `bytes` with the hasher that was fed exactly them, in order (the
+    /// streaming reader's; crate-private so no other digest can be paired).
+    #[cfg_attr(not(feature = "client"), allow(dead_code))]
+    pub(crate) fn streamed(bytes: Vec<u8>, hasher: Sha256) -> Self {
+        Self { bytes, digest: Digest::from_raw(hasher.finalize().into()) }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    pub fn into_parts(self) -> (Vec<u8>, Digest) {
+        (self.bytes, self.digest)
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DigestError {
     #[error("digest {0:?} does not start with \"sha256:\"")]

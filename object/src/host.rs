@@ -10,9 +10,24 @@ use crate::{Digest, KernelFacts};
 /// The running kernel: `uname -r`, `uname -v` and, where the kernel exposes
 /// it, the digest of its config (`/proc/config.gz` or `/boot/config-<r>`).
 pub fn running_kernel() -> std::io::Result<(String, KernelFacts)> {
+    let (release, uname_version) = running_release()?;
+    let config_digest = config_digest(&release);
+    Ok((release, KernelFacts { uname_version, config_digest }))
+}
+
+/// The running kernel's `uname -r` and `uname -v`, without its config
+/// digest: what finding or fetching an object needs (the digest costs a
+/// decompression and a hash; only a build records it, see [`config_digest`]).
+pub fn running_release() -> std::io::Result<(String, Option<String>)> {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease")?.trim().to_owned();
     let uname_version = fs::read_to_string("/proc/sys/kernel/version").ok().map(|s| s.trim().to_owned());
-    let config_digest = fs::File::open("/proc/config.gz")
+    Ok((release, uname_version))
+}
+
+/// The digest of the running kernel's config (`/proc/config.gz`, else
+/// `/boot/config-<release>`), where the kernel exposes it.
+pub fn config_digest(release: &str) -> Option<Digest> {
+    fs::File::open("/proc/config.gz")
         .ok()
         .and_then(|f| {
             let mut v = Vec::new();
@@ -24,8 +39,7 @@ pub fn running_kernel() -> std::io::Result<(String, KernelFacts)> {
                 .ok()
                 .and_then(|f| Digest::of_reader(f).ok())
                 .map(|(d, _)| d)
-        });
-    Ok((release, KernelFacts { uname_version, config_digest }))
+        })
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use reqwest::Url;
 use reqwest::header::{CONTENT_RANGE, HeaderMap, HeaderName, HeaderValue, LOCATION, RANGE};
 use sha2::{Digest as _, Sha256};
 
-use crate::Digest;
+use crate::{Digest, Hashed};
 
 /// Redirects followed per request.
 pub const MAX_REDIRECTS: usize = 5;
@@ -111,15 +111,33 @@ pub struct Response {
     /// The URL that answered (after redirects).
     pub url: String,
     pub headers: HeaderMap,
-    pub body: Vec<u8>,
-    /// sha256 of `body`, computed as it streamed in.
-    pub digest: Digest,
+    /// The body and its sha256, computed as it streamed in (private, so
+    /// the digest is always the body's).
+    body: Hashed,
 }
 
 impl Response {
+    pub fn body(&self) -> &[u8] {
+        self.body.bytes()
+    }
+
+    /// sha256 of the body, computed as it streamed in.
+    pub fn digest(&self) -> &Digest {
+        self.body.digest()
+    }
+
+    pub fn into_body(self) -> Vec<u8> {
+        self.body.into_bytes()
+    }
+
+    /// The body with the digest computed as it streamed in.
+    pub fn into_hashed(self) -> Hashed {
+        self.body
+    }
+
     /// The `message` of a JSON error body, else `HTTP <status>`.
     pub fn message(&self) -> String {
-        serde_json::from_slice::<serde_json::Value>(&self.body)
+        serde_json::from_slice::<serde_json::Value>(self.body.bytes())
             .ok()
             .and_then(|j| j["message"].as_str().map(str::to_owned))
             .unwrap_or_else(|| format!("HTTP {}", self.status))
@@ -153,11 +171,26 @@ struct Inner {
     /// `--ca-cert`s (an error building it is kept and returned each time).
     tls: std::sync::OnceLock<Result<reqwest::Client, String>>,
     certs: Vec<reqwest::Certificate>,
-    rt: tokio::runtime::Runtime,
+    /// Owns the runtime; taken only when the last clone is dropped.
+    rt: Option<tokio::runtime::Runtime>,
+    /// What futures run on.
+    handle: tokio::runtime::Handle,
     config: TransportConfig,
     /// The `--ca-cert` files' PEM bytes, for clients built elsewhere (OCI).
     #[cfg_attr(not(feature = "oci"), allow(dead_code))]
     ca_pems: Vec<Vec<u8>>,
+}
+
+impl Drop for Inner {
+    /// The runtime's worker is told to stop and not waited for: nothing
+    /// the transport hands out outlives it (every caller blocks on its own
+    /// future), and joining the idle worker cost a loopback fetch a
+    /// noticeable share of its budget.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for Transport {
@@ -286,7 +319,8 @@ impl Transport {
             .enable_all()
             .build()
             .map_err(TransportError::Runtime)?;
-        let inner = Inner { plain, tls: std::sync::OnceLock::new(), certs, rt, config, ca_pems };
+        let handle = rt.handle().clone();
+        let inner = Inner { plain, tls: std::sync::OnceLock::new(), certs, rt: Some(rt), handle, config, ca_pems };
         Ok(Self { inner: Arc::new(inner), plain_http: PlainHttp::Loopback })
     }
 
@@ -371,7 +405,7 @@ impl Transport {
 
     /// Runs `fut` to completion on this transport's runtime.
     pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
-        self.inner.rt.block_on(fut)
+        self.inner.handle.block_on(fut)
     }
 
     /// Runs `fut` within the attempt deadline (`timeout` of the config):
@@ -382,7 +416,7 @@ impl Transport {
 
     /// Like [`Transport::within`], with another deadline.
     pub fn within_for<F: Future>(&self, deadline: Duration, fut: F) -> Option<F::Output> {
-        self.inner.rt.block_on(async { tokio::time::timeout(deadline, fut).await.ok() })
+        self.inner.handle.block_on(async { tokio::time::timeout(deadline, fut).await.ok() })
     }
 
     /// GET `url` following redirects by hand. `own` headers are sent only
@@ -578,7 +612,7 @@ async fn read_capped(mut resp: reqwest::Response, cap: u64, overflow: Overflow) 
         hasher.update(&chunk);
         body.extend_from_slice(&chunk);
     }
-    Ok(Response { status, url, headers, body, digest: Digest::from_raw(hasher.finalize().into()) })
+    Ok(Response { status, url, headers, body: Hashed::streamed(body, hasher) })
 }
 
 #[cfg(test)]

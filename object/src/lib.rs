@@ -30,7 +30,7 @@ pub mod oci_layout;
 pub mod program;
 pub mod sign;
 
-pub use digest::{Digest, DigestError, Sha256Writer};
+pub use digest::{Digest, DigestError, Hashed, Sha256Writer};
 pub use identity::{Arch, Identity, IdentityError, object_file_name};
 pub use metadata::{
     BuildMode, Compiler, Flags, KernelFacts, MetadataError, ObjectMetadata, Origin, SourceKind, SourcePackage,

@@ -289,10 +289,10 @@ impl OciRegistry {
             404 => return Ok(None),
             s => return Err(invalid(format!("HTTP {s} for its manifest: {}", registry_message(&r)))),
         }
-        if tag_or_digest.starts_with("sha256:") && r.digest.as_str() != tag_or_digest {
-            return Err(invalid(format!("the manifest's bytes hash to {}, not {tag_or_digest}", r.digest)));
+        if tag_or_digest.starts_with("sha256:") && r.digest().as_str() != tag_or_digest {
+            return Err(invalid(format!("the manifest's bytes hash to {}, not {tag_or_digest}", r.digest())));
         }
-        Ok(Some(r.body))
+        Ok(Some(r.into_body()))
     }
 
     /// The tag of (release, version): the plain one, or the hashed one when
@@ -442,14 +442,14 @@ impl OciRegistry {
         if r.status != 200 {
             return Err(invalid(format!("HTTP {} for its layer: {}", r.status, registry_message(&r))));
         }
-        if r.body.len() as u64 != size {
-            return Err(invalid(format!("its layer is {} bytes, the descriptor says {size}", r.body.len())));
+        if r.body().len() as u64 != size {
+            return Err(invalid(format!("its layer is {} bytes, the descriptor says {size}", r.body().len())));
         }
-        if r.digest != digest {
-            return Err(invalid(format!("layer bytes hash to {}, the manifest says {digest}", r.digest)));
+        if *r.digest() != digest {
+            return Err(invalid(format!("layer bytes hash to {}, the manifest says {digest}", r.digest())));
         }
         let meta = ObjectMetadata::unattested(id.clone(), digest, size, Origin::OciFetch);
-        Ok(Some((meta, r.body, manifest)))
+        Ok(Some((meta, r.into_body(), manifest)))
     }
 }
 
@@ -529,10 +529,10 @@ impl OciRegistry {
         if r.status != 200 {
             return Err(invalid(format!("HTTP {} for blob {digest}: {}", r.status, registry_message(&r))));
         }
-        if r.digest != *digest {
-            return Err(invalid(format!("blob {digest} has bytes hashing to {}", r.digest)));
+        if r.digest() != digest {
+            return Err(invalid(format!("blob {digest} has bytes hashing to {}", r.digest())));
         }
-        Ok(r.body)
+        Ok(r.into_body())
     }
 }
 
@@ -615,7 +615,7 @@ impl OciRegistry {
                 s => return Err(invalid(format!("HTTP {s} for the tag list: {}", registry_message(&r)))),
             }
             let v: Value =
-                serde_json::from_slice(&r.body).map_err(|e| invalid(format!("the tag list is not JSON: {e}")))?;
+                serde_json::from_slice(r.body()).map_err(|e| invalid(format!("the tag list is not JSON: {e}")))?;
             // `tags` is null for a repository without tags.
             if !v["tags"].is_null() && !v["tags"].is_array() {
                 return Err(invalid("the tag list's tags is not an array".into()));
@@ -671,18 +671,19 @@ impl OciRegistry {
             404 => return Ok(None),
             s => return Err(invalid(format!("HTTP {s} for its manifest: {}", registry_message(&r)))),
         }
-        if tag_or_digest.starts_with("sha256:") && r.digest.as_str() != tag_or_digest {
-            return Err(invalid(format!("the manifest's bytes hash to {}, not {tag_or_digest}", r.digest)));
+        if tag_or_digest.starts_with("sha256:") && r.digest().as_str() != tag_or_digest {
+            return Err(invalid(format!("the manifest's bytes hash to {}, not {tag_or_digest}", r.digest())));
         }
         let body_type =
-            serde_json::from_slice::<Value>(&r.body).ok().and_then(|v| v["mediaType"].as_str().map(str::to_owned));
+            serde_json::from_slice::<Value>(r.body()).ok().and_then(|v| v["mediaType"].as_str().map(str::to_owned));
         let header_type = r
             .headers
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|h| h.to_str().ok())
             .map(|s| s.split(';').next().unwrap_or("").trim().to_owned());
         let media_type = body_type.or(header_type).ok_or_else(|| invalid("its manifest names no media type".into()))?;
-        Ok(Some(FetchedManifest { digest: r.digest, bytes: r.body, media_type }))
+        let (bytes, digest) = r.into_hashed().into_parts();
+        Ok(Some(FetchedManifest { digest, bytes, media_type }))
     }
 
     /// A blob of `size` bytes (as its descriptor names), never more: the
@@ -702,13 +703,13 @@ impl OciRegistry {
         if r.status != 200 {
             return Err(invalid(format!("HTTP {} for blob {digest}: {}", r.status, registry_message(&r))));
         }
-        if r.body.len() as u64 != size {
-            return Err(invalid(format!("blob {digest} is {} bytes, its descriptor says {size}", r.body.len())));
+        if r.body().len() as u64 != size {
+            return Err(invalid(format!("blob {digest} is {} bytes, its descriptor says {size}", r.body().len())));
         }
-        if r.digest != *digest {
-            return Err(invalid(format!("blob {digest} has bytes hashing to {}", r.digest)));
+        if r.digest() != digest {
+            return Err(invalid(format!("blob {digest} has bytes hashing to {}", r.digest())));
         }
-        Ok(r.body)
+        Ok(r.into_body())
     }
 
     /// Runs `fut` under the transport's deadline (for a caller driving
@@ -741,7 +742,7 @@ fn header_value(reference: &Reference, v: &str) -> Result<reqwest::header::Heade
 
 /// The first OCI error message of a body, else its status.
 fn registry_message(r: &Response) -> String {
-    serde_json::from_slice::<Value>(&r.body)
+    serde_json::from_slice::<Value>(r.body())
         .ok()
         .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_owned))
         .unwrap_or_else(|| format!("HTTP {}", r.status))

@@ -167,7 +167,7 @@ fn run(h: &tokio::runtime::Handle, state: &AppState, config: &MirrorConfig) -> R
         if r.status != 200 {
             return Err(MirrorError::Upstream { url, message: format!("HTTP {}: {}", r.status, r.message()) });
         }
-        let page: Value = serde_json::from_slice(&r.body)
+        let page: Value = serde_json::from_slice(r.body())
             .map_err(|e| MirrorError::Upstream { url: url.clone(), message: format!("the list is not JSON: {e}") })?;
         let entries = page["objects"].as_array().ok_or_else(|| MirrorError::Upstream {
             url: url.clone(),
@@ -298,7 +298,7 @@ fn one(
     // Passed: now the bytes.
     if h.block_on(state.blobs.size(&meta.digest)).is_none() {
         let blob_url = format!("{base}/v1/blobs/{}", meta.digest);
-        let bytes = transport.within(client.fetch_object(meta)).ok_or_else(within(blob_url))??;
+        let bytes = transport.within(client.fetch_object(meta)).ok_or_else(within(blob_url))??.into_bytes();
         let n = bytes.len() as u64;
         let body = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(bytes))]);
         h.block_on(state.blobs.put(&meta.digest, body, config.max_blob_bytes)).map_err(Error::from)?;
@@ -337,7 +337,7 @@ fn upstream_manifest_signature(
             .within(transport.get(&url, &headers, cap, Overflow::Error))
             .ok_or_else(|| MirrorError::Timeout { url: url.clone(), after })?;
         match r {
-            Ok(r) if r.status == 200 => Ok(Some(r.body)),
+            Ok(r) if r.status == 200 => Ok(Some(r.into_body())),
             Ok(_) | Err(TransportError::TooLarge { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }

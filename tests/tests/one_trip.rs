@@ -305,3 +305,45 @@ fn one_trip_bodies_stop_at_the_size_their_metadata_names() {
     refused(&server.url, "its metadata says 1073741824 bytes, over the 67108864-byte limit");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// The registry client is built while the local places are searched, but
+/// nothing goes on the wire before the search has ended: with the object in
+/// the install path, a configured registry is not even connected to (so no
+/// registry, honest or hostile, can answer before a local hit wins). The
+/// same registry is contacted once the install path is empty.
+#[test]
+fn a_local_hit_never_contacts_the_registries() {
+    let f = fixture();
+    // A registry that accepts connections (the kernel completes them into
+    // the backlog) and never answers: any contact is left there to see.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let install = dir.path().join("install");
+    std::fs::create_dir(&install).unwrap();
+    std::fs::write(install.join(name()), &f.bytes).unwrap();
+    std::fs::write(install.join(format!("{}.json", name())), f.meta.to_string()).unwrap();
+    let locate = |install: &Path| {
+        agent(install)
+            .args(["--registry", &url, "--timeout", "1", "--build-policy", "never", "locate"])
+            .output()
+            .unwrap()
+    };
+    let out = locate(&install);
+    assert!(out.status.success(), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("would load {}\n", install.join(name()).display())), "{}", show(&out));
+    assert!(!stdout.contains("registry http://"), "the trail names the registry:\n{}", show(&out));
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the registry was connected to although the install path had the object: {other:?}"),
+    }
+
+    // Without the object there, the registry is asked (and gives nothing).
+    std::fs::remove_file(install.join(name())).unwrap();
+    let out = locate(&install);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("gave up: no complete answer within 1s"), "{}", show(&out));
+    assert!(listener.accept().is_ok(), "the registry was never asked:\n{}", show(&out));
+}

@@ -59,7 +59,7 @@ mod compile {
 
     use bpfarm_builder::build::{self, BtfInput, BuildConfig, Request};
     use bpfarm_builder::program::ProgramSources;
-    use bpfarm_object::ObjectMetadata;
+    use bpfarm_object::{Hashed, KernelFacts, ObjectMetadata, host};
 
     use super::HeaderInput;
     use crate::resolve::ResolveConfig;
@@ -120,7 +120,11 @@ mod compile {
                 file,
                 release: id.kernel_release.clone(),
                 arch: id.arch,
-                facts: cfg.kernel.clone(),
+                // Read now: finding or fetching never needs it.
+                facts: KernelFacts {
+                    config_digest: cfg.kernel.config_digest.clone().or_else(|| host::config_digest(&id.kernel_release)),
+                    ..cfg.kernel.clone()
+                },
             }),
         }
         let bcfg = BuildConfig {
@@ -146,7 +150,7 @@ mod compile {
         let output = row.output().ok_or(BuildError::NoObject)?;
         let bytes = fs::read(&output.path).map_err(|source| BuildError::Io { path: output.path.clone(), source })?;
         let metadata = output.metadata.clone();
-        let (verified, _) = verify(bytes, id, Some(&metadata), false)?;
+        let (verified, _) = verify(Hashed::new(bytes), id, Some(&metadata), false)?;
         let path = install(&cfg.install_path, &verified.bytes, &metadata, None)?;
         Ok(Built { path, verified, metadata })
     }

@@ -11,7 +11,7 @@ use bpfarm_object::client::{ClientError, Lookup, LookupObject, RegistryClient};
 use bpfarm_object::http::{Transport, TransportError};
 use bpfarm_object::oci_client::{OciError, OciRegistry, OciTarget, credentials};
 use bpfarm_object::oci_layout::{LayoutError, OciLayout};
-use bpfarm_object::{Digest, ObjectMetadata, Origin};
+use bpfarm_object::{Digest, Hashed, ObjectMetadata, Origin};
 
 use super::ResolveConfig;
 
@@ -21,7 +21,8 @@ pub enum Fetched {
     /// Metadata and bytes (checked against the registry's digest and size),
     /// and how they came.
     /// `evidence`: its signature and provenance, as they came (#11).
-    Got { metadata: Box<ObjectMetadata>, bytes: Vec<u8>, via: Via, evidence: Box<crate::verify::Evidence> },
+    /// The bytes come with the digest computed over them as they arrived.
+    Got { metadata: Box<ObjectMetadata>, bytes: Hashed, via: Via, evidence: Box<crate::verify::Evidence> },
     /// `locate`: the registry has it (nothing was downloaded); `signed`
     /// when the registry said whether it is.
     Available { digest: Digest, via: Via, signed: Option<bool> },
@@ -119,7 +120,12 @@ pub fn fetch_one(
             Some((meta, bytes, manifest)) => {
                 let evidence =
                     transport.within(crate::verify::read_cosign(&layout, manifest, keys)).ok_or_else(gave_up)?;
-                Ok(Fetched::Got { metadata: Box::new(meta), bytes, via, evidence: Box::new(evidence) })
+                Ok(Fetched::Got {
+                    metadata: Box::new(meta),
+                    bytes: Hashed::new(bytes),
+                    via,
+                    evidence: Box::new(evidence),
+                })
             }
             None => Err(FetchError::NotInLayout(cfg.identity.file_name())),
         };
@@ -144,9 +150,12 @@ pub fn fetch_one(
         let got = transport.within(attempt).ok_or_else(gave_up)?;
         let via = Via::Oci { repository: repository.clone() };
         return match got.map_err(FetchError::Oci)? {
-            Some((meta, bytes, Some(evidence))) => {
-                Ok(Fetched::Got { metadata: Box::new(meta), bytes, via, evidence: Box::new(evidence) })
-            }
+            Some((meta, bytes, Some(evidence))) => Ok(Fetched::Got {
+                metadata: Box::new(meta),
+                bytes: Hashed::new(bytes),
+                via,
+                evidence: Box::new(evidence),
+            }),
             Some((meta, _, None)) => Ok(Fetched::Available { digest: meta.digest, via, signed: None }),
             None => Err(FetchError::NotInOci { file: cfg.identity.file_name(), repository }),
         };

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bpfarm_object::{Identity, ObjectMetadata};
+use bpfarm_object::{Hashed, Identity, ObjectMetadata};
 
 use super::verify::{Rejected, Verified, verify};
 use super::{ResolveConfig, Source, Trail};
@@ -111,7 +111,7 @@ fn check_local(
         None if require_metadata => return Err(Miss::NoMetadata(dir.path().join(&json))),
         None => None,
     };
-    let (mut v, outcome) = verify(bytes, id, meta.as_ref(), force)?;
+    let (mut v, outcome) = verify(Hashed::new(bytes), id, meta.as_ref(), force)?;
     // The signature beside it, over exactly these bytes.
     let (signature, note) =
         crate::verify::check(signing, id, &v.bytes, crate::verify::read_local(dir, name)).map_err(Miss::Signature)?;

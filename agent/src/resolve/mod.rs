@@ -194,6 +194,30 @@ impl Trail {
     }
 }
 
+/// The registry client, being built on its own thread.
+struct EarlyTransport {
+    config: TransportConfig,
+    thread: Option<std::thread::JoinHandle<Result<Transport, TransportError>>>,
+}
+
+impl EarlyTransport {
+    fn start(config: TransportConfig) -> Self {
+        let for_thread = config.clone();
+        // A thread that cannot start only means building it when needed.
+        let thread =
+            std::thread::Builder::new().name("bpfarm-client".into()).spawn(move || Transport::new(for_thread)).ok();
+        Self { config, thread }
+    }
+
+    /// The client, built here if the thread could not be started or died.
+    fn wait(self) -> Result<Transport, TransportError> {
+        match self.thread.map(|t| t.join()) {
+            Some(Ok(built)) => built,
+            _ => Transport::new(self.config),
+        }
+    }
+}
+
 /// Resolves the object per the config and mode; an object accepted for
 /// use moves the rollback record forward (`crate::rollback`).
 pub fn resolve(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, ResolveError> {
@@ -258,6 +282,15 @@ fn resolve_candidates(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, Res
         trail: trail.0,
     };
 
+    // The registry client (its runtime and HTTP stack) is built on another
+    // thread while the local places are searched, so a miss does not wait
+    // for it. Nothing goes on the wire before the search has ended: a local
+    // hit is used and the registries are never contacted.
+    let asks_registries = matches!(mode, Mode::Run | Mode::Locate | Mode::FetchOnly)
+        && cfg.policy != BuildPolicy::Always
+        && !cfg.registries.is_empty();
+    let mut early_transport = asks_registries.then(|| EarlyTransport::start(cfg.transport.clone()));
+
     // 1-3. TRACEE_BPF_FILE, the agent's own folder, the install path.
     if matches!(mode, Mode::Run | Mode::Locate) && cfg.policy != BuildPolicy::Always {
         match local::search(cfg, &mut trail) {
@@ -281,7 +314,11 @@ fn resolve_candidates(cfg: &ResolveConfig, mode: Mode) -> Result<Resolution, Res
         if cfg.registries.is_empty() {
             trail.step("registries", "none configured (--registry)");
         } else {
-            let transport = match Transport::new(cfg.transport.clone()) {
+            let built = match early_transport.take() {
+                Some(early) => early.wait(),
+                None => Transport::new(cfg.transport.clone()),
+            };
+            let transport = match built {
                 Ok(t) => t,
                 Err(source) => return Err(ResolveError::Transport { source, trail: trail.0 }),
             };

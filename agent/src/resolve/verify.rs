@@ -3,7 +3,7 @@
 //! embedded identity must name this kernel release, arch and version.
 
 use bpfarm_object::embed::{self, EmbedError, EmbeddedIdentity, Mismatch};
-use bpfarm_object::{Digest, Identity, MetadataError, ObjectMetadata};
+use bpfarm_object::{Digest, Hashed, Identity, MetadataError, ObjectMetadata};
 
 /// Bytes that passed every check, ready to load.
 #[derive(Debug, Clone)]
@@ -39,13 +39,18 @@ pub enum Rejected {
 /// must name this kernel release, arch and version. `force` lets a missing
 /// or different embedded identity pass, with the reason in the outcome.
 /// Returns the verified bytes and what was checked, for the trail.
+///
+/// The digest checked is [`Hashed`]'s, computed over exactly these bytes
+/// (as they were read from disk, or as they streamed in from a registry),
+/// so fetched bytes are not hashed a second time; the bytes loaded are the
+/// bytes it names.
 pub fn verify(
-    bytes: Vec<u8>,
+    bytes: Hashed,
     id: &Identity,
     meta: Option<&ObjectMetadata>,
     force: bool,
 ) -> Result<(Verified, String), Rejected> {
-    let digest = Digest::of_bytes(&bytes);
+    let (bytes, digest) = bytes.into_parts();
     let mut outcome = format!("digest {digest}");
     if let Some(m) = meta {
         if m.digest != digest {
