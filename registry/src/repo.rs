@@ -240,15 +240,23 @@ impl Repo {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Everything the coverage page shows: current objects and failures.
-    pub async fn coverage(&self) -> Result<(Vec<CoverageObject>, Vec<CoverageFailure>), sqlx::Error> {
+    /// Everything the coverage page shows: current objects and failures,
+    /// of each failure's message only its first line, at most `title`
+    /// characters (messages are up to 16 KiB each; the page shows a title).
+    pub async fn coverage(&self, title: usize) -> Result<(Vec<CoverageObject>, Vec<CoverageFailure>), sqlx::Error> {
         let objects =
             sqlx::query_as("SELECT kernel_release, arch, version, digest, size FROM objects WHERE current = 1")
                 .fetch_all(&self.reader)
                 .await?;
-        let failures = sqlx::query_as("SELECT kernel_release, arch, version, message FROM failures")
-            .fetch_all(&self.reader)
-            .await?;
+        let failures = sqlx::query_as(
+            "SELECT kernel_release, arch, version,
+                    rtrim(substr(message, 1, CASE instr(message, char(10)) WHEN 0 THEN ?1
+                                                  ELSE min(instr(message, char(10)) - 1, ?1) END), char(13)) AS message
+               FROM failures",
+        )
+        .bind(i64::try_from(title).unwrap_or(i64::MAX))
+        .fetch_all(&self.reader)
+        .await?;
         Ok((objects, failures))
     }
 

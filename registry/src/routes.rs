@@ -194,8 +194,12 @@ async fn matrix_of(s: &AppState, name: Option<&str>) -> Result<Option<coverage::
 /// matrix; `?version=`, `?q=`, `?state=`, `?from=`: see `page::View`).
 async fn coverage(State(s): State<AppState>, Query(q): Query<CoverageQuery>) -> V1Result<Response> {
     q.validate()?;
+    // Dropped with this future when the client leaves: the work stops.
+    let cancel = coverage::Cancel::default();
+    let _gone = cancel.on_drop();
     let matrix = matrix_of(&s, q.matrix.as_deref()).await?;
-    let (objects, failures) = s.repo.coverage().await?;
+    let (objects, failures) = s.repo.coverage(crate::page::FAILURE_TITLE_CHARS).await?;
+    let metrics = s.metrics().clone();
     // Counting and rendering 100k objects takes a while: off the runtime.
     let html = tokio::task::spawn_blocking(move || {
         let view = crate::page::View {
@@ -204,12 +208,21 @@ async fn coverage(State(s): State<AppState>, Query(q): Query<CoverageQuery>) -> 
             q: q.q.as_deref(),
             state: q.state,
             from: q.from.unwrap_or(0),
+            cancel,
         };
-        crate::page::render_view(&objects, &failures, &view)
+        crate::page::render_view(&objects, &failures, &view).inspect_err(|_| abandoned(&metrics))
     })
     .await
-    .map_err(Error::from)?;
+    .map_err(Error::from)?
+    // Only after this future was dropped: nobody reads this answer.
+    .map_err(|e| Error::BadRequest(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
+}
+
+/// A coverage answer's work stopped: its client left.
+fn abandoned(metrics: &crate::metrics::Metrics) {
+    metrics.coverage_abandoned();
+    tracing::debug!("coverage: the client left; the work stopped");
 }
 
 /// `GET /v1/coverage?matrix=<name>&version=<v>&q=&state=&offset=&limit=`:
@@ -225,16 +238,22 @@ async fn coverage_json(State(s): State<AppState>, Query(q): Query<CoverageQuery>
     if !(1..=coverage::MAX_KERNELS).contains(&limit) {
         return Err(Error::BadRequest(format!("limit must be between 1 and {}", coverage::MAX_KERNELS)).into());
     }
+    let cancel = coverage::Cancel::default();
+    let _gone = cancel.on_drop();
     let matrix = matrix_of(&s, q.matrix.as_deref()).await?;
     let (objects, failures) = s.repo.coverage_cells().await?;
+    let metrics = s.metrics().clone();
     let report = tokio::task::spawn_blocking(move || {
         let select = coverage::Select { q: q.q.as_deref(), state: q.state, offset: q.offset.unwrap_or(0), limit };
         let version = q.version.as_deref();
-        coverage::report_newest(&objects, &failures, matrix.as_ref(), version, coverage::MAX_REPORT_VERSIONS)
-            .select(&select)
+        let max = coverage::MAX_REPORT_VERSIONS;
+        coverage::report_newest(&objects, &failures, matrix.as_ref(), version, max, &cancel)
+            .map(|r| r.select(&select))
+            .inspect_err(|_| abandoned(&metrics))
     })
     .await
-    .map_err(Error::from)?;
+    .map_err(Error::from)?
+    .map_err(|e| Error::BadRequest(e.to_string()))?;
     Ok(Json(report).into_response())
 }
 
