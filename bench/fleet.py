@@ -17,10 +17,13 @@
   6. a burst of --agents simulated agents (at most --concurrency at once,
      each its own connection): look up its kernel's object, download the
      blob, check its digest. Completion time, p99 per agent, errors.
-Ends with the registry's peak RSS (VmHWM). Baselines in the same run: the
-lookup's req/s against `/healthz` (the server's floor for one request).
+Ends with the registry's peak RSS (VmHWM), also printed after each phase
+(which phase raised it). Baselines in the same run: the lookup's req/s
+against `/healthz` (the server's floor for one request); with
+--compare-bin OLD, every serving phase first with an older registry binary
+on the same data, then the new/old ratio of each figure.
 
-    bench/fleet.py [--kernels 10000] [--versions 10] [--agents 10000] [--concurrency 256] [--compare-check]
+    bench/fleet.py [--kernels 10000] [--versions 10] [--agents 10000] [--concurrency 256] [--compare-check] [--compare-bin OLD] [--work DIR]
 """
 import argparse
 import asyncio
@@ -121,6 +124,80 @@ async def burst(host, port, identities, concurrency):
     return time.monotonic() - t, times, errors
 
 
+COMPARED = [
+    ("start_s", "start to listening (s)", "lower"),
+    ("lookup_rps", "lookup (req/s)", "higher"),
+    ("lookup_p99", "lookup p99 (ms)", "lower"),
+    ("list_s", "list, every page (s)", "lower"),
+    ("list_p99", "list page p99 (ms)", "lower"),
+    ("search_s", "search, every page (s)", "lower"),
+    ("search_p99", "search page p99 (ms)", "lower"),
+    ("page_ms", "coverage page (ms)", "lower"),
+    ("json_ms", "GET /v1/coverage (ms)", "lower"),
+    ("burst_s", "agents burst (s)", "lower"),
+    ("burst_p99", "agent p99 (ms)", "lower"),
+    ("hwm_mib", "peak RSS (MiB)", "lower"),
+]
+
+
+def hwm_line(pid, phase):
+    print(f"         peak RSS after {phase}: {hwm_mib(pid):.1f} MiB", flush=True)
+
+
+def serve_phases(args, binary, data, releases, versions, n, work):
+    """Start `binary` on `data`, run every phase, stop it; the figures."""
+    r = {"errors": 0}
+    reg = None
+    try:
+        t = time.monotonic()
+        reg = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--data", data], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "BPFARM_LOG": "error"})
+        base = reg.stdout.readline().decode().strip().removeprefix("listening on ")
+        if not base.startswith("http://"):
+            raise SystemExit("fleet: the registry did not start")
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        r["start_s"] = time.monotonic() - t
+        print(f"start:   {r['start_s']:.2f} s to listening, RSS {proc_status(reg.pid, 'VmRSS'):.1f} MiB, peak {hwm_mib(reg.pid):.1f} MiB", flush=True)
+
+        rnd = random.Random(1)
+        paths = [f"/v1/objects/x86_64/{rnd.choice(versions)}/{rnd.choice(releases)}" for _ in range(2000)]
+        h_rps, h_p99, _ = wrk_lua(base, ["/healthz"], args.seconds, 64, work)
+        l_rps, l_p99, l_err = wrk_lua(base, paths, args.seconds, 64, work)
+        print(f"lookup:  {l_rps:8.0f} req/s  p99 {l_p99:7.2f} ms  non-2xx {l_err}   (/healthz {h_rps:.0f} req/s, p99 {h_p99:.2f} ms: lookup/healthz {l_rps / h_rps:.2f}x)", flush=True)
+        r["lookup_rps"], r["lookup_p99"] = l_rps, l_p99
+        hwm_line(reg.pid, "lookups")
+
+        times, count = walk(base, "arch=x86_64")
+        print(f"list:    {count} objects in {len(times)} pages of 1000, {sum(times):.2f} s; per page p50 {statistics.median(times) * 1000:.1f} ms  p99 {pct(times, 0.99) * 1000:.1f} ms  max {max(times) * 1000:.1f} ms", flush=True)
+        if count != n:
+            raise SystemExit(f"fleet: the list walked {count} objects, not {n}")
+        r["list_s"], r["list_p99"] = sum(times), pct(times, 0.99) * 1000
+        times, count = walk(base, "q=-fleet-")
+        print(f"search:  {count} objects in {len(times)} pages, {sum(times):.2f} s; per page p50 {statistics.median(times) * 1000:.1f} ms  p99 {pct(times, 0.99) * 1000:.1f} ms", flush=True)
+        r["search_s"], r["search_p99"] = sum(times), pct(times, 0.99) * 1000
+        hwm_line(reg.pid, "list and search")
+
+        for what, path in [("page", "/"), ("page q", "/?q=-fleet-&from=1000"), ("json", "/v1/coverage"), ("json q", "/v1/coverage?q=-fleet-&offset=5000&limit=1000")]:
+            took, body = get(f"{base}{path}")
+            took2, _ = get(f"{base}{path}")
+            print(f"{what + ':':8} GET {path} {min(took, took2) * 1000:.0f} ms (of two), {len(body) / 1e6:.2f} MB", flush=True)
+            r[{"page": "page_ms", "json": "json_ms"}.get(what, what)] = min(took, took2) * 1000
+        hwm_line(reg.pid, "coverage")
+
+        identities = [("x86_64", rnd.choice(versions), rnd.choice(releases)) for _ in range(args.agents)]
+        wall, times, errors = asyncio.run(burst(host, int(port), identities, args.concurrency))
+        print(f"agents:  {args.agents} in one burst (at most {args.concurrency} at once): {wall:.2f} s, {len(times) / wall:.0f} agents/s, per agent p50 {statistics.median(times) * 1000 if times else 0:.1f} ms  p99 {pct(times, 0.99) * 1000:.1f} ms, errors {len(errors)}", flush=True)
+        for e in errors[:5]:
+            print(f"    {e}")
+        r["burst_s"], r["burst_p99"], r["errors"] = wall, pct(times, 0.99) * 1000, len(errors)
+        r["hwm_mib"] = hwm_mib(reg.pid)
+        print(f"rss:     peak {r['hwm_mib']:.1f} MiB, now {proc_status(reg.pid, 'VmRSS'):.1f} MiB; load at the end {' '.join(load())}", flush=True)
+    finally:
+        if reg is not None:
+            reg.kill()
+            reg.wait()
+    return r
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kernels", type=int, default=10_000)
@@ -131,6 +208,7 @@ def main():
     ap.add_argument("--compare-check", action="store_true", help="before serving, time the start-up faces check set-based and one object at a time (the old way) on the same data")
     ap.add_argument("--registry-bin", default=os.path.join(ROOT, "target/release/bpfarm-registry"))
     ap.add_argument("--seed-bin", default=os.path.join(ROOT, "target/release/examples/fleet_seed"))
+    ap.add_argument("--compare-bin", help="also run every serving phase with this (older) registry binary first, on the same data, and print new/old ratios")
     ap.add_argument("--work", help="keep the seeded registry here (reused when it exists; default: a fresh folder in /dev/shm, removed)")
     args = ap.parse_args()
     if not os.path.exists(args.registry_bin) or not os.path.exists(args.seed_bin):
@@ -142,7 +220,6 @@ def main():
     os.makedirs(work, exist_ok=True)
     data = os.path.join(work, "data")
     n = args.kernels * args.versions
-    reg = None
     print(f"fleet: {args.kernels} kernels x {args.versions} versions = {n} objects, {os.cpu_count()} cores, load {' '.join(load())}", flush=True)
     try:
         releases_file = os.path.join(work, "releases")
@@ -159,44 +236,20 @@ def main():
             out = subprocess.run([args.seed_bin, "--data", data, "--time-check"], capture_output=True, text=True, check=True, env={**os.environ, "BPFARM_LOG": "error"}).stdout
             print(f"check:   {out.strip()}", flush=True)
 
-        t = time.monotonic()
-        reg = subprocess.Popen([args.registry_bin, "serve", "--listen", "127.0.0.1:0", "--data", data], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "BPFARM_LOG": "error"})
-        base = reg.stdout.readline().decode().strip().removeprefix("listening on ")
-        if not base.startswith("http://"):
-            raise SystemExit("fleet: the registry did not start")
-        host, port = base.removeprefix("http://").rsplit(":", 1)
-        print(f"start:   {time.monotonic() - t:.2f} s to listening, RSS {proc_status(reg.pid, 'VmRSS'):.1f} MiB", flush=True)
-
-        rnd = random.Random(1)
-        paths = [f"/v1/objects/x86_64/{rnd.choice(versions)}/{rnd.choice(releases)}" for _ in range(2000)]
-        h_rps, h_p99, _ = wrk_lua(base, ["/healthz"], args.seconds, 64, work)
-        l_rps, l_p99, l_err = wrk_lua(base, paths, args.seconds, 64, work)
-        print(f"lookup:  {l_rps:8.0f} req/s  p99 {l_p99:7.2f} ms  non-2xx {l_err}   (/healthz {h_rps:.0f} req/s, p99 {h_p99:.2f} ms: lookup/healthz {l_rps / h_rps:.2f}x)", flush=True)
-
-        times, count = walk(base, "arch=x86_64")
-        print(f"list:    {count} objects in {len(times)} pages of 1000, {sum(times):.2f} s; per page p50 {statistics.median(times) * 1000:.1f} ms  p99 {pct(times, 0.99) * 1000:.1f} ms  max {max(times) * 1000:.1f} ms", flush=True)
-        if count != n:
-            raise SystemExit(f"fleet: the list walked {count} objects, not {n}")
-        times, count = walk(base, "q=-fleet-")
-        print(f"search:  {count} objects in {len(times)} pages, {sum(times):.2f} s; per page p50 {statistics.median(times) * 1000:.1f} ms  p99 {pct(times, 0.99) * 1000:.1f} ms", flush=True)
-
-        for what, path in [("page", "/"), ("page q", "/?q=-fleet-&from=1000"), ("json", "/v1/coverage"), ("json q", "/v1/coverage?q=-fleet-&offset=5000&limit=1000")]:
-            took, body = get(f"{base}{path}")
-            took2, _ = get(f"{base}{path}")
-            print(f"{what + ':':8} GET {path} {min(took, took2) * 1000:.0f} ms (of two), {len(body) / 1e6:.2f} MB", flush=True)
-
-        identities = [("x86_64", rnd.choice(versions), rnd.choice(releases)) for _ in range(args.agents)]
-        wall, times, errors = asyncio.run(burst(host, int(port), identities, args.concurrency))
-        print(f"agents:  {args.agents} in one burst (at most {args.concurrency} at once): {wall:.2f} s, {len(times) / wall:.0f} agents/s, per agent p50 {statistics.median(times) * 1000 if times else 0:.1f} ms  p99 {pct(times, 0.99) * 1000:.1f} ms, errors {len(errors)}", flush=True)
-        for e in errors[:5]:
-            print(f"    {e}")
-        print(f"rss:     peak {hwm_mib(reg.pid):.1f} MiB, now {proc_status(reg.pid, 'VmRSS'):.1f} MiB; load at the end {' '.join(load())}")
-        if errors:
+        results = {}
+        for label, binary in ([("old", args.compare_bin)] if args.compare_bin else []) + [("new", args.registry_bin)]:
+            if args.compare_bin:
+                print(f"--- {label}: {binary}", flush=True)
+            results[label] = serve_phases(args, binary, data, releases, versions, n, work)
+        if args.compare_bin:
+            old, new = results["old"], results["new"]
+            print("--- old -> new (same data, same run; for times new/old < 1 is better, for rates > 1)")
+            for key, what, better in COMPARED:
+                if key in old and key in new and old[key]:
+                    print(f"{what:34} {old[key]:10.2f} -> {new[key]:10.2f}   new/old {new[key] / old[key]:.2f}x ({better})")
+        if any(r["errors"] for r in results.values()):
             sys.exit(1)
     finally:
-        if reg is not None:
-            reg.kill()
-            reg.wait()
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bpfarm_object::Arch;
 use bpfarm_object::identity::validate_release;
@@ -84,6 +85,42 @@ impl MatrixUpload {
         Ok(out)
     }
 }
+
+/// Set once the request a coverage answer is for has gone (its future was
+/// dropped: the client left): the counting and the page's rendering, on a
+/// blocking thread, stop at their next check instead of finishing work
+/// nobody will read. A fresh one is never set.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+/// Sets its `Cancel` when dropped: the request's future holds it.
+#[derive(Debug)]
+pub struct CancelOnDrop(Cancel);
+
+/// What the work answers when its `Cancel` was set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the client left before the coverage answer was ready")]
+pub struct Cancelled;
+
+impl Cancel {
+    pub fn check(&self) -> Result<(), Cancelled> {
+        if self.0.load(Ordering::Relaxed) { Err(Cancelled) } else { Ok(()) }
+    }
+
+    /// A guard that sets this flag when it is dropped.
+    pub fn on_drop(&self) -> CancelOnDrop {
+        CancelOnDrop(self.clone())
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Rows counted or rendered between two `Cancel` checks.
+pub const CHECK_EVERY: usize = 256;
 
 /// One cell's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,12 +361,13 @@ pub fn report(
     failures: &[CoverageFailure],
     matrix: Option<&Matrix>,
     version: Option<&str>,
-) -> Report {
+    cancel: &Cancel,
+) -> Result<Report, Cancelled> {
     let versions = match version {
         Some(v) => vec![v.to_owned()],
         None => versions_seen(objects, failures),
     };
-    report_of(objects, failures, matrix, versions)
+    report_of(objects, failures, matrix, versions, cancel)
 }
 
 /// As `report`, but without `version` only the `max` newest versions
@@ -341,9 +379,10 @@ pub fn report_newest(
     matrix: Option<&Matrix>,
     version: Option<&str>,
     max: usize,
-) -> Report {
+    cancel: &Cancel,
+) -> Result<Report, Cancelled> {
     if version.is_some() {
-        return report(objects, failures, matrix, version);
+        return report(objects, failures, matrix, version, cancel);
     }
     let mut versions = versions_seen(objects, failures);
     let total = versions.len();
@@ -352,9 +391,9 @@ pub fn report_newest(
         versions.truncate(max);
         versions.sort();
     }
-    let mut r = report_of(objects, failures, matrix, versions);
+    let mut r = report_of(objects, failures, matrix, versions, cancel)?;
     r.versions_total = total;
-    r
+    Ok(r)
 }
 
 /// Counts every expected pair × one of `versions`, in time and memory
@@ -365,7 +404,8 @@ fn report_of(
     failures: &[CoverageFailure],
     matrix: Option<&Matrix>,
     versions: Vec<String>,
-) -> Report {
+    cancel: &Cancel,
+) -> Result<Report, Cancelled> {
     let names: Arc<[String]> = versions.clone().into();
     let position: HashMap<&str, usize> = versions.iter().enumerate().map(|(i, v)| (v.as_str(), i)).collect();
     // Per pair, the versions it has a cell for; an object wins over a
@@ -375,7 +415,10 @@ fn report_of(
         failures.iter().map(|f| (f.kernel_release.as_str(), f.arch.as_str(), f.version.as_str(), State::Failed));
     let present =
         objects.iter().map(|o| (o.kernel_release.as_str(), o.arch.as_str(), o.version.as_str(), State::Present));
-    for (release, arch, v, state) in failed.chain(present) {
+    for (n, (release, arch, v, state)) in failed.chain(present).enumerate() {
+        if n % CHECK_EVERY == 0 {
+            cancel.check()?;
+        }
         if let Some(&i) = position.get(v) {
             cells.entry((release, arch)).or_default().push((i, state));
         }
@@ -386,7 +429,10 @@ fn report_of(
     let mut by_arch: BTreeMap<Arch, Counts> = BTreeMap::new();
     let mut by_series: BTreeMap<String, BTreeMap<Arch, Counts>> = BTreeMap::new();
     let mut kernels = Vec::new();
-    for (release, arch) in expected(objects, failures, matrix) {
+    for (n, (release, arch)) in expected(objects, failures, matrix).into_iter().enumerate() {
+        if n % CHECK_EVERY == 0 {
+            cancel.check()?;
+        }
         let mut states = vec![State::Missing; versions.len()];
         for &(i, state) in cells.get(&(release.as_str(), arch.uname())).into_iter().flatten() {
             states[i] = state;
@@ -413,7 +459,7 @@ fn report_of(
             }
         }
     }
-    Report {
+    Ok(Report {
         matrix: matrix.map(|m| m.name.clone()),
         versions_total: versions.len(),
         versions,
@@ -424,7 +470,7 @@ fn report_of(
         total_kernels: kernels.len(),
         next: None,
         kernels,
-    }
+    })
 }
 
 impl Counts {
@@ -464,11 +510,11 @@ mod tests {
     #[test]
     fn seen_releases_count_only_where_they_can_run() {
         let objects: Vec<_> = (52..57).map(|n| object(&format!("6.1.0-{n}-amd64"), "x86_64", "v1")).collect();
-        let r = report(&objects, &[], None, None);
+        let r = report(&objects, &[], None, None, &Cancel::default()).unwrap();
         assert_eq!(r.counts, Counts { present: 5, failed: 0, missing: 0 });
         assert_eq!(r.kernels.len(), 5);
         let objects = vec![object("5.15.0-91-generic", "x86_64", "v1")];
-        let r = report(&objects, &[], None, None);
+        let r = report(&objects, &[], None, None, &Cancel::default()).unwrap();
         assert_eq!(r.counts, Counts { present: 1, failed: 0, missing: 1 });
         assert_eq!(r.by_arch[&Arch::Aarch64].missing, 1);
     }
@@ -478,7 +524,7 @@ mod tests {
         // v0.1 .. v0.15, and a kernel only the oldest version has.
         let mut objects: Vec<_> = (1..=15).map(|n| object("6.1.0-56-amd64", "x86_64", &format!("v0.{n}"))).collect();
         objects.push(object("6.1.0-9-amd64", "x86_64", "v0.1"));
-        let r = report_newest(&objects, &[], None, None, 12);
+        let r = report_newest(&objects, &[], None, None, 12, &Cancel::default()).unwrap();
         let mut want: Vec<String> = (4..=15).map(|n| format!("v0.{n}")).collect();
         want.sort();
         assert_eq!(r.versions, want);
@@ -487,11 +533,11 @@ mod tests {
         assert_eq!(r.counts, Counts { present: 12, failed: 0, missing: 12 });
         assert!(r.kernels.iter().all(|k| k.versions.states.len() == 12));
         // ?version= names any version, however old.
-        let r = report_newest(&objects, &[], None, Some("v0.1"), 12);
+        let r = report_newest(&objects, &[], None, Some("v0.1"), 12, &Cancel::default()).unwrap();
         assert_eq!((r.versions.as_slice(), r.versions_total), (["v0.1".to_owned()].as_slice(), 1));
         assert_eq!(r.counts, Counts { present: 2, failed: 0, missing: 0 });
         // Fewer than the cap: all of them, as `report`.
-        let r = report_newest(&objects[..3], &[], None, None, 12);
+        let r = report_newest(&objects[..3], &[], None, None, 12, &Cancel::default()).unwrap();
         assert_eq!((r.versions.len(), r.versions_total), (3, 3));
     }
 
@@ -515,7 +561,7 @@ mod tests {
             version: "v1".into(),
             message: "x".into(),
         }];
-        let r = report(&objects, &failures, Some(&m), None);
+        let r = report(&objects, &failures, Some(&m), None, &Cancel::default()).unwrap();
         assert_eq!(r.counts, Counts { present: 1, failed: 1, missing: 1 });
         assert_eq!(
             r.kernels.iter().find(|k| k.release == "6.12.57+deb13-amd64").unwrap().versions["v1"],
@@ -523,8 +569,20 @@ mod tests {
         );
         assert_eq!(r.matrix.as_deref(), Some("debian"));
         // Against a version nothing was built for: all three missing.
-        let r = report(&objects, &failures, Some(&m), Some("v2"));
+        let r = report(&objects, &failures, Some(&m), Some("v2"), &Cancel::default()).unwrap();
         assert_eq!(r.counts, Counts { present: 0, failed: 0, missing: 3 });
+    }
+
+    #[test]
+    fn a_set_cancel_stops_the_count() {
+        let objects: Vec<_> = (0..1000).map(|n| object(&format!("6.1.0-{n}-amd64"), "x86_64", "v1")).collect();
+        let cancel = Cancel::default();
+        assert!(report(&objects, &[], None, None, &cancel).is_ok());
+        drop(cancel.on_drop());
+        assert_eq!(report(&objects, &[], None, None, &cancel).unwrap_err(), Cancelled);
+        assert_eq!(report_newest(&objects, &[], None, None, 12, &cancel).unwrap_err(), Cancelled);
+        let view = crate::page::View { cancel, ..Default::default() };
+        assert_eq!(crate::page::render_view(&objects, &[], &view).unwrap_err(), Cancelled);
     }
 
     #[test]

@@ -5,27 +5,25 @@
 //!
 //! Never stale: an answer is served only while the index is as it was
 //! when the answer was read — the same write generation (`bump`, on every
-//! commit of this process's `WriteTx`) and the same WAL and database files
-//! (size and modification time, which any other process's write changes).
-//! The stamp is taken before the query, so a write racing a read only
-//! makes the answer unusable. Bounded: at most `MAX_ENTRIES` answers; when
-//! full, or when the index changed, all are dropped.
-//!
-//! Known gap: another process's commit within one mtime tick that leaves
-//! the WAL's size unchanged (a WAL restarted from its start) is missed.
-//! sqlite's WAL-index header (`index.sqlite-shm`) would be exact, but it
-//! must never be read through a descriptor this process opens and closes:
-//! closing any descriptor of a file drops every POSIX lock the process
-//! holds on it, sqlite's connections' included (tried: beside a `gc`
-//! process the serving registry then lost its index). `PRAGMA
-//! data_version` is exact too, but is a query per stamp, which is what
-//! this memo saves.
+//! commit of this process's `WriteTx`) and the same `PRAGMA data_version`
+//! of the memo's own read-only connection, which sqlite changes on every
+//! commit by any other connection, this process's or another's (`import`,
+//! `gc`, `fsck --repair` beside `serve`), whatever the files' sizes and
+//! mtimes. That connection only ever runs the pragma and lives as long as
+//! the memo; sqlite's own descriptors keep every POSIX lock safe (a
+//! descriptor of the index files opened and closed beside sqlite would
+//! drop the process's locks). The stamp is taken before the query, so a
+//! write racing a read only makes the answer unusable. Without the
+//! connection (it failed to open or to answer) nothing is memoised.
+//! Bounded: at most `MAX_ENTRIES` answers; when full, or when the index
+//! changed, all are dropped.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+
+use rusqlite::{Connection, OpenFlags};
 
 /// Answers held at most (of each kind).
 pub const MAX_ENTRIES: usize = 4096;
@@ -34,8 +32,8 @@ pub const MAX_ENTRIES: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
     generation: u64,
-    wal: Option<(SystemTime, u64)>,
-    db: Option<(SystemTime, u64)>,
+    /// `None`: unknown, so nothing is served or kept at this stamp.
+    data_version: Option<i64>,
 }
 
 type FileKey = (String, String, String);
@@ -52,25 +50,32 @@ struct Answers<F> {
 /// rows: generic so that this module needs nothing from `repo`).
 #[derive(Debug)]
 pub struct Memo<F> {
-    db: PathBuf,
-    wal: PathBuf,
+    /// The change signal's connection (read-only; runs only the pragma).
+    signal: Mutex<Option<Connection>>,
     generation: AtomicU64,
     answers: Mutex<Answers<F>>,
 }
 
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+fn open_signal(db: &Path) -> Option<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    match Connection::open_with_flags(db, flags) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(db = %db.display(), error = %e, "the index's change signal is unavailable: nothing is memoised");
+            None
+        }
+    }
+}
+
+fn data_version(c: &Connection) -> rusqlite::Result<i64> {
+    c.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))
 }
 
 impl<F: Clone> Memo<F> {
-    /// For the index file `db` (its WAL beside it).
+    /// For the index file `db` (an sqlite database).
     pub fn new(db: &Path) -> Self {
-        let mut wal = db.as_os_str().to_owned();
-        wal.push("-wal");
         Self {
-            db: db.to_owned(),
-            wal: PathBuf::from(wal),
+            signal: Mutex::new(open_signal(db)),
             generation: AtomicU64::new(0),
             answers: Mutex::new(Answers { stamp: None, files: HashMap::new(), links: HashMap::new() }),
         }
@@ -88,32 +93,47 @@ impl<F: Clone> Memo<F> {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// How the index looks now (two stats of cached dentries).
+    /// How the index looks now (one `PRAGMA data_version`: no I/O but
+    /// sqlite's read locks and its mapped WAL index).
     pub fn stamp(&self) -> Stamp {
-        Stamp {
-            generation: self.generation.load(Ordering::SeqCst),
-            wal: file_stamp(&self.wal),
-            db: file_stamp(&self.db),
-        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let mut signal = match self.signal.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let data_version = match signal.as_ref().map(data_version) {
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => {
+                // Dropped, not retried: a connection that cannot read the
+                // pragma cannot vouch for the answers.
+                tracing::warn!(error = %e, "the index's change signal failed: nothing is memoised");
+                *signal = None;
+                None
+            }
+            None => None,
+        };
+        Stamp { generation, data_version }
     }
 
     /// The answers valid at `stamp`, dropping them all if the index changed.
-    fn at(&self, stamp: Stamp) -> std::sync::MutexGuard<'_, Answers<F>> {
+    /// `None` when the stamp vouches for nothing.
+    fn at(&self, stamp: Stamp) -> Option<std::sync::MutexGuard<'_, Answers<F>>> {
+        stamp.data_version?;
         let mut a = self.lock();
         if a.stamp != Some(stamp) {
             a.files.clear();
             a.links.clear();
             a.stamp = Some(stamp);
         }
-        a
+        Some(a)
     }
 
     pub fn file(&self, stamp: Stamp, key: &FileKey) -> Option<F> {
-        self.at(stamp).files.get(key).cloned()
+        self.at(stamp)?.files.get(key).cloned()
     }
 
     pub fn put_file(&self, stamp: Stamp, key: FileKey, rows: F) {
-        let mut a = self.at(stamp);
+        let Some(mut a) = self.at(stamp) else { return };
         if a.files.len() >= MAX_ENTRIES {
             a.files.clear();
         }
@@ -121,11 +141,11 @@ impl<F: Clone> Memo<F> {
     }
 
     pub fn link(&self, stamp: Stamp, key: &LinkKey) -> Option<bool> {
-        self.at(stamp).links.get(key).copied()
+        self.at(stamp)?.links.get(key).copied()
     }
 
     pub fn put_link(&self, stamp: Stamp, key: LinkKey, linked: bool) {
-        let mut a = self.at(stamp);
+        let Some(mut a) = self.at(stamp) else { return };
         if a.links.len() >= MAX_ENTRIES {
             a.links.clear();
         }
@@ -137,39 +157,106 @@ impl<F: Clone> Memo<F> {
 mod tests {
     use super::*;
 
+    /// A WAL index with one row, and a writer connection of this process.
+    fn index(dir: &Path) -> (std::path::PathBuf, Connection) {
+        let db = dir.join("index.sqlite");
+        let w = Connection::open(&db).unwrap();
+        w.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)).unwrap();
+        w.execute_batch("CREATE TABLE t (v TEXT NOT NULL); INSERT INTO t VALUES ('a');").unwrap();
+        (db, w)
+    }
+
     #[test]
     fn an_answer_lives_only_while_the_index_is_unchanged() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("index.sqlite");
-        std::fs::write(&db, b"x").unwrap();
+        let (db, w) = index(dir.path());
         let memo = Memo::<()>::new(&db);
         let key = ("r".to_owned(), "d".to_owned());
         let s = memo.stamp();
         memo.put_link(s, key.clone(), true);
         assert_eq!(memo.link(memo.stamp(), &key), Some(true));
-        // This process commits.
+        // This process commits through `WriteTx`.
         memo.bump();
         assert_eq!(memo.link(memo.stamp(), &key), None);
-        // Another process writes the WAL (it grows).
+        // Another connection commits (no bump: `oci_link` writes so).
         let s = memo.stamp();
         memo.put_link(s, key.clone(), false);
-        std::fs::write(dir.path().join("index.sqlite-wal"), b"frame").unwrap();
+        assert_eq!(memo.link(memo.stamp(), &key), Some(false));
+        w.execute("UPDATE t SET v = 'b'", []).unwrap();
         assert_eq!(memo.link(memo.stamp(), &key), None);
         // An answer read before a change is never served after it.
         let before = memo.stamp();
-        std::fs::write(dir.path().join("index.sqlite-wal"), b"frame2").unwrap();
+        w.execute("UPDATE t SET v = 'c'", []).unwrap();
         memo.put_link(before, key.clone(), true);
         assert_eq!(memo.link(memo.stamp(), &key), None);
+        // A read changes nothing.
+        let s = memo.stamp();
+        memo.put_link(s, key.clone(), true);
+        w.query_row("SELECT v FROM t", [], |r| r.get::<_, String>(0)).unwrap();
+        assert_eq!(memo.link(memo.stamp(), &key), Some(true));
+    }
+
+    /// What the last signal (size and mtime of the WAL and the database)
+    /// could not see: another process commits into a restarted WAL (same
+    /// size) within the same mtime tick (here: mtimes put back).
+    #[test]
+    fn another_process_s_same_size_same_second_write_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, w) = index(dir.path());
+        for i in 0..20 {
+            w.execute("UPDATE t SET v = ?1", [format!("grow {i}")]).unwrap();
+        }
+        // Everything checkpointed: the next writer restarts the WAL at its
+        // start, overwriting frames in place.
+        w.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)).unwrap();
+        let memo = Memo::<()>::new(&db);
+        let key = ("r".to_owned(), "d".to_owned());
+        let s = memo.stamp();
+        memo.put_link(s, key.clone(), true);
+        assert_eq!(memo.link(memo.stamp(), &key), Some(true));
+
+        let wal = dir.path().join("index.sqlite-wal");
+        let look = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            (m.len(), m.modified().unwrap())
+        };
+        let (db_before, wal_before) = (look(&db), look(&wal));
+        // sqlite3 is in ci/install-deps; a missing one fails here, loudly.
+        let out = std::process::Command::new("sqlite3").arg(&db).arg("UPDATE t SET v = 'other';").output().unwrap();
+        assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+        for (p, (_, mtime)) in [(&db, db_before), (&wal, wal_before)] {
+            std::fs::File::options().write(true).open(p).unwrap().set_modified(mtime).unwrap();
+        }
+        // The files look exactly as before, yet the index changed.
+        assert_eq!((look(&db), look(&wal)), (db_before, wal_before));
+        assert_eq!(w.query_row("SELECT v FROM t", [], |r| r.get::<_, String>(0)).unwrap(), "other");
+        assert_eq!(memo.link(memo.stamp(), &key), None);
+    }
+
+    #[test]
+    fn without_a_signal_nothing_is_memoised() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not a database: the pragma fails, the connection is dropped.
+        let db = dir.path().join("index.sqlite");
+        std::fs::write(&db, vec![7u8; 4096]).unwrap();
+        let memo = Memo::<()>::new(&db);
+        let key = ("r".to_owned(), "d".to_owned());
+        let s = memo.stamp();
+        memo.put_link(s, key.clone(), true);
+        assert_eq!(memo.link(memo.stamp(), &key), None);
+        assert_eq!(memo.link(s, &key), None);
     }
 
     #[test]
     fn holds_at_most_max_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let memo = Memo::<()>::new(&dir.path().join("index.sqlite"));
+        let (db, _w) = index(dir.path());
+        let memo = Memo::<()>::new(&db);
         let s = memo.stamp();
         for i in 0..=MAX_ENTRIES {
             memo.put_link(s, ("r".to_owned(), i.to_string()), true);
         }
-        assert!(memo.lock().links.len() <= MAX_ENTRIES);
+        let n = memo.lock().links.len();
+        assert!(n > 0 && n <= MAX_ENTRIES, "{n}");
     }
 }

@@ -82,6 +82,7 @@ pub struct Metrics {
     bytes_served: Counter,
     connections: Gauge,
     shed: Family<ShedLabels, Counter>,
+    coverage_abandoned: Counter,
     registry: prometheus_client::registry::Registry,
 }
 
@@ -100,7 +101,13 @@ impl Default for Metrics {
             "Connections the server closed itself, by reason",
             shed.clone(),
         );
-        Self { requests, bytes_served, connections, shed, registry }
+        let coverage_abandoned = Counter::default();
+        registry.register(
+            "bpfarm_coverage_abandoned",
+            "Coverage answers (page or /v1/coverage) whose work stopped because the client left",
+            coverage_abandoned.clone(),
+        );
+        Self { requests, bytes_served, connections, shed, coverage_abandoned, registry }
     }
 }
 
@@ -116,6 +123,9 @@ impl Metrics {
     }
     pub fn shed(&self, why: Shed) {
         self.shed.get_or_create(&ShedLabels { reason: why.label() }).inc();
+    }
+    pub fn coverage_abandoned(&self) {
+        self.coverage_abandoned.inc();
     }
     /// The OpenMetrics text, with the current object count.
     pub fn render(&self, objects: i64) -> Result<String, std::fmt::Error> {

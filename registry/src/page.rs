@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use bpfarm_object::Arch;
 
-use crate::coverage::{self, Matrix, State, natural_key};
+use crate::coverage::{self, Cancel, Cancelled, Matrix, State, natural_key};
 use crate::repo::{CoverageFailure, CoverageObject};
 
 /// `&`, `<`, `>`, `"`, `'` escaped for HTML text and attribute values.
@@ -42,6 +42,8 @@ const MAX_DETAIL_VERSIONS: usize = 12;
 const MAX_ROWS: usize = 1000;
 /// Missing (release, arch) pairs listed by name above the table.
 const MAX_MISSING_LISTED: usize = 100;
+/// Characters of a failure's message a failed cell shows (its first line).
+pub const FAILURE_TITLE_CHARS: usize = 240;
 /// Room kept for the navigation lines around the table.
 const NAV_RESERVE: usize = 4096;
 
@@ -55,6 +57,8 @@ pub struct View<'a> {
     pub q: Option<&'a str>,
     pub state: Option<State>,
     pub from: usize,
+    /// Set when the request has gone: rendering stops.
+    pub cancel: Cancel,
 }
 
 impl View<'_> {
@@ -105,13 +109,14 @@ fn pct(s: &str) -> String {
 }
 
 pub fn render(objects: &[CoverageObject], failures: &[CoverageFailure]) -> String {
-    render_view(objects, failures, &View::default())
+    // A fresh `Cancel` is never set: there is no error to lose.
+    render_view(objects, failures, &View::default()).unwrap_or_default()
 }
 
 /// The page, counting against a published matrix when one is given (its
 /// releases are rows even before anything was built for them).
 pub fn render_against(objects: &[CoverageObject], failures: &[CoverageFailure], matrix: Option<&Matrix>) -> String {
-    render_view(objects, failures, &View { matrix, ..View::default() })
+    render_view(objects, failures, &View { matrix, ..View::default() }).unwrap_or_default()
 }
 
 /// The page for one request: counts of everything (totals, per version,
@@ -120,11 +125,16 @@ pub fn render_against(objects: &[CoverageObject], failures: &[CoverageFailure], 
 /// a page at a time. At most `MAX_PAGE_BYTES` whatever the registry holds:
 /// when every row fits, they are all there and the search filters them in
 /// the browser; when not, the table is cut into pages (`from`) and `q`
-/// narrows it on the server.
-pub fn render_view(objects: &[CoverageObject], failures: &[CoverageFailure], view: &View<'_>) -> String {
+/// narrows it on the server. `Cancelled` once `view.cancel` is set.
+pub fn render_view(
+    objects: &[CoverageObject],
+    failures: &[CoverageFailure],
+    view: &View<'_>,
+) -> Result<String, Cancelled> {
     let matrix = view.matrix;
-    let report = coverage::report(objects, failures, matrix, view.version);
+    let report = coverage::report(objects, failures, matrix, view.version, &view.cancel)?;
     let expected = coverage::expected(objects, failures, matrix);
+    view.cancel.check()?;
     let mut releases: Vec<&str> = objects
         .iter()
         .map(|o| o.kernel_release.as_str())
@@ -203,11 +213,14 @@ pub fn render_view(objects: &[CoverageObject], failures: &[CoverageFailure], vie
     // The detail: every row if they all fit (the browser filters them),
     // else the page of rows `from` starts, narrowed by `q` on the server.
     let budget = MAX_PAGE_BYTES.saturating_sub(top.len() + TAIL.len() + NAV_RESERVE);
-    let render_rows = |rows: &[&str], from: usize| -> (String, usize) {
+    let render_rows = |rows: &[&str], from: usize| -> Result<(String, usize), Cancelled> {
         let mut body = String::new();
         let mut row = String::new();
         let mut end = from.min(rows.len());
-        for r in rows.iter().skip(from).take(MAX_ROWS) {
+        for (n, r) in rows.iter().skip(from).take(MAX_ROWS).enumerate() {
+            if n % coverage::CHECK_EVERY == 0 {
+                view.cancel.check()?;
+            }
             row.clear();
             let _ = write!(row, "<tr data-release=\"{0}\"><th class=\"release\">{0}</th>", esc(r));
             for v in &columns {
@@ -227,9 +240,9 @@ pub fn render_view(objects: &[CoverageObject], failures: &[CoverageFailure], vie
             body.push_str(&row);
             end += 1;
         }
-        (body, end)
+        Ok((body, end))
     };
-    let (mut body, mut end) = render_rows(&releases, 0);
+    let (mut body, mut end) = render_rows(&releases, 0)?;
     let mut server_side = false;
     let mut shown = releases.clone();
     if end < releases.len() || view.from > 0 {
@@ -240,7 +253,7 @@ pub fn render_view(objects: &[CoverageObject], failures: &[CoverageFailure], vie
         }
         // The first page of everything is what was just rendered.
         if q.is_some() || view.from > 0 {
-            (body, end) = render_rows(&shown, view.from);
+            (body, end) = render_rows(&shown, view.from)?;
         }
     }
     let from = view.from.min(shown.len());
@@ -296,7 +309,7 @@ pub fn render_view(objects: &[CoverageObject], failures: &[CoverageFailure], vie
         }
     }
     h.push_str(TAIL);
-    h
+    Ok(h)
 }
 
 fn present_cell(h: &mut String, o: &CoverageObject, release: &str, version: &str) {
@@ -313,9 +326,9 @@ fn present_cell(h: &mut String, o: &CoverageObject, release: &str, version: &str
 }
 
 fn failed_cell(h: &mut String, f: &CoverageFailure) {
-    let first = f.message.lines().find(|l| l.contains("error")).or_else(|| f.message.lines().next()).unwrap_or("");
-    // The builder's first error line, cut: a title, not a log.
-    let first: String = first.chars().take(240).collect();
+    // The message's first line, cut (`Repo::coverage` reads no more): a
+    // title, not a log.
+    let first: String = f.message.lines().next().unwrap_or("").chars().take(FAILURE_TITLE_CHARS).collect();
     let _ = write!(h, "<td class=\"failed\" title=\"{}\">failed</td>", esc(&first));
 }
 

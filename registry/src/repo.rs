@@ -7,6 +7,7 @@
 //! transaction on the writer, so concurrent publishes of one identity are
 //! serialised and both faces always name the same object.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -188,30 +189,32 @@ impl Repo {
         Ok(rows)
     }
 
+    /// A page of current objects in id order after `f.after` (keyset
+    /// pagination: each page starts where the last ended, whatever the
+    /// page's number). Only the filters given are in the SQL, so an exact
+    /// one can use an index (`kernel_release`: the identity index) instead
+    /// of a scan from `after` to the end.
     pub async fn list(&self, f: &Filter) -> Result<Vec<ObjectRow>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT id, digest, size, metadata, published_at FROM objects WHERE current = 1 AND id > ?
-               AND (? IS NULL OR kernel_release = ?) AND (? IS NULL OR arch = ?) AND (? IS NULL OR version = ?)
-               AND (? IS NULL OR uname_version = ?) AND (? IS NULL OR config_digest = ?)
-               AND (? IS NULL OR instr(kernel_release, ?) > 0)
-             ORDER BY id LIMIT ?",
-        )
-        .bind(f.after)
-        .bind(&f.kernel_release)
-        .bind(&f.kernel_release)
-        .bind(&f.arch)
-        .bind(&f.arch)
-        .bind(&f.version)
-        .bind(&f.version)
-        .bind(&f.uname_version)
-        .bind(&f.uname_version)
-        .bind(&f.config_digest)
-        .bind(&f.config_digest)
-        .bind(&f.search)
-        .bind(&f.search)
-        .bind(f.limit)
-        .fetch_all(&self.reader)
-        .await
+        let mut q = sqlx::QueryBuilder::new(
+            "SELECT id, digest, size, metadata, published_at FROM objects WHERE current = 1 AND id > ",
+        );
+        q.push_bind(f.after);
+        for (column, value) in [
+            ("kernel_release", &f.kernel_release),
+            ("arch", &f.arch),
+            ("version", &f.version),
+            ("uname_version", &f.uname_version),
+            ("config_digest", &f.config_digest),
+        ] {
+            if let Some(v) = value {
+                q.push(format_args!(" AND {column} = ")).push_bind(v.clone());
+            }
+        }
+        if let Some(s) = &f.search {
+            q.push(" AND instr(kernel_release, ").push_bind(s.clone()).push(") > 0");
+        }
+        q.push(" ORDER BY id LIMIT ").push_bind(f.limit);
+        q.build_query_as().fetch_all(&self.reader).await
     }
 
     /// Records (or updates) a failed build, unless the identity has an object.
@@ -240,24 +243,33 @@ impl Repo {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Everything the coverage page shows: current objects and failures.
-    pub async fn coverage(&self) -> Result<(Vec<CoverageObject>, Vec<CoverageFailure>), sqlx::Error> {
+    /// Everything the coverage page shows: current objects and failures,
+    /// of each failure's message only its first line, at most `title`
+    /// characters (messages are up to 16 KiB each; the page shows a title).
+    pub async fn coverage(&self, title: usize) -> Result<(Vec<CoverageObject>, Vec<CoverageFailure>), sqlx::Error> {
         let objects =
             sqlx::query_as("SELECT kernel_release, arch, version, digest, size FROM objects WHERE current = 1")
                 .fetch_all(&self.reader)
                 .await?;
-        let failures = sqlx::query_as("SELECT kernel_release, arch, version, message FROM failures")
-            .fetch_all(&self.reader)
-            .await?;
+        let failures = sqlx::query_as(
+            "SELECT kernel_release, arch, version,
+                    rtrim(substr(message, 1, CASE instr(message, char(10)) WHEN 0 THEN ?1
+                                                  ELSE min(instr(message, char(10)) - 1, ?1) END), char(13)) AS message
+               FROM failures",
+        )
+        .bind(i64::try_from(title).unwrap_or(i64::MAX))
+        .fetch_all(&self.reader)
+        .await?;
         Ok((objects, failures))
     }
 
     /// What `GET /v1/coverage` counts: current objects and failures, the
-    /// failures' `message` left empty (up to 16 KiB each that pushers
-    /// write and the report never shows, so not read).
+    /// objects' `digest` and the failures' `message` left empty (the report
+    /// shows neither: a digest is 71 bytes × every object, a message up to
+    /// 16 KiB that pushers write).
     pub async fn coverage_cells(&self) -> Result<(Vec<CoverageObject>, Vec<CoverageFailure>), sqlx::Error> {
         let objects =
-            sqlx::query_as("SELECT kernel_release, arch, version, digest, size FROM objects WHERE current = 1")
+            sqlx::query_as("SELECT kernel_release, arch, version, '' AS digest, size FROM objects WHERE current = 1")
                 .fetch_all(&self.reader)
                 .await?;
         let failures = sqlx::query_as("SELECT kernel_release, arch, version, '' AS message FROM failures")
@@ -753,6 +765,11 @@ macro_rules! signature_columns {
 const SET_SIGNATURES: &str =
     concat!("INSERT OR REPLACE INTO object_signatures (", signature_columns!(), ") VALUES (?, ?, ?, ?, ?, ?, ?)");
 const SIGNATURES_OF: &str = concat!("SELECT ", signature_columns!(), " FROM object_signatures WHERE object_id = ?");
+const SIGNATURES_OF_MANY: &str = concat!(
+    "SELECT ",
+    signature_columns!(),
+    " FROM object_signatures WHERE object_id IN (SELECT value FROM json_each(?))"
+);
 const ALL_SIGNATURES: &str = concat!("SELECT ", signature_columns!(), " FROM object_signatures ORDER BY object_id");
 
 impl WriteTx {
@@ -782,6 +799,17 @@ impl Repo {
     /// What was signed for object row `object_id`.
     pub async fn signatures(&self, object_id: i64) -> Result<Option<SignatureRow>, sqlx::Error> {
         sqlx::query_as(SIGNATURES_OF).bind(object_id).fetch_optional(&self.reader).await
+    }
+
+    /// What was signed for each of the object rows `ids` (a page of a
+    /// list: one query, not one per row), by object row id.
+    pub async fn signatures_of(&self, ids: &[i64]) -> Result<HashMap<i64, SignatureRow>, sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids = serde_json::Value::from(ids).to_string();
+        let rows: Vec<SignatureRow> = sqlx::query_as(SIGNATURES_OF_MANY).bind(ids).fetch_all(&self.reader).await?;
+        Ok(rows.into_iter().map(|r| (r.object_id, r)).collect())
     }
 
     /// Every signature row, for `fsck`.

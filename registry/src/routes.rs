@@ -27,7 +27,7 @@ use crate::download::{self, Send};
 use crate::error::{BodyKind, Error};
 use crate::face::V1;
 use crate::publish::{self, Outcome, Replace};
-use crate::repo::{Filter, ObjectRow};
+use crate::repo::{Filter, ObjectRow, SignatureRow};
 use crate::signatures;
 use crate::state::AppState;
 
@@ -194,8 +194,12 @@ async fn matrix_of(s: &AppState, name: Option<&str>) -> Result<Option<coverage::
 /// matrix; `?version=`, `?q=`, `?state=`, `?from=`: see `page::View`).
 async fn coverage(State(s): State<AppState>, Query(q): Query<CoverageQuery>) -> V1Result<Response> {
     q.validate()?;
+    // Dropped with this future when the client leaves: the work stops.
+    let cancel = coverage::Cancel::default();
+    let _gone = cancel.on_drop();
     let matrix = matrix_of(&s, q.matrix.as_deref()).await?;
-    let (objects, failures) = s.repo.coverage().await?;
+    let (objects, failures) = s.repo.coverage(crate::page::FAILURE_TITLE_CHARS).await?;
+    let metrics = s.metrics().clone();
     // Counting and rendering 100k objects takes a while: off the runtime.
     let html = tokio::task::spawn_blocking(move || {
         let view = crate::page::View {
@@ -204,12 +208,21 @@ async fn coverage(State(s): State<AppState>, Query(q): Query<CoverageQuery>) -> 
             q: q.q.as_deref(),
             state: q.state,
             from: q.from.unwrap_or(0),
+            cancel,
         };
-        crate::page::render_view(&objects, &failures, &view)
+        crate::page::render_view(&objects, &failures, &view).inspect_err(|_| abandoned(&metrics))
     })
     .await
-    .map_err(Error::from)?;
+    .map_err(Error::from)?
+    // Only after this future was dropped: nobody reads this answer.
+    .map_err(|e| Error::BadRequest(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
+}
+
+/// A coverage answer's work stopped: its client left.
+fn abandoned(metrics: &crate::metrics::Metrics) {
+    metrics.coverage_abandoned();
+    tracing::debug!("coverage: the client left; the work stopped");
 }
 
 /// `GET /v1/coverage?matrix=<name>&version=<v>&q=&state=&offset=&limit=`:
@@ -225,16 +238,22 @@ async fn coverage_json(State(s): State<AppState>, Query(q): Query<CoverageQuery>
     if !(1..=coverage::MAX_KERNELS).contains(&limit) {
         return Err(Error::BadRequest(format!("limit must be between 1 and {}", coverage::MAX_KERNELS)).into());
     }
+    let cancel = coverage::Cancel::default();
+    let _gone = cancel.on_drop();
     let matrix = matrix_of(&s, q.matrix.as_deref()).await?;
     let (objects, failures) = s.repo.coverage_cells().await?;
+    let metrics = s.metrics().clone();
     let report = tokio::task::spawn_blocking(move || {
         let select = coverage::Select { q: q.q.as_deref(), state: q.state, offset: q.offset.unwrap_or(0), limit };
         let version = q.version.as_deref();
-        coverage::report_newest(&objects, &failures, matrix.as_ref(), version, coverage::MAX_REPORT_VERSIONS)
-            .select(&select)
+        let max = coverage::MAX_REPORT_VERSIONS;
+        coverage::report_newest(&objects, &failures, matrix.as_ref(), version, max, &cancel)
+            .map(|r| r.select(&select))
+            .inspect_err(|_| abandoned(&metrics))
     })
     .await
-    .map_err(Error::from)?;
+    .map_err(Error::from)?
+    .map_err(|e| Error::BadRequest(e.to_string()))?;
     Ok(Json(report).into_response())
 }
 
@@ -327,7 +346,12 @@ struct ObjectView {
 }
 
 async fn view(s: &AppState, row: &ObjectRow) -> Result<ObjectView, Error> {
-    let signed = s.repo.signatures(row.id).await?.map(|r| signatures::attached_view(&r)).unwrap_or_default();
+    object_view(row, s.repo.signatures(row.id).await?.as_ref())
+}
+
+/// An object row as `/v1` answers it, with what was signed for it.
+fn object_view(row: &ObjectRow, signatures: Option<&SignatureRow>) -> Result<ObjectView, Error> {
+    let signed = signatures.map(signatures::attached_view).unwrap_or_default();
     Ok(ObjectView {
         metadata: row.metadata()?,
         published_at: row.published_at.clone(),
@@ -365,10 +389,11 @@ async fn list(State(s): State<AppState>, Query(q): Query<ListQuery>) -> V1Result
         rows.truncate(limit as usize);
         rows.last().map(|r| r.id).unwrap_or(0)
     });
-    let mut objects = Vec::with_capacity(rows.len());
-    for row in &rows {
-        objects.push(view(&s, row).await?);
-    }
+    // One query for the page's signatures (one per row cost a page of
+    // 1000 a thousand round trips to sqlite).
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let signed = s.repo.signatures_of(&ids).await?;
+    let objects = rows.iter().map(|row| object_view(row, signed.get(&row.id))).collect::<Result<Vec<_>, _>>()?;
     Ok(Json(Page { objects, next }))
 }
 

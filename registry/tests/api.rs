@@ -228,6 +228,49 @@ async fn list_filters_and_pages() {
     let (_, _, body) =
         call(&r, req("GET", "/v1/objects?uname_version=%231%20SMP%20Debian&limit=1000", None, vec![])).await;
     assert_eq!(json(&body)["objects"].as_array().unwrap().len(), 5);
+    // Filters together, and a search walked a page at a time.
+    let (_, _, body) =
+        call(&r, req("GET", "/v1/objects?version=v0.1.0&arch=x86_64&kernel_release=6.1.0-44-amd64", None, vec![]))
+            .await;
+    assert_eq!(json(&body)["objects"].as_array().unwrap().len(), 1);
+    let (_, _, body) = call(&r, req("GET", "/v1/objects?version=v0.2.0", None, vec![])).await;
+    assert_eq!(json(&body)["objects"].as_array().unwrap().len(), 0);
+    let (_, _, body) = call(&r, req("GET", "/v1/objects?q=6.1.0-4&limit=3", None, vec![])).await;
+    let page = json(&body);
+    assert_eq!(page["objects"].as_array().unwrap().len(), 3);
+    let after = page["next"].as_i64().unwrap();
+    let (_, _, body) =
+        call(&r, req("GET", &format!("/v1/objects?q=6.1.0-4&limit=3&after={after}"), None, vec![])).await;
+    let page = json(&body);
+    assert_eq!((page["objects"].as_array().unwrap().len(), page["next"].as_i64()), (2, None));
+    // A page's signatures are read for the whole page at once: each row
+    // gets its own, and only its own.
+    let row = r.state.repo.current("6.1.0-42-amd64", "x86_64", "v0.1.0").await.unwrap().unwrap();
+    let sig = Digest::of_bytes(b"a signature");
+    let mut tx = r.state.repo.begin_write().await.unwrap();
+    tx.set_signatures(&bpfarm_registry::repo::SignatureRow {
+        object_id: row.id,
+        signature_digest: sig.as_str().to_owned(),
+        signature_size: 11,
+        attestation_digest: None,
+        attestation_size: None,
+        payload_digest: None,
+        manifest_signature: None,
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let (_, _, body) = call(&r, req("GET", "/v1/objects?limit=1000", None, vec![])).await;
+    let listed = json(&body);
+    let (_, _, one) = call(&r, req("GET", "/v1/objects/x86_64/v0.1.0/6.1.0-42-amd64", None, vec![])).await;
+    assert_eq!(json(&one)["signature"]["digest"], sig.as_str());
+    for o in listed["objects"].as_array().unwrap() {
+        if o["kernel_release"] == "6.1.0-42-amd64" {
+            assert_eq!(o["signature"], json(&one)["signature"], "{o}");
+        } else {
+            assert!(o.get("signature").is_none_or(|s| s.is_null()), "{o}");
+        }
+    }
     assert_eq!(call(&r, req("GET", "/v1/objects?limit=0", None, vec![])).await.0, StatusCode::BAD_REQUEST);
 
     let (_, _, metrics) = call(&r, req("GET", "/metrics", None, vec![])).await;

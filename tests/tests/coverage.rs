@@ -256,3 +256,118 @@ fn the_json_report_counts_failures_without_reading_their_messages() {
     );
     assert!(grew < 16 << 20, "the report read the failures' messages: peak RSS grew {} MiB", grew >> 20);
 }
+
+/// Rows straight into the index (sqlite3, before the registry starts):
+/// `n` failures of `v0.1.(i % 15)`, each on its own `-amd64` release,
+/// with `message` (an SQL expression over `i`) as the pusher's text.
+fn failures_in_index(data: &std::path::Path, n: usize, message: &str) {
+    drop(bpfarm_tests::serve(data)); // creates the schema
+    let o = Command::new("sqlite3")
+        .arg(data.join("index.sqlite"))
+        .arg(format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
+             INSERT INTO failures SELECT '6.1.0-' || i || '-amd64', 'x86_64', 'v0.1.' || (i % 15), {message}, \
+             '2026-01-01T00:00:00Z' FROM n;"
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The page shows a failure's first line as a cell's title, so the
+/// registry reads no more of it (in SQL): 3,000 failures of 16 KiB (48 MB
+/// of messages) behind a short first line raise the peak RSS of a page
+/// render by far less than that. A first line is cut at 240 characters;
+/// a `\r\n` line end is not part of it.
+#[test]
+fn the_page_reads_only_the_first_line_of_each_failure() {
+    const FAILURES: usize = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    failures_in_index(
+        &data,
+        FAILURES,
+        "CASE WHEN i = 1 THEN 'error: ' || replace(hex(zeroblob(200)), '0', 'long') || char(10) || 'TAILMARK' \
+              WHEN i = 2 THEN 'error: crlf' || char(13) || char(10) || 'SECOND LINE' \
+              ELSE 'error: first line ' || i || char(10) || hex(randomblob(8192)) END",
+    );
+    let r = bpfarm_tests::serve(&data);
+    let warm = reqwest::blocking::get(format!("{}/?matrix=none", r.url)).unwrap();
+    assert_eq!(warm.status().as_u16(), 404);
+    let before = bpfarm_tests::peak_rss(r.child.id());
+    let html = reqwest::blocking::get(format!("{}/", r.url)).unwrap().error_for_status().unwrap();
+    let html = html.text().unwrap();
+    let after = bpfarm_tests::peak_rss(r.child.id());
+    assert!(html.contains(&format!("{} failed", FAILURES)), "counts");
+    assert!(html.contains("title=\"error: first line 3\">failed</td>"), "the first line is the title");
+    let grew = after.saturating_sub(before);
+    eprintln!(
+        "page: peak RSS {} MiB -> {} MiB (+{} KiB) for {FAILURES} failures of 16 KiB",
+        before >> 20,
+        after >> 20,
+        grew >> 10
+    );
+    assert!(grew < 16 << 20, "the page read the failures' messages: peak RSS grew {} MiB", grew >> 20);
+    // The two odd ones, on the versions they failed for (1 % 15, 2 % 15).
+    let html = reqwest::blocking::get(format!("{}/?version=v0.1.1&q=6.1.0-1-amd64", r.url)).unwrap().text().unwrap();
+    let long = format!("error: {}", "long".repeat(400));
+    let title = format!("title=\"{}\">failed", &long[..240]);
+    assert!(html.contains(&title), "a long first line is cut at 240 characters");
+    assert!(!html.contains("TAILMARK"), "only the first line");
+    let html = reqwest::blocking::get(format!("{}/?version=v0.1.2&q=6.1.0-2-amd64", r.url)).unwrap().text().unwrap();
+    assert!(html.contains("title=\"error: crlf\">failed"), "no \\r in the title");
+    assert!(!html.contains("SECOND LINE"));
+}
+
+/// `bpfarm_coverage_abandoned_total` from `/metrics`.
+fn abandoned(url: &str) -> u64 {
+    let text = reqwest::blocking::get(format!("{url}/metrics")).unwrap().error_for_status().unwrap().text().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("bpfarm_coverage_abandoned_total "))
+        .unwrap_or_else(|| panic!("no bpfarm_coverage_abandoned_total in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A client that asks for the page (or the JSON report) of a large index
+/// and leaves before the answer: the counting and rendering stop (the
+/// `bpfarm_coverage_abandoned` counter says so) instead of running on for
+/// nobody. When to leave is found, not assumed: a full request is timed
+/// first, then clients leave at fractions of that until one leaves while
+/// the work runs (before, there is no work to stop; after, nothing left to
+/// stop). Nothing here asserts a time.
+#[test]
+fn a_coverage_request_stops_when_its_client_leaves() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    failures_in_index(&data, 60_000, "'error: x'");
+    let r = bpfarm_tests::serve(&data);
+    let host = r.url.trim_start_matches("http://").to_owned();
+    for path in ["/", "/v1/coverage?limit=1"] {
+        let start = Instant::now();
+        let full = reqwest::blocking::get(format!("{}{path}", r.url)).unwrap();
+        assert!(full.status().is_success(), "{path}: {}", full.status());
+        let took = start.elapsed();
+        let before = abandoned(&r.url);
+        let mut stopped = false;
+        for fraction in [0.5, 0.7, 0.3, 0.85, 0.6, 0.4, 0.2, 0.9, 0.1, 0.95] {
+            let mut c = std::net::TcpStream::connect(&host).unwrap();
+            write!(c, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+            std::thread::sleep(took.mul_f64(fraction));
+            drop(c);
+            // Let the server see the close and the work reach a check.
+            std::thread::sleep(took.min(Duration::from_secs(2)));
+            if abandoned(&r.url) > before {
+                stopped = true;
+                break;
+            }
+        }
+        assert!(stopped, "{path}: no client that left stopped its work (a full request took {took:?})");
+        // The registry still answers, in full.
+        let again = reqwest::blocking::get(format!("{}{path}", r.url)).unwrap();
+        assert!(again.status().is_success());
+    }
+}
