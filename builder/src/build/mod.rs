@@ -1,6 +1,6 @@
 //! The build: plan the kernels (inspect and pair packages, read kernel facts,
 //! shard), then build each — cache lookup, unpack what is missing, compile,
-//! validate, store — on `jobs` workers, and
+//! validate, store — on `jobs` workers in the order `schedule` sets, and
 //! write objects with their metadata into the output folder. `timings`
 //! records where the time went (`--timings`).
 //!
@@ -15,6 +15,7 @@ mod output;
 mod plan;
 mod progress;
 mod report;
+mod schedule;
 pub mod timings;
 
 use std::collections::HashMap;
@@ -24,7 +25,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bpfarm_object::{Arch, Digest, KernelFacts};
-use rayon::prelude::*;
 
 use crate::btf::Bpftool;
 use crate::cache::ObjectCache;
@@ -201,17 +201,7 @@ pub fn run(cfg: &BuildConfig, req: &Request) -> Result<Report, BuildError> {
         sandbox: &sandbox,
         timings: &timings,
     };
-    let built: Vec<KernelResult> = pool.install(|| {
-        inputs
-            .par_iter()
-            .with_max_len(1)
-            .map(|k| {
-                let r = timings.time("job", &k.release, || job::build_one(&ctx, k));
-                ctx.progress.done(&r);
-                r
-            })
-            .collect()
-    });
+    let built = schedule::build_all(&ctx, &pool, cfg.jobs, &inputs);
     ctx.progress.finish();
     results.extend(built);
     results.sort_by(|a, b| (&a.kernel, a.arch).cmp(&(&b.kernel, b.arch)));
