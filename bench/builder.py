@@ -140,7 +140,9 @@ def breakdown(path, sampler, cores):
         for j in jobs:
             ends[j["worker"]] = max(ends.get(j["worker"], 0), j["end"])
         tail = last - min(ends.values()) if len(ends) > 1 else 0.0
-        print(f"jobs {last - first:.2f} s; after them {wall - last:.2f} s; idle tail (a worker out of work) {tail:.2f} s")
+        between = first - (plan[0]["end"] if plan else 0.0)
+        print(f"-common unpacks before the first kernel {between:.2f} s; kernels {last - first:.2f} s; "
+              f"after them {wall - last:.2f} s; idle tail (a worker out of work) {tail:.2f} s")
         # The longest chain of work one kernel depends on: the unpacks it
         # needs (in parallel at best) then its compile.
         unpack = {sp["subject"]: sp["end"] - sp["start"] for sp in spans if sp["stage"] == "unpack"}
@@ -155,6 +157,9 @@ def breakdown(path, sampler, cores):
     # Busy workers from the spans, cores from the samples, per tenth of the run.
     n = 10
     busy_spans = [sp for sp in spans if sp["stage"] not in envelope]
+    busy_avg = sum(sp["end"] - sp["start"] for sp in busy_spans) / wall if wall else 0
+    print(f"  on average {busy_avg:.2f} of {head['jobs']} workers were busy and the builder used {total_cpu / wall:.2f} of "
+          f"{cores} cores: the rest of the time its runnable work waited for a core (other load on the machine)")
     rows = sampler.slices(n) if sampler else []
     print(f"  {'time':>13}  {'workers busy':>12}  {'builder cores':>13}  {'machine cores':>13}  (of {cores})")
     for i in range(n):
