@@ -25,8 +25,11 @@
 //! (`Toolchains::select`).
 
 use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use bpfarm_object::{Arch, BuildMode, Flags};
 
@@ -526,8 +529,8 @@ impl Toolchain {
         args
     }
 
-    fn run(&self, mut cmd: Command, job: &CompileJob<'_>) -> Result<(), CompileError> {
-        cmd.env_clear().env("PATH", &self.path_env).stdin(Stdio::null());
+    fn run(&self, tool: &'static str, mut cmd: Command, job: &CompileJob<'_>) -> Result<ToolRun, CompileError> {
+        cmd.env_clear().env("PATH", &self.path_env).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let command = render(&cmd);
         let mut read: Vec<&Path> = vec![job.program_dir];
         match job.mode {
@@ -535,41 +538,87 @@ impl Toolchain {
             Mode::Btf { vmlinux_dir } => read.push(vmlinux_dir),
         }
         job.sandbox.confine(&mut cmd, &Confinement { read, write: vec![job.work_dir], cwd: job.program_dir })?;
-        let out = cmd.output().map_err(|source| CompileError::Spawn { command: command.clone(), source })?;
-        if !out.status.success() {
+        let spawn = |source| CompileError::Spawn { command: command.clone(), source };
+        let started = Instant::now();
+        let mut child = cmd.spawn().map_err(spawn)?;
+        let mut stderr = Vec::new();
+        if let Some(mut pipe) = child.stderr.take()
+            && let Err(e) = pipe.read_to_end(&mut stderr)
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(spawn(e));
+        }
+        let (status, cpu) = wait_with_cpu(&mut child).map_err(spawn)?;
+        if !status.success() {
             return Err(CompileError::Failed {
                 command,
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                status: status.to_string(),
+                stderr: String::from_utf8_lossy(&stderr).into_owned(),
             });
         }
-        Ok(())
+        Ok(ToolRun { tool, started, ended: Instant::now(), cpu })
     }
 
-    /// Compiles the program; on success `job.out` holds the object.
-    pub fn compile(&self, job: &CompileJob<'_>) -> Result<(), CompileError> {
+    /// Compiles the program; on success `job.out` holds the object, and
+    /// the tools' runs say when each ran and the CPU it used.
+    pub fn compile(&self, job: &CompileJob<'_>) -> Result<Vec<ToolRun>, CompileError> {
         let mut clang = Command::new(&self.clang);
         clang.current_dir(job.program_dir).args(self.clang_args(job));
         // The tools write only into the work folder; the object leaves it
         // when they are done.
         let obj = job.work_dir.join("tracer.o");
+        let mut runs = Vec::new();
         match job.mode {
             Mode::Headers { .. } => {
                 let ir = job.work_dir.join("tracer.bc");
                 clang.arg("-c").arg(MAIN_SOURCE).arg("-o").arg(&ir);
-                self.run(clang, job)?;
+                runs.push(self.run("clang", clang, job)?);
                 let mut llc = Command::new(&self.llc);
                 llc.current_dir(job.program_dir).args(llc_flags()).arg("-o").arg(&obj).arg(&ir);
-                self.run(llc, job)?;
+                runs.push(self.run("llc", llc, job)?);
             }
             Mode::Btf { .. } => {
                 clang.arg("-c").arg(MAIN_SOURCE).arg("-o").arg(&obj);
-                self.run(clang, job)?;
+                runs.push(self.run("clang", clang, job)?);
             }
         }
         let moved = std::fs::rename(&obj, job.out).or_else(|_| std::fs::copy(&obj, job.out).map(|_| ()));
-        moved.map_err(|source| CompileError::Output { work: job.work_dir.to_owned(), source })
+        moved.map_err(|source| CompileError::Output { work: job.work_dir.to_owned(), source })?;
+        Ok(runs)
     }
+}
+
+/// One run of clang or llc: when, and the CPU time its process used.
+#[derive(Debug, Clone, Copy)]
+pub struct ToolRun {
+    pub tool: &'static str,
+    pub started: Instant,
+    pub ended: Instant,
+    pub cpu: Duration,
+}
+
+/// Waits for `child` and returns its exit status with the CPU time (user +
+/// system) it and the children it waited for used.
+fn wait_with_cpu(child: &mut Child) -> std::io::Result<(ExitStatus, Duration)> {
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: wait4 fills the status and the zeroed rusage it is given; the
+    // child is ours and not waited for anywhere else (std's `Child` does not
+    // wait on drop).
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Ok((ExitStatus::from_raw(status), tv(ru.ru_utime) + tv(ru.ru_stime)))
 }
 
 #[cfg(test)]

@@ -269,6 +269,15 @@ struct BuildArgs {
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
 
+    /// Write where the build's time went: JSON lines, the first with the
+    /// run's wall and CPU totals, then one per stage of each package or
+    /// kernel (inspect, unpack, tree-wait, lookup, clang, llc, validate,
+    /// store, output, and the plan and job envelopes) with its worker,
+    /// start and end (seconds since the build started) and CPU seconds.
+    /// bench/builder.py prints them as a table and a timeline.
+    #[arg(long, value_name = "FILE")]
+    timings: Option<PathBuf>,
+
     /// Retry kernels whose failure is cached.
     #[arg(long)]
     retry_failed: bool,
@@ -485,6 +494,9 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
     }
     let req = Request { headers: a.headers, matrix: a.matrix, package_cache, btf, select: a.select, unavailable };
     let report = build::run(&cfg, &req)?;
+    if let Some(path) = &a.timings {
+        report.timings.write(path).with_context(|| format!("writing the timings to {}", path.display()))?;
+    }
     print!("{}", report.table());
     let signatures = signer.as_ref().map(|s| signing::sign_report(s, &report));
     if let Some(sigs) = &signatures {

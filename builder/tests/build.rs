@@ -78,7 +78,8 @@ fn shared() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let (out, report) = build_default(dir.path(), &[]);
+        let timings = dir.path().join("timings.jsonl");
+        let (out, report) = build_default(dir.path(), &["--timings", p(&timings)]);
         assert!(out.status.success(), "cold build failed");
         Built { dir, report }
     })
@@ -176,6 +177,48 @@ fn flavours_share_one_unpacked_common_tree() {
     assert!(common.join("arch/arm64/include/asm/ptrace.h").is_file());
     assert!(!common.join("arch/mips").exists());
     assert!(!common.join("scripts").exists());
+}
+
+#[test]
+fn timings_name_every_stage_of_the_cold_build_once() {
+    let b = shared();
+    let text = std::fs::read_to_string(b.dir.path().join("timings.jsonl")).expect("--timings wrote its file");
+    let mut lines = text.lines().map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"));
+    let head = lines.next().expect("the totals line");
+    let wall = head["wall"].as_f64().unwrap();
+    assert!(wall > 0.0 && head["cpu_self"].as_f64().unwrap() > 0.0, "{head}");
+    // clang and llc are children the builder waited for.
+    assert!(head["cpu_children"].as_f64().unwrap() > 0.0, "{head}");
+    let spans: Vec<Value> = lines.collect();
+    let of = |stage: &str| spans.iter().filter(|s| s["stage"] == stage).collect::<Vec<_>>();
+    for s in &spans {
+        let (start, end) = (s["start"].as_f64().unwrap(), s["end"].as_f64().unwrap());
+        assert!(0.0 <= start && start <= end && end <= wall + 0.01, "{s}");
+        assert!(s["cpu"].as_f64().unwrap() >= 0.0, "{s}");
+    }
+    // Each of the six packages unpacked exactly once (4 flavours, 2 -common),
+    // whichever worker got to it first.
+    let mut unpacked: Vec<&str> = of("unpack").iter().map(|s| s["subject"].as_str().unwrap()).collect();
+    unpacked.sort();
+    assert_eq!(
+        unpacked,
+        [
+            "linux-headers-6.1.0-56-amd64",
+            "linux-headers-6.1.0-56-common",
+            "linux-headers-6.12.117+deb12-amd64",
+            "linux-headers-6.12.117+deb12-arm64",
+            "linux-headers-6.12.117+deb12-cloud-amd64",
+            "linux-headers-6.12.117+deb12-common",
+        ]
+    );
+    // One clang per kernel (the running kernel's BTF build too), one llc per
+    // headers build, each with the CPU its process used.
+    assert_eq!(of("clang").len(), 5);
+    assert_eq!(of("llc").len(), 4);
+    assert!(of("clang").iter().all(|s| s["cpu"].as_f64().unwrap() > 0.0));
+    assert_eq!(of("job").len(), 5);
+    assert_eq!(of("validate").len(), 5);
+    assert_eq!(of("plan").len(), 1);
 }
 
 #[test]

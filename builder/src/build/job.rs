@@ -148,12 +148,16 @@ pub(super) fn build_one(ctx: &Ctx<'_>, k: &KernelInput) -> KernelResult {
 }
 
 fn build(ctx: &Ctx<'_>, k: &KernelInput) -> Result<Outcome, JobError> {
+    let t = ctx.timings;
     let keyed = key_for(ctx, k)?;
-    let (object, fresh) = match ctx.objects.get(&keyed.key) {
+    let (object, fresh) = match t.time("lookup", &k.release, || ctx.objects.get(&keyed.key)) {
         Some(Cached::Object(p)) => (p, false),
         Some(Cached::Failure(f)) if !ctx.cfg.retry_failed => return Err(JobError::Replayed(f)),
         _ => match compile_and_validate(ctx, k, &keyed) {
-            Ok(built) => (ctx.objects.put_object(&keyed.key, built.path()).map_err(JobError::Store)?, true),
+            Ok(built) => {
+                let stored = t.time("store", &k.release, || ctx.objects.put_object(&keyed.key, built.path()));
+                (stored.map_err(JobError::Store)?, true)
+            }
             Err(e) => {
                 if e.is_deterministic() {
                     let failure = cache::Failure {
@@ -170,7 +174,7 @@ fn build(ctx: &Ctx<'_>, k: &KernelInput) -> Result<Outcome, JobError> {
             }
         },
     };
-    let out = output::write(ctx, k, keyed, &object)?;
+    let out = t.time("output", &k.release, || output::write(ctx, k, keyed, &object))?;
     Ok(if fresh { Outcome::Built(out) } else { Outcome::Cached(out) })
 }
 
@@ -203,7 +207,7 @@ fn compile_and_validate(
             with(Mode::Btf { vmlinux_dir: &dir }, work.path(), out.path())?;
         }
     }
-    crate::validate::validate(out.path()).map_err(JobError::Invalid)?;
+    ctx.timings.time("validate", &k.release, || crate::validate::validate(out.path())).map_err(JobError::Invalid)?;
     Ok(out)
 }
 
@@ -224,7 +228,7 @@ fn compile_with(
         out,
         sandbox: ctx.sandbox,
     };
-    keyed.toolchain.compile(&job).map_err(|e| match &e {
+    let runs = keyed.toolchain.compile(&job).map_err(|e| match &e {
         CompileError::Failed { stderr, .. } => {
             // The same fixed names the debug info uses.
             let mut map = PathMap::default();
@@ -241,5 +245,9 @@ fn compile_with(
             JobError::Compiler { error: e, public }
         }
         _ => JobError::Toolchain(e),
-    })
+    })?;
+    for r in runs {
+        ctx.timings.push(r.tool, &k.release, r.started, r.ended, r.cpu);
+    }
+    Ok(())
 }

@@ -127,8 +127,8 @@ fn compiler_for<'c>(ctx: &'c Ctx<'_>, k: &KernelInput) -> Result<(&'c Toolchain,
         Source::Btf { .. } => return Ok((&ctx.toolchains.default, Vec::new())),
         Source::Tree { build, source } => (source.clone(), build.clone()),
         Source::Deb(d) => {
-            let build = ctx.trees.get(&d.flavour)?;
-            let source = ctx.trees.get(&d.common)?;
+            let build = super::timings::tree(ctx.timings, ctx.trees, &d.flavour)?;
+            let source = super::timings::tree(ctx.timings, ctx.trees, &d.common)?;
             (source.root, build.root)
         }
     };

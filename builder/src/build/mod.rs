@@ -1,7 +1,8 @@
 //! The build: plan the kernels (inspect and pair packages, read kernel facts,
 //! shard), then build each — cache lookup, unpack what is missing, compile,
-//! validate, store — on `jobs` workers, and write objects with their
-//! metadata into the output folder.
+//! validate, store — on `jobs` workers in the order `schedule` sets, and
+//! write objects with their metadata into the output folder. `timings`
+//! records where the time went (`--timings`).
 //!
 //! A kernel that fails does not stop the others; the report says what
 //! happened to each. Everything that makes the whole run pointless (a
@@ -14,6 +15,8 @@ mod output;
 mod plan;
 mod progress;
 mod report;
+mod schedule;
+pub mod timings;
 
 use std::collections::HashMap;
 use std::fs;
@@ -22,7 +25,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bpfarm_object::{Arch, Digest, KernelFacts};
-use rayon::prelude::*;
 
 use crate::btf::Bpftool;
 use crate::cache::ObjectCache;
@@ -37,6 +39,8 @@ use plan::Source;
 pub use plan::{PlanError, Shard, ShardError};
 use progress::Progress;
 pub use report::{Failure, KernelResult, Outcome, Output, Report, Status, Summary};
+use timings::Recorder;
+pub use timings::Timings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -140,6 +144,7 @@ struct Ctx<'a> {
     program_dir: PathBuf,
     progress: Progress,
     sandbox: &'a Sandbox,
+    timings: &'a Recorder,
 }
 
 /// Runs a build. Setup problems (no compiler, unwritable cache) are errors;
@@ -165,7 +170,10 @@ pub fn run(cfg: &BuildConfig, req: &Request) -> Result<Report, BuildError> {
         .build()
         .map_err(|source| BuildError::Pool { jobs: cfg.jobs, source })?;
 
-    let (inputs, unbuildable) = pool.install(|| plan::plan(cfg, req, &trees))?;
+    let timings = Recorder::new(start);
+    let planning = timings.start();
+    let (inputs, unbuildable) = pool.install(|| plan::plan(cfg, req, &trees, &timings))?;
+    timings.end(planning, "plan", "");
     let mut results: Vec<KernelResult> = unbuildable.into_iter().map(plan::Unbuildable::into_row).collect();
     let bpftool = if inputs.iter().any(|k| matches!(k.source, Source::Btf { .. })) {
         match Bpftool::discover() {
@@ -191,18 +199,9 @@ pub fn run(cfg: &BuildConfig, req: &Request) -> Result<Report, BuildError> {
         program_dir,
         progress: Progress::new(inputs.len(), cfg.progress_bar),
         sandbox: &sandbox,
+        timings: &timings,
     };
-    let built: Vec<KernelResult> = pool.install(|| {
-        inputs
-            .par_iter()
-            .with_max_len(1)
-            .map(|k| {
-                let r = job::build_one(&ctx, k);
-                ctx.progress.done(&r);
-                r
-            })
-            .collect()
-    });
+    let built = schedule::build_all(&ctx, &pool, cfg.jobs, &inputs);
     ctx.progress.finish();
     results.extend(built);
     results.sort_by(|a, b| (&a.kernel, a.arch).cmp(&(&b.kernel, b.arch)));
@@ -220,6 +219,7 @@ pub fn run(cfg: &BuildConfig, req: &Request) -> Result<Report, BuildError> {
         shard: cfg.shard.map(|s| s.to_string()),
         summary,
         kernels: results,
+        timings: timings.finish(cfg.jobs.max(1)),
     })
 }
 

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 
 use super::report::{Failure, KernelResult, Outcome};
+use super::timings::Recorder;
 use super::{BuildConfig, BuildError, Request};
 use crate::diagnostics;
 use crate::kernel::{self, TreeFactsError};
@@ -174,6 +175,7 @@ pub(super) fn plan(
     cfg: &BuildConfig,
     req: &Request,
     trees: &TreeCache,
+    timings: &Recorder,
 ) -> Result<(Vec<KernelInput>, Vec<Unbuildable>), BuildError> {
     let facts_dir = cfg.cache_dir.join("facts");
     let mut failed = Vec::new();
@@ -220,8 +222,10 @@ pub(super) fn plan(
         deb_paths.push(req.package_cache.clone());
     }
     let debs = packages::find_debs(&deb_paths)?;
-    let inspected: Vec<Result<PackageFacts, PackageError>> =
-        debs.par_iter().map(|p| packages::inspect(p, &facts_dir)).collect();
+    let inspected: Vec<Result<PackageFacts, PackageError>> = debs
+        .par_iter()
+        .map(|p| timings.time("inspect", &p.to_string_lossy(), || packages::inspect(p, &facts_dir)))
+        .collect();
     let mut facts = Vec::new();
     for (path, r) in debs.iter().zip(inspected) {
         match r {
@@ -308,7 +312,7 @@ pub(super) fn plan(
                 )
             })?;
             let fail = |e: PlanError| Unbuildable::input(label, Some(arch), e);
-            let tree = trees.get(&d.flavour).map_err(|e| fail(e.into()))?;
+            let tree = super::timings::tree(timings, trees, &d.flavour).map_err(|e| fail(e.into()))?;
             let tf = kernel::tree_facts(&tree.root).map_err(|e| fail(e.into()))?;
             if let Some(expected) = matrix
                 .as_ref()

@@ -141,6 +141,9 @@ pub struct Report {
     pub shard: Option<String>,
     pub summary: Summary,
     pub kernels: Vec<KernelResult>,
+    /// Where the time went (`--timings`); not part of the JSON report.
+    #[serde(skip)]
+    pub timings: super::Timings,
 }
 
 impl Report {
