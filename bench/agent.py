@@ -117,8 +117,8 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--no-build", action="store_true", help="skip the local build (the slowest part)")
     ap.add_argument("--bin-dir", default=BIN, help="where the bpfarm binaries are (default: a release build made here)")
-    ap.add_argument("--baseline-bin-dir", help="another build's bpfarm-agent to time beside this one (old vs new)")
-    ap.add_argument("--breakdown", type=int, default=0, metavar="N", help="also trace N fetches and N hits and print their phases")
+    ap.add_argument("--baseline-bin-dir", metavar="DIR", help="a folder holding another build's bpfarm-agent (e.g. target/release of an older checkout), timed beside this one (old vs new)")
+    ap.add_argument("--breakdown", type=int, default=0, metavar="N", help="also trace N fetches and N hits with strace (needs strace) and print their phases")
     args = ap.parse_args()
     bin_dir = args.bin_dir
     if bin_dir == BIN:

@@ -464,6 +464,15 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
         progress_bar: !a.no_progress,
         cache_dir: cache_dir.clone(),
     };
+    // Opened before any work, so a bad path is a usage error (exit 2), not
+    // a finished build whose publish and report are then lost.
+    let timings_out = match &a.timings {
+        Some(path) => Some((
+            std::fs::File::create(path).with_context(|| format!("opening the timings file {}", path.display()))?,
+            path.clone(),
+        )),
+        None => None,
+    };
     let package_cache = a.package_cache.unwrap_or_else(|| cache_dir.join("debs"));
     let mut unavailable = std::collections::HashMap::new();
     if let Some(path) = &a.matrix
@@ -494,9 +503,6 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
     }
     let req = Request { headers: a.headers, matrix: a.matrix, package_cache, btf, select: a.select, unavailable };
     let report = build::run(&cfg, &req)?;
-    if let Some(path) = &a.timings {
-        report.timings.write(path).with_context(|| format!("writing the timings to {}", path.display()))?;
-    }
     print!("{}", report.table());
     let signatures = signer.as_ref().map(|s| signing::sign_report(s, &report));
     if let Some(sigs) = &signatures {
@@ -526,6 +532,9 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
         let mut json = serde_json::to_vec_pretty(&value)?;
         json.push(b'\n');
         std::fs::write(&path, json).with_context(|| format!("writing the report to {}", path.display()))?;
+    }
+    if let Some((file, path)) = timings_out {
+        report.timings.write_to(file).with_context(|| format!("writing the timings to {}", path.display()))?;
     }
     let signed_all = signatures.as_ref().is_none_or(|s| s.failed.is_empty());
     Ok(!report.any_failed() && signed_all && published.is_none_or(|p| p.ok()) && matrix_ok)

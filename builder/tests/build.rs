@@ -219,6 +219,8 @@ fn timings_name_every_stage_of_the_cold_build_once() {
     assert_eq!(of("job").len(), 5);
     assert_eq!(of("validate").len(), 5);
     assert_eq!(of("plan").len(), 1);
+    // Subjects are package file names or releases, never a host path.
+    assert!(spans.iter().all(|s| !s["subject"].as_str().unwrap().contains('/')), "a subject names a host path");
 }
 
 #[test]
@@ -580,9 +582,30 @@ fn usage_errors_exit_2_with_a_reason() {
     ]));
     assert_eq!(bad_release.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad_release.stderr).contains("invalid kernel release"));
+    // A timings file that cannot be written is found before any build,
+    // not after it (which would lose the run's report and publish).
+    let out = dir.path().join("timings-out");
+    let timings = run(builder(&[
+        "build",
+        "--running-kernel",
+        "--cache-dir",
+        p(dir.path()),
+        "--out",
+        p(&out),
+        "--report",
+        p(&dir.path().join("r.json")),
+        "--timings",
+        p(&dir.path().join("no-such-dir/t.jsonl")),
+    ]));
+    assert_eq!(timings.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&timings.stderr).contains("opening the timings file"), "{timings:?}");
+    assert!(!dir.path().join("r.json").exists());
+    assert!(std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0) == 0, "nothing was built");
     let help = Command::new(BIN).args(["build", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--headers", "--matrix", "--btf", "--jobs", "--shard", "--report", "--retry-failed", "--version"] {
+    for flag in
+        ["--headers", "--matrix", "--btf", "--jobs", "--shard", "--report", "--retry-failed", "--version", "--timings"]
+    {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }

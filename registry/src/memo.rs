@@ -14,7 +14,11 @@
 //! descriptor of the index files opened and closed beside sqlite would
 //! drop the process's locks). The stamp is taken before the query, so a
 //! write racing a read only makes the answer unusable. Without the
-//! connection (it failed to open or to answer) nothing is memoised.
+//! connection (it failed to open or to answer) nothing is memoised; a
+//! busy index (no busy wait here: this runs on a serving thread) is
+//! unknown for that request only. Not covered: an index file renamed over
+//! while `serve` runs (the signal stays on the old file): stop the
+//! registry to restore an index.
 //! Bounded: at most `MAX_ENTRIES` answers; when full, or when the index
 //! changed, all are dropped.
 
@@ -58,7 +62,9 @@ pub struct Memo<F> {
 
 fn open_signal(db: &Path) -> Option<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    match Connection::open_with_flags(db, flags) {
+    // No busy wait: the pragma runs on a serving thread under the signal's
+    // lock, so a busy index is "unknown for this request", never a stall.
+    match Connection::open_with_flags(db, flags).and_then(|c| c.busy_timeout(std::time::Duration::ZERO).map(|()| c)) {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(db = %db.display(), error = %e, "the index's change signal is unavailable: nothing is memoised");
@@ -103,6 +109,13 @@ impl<F: Clone> Memo<F> {
         };
         let data_version = match signal.as_ref().map(data_version) {
             Some(Ok(v)) => Some(v),
+            // Busy or locked (another process recovering the WAL, an
+            // exclusive lock): unknown this time, asked again next time.
+            Some(Err(rusqlite::Error::SqliteFailure(e, _)))
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+            {
+                None
+            }
             Some(Err(e)) => {
                 // Dropped, not retried: a connection that cannot read the
                 // pragma cannot vouch for the answers.
@@ -231,6 +244,26 @@ mod tests {
         assert_eq!((look(&db), look(&wal)), (db_before, wal_before));
         assert_eq!(w.query_row("SELECT v FROM t", [], |r| r.get::<_, String>(0)).unwrap(), "other");
         assert_eq!(memo.link(memo.stamp(), &key), None);
+    }
+
+    /// A busy index (another connection holds it exclusively) makes the
+    /// stamp unknown for that request, at once (no busy wait on a serving
+    /// thread), and the signal answers again once the lock is gone.
+    #[test]
+    fn a_busy_index_is_unknown_for_now_not_forever() {
+        // A rollback-journal database: there an exclusive transaction
+        // keeps every reader out (in WAL mode readers are never blocked,
+        // short of a WAL recovery, which a test cannot hold open).
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("index.sqlite");
+        let w = Connection::open(&db).unwrap();
+        w.execute_batch("CREATE TABLE t (v TEXT NOT NULL); INSERT INTO t VALUES ('a');").unwrap();
+        let memo = Memo::<()>::new(&db);
+        assert!(memo.stamp().data_version.is_some());
+        w.execute_batch("BEGIN EXCLUSIVE; UPDATE t SET v = 'x';").unwrap();
+        assert_eq!(memo.stamp().data_version, None, "a busy index vouches for nothing");
+        w.execute_batch("COMMIT;").unwrap();
+        assert!(memo.stamp().data_version.is_some(), "the signal was dropped for good");
     }
 
     #[test]

@@ -120,9 +120,14 @@ mod compile {
                 file,
                 release: id.kernel_release.clone(),
                 arch: id.arch,
-                // Read now: finding or fetching never needs it.
+                // Read now: finding or fetching never needs it. Only for
+                // the running kernel: `/proc/config.gz` is its config, not
+                // another release's.
                 facts: KernelFacts {
-                    config_digest: cfg.kernel.config_digest.clone().or_else(|| host::config_digest(&id.kernel_release)),
+                    config_digest: cfg.kernel.config_digest.clone().or_else(|| {
+                        let running = host::running_release().is_ok_and(|(r, _)| r == id.kernel_release);
+                        running.then(|| host::config_digest(&id.kernel_release)).flatten()
+                    }),
                     ..cfg.kernel.clone()
                 },
             }),

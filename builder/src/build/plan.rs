@@ -224,7 +224,7 @@ pub(super) fn plan(
     let debs = packages::find_debs(&deb_paths)?;
     let inspected: Vec<Result<PackageFacts, PackageError>> = debs
         .par_iter()
-        .map(|p| timings.time("inspect", &p.to_string_lossy(), || packages::inspect(p, &facts_dir)))
+        .map(|p| timings.time("inspect", &subject_name(p), || packages::inspect(p, &facts_dir)))
         .collect();
     let mut facts = Vec::new();
     for (path, r) in debs.iter().zip(inspected) {
@@ -502,6 +502,12 @@ fn tree_input(given: &Path) -> Result<KernelInput, PlanError> {
         facts: tf.facts,
         source: Source::Tree { build: l.build, source: l.source },
     })
+}
+
+/// A package's file name for the timings (never the host path of the
+/// package cache).
+fn subject_name(p: &std::path::Path) -> String {
+    p.file_name().unwrap_or(p.as_os_str()).to_string_lossy().into_owned()
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@
 //! table and the timeline it prints.
 
 use std::io::{self, Write};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,8 +48,8 @@ pub struct Timings {
 
 impl Timings {
     /// Writes the totals as the first JSON line, then one line per span.
-    pub fn write(&self, path: &Path) -> io::Result<()> {
-        let mut out = io::BufWriter::new(std::fs::File::create(path)?);
+    pub fn write_to(&self, out: impl Write) -> io::Result<()> {
+        let mut out = io::BufWriter::new(out);
         let head = serde_json::json!({ "jobs": self.jobs, "wall": self.wall, "cpu_self": self.cpu_self, "cpu_children": self.cpu_children });
         writeln!(out, "{head}")?;
         for s in &self.spans {
