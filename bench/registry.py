@@ -24,6 +24,16 @@ and the registry's RSS and open descriptors at the start and the end; ends
 with `bpfarm-registry fsck`. Exits 1 on any error. CI runs a short one.
 
     bench/registry.py --soak 300 [--slowloris 300] [--registry-bin PATH]
+
+Time to first byte of the agent's one-trip lookup (`GET /v1/objects/<arch>/
+<version>/<release>` accepting the object itself): --ttfb N requests, each
+on a new connection, 100 ms apart (a request arriving after a quiet gap,
+as an agent's does) and back to back for reference; median and p90, from
+the request's last byte sent to the answer's first byte received. With
+--baseline-bin the same is measured on that binary, interleaved round by
+round, and the ratio printed.
+
+    bench/registry.py --ttfb 30 [--repeat 5] [--baseline-bin OLD] [--registry-bin NEW]
 """
 import argparse
 import hashlib
@@ -507,6 +517,95 @@ def human(n):
     return f"{n / 1e6:g} MB" if n >= 1e6 else f"{n / 1e3:g} KB"
 
 
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+
+
+def ttfb_one(port, path, digest):
+    """One lookup on a new connection: seconds from the request sent to
+    the first byte back. The answer is checked whole (status, media type,
+    metadata header, body digest) after the clock stops."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        req = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {OBJECT_MEDIA_TYPE}\r\nConnection: close\r\n\r\n").encode()
+        t0 = time.perf_counter()
+        s.sendall(req)
+        first = s.recv(65536)
+        t1 = time.perf_counter()
+        chunks = [first]
+        while True:
+            b = s.recv(1 << 20)
+            if not b:
+                break
+            chunks.append(b)
+    finally:
+        s.close()
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    head = head.decode("latin-1").lower()
+    if not head.startswith("http/1.1 200") or OBJECT_MEDIA_TYPE not in head or "x-bpfarm-metadata:" not in head:
+        raise SystemExit(f"bench: unexpected answer: {head[:300]!r}")
+    if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+        raise SystemExit("bench: the answer's bytes do not match the object")
+    return t1 - t0
+
+
+OBJECT_MEDIA_TYPE = "application/vnd.bpfarm.tracee.bpf.object.v1+elf"
+
+
+def ttfb(args):
+    """Quiet-gap and back-to-back TTFB of the one-trip lookup, for the
+    registry binary and (interleaved) a baseline binary."""
+    bins = [("new", args.registry_bin)] + ([("old", args.baseline_bin)] if args.baseline_bin else [])
+    for _, b in bins:
+        if not os.path.exists(b):
+            raise SystemExit(f"bench: no binary {b} (cargo build --release -p bpfarm-registry)")
+    work = tempfile.mkdtemp(prefix="bpfarm-ttfb-")
+    procs, ports = [], {}
+    release = "6.1.0-28-amd64"
+    blob = hashlib.sha256(b"ttfb").digest() * (132 * 1024 // 32)
+    meta = sample_meta(release, "x86_64", blob)
+    path = f"/v1/objects/x86_64/{meta['version']}/{release}"
+    try:
+        for name, b in bins:
+            data = os.path.join(work, name)
+            token = subprocess.run([b, "token", "create", "--data", data, "--name", "bench", "--scope", "push"], capture_output=True, text=True, check=True).stdout.split()[-1]
+            reg = subprocess.Popen([b, "serve", "--listen", "127.0.0.1:0", "--data", data], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "BPFARM_LOG": "error"})
+            procs.append(reg)
+            host, port = reg.stdout.readline().decode().strip().removeprefix("listening on http://").rsplit(":", 1)
+            ports[name] = int(port)
+            publish(Client(host, int(port), token), meta, blob)
+            for _ in range(3):
+                ttfb_one(ports[name], path, meta["digest"])
+        got = {(name, mode): [] for name, _ in bins for mode in ("quiet", "b2b")}
+        for _ in range(args.repeat):
+            for name, _ in bins:
+                for _ in range(args.ttfb):
+                    time.sleep(0.1)
+                    got[(name, "quiet")].append(ttfb_one(ports[name], path, meta["digest"]))
+                for _ in range(args.ttfb):
+                    got[(name, "b2b")].append(ttfb_one(ports[name], path, meta["digest"]))
+        print(f"ttfb: one-trip lookup of a {len(blob) // 1024} KiB object, {args.ttfb} requests x {args.repeat} rounds, each on a new connection; load {' '.join(load())}")
+        for mode, what in (("quiet", "100 ms apart"), ("b2b", "back to back")):
+            line = f"  {what:13s}"
+            for name, _ in bins:
+                xs = got[(name, mode)]
+                line += f"  {name}: median {median(xs) * 1e3:.2f} ms, p90 {pct(xs, 90) * 1e3:.2f} ms"
+            if len(bins) == 2:
+                n, o = got[("new", mode)], got[("old", mode)]
+                line += f"  (new/old median x{median(n) / median(o):.2f}, p90 x{pct(n, 90) / pct(o, 90):.2f})"
+            print(line, flush=True)
+    finally:
+        for p in procs:
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=10)
@@ -516,7 +615,11 @@ def main():
     ap.add_argument("--registry-bin", default=os.path.join(ROOT, "target/release/bpfarm-registry"))
     ap.add_argument("--soak", type=int, metavar="SECONDS", help="run the soak for this long instead of the comparison")
     ap.add_argument("--slowloris", type=int, default=300, help="slowloris connections during the soak")
+    ap.add_argument("--ttfb", type=int, metavar="N", help="time to first byte of the one-trip lookup: N requests per round, quiet and back to back")
+    ap.add_argument("--baseline-bin", help="with --ttfb: a baseline registry binary, measured interleaved")
     args = ap.parse_args()
+    if args.ttfb:
+        return ttfb(args)
     if args.soak:
         return soak(args)
     return compare(args)

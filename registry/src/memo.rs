@@ -1,7 +1,9 @@
-//! Answers of the index's two hottest reads kept in memory: which current
-//! objects a static-layout path names, and whether a blob is linked into a
-//! repository (`/v2/<name>/blobs/<digest>`). Each costs a sqlite query
-//! (a hop to sqlx's connection thread and back) per download otherwise.
+//! Answers of the index's hottest reads kept in memory: which current
+//! objects a static-layout path names, whether a blob is linked into a
+//! repository (`/v2/<name>/blobs/<digest>`), and the `/v1` lookup's current
+//! object of an identity with what was signed for it (the agent's one-trip
+//! fetch). Each costs sqlite queries (a hop to sqlx's connection thread and
+//! back, and a wake-up, per query) per download otherwise.
 //!
 //! Never stale: an answer is served only while the index is as it was
 //! when the answer was read — the same write generation (`bump`, on every
@@ -19,8 +21,8 @@
 //! unknown for that request only. Not covered: an index file renamed over
 //! while `serve` runs (the signal stays on the old file): stop the
 //! registry to restore an index.
-//! Bounded: at most `MAX_ENTRIES` answers; when full, or when the index
-//! changed, all are dropped.
+//! Bounded: at most `MAX_ENTRIES` answers of each kind; when a kind is
+//! full its answers are dropped, and when the index changed, all are.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -42,22 +44,34 @@ pub struct Stamp {
 
 type FileKey = (String, String, String);
 type LinkKey = (String, String);
+/// An identity: kernel release, arch (`uname -m`), version.
+type LookupKey = (String, String, String);
 
 #[derive(Debug)]
-struct Answers<F> {
+struct Answers<F, L> {
     stamp: Option<Stamp>,
     files: HashMap<FileKey, F>,
     links: HashMap<LinkKey, bool>,
+    lookups: HashMap<LookupKey, L>,
 }
 
-/// The answers; `F` is what a static-layout path's query returns (`repo`'s
-/// rows: generic so that this module needs nothing from `repo`).
+/// Holds `value` at `key` in `map`, emptying a full map first.
+fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, value: V) {
+    if map.len() >= MAX_ENTRIES && !map.contains_key(&key) {
+        map.clear();
+    }
+    map.insert(key, value);
+}
+
+/// The answers; `F` is what a static-layout path's query returns and `L`
+/// what an identity's lookup does (`repo`'s rows: generic so that this
+/// module needs nothing from `repo`).
 #[derive(Debug)]
-pub struct Memo<F> {
+pub struct Memo<F, L = ()> {
     /// The change signal's connection (read-only; runs only the pragma).
     signal: Mutex<Option<Connection>>,
     generation: AtomicU64,
-    answers: Mutex<Answers<F>>,
+    answers: Mutex<Answers<F, L>>,
 }
 
 fn open_signal(db: &Path) -> Option<Connection> {
@@ -77,17 +91,22 @@ fn data_version(c: &Connection) -> rusqlite::Result<i64> {
     c.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))
 }
 
-impl<F: Clone> Memo<F> {
+impl<F: Clone, L: Clone> Memo<F, L> {
     /// For the index file `db` (an sqlite database).
     pub fn new(db: &Path) -> Self {
         Self {
             signal: Mutex::new(open_signal(db)),
             generation: AtomicU64::new(0),
-            answers: Mutex::new(Answers { stamp: None, files: HashMap::new(), links: HashMap::new() }),
+            answers: Mutex::new(Answers {
+                stamp: None,
+                files: HashMap::new(),
+                links: HashMap::new(),
+                lookups: HashMap::new(),
+            }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Answers<F>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Answers<F, L>> {
         match self.answers.lock() {
             Ok(a) => a,
             Err(poisoned) => poisoned.into_inner(),
@@ -130,12 +149,13 @@ impl<F: Clone> Memo<F> {
 
     /// The answers valid at `stamp`, dropping them all if the index changed.
     /// `None` when the stamp vouches for nothing.
-    fn at(&self, stamp: Stamp) -> Option<std::sync::MutexGuard<'_, Answers<F>>> {
+    fn at(&self, stamp: Stamp) -> Option<std::sync::MutexGuard<'_, Answers<F, L>>> {
         stamp.data_version?;
         let mut a = self.lock();
         if a.stamp != Some(stamp) {
             a.files.clear();
             a.links.clear();
+            a.lookups.clear();
             a.stamp = Some(stamp);
         }
         Some(a)
@@ -147,10 +167,7 @@ impl<F: Clone> Memo<F> {
 
     pub fn put_file(&self, stamp: Stamp, key: FileKey, rows: F) {
         let Some(mut a) = self.at(stamp) else { return };
-        if a.files.len() >= MAX_ENTRIES {
-            a.files.clear();
-        }
-        a.files.insert(key, rows);
+        bounded_insert(&mut a.files, key, rows);
     }
 
     pub fn link(&self, stamp: Stamp, key: &LinkKey) -> Option<bool> {
@@ -159,10 +176,16 @@ impl<F: Clone> Memo<F> {
 
     pub fn put_link(&self, stamp: Stamp, key: LinkKey, linked: bool) {
         let Some(mut a) = self.at(stamp) else { return };
-        if a.links.len() >= MAX_ENTRIES {
-            a.links.clear();
-        }
-        a.links.insert(key, linked);
+        bounded_insert(&mut a.links, key, linked);
+    }
+
+    pub fn lookup(&self, stamp: Stamp, key: &LookupKey) -> Option<L> {
+        self.at(stamp)?.lookups.get(key).cloned()
+    }
+
+    pub fn put_lookup(&self, stamp: Stamp, key: LookupKey, answer: L) {
+        let Some(mut a) = self.at(stamp) else { return };
+        bounded_insert(&mut a.lookups, key, answer);
     }
 }
 
@@ -280,16 +303,43 @@ mod tests {
         assert_eq!(memo.link(s, &key), None);
     }
 
+    /// The lookup's answers follow the same rules as the others.
+    #[test]
+    fn a_lookup_lives_only_while_the_index_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, w) = index(dir.path());
+        let memo = Memo::<(), Option<u32>>::new(&db);
+        let key = ("6.1.0-28-amd64".to_owned(), "x86_64".to_owned(), "v0.1.0".to_owned());
+        let s = memo.stamp();
+        memo.put_lookup(s, key.clone(), Some(1));
+        assert_eq!(memo.lookup(memo.stamp(), &key), Some(Some(1)));
+        memo.bump();
+        assert_eq!(memo.lookup(memo.stamp(), &key), None);
+        // "No current object" is an answer too, and is dropped alike.
+        let s = memo.stamp();
+        memo.put_lookup(s, key.clone(), None);
+        assert_eq!(memo.lookup(memo.stamp(), &key), Some(None));
+        w.execute("UPDATE t SET v = 'b'", []).unwrap();
+        assert_eq!(memo.lookup(memo.stamp(), &key), None);
+        let before = memo.stamp();
+        w.execute("UPDATE t SET v = 'c'", []).unwrap();
+        memo.put_lookup(before, key.clone(), Some(2));
+        assert_eq!(memo.lookup(memo.stamp(), &key), None);
+    }
+
     #[test]
     fn holds_at_most_max_entries() {
         let dir = tempfile::tempdir().unwrap();
         let (db, _w) = index(dir.path());
-        let memo = Memo::<()>::new(&db);
+        let memo = Memo::<(), bool>::new(&db);
         let s = memo.stamp();
         for i in 0..=MAX_ENTRIES {
             memo.put_link(s, ("r".to_owned(), i.to_string()), true);
+            memo.put_lookup(s, (i.to_string(), "x86_64".to_owned(), "v".to_owned()), true);
         }
-        let n = memo.lock().links.len();
-        assert!(n > 0 && n <= MAX_ENTRIES, "{n}");
+        let a = memo.lock();
+        let (links, lookups) = (a.links.len(), a.lookups.len());
+        assert!(links > 0 && links <= MAX_ENTRIES, "{links}");
+        assert!(lookups > 0 && lookups <= MAX_ENTRIES, "{lookups}");
     }
 }

@@ -23,8 +23,14 @@ pub struct Repo {
     writer: SqlitePool,
     reader: SqlitePool,
     /// The hottest reads' answers (`memo`).
-    memo: Arc<Memo<Vec<ObjectRow>>>,
+    memo: Arc<IndexMemo>,
 }
+
+/// The current object of an identity with what was signed for it: what
+/// the `/v1` lookup answers (`None`: no current object).
+pub type Signed = Option<(ObjectRow, Option<SignatureRow>)>;
+
+type IndexMemo = Memo<Vec<ObjectRow>, Signed>;
 
 /// One stored object row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -164,6 +170,26 @@ impl Repo {
             .bind(version)
             .fetch_optional(&self.reader)
             .await
+    }
+
+    /// The current object of an identity and what was signed for it, from
+    /// the memo while the index is unchanged (the `/v1` lookup's answer:
+    /// two queries, each a hop to a connection's thread, otherwise).
+    pub async fn current_signed(&self, release: &str, arch: &str, version: &str) -> Result<Signed, sqlx::Error> {
+        let stamp = self.memo.stamp();
+        let key = (release.to_owned(), arch.to_owned(), version.to_owned());
+        if let Some(answer) = self.memo.lookup(stamp, &key) {
+            return Ok(answer);
+        }
+        let answer = match self.current(release, arch, version).await? {
+            Some(row) => {
+                let signed = self.signatures(row.id).await?;
+                Some((row, signed))
+            }
+            None => None,
+        };
+        self.memo.put_lookup(stamp, key, answer.clone());
+        Ok(answer)
     }
 
     /// The current objects a static-layout path names (file names are lossy,
@@ -400,7 +426,7 @@ pub struct NewManifest<'a> {
 #[derive(Debug)]
 pub struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
-    memo: Arc<Memo<Vec<ObjectRow>>>,
+    memo: Arc<IndexMemo>,
 }
 
 impl WriteTx {

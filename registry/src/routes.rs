@@ -345,10 +345,6 @@ struct ObjectView {
     signed: Attached,
 }
 
-async fn view(s: &AppState, row: &ObjectRow) -> Result<ObjectView, Error> {
-    object_view(row, s.repo.signatures(row.id).await?.as_ref())
-}
-
 /// An object row as `/v1` answers it, with what was signed for it.
 fn object_view(row: &ObjectRow, signatures: Option<&SignatureRow>) -> Result<ObjectView, Error> {
     let signed = signatures.map(signatures::attached_view).unwrap_or_default();
@@ -468,9 +464,10 @@ async fn lookup_view(
 ) -> Result<ObjectView, V1> {
     let arch = parse_arch(arch)?;
     let id = Identity::new(release, arch, version).map_err(|e| Error::BadRequest(e.to_string()))?;
-    let row = s
+    // One memoised read (row and signatures) while the index is unchanged.
+    let (row, signatures) = s
         .repo
-        .current(&id.kernel_release, id.arch.uname(), &id.version)
+        .current_signed(&id.kernel_release, id.arch.uname(), &id.version)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no object for kernel {release} ({arch}), version {version}")))?;
     let meta = row.metadata()?;
@@ -487,7 +484,7 @@ async fn lookup_view(
     {
         return Err(Error::NotFound(format!("the object for {release} was built for config {have}, not {want}")).into());
     }
-    Ok(view(s, &row).await?)
+    Ok(object_view(&row, signatures.as_ref())?)
 }
 
 /// The static layout: `/<version>/<arch>/<file name>` and `<file name>.sha256`,

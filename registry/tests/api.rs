@@ -810,3 +810,94 @@ async fn a_blob_removed_or_damaged_behind_the_server_is_not_served_from_memory()
     }
     assert_eq!(r.state.blobs.hot_bytes(), 0, "damaged bytes are never cached");
 }
+
+/// The one-trip lookup (`Accept:` the object's media type) as the agent
+/// sends it: status, bytes and the metadata header decoded, beside the
+/// plain JSON answer of the same path. Each is asked twice, so the second
+/// is the memo's answer.
+async fn one_trip(r: &Reg, path: &str) -> (StatusCode, Vec<u8>, Option<serde_json::Value>, serde_json::Value) {
+    use base64::Engine as _;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let mut q = req("GET", path, None, vec![]);
+        q.headers_mut().insert(header::ACCEPT, bpfarm_object::client::OBJECT_MEDIA_TYPE.parse().unwrap());
+        let (s, h, body) = call(r, q).await;
+        let meta = h
+            .get(bpfarm_object::client::METADATA_HEADER)
+            .map(|v| json(&base64::engine::general_purpose::STANDARD.decode(v.as_bytes()).unwrap()));
+        let (_, _, plain) = call(r, req("GET", path, None, vec![])).await;
+        got.push((s, body, meta, json(&plain)));
+    }
+    assert_eq!(got[0], got[1], "{path}: the memoised answer differs from the first");
+    got.remove(0)
+}
+
+/// The lookup's answer is memoised, yet never stale: a replace through
+/// the API, a signature and a change written by another process (sqlite3)
+/// and a delete are each seen by the next lookup, and the one-trip
+/// answer's bytes and metadata header always match the JSON answer.
+#[tokio::test]
+async fn the_memoised_lookup_sees_every_change_to_the_index() {
+    let r = registry(Settings::default()).await;
+    let release = "6.1.0-99-amd64";
+    let path = format!("/v1/objects/x86_64/v0.1.0/{release}");
+    let db = r.data.join("index.sqlite");
+    // sqlite3 is in ci/install-deps; a missing one fails here, loudly.
+    let other_process = |sql: &str| {
+        let out = std::process::Command::new("sqlite3").arg(&db).arg(sql).output().unwrap();
+        assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+    };
+
+    let one = b"object one".to_vec();
+    let m1 = meta(release, &one);
+    assert_eq!(publish(&r, &m1, &one, "").await.0, StatusCode::CREATED);
+    let (s, body, header_meta, plain) = one_trip(&r, &path).await;
+    assert_eq!((s, body), (StatusCode::OK, one.clone()));
+    assert_eq!(header_meta.as_ref(), Some(&plain));
+    assert_eq!(plain["digest"], m1.digest.as_str());
+    assert!(plain.get("signature").is_none(), "{plain}");
+
+    // Another process signs it.
+    let sig = Digest::of_bytes(b"a signature");
+    other_process(&format!(
+        "INSERT INTO object_signatures (object_id, signature_digest, signature_size) \
+         SELECT id, '{sig}', 11 FROM objects WHERE current = 1 AND kernel_release = '{release}';"
+    ));
+    let (s, body, header_meta, plain) = one_trip(&r, &path).await;
+    assert_eq!((s, body), (StatusCode::OK, one.clone()));
+    assert_eq!(header_meta.as_ref(), Some(&plain));
+    assert_eq!(plain["signature"]["digest"], sig.as_str(), "{plain}");
+
+    // Replaced through the API: the new object, unsigned.
+    let two = b"object two, replacing one".to_vec();
+    let m2 = meta(release, &two);
+    assert_eq!(publish(&r, &m2, &two, "?replace=true").await.0, StatusCode::CREATED);
+    let (s, body, header_meta, plain) = one_trip(&r, &path).await;
+    assert_eq!((s, body), (StatusCode::OK, two.clone()));
+    assert_eq!(header_meta.as_ref(), Some(&plain));
+    assert_eq!(plain["digest"], m2.digest.as_str());
+    assert!(plain.get("signature").is_none(), "{plain}");
+
+    // Another process changes the row.
+    other_process(&format!(
+        "UPDATE objects SET published_at = '2001-02-03T04:05:06Z' WHERE current = 1 AND kernel_release = '{release}';"
+    ));
+    let (s, body, header_meta, plain) = one_trip(&r, &path).await;
+    assert_eq!((s, body), (StatusCode::OK, two.clone()));
+    assert_eq!(header_meta.as_ref(), Some(&plain));
+    assert_eq!(plain["published_at"], "2001-02-03T04:05:06Z");
+
+    // Deleted (as `gc` removes a version): gone from both answers.
+    let mut tx = r.state.repo.begin_write().await.unwrap();
+    assert_eq!(tx.delete_version("v0.1.0").await.unwrap(), 2, "the object and the one it replaced");
+    tx.commit().await.unwrap();
+    let (s, _, header_meta, plain) = one_trip(&r, &path).await;
+    assert_eq!((s, header_meta), (StatusCode::NOT_FOUND, None));
+    assert!(plain["message"].as_str().unwrap().contains("no object"), "{plain}");
+
+    // Published again, then deleted by another process: gone too.
+    assert_eq!(publish(&r, &m2, &two, "").await.0, StatusCode::CREATED);
+    assert_eq!(one_trip(&r, &path).await.1, two);
+    other_process(&format!("DELETE FROM object_signatures; DELETE FROM objects WHERE kernel_release = '{release}';"));
+    assert_eq!(one_trip(&r, &path).await.0, StatusCode::NOT_FOUND);
+}
