@@ -1,6 +1,6 @@
 //! `bpfarm-builder`: parse arguments, run the build, print the summary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -464,13 +464,19 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
         progress_bar: !a.no_progress,
         cache_dir: cache_dir.clone(),
     };
-    // Opened before any work, so a bad path is a usage error (exit 2), not
-    // a finished build whose publish and report are then lost.
+    // A temp file beside it, made before any work: a bad path is a usage
+    // error (exit 2), not a finished build whose publish and report are then
+    // lost; renamed over the path only once written, so a run that fails
+    // leaves an earlier run's timings as they were (and no empty file).
     let timings_out = match &a.timings {
-        Some(path) => Some((
-            std::fs::File::create(path).with_context(|| format!("opening the timings file {}", path.display()))?,
-            path.clone(),
-        )),
+        Some(path) => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let tmp = tempfile::Builder::new()
+                .prefix(".timings-")
+                .tempfile_in(dir)
+                .with_context(|| format!("opening the timings file {}", path.display()))?;
+            Some((tmp, path.clone()))
+        }
         None => None,
     };
     let package_cache = a.package_cache.unwrap_or_else(|| cache_dir.join("debs"));
@@ -524,6 +530,10 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
         (Some(dest), Some(path)) => publish_matrix(dest, path),
         _ => true,
     };
+    if let Some((tmp, path)) = timings_out {
+        report.timings.write_to(tmp.as_file()).with_context(|| format!("writing the timings to {}", path.display()))?;
+        tmp.persist(&path).with_context(|| format!("writing the timings to {}", path.display()))?;
+    }
     if let Some(path) = a.report {
         let mut value = serde_json::to_value(&report)?;
         if let Some(p) = &published {
@@ -532,9 +542,6 @@ fn run_build(a: BuildArgs) -> anyhow::Result<bool> {
         let mut json = serde_json::to_vec_pretty(&value)?;
         json.push(b'\n');
         std::fs::write(&path, json).with_context(|| format!("writing the report to {}", path.display()))?;
-    }
-    if let Some((file, path)) = timings_out {
-        report.timings.write_to(file).with_context(|| format!("writing the timings to {}", path.display()))?;
     }
     let signed_all = signatures.as_ref().is_none_or(|s| s.failed.is_empty());
     Ok(!report.any_failed() && signed_all && published.is_none_or(|p| p.ok()) && matrix_ok)

@@ -599,6 +599,29 @@ fn usage_errors_exit_2_with_a_reason() {
     ]));
     assert_eq!(timings.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&timings.stderr).contains("opening the timings file"), "{timings:?}");
+    // A run that fails before building leaves an earlier run's timings as
+    // they were, and no temp file beside them.
+    let earlier = dir.path().join("t.jsonl");
+    std::fs::write(&earlier, "earlier\n").unwrap();
+    let failed = run(builder(&[
+        "build",
+        "--matrix",
+        p(&dir.path().join("no-such-matrix.toml")),
+        "--cache-dir",
+        p(dir.path()),
+        "--out",
+        p(&out),
+        "--timings",
+        p(&earlier),
+    ]));
+    assert_eq!(failed.status.code(), Some(2), "{failed:?}");
+    assert_eq!(std::fs::read_to_string(&earlier).unwrap(), "earlier\n");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".timings-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     assert!(!dir.path().join("r.json").exists());
     assert!(std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0) == 0, "nothing was built");
     let help = Command::new(BIN).args(["build", "--help"]).output().unwrap();
