@@ -611,13 +611,17 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--sizes", default="100K,1M,10M", help="object sizes, comma-separated (K = 1000 bytes, M = 10^6)")
-    ap.add_argument("--repeat", type=int, default=1, help="interleaved rounds of wrk runs per size (the median is shown, with the best and the spread)")
+    ap.add_argument("--repeat", type=int, default=1, help="interleaved rounds: of wrk runs per size, or with --ttfb of N requests each (the median is shown, with the best and the spread)")
     ap.add_argument("--registry-bin", default=os.path.join(ROOT, "target/release/bpfarm-registry"))
     ap.add_argument("--soak", type=int, metavar="SECONDS", help="run the soak for this long instead of the comparison")
     ap.add_argument("--slowloris", type=int, default=300, help="slowloris connections during the soak")
     ap.add_argument("--ttfb", type=int, metavar="N", help="time to first byte of the one-trip lookup: N requests per round, quiet and back to back")
-    ap.add_argument("--baseline-bin", help="with --ttfb: a baseline registry binary, measured interleaved")
+    ap.add_argument("--baseline-bin", metavar="PATH", help="with --ttfb: the bpfarm-registry executable of an older checkout (a file, not a folder), measured in alternating rounds")
     args = ap.parse_args()
+    if args.ttfb is not None and args.ttfb < 1:
+        ap.error("--ttfb N needs N >= 1")
+    if args.baseline_bin and args.ttfb is None:
+        ap.error("--baseline-bin is for --ttfb only")
     if args.ttfb:
         return ttfb(args)
     if args.soak:
