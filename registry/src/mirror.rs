@@ -125,12 +125,22 @@ pub struct MirrorReport {
 
 /// Syncs `state` from `config.from` (see the module docs).
 pub async fn mirror(state: &AppState, config: &MirrorConfig) -> Result<MirrorReport, MirrorError> {
+    on_blocking_thread(state, config, run).await
+}
+
+/// A mirror's sync as `mirror` and `oci_mirror::mirror` run it: the
+/// transport owns a runtime of its own, so `sync` is driven (and the
+/// transport dropped) from a blocking thread, and its storage calls go
+/// back to this runtime through the handle it is given.
+pub(crate) async fn on_blocking_thread(
+    state: &AppState,
+    config: &MirrorConfig,
+    sync: fn(&tokio::runtime::Handle, &AppState, &MirrorConfig) -> Result<MirrorReport, MirrorError>,
+) -> Result<MirrorReport, MirrorError> {
     let handle = tokio::runtime::Handle::current();
     let state = state.clone();
     let config = config.clone();
-    // The transport owns a runtime of its own: it is driven (and dropped)
-    // from a blocking thread, and storage calls go back to this runtime.
-    tokio::task::spawn_blocking(move || run(&handle, &state, &config))
+    tokio::task::spawn_blocking(move || sync(&handle, &state, &config))
         .await
         .map_err(|e| MirrorError::Task(e.to_string()))?
 }

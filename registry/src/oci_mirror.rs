@@ -39,14 +39,7 @@ pub async fn mirror(state: &AppState, config: &MirrorConfig) -> Result<MirrorRep
     if !config.from.starts_with("oci://") {
         return crate::mirror::mirror(state, config).await;
     }
-    let handle = tokio::runtime::Handle::current();
-    let state = state.clone();
-    let config = config.clone();
-    // As in `mirror`: the transport owns a runtime of its own, driven from
-    // a blocking thread; storage calls go back to this runtime.
-    tokio::task::spawn_blocking(move || run(&handle, &state, &config))
-        .await
-        .map_err(|e| MirrorError::Task(e.to_string()))?
+    crate::mirror::on_blocking_thread(state, config, run).await
 }
 
 /// Mirrors `config.from` (an `oci://` target) into `state`, from a blocking
