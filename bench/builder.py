@@ -18,11 +18,12 @@ compile's CPU time per kernel; and where the cold build's time went (from
 `build --timings`): CPU and wall per stage, the phases, how many workers and
 cores were busy over time, the longest dependency chain and the idle tail.
 With --baseline, another bpfarm-builder (e.g. main's) is timed cold and warm
-in the same run. Targets (2 cores): cold within 1.3x of the floor; cold >= 4x
+in the same run (--repeat N: N alternating rounds of both, medians printed,
+with the packages each cold build inspected, a count no load changes). Targets (2 cores): cold within 1.3x of the floor; cold >= 4x
 faster than naive; warm < 1 s.
 
     bench/builder.py [--matrix kernels/debian-bookworm.toml] [--arch amd64|all] [--limit N] [--no-naive]
-                     [--builder target/release/bpfarm-builder] [--baseline OLD-BUILDER] [--program-dir bpf]
+                     [--builder target/release/bpfarm-builder] [--baseline OLD-BUILDER [--repeat N]] [--program-dir bpf]
 """
 import argparse
 import json
@@ -190,10 +191,16 @@ def main():
     ap.add_argument("--suites", default="", help="only kernels in these suites (comma-separated prefixes: bookworm,trixie)")
     ap.add_argument("--builder", default=os.path.join(ROOT, "target/release/bpfarm-builder"))
     ap.add_argument("--baseline", help="another bpfarm-builder (e.g. built from main) to time cold and warm in the same run")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="with --baseline: cold + warm builds of both, alternating, this many times; medians printed")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive script (the slowest part)")
     ap.add_argument("--time-trace", action="store_true", help="also compile each kernel with clang -ftime-trace and print where its time goes")
     ap.add_argument("--program-dir", default=os.path.join(ROOT, "bpf"), help="the program the floor and the naive script compile (the one --builder embeds)")
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error("--repeat takes a count of 1 or more")
+    if args.repeat > 1 and not args.baseline:
+        ap.error("--repeat alternates the builder with --baseline: give --baseline OLD-BUILDER")
     sys.stdout.reconfigure(line_buffering=True)
 
     if not os.path.exists(args.builder):
@@ -231,28 +238,61 @@ def main():
     n = len(kernels)
     print(f"bench: {n} kernels ({args.arch}) from {os.path.relpath(args.matrix, ROOT)}, {os.cpu_count()} cores", flush=True)
 
-    def cold_and_warm(builder, name, timings=None):
+    def cold_and_warm(builder, name, timings):
         """A cold build into fresh folders, then the same again (warm)."""
         bcache, out = os.path.join(work, f"cache-{name}"), os.path.join(work, f"out-{name}")
         build = [builder, "build", "--matrix", sub, "--package-cache", debs, "--cache-dir", bcache, "--out", out, "--no-progress"]
-        extra = ["--timings", timings] if timings else []
-        cold, rss, rc, cpu_s, sampler = timed_sampled(build + extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        load = float(open("/proc/loadavg").read().split()[0])
+        cold, rss, rc, cpu_s, sampler = timed_sampled(build + ["--timings", timings], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if rc != 0:
             raise SystemExit(f"bench: cold build failed ({rc}); run it by hand: {' '.join(build)}")
         warm, warm_rss, rc = timed(build, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if rc != 0:
             raise SystemExit("bench: warm build failed")
-        return dict(cold=cold, rss=rss, cpu=cpu_s, sampler=sampler, warm=warm, warm_rss=warm_rss, out=out, cache=bcache)
+        # The packages the cold build inspected (opened: its facts cache was
+        # empty), and the CPU that took: a count no load changes.
+        with open(timings) as f:
+            spans = [json.loads(l) for l in list(f)[1:] if l.strip()]
+        insp = [sp for sp in spans if sp["stage"] == "inspect"]
+        return dict(cold=cold, rss=rss, cpu=cpu_s, sampler=sampler, warm=warm, warm_rss=warm_rss, out=out, cache=bcache,
+                    inspected=len(insp), inspect_cpu=sum(sp["cpu"] for sp in insp), load=load)
 
-    base = None
-    if args.baseline:
-        base = cold_and_warm(args.baseline, "baseline")
-        shutil.rmtree(base["cache"], ignore_errors=True)
-        shutil.rmtree(base["out"], ignore_errors=True)
+    def median(xs):
+        xs = sorted(xs)
+        return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+    # Old and new alternate, so load drift hits both alike; the last new
+    # run's output and timings are what the rest of the bench reads.
     timings = os.path.join(work, "timings.jsonl")
-    new = cold_and_warm(args.builder, "new", timings)
+    base_runs, new_runs = [], []
+    for i in range(args.repeat):
+        if args.baseline:
+            b = cold_and_warm(args.baseline, "baseline", os.path.join(work, "timings-baseline.jsonl"))
+            shutil.rmtree(b["cache"], ignore_errors=True)
+            shutil.rmtree(b["out"], ignore_errors=True)
+            base_runs.append(b)
+        r = cold_and_warm(args.builder, "new", timings)
+        shutil.rmtree(r["cache"], ignore_errors=True)
+        if i < args.repeat - 1:
+            shutil.rmtree(r["out"], ignore_errors=True)
+        new_runs.append(r)
+        if args.repeat > 1:
+            print(f"round {i + 1}/{args.repeat} (load {b['load']:.2f} / {r['load']:.2f}): baseline cold {b['cold']:.2f} s, "
+                  f"CPU {b['cpu']:.2f} s, inspected {b['inspected']}; new cold {r['cold']:.2f} s, CPU {r['cpu']:.2f} s, "
+                  f"inspected {r['inspected']}", flush=True)
+
+    def summary(runs):
+        """Medians over the rounds (the run itself when there is one)."""
+        out = dict(runs[-1])
+        for k in ("cold", "cpu", "warm", "rss", "warm_rss", "inspect_cpu"):
+            out[k] = median([r[k] for r in runs])
+        out["cpus"] = [r["cpu"] for r in runs]
+        out["loads"] = [r["load"] for r in runs]
+        return out
+
+    new = summary(new_runs)
+    base = summary(base_runs) if base_runs else None
     cold, cold_rss, warm, warm_rss, out = new["cold"], new["rss"], new["warm"], new["warm_rss"], new["out"]
-    shutil.rmtree(new["cache"], ignore_errors=True)
 
     metas = []
     for root, _, files in os.walk(out):
@@ -355,12 +395,19 @@ def main():
     print(f"bpfarm warm (unchanged) : {warm:7.2f} s   peak RSS {warm_rss:.0f} MiB")
     print(f"ratio cold/floor        : {cold / floor:7.2f}x  (target <= 1.3x)   cold / the floor's work on {cores} workers: {cold / floor_wall:.2f}x")
     print(f"ratio warm/floor        : {warm / floor:7.2f}x")
+    print(f"packages inspected      : {new['inspected']:7d}     ({new['inspect_cpu']:.2f} s CPU; "
+          f"{len([f for f in os.listdir(debs) if f.endswith('.deb')])} packages in {debs})")
     if base:
         print(f"baseline cold           : {base['cold']:7.2f} s   ({base['cold'] / n:.2f} s/kernel)   peak RSS {base['rss']:.0f} MiB; "
               f"CPU {base['cpu']:.2f} s = {base['cpu'] / floor_cpu:.2f}x the floor's CPU")
         print(f"baseline warm           : {base['warm']:7.2f} s")
+        print(f"baseline inspected      : {base['inspected']:7d}     ({base['inspect_cpu']:.2f} s CPU)")
         print(f"baseline cold/floor     : {base['cold'] / floor:7.2f}x   warm/floor {base['warm'] / floor:.2f}x   "
-              f"new cold / baseline cold {cold / base['cold']:.2f}x")
+              f"new cold / baseline cold {cold / base['cold']:.2f}x   new CPU / baseline CPU {new['cpu'] / base['cpu']:.2f}x")
+        if args.repeat > 1:
+            print(f"  (medians of {args.repeat} alternating rounds; CPU new {' '.join(f'{c:.2f}' for c in new['cpus'])}, "
+                  f"baseline {' '.join(f'{c:.2f}' for c in base['cpus'])}; 1-min load at each start "
+                  f"{' '.join(f'{l:.1f}' for l in base['loads'] + new['loads'])})")
     if naive is not None:
         print(f"ratio naive/cold        : {naive / cold:7.2f}x  (target >= 4x)")
     print(f"warm target < 1 s       : {'met' if warm < 1 else 'NOT met'}")

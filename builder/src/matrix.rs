@@ -7,7 +7,9 @@
 //!   archive's file name, size and sha256, so `fetch` can download and check
 //!   them without apt;
 //! - by name only (`package`, `arch`, `release`): the packages must already
-//!   be in the package cache under their apt file names.
+//!   be in the package cache under their apt file names; a build opens
+//!   those the entries and their flavours' `Depends` name (see
+//!   `build::plan`), not the whole cache.
 
 use std::path::{Component, Path, PathBuf};
 

@@ -247,6 +247,29 @@ fn constraint_text(d: &Dependency) -> String {
     d.constraint.as_ref().map(|(op, v)| format!(" ({op} {v})")).unwrap_or_default()
 }
 
+/// What a file's name claims a package is, when it is apt's
+/// `<name>_<version>_<arch>.deb` (how apt and `fetch` name packages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AptName {
+    pub name: String,
+    /// With apt's `%3a` turned back into the epoch's `:`.
+    pub version: String,
+    pub arch: String,
+}
+
+/// The [`AptName`] of a file (no part may hold a `_`). Only a hint of where
+/// to look: what a package is comes from its control data.
+pub fn apt_name(path: &Path) -> Option<AptName> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(".deb")?;
+    let mut parts = stem.split('_');
+    let (name, version, arch) = (parts.next()?, parts.next()?, parts.next()?);
+    (parts.next().is_none() && ![name, version, arch].contains(&"")).then(|| AptName {
+        name: name.to_owned(),
+        version: version.replace("%3a", ":"),
+        arch: arch.to_owned(),
+    })
+}
+
 /// The `.deb` files under the given paths (files themselves, or folders,
 /// not recursive).
 pub fn find_debs(paths: &[PathBuf]) -> Result<Vec<PathBuf>, PackageError> {
@@ -292,6 +315,23 @@ mod tests {
         assert_eq!(f["Package"], "x");
         assert_eq!(f["Depends"], "a, b");
         assert_eq!(f["Version"], "1");
+    }
+
+    #[test]
+    fn apt_names_are_name_version_arch() {
+        let n = |s: &str| apt_name(Path::new(s)).map(|a| (a.name, a.version, a.arch));
+        let t = |a: &str, b: &str, c: &str| Some((a.to_owned(), b.to_owned(), c.to_owned()));
+        assert_eq!(
+            n("/c/linux-headers-6.1.0-56-amd64_6.1.192-2_amd64.deb"),
+            t("linux-headers-6.1.0-56-amd64", "6.1.192-2", "amd64")
+        );
+        assert_eq!(n("linux-kbuild-6.1_1%3a6.1.192-2_arm64.deb"), t("linux-kbuild-6.1", "1:6.1.192-2", "arm64"));
+        assert_eq!(n("renamed.deb"), None);
+        assert_eq!(n("a_b.deb"), None);
+        assert_eq!(n("a_b_c_d.deb"), None);
+        assert_eq!(n("_1_amd64.deb"), None);
+        assert_eq!(n("a_1_amd64.rpm"), None);
+        assert_eq!(n("sha256"), None);
     }
 
     fn facts(name: &str, version: &str, arch: &str, depends: &str) -> PackageFacts {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use bpfarm_builder::matrix::Matrix;
 use bpfarm_builder::validate::validate;
 use bpfarm_object::{Arch, BuildMode, Digest, ObjectMetadata, object_file_name};
 use bpfarm_tests::{Entry, ToolShim, deb, fixture_debs, privileged, repo_root, write_deb};
@@ -303,6 +304,161 @@ fn shards_partition_the_matrix_by_release() {
     }
     seen.sort();
     assert_eq!(seen, ["6.1.0-56-amd64", "6.12.117+deb12-amd64", "6.12.117+deb12-arm64", "6.12.117+deb12-cloud-amd64"]);
+}
+
+/// The default matrix with its kernels by name only (`package`, `arch`,
+/// `release`: what bench/builder.py writes), so a build searches the
+/// package cache instead of the pinned store.
+fn by_name_matrix(dir: &Path) -> PathBuf {
+    let mut m = Matrix::load(&repo_root().join("kernels/default.toml")).unwrap();
+    m.suites.clear();
+    for k in &mut m.kernels {
+        k.debs.clear();
+    }
+    let path = dir.join("by-name.toml");
+    std::fs::write(&path, m.to_toml("the default matrix, by name").unwrap()).unwrap();
+    path
+}
+
+/// A package cache holding every package of `from` under its apt name
+/// (hard links where the file system allows), with nothing under sha256/.
+fn package_cache_like(from: &Path, to: &Path) -> usize {
+    std::fs::create_dir_all(to).unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        if e.file_type().unwrap().is_file() && e.path().extension().is_some_and(|x| x == "deb") {
+            let dest = to.join(e.file_name());
+            std::fs::hard_link(e.path(), &dest).or_else(|_| std::fs::copy(e.path(), &dest).map(drop)).unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The package subjects of a run's `inspect` spans, sorted.
+fn inspected(timings: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(timings).unwrap();
+    let mut v: Vec<String> = text
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|s| s["stage"] == "inspect")
+        .map(|s| s["subject"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_build_by_name_opens_only_the_packages_its_kernels_use() {
+    let b = shared();
+    let dir = tempfile::tempdir().unwrap();
+    // Every real package this cache holds (the default matrix's, and any
+    // other kernel's fetched into it), plus one that is no package at all
+    // under the apt name of a kernel the matrix does not have.
+    let debs = dir.path().join("debs");
+    let real = package_cache_like(&fixture_debs(), &debs);
+    std::fs::write(debs.join("linux-headers-9.9.9-1-amd64_9.9.9-1_amd64.deb"), b"not a package").unwrap();
+    let matrix = by_name_matrix(dir.path());
+    let pinned = Matrix::load(&repo_root().join("kernels/default.toml")).unwrap();
+    let mut used: Vec<String> = pinned.debs().iter().map(|d| d.apt_file_name()).collect();
+    used.sort();
+    assert_eq!(used.len(), 9, "{used:?}");
+    eprintln!("package cache: {real} real packages, {} of them used by the default matrix", used.len());
+    let build = |extra: &[&str], cache: &str, out: &str| {
+        let timings = dir.path().join(format!("{out}.jsonl"));
+        let o = run(builder(&[
+            "build",
+            "--matrix",
+            p(&matrix),
+            "--package-cache",
+            p(&debs),
+            "--cache-dir",
+            p(&dir.path().join(cache)),
+            "--out",
+            p(&dir.path().join(out)),
+            "--timings",
+            p(&timings),
+        ])
+        .args(extra));
+        (o, inspected(&timings))
+    };
+
+    // Cold: exactly the nine packages the four kernels use are opened, and
+    // the objects are the pinned build's, byte for byte.
+    let (out, opened) = build(&[], "cache", "out");
+    assert!(out.status.success(), "an unrelated broken package failed the build");
+    assert_eq!(opened, used, "a build by name opened packages its kernels do not use");
+    let mut compared = 0;
+    for arch in ["x86_64", "aarch64"] {
+        for e in std::fs::read_dir(b.out().join(arch)).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".o") && name != object_file_name(&running_release(), VERSION) {
+                let mine = dir.path().join("out").join(arch).join(&name);
+                let theirs = std::fs::read(&mine).unwrap_or_else(|e| panic!("{}: {e}", mine.display()));
+                assert!(std::fs::read(e.path()).unwrap() == theirs, "{name} differs from the pinned build's");
+                let meta = |d: &Path| -> ObjectMetadata {
+                    serde_json::from_slice(&std::fs::read(d.join(arch).join(format!("{name}.json"))).unwrap()).unwrap()
+                };
+                assert_eq!(meta(&dir.path().join("out")).sources, meta(&b.out()).sources, "{name}");
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, 4);
+
+    // One kernel: only its flavour, -common and linux-kbuild; the six other
+    // real packages of the default matrix stay closed.
+    let (out, opened) = build(&["--select", r"^6\.1\.0-56-amd64$"], "cache", "one");
+    assert!(out.status.success());
+    assert_eq!(
+        opened,
+        [
+            "linux-headers-6.1.0-56-amd64_6.1.192-2_amd64.deb",
+            "linux-headers-6.1.0-56-common_6.1.192-2_all.deb",
+            "linux-kbuild-6.1_6.1.192-2_amd64.deb",
+        ]
+    );
+}
+
+#[test]
+fn a_package_under_another_file_name_is_still_found() {
+    // File names only say which packages to open first: a flavour package
+    // under a name apt would not give it is found by inspecting the rest of
+    // the cache, and builds what the pinned build built.
+    let b = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let debs = dir.path().join("debs");
+    package_cache_like(&fixture_debs(), &debs);
+    let flavour = "linux-headers-6.1.0-56-amd64_6.1.192-2_amd64.deb";
+    std::fs::rename(debs.join(flavour), debs.join("renamed.deb")).unwrap();
+    let timings = dir.path().join("t.jsonl");
+    let report = dir.path().join("r.json");
+    let out = run(builder(&[
+        "build",
+        "--matrix",
+        p(&by_name_matrix(dir.path())),
+        "--select",
+        r"^6\.1\.0-56-amd64$",
+        "--package-cache",
+        p(&debs),
+        "--cache-dir",
+        p(&b.cache()),
+        "--out",
+        p(&dir.path().join("out")),
+        "--timings",
+        p(&timings),
+        "--report",
+        p(&report),
+    ]));
+    assert!(out.status.success());
+    let opened = inspected(&timings);
+    assert!(opened.iter().any(|s| s == "renamed.deb"), "{opened:?}");
+    let name = object_file_name("6.1.0-56-amd64", VERSION);
+    assert_eq!(
+        std::fs::read(dir.path().join("out/x86_64").join(&name)).unwrap(),
+        std::fs::read(b.out().join("x86_64").join(&name)).unwrap()
+    );
 }
 
 /// A copy of bpf/ with `edit` applied to tracer.bpf.c.

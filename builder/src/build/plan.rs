@@ -218,16 +218,26 @@ pub(super) fn plan(
         matrix.iter().flat_map(|m| &m.kernels).partition(|k| !k.rpms.is_empty());
     let (pinned, by_name): (Vec<&MatrixKernel>, Vec<&MatrixKernel>) =
         deb_kernels.into_iter().partition(|k| !k.debs.is_empty());
-    if !by_name.is_empty() {
+    let explicit: Vec<PathBuf> =
+        packages::find_debs(&req.headers.iter().filter(|p| !tree_dirs.contains(p)).cloned().collect::<Vec<_>>())?;
+    let wanted = |f: &PackageFacts| {
+        explicit.contains(&f.path) || by_name.iter().any(|k| k.package == f.name && k.arch == f.deb_arch)
+    };
+    let given = packages::find_debs(&deb_paths)?;
+    let cached = if by_name.is_empty() {
+        Vec::new()
+    } else {
         deb_paths.push(req.package_cache.clone());
-    }
-    let debs = packages::find_debs(&deb_paths)?;
-    let inspected: Vec<Result<PackageFacts, PackageError>> = debs
-        .par_iter()
-        .map(|p| timings.time("inspect", &subject_name(p), || packages::inspect(p, &facts_dir)))
-        .collect();
+        packages::find_debs(std::slice::from_ref(&req.package_cache))?
+    };
+    let inspect = |paths: &[PathBuf]| -> Vec<Inspection> {
+        paths
+            .par_iter()
+            .map(|p| timings.time("inspect", &subject_name(p), || packages::inspect(p, &facts_dir)))
+            .collect()
+    };
     let mut facts = Vec::new();
-    for (path, r) in debs.iter().zip(inspected) {
+    for (path, r) in inspect_usable(given, cached, &by_name, &wanted, &inspect) {
         match r {
             Ok(f) => facts.push(f),
             Err(e) => {
@@ -250,11 +260,6 @@ pub(super) fn plan(
             failed.push(*Unbuildable::input(k.label(), Arch::from_any(&k.arch), e));
         }
     }
-    let explicit: Vec<PathBuf> =
-        packages::find_debs(&req.headers.iter().filter(|p| !tree_dirs.contains(p)).cloned().collect::<Vec<_>>())?;
-    let wanted = |f: &PackageFacts| {
-        explicit.contains(&f.path) || by_name.iter().any(|k| k.package == f.name && k.arch == f.deb_arch)
-    };
     let mut pairs: Vec<Result<DebKernel, Box<Unbuildable>>> = packages::pair(&facts)
         .into_iter()
         .filter(|r| {
@@ -387,6 +392,100 @@ pub(super) fn plan(
         .collect();
     keyed.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     Ok((keyed.into_iter().map(|(_, _, k)| k).collect(), failed))
+}
+
+/// What inspecting one package found.
+type Inspection = Result<PackageFacts, PackageError>;
+
+/// What `inspect` found for each package path.
+type Inspected = Vec<(PathBuf, Inspection)>;
+
+/// Inspects the packages the build can use: every package given with
+/// `--headers`, and of the package cache (`cached`, read for by-name
+/// matrix entries) only those whose apt file name (`packages::apt_name`)
+/// is an entry's flavour package, then those a wanted flavour's control
+/// data names as its `-common` or `linux-kbuild` partner (at the version
+/// pairing would pick, then at any version). A file name only
+/// says which packages to open; each one opened is inspected in full and
+/// its control data alone says what it is, as before. Should that leave an
+/// entry without its flavour or a wanted flavour without a partner (a
+/// package under another file name), the rest of the cache is inspected
+/// too, so nothing a full scan would build fails here. Where the packages
+/// carry apt's names (as `fetch` and apt write them) each kernel gets the
+/// packages a full scan gives it; what is not opened is neither chosen nor
+/// reported (a broken package no kernel names no longer fails the build).
+/// The results come in path order, the order a full scan has.
+fn inspect_usable(
+    given: Vec<PathBuf>,
+    cached: Vec<PathBuf>,
+    by_name: &[&MatrixKernel],
+    wanted: &dyn Fn(&PackageFacts) -> bool,
+    inspect: &dyn Fn(&[PathBuf]) -> Vec<Inspection>,
+) -> Inspected {
+    let mut done: Inspected = Vec::new();
+    let run = |paths: Vec<PathBuf>, done: &mut Inspected| {
+        let results = inspect(&paths);
+        done.extend(paths.into_iter().zip(results));
+    };
+    let rest: Vec<PathBuf> = cached.into_iter().filter(|p| !given.contains(p)).collect();
+    run(given, &mut done);
+    // What a file's apt name must say to be opened: a name, an arch, and a
+    // version when only one can be chosen.
+    type Want = (String, String, Option<String>);
+    let named = |p: &PathBuf, wants: &[Want]| {
+        packages::apt_name(p).is_some_and(|a| {
+            wants
+                .iter()
+                .any(|(n, arch, v)| *n == a.name && *arch == a.arch && v.as_ref().is_none_or(|v| *v == a.version))
+        })
+    };
+    let entries: Vec<Want> = by_name.iter().map(|k| (k.package.clone(), k.arch.clone(), None)).collect();
+    let (flavours, rest): (Vec<PathBuf>, Vec<PathBuf>) = rest.into_iter().partition(|p| named(p, &entries));
+    run(flavours, &mut done);
+    // The partners `packages::pair` would choose: the `-common` of the
+    // flavour's arch or `all` at the exact version its `Depends` pins, the
+    // `linux-kbuild` of its arch at the flavour's own version (the one
+    // pairing prefers over every other). Then, if that does not pair,
+    // every version of them; then the rest of the cache.
+    let partners = |done: &Inspected, exact: bool| -> Vec<Want> {
+        let mut v = Vec::new();
+        for f in done.iter().filter_map(|(_, r)| r.as_ref().ok()).filter(|f| wanted(f)) {
+            if let Some(d) = f.common_dep() {
+                let pinned = d.constraint.as_ref().filter(|(op, _)| exact && op == "=").map(|(_, v)| v.clone());
+                v.push((d.name.clone(), "all".to_owned(), pinned.clone()));
+                v.push((d.name.clone(), f.deb_arch.clone(), pinned));
+            }
+            if let Some(d) = f.kbuild_dep() {
+                v.push((d.name.clone(), f.deb_arch.clone(), exact.then(|| f.version.clone())));
+            }
+        }
+        v
+    };
+    // `strict`: a wanted flavour must also have its kbuild at its own
+    // version, or the other versions must be looked at first.
+    let complete = |done: &Inspected, strict: bool| {
+        let facts: Vec<PackageFacts> = done.iter().filter_map(|(_, r)| r.as_ref().ok().cloned()).collect();
+        by_name.iter().all(|k| facts.iter().any(|f| f.name == k.package && f.deb_arch == k.arch))
+            && packages::pair(&facts).iter().all(|r| match r {
+                Ok(d) => !strict || !wanted(&d.flavour) || d.kbuild.version == d.flavour.version,
+                // No package can supply a kbuild the flavour does not name.
+                Err(u) => !wanted(&u.flavour) || matches!(u.missing, packages::Missing::KbuildDepends),
+            })
+    };
+    let wants = partners(&done, true);
+    let (found, mut rest): (Vec<PathBuf>, Vec<PathBuf>) = rest.into_iter().partition(|p| named(p, &wants));
+    run(found, &mut done);
+    if !complete(&done, true) {
+        let wants = partners(&done, false);
+        let (found, others): (Vec<PathBuf>, Vec<PathBuf>) = rest.into_iter().partition(|p| named(p, &wants));
+        run(found, &mut done);
+        rest = others;
+    }
+    if !complete(&done, false) {
+        run(rest, &mut done);
+    }
+    done.sort_by(|a, b| a.0.cmp(&b.0));
+    done
 }
 
 /// A pinned matrix kernel: its three packages from the digest store, paired
