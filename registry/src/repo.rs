@@ -16,6 +16,7 @@ use std::time::Duration;
 use bpfarm_object::{Identity, ObjectMetadata};
 
 use crate::memo::Memo;
+use futures_util::TryStreamExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 #[derive(Debug, Clone)]
@@ -106,6 +107,23 @@ pub struct CoverageObject {
     pub version: String,
     pub digest: String,
     pub size: i64,
+}
+
+/// Which rows a coverage count reads (`coverage_pairs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellRows {
+    Objects,
+    Failures,
+}
+
+/// A (release, arch) pair with rows, as a coverage count reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CoveragePair {
+    pub kernel_release: String,
+    pub arch: String,
+    /// Which of the counted versions it has rows for, `\n`-separated
+    /// (versions hold no `\n`); `None`: none of them.
+    pub versions: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -269,38 +287,84 @@ impl Repo {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Everything the coverage page shows: current objects and failures,
-    /// of each failure's message only its first line, at most `title`
-    /// characters (messages are up to 16 KiB each; the page shows a title).
-    pub async fn coverage(&self, title: usize) -> Result<(Vec<CoverageObject>, Vec<CoverageFailure>), sqlx::Error> {
-        let objects =
-            sqlx::query_as("SELECT kernel_release, arch, version, digest, size FROM objects WHERE current = 1")
-                .fetch_all(&self.reader)
-                .await?;
+    /// Every version with a current object or a failure, each once (a
+    /// coverage count picks the ones it counts from these), as they come.
+    pub async fn coverage_versions(&self, mut each: impl FnMut(String)) -> Result<(), sqlx::Error> {
+        let mut rows = sqlx::query_scalar::<_, String>(
+            "SELECT version FROM objects WHERE current = 1 UNION SELECT version FROM failures",
+        )
+        .fetch(&self.reader);
+        while let Some(v) = rows.try_next().await? {
+            each(v);
+        }
+        Ok(())
+    }
+
+    /// One row per (release, arch) pair with current objects (or
+    /// failures), naming which of the `counted` versions it has, as they
+    /// come: what a coverage count reads, grouped by sqlite, instead of a
+    /// row per object.
+    pub async fn coverage_pairs(
+        &self,
+        rows: CellRows,
+        counted: &[String],
+        mut each: impl FnMut(CoveragePair),
+    ) -> Result<(), sqlx::Error> {
+        let sql = match rows {
+            CellRows::Objects => {
+                "SELECT kernel_release, arch,
+                        group_concat(CASE WHEN version IN (SELECT value FROM json_each(?1)) THEN version END, char(10)) AS versions
+                   FROM objects WHERE current = 1 GROUP BY kernel_release, arch"
+            }
+            CellRows::Failures => {
+                "SELECT kernel_release, arch,
+                        group_concat(CASE WHEN version IN (SELECT value FROM json_each(?1)) THEN version END, char(10)) AS versions
+                   FROM failures GROUP BY kernel_release, arch"
+            }
+        };
+        let counted = serde_json::Value::from(counted.to_vec()).to_string();
+        let mut pairs = sqlx::query_as::<_, CoveragePair>(sql).bind(counted).fetch(&self.reader);
+        while let Some(p) = pairs.try_next().await? {
+            each(p);
+        }
+        Ok(())
+    }
+
+    /// The cells of the coverage page's detail rows, `releases` ×
+    /// `versions` only: current objects (digest and size: the download
+    /// link) and failures, of each failure's message only its first line,
+    /// at most `title` characters (messages are up to 16 KiB each; the
+    /// page shows a title).
+    pub async fn coverage_detail(
+        &self,
+        releases: &[&str],
+        versions: &[String],
+        title: usize,
+    ) -> Result<(Vec<CoverageObject>, Vec<CoverageFailure>), sqlx::Error> {
+        let releases = serde_json::Value::from(releases.to_vec()).to_string();
+        let versions = serde_json::Value::from(versions.to_vec()).to_string();
+        let objects = sqlx::query_as(
+            "SELECT kernel_release, arch, version, digest, size FROM objects
+              WHERE current = 1 AND kernel_release IN (SELECT value FROM json_each(?1))
+                AND version IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(releases.as_str())
+        .bind(versions.as_str())
+        .fetch_all(&self.reader)
+        .await?;
         let failures = sqlx::query_as(
             "SELECT kernel_release, arch, version,
-                    rtrim(substr(message, 1, CASE instr(message, char(10)) WHEN 0 THEN ?1
-                                                  ELSE min(instr(message, char(10)) - 1, ?1) END), char(13)) AS message
-               FROM failures",
+                    rtrim(substr(message, 1, CASE instr(message, char(10)) WHEN 0 THEN ?3
+                                                  ELSE min(instr(message, char(10)) - 1, ?3) END), char(13)) AS message
+               FROM failures
+              WHERE kernel_release IN (SELECT value FROM json_each(?1))
+                AND version IN (SELECT value FROM json_each(?2))",
         )
+        .bind(releases.as_str())
+        .bind(versions.as_str())
         .bind(i64::try_from(title).unwrap_or(i64::MAX))
         .fetch_all(&self.reader)
         .await?;
-        Ok((objects, failures))
-    }
-
-    /// What `GET /v1/coverage` counts: current objects and failures, the
-    /// objects' `digest` and the failures' `message` left empty (the report
-    /// shows neither: a digest is 71 bytes × every object, a message up to
-    /// 16 KiB that pushers write).
-    pub async fn coverage_cells(&self) -> Result<(Vec<CoverageObject>, Vec<CoverageFailure>), sqlx::Error> {
-        let objects =
-            sqlx::query_as("SELECT kernel_release, arch, version, '' AS digest, size FROM objects WHERE current = 1")
-                .fetch_all(&self.reader)
-                .await?;
-        let failures = sqlx::query_as("SELECT kernel_release, arch, version, '' AS message FROM failures")
-            .fetch_all(&self.reader)
-            .await?;
         Ok((objects, failures))
     }
 
