@@ -31,7 +31,10 @@ pub struct Repo {
 /// the `/v1` lookup answers (`None`: no current object).
 pub type Signed = Option<(ObjectRow, Option<SignatureRow>)>;
 
-type IndexMemo = Memo<Vec<ObjectRow>, Signed>;
+/// Every stored token's hash with its scope (`token_hashes`).
+pub type TokenHashes = Arc<[(String, Scope)]>;
+
+type IndexMemo = Memo<Vec<ObjectRow>, Signed, TokenHashes>;
 
 /// One stored object row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -393,9 +396,26 @@ impl Repo {
         Ok(())
     }
 
-    /// Every stored token hash with its scope.
-    pub async fn token_hashes(&self) -> Result<Vec<(String, Scope)>, sqlx::Error> {
-        sqlx::query_as("SELECT hash, scope FROM tokens").fetch_all(&self.reader).await
+    /// Every stored token hash with its scope, from the memo while the
+    /// index is unchanged: the access check of a request presenting a
+    /// token makes no sqlite hop, and a token revoked by any process (any
+    /// commit to the index) is read again by the next request.
+    pub async fn token_hashes(&self) -> Result<TokenHashes, sqlx::Error> {
+        let stamp = self.memo.stamp();
+        if let Some(tokens) = self.memo.tokens(stamp) {
+            return Ok(tokens);
+        }
+        let rows: Vec<(String, Scope)> =
+            sqlx::query_as("SELECT hash, scope FROM tokens").fetch_all(&self.reader).await?;
+        let tokens: TokenHashes = rows.into();
+        self.memo.put_tokens(stamp, tokens.clone());
+        Ok(tokens)
+    }
+
+    /// Removes the token named `name`; whether there was one.
+    pub async fn remove_token(&self, name: &str) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM tokens WHERE name = ?").bind(name).execute(&self.writer).await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Starts the one kind of transaction that changes what is current.

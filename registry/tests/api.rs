@@ -902,6 +902,85 @@ async fn the_memoised_lookup_sees_every_change_to_the_index() {
     assert_eq!(one_trip(&r, &path).await.0, StatusCode::NOT_FOUND);
 }
 
+/// The access check reads the stored tokens from the memo while the index
+/// is unchanged, yet a token revoked by another process is refused on the
+/// very next request: `bpfarm-registry token revoke` (a process of its
+/// own) and a raw `sqlite3` delete. A token another process creates is
+/// taken at once too. (With the memo's change signal ignored, the revoked
+/// tokens would still be let through here.)
+#[tokio::test]
+async fn a_token_revoked_by_another_process_is_refused_on_the_next_request() {
+    let r = registry(Settings { require_read_token: true, ..Settings::default() }).await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bpfarm-registry"))
+            .args(args)
+            .arg("--data")
+            .arg(&r.data)
+            .env("BPFARM_LOG", "error")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let read = |token: &str| {
+        let token = token.to_owned();
+        let r = &r;
+        async move { call(r, req("GET", "/v1/objects", Some(&token), vec![])).await }
+    };
+    let kernels = |release: &str| {
+        let k = serde_json::json!({"kernels": [{"release": release, "arch": "x86_64"}]});
+        serde_json::to_vec(&k).unwrap()
+    };
+    // Each token is let through again and again (from the memo after the first).
+    for _ in 0..3 {
+        assert_eq!(read(&r.read).await.0, StatusCode::OK);
+        assert_eq!(read(&r.push).await.0, StatusCode::OK);
+    }
+
+    let (code, _, err) = cli(&["token", "revoke", "--name", "fleet"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("revoked token \"fleet\""), "{err}");
+    let (s, _, body) = read(&r.read).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the revoked read token was let through");
+    assert_eq!(json(&body)["message"], "unknown token");
+    // An anonymous read is still refused, and the push token still works.
+    assert_eq!(call(&r, req("GET", "/v1/objects", None, vec![])).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(read(&r.push).await.0, StatusCode::OK);
+    let put =
+        |token: &str, name: &str| req("PUT", &format!("/v1/matrices/{name}"), Some(token), kernels("6.1.0-1-amd64"));
+    assert_eq!(call(&r, put(&r.push, "a")).await.0, StatusCode::CREATED);
+
+    // Revoked by a raw write of another process (no bpfarm code at all).
+    let out = std::process::Command::new("sqlite3")
+        .arg(r.data.join("index.sqlite"))
+        .arg("DELETE FROM tokens WHERE name = 'ci';")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+    let (s, _, body) = call(&r, put(&r.push, "b")).await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the revoked push token was let through: {}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(read(&r.push).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(call(&r, req("GET", "/v1/matrices/b", Some(&r.push), vec![])).await.0, StatusCode::UNAUTHORIZED);
+
+    // A token created by another process works on its first request.
+    let (code, token, err) = cli(&["token", "create", "--name", "later", "--scope", "read"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(read(token.trim()).await.0, StatusCode::OK);
+    // Revoking a name nobody holds says so (exit 2), and changes nothing.
+    let (code, _, err) = cli(&["token", "revoke", "--name", "fleet"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no token named \"fleet\""), "{err}");
+    assert_eq!(read(token.trim()).await.0, StatusCode::OK);
+}
+
 /// Rows written straight into the index (as `the_coverage_page_is_bounded…`
 /// does): `objects` (release, arch, version, current) and `failures`.
 async fn index_rows(r: &Reg, objects: &[(String, &str, String, bool)], failures: &[(String, &str, String)]) {
