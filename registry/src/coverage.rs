@@ -395,8 +395,11 @@ pub struct Tally {
     position: HashMap<String, usize>,
     /// Per release with rows: per arch they are on (`None`: an arch no
     /// `Arch` names, written into the index by hand), the counted states.
-    seen: BTreeMap<String, Vec<(Option<Arch>, Vec<State>)>>,
+    seen: BTreeMap<String, Vec<ArchStates>>,
 }
+
+/// An arch a release has rows on and its states per counted version.
+type ArchStates = (Option<Arch>, Vec<State>);
 
 impl Tally {
     pub fn new(chosen: Chosen) -> Self {

@@ -114,6 +114,9 @@ fn pct(s: &str) -> String {
 /// page's releases × the counted versions, read for that page only.
 pub type Detail = (Vec<CoverageObject>, Vec<CoverageFailure>);
 
+/// Reads the `Detail` of some releases × the counted versions.
+pub type ReadDetail<'a> = dyn FnMut(&[&str], &[String]) -> Result<Detail, sqlx::Error> + 'a;
+
 /// Why the page was not rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum PageError {
@@ -167,11 +170,7 @@ pub fn render_in_memory(
 /// fits, they are all there and the search filters them in the browser;
 /// when not, the table is cut into pages (`from`) and `q` narrows it on
 /// the server. `Cancelled` once `view.cancel` is set.
-pub fn render_view(
-    tally: Tally,
-    detail: &mut dyn FnMut(&[&str], &[String]) -> Result<Detail, sqlx::Error>,
-    view: &View<'_>,
-) -> Result<String, PageError> {
+pub fn render_view(tally: Tally, detail: &mut ReadDetail<'_>, view: &View<'_>) -> Result<String, PageError> {
     let matrix = view.matrix;
     let all: Vec<String> = tally.releases(matrix);
     let older = tally.chosen().older.clone();
