@@ -337,7 +337,9 @@ impl Repo {
     /// `versions` only: current objects (digest and size: the download
     /// link) and failures, of each failure's message only its first line,
     /// at most `title` characters (messages are up to 16 KiB each; the
-    /// page shows a title).
+    /// page shows a title). Found by release (the identity index and the
+    /// failures' key; `+version` keeps sqlite from scanning every row of
+    /// each counted version instead).
     pub async fn coverage_detail(
         &self,
         releases: &[&str],
@@ -349,7 +351,7 @@ impl Repo {
         let objects = sqlx::query_as(
             "SELECT kernel_release, arch, version, digest, size FROM objects
               WHERE current = 1 AND kernel_release IN (SELECT value FROM json_each(?1))
-                AND version IN (SELECT value FROM json_each(?2))",
+                AND +version IN (SELECT value FROM json_each(?2))",
         )
         .bind(releases.as_str())
         .bind(versions.as_str())
@@ -361,7 +363,7 @@ impl Repo {
                                                   ELSE min(instr(message, char(10)) - 1, ?3) END), char(13)) AS message
                FROM failures
               WHERE kernel_release IN (SELECT value FROM json_each(?1))
-                AND version IN (SELECT value FROM json_each(?2))",
+                AND +version IN (SELECT value FROM json_each(?2))",
         )
         .bind(releases.as_str())
         .bind(versions.as_str())
