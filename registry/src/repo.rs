@@ -17,6 +17,7 @@ use bpfarm_object::{Identity, ObjectMetadata};
 
 use crate::memo::Memo;
 use futures_util::TryStreamExt;
+use futures_util::stream::BoxStream;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 #[derive(Debug, Clone)]
@@ -445,22 +446,32 @@ impl Repo {
 
     /// Every current object with what the faces check needs to prove its
     /// OCI form from sqlite: the digest its recorded tag names in
-    /// `oci_repo` (if any) and whether that manifest has a row there.
-    pub async fn face_rows(&self, oci_repo: &str) -> Result<Vec<FaceRow>, sqlx::Error> {
+    /// `oci_repo` (if any) and whether that manifest has a row there. As
+    /// they come, in tag order (the tag index's own order: no sort), so the
+    /// rows of one index come together.
+    pub fn face_rows(&self, oci_repo: &str) -> BoxStream<'_, Result<FaceRow, sqlx::Error>> {
         sqlx::query_as(
             "SELECT o.id, o.arch, o.digest, o.size, t.digest AS index_digest,
                     EXISTS (SELECT 1 FROM oci_manifests m WHERE m.repo = ?1 AND m.digest = t.digest) AS index_row
                FROM objects o LEFT JOIN oci_tags t ON t.repo = ?1 AND t.tag = o.oci_tag
-              WHERE o.current = 1",
+              WHERE o.current = 1
+              ORDER BY o.oci_tag",
         )
-        .bind(oci_repo)
-        .fetch_all(&self.reader)
-        .await
+        .bind(oci_repo.to_owned())
+        .fetch(&self.reader)
     }
 
-    /// The digest of every manifest row of `repo`.
-    pub async fn manifest_digests(&self, repo: &str) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT digest FROM oci_manifests WHERE repo = ?").bind(repo).fetch_all(&self.reader).await
+    /// The digest of every manifest row of `repo`, as they come (in
+    /// digest order: the primary key's).
+    pub async fn manifest_digests(&self, repo: &str, mut each: impl FnMut(String)) -> Result<(), sqlx::Error> {
+        let mut rows =
+            sqlx::query_scalar::<_, String>("SELECT digest FROM oci_manifests WHERE repo = ? ORDER BY digest")
+                .bind(repo)
+                .fetch(&self.reader);
+        while let Some(d) = rows.try_next().await? {
+            each(d);
+        }
+        Ok(())
     }
 
     /// One object row, current or not, by id.
