@@ -278,11 +278,13 @@ pub struct Disagreement {
 
 /// Every current object whose OCI form does not reach it.
 ///
-/// Set-based, for start-up at fleet scale: one query joins every current
-/// object with its tag and whether the tag's index has a manifest row,
-/// one more reads which manifests the repository has; then, off the async
-/// runtime, each distinct index's bytes and each child manifest's bytes
-/// are read once and checked as `check_object` checks them. What passes
+/// Set-based, for start-up at fleet scale: one query reads which
+/// manifests the repository has (held as sorted 32-byte digests), one
+/// more joins every current object with its tag and whether the tag's
+/// index has a manifest row, its rows streamed in tag order through a
+/// bounded channel (none held after its turn); off the async runtime,
+/// each distinct index's bytes and each child manifest's bytes are read
+/// once and checked as `check_object` checks them. What passes
 /// there is proven exactly as `check_object` would prove it (the same
 /// bytes, the same rules); every other object — a suspect — goes through
 /// `check_object` itself, which says how it fails (or finds it fine after
