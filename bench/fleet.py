@@ -9,11 +9,16 @@
      object's OCI form at start), RSS after start; with --compare-check,
      first the check alone both ways (set-based, one object at a time);
   3. lookup: `GET /v1/objects/<arch>/<version>/<release>` for random
-     identities under wrk -c64: req/s and p99;
+     identities under wrk -c64: req/s and p99; then --token-rounds
+     alternating runs without and with a read token (`Authorization:
+     Bearer`, which the registry checks on every request that sends one):
+     medians of req/s and of the registry's CPU time per request, and the
+     token/plain ratio of each (the cost of the token check);
   4. list: every page of `GET /v1/objects?limit=1000` walked with `after`,
      and a search (`q=`) walked the same way: pages, p50/p99/max per page;
   5. the coverage page `GET /` (and a later page of a search) and
-     `GET /v1/coverage` (and a page of a search): time and size;
+     `GET /v1/coverage` (and a page of a search): time (best of two), the
+     registry's CPU time for the two, and size; then the peak RSS;
   6. a burst of --agents simulated agents (at most --concurrency at once,
      each its own connection): look up its kernel's object, download the
      blob, check its digest. Completion time, p99 per agent, errors.
@@ -23,7 +28,7 @@ against `/healthz` (the server's floor for one request); with
 --compare-bin OLD, every serving phase first with an older registry binary
 on the same data, then the new/old ratio of each figure.
 
-    bench/fleet.py [--kernels 10000] [--versions 10] [--agents 10000] [--concurrency 256] [--compare-check] [--compare-bin OLD] [--work DIR]
+    bench/fleet.py [--kernels 10000] [--versions 10] [--agents 10000] [--concurrency 256] [--token-rounds 3] [--compare-check] [--compare-bin OLD] [--work DIR]
 """
 import argparse
 import asyncio
@@ -42,7 +47,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from registry import hwm_mib, load, proc_status  # noqa: E402
+from registry import cpu_ticks, hwm_mib, load, proc_status  # noqa: E402
 
 
 def pct(xs, p):
@@ -50,17 +55,25 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else 0.0
 
 
-def wrk_lua(url, paths, seconds, conns, work):
+def wrk_lua(url, paths, seconds, conns, work, headers=None, server_pid=None):
+    """One wrk run over `paths` (each request one at random) with `headers`:
+    req/s, p99 ms, non-2xx count, and the server's CPU time per request
+    (µs; None without `server_pid`)."""
     script = os.path.join(work, "paths.lua")
     with open(script, "w") as f:
         f.write("paths = {" + ",".join(json.dumps(p) for p in paths) + "}\n")
-        f.write("request = function() return wrk.format(nil, paths[math.random(#paths)]) end\n")
+        f.write("headers = {" + ",".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in (headers or {}).items()) + "}\n")
+        f.write("request = function() return wrk.format(nil, paths[math.random(#paths)], headers) end\n")
+    before = cpu_ticks(server_pid) if server_pid else 0
     out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", script, url], capture_output=True, text=True, check=True).stdout
+    ticks = cpu_ticks(server_pid) - before if server_pid else 0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    done = int(re.search(r"(\d+) requests in", out).group(1))
     m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rps, p99, int(errors.group(1)) if errors else 0
+    cpu_us = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / done if server_pid and done else None
+    return rps, p99, int(errors.group(1)) if errors else 0, cpu_us
 
 
 def get(url):
@@ -128,12 +141,18 @@ COMPARED = [
     ("start_s", "start to listening (s)", "lower"),
     ("lookup_rps", "lookup (req/s)", "higher"),
     ("lookup_p99", "lookup p99 (ms)", "lower"),
+    ("token_rps", "lookup with a read token (req/s)", "higher"),
+    ("token_cpu_us", "  its CPU per request (µs)", "lower"),
+    ("token_rps_ratio", "  with/without token, req/s", "higher"),
+    ("token_cpu_ratio", "  with/without token, CPU", "lower"),
     ("list_s", "list, every page (s)", "lower"),
     ("list_p99", "list page p99 (ms)", "lower"),
     ("search_s", "search, every page (s)", "lower"),
     ("search_p99", "search page p99 (ms)", "lower"),
     ("page_ms", "coverage page (ms)", "lower"),
     ("json_ms", "GET /v1/coverage (ms)", "lower"),
+    ("coverage_cpu_ms", "  page + JSON, registry CPU (ms)", "lower"),
+    ("coverage_hwm_mib", "peak RSS after coverage (MiB)", "lower"),
     ("burst_s", "agents burst (s)", "lower"),
     ("burst_p99", "agent p99 (ms)", "lower"),
     ("hwm_mib", "peak RSS (MiB)", "lower"),
@@ -144,7 +163,7 @@ def hwm_line(pid, phase):
     print(f"         peak RSS after {phase}: {hwm_mib(pid):.1f} MiB", flush=True)
 
 
-def serve_phases(args, binary, data, releases, versions, n, work):
+def serve_phases(args, binary, data, releases, versions, n, work, token):
     """Start `binary` on `data`, run every phase, stop it; the figures."""
     r = {"errors": 0}
     reg = None
@@ -160,10 +179,24 @@ def serve_phases(args, binary, data, releases, versions, n, work):
 
         rnd = random.Random(1)
         paths = [f"/v1/objects/x86_64/{rnd.choice(versions)}/{rnd.choice(releases)}" for _ in range(2000)]
-        h_rps, h_p99, _ = wrk_lua(base, ["/healthz"], args.seconds, 64, work)
-        l_rps, l_p99, l_err = wrk_lua(base, paths, args.seconds, 64, work)
+        h_rps, h_p99, _, _ = wrk_lua(base, ["/healthz"], args.seconds, 64, work)
+        l_rps, l_p99, l_err, _ = wrk_lua(base, paths, args.seconds, 64, work)
         print(f"lookup:  {l_rps:8.0f} req/s  p99 {l_p99:7.2f} ms  non-2xx {l_err}   (/healthz {h_rps:.0f} req/s, p99 {h_p99:.2f} ms: lookup/healthz {l_rps / h_rps:.2f}x)", flush=True)
         r["lookup_rps"], r["lookup_p99"] = l_rps, l_p99
+        if args.token_rounds:
+            plain, tok = [], []
+            for _ in range(args.token_rounds):
+                plain.append(wrk_lua(base, paths, args.seconds, 64, work, server_pid=reg.pid))
+                tok.append(wrk_lua(base, paths, args.seconds, 64, work, headers={"Authorization": f"Bearer {token}"}, server_pid=reg.pid))
+            refused = sum(t[2] for t in tok)
+            if refused:
+                raise SystemExit(f"fleet: {refused} lookups with the read token were refused")
+            med = lambda runs, i: statistics.median(x[i] for x in runs)  # noqa: E731
+            r["token_rps"], r["token_p99"], r["token_cpu_us"] = med(tok, 0), med(tok, 1), med(tok, 3)
+            r["token_rps_ratio"], r["token_cpu_ratio"] = r["token_rps"] / med(plain, 0), r["token_cpu_us"] / med(plain, 3)
+            print(f"token:   lookup with a read token {r['token_rps']:8.0f} req/s  p99 {r['token_p99']:7.2f} ms  {r['token_cpu_us']:.0f} µs CPU/request; "
+                  f"without {med(plain, 0):.0f} req/s, {med(plain, 3):.0f} µs: with/without {r['token_rps_ratio']:.2f}x req/s, {r['token_cpu_ratio']:.2f}x CPU "
+                  f"(medians of {args.token_rounds} alternating runs; load {' '.join(load())})", flush=True)
         hwm_line(reg.pid, "lookups")
 
         times, count = walk(base, "arch=x86_64")
@@ -177,10 +210,15 @@ def serve_phases(args, binary, data, releases, versions, n, work):
         hwm_line(reg.pid, "list and search")
 
         for what, path in [("page", "/"), ("page q", "/?q=-fleet-&from=1000"), ("json", "/v1/coverage"), ("json q", "/v1/coverage?q=-fleet-&offset=5000&limit=1000")]:
+            before = cpu_ticks(reg.pid)
             took, body = get(f"{base}{path}")
             took2, _ = get(f"{base}{path}")
-            print(f"{what + ':':8} GET {path} {min(took, took2) * 1000:.0f} ms (of two), {len(body) / 1e6:.2f} MB", flush=True)
+            cpu_ms = (cpu_ticks(reg.pid) - before) / os.sysconf("SC_CLK_TCK") * 1000 / 2
+            print(f"{what + ':':8} GET {path} {min(took, took2) * 1000:.0f} ms (of two), registry CPU {cpu_ms:.0f} ms each, {len(body) / 1e6:.2f} MB", flush=True)
             r[{"page": "page_ms", "json": "json_ms"}.get(what, what)] = min(took, took2) * 1000
+            if what in ("page", "json"):
+                r["coverage_cpu_ms"] = r.get("coverage_cpu_ms", 0) + cpu_ms
+        r["coverage_hwm_mib"] = hwm_mib(reg.pid)
         hwm_line(reg.pid, "coverage")
 
         identities = [("x86_64", rnd.choice(versions), rnd.choice(releases)) for _ in range(args.agents)]
@@ -205,6 +243,7 @@ def main():
     ap.add_argument("--agents", type=int, default=10_000)
     ap.add_argument("--concurrency", type=int, default=256)
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--token-rounds", type=int, default=3, help="alternating wrk runs of the lookup without and with a read token (0: none)")
     ap.add_argument("--compare-check", action="store_true", help="before serving, time the start-up faces check set-based and one object at a time (the old way) on the same data")
     ap.add_argument("--registry-bin", default=os.path.join(ROOT, "target/release/bpfarm-registry"))
     ap.add_argument("--seed-bin", default=os.path.join(ROOT, "target/release/examples/fleet_seed"))
@@ -232,6 +271,14 @@ def main():
         releases = open(releases_file).read().split()
         versions = [f"v1.{v}.0" for v in range(args.versions)]
 
+        # A read token, created once with the registry's own CLI.
+        token_file = os.path.join(work, "read-token")
+        if not os.path.exists(token_file):
+            out = subprocess.run([args.registry_bin, "token", "create", "--data", data, "--name", f"fleet-bench-{os.getpid()}", "--scope", "read"], capture_output=True, text=True, check=True, env={**os.environ, "BPFARM_LOG": "error"})
+            with open(token_file, "w") as f:
+                f.write(out.stdout.strip().splitlines()[-1])
+        token = open(token_file).read().strip()
+
         if args.compare_check:
             out = subprocess.run([args.seed_bin, "--data", data, "--time-check"], capture_output=True, text=True, check=True, env={**os.environ, "BPFARM_LOG": "error"}).stdout
             print(f"check:   {out.strip()}", flush=True)
@@ -240,7 +287,7 @@ def main():
         for label, binary in ([("old", args.compare_bin)] if args.compare_bin else []) + [("new", args.registry_bin)]:
             if args.compare_bin:
                 print(f"--- {label}: {binary}", flush=True)
-            results[label] = serve_phases(args, binary, data, releases, versions, n, work)
+            results[label] = serve_phases(args, binary, data, releases, versions, n, work, token)
         if args.compare_bin:
             old, new = results["old"], results["new"]
             print("--- old -> new (same data, same run; for times new/old < 1 is better, for rates > 1)")

@@ -9,7 +9,8 @@
 //! x86_64) is never expected, so never missing. The page and
 //! `GET /v1/coverage` both count here.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -18,14 +19,15 @@ use bpfarm_object::identity::validate_release;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::repo::{CoverageFailure, CoverageObject};
+use crate::repo::{CellRows, CoverageFailure, CoverageObject, Repo};
 
 /// Largest matrix body `PUT /v1/matrices/<name>` takes (the full Debian
 /// matrix of ~260 kernels is ~20 KB).
 pub const MATRIX_LIMIT: u64 = 8 << 20;
 /// Most kernels in one matrix: room for every Debian and RPM kernel
 /// (hundreds) many times over, while a coverage answer, which holds a
-/// state for each of a matrix's kernels × every version, stays bounded.
+/// state for each of a matrix's kernels × every counted version, stays
+/// bounded.
 pub const MATRIX_KERNELS: usize = 20_000;
 
 /// A published matrix: its name and expected pairs.
@@ -282,34 +284,6 @@ pub fn series(release: &str) -> String {
     format!("{major}.{minor}")
 }
 
-/// The pairs expected: the matrix's, or every seen release on each arch it
-/// can run on (and any pair an object or failure exists for).
-pub fn expected(
-    objects: &[CoverageObject],
-    failures: &[CoverageFailure],
-    matrix: Option<&Matrix>,
-) -> BTreeSet<(String, Arch)> {
-    if let Some(m) = matrix {
-        return m.pairs.clone();
-    }
-    let seen = objects
-        .iter()
-        .map(|o| (o.kernel_release.as_str(), o.arch.as_str()))
-        .chain(failures.iter().map(|f| (f.kernel_release.as_str(), f.arch.as_str())));
-    let mut out = BTreeSet::new();
-    for (release, arch) in seen {
-        for a in Arch::ALL {
-            if a.can_run(release) {
-                out.insert((release.to_owned(), a));
-            }
-        }
-        if let Some(a) = Arch::from_any(arch) {
-            out.insert((release.to_owned(), a));
-        }
-    }
-    out
-}
-
 /// Orders `6.1.0-9` before `6.1.0-10`: digit runs compare as numbers.
 pub fn natural_key(s: &str) -> Vec<(u64, String)> {
     let mut key = Vec::new();
@@ -338,40 +312,259 @@ pub fn natural_key(s: &str) -> Vec<(u64, String)> {
     key
 }
 
-/// Versions a `GET /v1/coverage` without `?version=` counts: the newest
-/// (as the page's detail table shows), so its work is kernels × 12.
+/// Versions a coverage answer (the page and `GET /v1/coverage`) counts
+/// without `?version=`: the newest (natural order), so its work is
+/// pairs × 12 however many versions pushers publish.
 pub const MAX_REPORT_VERSIONS: usize = 12;
 
+/// How a version ranks: newer first (natural order: `v0.10` after
+/// `v0.9`), equal keys in name order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Ranked(Vec<(u64, String)>, Reverse<String>);
+
+/// Picks the versions a count covers as every version seen streams by:
+/// the `keep` best ranked, in a bounded heap, and how many there were.
+#[derive(Debug)]
+pub struct Newest {
+    keep: usize,
+    heap: BinaryHeap<Reverse<Ranked>>,
+    seen: usize,
+}
+
+impl Newest {
+    pub fn new(keep: usize) -> Self {
+        Self { keep, heap: BinaryHeap::with_capacity(keep.saturating_add(1).min(1024)), seen: 0 }
+    }
+
+    /// One version seen; each is offered once.
+    pub fn offer(&mut self, version: String) {
+        self.seen += 1;
+        self.heap.push(Reverse(Ranked(natural_key(&version), Reverse(version))));
+        if self.heap.len() > self.keep {
+            self.heap.pop();
+        }
+    }
+
+    /// The `max` newest are counted; the others kept are `older`.
+    pub fn split(self, max: usize) -> Chosen {
+        // Ascending `Reverse<Ranked>`: the best ranked first.
+        let mut counted: Vec<String> =
+            self.heap.into_sorted_vec().into_iter().map(|Reverse(Ranked(_, Reverse(v)))| v).collect();
+        let older = counted.split_off(max.min(counted.len()));
+        counted.sort();
+        Chosen { counted, total: self.seen, older }
+    }
+}
+
+/// The versions a count covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Chosen {
+    /// Counted, in name order.
+    pub counted: Vec<String>,
+    /// How many versions there are (1 for a `?version=`).
+    pub total: usize,
+    /// Versions not counted, newest first: some of them (the page links
+    /// them), not all.
+    pub older: Vec<String>,
+}
+
+impl Chosen {
+    /// `?version=`: that one alone, however old, existing or not.
+    pub fn one(version: &str) -> Self {
+        Chosen { counted: vec![version.to_owned()], total: 1, older: Vec::new() }
+    }
+}
+
 /// Every version seen, in name order.
-fn versions_seen(objects: &[CoverageObject], failures: &[CoverageFailure]) -> Vec<String> {
+fn versions_seen(objects: &[CoverageObject], failures: &[CoverageFailure]) -> BTreeSet<String> {
     objects
         .iter()
         .map(|o| o.version.as_str())
         .chain(failures.iter().map(|f| f.version.as_str()))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
         .map(str::to_owned)
         .collect()
 }
 
-/// Counts every expected pair × version (`version`, or every version
-/// seen); see `report_of`.
-pub fn report(
-    objects: &[CoverageObject],
-    failures: &[CoverageFailure],
-    matrix: Option<&Matrix>,
-    version: Option<&str>,
-    cancel: &Cancel,
-) -> Result<Report, Cancelled> {
-    let versions = match version {
-        Some(v) => vec![v.to_owned()],
-        None => versions_seen(objects, failures),
-    };
-    report_of(objects, failures, matrix, versions, cancel)
+/// A count being gathered a (release, arch) pair at a time: for each pair
+/// with rows, one state per counted version (a byte each). Its memory is
+/// pairs × counted versions whatever the index holds: it never holds an
+/// object's row.
+#[derive(Debug)]
+pub struct Tally {
+    chosen: Chosen,
+    position: HashMap<String, usize>,
+    /// Per release with rows: per arch they are on (`None`: an arch no
+    /// `Arch` names, written into the index by hand), the counted states.
+    seen: BTreeMap<String, Vec<ArchStates>>,
 }
 
-/// As `report`, but without `version` only the `max` newest versions
-/// seen (natural order: `v0.10` after `v0.9`) are counted;
+/// An arch a release has rows on and its states per counted version.
+type ArchStates = (Option<Arch>, Vec<State>);
+
+impl Tally {
+    pub fn new(chosen: Chosen) -> Self {
+        let position = chosen.counted.iter().enumerate().map(|(i, v)| (v.clone(), i)).collect();
+        Self { chosen, position, seen: BTreeMap::new() }
+    }
+
+    pub fn chosen(&self) -> &Chosen {
+        &self.chosen
+    }
+
+    /// `release` has rows on `arch` (of any version); those of `versions`
+    /// that are counted are in `state`. An object wins over a failure of
+    /// the same version, whichever comes first.
+    pub fn add<'v>(&mut self, release: &str, arch: &str, state: State, versions: impl IntoIterator<Item = &'v str>) {
+        let arch = Arch::from_any(arch);
+        if !self.seen.contains_key(release) {
+            self.seen.insert(release.to_owned(), Vec::new());
+        }
+        let Some(arches) = self.seen.get_mut(release) else { return };
+        let at = match arches.iter().position(|(a, _)| *a == arch) {
+            Some(i) => i,
+            None => {
+                let cells = if arch.is_some() { vec![State::Missing; self.chosen.counted.len()] } else { Vec::new() };
+                arches.push((arch, cells));
+                arches.len() - 1
+            }
+        };
+        let Some((_, states)) = arches.get_mut(at) else { return };
+        for v in versions {
+            let Some(cell) = self.position.get(v).and_then(|&i| states.get_mut(i)) else { continue };
+            if state == State::Present || *cell == State::Missing {
+                *cell = state;
+            }
+        }
+    }
+
+    /// The pairs expected: the matrix's, or every release with rows on
+    /// each arch it can run on (and any arch it has rows on).
+    fn expected(&self, matrix: Option<&Matrix>) -> BTreeSet<(String, Arch)> {
+        if let Some(m) = matrix {
+            return m.pairs.clone();
+        }
+        let mut out = BTreeSet::new();
+        for (release, arches) in &self.seen {
+            for a in Arch::ALL {
+                if a.can_run(release) {
+                    out.insert((release.clone(), a));
+                }
+            }
+            for a in arches.iter().filter_map(|(a, _)| *a) {
+                out.insert((release.clone(), a));
+            }
+        }
+        out
+    }
+
+    /// Every release with rows or expected, in natural order (the page's
+    /// rows).
+    pub fn releases(&self, matrix: Option<&Matrix>) -> Vec<String> {
+        let mut out: BTreeSet<&str> = self.seen.keys().map(String::as_str).collect();
+        if let Some(m) = matrix {
+            out.extend(m.pairs.iter().map(|(r, _)| r.as_str()));
+        }
+        let mut out: Vec<String> = out.into_iter().map(str::to_owned).collect();
+        out.sort_by_cached_key(|r| natural_key(r));
+        out
+    }
+
+    /// The report: every expected pair × counted version, in time and
+    /// memory linear in that at one byte a cell.
+    pub fn finish(self, matrix: Option<&Matrix>, cancel: &Cancel) -> Result<Report, Cancelled> {
+        let expected = self.expected(matrix);
+        let Tally { chosen, seen, .. } = self;
+        let Chosen { counted: versions, total: versions_total, .. } = chosen;
+        let names: Arc<[String]> = versions.clone().into();
+        let arch_index = |a: Arch| Arch::ALL.iter().position(|x| *x == a).unwrap_or(0);
+        let mut per_version = vec![[Counts::default(); Arch::ALL.len()]; versions.len()];
+        let mut counts = Counts::default();
+        let mut by_arch: BTreeMap<Arch, Counts> = BTreeMap::new();
+        let mut by_series: BTreeMap<String, BTreeMap<Arch, Counts>> = BTreeMap::new();
+        let mut kernels = Vec::with_capacity(expected.len());
+        for (n, (release, arch)) in expected.into_iter().enumerate() {
+            if n % CHECK_EVERY == 0 {
+                cancel.check()?;
+            }
+            let states = seen
+                .get(&release)
+                .and_then(|arches| arches.iter().find(|(a, _)| *a == Some(arch)))
+                .map(|(_, states)| states.clone())
+                .unwrap_or_else(|| vec![State::Missing; versions.len()]);
+            let mut row = Counts::default();
+            let ai = arch_index(arch);
+            for (i, state) in states.iter().enumerate() {
+                row.add(*state);
+                if let Some(v) = per_version.get_mut(i) {
+                    v[ai].add(*state);
+                }
+            }
+            let series = by_series.entry(series(&release)).or_default().entry(arch).or_default();
+            series.merge(&row);
+            if !versions.is_empty() {
+                by_arch.entry(arch).or_default().merge(&row);
+            }
+            counts.merge(&row);
+            kernels.push(KernelRow { release, arch, versions: VersionStates { names: names.clone(), states } });
+        }
+        let mut by_version: BTreeMap<String, BTreeMap<Arch, Counts>> = BTreeMap::new();
+        for (v, per_arch) in versions.iter().zip(&per_version) {
+            for (a, c) in Arch::ALL.iter().zip(per_arch) {
+                if c.total() > 0 {
+                    by_version.entry(v.clone()).or_default().insert(*a, *c);
+                }
+            }
+        }
+        Ok(Report {
+            matrix: matrix.map(|m| m.name.clone()),
+            versions_total,
+            versions,
+            counts,
+            by_arch,
+            by_version,
+            by_series,
+            total_kernels: kernels.len(),
+            next: None,
+            kernels,
+        })
+    }
+}
+
+/// The versions to count: `version` alone, else the `max` newest of
+/// `all` (each once), `older` more kept for links.
+fn choose(version: Option<&str>, all: impl IntoIterator<Item = String>, max: usize, older: usize) -> Chosen {
+    match version {
+        Some(v) => Chosen::one(v),
+        None => {
+            let mut newest = Newest::new(max.saturating_add(older));
+            all.into_iter().for_each(|v| newest.offer(v));
+            newest.split(max)
+        }
+    }
+}
+
+/// A tally of rows held in memory (tests, tools), counted as `count`
+/// counts the index's.
+pub fn tally_rows(
+    objects: &[CoverageObject],
+    failures: &[CoverageFailure],
+    version: Option<&str>,
+    max: usize,
+    older: usize,
+) -> Tally {
+    let all = if version.is_some() { BTreeSet::new() } else { versions_seen(objects, failures) };
+    let mut tally = Tally::new(choose(version, all, max, older));
+    for f in failures {
+        tally.add(&f.kernel_release, &f.arch, State::Failed, [f.version.as_str()]);
+    }
+    for o in objects {
+        tally.add(&o.kernel_release, &o.arch, State::Present, [o.version.as_str()]);
+    }
+    tally
+}
+
+/// The report of rows held in memory: `version` alone, else the `max`
+/// newest versions seen (natural order: `v0.10` after `v0.9`);
 /// `versions_total` says how many there are.
 pub fn report_newest(
     objects: &[CoverageObject],
@@ -381,96 +574,33 @@ pub fn report_newest(
     max: usize,
     cancel: &Cancel,
 ) -> Result<Report, Cancelled> {
-    if version.is_some() {
-        return report(objects, failures, matrix, version, cancel);
-    }
-    let mut versions = versions_seen(objects, failures);
-    let total = versions.len();
-    if total > max {
-        versions.sort_by_cached_key(|v| std::cmp::Reverse(natural_key(v)));
-        versions.truncate(max);
-        versions.sort();
-    }
-    let mut r = report_of(objects, failures, matrix, versions, cancel)?;
-    r.versions_total = total;
-    Ok(r)
+    tally_rows(objects, failures, version, max, 0).finish(matrix, cancel)
 }
 
-/// Counts every expected pair × one of `versions`, in time and memory
-/// linear in pairs × versions at one byte a cell: the cells are looked up
-/// once per object and failure, not once per pair and version.
-fn report_of(
-    objects: &[CoverageObject],
-    failures: &[CoverageFailure],
-    matrix: Option<&Matrix>,
-    versions: Vec<String>,
-    cancel: &Cancel,
-) -> Result<Report, Cancelled> {
-    let names: Arc<[String]> = versions.clone().into();
-    let position: HashMap<&str, usize> = versions.iter().enumerate().map(|(i, v)| (v.as_str(), i)).collect();
-    // Per pair, the versions it has a cell for; an object wins over a
-    // failure of the same version (objects come last).
-    let mut cells: HashMap<(&str, &str), Vec<(usize, State)>> = HashMap::new();
-    let failed =
-        failures.iter().map(|f| (f.kernel_release.as_str(), f.arch.as_str(), f.version.as_str(), State::Failed));
-    let present =
-        objects.iter().map(|o| (o.kernel_release.as_str(), o.arch.as_str(), o.version.as_str(), State::Present));
-    for (n, (release, arch, v, state)) in failed.chain(present).enumerate() {
-        if n % CHECK_EVERY == 0 {
-            cancel.check()?;
+/// Counts from the index: `version` alone, else the `max` newest versions
+/// (their names stream by; `older` more are kept for links), then one row
+/// per (release, arch) pair of failures and of objects naming the counted
+/// versions it has — never an object's row — so what is held is the
+/// tally. Dropping the future stops the reading.
+pub async fn count(repo: &Repo, version: Option<&str>, max: usize, older: usize) -> Result<Tally, sqlx::Error> {
+    let chosen = match version {
+        Some(v) => Chosen::one(v),
+        None => {
+            let mut newest = Newest::new(max.saturating_add(older));
+            repo.coverage_versions(|v| newest.offer(v)).await?;
+            newest.split(max)
         }
-        if let Some(&i) = position.get(v) {
-            cells.entry((release, arch)).or_default().push((i, state));
-        }
+    };
+    let counted = chosen.counted.clone();
+    let mut tally = Tally::new(chosen);
+    for (rows, state) in [(CellRows::Failures, State::Failed), (CellRows::Objects, State::Present)] {
+        repo.coverage_pairs(rows, &counted, |p| {
+            let versions = p.versions.as_deref().unwrap_or("");
+            tally.add(&p.kernel_release, &p.arch, state, versions.split('\n').filter(|v| !v.is_empty()));
+        })
+        .await?;
     }
-    let arch_index = |a: Arch| Arch::ALL.iter().position(|x| *x == a).unwrap_or(0);
-    let mut per_version = vec![[Counts::default(); Arch::ALL.len()]; versions.len()];
-    let mut counts = Counts::default();
-    let mut by_arch: BTreeMap<Arch, Counts> = BTreeMap::new();
-    let mut by_series: BTreeMap<String, BTreeMap<Arch, Counts>> = BTreeMap::new();
-    let mut kernels = Vec::new();
-    for (n, (release, arch)) in expected(objects, failures, matrix).into_iter().enumerate() {
-        if n % CHECK_EVERY == 0 {
-            cancel.check()?;
-        }
-        let mut states = vec![State::Missing; versions.len()];
-        for &(i, state) in cells.get(&(release.as_str(), arch.uname())).into_iter().flatten() {
-            states[i] = state;
-        }
-        let mut row = Counts::default();
-        let ai = arch_index(arch);
-        for (i, state) in states.iter().enumerate() {
-            row.add(*state);
-            per_version[i][ai].add(*state);
-        }
-        let series = by_series.entry(series(&release)).or_default().entry(arch).or_default();
-        series.merge(&row);
-        if !versions.is_empty() {
-            by_arch.entry(arch).or_default().merge(&row);
-        }
-        counts.merge(&row);
-        kernels.push(KernelRow { release, arch, versions: VersionStates { names: names.clone(), states } });
-    }
-    let mut by_version: BTreeMap<String, BTreeMap<Arch, Counts>> = BTreeMap::new();
-    for (v, per_arch) in versions.iter().zip(&per_version) {
-        for (a, c) in Arch::ALL.iter().zip(per_arch) {
-            if c.total() > 0 {
-                by_version.entry(v.clone()).or_default().insert(*a, *c);
-            }
-        }
-    }
-    Ok(Report {
-        matrix: matrix.map(|m| m.name.clone()),
-        versions_total: versions.len(),
-        versions,
-        counts,
-        by_arch,
-        by_version,
-        by_series,
-        total_kernels: kernels.len(),
-        next: None,
-        kernels,
-    })
+    Ok(tally)
 }
 
 impl Counts {
@@ -510,11 +640,11 @@ mod tests {
     #[test]
     fn seen_releases_count_only_where_they_can_run() {
         let objects: Vec<_> = (52..57).map(|n| object(&format!("6.1.0-{n}-amd64"), "x86_64", "v1")).collect();
-        let r = report(&objects, &[], None, None, &Cancel::default()).unwrap();
+        let r = report_newest(&objects, &[], None, None, MAX_REPORT_VERSIONS, &Cancel::default()).unwrap();
         assert_eq!(r.counts, Counts { present: 5, failed: 0, missing: 0 });
         assert_eq!(r.kernels.len(), 5);
         let objects = vec![object("5.15.0-91-generic", "x86_64", "v1")];
-        let r = report(&objects, &[], None, None, &Cancel::default()).unwrap();
+        let r = report_newest(&objects, &[], None, None, MAX_REPORT_VERSIONS, &Cancel::default()).unwrap();
         assert_eq!(r.counts, Counts { present: 1, failed: 0, missing: 1 });
         assert_eq!(r.by_arch[&Arch::Aarch64].missing, 1);
     }
@@ -561,7 +691,7 @@ mod tests {
             version: "v1".into(),
             message: "x".into(),
         }];
-        let r = report(&objects, &failures, Some(&m), None, &Cancel::default()).unwrap();
+        let r = report_newest(&objects, &failures, Some(&m), None, MAX_REPORT_VERSIONS, &Cancel::default()).unwrap();
         assert_eq!(r.counts, Counts { present: 1, failed: 1, missing: 1 });
         assert_eq!(
             r.kernels.iter().find(|k| k.release == "6.12.57+deb13-amd64").unwrap().versions["v1"],
@@ -569,7 +699,8 @@ mod tests {
         );
         assert_eq!(r.matrix.as_deref(), Some("debian"));
         // Against a version nothing was built for: all three missing.
-        let r = report(&objects, &failures, Some(&m), Some("v2"), &Cancel::default()).unwrap();
+        let r =
+            report_newest(&objects, &failures, Some(&m), Some("v2"), MAX_REPORT_VERSIONS, &Cancel::default()).unwrap();
         assert_eq!(r.counts, Counts { present: 0, failed: 0, missing: 3 });
     }
 
@@ -577,12 +708,69 @@ mod tests {
     fn a_set_cancel_stops_the_count() {
         let objects: Vec<_> = (0..1000).map(|n| object(&format!("6.1.0-{n}-amd64"), "x86_64", "v1")).collect();
         let cancel = Cancel::default();
-        assert!(report(&objects, &[], None, None, &cancel).is_ok());
+        assert!(report_newest(&objects, &[], None, None, 12, &cancel).is_ok());
         drop(cancel.on_drop());
-        assert_eq!(report(&objects, &[], None, None, &cancel).unwrap_err(), Cancelled);
         assert_eq!(report_newest(&objects, &[], None, None, 12, &cancel).unwrap_err(), Cancelled);
         let view = crate::page::View { cancel, ..Default::default() };
-        assert_eq!(crate::page::render_view(&objects, &[], &view).unwrap_err(), Cancelled);
+        assert!(matches!(
+            crate::page::render_in_memory(&objects, &[], &view),
+            Err(crate::page::PageError::Cancelled(Cancelled))
+        ));
+    }
+
+    /// The bounded heap picks what sorting every version newest first and
+    /// cutting would: natural order, equal keys (`v01`, `v1`) in name
+    /// order; it counts every version and keeps the next ones as `older`.
+    #[test]
+    fn the_newest_are_picked_as_a_full_sort_would() {
+        let all: Vec<String> =
+            ["v1", "v01", "v2", "v10", "v9", "v1.10.0", "v1.9.0", "v1.10", "b", "a", "v001", "v0.10", "v0.9"]
+                .iter()
+                .map(|v| v.to_string())
+                .collect();
+        for max in 0..=all.len() + 1 {
+            for older in [0, 1, 3] {
+                let mut sorted = all.clone();
+                sorted.sort();
+                sorted.sort_by_cached_key(|v| Reverse(natural_key(v)));
+                let mut want = sorted.clone();
+                want.truncate(max);
+                let want_older: Vec<String> = sorted.iter().skip(max).take(older).cloned().collect();
+                want.sort();
+                let mut n = Newest::new(max + older);
+                // Offered in an order unrelated to the answer.
+                for v in all.iter().rev() {
+                    n.offer(v.clone());
+                }
+                let c = n.split(max);
+                assert_eq!((c.counted, c.total, c.older), (want, all.len(), want_older), "max {max} older {older}");
+            }
+        }
+        assert_eq!(Newest::new(12).split(12), Chosen::default());
+    }
+
+    /// A failure and an object of the same identity: present, whichever
+    /// the tally sees first; rows of an uncounted version only make the
+    /// pair a row.
+    #[test]
+    fn an_object_wins_over_a_failure_in_any_order() {
+        let chosen = Chosen { counted: vec!["v1".into(), "v2".into()], total: 3, older: vec!["v0".into()] };
+        for object_first in [true, false] {
+            let mut t = Tally::new(chosen.clone());
+            let (o, f) = (("6.1.0-1-amd64", "x86_64", State::Present), ("6.1.0-1-amd64", "x86_64", State::Failed));
+            let order = if object_first { [o, f] } else { [f, o] };
+            for (r, a, st) in order {
+                t.add(r, a, st, ["v1", "v0"]);
+            }
+            t.add("6.1.0-1-amd64", "x86_64", State::Failed, ["v2"]);
+            t.add("6.1.0-2-amd64", "x86_64", State::Present, ["v0"]);
+            let r = t.finish(None, &Cancel::default()).unwrap();
+            assert_eq!(r.versions_total, 3);
+            assert_eq!(r.kernels.len(), 2);
+            assert_eq!(r.kernels[0].versions["v1"], State::Present);
+            assert_eq!(r.kernels[0].versions["v2"], State::Failed);
+            assert_eq!(r.counts, Counts { present: 1, failed: 1, missing: 2 });
+        }
     }
 
     #[test]

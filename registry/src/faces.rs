@@ -9,10 +9,10 @@
 //! holds for an arch, and if not, how (`Unreached`): start-up repair, fsck,
 //! and `/v2` writes to such a tag all use it.
 
-use std::collections::HashSet;
 use std::future::Future;
 
 use bpfarm_object::{Arch, Digest, Identity, ObjectMetadata, oci};
+use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::blobs::{BlobError, BlobStore};
@@ -278,26 +278,55 @@ pub struct Disagreement {
 
 /// Every current object whose OCI form does not reach it.
 ///
-/// Set-based, for start-up at fleet scale: one query joins every current
-/// object with its tag and whether the tag's index has a manifest row,
-/// one more reads which manifests the repository has; then, off the async
-/// runtime, each distinct index's bytes and each child manifest's bytes
-/// are read once and checked as `check_object` checks them. What passes
+/// Set-based, for start-up at fleet scale: one query reads which
+/// manifests the repository has (held as sorted 32-byte digests), one
+/// more joins every current object with its tag and whether the tag's
+/// index has a manifest row, its rows streamed in tag order through a
+/// bounded channel (none held after its turn); off the async runtime,
+/// each distinct index's bytes and each child manifest's bytes are read
+/// once and checked as `check_object` checks them. What passes
 /// there is proven exactly as `check_object` would prove it (the same
 /// bytes, the same rules); every other object — a suspect — goes through
 /// `check_object` itself, which says how it fails (or finds it fine after
 /// all, e.g. written since the first query).
 pub async fn disagreements(repo: &Repo, blobs: &BlobStore, oci_repo: &str) -> Result<Vec<Disagreement>> {
-    let rows = repo.face_rows(oci_repo).await?;
-    let manifests: HashSet<[u8; 32]> = repo
-        .manifest_digests(oci_repo)
-        .await?
-        .iter()
-        .filter_map(|d| d.parse::<Digest>().ok())
-        .map(|d| d.to_bytes())
-        .collect();
+    // Every manifest digest as its 32 bytes, sorted (never as text: at
+    // fleet scale they are 300,000).
+    let mut manifests: Vec<[u8; 32]> = Vec::new();
+    repo.manifest_digests(oci_repo, |d| {
+        if let Ok(d) = d.parse::<Digest>() {
+            manifests.push(d.to_bytes());
+        }
+    })
+    .await?;
+    manifests.sort_unstable();
+    manifests.dedup();
+    manifests.shrink_to_fit();
+    // The rows stream to the check, which runs off the runtime (it reads
+    // blob files); none is held after its turn.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<FaceRow>(ROWS_IN_FLIGHT);
     let store = blobs.clone();
-    let suspects = tokio::task::spawn_blocking(move || suspects(&store, &manifests, rows)).await?;
+    let check =
+        tokio::task::spawn_blocking(move || suspects(&store, &manifests, std::iter::from_fn(|| rx.blocking_recv())));
+    let mut rows = repo.face_rows(oci_repo);
+    let mut read = Ok(());
+    while let Some(row) = rows.next().await {
+        match row {
+            Ok(row) => {
+                if tx.send(row).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                read = Err(e);
+                break;
+            }
+        }
+    }
+    drop(rows);
+    drop(tx);
+    let suspects = check.await?;
+    read?;
     let mut out = Vec::new();
     let mut lookup = repo.clone();
     for id in suspects {
@@ -337,14 +366,16 @@ pub async fn disagreements_one_by_one(repo: &Repo, blobs: &BlobStore, oci_repo: 
     Ok(out)
 }
 
+/// Face rows between the query and the check at most.
+const ROWS_IN_FLIGHT: usize = 256;
+
 /// The ids of the rows the fast check cannot prove reach their object
-/// (blocking: reads blob files). Each index and manifest is read once.
-fn suspects(blobs: &BlobStore, manifests: &HashSet<[u8; 32]>, mut rows: Vec<FaceRow>) -> Vec<i64> {
-    // Rows of one index together, so its bytes are read once.
-    rows.sort_by(|a, b| a.index_digest.cmp(&b.index_digest));
+/// (blocking: reads blob files). `rows` come with the rows of one index
+/// together, so each index's bytes are read once; `manifests` sorted.
+fn suspects(blobs: &BlobStore, manifests: &[[u8; 32]], rows: impl Iterator<Item = FaceRow>) -> Vec<i64> {
     let mut out = Vec::new();
     let mut index: Option<(String, Option<Vec<u8>>)> = None;
-    for row in &rows {
+    for row in rows {
         let ok = (|| {
             let arch = Arch::from_any(&row.arch)?;
             let digest = row.index_digest.as_deref().filter(|_| row.index_row == 1)?;
@@ -354,7 +385,7 @@ fn suspects(blobs: &BlobStore, manifests: &HashSet<[u8; 32]>, mut rows: Vec<Face
             }
             let bytes = index.as_ref().and_then(|(_, b)| b.as_deref())?;
             let child = child_for(bytes, oci::oci_arch(arch)).ok()?;
-            if !manifests.contains(&child.to_bytes()) {
+            if manifests.binary_search(&child.to_bytes()).is_err() {
                 return None;
             }
             let manifest = blobs.read_now(&child).ok()?;

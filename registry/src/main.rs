@@ -291,6 +291,15 @@ enum TokenCommand {
         #[arg(long, value_enum)]
         scope: ScopeArg,
     },
+    /// Revoke the token named --name: a registry serving this data refuses
+    /// it (401) from its next request on, without a restart. Exit 2 when no
+    /// token has that name.
+    Revoke {
+        #[arg(long, env = "BPFARM_REGISTRY_DATA")]
+        data: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// `--config` file: the same settings as the flags.
@@ -640,6 +649,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let token = tokens::create(&state.repo, &name, scope, &now).await?;
             eprintln!("created {} token {name:?}; it is shown only now:", scope.as_str());
             println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::Revoke { data, name }) => {
+            let state = open_tool(&data, Settings::default()).await?;
+            if !state.repo.remove_token(&name).await? {
+                anyhow::bail!("no token named {name:?} in {}", data.display());
+            }
+            eprintln!("revoked token {name:?}");
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,9 +1,11 @@
 //! Answers of the index's hottest reads kept in memory: which current
 //! objects a static-layout path names, whether a blob is linked into a
-//! repository (`/v2/<name>/blobs/<digest>`), and the `/v1` lookup's current
+//! repository (`/v2/<name>/blobs/<digest>`), the `/v1` lookup's current
 //! object of an identity with what was signed for it (the agent's one-trip
-//! fetch). Each costs sqlite queries (a hop to sqlx's connection thread and
-//! back, and a wake-up, per query) per download otherwise.
+//! fetch), and the stored tokens' hashes (the access check of every request
+//! that presents a token). Each costs sqlite queries (a hop to sqlx's
+//! connection thread and back, and a wake-up, per query) per request
+//! otherwise.
 //!
 //! Never stale: an answer is served only while the index is as it was
 //! when the answer was read — the same write generation (`bump`, on every
@@ -21,8 +23,12 @@
 //! unknown for that request only. Not covered: an index file renamed over
 //! while `serve` runs (the signal stays on the old file): stop the
 //! registry to restore an index.
-//! Bounded: at most `MAX_ENTRIES` answers of each kind; when a kind is
-//! full its answers are dropped, and when the index changed, all are.
+//! So a revoked token (`bpfarm-registry token revoke`, or any other write
+//! to the tokens table, from any process) is refused from the next request
+//! on, as without the memo.
+//! Bounded: at most `MAX_ENTRIES` answers of each kind (the tokens are one
+//! answer: the table); when a kind is full its answers are dropped, and
+//! when the index changed, all are.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -48,11 +54,12 @@ type LinkKey = (String, String);
 type LookupKey = (String, String, String);
 
 #[derive(Debug)]
-struct Answers<F, L> {
+struct Answers<F, L, T> {
     stamp: Option<Stamp>,
     files: HashMap<FileKey, F>,
     links: HashMap<LinkKey, bool>,
     lookups: HashMap<LookupKey, L>,
+    tokens: Option<T>,
 }
 
 /// Holds `value` at `key` in `map`, emptying a full map first.
@@ -63,15 +70,15 @@ fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, v
     map.insert(key, value);
 }
 
-/// The answers; `F` is what a static-layout path's query returns and `L`
-/// what an identity's lookup does (`repo`'s rows: generic so that this
-/// module needs nothing from `repo`).
+/// The answers; `F` is what a static-layout path's query returns, `L`
+/// what an identity's lookup does and `T` what the tokens' query does
+/// (`repo`'s rows: generic so that this module needs nothing from `repo`).
 #[derive(Debug)]
-pub struct Memo<F, L = ()> {
+pub struct Memo<F, L = (), T = ()> {
     /// The change signal's connection (read-only; runs only the pragma).
     signal: Mutex<Option<Connection>>,
     generation: AtomicU64,
-    answers: Mutex<Answers<F, L>>,
+    answers: Mutex<Answers<F, L, T>>,
 }
 
 fn open_signal(db: &Path) -> Option<Connection> {
@@ -91,7 +98,7 @@ fn data_version(c: &Connection) -> rusqlite::Result<i64> {
     c.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))
 }
 
-impl<F: Clone, L: Clone> Memo<F, L> {
+impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
     /// For the index file `db` (an sqlite database).
     pub fn new(db: &Path) -> Self {
         Self {
@@ -102,11 +109,12 @@ impl<F: Clone, L: Clone> Memo<F, L> {
                 files: HashMap::new(),
                 links: HashMap::new(),
                 lookups: HashMap::new(),
+                tokens: None,
             }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Answers<F, L>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Answers<F, L, T>> {
         match self.answers.lock() {
             Ok(a) => a,
             Err(poisoned) => poisoned.into_inner(),
@@ -149,13 +157,14 @@ impl<F: Clone, L: Clone> Memo<F, L> {
 
     /// The answers valid at `stamp`, dropping them all if the index changed.
     /// `None` when the stamp vouches for nothing.
-    fn at(&self, stamp: Stamp) -> Option<std::sync::MutexGuard<'_, Answers<F, L>>> {
+    fn at(&self, stamp: Stamp) -> Option<std::sync::MutexGuard<'_, Answers<F, L, T>>> {
         stamp.data_version?;
         let mut a = self.lock();
         if a.stamp != Some(stamp) {
             a.files.clear();
             a.links.clear();
             a.lookups.clear();
+            a.tokens = None;
             a.stamp = Some(stamp);
         }
         Some(a)
@@ -186,6 +195,16 @@ impl<F: Clone, L: Clone> Memo<F, L> {
     pub fn put_lookup(&self, stamp: Stamp, key: LookupKey, answer: L) {
         let Some(mut a) = self.at(stamp) else { return };
         bounded_insert(&mut a.lookups, key, answer);
+    }
+
+    /// The stored tokens as read at `stamp`, if they were.
+    pub fn tokens(&self, stamp: Stamp) -> Option<T> {
+        self.at(stamp)?.tokens.clone()
+    }
+
+    pub fn put_tokens(&self, stamp: Stamp, tokens: T) {
+        let Some(mut a) = self.at(stamp) else { return };
+        a.tokens = Some(tokens);
     }
 }
 
@@ -325,6 +344,30 @@ mod tests {
         w.execute("UPDATE t SET v = 'c'", []).unwrap();
         memo.put_lookup(before, key.clone(), Some(2));
         assert_eq!(memo.lookup(memo.stamp(), &key), None);
+    }
+
+    /// The tokens' answer follows the same rules: another process's
+    /// revoke (a commit, no bump) drops it, as does this process's write.
+    #[test]
+    fn the_tokens_live_only_while_the_index_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, w) = index(dir.path());
+        let memo = Memo::<(), (), Vec<&str>>::new(&db);
+        let s = memo.stamp();
+        assert_eq!(memo.tokens(s), None);
+        memo.put_tokens(s, vec!["h1", "h2"]);
+        assert_eq!(memo.tokens(memo.stamp()), Some(vec!["h1", "h2"]));
+        let out = std::process::Command::new("sqlite3").arg(&db).arg("UPDATE t SET v = 'revoked';").output().unwrap();
+        assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(memo.tokens(memo.stamp()), None, "another process's write");
+        let s = memo.stamp();
+        memo.put_tokens(s, vec!["h1"]);
+        memo.bump();
+        assert_eq!(memo.tokens(memo.stamp()), None, "this process's write");
+        let before = memo.stamp();
+        w.execute("UPDATE t SET v = 'x'", []).unwrap();
+        memo.put_tokens(before, vec!["stale"]);
+        assert_eq!(memo.tokens(memo.stamp()), None, "read before a change, never served after it");
     }
 
     #[test]

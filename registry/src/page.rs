@@ -2,13 +2,16 @@
 //! version and arch — present (with a download link), failed (with the
 //! builder's reason) or missing — with a search box over kernel releases.
 //! Rendered on the server from the index; the only script filters rows.
+//! It counts what `GET /v1/coverage` counts (the newest
+//! `MAX_REPORT_VERSIONS` versions, or `?version=`), and reads the cells it
+//! shows (digests, failures' first lines) for the rows of one page only.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 
 use bpfarm_object::Arch;
 
-use crate::coverage::{self, Cancel, Cancelled, Matrix, State, natural_key};
+use crate::coverage::{self, Cancel, Cancelled, MAX_REPORT_VERSIONS, Matrix, State, Tally, natural_key};
 use crate::repo::{CoverageFailure, CoverageObject};
 
 /// `&`, `<`, `>`, `"`, `'` escaped for HTML text and attribute values.
@@ -36,8 +39,6 @@ enum Cell<'a> {
 pub const MAX_PAGE_BYTES: usize = 1 << 20;
 /// Rows of each summary table (the newest versions, the series in order).
 const MAX_SUMMARY_ROWS: usize = 50;
-/// Version columns of the detail table (the newest; `?version=` picks one).
-const MAX_DETAIL_VERSIONS: usize = 12;
 /// Kernel rows on one page of the detail table.
 const MAX_ROWS: usize = 1000;
 /// Missing (release, arch) pairs listed by name above the table.
@@ -108,55 +109,80 @@ fn pct(s: &str) -> String {
     out
 }
 
+/// What the detail rows of one page show of their cells (`Repo::coverage_detail`):
+/// the current objects (digest, size) and failures (first line) of the
+/// page's releases × the counted versions, read for that page only.
+pub type Detail = (Vec<CoverageObject>, Vec<CoverageFailure>);
+
+/// Reads the `Detail` of some releases × the counted versions.
+pub type ReadDetail<'a> = dyn FnMut(&[&str], &[String]) -> Result<Detail, sqlx::Error> + 'a;
+
+/// Why the page was not rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
+    #[error("index: {0}")]
+    Index(#[from] sqlx::Error),
+}
+
+/// Versions older than the counted ones the page links by name (each
+/// opens `?version=<name>`).
+pub const OLDER_LINKED: usize = 24;
+
 pub fn render(objects: &[CoverageObject], failures: &[CoverageFailure]) -> String {
-    // A fresh `Cancel` is never set: there is no error to lose.
-    render_view(objects, failures, &View::default()).unwrap_or_default()
+    render_against(objects, failures, None)
 }
 
 /// The page, counting against a published matrix when one is given (its
 /// releases are rows even before anything was built for them).
 pub fn render_against(objects: &[CoverageObject], failures: &[CoverageFailure], matrix: Option<&Matrix>) -> String {
-    render_view(objects, failures, &View { matrix, ..View::default() }).unwrap_or_default()
+    // A fresh `Cancel` is never set, and rows in memory never fail.
+    render_in_memory(objects, failures, &View { matrix, ..View::default() }).unwrap_or_default()
 }
 
-/// The page for one request: counts of everything (totals, per version,
-/// per kernel series), the missing pairs by name (the first
-/// `MAX_MISSING_LISTED`, then a link to all of them), and the detail table
-/// a page at a time. At most `MAX_PAGE_BYTES` whatever the registry holds:
-/// when every row fits, they are all there and the search filters them in
-/// the browser; when not, the table is cut into pages (`from`) and `q`
-/// narrows it on the server. `Cancelled` once `view.cancel` is set.
-pub fn render_view(
+/// The page of rows held in memory (tests, tools), counted and looked up
+/// as the index's rows are.
+pub fn render_in_memory(
     objects: &[CoverageObject],
     failures: &[CoverageFailure],
     view: &View<'_>,
-) -> Result<String, Cancelled> {
+) -> Result<String, PageError> {
+    let tally = coverage::tally_rows(objects, failures, view.version, MAX_REPORT_VERSIONS, OLDER_LINKED);
+    let mut detail = |releases: &[&str], versions: &[String]| -> Result<Detail, sqlx::Error> {
+        let releases: HashSet<&str> = releases.iter().copied().collect();
+        let wanted = |r: &str, v: &str| releases.contains(r) && versions.iter().any(|x| x == v);
+        Ok((
+            objects.iter().filter(|o| wanted(&o.kernel_release, &o.version)).cloned().collect(),
+            failures.iter().filter(|f| wanted(&f.kernel_release, &f.version)).cloned().collect(),
+        ))
+    };
+    render_view(tally, &mut detail, view)
+}
+
+/// The page for one request, from a count (`coverage::count`: the newest
+/// `MAX_REPORT_VERSIONS` versions, or `?version=`): its counts (totals,
+/// per version, per kernel series), which versions are not counted (and
+/// links to them), the missing pairs by name (the first
+/// `MAX_MISSING_LISTED`, then a link to all of them), and the detail table
+/// a page at a time, whose cells `detail` reads for that page's rows only.
+/// At most `MAX_PAGE_BYTES` whatever the registry holds: when every row
+/// fits, they are all there and the search filters them in the browser;
+/// when not, the table is cut into pages (`from`) and `q` narrows it on
+/// the server. `Cancelled` once `view.cancel` is set.
+pub fn render_view(tally: Tally, detail: &mut ReadDetail<'_>, view: &View<'_>) -> Result<String, PageError> {
     let matrix = view.matrix;
-    let report = coverage::report(objects, failures, matrix, view.version, &view.cancel)?;
-    let expected = coverage::expected(objects, failures, matrix);
+    let all: Vec<String> = tally.releases(matrix);
+    let older = tally.chosen().older.clone();
+    let report = tally.finish(matrix, &view.cancel)?;
     view.cancel.check()?;
-    let mut releases: Vec<&str> = objects
-        .iter()
-        .map(|o| o.kernel_release.as_str())
-        .chain(failures.iter().map(|f| f.kernel_release.as_str()))
-        .chain(expected.iter().map(|(r, _)| r.as_str()))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    releases.sort_by_cached_key(|r| natural_key(r));
+    let expected: HashSet<(&str, Arch)> = report.kernels.iter().map(|k| (k.release.as_str(), k.arch)).collect();
+    let mut releases: Vec<&str> = all.iter().map(String::as_str).collect();
     let all_releases = releases.len();
-    let mut versions: Vec<&str> = report.versions.iter().map(String::as_str).collect();
-    versions.sort_by_cached_key(|v| std::cmp::Reverse(natural_key(v)));
-    let hidden_versions = versions.len().saturating_sub(MAX_DETAIL_VERSIONS);
-    let columns: Vec<&str> = versions.iter().take(MAX_DETAIL_VERSIONS).copied().collect();
+    // Newest first.
+    let mut columns: Vec<String> = report.versions.clone();
+    columns.sort_by_cached_key(|v| std::cmp::Reverse(natural_key(v)));
     let arches: Vec<&str> = Arch::ALL.iter().map(|a| a.uname()).collect();
-    let mut cells: HashMap<(&str, &str, &str), Cell<'_>> = HashMap::with_capacity(objects.len() + failures.len());
-    for f in failures {
-        cells.insert((f.kernel_release.as_str(), f.version.as_str(), f.arch.as_str()), Cell::Failed(f));
-    }
-    for o in objects {
-        cells.insert((o.kernel_release.as_str(), o.version.as_str(), o.arch.as_str()), Cell::Present(o));
-    }
     if let Some(state) = view.state {
         let with: HashSet<&str> = report
             .kernels
@@ -168,7 +194,7 @@ pub fn render_view(
     }
     let counts = report.counts;
     let (present, failed, missing) = (counts.present, counts.failed, counts.missing);
-    let is_expected = |r: &str, a: &str| Arch::from_any(a).is_some_and(|a| expected.contains(&(r.to_owned(), a)));
+    let is_expected = |r: &str, a: &str| Arch::from_any(a).is_some_and(|a| expected.contains(&(r, a)));
 
     let mut top = String::new();
     top.push_str(HEAD);
@@ -186,13 +212,18 @@ pub fn render_view(
     chip(&mut top, failed, State::Failed);
     top.push(' ');
     chip(&mut top, missing, State::Missing);
+    let versions_said = if report.versions_total > columns.len() {
+        format!("the {} newest of {} versions", columns.len(), report.versions_total)
+    } else {
+        format!("{} versions", columns.len())
+    };
     let _ = write!(
         top,
-        " across {all_releases} kernel releases, {} versions{}{}</p>",
-        versions.len(),
+        " across {all_releases} kernel releases, {versions_said}{}{}</p>",
         matrix.map(|m| format!(", against matrix <code>{}</code>", esc(&m.name))).unwrap_or_default(),
         view.version.map(|v| format!(", version <code>{}</code> only", esc(v))).unwrap_or_default(),
     );
+    older_versions(&mut top, &report, &older, view);
     top.push_str("<form method=\"get\" action=\"/\">");
     for (name, value) in [("matrix", matrix.map(|m| m.name.as_str())), ("version", view.version)] {
         if let Some(v) = value {
@@ -212,12 +243,23 @@ pub fn render_view(
 
     // The detail: every row if they all fit (the browser filters them),
     // else the page of rows `from` starts, narrowed by `q` on the server.
+    // Its cells are read for the rows of the page only.
     let budget = MAX_PAGE_BYTES.saturating_sub(top.len() + TAIL.len() + NAV_RESERVE);
-    let render_rows = |rows: &[&str], from: usize| -> Result<(String, usize), Cancelled> {
+    let mut render_rows = |rows: &[&str], from: usize| -> Result<(String, usize), PageError> {
+        let window: Vec<&str> = rows.iter().skip(from).take(MAX_ROWS).copied().collect();
+        let (objects, failures) =
+            if window.is_empty() || columns.is_empty() { Detail::default() } else { detail(&window, &columns)? };
+        let mut cells: HashMap<(&str, &str, &str), Cell<'_>> = HashMap::with_capacity(objects.len() + failures.len());
+        for f in &failures {
+            cells.insert((f.kernel_release.as_str(), f.version.as_str(), f.arch.as_str()), Cell::Failed(f));
+        }
+        for o in &objects {
+            cells.insert((o.kernel_release.as_str(), o.version.as_str(), o.arch.as_str()), Cell::Present(o));
+        }
         let mut body = String::new();
         let mut row = String::new();
         let mut end = from.min(rows.len());
-        for (n, r) in rows.iter().skip(from).take(MAX_ROWS).enumerate() {
+        for (n, r) in window.iter().enumerate() {
             if n % coverage::CHECK_EVERY == 0 {
                 view.cancel.check()?;
             }
@@ -225,7 +267,7 @@ pub fn render_view(
             let _ = write!(row, "<tr data-release=\"{0}\"><th class=\"release\">{0}</th>", esc(r));
             for v in &columns {
                 for a in &arches {
-                    match cells.get(&(*r, *v, *a)) {
+                    match cells.get(&(*r, v.as_str(), *a)) {
                         Some(Cell::Present(o)) => present_cell(&mut row, o, r, v),
                         Some(Cell::Failed(f)) => failed_cell(&mut row, f),
                         None if !is_expected(r, a) => row.push_str(&not_expected_cell(r, a, matrix)),
@@ -279,13 +321,6 @@ pub fn render_view(
         } else if view.state.is_some() {
             let _ = write!(nav, "{} releases.", shown.len());
         }
-        if hidden_versions > 0 {
-            let _ = write!(
-                nav,
-                " The {MAX_DETAIL_VERSIONS} newest of {} versions are shown; pick another with <code>?version=</code> (see the table above).",
-                versions.len()
-            );
-        }
         nav.push_str("</p>");
         h.push_str(&nav);
         let _ = write!(
@@ -312,6 +347,29 @@ pub fn render_view(
     Ok(h)
 }
 
+/// When only the newest versions are counted: says so, and links the
+/// older ones by name (`OLDER_LINKED` of them), each to its own count.
+fn older_versions(h: &mut String, report: &coverage::Report, older: &[String], view: &View<'_>) {
+    let hidden = report.versions_total.saturating_sub(report.versions.len());
+    if hidden == 0 || view.version.is_some() {
+        return;
+    }
+    let _ = write!(
+        h,
+        "<p class=\"older\">Counted and shown: the {} newest versions. The {hidden} older versions are not; \
+         open one with <code>?version=&lt;name&gt;</code>",
+        report.versions.len()
+    );
+    for (i, v) in older.iter().enumerate() {
+        let href = View { version: Some(v.as_str()), from: 0, ..view.clone() }.href(0, None, None);
+        let _ = write!(h, "{}<a href=\"{}\">{}</a>", if i == 0 { ": " } else { ", " }, esc(&href), esc(v));
+    }
+    if hidden > older.len() {
+        let _ = write!(h, " and {} more", hidden - older.len());
+    }
+    h.push_str(" (<code>GET /v1/objects?version=&lt;name&gt;</code> lists a version&#39;s objects).</p>");
+}
+
 fn present_cell(h: &mut String, o: &CoverageObject, release: &str, version: &str) {
     let _ = write!(
         h,
@@ -326,7 +384,7 @@ fn present_cell(h: &mut String, o: &CoverageObject, release: &str, version: &str
 }
 
 fn failed_cell(h: &mut String, f: &CoverageFailure) {
-    // The message's first line, cut (`Repo::coverage` reads no more): a
+    // The message's first line, cut (`Repo::coverage_detail` reads no more): a
     // title, not a log.
     let first: String = f.message.lines().next().unwrap_or("").chars().take(FAILURE_TITLE_CHARS).collect();
     let _ = write!(h, "<td class=\"failed\" title=\"{}\">failed</td>", esc(&first));
@@ -462,7 +520,7 @@ const HEAD: &str = r#"<!doctype html>
   .p { color: #14532d; } .f { color: #7f1d1d; } .m { color: #8a93a3; }
   .missing-list ul { columns: 3 18rem; margin: .25rem 0; }
   .missing-list h2 { font-size: 1rem; margin: .5rem 0 .25rem; }
-  .nav, .more { color: #4a5468; }
+  .nav, .more, .older { color: #4a5468; }
 </style></head><body>
 "#;
 

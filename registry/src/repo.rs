@@ -16,6 +16,8 @@ use std::time::Duration;
 use bpfarm_object::{Identity, ObjectMetadata};
 
 use crate::memo::Memo;
+use futures_util::TryStreamExt;
+use futures_util::stream::BoxStream;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 #[derive(Debug, Clone)]
@@ -30,7 +32,10 @@ pub struct Repo {
 /// the `/v1` lookup answers (`None`: no current object).
 pub type Signed = Option<(ObjectRow, Option<SignatureRow>)>;
 
-type IndexMemo = Memo<Vec<ObjectRow>, Signed>;
+/// Every stored token's hash with its scope (`token_hashes`).
+pub type TokenHashes = Arc<[(String, Scope)]>;
+
+type IndexMemo = Memo<Vec<ObjectRow>, Signed, TokenHashes>;
 
 /// One stored object row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -106,6 +111,23 @@ pub struct CoverageObject {
     pub version: String,
     pub digest: String,
     pub size: i64,
+}
+
+/// Which rows a coverage count reads (`coverage_pairs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellRows {
+    Objects,
+    Failures,
+}
+
+/// A (release, arch) pair with rows, as a coverage count reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CoveragePair {
+    pub kernel_release: String,
+    pub arch: String,
+    /// Which of the counted versions it has rows for, `\n`-separated
+    /// (versions hold no `\n`); `None`: none of them.
+    pub versions: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -269,38 +291,86 @@ impl Repo {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Everything the coverage page shows: current objects and failures,
-    /// of each failure's message only its first line, at most `title`
-    /// characters (messages are up to 16 KiB each; the page shows a title).
-    pub async fn coverage(&self, title: usize) -> Result<(Vec<CoverageObject>, Vec<CoverageFailure>), sqlx::Error> {
-        let objects =
-            sqlx::query_as("SELECT kernel_release, arch, version, digest, size FROM objects WHERE current = 1")
-                .fetch_all(&self.reader)
-                .await?;
+    /// Every version with a current object or a failure, each once (a
+    /// coverage count picks the ones it counts from these), as they come.
+    pub async fn coverage_versions(&self, mut each: impl FnMut(String)) -> Result<(), sqlx::Error> {
+        let mut rows = sqlx::query_scalar::<_, String>(
+            "SELECT version FROM objects WHERE current = 1 UNION SELECT version FROM failures",
+        )
+        .fetch(&self.reader);
+        while let Some(v) = rows.try_next().await? {
+            each(v);
+        }
+        Ok(())
+    }
+
+    /// One row per (release, arch) pair with current objects (or
+    /// failures), naming which of the `counted` versions it has, as they
+    /// come: what a coverage count reads, grouped by sqlite, instead of a
+    /// row per object.
+    pub async fn coverage_pairs(
+        &self,
+        rows: CellRows,
+        counted: &[String],
+        mut each: impl FnMut(CoveragePair),
+    ) -> Result<(), sqlx::Error> {
+        let sql = match rows {
+            CellRows::Objects => {
+                "SELECT kernel_release, arch,
+                        group_concat(CASE WHEN version IN (SELECT value FROM json_each(?1)) THEN version END, char(10)) AS versions
+                   FROM objects WHERE current = 1 GROUP BY kernel_release, arch"
+            }
+            CellRows::Failures => {
+                "SELECT kernel_release, arch,
+                        group_concat(CASE WHEN version IN (SELECT value FROM json_each(?1)) THEN version END, char(10)) AS versions
+                   FROM failures GROUP BY kernel_release, arch"
+            }
+        };
+        let counted = serde_json::Value::from(counted.to_vec()).to_string();
+        let mut pairs = sqlx::query_as::<_, CoveragePair>(sql).bind(counted).fetch(&self.reader);
+        while let Some(p) = pairs.try_next().await? {
+            each(p);
+        }
+        Ok(())
+    }
+
+    /// The cells of the coverage page's detail rows, `releases` ×
+    /// `versions` only: current objects (digest and size: the download
+    /// link) and failures, of each failure's message only its first line,
+    /// at most `title` characters (messages are up to 16 KiB each; the
+    /// page shows a title). Found by release (the identity index and the
+    /// failures' key; `+version` keeps sqlite from scanning every row of
+    /// each counted version instead).
+    pub async fn coverage_detail(
+        &self,
+        releases: &[&str],
+        versions: &[String],
+        title: usize,
+    ) -> Result<(Vec<CoverageObject>, Vec<CoverageFailure>), sqlx::Error> {
+        let releases = serde_json::Value::from(releases.to_vec()).to_string();
+        let versions = serde_json::Value::from(versions.to_vec()).to_string();
+        let objects = sqlx::query_as(
+            "SELECT kernel_release, arch, version, digest, size FROM objects
+              WHERE current = 1 AND kernel_release IN (SELECT value FROM json_each(?1))
+                AND +version IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(releases.as_str())
+        .bind(versions.as_str())
+        .fetch_all(&self.reader)
+        .await?;
         let failures = sqlx::query_as(
             "SELECT kernel_release, arch, version,
-                    rtrim(substr(message, 1, CASE instr(message, char(10)) WHEN 0 THEN ?1
-                                                  ELSE min(instr(message, char(10)) - 1, ?1) END), char(13)) AS message
-               FROM failures",
+                    rtrim(substr(message, 1, CASE instr(message, char(10)) WHEN 0 THEN ?3
+                                                  ELSE min(instr(message, char(10)) - 1, ?3) END), char(13)) AS message
+               FROM failures
+              WHERE kernel_release IN (SELECT value FROM json_each(?1))
+                AND +version IN (SELECT value FROM json_each(?2))",
         )
+        .bind(releases.as_str())
+        .bind(versions.as_str())
         .bind(i64::try_from(title).unwrap_or(i64::MAX))
         .fetch_all(&self.reader)
         .await?;
-        Ok((objects, failures))
-    }
-
-    /// What `GET /v1/coverage` counts: current objects and failures, the
-    /// objects' `digest` and the failures' `message` left empty (the report
-    /// shows neither: a digest is 71 bytes × every object, a message up to
-    /// 16 KiB that pushers write).
-    pub async fn coverage_cells(&self) -> Result<(Vec<CoverageObject>, Vec<CoverageFailure>), sqlx::Error> {
-        let objects =
-            sqlx::query_as("SELECT kernel_release, arch, version, '' AS digest, size FROM objects WHERE current = 1")
-                .fetch_all(&self.reader)
-                .await?;
-        let failures = sqlx::query_as("SELECT kernel_release, arch, version, '' AS message FROM failures")
-            .fetch_all(&self.reader)
-            .await?;
         Ok((objects, failures))
     }
 
@@ -329,9 +399,26 @@ impl Repo {
         Ok(())
     }
 
-    /// Every stored token hash with its scope.
-    pub async fn token_hashes(&self) -> Result<Vec<(String, Scope)>, sqlx::Error> {
-        sqlx::query_as("SELECT hash, scope FROM tokens").fetch_all(&self.reader).await
+    /// Every stored token hash with its scope, from the memo while the
+    /// index is unchanged: the access check of a request presenting a
+    /// token makes no sqlite hop, and a token revoked by any process (any
+    /// commit to the index) is read again by the next request.
+    pub async fn token_hashes(&self) -> Result<TokenHashes, sqlx::Error> {
+        let stamp = self.memo.stamp();
+        if let Some(tokens) = self.memo.tokens(stamp) {
+            return Ok(tokens);
+        }
+        let rows: Vec<(String, Scope)> =
+            sqlx::query_as("SELECT hash, scope FROM tokens").fetch_all(&self.reader).await?;
+        let tokens: TokenHashes = rows.into();
+        self.memo.put_tokens(stamp, tokens.clone());
+        Ok(tokens)
+    }
+
+    /// Removes the token named `name`; whether there was one.
+    pub async fn remove_token(&self, name: &str) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM tokens WHERE name = ?").bind(name).execute(&self.writer).await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Starts the one kind of transaction that changes what is current.
@@ -359,22 +446,32 @@ impl Repo {
 
     /// Every current object with what the faces check needs to prove its
     /// OCI form from sqlite: the digest its recorded tag names in
-    /// `oci_repo` (if any) and whether that manifest has a row there.
-    pub async fn face_rows(&self, oci_repo: &str) -> Result<Vec<FaceRow>, sqlx::Error> {
+    /// `oci_repo` (if any) and whether that manifest has a row there. As
+    /// they come, in tag order (the tag index's own order: no sort), so the
+    /// rows of one index come together.
+    pub fn face_rows(&self, oci_repo: &str) -> BoxStream<'_, Result<FaceRow, sqlx::Error>> {
         sqlx::query_as(
             "SELECT o.id, o.arch, o.digest, o.size, t.digest AS index_digest,
                     EXISTS (SELECT 1 FROM oci_manifests m WHERE m.repo = ?1 AND m.digest = t.digest) AS index_row
                FROM objects o LEFT JOIN oci_tags t ON t.repo = ?1 AND t.tag = o.oci_tag
-              WHERE o.current = 1",
+              WHERE o.current = 1
+              ORDER BY o.oci_tag",
         )
-        .bind(oci_repo)
-        .fetch_all(&self.reader)
-        .await
+        .bind(oci_repo.to_owned())
+        .fetch(&self.reader)
     }
 
-    /// The digest of every manifest row of `repo`.
-    pub async fn manifest_digests(&self, repo: &str) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT digest FROM oci_manifests WHERE repo = ?").bind(repo).fetch_all(&self.reader).await
+    /// The digest of every manifest row of `repo`, as they come (in
+    /// digest order: the primary key's).
+    pub async fn manifest_digests(&self, repo: &str, mut each: impl FnMut(String)) -> Result<(), sqlx::Error> {
+        let mut rows =
+            sqlx::query_scalar::<_, String>("SELECT digest FROM oci_manifests WHERE repo = ? ORDER BY digest")
+                .bind(repo)
+                .fetch(&self.reader);
+        while let Some(d) = rows.try_next().await? {
+            each(d);
+        }
+        Ok(())
     }
 
     /// One object row, current or not, by id.

@@ -197,32 +197,64 @@ async fn coverage(State(s): State<AppState>, Query(q): Query<CoverageQuery>) -> 
     // Dropped with this future when the client leaves: the work stops.
     let cancel = coverage::Cancel::default();
     let _gone = cancel.on_drop();
-    let matrix = matrix_of(&s, q.matrix.as_deref()).await?;
-    let (objects, failures) = s.repo.coverage(crate::page::FAILURE_TITLE_CHARS).await?;
-    let metrics = s.metrics().clone();
-    // Counting and rendering 100k objects takes a while: off the runtime.
-    let html = tokio::task::spawn_blocking(move || {
-        let view = crate::page::View {
-            matrix: matrix.as_ref(),
-            version: q.version.as_deref(),
-            q: q.q.as_deref(),
-            state: q.state,
-            from: q.from.unwrap_or(0),
-            cancel,
-        };
-        crate::page::render_view(&objects, &failures, &view).inspect_err(|_| abandoned(&metrics))
-    })
-    .await
-    .map_err(Error::from)?
-    // Only after this future was dropped: nobody reads this answer.
-    .map_err(|e| Error::BadRequest(e.to_string()))?;
-    Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
+    let watch = Abandoned::watch(s.metrics());
+    let answer = async {
+        let matrix = matrix_of(&s, q.matrix.as_deref()).await?;
+        let older = crate::page::OLDER_LINKED;
+        let tally = coverage::count(&s.repo, q.version.as_deref(), coverage::MAX_REPORT_VERSIONS, older).await?;
+        let repo = s.repo.clone();
+        let runtime = tokio::runtime::Handle::current();
+        // Counting pairs and rendering a page of rows: off the runtime; the
+        // page's cells are read from there, for its rows only.
+        tokio::task::spawn_blocking(move || {
+            let view = crate::page::View {
+                matrix: matrix.as_ref(),
+                version: q.version.as_deref(),
+                q: q.q.as_deref(),
+                state: q.state,
+                from: q.from.unwrap_or(0),
+                cancel,
+            };
+            let mut detail = |releases: &[&str], versions: &[String]| {
+                runtime.block_on(repo.coverage_detail(releases, versions, crate::page::FAILURE_TITLE_CHARS))
+            };
+            crate::page::render_view(tally, &mut detail, &view)
+        })
+        .await
+        .map_err(Error::from)?
+        .map_err(|e| match e {
+            // Only after this future was dropped: nobody reads this answer.
+            crate::page::PageError::Cancelled(c) => Error::BadRequest(c.to_string()),
+            crate::page::PageError::Index(e) => Error::Index(e),
+        })
+    };
+    let html = answer.await;
+    watch.done();
+    Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html?).into_response())
 }
 
-/// A coverage answer's work stopped: its client left.
-fn abandoned(metrics: &crate::metrics::Metrics) {
-    metrics.coverage_abandoned();
-    tracing::debug!("coverage: the client left; the work stopped");
+/// Counts a coverage answer whose client left before it was ready (its
+/// request's future was dropped, reading or counting): the work stopped.
+struct Abandoned(Option<std::sync::Arc<crate::metrics::Metrics>>);
+
+impl Abandoned {
+    fn watch(metrics: &std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        Abandoned(Some(metrics.clone()))
+    }
+
+    /// The answer is ready (or failed): nothing was abandoned.
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.0.take() {
+            metrics.coverage_abandoned();
+            tracing::debug!("coverage: the client left; the work stopped");
+        }
+    }
 }
 
 /// `GET /v1/coverage?matrix=<name>&version=<v>&q=&state=&offset=&limit=`:
@@ -240,21 +272,21 @@ async fn coverage_json(State(s): State<AppState>, Query(q): Query<CoverageQuery>
     }
     let cancel = coverage::Cancel::default();
     let _gone = cancel.on_drop();
-    let matrix = matrix_of(&s, q.matrix.as_deref()).await?;
-    let (objects, failures) = s.repo.coverage_cells().await?;
-    let metrics = s.metrics().clone();
-    let report = tokio::task::spawn_blocking(move || {
-        let select = coverage::Select { q: q.q.as_deref(), state: q.state, offset: q.offset.unwrap_or(0), limit };
-        let version = q.version.as_deref();
-        let max = coverage::MAX_REPORT_VERSIONS;
-        coverage::report_newest(&objects, &failures, matrix.as_ref(), version, max, &cancel)
-            .map(|r| r.select(&select))
-            .inspect_err(|_| abandoned(&metrics))
-    })
-    .await
-    .map_err(Error::from)?
-    .map_err(|e| Error::BadRequest(e.to_string()))?;
-    Ok(Json(report).into_response())
+    let watch = Abandoned::watch(s.metrics());
+    let answer = async {
+        let matrix = matrix_of(&s, q.matrix.as_deref()).await?;
+        let tally = coverage::count(&s.repo, q.version.as_deref(), coverage::MAX_REPORT_VERSIONS, 0).await?;
+        tokio::task::spawn_blocking(move || {
+            let select = coverage::Select { q: q.q.as_deref(), state: q.state, offset: q.offset.unwrap_or(0), limit };
+            tally.finish(matrix.as_ref(), &cancel).map(|r| r.select(&select))
+        })
+        .await
+        .map_err(Error::from)?
+        .map_err(|e| Error::BadRequest(e.to_string()))
+    };
+    let report = answer.await;
+    watch.done();
+    Ok(Json(report?).into_response())
 }
 
 /// `PUT /v1/matrices/{name}`: the (release, arch) pairs a matrix expects,

@@ -901,3 +901,312 @@ async fn the_memoised_lookup_sees_every_change_to_the_index() {
     other_process(&format!("DELETE FROM object_signatures; DELETE FROM objects WHERE kernel_release = '{release}';"));
     assert_eq!(one_trip(&r, &path).await.0, StatusCode::NOT_FOUND);
 }
+
+/// The access check reads the stored tokens from the memo while the index
+/// is unchanged, yet a token revoked by another process is refused on the
+/// very next request: `bpfarm-registry token revoke` (a process of its
+/// own) and a raw `sqlite3` delete. A token another process creates is
+/// taken at once too. (With the memo's change signal ignored, the revoked
+/// tokens would still be let through here.)
+#[tokio::test]
+async fn a_token_revoked_by_another_process_is_refused_on_the_next_request() {
+    let r = registry(Settings { require_read_token: true, ..Settings::default() }).await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bpfarm-registry"))
+            .args(args)
+            .arg("--data")
+            .arg(&r.data)
+            .env("BPFARM_LOG", "error")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let read = |token: &str| {
+        let token = token.to_owned();
+        let r = &r;
+        async move { call(r, req("GET", "/v1/objects", Some(&token), vec![])).await }
+    };
+    let kernels = |release: &str| {
+        let k = serde_json::json!({"kernels": [{"release": release, "arch": "x86_64"}]});
+        serde_json::to_vec(&k).unwrap()
+    };
+    // Each token is let through again and again (from the memo after the first).
+    for _ in 0..3 {
+        assert_eq!(read(&r.read).await.0, StatusCode::OK);
+        assert_eq!(read(&r.push).await.0, StatusCode::OK);
+    }
+
+    let (code, _, err) = cli(&["token", "revoke", "--name", "fleet"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("revoked token \"fleet\""), "{err}");
+    let (s, _, body) = read(&r.read).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the revoked read token was let through");
+    assert_eq!(json(&body)["message"], "unknown token");
+    // An anonymous read is still refused, and the push token still works.
+    assert_eq!(call(&r, req("GET", "/v1/objects", None, vec![])).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(read(&r.push).await.0, StatusCode::OK);
+    let put =
+        |token: &str, name: &str| req("PUT", &format!("/v1/matrices/{name}"), Some(token), kernels("6.1.0-1-amd64"));
+    assert_eq!(call(&r, put(&r.push, "a")).await.0, StatusCode::CREATED);
+
+    // Revoked by a raw write of another process (no bpfarm code at all).
+    let out = std::process::Command::new("sqlite3")
+        .arg(r.data.join("index.sqlite"))
+        .arg("DELETE FROM tokens WHERE name = 'ci';")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+    let (s, _, body) = call(&r, put(&r.push, "b")).await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the revoked push token was let through: {}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(read(&r.push).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(call(&r, req("GET", "/v1/matrices/b", Some(&r.push), vec![])).await.0, StatusCode::UNAUTHORIZED);
+
+    // A token created by another process works on its first request.
+    let (code, token, err) = cli(&["token", "create", "--name", "later", "--scope", "read"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(read(token.trim()).await.0, StatusCode::OK);
+    // Revoking a name nobody holds says so (exit 2), and changes nothing.
+    let (code, _, err) = cli(&["token", "revoke", "--name", "fleet"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no token named \"fleet\""), "{err}");
+    assert_eq!(read(token.trim()).await.0, StatusCode::OK);
+}
+
+/// Rows written straight into the index (as `the_coverage_page_is_bounded…`
+/// does): `objects` (release, arch, version, current) and `failures`.
+async fn index_rows(r: &Reg, objects: &[(String, &str, String, bool)], failures: &[(String, &str, String)]) {
+    let db = sqlx::sqlite::SqlitePool::connect(&format!("sqlite://{}", r.data.join("index.sqlite").display()))
+        .await
+        .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    for (i, (release, arch, version, current)) in objects.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO objects (kernel_release, arch, version, file_name, digest, size, metadata, published_at, current)
+             VALUES (?, ?, ?, 'f', ?, 7, '{}', 't', ?)",
+        )
+        .bind(release)
+        .bind(arch)
+        .bind(version)
+        .bind(Digest::of_bytes(format!("{i}").as_bytes()).as_str())
+        .bind(i64::from(*current))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    for (release, arch, version) in failures {
+        sqlx::query("INSERT INTO failures (kernel_release, arch, version, message, reported_at) VALUES (?, ?, ?, 'error: x', 't')")
+            .bind(release)
+            .bind(arch)
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    db.close().await;
+}
+
+/// With more versions than it counts, the page counts what `/v1/coverage`
+/// counts — the 12 newest (natural order: v1.30.0 before v1.9.0) — and its
+/// counts, per version, per series and cell by cell, equal a brute-force
+/// count over the same rows read back from sqlite; it says which versions
+/// it leaves out and links them. `?version=` counts an older one alone.
+#[tokio::test]
+async fn the_page_counts_the_newest_versions_as_a_brute_force_count_does() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let r = registry(Settings::default()).await;
+    let (kernels, versions) = (24usize, 31usize);
+    let release = |k: usize| match k % 3 {
+        0 => format!("6.1.0-{k}-amd64"),
+        1 => format!("5.15.0-{k}-generic"),
+        _ => format!("6.12.{k}+deb13-arm64"),
+    };
+    let arch_of = |k: usize| if k % 3 == 2 { "aarch64" } else { "x86_64" };
+    let version = |v: usize| format!("v1.{v}.0");
+    let (mut objects, mut failures) = (Vec::new(), Vec::new());
+    for k in 0..kernels {
+        for v in 0..versions {
+            // The last kernel has only old versions: still a row.
+            if k == kernels - 1 && v > 5 {
+                continue;
+            }
+            match (k * 7 + v * 3) % 5 {
+                0 | 1 => objects.push((release(k), arch_of(k), version(v), true)),
+                2 => {
+                    // A failure and then an object: present.
+                    failures.push((release(k), arch_of(k), version(v)));
+                    objects.push((release(k), arch_of(k), version(v), true));
+                }
+                3 => failures.push((release(k), arch_of(k), version(v))),
+                // A replaced object only (history): missing.
+                _ if v % 2 == 0 => objects.push((release(k), arch_of(k), version(v), false)),
+                _ => {}
+            }
+        }
+        // -generic kernels run on both: some aarch64 objects too.
+        if k % 3 == 1 {
+            objects.push((release(k), "aarch64", version(versions - 1), true));
+        }
+    }
+    index_rows(&r, &objects, &failures).await;
+
+    // The brute force, over the rows as sqlite holds them.
+    let db = sqlx::sqlite::SqlitePool::connect(&format!("sqlite://{}", r.data.join("index.sqlite").display()))
+        .await
+        .unwrap();
+    let present: BTreeSet<(String, String, String)> =
+        sqlx::query_as("SELECT kernel_release, arch, version FROM objects WHERE current = 1")
+            .fetch_all(&db)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let failed: BTreeSet<(String, String, String)> =
+        sqlx::query_as("SELECT kernel_release, arch, version FROM failures")
+            .fetch_all(&db)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    db.close().await;
+    let all_versions: BTreeSet<&str> = present.iter().chain(&failed).map(|(_, _, v)| v.as_str()).collect();
+    assert_eq!(all_versions.len(), versions);
+    // v1.N.0: the newest are the largest N.
+    let mut by_number: Vec<&str> = all_versions.iter().copied().collect();
+    by_number.sort_by_key(|v| v[3..v.len() - 2].parse::<u32>().unwrap());
+    let newest: Vec<&str> = by_number.iter().rev().take(12).copied().collect();
+    let older: Vec<&str> = by_number.iter().rev().skip(12).copied().collect();
+    let releases: BTreeSet<&str> = present.iter().chain(&failed).map(|(r, _, _)| r.as_str()).collect();
+    let mut pairs = BTreeSet::new();
+    for (rel, arch, _) in present.iter().chain(&failed) {
+        pairs.insert((rel.as_str(), Arch::from_any(arch).unwrap()));
+        for a in Arch::ALL {
+            if a.can_run(rel) {
+                pairs.insert((rel.as_str(), a));
+            }
+        }
+    }
+    let state = |rel: &str, a: Arch, v: &str| {
+        let key = (rel.to_owned(), a.uname().to_owned(), v.to_owned());
+        if present.contains(&key) {
+            "present"
+        } else if failed.contains(&key) {
+            "failed"
+        } else {
+            "missing"
+        }
+    };
+    let brute = |counted: &[&str]| {
+        let mut totals: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut per_version: BTreeMap<(String, Arch, &str), usize> = BTreeMap::new();
+        for (rel, a) in &pairs {
+            for v in counted {
+                let s = state(rel, *a, v);
+                *totals.entry(s).or_default() += 1;
+                *per_version.entry((v.to_string(), *a, s)).or_default() += 1;
+            }
+        }
+        (totals, per_version)
+    };
+
+    // The JSON and the page, the newest 12.
+    let (s, _, body) = call(&r, req("GET", "/v1/coverage?limit=10000", None, vec![])).await;
+    assert_eq!(s, StatusCode::OK);
+    let v = json(&body);
+    let (totals, per_version) = brute(&newest);
+    let n = |s: &str| totals.get(s).copied().unwrap_or(0);
+    assert_eq!(v["versions_total"], versions);
+    let mut want: Vec<&str> = newest.clone();
+    want.sort();
+    assert_eq!(v["versions"], serde_json::json!(want));
+    assert_eq!(
+        v["counts"],
+        serde_json::json!({"present": n("present"), "failed": n("failed"), "missing": n("missing")})
+    );
+    assert_eq!(v["total_kernels"], pairs.len());
+    for ((ver, a, st), count) in &per_version {
+        assert_eq!(v["by_version"][ver][a.uname()][st], *count, "{ver} {a} {st}");
+    }
+    for k in v["kernels"].as_array().unwrap() {
+        let (rel, a) = (k["release"].as_str().unwrap(), Arch::from_any(k["arch"].as_str().unwrap()).unwrap());
+        for ver in &newest {
+            assert_eq!(k["versions"][ver], state(rel, a, ver), "{rel} {a} {ver}");
+        }
+    }
+
+    let (s, _, body) = call(&r, req("GET", "/", None, vec![])).await;
+    assert_eq!(s, StatusCode::OK);
+    let html = String::from_utf8(body).unwrap();
+    for st in ["present", "failed", "missing"] {
+        assert!(html.contains(&format!("\">{} {st}</a>", n(st))), "{st}: {}", n(st));
+    }
+    assert!(html.contains(&format!("across {} kernel releases, the 12 newest of {versions} versions", releases.len())));
+    // What it leaves out, and how to see it.
+    assert!(
+        html.contains(&format!("The {} older versions are not", versions - 12)),
+        "the page says what it leaves out"
+    );
+    assert!(html.contains("?version=&lt;name&gt;"));
+    for old in &older {
+        assert!(html.contains(&format!("<a href=\"/?version={old}\">{old}</a>")), "no link to {old}");
+        assert!(!html.contains(&format!("<th colspan=\"2\">{old}</th>")), "{old} is a column");
+    }
+    // The detail: the 12 newest as columns, newest first, every cell as
+    // the brute force has it.
+    let columns: Vec<&str> = html.split("<th colspan=\"2\">").skip(1).map(|s| &s[..s.find('<').unwrap()]).collect();
+    assert_eq!(columns, newest);
+    let mut rows = 0;
+    for tr in html.split("<tr data-release=\"").skip(1) {
+        let rel = &tr[..tr.find('"').unwrap()];
+        let tr = &tr[..tr.find("</tr>").unwrap()];
+        let cells: Vec<&str> = tr.split("<td class=\"").skip(1).map(|s| &s[..s.find('"').unwrap()]).collect();
+        let mut want = Vec::new();
+        for ver in &newest {
+            for a in Arch::ALL {
+                want.push(if pairs.contains(&(rel, a)) { state(rel, a, ver) } else { "none" });
+            }
+        }
+        assert_eq!(cells, want, "{rel}");
+        rows += 1;
+    }
+    assert_eq!(rows, releases.len());
+    // The version table counts the 12, each as the brute force does.
+    for ver in &newest {
+        for a in Arch::ALL {
+            let c = |st: &str| per_version.get(&(ver.to_string(), a, st)).copied().unwrap_or(0);
+            if c("present") + c("failed") + c("missing") > 0 {
+                let cell = format!(
+                    "<span class=\"p\">{}</span> / <span class=\"f\">{}</span> / <span class=\"m\">{}</span>",
+                    c("present"),
+                    c("failed"),
+                    c("missing")
+                );
+                let at = html.find(&format!("\">{ver}</a></th>")).unwrap_or_else(|| panic!("no row for {ver}"));
+                let row = &html[at..at + html[at..].find("</tr>").unwrap()];
+                assert!(row.contains(&cell), "{ver} {a}: {row}");
+            }
+        }
+    }
+
+    // An older version, alone: its own brute-force count.
+    let old = older[3];
+    let (s, _, body) = call(&r, req("GET", &format!("/?version={old}"), None, vec![])).await;
+    assert_eq!(s, StatusCode::OK);
+    let html = String::from_utf8(body).unwrap();
+    let (totals, _) = brute(&[old]);
+    for st in ["present", "failed", "missing"] {
+        assert!(html.contains(&format!("\">{} {st}</a>", totals.get(st).copied().unwrap_or(0))), "{old} {st}");
+    }
+    assert!(!html.contains("older versions are not"), "one version asked for, none left out");
+    let (_, _, body) = call(&r, req("GET", &format!("/v1/coverage?version={old}"), None, vec![])).await;
+    assert_eq!(json(&body)["counts"]["present"], totals.get("present").copied().unwrap_or(0));
+}
