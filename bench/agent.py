@@ -320,10 +320,15 @@ def cold_starts(variants, hit_dir, rounds, work, env):
     for name, _ in variants[1:]:
         print(f"  {name} vs {base}: cold {med(name, 'cold') / med(base, 'cold'):.2f}x, warm {med(name, 'warm') / med(base, 'warm'):.2f}x, "
               f"executable read cold {med(name, 'cached') / med(base, 'cached'):.2f}x")
-    rate = disk_rate(max((exe for _, exe in variants), key=os.path.getsize))
+    try:
+        rate = disk_rate(max((exe for _, exe in variants), key=os.path.getsize))
+    except OSError as e:  # e.g. a file system without O_DIRECT
+        rate = None
+        print(f"  disk: rate not measured ({e})")
     ra = read_ahead_kb(variants[0][1])
-    print(f"  disk: {rate / 1e6:.0f} MB/s in 8 MiB direct reads here (read_ahead_kb {ra}); at that rate:")
-    for name, _ in variants:
+    if rate:
+        print(f"  disk: {rate / 1e6:.0f} MB/s in 8 MiB direct reads here (read_ahead_kb {ra}); at that rate:")
+    for name, _ in variants if rate else []:
         read = med(name, "read")
         print(f"    {name}: the cold start's {mb(read):.1f} MB cost {read / rate * 1000:.1f} ms; its cold - warm is {(med(name, 'cold') - med(name, 'warm')) * 1000:.1f} ms")
     strace = shutil.which("strace")
