@@ -30,7 +30,9 @@ pub struct Repo {
 /// the `/v1` lookup answers (`None`: no current object).
 pub type Signed = Option<(ObjectRow, Option<SignatureRow>)>;
 
-type IndexMemo = Memo<Vec<ObjectRow>, Signed>;
+/// A static-layout path's rows are shared, so a memoised answer is one
+/// reference count per download, not a copy of every row's strings.
+type IndexMemo = Memo<Arc<[ObjectRow]>, Signed>;
 
 /// One stored object row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -199,7 +201,7 @@ impl Repo {
         version: &str,
         arch: &str,
         file_name: &str,
-    ) -> Result<Vec<ObjectRow>, sqlx::Error> {
+    ) -> Result<Arc<[ObjectRow]>, sqlx::Error> {
         let stamp = self.memo.stamp();
         let key = (version.to_owned(), arch.to_owned(), file_name.to_owned());
         if let Some(rows) = self.memo.file(stamp, &key) {
@@ -211,6 +213,7 @@ impl Repo {
             .bind(file_name)
             .fetch_all(&self.reader)
             .await?;
+        let rows: Arc<[ObjectRow]> = rows.into();
         self.memo.put_file(stamp, key, rows.clone());
         Ok(rows)
     }

@@ -9,7 +9,7 @@
 //! failure reports are small, objects `--max-object-bytes`.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -109,16 +109,12 @@ async fn put_blob(
     Ok((StatusCode::CREATED, [("x-bpfarm-digest", digest.to_string())]).into_response())
 }
 
-/// `GET`/`HEAD /v1/blobs/{digest}`.
-async fn get_blob(
-    State(s): State<AppState>,
-    Path(digest): Path<String>,
-    headers: HeaderMap,
-    method: Method,
-) -> V1Result<Response> {
+/// `GET`/`HEAD /v1/blobs/{digest}`. The request is taken whole: its
+/// headers are read in place, not copied.
+async fn get_blob(State(s): State<AppState>, Path(digest): Path<String>, req: Request) -> V1Result<Response> {
     let digest: Digest = digest.parse().map_err(Error::from)?;
-    let send = if method == Method::HEAD { Send::HeadersOnly } else { Send::Body };
-    Ok(download::serve(&s.blobs, s.metrics(), &digest, &headers, send).await?)
+    let send = if req.method() == Method::HEAD { Send::HeadersOnly } else { Send::Body };
+    Ok(download::serve(&s.blobs, s.metrics(), &digest, req.headers(), send).await?)
 }
 
 #[derive(Debug, Deserialize)]
@@ -492,8 +488,9 @@ async fn lookup_view(
 async fn static_file(
     State(s): State<AppState>,
     Path((version, arch, file)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    req: Request,
 ) -> V1Result<Response> {
+    let headers = req.headers();
     // `<file>`, `<file>.sha256`, `<file>.json`, `<file>.sig` or
     // `<file>.intoto.jsonl`, as an exported tree has them.
     let (name, extra) = if let Some(n) = file.strip_suffix(".sha256") {
@@ -509,7 +506,7 @@ async fn static_file(
     };
     let arch = arch.parse::<Arch>().map_err(|_| Error::NotFound("no such arch".into()))?;
     let rows = s.repo.by_file_name(&version, arch.uname(), name).await?;
-    let row = match rows.as_slice() {
+    let row = match &rows[..] {
         [] => return Err(Error::NotFound(format!("no {name} for {version}/{arch}")).into()),
         [one] => one,
         _ => return Err(Error::Ambiguous(name.to_owned()).into()),
@@ -525,9 +522,9 @@ async fn static_file(
             let signed = s.repo.signatures(row.id).await?.map(|r| signatures::attached_view(&r)).unwrap_or_default();
             let blob = if which == "sig" { signed.signature } else { signed.attestation };
             let blob = blob.ok_or_else(|| Error::NotFound(format!("{file}: {name} is not signed")))?;
-            return Ok(download::serve(&s.blobs, s.metrics(), &blob.digest, &headers, Send::Body).await?);
+            return Ok(download::serve(&s.blobs, s.metrics(), &blob.digest, headers, Send::Body).await?);
         }
         None => {}
     }
-    Ok(download::serve(&s.blobs, s.metrics(), &digest, &headers, Send::Body).await?)
+    Ok(download::serve(&s.blobs, s.metrics(), &digest, headers, Send::Body).await?)
 }
