@@ -57,14 +57,17 @@ pub fn app(state: AppState) -> Router {
     if state.settings.metrics_on_api {
         r = r.route("/metrics", get(metrics));
     }
-    r.fallback(crate::face::not_found)
-        // Innermost first: authorise before any handler (or body) runs,
-        // then the face conventions on whatever came back, then count.
-        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::require))
-        .layer(middleware::from_fn(crate::face::conventions))
-        .layer(middleware::from_fn_with_state(state.metrics().clone(), crate::metrics::count))
+    // One layer of the router, so a request passes one boxed service, not
+    // one per middleware: axum boxes each `Router::layer` around every
+    // route and clones every box per request. Outermost first: trace,
+    // count, the face conventions on whatever came back, and innermost
+    // authorise before any handler (or body) runs.
+    let middleware = tower::ServiceBuilder::new()
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.metrics().clone(), crate::metrics::count))
+        .layer(middleware::from_fn(crate::face::conventions))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::require));
+    r.fallback(crate::face::not_found).layer(middleware).with_state(state)
 }
 
 /// `/metrics` and `/healthz` alone, for `--metrics-listen`: a listener the
@@ -493,19 +496,24 @@ async fn static_file(
     let headers = req.headers();
     // `<file>`, `<file>.sha256`, `<file>.json`, `<file>.sig` or
     // `<file>.intoto.jsonl`, as an exported tree has them.
-    let (name, extra) = if let Some(n) = file.strip_suffix(".sha256") {
-        (n, Some("sha256"))
-    } else if let Some(n) = file.strip_suffix(".json") {
-        (n, Some("json"))
-    } else if let Some(n) = file.strip_suffix(SIGNATURE_SUFFIX) {
-        (n, Some("sig"))
-    } else if let Some(n) = file.strip_suffix(PROVENANCE_SUFFIX) {
-        (n, Some("intoto"))
+    let (suffix, extra) = if file.ends_with(".sha256") {
+        (".sha256", Some("sha256"))
+    } else if file.ends_with(".json") {
+        (".json", Some("json"))
+    } else if file.ends_with(SIGNATURE_SUFFIX) {
+        (SIGNATURE_SUFFIX, Some("sig"))
+    } else if file.ends_with(PROVENANCE_SUFFIX) {
+        (PROVENANCE_SUFFIX, Some("intoto"))
     } else {
-        (file.as_str(), None)
+        ("", None)
     };
     let arch = arch.parse::<Arch>().map_err(|_| Error::NotFound("no such arch".into()))?;
-    let rows = s.repo.by_file_name(&version, arch.uname(), name).await?;
+    // The path's own strings are the index memo's key: no copies.
+    let mut name = file;
+    name.truncate(name.len() - suffix.len());
+    let path = (version, arch.uname().to_owned(), name);
+    let rows = s.repo.by_file_name(&path).await?;
+    let (version, name) = (&path.0, &path.2);
     let row = match &rows[..] {
         [] => return Err(Error::NotFound(format!("no {name} for {version}/{arch}")).into()),
         [one] => one,
@@ -521,7 +529,7 @@ async fn static_file(
             // The signature or provenance of this object, 404 when unsigned.
             let signed = s.repo.signatures(row.id).await?.map(|r| signatures::attached_view(&r)).unwrap_or_default();
             let blob = if which == "sig" { signed.signature } else { signed.attestation };
-            let blob = blob.ok_or_else(|| Error::NotFound(format!("{file}: {name} is not signed")))?;
+            let blob = blob.ok_or_else(|| Error::NotFound(format!("{name}{suffix}: {name} is not signed")))?;
             return Ok(download::serve(&s.blobs, s.metrics(), &blob.digest, headers, Send::Body).await?);
         }
         None => {}
