@@ -14,7 +14,16 @@ then the registry's peak RSS (VmHWM) including a run with 1,000
 connections. --repeat N runs N interleaved rounds (every server once per
 round) and shows the median, the best and the spread.
 
-    bench/registry.py [--seconds 10] [--connections 64] [--sizes 100K,1M,10M] [--repeat 5]
+    bench/registry.py [--seconds 10] [--connections 64] [--sizes 100K,1M,10M] [--repeat 5] [--baseline-bin OLD]
+
+Beside each time, a measure of the work per request that other jobs on
+the machine do not move: heap allocations per request (and bytes asked
+for) on each of the registry's paths, counted by a preloaded counter
+(bench/alloc_count.c, built with the system C compiler) in a separate
+pass, on registries of their own, so the timed runs carry no counting.
+--baseline-bin OLD serves the same objects from an older build too, in
+the same interleaved rounds, and prints new/old for req/s, CPU per
+request (all of it, and user space alone) and allocations per request.
 
 Soak: bpfarm-registry alone under mixed load for a while, with a slowloris
 and unauthenticated uploads running against it the whole time: /v1
@@ -44,6 +53,7 @@ import random
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -77,38 +87,45 @@ def hwm_mib(pid):
 
 def wrk(url, seconds, conns, server_pid=None):
     """One wrk run: requests/s, p99 ms, an error line or None, the server's
-    CPU time per request (µs, its whole process tree; None without a pid)
-    and wrk's own CPU use as a share of the machine's cores."""
+    CPU time per request (µs, its whole process tree; None without a pid),
+    wrk's own CPU use as a share of the machine's cores, the requests
+    done, and the server's user-space CPU time per request (µs)."""
     clk = os.sysconf("SC_CLK_TCK")
-    before_srv = cpu_ticks(server_pid) if server_pid else 0
+    before_srv = cpu_split(server_pid) if server_pid else (0, 0)
     before_wrk = os.times()
     out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", url], capture_output=True, text=True, check=True).stdout
     after_wrk = os.times()
-    srv_ticks = cpu_ticks(server_pid) - before_srv if server_pid else 0
+    after_srv = cpu_split(server_pid) if server_pid else (0, 0)
+    srv_ticks = sum(after_srv) - sum(before_srv)
+    user_ticks = after_srv[0] - before_srv[0]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     done = int(re.search(r"(\d+) requests in", out).group(1))
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     cpu_us = srv_ticks / clk * 1e6 / done if server_pid and done else None
+    user_us = user_ticks / clk * 1e6 / done if server_pid and done else None
     wrk_cpu = (after_wrk.children_user + after_wrk.children_system - before_wrk.children_user - before_wrk.children_system)
     wrk_share = wrk_cpu / (seconds * (os.cpu_count() or 1))
-    return rps, float(p99.group(1)) * scale, errors.group(0) if errors else None, cpu_us, wrk_share
+    return rps, float(p99.group(1)) * scale, errors.group(0) if errors else None, cpu_us, wrk_share, done, user_us
 
 
-def cpu_ticks(pid):
-    """User + system clock ticks of `pid` and its child processes (nginx's
-    workers), 0 for a process that is gone."""
-    total = 0
+def cpu_split(pid):
+    """User and system clock ticks of `pid` and its child processes
+    (nginx's workers), 0 for a process that is gone."""
+    user = system = 0
     try:
         fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
+        user += int(fields[11])
+        system += int(fields[12])
         for task in os.listdir(f"/proc/{pid}/task"):
             for child in open(f"/proc/{pid}/task/{task}/children").read().split():
-                total += cpu_ticks(int(child))
+                u, k = cpu_split(int(child))
+                user += u
+                system += k
     except (FileNotFoundError, ProcessLookupError):
         pass
-    return total
+    return user, system
 
 
 def median(xs):
@@ -394,19 +411,110 @@ def fetch(url):
     return urllib.request.urlopen(url, timeout=30).read()
 
 
+def start_registry(binary, data, env=None):
+    """A bpfarm-registry serving `data` on a free loopback port: the
+    process, its base URL and a push token."""
+    token = subprocess.run([binary, "token", "create", "--data", data, "--name", "bench", "--scope", "push"], capture_output=True, text=True, check=True).stdout.split()[-1]
+    reg = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--data", data], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "BPFARM_LOG": "error", **(env or {})})
+    base = reg.stdout.readline().decode().strip().removeprefix("listening on ")
+    if not base.startswith("http://"):
+        reg.kill()
+        raise SystemExit(f"bench: {binary} did not start")
+    return reg, base, token
+
+
+def seed(base, token, objects):
+    """Publishes every (meta, bytes) of `objects` through /v1."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    pusher = Client(host, int(port), token)
+    for meta, data in objects:
+        publish(pusher, meta, data)
+
+
+# The registry's three object paths, as row names: `<label> <path>`.
+PATHS = ("static", "/v1 blob", "/v2 blob")
+
+
+def registry_urls(label, base, meta):
+    return {
+        f"{label} static": f"{base}/{meta['version']}/x86_64/{meta['file_name']}",
+        f"{label} /v1 blob": f"{base}/v1/blobs/{meta['digest']}",
+        f"{label} /v2 blob": f"{base}/v2/bpfarm/tracee-bpf/blobs/{meta['digest']}",
+    }
+
+
+def build_counter(work):
+    """bench/alloc_count.c as a preloadable library."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        raise SystemExit("bench: no C compiler for the allocation counter (run ci/install-deps, or pass --no-work)")
+    so = os.path.join(work, "alloc_count.so")
+    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", so, os.path.join(ROOT, "bench", "alloc_count.c")], check=True)
+    return so
+
+
+def read_counter(path):
+    """(allocation calls, bytes asked for, frees) so far."""
+    with open(path, "rb") as f:
+        return struct.unpack("=QQQ", f.read(24))
+
+
+def work_per_request(args, work, bins, objects):
+    """Heap allocations and bytes asked for per request, on each path of
+    each binary, at each size: {row name: {size: (allocs, bytes)}}. Each
+    binary runs under the counter on a data folder of its own, apart from
+    the timed runs; every URL is fetched first (the hot cache and the
+    index memo filled, as in the timed runs), then loaded with wrk."""
+    so = build_counter(work)
+    out = {}
+    for label, binary in bins:
+        counter = os.path.join(work, f"allocs-{label}")
+        reg, base, token = start_registry(binary, os.path.join(work, f"work-{label}"), {"LD_PRELOAD": so, "BPFARM_ALLOC_COUNT": counter})
+        try:
+            seed(base, token, objects)
+            for meta, data in objects:
+                for name, url in registry_urls(label, base, meta).items():
+                    for _ in range(5):
+                        if fetch(url) != data:
+                            raise SystemExit(f"bench: {name} served wrong bytes under the counter")
+                    before = read_counter(counter)
+                    r = wrk(url, args.work_seconds, args.connections)
+                    after = read_counter(counter)
+                    done = r[5]
+                    if after[0] == before[0] or not done:
+                        raise SystemExit(f"bench: the allocation counter counted nothing for {name} (LD_PRELOAD not applied?)")
+                    out.setdefault(name, {})[meta["size"]] = ((after[0] - before[0]) / done, (after[1] - before[1]) / done)
+        finally:
+            reg.terminate()
+            reg.wait(timeout=30)
+    return out
+
+
 def compare(args):
     """The same objects served by nginx (sendfile), bpfarm-registry's three
-    object paths and distribution, with the same wrk load, side by side."""
+    object paths (and an older build's, with --baseline-bin) and
+    distribution, with the same wrk load, side by side."""
     # The peers come from Debian (ci/install-deps installs them).
     missing = [exe for exe in ("docker-registry", "wrk", "nginx") if not shutil.which(exe) and not os.path.exists(f"/usr/sbin/{exe}")]
     if missing:
         raise SystemExit(f"bench: missing {', '.join(missing)} (run ci/install-deps)")
     if not os.path.exists(args.registry_bin):
         subprocess.run(["cargo", "build", "--release", "-p", "bpfarm-registry"], cwd=ROOT, check=True)
+    if args.baseline_bin and not os.path.isfile(args.baseline_bin):
+        raise SystemExit(f"bench: no binary {args.baseline_bin} (--baseline-bin takes a bpfarm-registry executable)")
+    bins = [("bpfarm", args.registry_bin)] + ([("old", args.baseline_bin)] if args.baseline_bin else [])
     sizes = [parse_size(s) for s in args.sizes.split(",")]
+    objects = []
+    for i, size in enumerate(sizes):
+        block = hashlib.sha256(f"object{i}".encode()).digest()
+        data = (block * (size // 32 + 1))[:size]
+        objects.append((sample_meta(f"6.1.0-{i}-amd64", "x86_64", data), data))
     work = tempfile.mkdtemp(prefix="bpfarm-regbench-")
     procs = []
     try:
+        # Allocations per request first, on registries of their own that
+        # are gone before the timed runs start.
+        allocs = {} if args.no_work else work_per_request(args, work, bins, objects)
         # nginx with sendfile: what the machine can do for a static file.
         www = os.path.join(work, "www")
         os.makedirs(www)
@@ -422,67 +530,72 @@ def compare(args):
             f.write(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {work}/distribution\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{dport}\n")
         dist = subprocess.Popen(["docker-registry", "serve", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(dist)
-        # bpfarm-registry.
-        rdata = os.path.join(work, "bpfarm")
-        token = subprocess.run([args.registry_bin, "token", "create", "--data", rdata, "--name", "bench", "--scope", "push"], capture_output=True, text=True, check=True).stdout.split()[-1]
-        reg = subprocess.Popen([args.registry_bin, "serve", "--listen", "127.0.0.1:0", "--data", rdata], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "BPFARM_LOG": "error"})
-        procs.append(reg)
-        base = reg.stdout.readline().decode().strip().removeprefix("listening on ")
-        host, port = base.removeprefix("http://").rsplit(":", 1)
+        # bpfarm-registry (and the baseline build), each on its own data.
+        regs = {}
+        for label, binary in bins:
+            reg, base, token = start_registry(binary, os.path.join(work, label))
+            procs.append(reg)
+            seed(base, token, objects)
+            regs[label] = (reg, base)
         wait_http(f"http://127.0.0.1:{nport}/")
         wait_http(f"http://127.0.0.1:{dport}/v2/")
-        pusher = Client(host, int(port), token)
 
         targets = []  # (size, {server: url})
-        for i, size in enumerate(sizes):
-            block = hashlib.sha256(f"object{i}".encode()).digest()
-            data = (block * (size // 32 + 1))[:size]
-            digest = "sha256:" + hashlib.sha256(data).hexdigest()
-            release = f"6.1.0-{i}-amd64"
-            meta = sample_meta(release, "x86_64", data)
+        pids = {"nginx sendfile": nginx.pid, "distribution 2.8": dist.pid}
+        for meta, data in objects:
+            digest = meta["digest"]
             with open(os.path.join(www, meta["file_name"]), "wb") as f:
                 f.write(data)
-            publish(pusher, meta, data)
             req = urllib.request.Request(f"http://127.0.0.1:{dport}/v2/bench/tracee-bpf/blobs/uploads/", method="POST")
             loc = urllib.request.urlopen(req).headers["Location"]
             sep = "&" if "?" in loc else "?"
             put = urllib.request.Request(f"{loc}{sep}digest={digest}", data=data, method="PUT", headers={"Content-Type": "application/octet-stream"})
             urllib.request.urlopen(put)
-            urls = {
-                "nginx sendfile": f"http://127.0.0.1:{nport}/{meta['file_name']}",
-                "bpfarm static": f"{base}/{meta['version']}/x86_64/{meta['file_name']}",
-                "bpfarm /v1 blob": f"{base}/v1/blobs/{digest}",
-                "bpfarm /v2 blob": f"{base}/v2/bpfarm/tracee-bpf/blobs/{digest}",
-                "distribution 2.8": f"http://127.0.0.1:{dport}/v2/bench/tracee-bpf/blobs/{digest}",
-            }
+            urls = {"nginx sendfile": f"http://127.0.0.1:{nport}/{meta['file_name']}"}
+            for label, (reg, base) in regs.items():
+                for name, url in registry_urls(label, base, meta).items():
+                    urls[name] = url
+                    pids[name] = reg.pid
+            urls["distribution 2.8"] = f"http://127.0.0.1:{dport}/v2/bench/tracee-bpf/blobs/{digest}"
             for name, url in urls.items():
                 if hashlib.sha256(fetch(url)).hexdigest() != digest[7:]:
                     raise SystemExit(f"bench: {name} served wrong bytes for {url}")
-            targets.append((size, urls))
+            targets.append((meta["size"], urls))
 
-        pids = {"nginx sendfile": nginx.pid, "distribution 2.8": dist.pid}
         print(f"bench: wrk -t2 -c{args.connections} -d{args.seconds}s, {args.repeat} interleaved rounds (every server once per round, so load drift hits all alike), median (best, spread); {os.cpu_count()} cores, load {' '.join(load())}", flush=True)
-        print("  CPU us/req: the server's own CPU time per request (its whole process tree), the figure least moved by other jobs on the machine")
+        print("  CPU us/req: the server's own CPU time per request (its whole process tree), the figure least moved by other jobs on the machine; user us: its user-space part; cores: the cores it obtained (req/s x CPU per request)")
+        if allocs:
+            print(f"  alloc/req, KB/req: heap allocations and bytes asked for per request, counted in a separate {args.work_seconds} s run per path (bench/alloc_count.c): the work per request no load moves")
         for size, urls in targets:
             runs = {name: [] for name in urls}
             loads = []
             for _ in range(args.repeat):
                 loads.append(float(load()[0]))
                 for name, url in urls.items():
-                    runs[name].append(wrk(url, args.seconds, args.connections, pids.get(name, reg.pid)))
+                    runs[name].append(wrk(url, args.seconds, args.connections, pids[name]))
             results = {}
             for name, rs in runs.items():
                 rps = [r[0] for r in rs]
                 best = max(rps)
                 cpu = [r[3] for r in rs if r[3] is not None]
+                user = [r[6] for r in rs if r[6] is not None]
                 errs = [r[2] for r in rs if r[2]]
-                results[name] = (median(rps), best, (best - min(rps)) / best if best else 0.0, median([r[1] for r in rs]), median(cpu) if cpu else 0.0, errs[0] if errs else None, median([r[4] for r in rs]))
+                results[name] = (median(rps), best, (best - min(rps)) / best if best else 0.0, median([r[1] for r in rs]), median(cpu) if cpu else 0.0, errs[0] if errs else None, median([r[4] for r in rs]), median(user) if user else 0.0)
             n_rps, _, _, n_p99, n_cpu = results["nginx sendfile"][:5]
             d_rps = results["distribution 2.8"][0]
             print(f"\n{human(size)} object (load {min(loads):.1f}-{max(loads):.1f}):")
-            print(f"  {'server':18} {'req/s':>8} {'best':>8} {'spread':>6} {'p99 ms':>8} {'x nginx':>8} {'x distr':>8} {'p99/nginx':>9} {'CPU us/req':>10} {'/nginx':>6} {'wrk CPU':>7}")
-            for name, (rps, best, spread, p99, cpu, err, wrk_share) in results.items():
-                print(f"  {name:18} {rps:8.0f} {best:8.0f} {spread * 100:5.0f}% {p99:8.2f} {rps / n_rps:8.2f} {rps / d_rps:8.2f} {p99 / n_p99:9.2f} {cpu:10.0f} {cpu / n_cpu if n_cpu else 0:6.2f} {wrk_share * 100:6.0f}%{'   ' + err if err else ''}", flush=True)
+            print(f"  {'server':18} {'req/s':>8} {'best':>8} {'spread':>6} {'p99 ms':>8} {'x nginx':>8} {'x distr':>8} {'p99/nginx':>9} {'CPU us/req':>10} {'/nginx':>6} {'user us':>7} {'cores':>5} {'alloc/req':>9} {'KB/req':>6} {'wrk CPU':>7}")
+            for name, (rps, best, spread, p99, cpu, err, wrk_share, user) in results.items():
+                a = allocs.get(name, {}).get(size)
+                work_cols = f"{a[0]:9.1f} {a[1] / 1e3:6.1f}" if a else f"{'-':>9} {'-':>6}"
+                print(f"  {name:18} {rps:8.0f} {best:8.0f} {spread * 100:5.0f}% {p99:8.2f} {rps / n_rps:8.2f} {rps / d_rps:8.2f} {p99 / n_p99:9.2f} {cpu:10.0f} {cpu / n_cpu if n_cpu else 0:6.2f} {user:7.1f} {rps * cpu / 1e6:5.2f} {work_cols} {wrk_share * 100:6.0f}%{'   ' + err if err else ''}", flush=True)
+            if args.baseline_bin:
+                for path in PATHS:
+                    new, old = results[f"bpfarm {path}"], results[f"old {path}"]
+                    ratio = lambda x, y: f"x{x / y:.2f}" if y else "n/a"
+                    a_new, a_old = allocs.get(f"bpfarm {path}", {}).get(size), allocs.get(f"old {path}", {}).get(size)
+                    alloc_txt = f", alloc/req {a_old[0]:.1f} -> {a_new[0]:.1f} ({ratio(a_new[0], a_old[0])})" if a_new and a_old else ""
+                    print(f"  new/old {path:9}: req/s {ratio(new[0], old[0])}, CPU/req {ratio(new[4], old[4])}, user CPU/req {ratio(new[7], old[7])}, p99 {ratio(new[3], old[3])}{alloc_txt}")
             # What "x distribution" can reach at all: when even nginx is not
             # 4x distribution, the load client is the bound, not the server.
             bound = n_rps / d_rps if d_rps else 0.0
@@ -490,6 +603,7 @@ def compare(args):
                 print(f"  bound: nginx itself is {bound:.2f}x distribution here, so >= 4x distribution would need {4 / bound:.2f}x nginx: every server waits on the load client reading {human(size)} per response (wrk had {results['nginx sendfile'][6] * 100:.0f}% of the cores during nginx's runs, the rest went to the server and to other jobs); by CPU per request bpfarm /v1 is {results['distribution 2.8'][4] / results['bpfarm /v1 blob'][4] if results['bpfarm /v1 blob'][4] else 0:.1f}x cheaper than distribution")
         # Peak RSS with 1,000 connections downloading the largest object.
         size, urls = targets[-1]
+        reg = regs["bpfarm"][0]
         wrk(urls["bpfarm /v1 blob"], args.seconds, 1000, reg.pid)
         print(f"\nbpfarm-registry peak RSS (VmHWM) over the bench, incl. wrk -c1000 on the {human(size)} object: {hwm_mib(reg.pid):.1f} MiB")
         print(f"distribution peak RSS: {hwm_mib(dist.pid):.1f} MiB; load at the end {' '.join(load())}")
@@ -616,12 +730,16 @@ def main():
     ap.add_argument("--soak", type=int, metavar="SECONDS", help="run the soak for this long instead of the comparison")
     ap.add_argument("--slowloris", type=int, default=300, help="slowloris connections during the soak")
     ap.add_argument("--ttfb", type=int, metavar="N", help="time to first byte of the one-trip lookup: N requests per round, quiet and back to back")
-    ap.add_argument("--baseline-bin", metavar="PATH", help="with --ttfb: the bpfarm-registry executable of an older checkout (a file, not a folder), measured in alternating rounds")
+    ap.add_argument("--baseline-bin", metavar="PATH", help="the bpfarm-registry executable of an older checkout (a file, not a folder), measured in the same interleaved rounds (the comparison and --ttfb; not the soak)")
+    ap.add_argument("--work-seconds", type=int, default=2, help="length of each path's allocation-counting run (default 2)")
+    ap.add_argument("--no-work", action="store_true", help="skip the allocations-per-request pass (it needs a C compiler)")
     args = ap.parse_args()
     if args.ttfb is not None and args.ttfb < 1:
         ap.error("--ttfb N needs N >= 1")
-    if args.baseline_bin and args.ttfb is None:
-        ap.error("--baseline-bin is for --ttfb only")
+    if args.work_seconds < 1:
+        ap.error("--work-seconds needs at least 1")
+    if args.baseline_bin and args.soak:
+        ap.error("--baseline-bin is for the comparison and --ttfb, not the soak")
     if args.ttfb:
         return ttfb(args)
     if args.soak:

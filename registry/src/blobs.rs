@@ -22,7 +22,7 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::hot::HotCache;
+use crate::hot::{HotBlob, HotCache};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -51,8 +51,8 @@ pub struct BlobStore {
 /// Where a download's bytes come from.
 #[derive(Debug)]
 pub enum Source {
-    /// The whole blob, from the hot cache.
-    Memory(bytes::Bytes),
+    /// The whole blob, from the hot cache (with its headers' text).
+    Memory(HotBlob),
     /// The open file, to stream.
     File(tokio::fs::File),
 }
@@ -93,14 +93,12 @@ impl BlobStore {
     /// file is still stored, else the file (read into the cache first when
     /// it fits). Errors as `open_blob`.
     pub async fn open_for_download(&self, d: &Digest) -> Result<(Source, u64), BlobError> {
-        if let Some(bytes) = self.hot.get(d) {
+        if let Some(blob) = self.hot.get(d) {
             // One stat of a cached dentry: a blob removed or quarantined
             // behind the server's back is not served from memory.
-            match std::fs::metadata(self.path(d)) {
-                Ok(m) if m.is_file() && m.len() == bytes.len() as u64 => {
-                    let len = bytes.len() as u64;
-                    return Ok((Source::Memory(bytes), len));
-                }
+            let len = blob.bytes().len() as u64;
+            match std::fs::metadata(blob.path()) {
+                Ok(m) if m.is_file() && m.len() == len => return Ok((Source::Memory(blob), len)),
                 _ => self.hot.forget(d),
             }
         }
@@ -130,11 +128,11 @@ impl BlobStore {
             tokio::io::AsyncSeekExt::rewind(&mut file).await?;
             return Ok((Source::File(file), size));
         }
-        let bytes = bytes::Bytes::from(buf);
+        let blob = HotBlob::new(d, bytes::Bytes::from(buf), self.path(d));
         if sound {
-            self.hot.put(d, bytes.clone());
+            self.hot.put(d, blob.clone());
         }
-        Ok((Source::Memory(bytes), size))
+        Ok((Source::Memory(blob), size))
     }
 
     /// Bytes the hot cache holds now.

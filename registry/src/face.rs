@@ -13,7 +13,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -45,6 +45,10 @@ impl Face {
 }
 
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+/// The header's name and value, built at compile time: inserting them
+/// allocates nothing (a name given as `&str` is copied per response).
+static API_VERSION_NAME: HeaderName = HeaderName::from_static(API_VERSION_HEADER);
+static API_VERSION_VALUE: HeaderValue = HeaderValue::from_static("registry/2.0");
 
 /// An error answered on `/v1` (and the page, the static layout, metrics).
 #[derive(Debug)]
@@ -241,7 +245,7 @@ pub async fn conventions(req: Request, next: Next) -> Response {
         resp
     };
     if face == Face::V2 {
-        resp.headers_mut().insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+        resp.headers_mut().insert(&API_VERSION_NAME, API_VERSION_VALUE.clone());
     }
     resp
 }

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bpfarm_object::{Digest, oci};
 use serde_json::{Value, json};
@@ -50,17 +50,16 @@ impl Req<'_> {
 
 /// Everything under `/v2/<name>/...`, dispatched on the path's shape. The
 /// response carries the endpoint's route template for the metrics.
+/// The request is taken whole, so its headers are read in place, not copied.
 pub async fn dispatch(
     State(s): State<AppState>,
     caller: Caller,
-    method: Method,
-    uri: Uri,
     Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> Response {
-    let path = uri.path().strip_prefix("/v2/").unwrap_or("");
-    let r = Req { s: &s, caller, method: &method, headers: &headers, q: &q };
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().strip_prefix("/v2/").unwrap_or("");
+    let r = Req { s: &s, caller, method: &parts.method, headers: &parts.headers, q: &q };
     let (route, resp) = if path == "_catalog" {
         ("/v2/_catalog", catalog(&r).await)
     } else if let Some(repo) = path.strip_suffix("/tags/list") {

@@ -35,7 +35,9 @@ pub type Signed = Option<(ObjectRow, Option<SignatureRow>)>;
 /// Every stored token's hash with its scope (`token_hashes`).
 pub type TokenHashes = Arc<[(String, Scope)]>;
 
-type IndexMemo = Memo<Vec<ObjectRow>, Signed, TokenHashes>;
+/// A static-layout path's rows are shared, so a memoised answer is one
+/// reference count per download, not a copy of every row's strings.
+type IndexMemo = Memo<Arc<[ObjectRow]>, Signed, TokenHashes>;
 
 /// One stored object row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -215,25 +217,22 @@ impl Repo {
     }
 
     /// The current objects a static-layout path names (file names are lossy,
-    /// so there may be more than one).
-    pub async fn by_file_name(
-        &self,
-        version: &str,
-        arch: &str,
-        file_name: &str,
-    ) -> Result<Vec<ObjectRow>, sqlx::Error> {
+    /// so there may be more than one). `path` is (version, arch as
+    /// `uname -m`, file name), owned so that a memoised answer costs no copy.
+    pub async fn by_file_name(&self, path: &(String, String, String)) -> Result<Arc<[ObjectRow]>, sqlx::Error> {
         let stamp = self.memo.stamp();
-        let key = (version.to_owned(), arch.to_owned(), file_name.to_owned());
-        if let Some(rows) = self.memo.file(stamp, &key) {
+        if let Some(rows) = self.memo.file(stamp, path) {
             return Ok(rows);
         }
+        let (version, arch, file_name) = path;
         let rows: Vec<ObjectRow> = sqlx::query_as("SELECT id, digest, size, metadata, published_at FROM objects WHERE current = 1 AND version = ? AND arch = ? AND file_name = ? LIMIT 2")
-            .bind(version)
-            .bind(arch)
-            .bind(file_name)
+            .bind(version.as_str())
+            .bind(arch.as_str())
+            .bind(file_name.as_str())
             .fetch_all(&self.reader)
             .await?;
-        self.memo.put_file(stamp, key, rows.clone());
+        let rows: Arc<[ObjectRow]> = rows.into();
+        self.memo.put_file(stamp, path.clone(), rows.clone());
         Ok(rows)
     }
 

@@ -9,7 +9,7 @@
 //! failure reports are small, objects `--max-object-bytes`.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -57,14 +57,17 @@ pub fn app(state: AppState) -> Router {
     if state.settings.metrics_on_api {
         r = r.route("/metrics", get(metrics));
     }
-    r.fallback(crate::face::not_found)
-        // Innermost first: authorise before any handler (or body) runs,
-        // then the face conventions on whatever came back, then count.
-        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::require))
-        .layer(middleware::from_fn(crate::face::conventions))
-        .layer(middleware::from_fn_with_state(state.metrics().clone(), crate::metrics::count))
+    // One layer of the router, so a request passes one boxed service, not
+    // one per middleware: axum boxes each `Router::layer` around every
+    // route and clones every box per request. Outermost first: trace,
+    // count, the face conventions on whatever came back, and innermost
+    // authorise before any handler (or body) runs.
+    let middleware = tower::ServiceBuilder::new()
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.metrics().clone(), crate::metrics::count))
+        .layer(middleware::from_fn(crate::face::conventions))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::require));
+    r.fallback(crate::face::not_found).layer(middleware).with_state(state)
 }
 
 /// `/metrics` and `/healthz` alone, for `--metrics-listen`: a listener the
@@ -109,16 +112,12 @@ async fn put_blob(
     Ok((StatusCode::CREATED, [("x-bpfarm-digest", digest.to_string())]).into_response())
 }
 
-/// `GET`/`HEAD /v1/blobs/{digest}`.
-async fn get_blob(
-    State(s): State<AppState>,
-    Path(digest): Path<String>,
-    headers: HeaderMap,
-    method: Method,
-) -> V1Result<Response> {
+/// `GET`/`HEAD /v1/blobs/{digest}`. The request is taken whole: its
+/// headers are read in place, not copied.
+async fn get_blob(State(s): State<AppState>, Path(digest): Path<String>, req: Request) -> V1Result<Response> {
     let digest: Digest = digest.parse().map_err(Error::from)?;
-    let send = if method == Method::HEAD { Send::HeadersOnly } else { Send::Body };
-    Ok(download::serve(&s.blobs, s.metrics(), &digest, &headers, send).await?)
+    let send = if req.method() == Method::HEAD { Send::HeadersOnly } else { Send::Body };
+    Ok(download::serve(&s.blobs, s.metrics(), &digest, req.headers(), send).await?)
 }
 
 #[derive(Debug, Deserialize)]
@@ -524,24 +523,30 @@ async fn lookup_view(
 async fn static_file(
     State(s): State<AppState>,
     Path((version, arch, file)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    req: Request,
 ) -> V1Result<Response> {
+    let headers = req.headers();
     // `<file>`, `<file>.sha256`, `<file>.json`, `<file>.sig` or
     // `<file>.intoto.jsonl`, as an exported tree has them.
-    let (name, extra) = if let Some(n) = file.strip_suffix(".sha256") {
-        (n, Some("sha256"))
-    } else if let Some(n) = file.strip_suffix(".json") {
-        (n, Some("json"))
-    } else if let Some(n) = file.strip_suffix(SIGNATURE_SUFFIX) {
-        (n, Some("sig"))
-    } else if let Some(n) = file.strip_suffix(PROVENANCE_SUFFIX) {
-        (n, Some("intoto"))
+    let (suffix, extra) = if file.ends_with(".sha256") {
+        (".sha256", Some("sha256"))
+    } else if file.ends_with(".json") {
+        (".json", Some("json"))
+    } else if file.ends_with(SIGNATURE_SUFFIX) {
+        (SIGNATURE_SUFFIX, Some("sig"))
+    } else if file.ends_with(PROVENANCE_SUFFIX) {
+        (PROVENANCE_SUFFIX, Some("intoto"))
     } else {
-        (file.as_str(), None)
+        ("", None)
     };
     let arch = arch.parse::<Arch>().map_err(|_| Error::NotFound("no such arch".into()))?;
-    let rows = s.repo.by_file_name(&version, arch.uname(), name).await?;
-    let row = match rows.as_slice() {
+    // The path's own strings are the index memo's key: no copies.
+    let mut name = file;
+    name.truncate(name.len() - suffix.len());
+    let path = (version, arch.uname().to_owned(), name);
+    let rows = s.repo.by_file_name(&path).await?;
+    let (version, name) = (&path.0, &path.2);
+    let row = match &rows[..] {
         [] => return Err(Error::NotFound(format!("no {name} for {version}/{arch}")).into()),
         [one] => one,
         _ => return Err(Error::Ambiguous(name.to_owned()).into()),
@@ -556,10 +561,10 @@ async fn static_file(
             // The signature or provenance of this object, 404 when unsigned.
             let signed = s.repo.signatures(row.id).await?.map(|r| signatures::attached_view(&r)).unwrap_or_default();
             let blob = if which == "sig" { signed.signature } else { signed.attestation };
-            let blob = blob.ok_or_else(|| Error::NotFound(format!("{file}: {name} is not signed")))?;
-            return Ok(download::serve(&s.blobs, s.metrics(), &blob.digest, &headers, Send::Body).await?);
+            let blob = blob.ok_or_else(|| Error::NotFound(format!("{name}{suffix}: {name} is not signed")))?;
+            return Ok(download::serve(&s.blobs, s.metrics(), &blob.digest, headers, Send::Body).await?);
         }
         None => {}
     }
-    Ok(download::serve(&s.blobs, s.metrics(), &digest, &headers, Send::Body).await?)
+    Ok(download::serve(&s.blobs, s.metrics(), &digest, headers, Send::Body).await?)
 }

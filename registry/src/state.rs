@@ -61,9 +61,15 @@ pub fn canonical_repo(namespace: &str) -> String {
     format!("{namespace}/{}", bpfarm_object::oci::REPOSITORY)
 }
 
-/// The registry a request is served from; cheap to clone.
+/// The registry a request is served from: one shared handle, so the clone
+/// every extractor and middleware takes per request is one reference
+/// count, never a copy of the store's path or of the settings.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// What an `AppState` shares (reached through it: `state.repo`, ...).
+#[derive(Debug)]
+pub struct Shared {
     pub repo: Repo,
     pub blobs: BlobStore,
     pub settings: Settings,
@@ -72,9 +78,29 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(repo: Repo, blobs: BlobStore, settings: Settings) -> Self {
-        Self { repo, blobs, settings, metrics: Arc::new(Metrics::default()) }
+        Self(Arc::new(Shared { repo, blobs, settings, metrics: Arc::new(Metrics::default()) }))
     }
 
+    /// The same registry (index, settings, metrics) over `blobs`.
+    pub fn with_blobs(&self, blobs: BlobStore) -> Self {
+        Self(Arc::new(Shared {
+            repo: self.repo.clone(),
+            blobs,
+            settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
+        }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl Shared {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }

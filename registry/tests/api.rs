@@ -724,7 +724,7 @@ async fn every_object_path_serves_the_same_bytes_from_memory_and_from_the_file()
         let mut r = registry(Settings::default()).await;
         if !cached {
             // No blob fits: every download streams from the file.
-            r.state.blobs = r.state.blobs.clone().with_hot_cache(0, 0);
+            r.state = r.state.with_blobs(r.state.blobs.clone().with_hot_cache(0, 0));
         }
         for (i, size) in [1_000usize, 100_000, 1_000_000].into_iter().enumerate() {
             let bytes: Vec<u8> = (0..size).map(|n| (n * 31 + n / 7 + i) as u8).collect();
@@ -809,6 +809,81 @@ async fn a_blob_removed_or_damaged_behind_the_server_is_not_served_from_memory()
         assert_eq!((body.as_slice(), &h[header::CONTENT_LENGTH]), (&bytes[..1000], &"1000".parse().unwrap()), "{path}");
     }
     assert_eq!(r.state.blobs.hot_bytes(), 0, "damaged bytes are never cached");
+}
+
+/// What a download says about its blob (`ETag`, both digest headers,
+/// `Content-Length`, `If-None-Match`) is held in the hot cache beside the
+/// bytes: on a hit it is the blob's own, and it changes with the blob. A
+/// replaced object's static path answers for the new blob at once, the
+/// old blob's own paths still for the old one, and a blob cut short
+/// behind the server's back is described as the file now holds it.
+#[tokio::test]
+async fn the_headers_held_beside_a_cached_blob_change_with_the_blob() {
+    let r = registry(Settings::default()).await;
+    let one: Vec<u8> = (0..100_000usize).map(|n| (n % 253) as u8).collect();
+    let two: Vec<u8> = (0..123_457usize).map(|n| (n % 241) as u8).collect();
+    let m1 = meta("6.12.9+deb12-amd64", &one);
+    let mut m2 = meta("6.12.9+deb12-amd64", &two);
+    m2.built_at = "2026-11-26T00:00:00Z".into();
+    let static_path = format!("/v0.1.0/x86_64/{}", m1.file_name);
+    let paths = |m: &ObjectMetadata| {
+        [static_path.clone(), format!("/v1/blobs/{}", m.digest), format!("/v2/bpfarm/tracee-bpf/blobs/{}", m.digest)]
+    };
+    let check = |h: &axum::http::HeaderMap, m: &ObjectMetadata, len: usize, at: &str| {
+        assert_eq!(h[header::ETAG], format!("\"{}\"", m.digest).as_str(), "{at}");
+        assert_eq!(h["x-bpfarm-digest"], m.digest.as_str(), "{at}");
+        assert_eq!(h["docker-content-digest"], m.digest.as_str(), "{at}");
+        assert_eq!(h[header::CONTENT_LENGTH], len.to_string().as_str(), "{at}");
+        assert_eq!(h[header::CONTENT_TYPE], "application/octet-stream", "{at}");
+        assert_eq!(h[header::ACCEPT_RANGES], "bytes", "{at}");
+    };
+    // Asks each path twice (the second from the cache), then once with the
+    // blob's tag (304) and once with another blob's tag (200).
+    let served = |m: ObjectMetadata, bytes: Vec<u8>, other: Digest, paths: Vec<String>| {
+        let r = &r;
+        async move {
+            for path in &paths {
+                for round in 0..2 {
+                    let (s, h, body) = call(r, req("GET", path, None, vec![])).await;
+                    let at = format!("{path} (round {round})");
+                    assert_eq!(s, StatusCode::OK, "{at}");
+                    assert!(body == bytes, "{at}: body differs");
+                    check(&h, &m, bytes.len(), &at);
+                }
+                let mut q = req("GET", path, None, vec![]);
+                q.headers_mut().insert(header::IF_NONE_MATCH, format!("\"{}\"", m.digest).parse().unwrap());
+                let (s, h, body) = call(r, q).await;
+                assert_eq!((s, body.len()), (StatusCode::NOT_MODIFIED, 0), "{path}: If-None-Match its own tag");
+                assert_eq!(h[header::ETAG], format!("\"{}\"", m.digest).as_str(), "{path}");
+                let mut q = req("GET", path, None, vec![]);
+                q.headers_mut().insert(header::IF_NONE_MATCH, format!("\"{other}\"").parse().unwrap());
+                let (s, h, body) = call(r, q).await;
+                assert_eq!(s, StatusCode::OK, "{path}: If-None-Match another blob's tag");
+                assert!(body == bytes, "{path}");
+                check(&h, &m, bytes.len(), path);
+            }
+        }
+    };
+    assert_eq!(publish(&r, &m1, &one, "").await.0, StatusCode::CREATED);
+    served(m1.clone(), one.clone(), m2.digest.clone(), paths(&m1).to_vec()).await;
+    assert!(r.state.blobs.hot_bytes() >= one.len() as u64, "the first blob is cached");
+
+    // Replaced: the static path is the new blob's, with the new blob's
+    // headers; the old blob's own paths are still the old blob's.
+    assert_eq!(publish(&r, &m2, &two, "?replace=true").await.0, StatusCode::CREATED);
+    served(m2.clone(), two.clone(), m1.digest.clone(), paths(&m2).to_vec()).await;
+    served(m1.clone(), one.clone(), m2.digest.clone(), paths(&m1)[1..].to_vec()).await;
+    assert!(r.state.blobs.hot_bytes() >= (one.len() + two.len()) as u64, "both blobs are cached");
+
+    // Cut short behind the server's back: the length is the file's now,
+    // on every path, not the cached one.
+    std::fs::write(r.state.blobs.path(&m2.digest), &two[..777]).unwrap();
+    for path in paths(&m2) {
+        let (s, h, body) = call(&r, req("GET", &path, None, vec![])).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+        assert!(body == two[..777], "{path}: body is the file's");
+        check(&h, &m2, 777, &path);
+    }
 }
 
 /// The one-trip lookup (`Accept:` the object's media type) as the agent
