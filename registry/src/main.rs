@@ -292,8 +292,9 @@ enum TokenCommand {
         scope: ScopeArg,
     },
     /// Revoke the token named --name: a registry serving this data refuses
-    /// it (401) from its next request on, without a restart. Exit 2 when no
-    /// token has that name.
+    /// it (401) from its next request on, without a restart (unless its
+    /// index file was replaced under it: restart after restoring one).
+    /// Exit 2 when no token has that name or --data holds no index.
     Revoke {
         #[arg(long, env = "BPFARM_REGISTRY_DATA")]
         data: PathBuf,
@@ -652,6 +653,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(TokenCommand::Revoke { data, name }) => {
+            // A mistyped --data must not leave a new, empty index behind.
+            if !data.join("index.sqlite").is_file() {
+                anyhow::bail!("no registry index in {} (no index.sqlite): nothing to revoke", data.display());
+            }
             let state = open_tool(&data, Settings::default()).await?;
             if !state.repo.remove_token(&name).await? {
                 anyhow::bail!("no token named {name:?} in {}", data.display());

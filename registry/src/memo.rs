@@ -20,9 +20,13 @@
 //! write racing a read only makes the answer unusable. Without the
 //! connection (it failed to open or to answer) nothing is memoised; a
 //! busy index (no busy wait here: this runs on a serving thread) is
-//! unknown for that request only. Not covered: an index file renamed over
-//! while `serve` runs (the signal stays on the old file): stop the
-//! registry to restore an index.
+//! unknown for that request only. An index file renamed or copied over
+//! while `serve` runs is seen by the file's identity (device and inode,
+//! checked by path beside every pragma: a `stat` opens no descriptor): the
+//! signal's connection would stay on the old file and never see the new
+//! one's commits, so from then on nothing is memoised until the registry
+//! restarts (every request reads sqlite, as without the memo; restart to
+//! restore an index).
 //! So a revoked token (`bpfarm-registry token revoke`, or any other write
 //! to the tokens table, from any process) is refused from the next request
 //! on, as without the memo.
@@ -31,7 +35,8 @@
 //! when the index changed, all are.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -75,18 +80,42 @@ fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, v
 /// (`repo`'s rows: generic so that this module needs nothing from `repo`).
 #[derive(Debug)]
 pub struct Memo<F, L = (), T = ()> {
+    /// The index file, whose identity is checked beside every pragma.
+    db: PathBuf,
     /// The change signal's connection (read-only; runs only the pragma).
-    signal: Mutex<Option<Connection>>,
+    signal: Mutex<Option<Signal>>,
     generation: AtomicU64,
     answers: Mutex<Answers<F, L, T>>,
 }
 
-fn open_signal(db: &Path) -> Option<Connection> {
+/// The signal's connection and the identity of the file it opened.
+#[derive(Debug)]
+struct Signal {
+    conn: Connection,
+    file: (u64, u64),
+}
+
+/// The device and inode `db` names now.
+fn file_identity(db: &Path) -> std::io::Result<(u64, u64)> {
+    let m = std::fs::metadata(db)?;
+    Ok((m.dev(), m.ino()))
+}
+
+fn open_signal(db: &Path) -> Option<Signal> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // The identity first: a file renamed over between the two is then
+    // seen as a change at the first stamp, never missed.
+    let file = match file_identity(db) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(db = %db.display(), error = %e, "the index's change signal is unavailable: nothing is memoised");
+            return None;
+        }
+    };
     // No busy wait: the pragma runs on a serving thread under the signal's
     // lock, so a busy index is "unknown for this request", never a stall.
     match Connection::open_with_flags(db, flags).and_then(|c| c.busy_timeout(std::time::Duration::ZERO).map(|()| c)) {
-        Ok(c) => Some(c),
+        Ok(conn) => Some(Signal { conn, file }),
         Err(e) => {
             tracing::warn!(db = %db.display(), error = %e, "the index's change signal is unavailable: nothing is memoised");
             None
@@ -102,6 +131,7 @@ impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
     /// For the index file `db` (an sqlite database).
     pub fn new(db: &Path) -> Self {
         Self {
+            db: db.to_path_buf(),
             signal: Mutex::new(open_signal(db)),
             generation: AtomicU64::new(0),
             answers: Mutex::new(Answers {
@@ -134,8 +164,19 @@ impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let data_version = match signal.as_ref().map(data_version) {
-            Some(Ok(v)) => Some(v),
+        let data_version = match signal.as_ref().map(|s| data_version(&s.conn)) {
+            // The pragma speaks for the file the connection opened: it
+            // vouches only while the path still names that file.
+            Some(Ok(v)) => match file_identity(&self.db) {
+                Ok(f) if signal.as_ref().is_some_and(|s| s.file == f) => Some(v),
+                Ok(_) => {
+                    tracing::warn!(db = %self.db.display(), "the index file was replaced while serving: nothing is memoised until the registry restarts");
+                    *signal = None;
+                    None
+                }
+                // Gone for now (a rename in progress): unknown this time.
+                Err(_) => None,
+            },
             // Busy or locked (another process recovering the WAL, an
             // exclusive lock): unknown this time, asked again next time.
             Some(Err(rusqlite::Error::SqliteFailure(e, _)))
@@ -219,6 +260,42 @@ mod tests {
         w.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)).unwrap();
         w.execute_batch("CREATE TABLE t (v TEXT NOT NULL); INSERT INTO t VALUES ('a');").unwrap();
         (db, w)
+    }
+
+    #[test]
+    fn an_index_renamed_over_stops_the_memo() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, w) = index(dir.path());
+        let memo = Memo::<(), (), Vec<String>>::new(&db);
+        let s = memo.stamp();
+        memo.put_tokens(s, vec!["revoked-later".to_owned()]);
+        assert!(memo.tokens(memo.stamp()).is_some());
+        // A copy of the index, changed, renamed over it: the signal's
+        // connection still reads the old file, whose data_version never
+        // moves again.
+        let copy = dir.path().join("new.sqlite");
+        w.execute("VACUUM INTO ?1", [copy.to_str().unwrap()]).unwrap();
+        let c = Connection::open(&copy).unwrap();
+        c.execute("UPDATE t SET v = 'z'", []).unwrap();
+        drop(c);
+        std::fs::rename(&copy, &db).unwrap();
+        assert_eq!(memo.tokens(memo.stamp()), None);
+        // And it stays off: nothing put is ever served again.
+        let s = memo.stamp();
+        memo.put_tokens(s, vec!["x".to_owned()]);
+        assert_eq!(memo.tokens(memo.stamp()), None);
+        // A path that names nothing for a moment is unknown, not a change
+        // missed.
+        let sub = dir.path().join("b");
+        std::fs::create_dir(&sub).unwrap();
+        let (db2, _w2) = index(&sub);
+        let memo2 = Memo::<()>::new(&db2);
+        let key = ("r".to_owned(), "d".to_owned());
+        let s = memo2.stamp();
+        memo2.put_link(s, key.clone(), true);
+        let aside = dir.path().join("aside.sqlite");
+        std::fs::rename(&db2, &aside).unwrap();
+        assert_eq!(memo2.link(memo2.stamp(), &key), None);
     }
 
     #[test]

@@ -284,7 +284,9 @@ pub fn render_view(tally: Tally, detail: &mut ReadDetail<'_>, view: &View<'_>) -
         }
         Ok((body, end))
     };
-    let (mut body, mut end) = render_rows(&releases, 0)?;
+    // A page past the first is server-side anyway: its first render
+    // would only be thrown away.
+    let (mut body, mut end) = if view.from > 0 { (String::new(), 0) } else { render_rows(&releases, 0)? };
     let mut server_side = false;
     let mut shown = releases.clone();
     if end < releases.len() || view.from > 0 {

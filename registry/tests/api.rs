@@ -1027,6 +1027,9 @@ async fn a_token_revoked_by_another_process_is_refused_on_the_next_request() {
     let put =
         |token: &str, name: &str| req("PUT", &format!("/v1/matrices/{name}"), Some(token), kernels("6.1.0-1-amd64"));
     assert_eq!(call(&r, put(&r.push, "a")).await.0, StatusCode::CREATED);
+    // The memo holds the tokens again (the PUT's commit dropped them), so
+    // the raw delete below races a warm memo, not a cold one.
+    assert_eq!(read(&r.push).await.0, StatusCode::OK);
 
     // Revoked by a raw write of another process (no bpfarm code at all).
     let out = std::process::Command::new("sqlite3")
@@ -1053,6 +1056,19 @@ async fn a_token_revoked_by_another_process_is_refused_on_the_next_request() {
     let (code, _, err) = cli(&["token", "revoke", "--name", "fleet"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("no token named \"fleet\""), "{err}");
+    assert_eq!(read(token.trim()).await.0, StatusCode::OK);
+    // A mistyped --data is refused (exit 2) and leaves no index behind.
+    let typo = r.data.join("typo");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bpfarm-registry"))
+        .args(["token", "revoke", "--name", "later", "--data"])
+        .arg(&typo)
+        .env("BPFARM_LOG", "error")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no registry index in") && err.contains("nothing to revoke"), "{err}");
+    assert!(!typo.exists(), "a mistyped --data was created");
     assert_eq!(read(token.trim()).await.0, StatusCode::OK);
 }
 
