@@ -128,6 +128,12 @@ def cpu_split(pid):
     return user, system
 
 
+def cpu_ticks(pid):
+    """User + system clock ticks of `pid` and its child processes (what
+    bench/fleet.py charges a registry)."""
+    return sum(cpu_split(pid))
+
+
 def median(xs):
     xs = sorted(xs)
     n = len(xs)

@@ -219,7 +219,11 @@ struct BuildArgs {
     #[command(flatten)]
     archive: ArchiveArgs,
 
-    /// Where the matrix's packages are [default: <cache-dir>/debs].
+    /// Where the matrix's packages are [default: <cache-dir>/debs]. Pinned
+    /// entries are found by digest; entries named by name by apt file name
+    /// (`<name>_<version>_<arch>.deb`, as `fetch` writes them), and only the
+    /// packages their kernels can use are opened (the whole folder only when
+    /// those are missing or do not pair).
     #[arg(long, value_name = "DIR")]
     package_cache: Option<PathBuf>,
 

@@ -461,6 +461,56 @@ fn a_package_under_another_file_name_is_still_found() {
     );
 }
 
+#[test]
+fn a_package_planted_under_a_partner_s_apt_name_cannot_stand_in_for_it() {
+    // A file name only says what to open: the 6.1 -common's apt name holds
+    // another real package (6.12's -common), and the real one sits under a
+    // name apt would not give it. Control data decides: the planted file is
+    // not taken as 6.1's -common, the real one is found by inspecting the
+    // rest of the cache, and the object is the pinned build's.
+    let b = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let debs = dir.path().join("debs");
+    package_cache_like(&fixture_debs(), &debs);
+    let common = "linux-headers-6.1.0-56-common_6.1.192-2_all.deb";
+    let other = "linux-headers-6.12.117+deb12-common_6.12.117-1~deb12u1_all.deb";
+    assert!(debs.join(other).is_file(), "the fixture cache lacks {other}");
+    std::fs::rename(debs.join(common), debs.join("x.deb")).unwrap();
+    std::fs::copy(debs.join(other), debs.join(common)).unwrap();
+    let timings = dir.path().join("t.jsonl");
+    let out = run(builder(&[
+        "build",
+        "--matrix",
+        p(&by_name_matrix(dir.path())),
+        "--select",
+        r"^6\.1\.0-56-amd64$",
+        "--package-cache",
+        p(&debs),
+        "--cache-dir",
+        p(&dir.path().join("cache")),
+        "--out",
+        p(&dir.path().join("out")),
+        "--timings",
+        p(&timings),
+    ]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let opened = inspected(&timings);
+    assert!(opened.iter().any(|s| s == "x.deb"), "the real -common was not looked for: {opened:?}");
+    assert!(opened.iter().any(|s| s == common), "the planted file was not inspected: {opened:?}");
+    let name = object_file_name("6.1.0-56-amd64", VERSION);
+    assert!(
+        std::fs::read(dir.path().join("out/x86_64").join(&name)).unwrap()
+            == std::fs::read(b.out().join("x86_64").join(&name)).unwrap(),
+        "the object built with a planted -common differs from the pinned build's"
+    );
+    let meta: ObjectMetadata =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out/x86_64").join(format!("{name}.json"))).unwrap())
+            .unwrap();
+    let pinned: ObjectMetadata =
+        serde_json::from_slice(&std::fs::read(b.out().join("x86_64").join(format!("{name}.json"))).unwrap()).unwrap();
+    assert_eq!(meta.sources, pinned.sources, "the planted package was recorded as a source");
+}
+
 /// A copy of bpf/ with `edit` applied to tracer.bpf.c.
 fn program_copy(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
     let prog = dir.join("program");

@@ -129,10 +129,18 @@ pub async fn authorize(s: &AppState, headers: &HeaderMap, need: Need) -> Result<
         return Ok(Caller::ANONYMOUS);
     }
     let granted = match credential(headers) {
-        Some(token) => match crate::tokens::scope_of(&token, &s.repo.token_hashes().await?) {
-            Some(scope) => Some(scope),
-            None => return Err(Error::UnknownToken),
-        },
+        Some(token) => {
+            let hashes = s.repo.token_hashes().await?;
+            // Read from a file the index's path no longer names: a token
+            // revoked in the new one would pass. Fail closed.
+            if s.repo.index_replaced() {
+                return Err(Error::IndexReplaced);
+            }
+            match crate::tokens::scope_of(&token, &hashes) {
+                Some(scope) => Some(scope),
+                None => return Err(Error::UnknownToken),
+            }
+        }
         None => None,
     };
     match (need, granted) {

@@ -158,6 +158,8 @@ pub enum Error {
     Unchecked(String),
 
     // The registry itself: never the client's fault.
+    #[error("the index file was replaced while the registry was serving: no token is checked until it restarts")]
+    IndexReplaced,
     #[error("index: {0}")]
     Index(#[from] sqlx::Error),
     #[error("blob store: {0}")]

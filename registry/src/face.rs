@@ -125,6 +125,7 @@ impl IntoResponse for V1 {
             Error::Unauthenticated(_) | Error::UnknownToken | Error::Challenge => (S::UNAUTHORIZED, "UNAUTHORIZED"),
             Error::ReadOnly => (S::FORBIDDEN, "DENIED"),
             Error::Unchecked(_)
+            | Error::IndexReplaced
             | Error::Index(_)
             | Error::Store(_)
             | Error::CorruptRow(_)
@@ -182,6 +183,7 @@ impl IntoResponse for V2 {
             Error::Unauthenticated(_) | Error::UnknownToken | Error::Challenge => (S::UNAUTHORIZED, "UNAUTHORIZED"),
             Error::ReadOnly => (S::FORBIDDEN, "DENIED"),
             Error::Unchecked(_)
+            | Error::IndexReplaced
             | Error::Index(_)
             | Error::Store(_)
             | Error::CorruptRow(_)

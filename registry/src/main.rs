@@ -292,8 +292,9 @@ enum TokenCommand {
         scope: ScopeArg,
     },
     /// Revoke the token named --name: a registry serving this data refuses
-    /// it (401) from its next request on, without a restart (unless its
-    /// index file was replaced under it: restart after restoring one).
+    /// it (401) from its next request on, without a restart. (A registry
+    /// whose index file was renamed over refuses every token until it
+    /// restarts: restart it after restoring an index.)
     /// Exit 2 when no token has that name or --data holds no index.
     Revoke {
         #[arg(long, env = "BPFARM_REGISTRY_DATA")]

@@ -20,13 +20,16 @@
 //! write racing a read only makes the answer unusable. Without the
 //! connection (it failed to open or to answer) nothing is memoised; a
 //! busy index (no busy wait here: this runs on a serving thread) is
-//! unknown for that request only. An index file renamed or copied over
-//! while `serve` runs is seen by the file's identity (device and inode,
-//! checked by path beside every pragma: a `stat` opens no descriptor): the
-//! signal's connection would stay on the old file and never see the new
-//! one's commits, so from then on nothing is memoised until the registry
-//! restarts (every request reads sqlite, as without the memo; restart to
-//! restore an index).
+//! unknown for that request only. An index file renamed over while
+//! `serve` runs (a new inode) is seen by the file's identity (device and
+//! inode, checked by path beside every pragma: a `stat` opens no
+//! descriptor). Every connection of the registry, sqlx's pools included,
+//! stays on the old file and would never see the new one's commits — a
+//! token revoked there would still be accepted — so from then on nothing
+//! is memoised and `replaced` holds: the access check refuses every
+//! presented token and `/healthz` fails until the registry restarts (fail
+//! closed; restart to restore an index). Writing into the index file in
+//! place (`cp` over it) while serving is not supported: stop the registry.
 //! So a revoked token (`bpfarm-registry token revoke`, or any other write
 //! to the tokens table, from any process) is refused from the next request
 //! on, as without the memo.
@@ -38,7 +41,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -84,6 +87,9 @@ pub struct Memo<F, L = (), T = ()> {
     db: PathBuf,
     /// The change signal's connection (read-only; runs only the pragma).
     signal: Mutex<Option<Signal>>,
+    /// The path came to name another file than the signal's: set once,
+    /// never cleared (the registry's connections all stay on the old file).
+    replaced: AtomicBool,
     generation: AtomicU64,
     answers: Mutex<Answers<F, L, T>>,
 }
@@ -133,6 +139,7 @@ impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
         Self {
             db: db.to_path_buf(),
             signal: Mutex::new(open_signal(db)),
+            replaced: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             answers: Mutex::new(Answers {
                 stamp: None,
@@ -149,6 +156,12 @@ impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
             Ok(a) => a,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    /// Whether a stamp saw the index's path name another file than the
+    /// one this registry opened (it stays true until restart).
+    pub fn replaced(&self) -> bool {
+        self.replaced.load(Ordering::SeqCst)
     }
 
     /// This process changed the index.
@@ -170,7 +183,8 @@ impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
             Some(Ok(v)) => match file_identity(&self.db) {
                 Ok(f) if signal.as_ref().is_some_and(|s| s.file == f) => Some(v),
                 Ok(_) => {
-                    tracing::warn!(db = %self.db.display(), "the index file was replaced while serving: nothing is memoised until the registry restarts");
+                    tracing::error!(db = %self.db.display(), "the index file was replaced while serving: tokens are refused and /healthz fails until the registry restarts");
+                    self.replaced.store(true, Ordering::SeqCst);
                     *signal = None;
                     None
                 }
@@ -279,7 +293,9 @@ mod tests {
         c.execute("UPDATE t SET v = 'z'", []).unwrap();
         drop(c);
         std::fs::rename(&copy, &db).unwrap();
+        assert!(!memo.replaced());
         assert_eq!(memo.tokens(memo.stamp()), None);
+        assert!(memo.replaced());
         // And it stays off: nothing put is ever served again.
         let s = memo.stamp();
         memo.put_tokens(s, vec!["x".to_owned()]);
@@ -296,6 +312,7 @@ mod tests {
         let aside = dir.path().join("aside.sqlite");
         std::fs::rename(&db2, &aside).unwrap();
         assert_eq!(memo2.link(memo2.stamp(), &key), None);
+        assert!(!memo2.replaced(), "a path naming nothing for a moment is not a replacement");
     }
 
     #[test]

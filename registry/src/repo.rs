@@ -414,6 +414,13 @@ impl Repo {
         Ok(tokens)
     }
 
+    /// Whether the index file was replaced under this registry (its
+    /// connections all read the old one): checked now.
+    pub fn index_replaced(&self) -> bool {
+        let _ = self.memo.stamp();
+        self.memo.replaced()
+    }
+
     /// Removes the token named `name`; whether there was one.
     pub async fn remove_token(&self, name: &str) -> Result<bool, sqlx::Error> {
         let done = sqlx::query("DELETE FROM tokens WHERE name = ?").bind(name).execute(&self.writer).await?;

@@ -81,8 +81,14 @@ pub fn metrics_app(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// Fails (503) once the index file was replaced under this registry, so a
+/// supervisor restarts it onto the new one.
+async fn healthz(State(s): State<AppState>) -> Response {
+    if s.repo.index_replaced() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the index file was replaced while serving: restart the registry\n")
+            .into_response();
+    }
+    "ok\n".into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> V1Result<Response> {

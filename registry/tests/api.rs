@@ -977,6 +977,55 @@ async fn the_memoised_lookup_sees_every_change_to_the_index() {
     assert_eq!(one_trip(&r, &path).await.0, StatusCode::NOT_FOUND);
 }
 
+/// An index file renamed over a serving registry (a restored backup with
+/// a token revoked in it): every connection of the registry still reads
+/// the old file, so the revoked token would pass. The registry fails
+/// closed instead: no presented token is let through, `/healthz` fails so
+/// a supervisor restarts it, and anonymous reads go on.
+#[tokio::test]
+async fn an_index_replaced_under_the_registry_lets_no_token_through() {
+    let r = registry(Settings::default()).await;
+    let read = |token: Option<&str>| {
+        let token = token.map(str::to_owned);
+        let r = &r;
+        async move { call(r, req("GET", "/v1/objects", token.as_deref(), vec![])).await }
+    };
+    for _ in 0..2 {
+        assert_eq!(read(Some(&r.read)).await.0, StatusCode::OK);
+        assert_eq!(read(Some(&r.push)).await.0, StatusCode::OK);
+    }
+    assert_eq!(call(&r, req("GET", "/healthz", None, vec![])).await.0, StatusCode::OK);
+    let db = r.data.join("index.sqlite");
+    let copy = r.data.join("restored.sqlite");
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(format!("VACUUM INTO '{}';", copy.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("sqlite3")
+        .arg(&copy)
+        .arg("DELETE FROM tokens WHERE name = 'fleet';")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::rename(&copy, &db).unwrap();
+
+    let (s, _, body) = read(Some(&r.read)).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "the token revoked in the new index was let through");
+    assert!(
+        json(&body)["message"].as_str().unwrap().contains("index file was replaced"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_ne!(read(Some(&r.push)).await.0, StatusCode::OK, "a token was checked against the old file");
+    let (s, _, body) = call(&r, req("GET", "/healthz", None, vec![])).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("restart the registry"));
+    // Anonymous reads are not a token check: they go on.
+    assert_eq!(read(None).await.0, StatusCode::OK);
+}
+
 /// The access check reads the stored tokens from the memo while the index
 /// is unchanged, yet a token revoked by another process is refused on the
 /// very next request: `bpfarm-registry token revoke` (a process of its

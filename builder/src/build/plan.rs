@@ -413,7 +413,9 @@ type Inspected = Vec<(PathBuf, Inspection)>;
 /// too, so nothing a full scan would build fails here. Where the packages
 /// carry apt's names (as `fetch` and apt write them) each kernel gets the
 /// packages a full scan gives it; what is not opened is neither chosen nor
-/// reported (a broken package no kernel names no longer fails the build).
+/// reported (a broken package no kernel names no longer fails the build,
+/// unless the fall-back to the whole cache above runs: then all is
+/// inspected and reported as before).
 /// The results come in path order, the order a full scan has.
 fn inspect_usable(
     given: Vec<PathBuf>,
