@@ -292,9 +292,9 @@ enum TokenCommand {
         scope: ScopeArg,
     },
     /// Revoke the token named --name: a registry serving this data refuses
-    /// it (401) from its next request on, without a restart. (A registry
-    /// whose index file was renamed over refuses every token until it
-    /// restarts: restart it after restoring an index.)
+    /// it (401) from its next request on, without a restart. (Restore an
+    /// index only with the registry stopped; one whose index file was
+    /// renamed over while serving refuses every token until restarted.)
     /// Exit 2 when no token has that name or --data holds no index.
     Revoke {
         #[arg(long, env = "BPFARM_REGISTRY_DATA")]

@@ -22,14 +22,16 @@
 //! busy index (no busy wait here: this runs on a serving thread) is
 //! unknown for that request only. An index file renamed over while
 //! `serve` runs (a new inode) is seen by the file's identity (device and
-//! inode, checked by path beside every pragma: a `stat` opens no
-//! descriptor). Every connection of the registry, sqlx's pools included,
-//! stays on the old file and would never see the new one's commits — a
-//! token revoked there would still be accepted — so from then on nothing
-//! is memoised and `replaced` holds: the access check refuses every
-//! presented token and `/healthz` fails until the registry restarts (fail
-//! closed; restart to restore an index). Writing into the index file in
-//! place (`cp` over it) while serving is not supported: stop the registry.
+//! inode, checked by path at every stamp, whatever the signal's state: a
+//! `stat` opens no descriptor). The registry's connections would then read
+//! either file (the signal's and older pooled ones the old, connections
+//! sqlx opens later the new, paired with the old file's WAL) — a token
+//! revoked in the new one might still be accepted — so from then on
+//! nothing is memoised and `replaced` holds: the access check refuses
+//! every presented token and `/healthz` fails until the registry restarts
+//! (fail closed: a backstop, not a way to restore; restore an index with
+//! the registry stopped). Writing into the index file in place (`cp` over
+//! it) while serving is not supported either: stop the registry.
 //! So a revoked token (`bpfarm-registry token revoke`, or any other write
 //! to the tokens table, from any process) is refused from the next request
 //! on, as without the memo.
@@ -83,22 +85,18 @@ fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, v
 /// (`repo`'s rows: generic so that this module needs nothing from `repo`).
 #[derive(Debug)]
 pub struct Memo<F, L = (), T = ()> {
-    /// The index file, whose identity is checked beside every pragma.
+    /// The index file, whose identity is checked at every stamp.
     db: PathBuf,
+    /// Its device and inode when the memo was made (after the registry's
+    /// pools opened it); `None`: unknown, so `replaced` from the start.
+    file: Option<(u64, u64)>,
     /// The change signal's connection (read-only; runs only the pragma).
-    signal: Mutex<Option<Signal>>,
+    signal: Mutex<Option<Connection>>,
     /// The path came to name another file than the signal's: set once,
     /// never cleared (the registry's connections all stay on the old file).
     replaced: AtomicBool,
     generation: AtomicU64,
     answers: Mutex<Answers<F, L, T>>,
-}
-
-/// The signal's connection and the identity of the file it opened.
-#[derive(Debug)]
-struct Signal {
-    conn: Connection,
-    file: (u64, u64),
 }
 
 /// The device and inode `db` names now.
@@ -107,21 +105,12 @@ fn file_identity(db: &Path) -> std::io::Result<(u64, u64)> {
     Ok((m.dev(), m.ino()))
 }
 
-fn open_signal(db: &Path) -> Option<Signal> {
+fn open_signal(db: &Path) -> Option<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    // The identity first: a file renamed over between the two is then
-    // seen as a change at the first stamp, never missed.
-    let file = match file_identity(db) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(db = %db.display(), error = %e, "the index's change signal is unavailable: nothing is memoised");
-            return None;
-        }
-    };
     // No busy wait: the pragma runs on a serving thread under the signal's
     // lock, so a busy index is "unknown for this request", never a stall.
     match Connection::open_with_flags(db, flags).and_then(|c| c.busy_timeout(std::time::Duration::ZERO).map(|()| c)) {
-        Ok(conn) => Some(Signal { conn, file }),
+        Ok(conn) => Some(conn),
         Err(e) => {
             tracing::warn!(db = %db.display(), error = %e, "the index's change signal is unavailable: nothing is memoised");
             None
@@ -136,10 +125,20 @@ fn data_version(c: &Connection) -> rusqlite::Result<i64> {
 impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
     /// For the index file `db` (an sqlite database).
     pub fn new(db: &Path) -> Self {
+        // The identity before the signal opens: a file renamed over between
+        // the two is then a replacement at the first stamp, never missed.
+        let file = match file_identity(db) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::error!(db = %db.display(), error = %e, "cannot tell which index file this registry opened: tokens are refused and /healthz fails");
+                None
+            }
+        };
         Self {
             db: db.to_path_buf(),
+            file,
             signal: Mutex::new(open_signal(db)),
-            replaced: AtomicBool::new(false),
+            replaced: AtomicBool::new(file.is_none()),
             generation: AtomicU64::new(0),
             answers: Mutex::new(Answers {
                 stamp: None,
@@ -158,10 +157,29 @@ impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
         }
     }
 
-    /// Whether a stamp saw the index's path name another file than the
-    /// one this registry opened (it stays true until restart).
+    /// Whether the index's path names another file than the one this
+    /// registry opened, checked now (one `stat`; whatever the signal's
+    /// state). Once true it stays true until restart.
     pub fn replaced(&self) -> bool {
+        self.same_file();
         self.replaced.load(Ordering::SeqCst)
+    }
+
+    /// Compares the path's file with the one opened: `Some(false)` (and
+    /// `replaced` set) when it is another, `None` when the path names
+    /// nothing for now (a rename in progress) or the flag is already set.
+    fn same_file(&self) -> Option<bool> {
+        if self.replaced.load(Ordering::SeqCst) {
+            return Some(false);
+        }
+        let now = file_identity(&self.db).ok()?;
+        if Some(now) == self.file {
+            return Some(true);
+        }
+        if !self.replaced.swap(true, Ordering::SeqCst) {
+            tracing::error!(db = %self.db.display(), "the index file was replaced while serving: tokens are refused and /healthz fails until the registry restarts");
+        }
+        Some(false)
     }
 
     /// This process changed the index.
@@ -177,20 +195,20 @@ impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let data_version = match signal.as_ref().map(|s| data_version(&s.conn)) {
-            // The pragma speaks for the file the connection opened: it
-            // vouches only while the path still names that file.
-            Some(Ok(v)) => match file_identity(&self.db) {
-                Ok(f) if signal.as_ref().is_some_and(|s| s.file == f) => Some(v),
-                Ok(_) => {
-                    tracing::error!(db = %self.db.display(), "the index file was replaced while serving: tokens are refused and /healthz fails until the registry restarts");
-                    self.replaced.store(true, Ordering::SeqCst);
-                    *signal = None;
-                    None
-                }
-                // Gone for now (a rename in progress): unknown this time.
-                Err(_) => None,
-            },
+        // The pragma speaks for the file the connection opened: it vouches
+        // only while the path still names that file (checked first, and
+        // whatever the signal's state, so a replacement is never missed).
+        match self.same_file() {
+            Some(true) => {}
+            Some(false) => {
+                *signal = None;
+                return Stamp { generation, data_version: None };
+            }
+            // Gone for now (a rename in progress): unknown this time.
+            None => return Stamp { generation, data_version: None },
+        }
+        let data_version = match signal.as_ref().map(data_version) {
+            Some(Ok(v)) => Some(v),
             // Busy or locked (another process recovering the WAL, an
             // exclusive lock): unknown this time, asked again next time.
             Some(Err(rusqlite::Error::SqliteFailure(e, _)))
@@ -293,7 +311,6 @@ mod tests {
         c.execute("UPDATE t SET v = 'z'", []).unwrap();
         drop(c);
         std::fs::rename(&copy, &db).unwrap();
-        assert!(!memo.replaced());
         assert_eq!(memo.tokens(memo.stamp()), None);
         assert!(memo.replaced());
         // And it stays off: nothing put is ever served again.
@@ -313,6 +330,25 @@ mod tests {
         std::fs::rename(&db2, &aside).unwrap();
         assert_eq!(memo2.link(memo2.stamp(), &key), None);
         assert!(!memo2.replaced(), "a path naming nothing for a moment is not a replacement");
+    }
+
+    #[test]
+    fn a_replacement_is_seen_without_a_signal() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not a database: the pragma fails and the signal is dropped.
+        let db = dir.path().join("index.sqlite");
+        std::fs::write(&db, vec![7u8; 4096]).unwrap();
+        let memo = Memo::<()>::new(&db);
+        let _ = memo.stamp();
+        assert!(memo.signal.lock().unwrap().is_none());
+        assert!(!memo.replaced());
+        let new = dir.path().join("new.sqlite");
+        std::fs::write(&new, vec![7u8; 4096]).unwrap();
+        std::fs::rename(&new, &db).unwrap();
+        assert!(memo.replaced(), "a replacement was missed once the signal was gone");
+        // An index whose identity is unknown from the start is refused too.
+        let missing = Memo::<()>::new(&dir.path().join("nothing.sqlite"));
+        assert!(missing.replaced());
     }
 
     #[test]

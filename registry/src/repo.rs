@@ -417,7 +417,6 @@ impl Repo {
     /// Whether the index file was replaced under this registry (its
     /// connections all read the old one): checked now.
     pub fn index_replaced(&self) -> bool {
-        let _ = self.memo.stamp();
         self.memo.replaced()
     }
 
