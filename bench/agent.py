@@ -340,6 +340,20 @@ def cold_starts(variants, hit_dir, rounds, work, env):
                 print(f"    {name:<16} {kind}: " + ", ".join(f"{p} {ev[p]:.1f}" for p in START_PHASES if p in ev))
 
 
+def strace_calls(trace):
+    """(ms since the first traced call, the call's text) for each line of
+    an `strace -f -ttt` log."""
+    t0 = None
+    for line in open(trace):
+        parts = line.split(None, 2)
+        if len(parts) < 3:
+            continue
+        t, call = float(parts[1]), parts[2]
+        if t0 is None:
+            t0 = t
+        yield (t - t0) * 1000, call
+
+
 START_PHASES = ["exec done", "loader done", "object opened", "checks done", "load starts", "attached"]
 
 
@@ -355,16 +369,8 @@ def start_phases(strace, exe, hit_dir, objects, work, env, cold):
                     exe, "--install-path", hit_dir, "--build-policy", "never", "run", "--duration", "0.05"],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
     names = [os.path.basename(o) for o in objects if o.endswith(".o")]
-    t0 = None
     ev = {}
-    for line in open(trace):
-        parts = line.split(None, 2)
-        if len(parts) < 3:
-            continue
-        t, call = float(parts[1]), parts[2]
-        if t0 is None:
-            t0 = t
-        ms = (t - t0) * 1000
+    for ms, call in strace_calls(trace):
         took = re.search(r"<([\d.]+)>\s*$", call)
         if call.startswith("execve(") and took:
             ev["exec done"] = ms + float(took.group(1)) * 1000
@@ -559,17 +565,9 @@ PHASES = ["client thread", "connect", "first byte", "last byte", "load starts", 
 def phases(trace):
     """The phases of one agent run from an `strace -f -ttt` log, in ms from
     its exec."""
-    t0 = None
     sock = None
     ev = {}
-    for line in open(trace):
-        parts = line.split(None, 2)
-        if len(parts) < 3:
-            continue
-        t, call = float(parts[1]), parts[2]
-        if t0 is None:
-            t0 = t
-        ms = (t - t0) * 1000
+    for ms, call in strace_calls(trace):
         if call.startswith("clone3(") and "client thread" not in ev and "load starts" not in ev:
             ev["client thread"] = ms
         m = re.match(r"connect\((\d+), \{sa_family=AF_INET", call)

@@ -421,6 +421,44 @@ fn a_build_by_name_opens_only_the_packages_its_kernels_use() {
     );
 }
 
+/// Builds 6.1.0-56-amd64 by name from `debs` into `<dir>/out`; the run's
+/// output and the packages it inspected.
+fn build_6_1_by_name(dir: &Path, debs: &Path, cache: &Path) -> (std::process::Output, Vec<String>) {
+    let timings = dir.join("t.jsonl");
+    let out = run(builder(&[
+        "build",
+        "--matrix",
+        p(&by_name_matrix(dir)),
+        "--select",
+        r"^6\.1\.0-56-amd64$",
+        "--package-cache",
+        p(debs),
+        "--cache-dir",
+        p(cache),
+        "--out",
+        p(&dir.join("out")),
+        "--timings",
+        p(&timings),
+    ]));
+    let opened = if out.status.success() { inspected(&timings) } else { Vec::new() };
+    (out, opened)
+}
+
+/// `<dir>/out`'s 6.1.0-56-amd64 object and its sources are the pinned build's.
+fn assert_6_1_is_the_pinned_build_s(dir: &Path, b: &Built) {
+    let name = object_file_name("6.1.0-56-amd64", VERSION);
+    let mine = dir.join("out/x86_64");
+    let pinned = b.out().join("x86_64");
+    assert!(
+        std::fs::read(mine.join(&name)).unwrap() == std::fs::read(pinned.join(&name)).unwrap(),
+        "{name} differs from the pinned build's"
+    );
+    let meta = |d: &Path| -> ObjectMetadata {
+        serde_json::from_slice(&std::fs::read(d.join(format!("{name}.json"))).unwrap()).unwrap()
+    };
+    assert_eq!(meta(&mine).sources, meta(&pinned).sources, "{name}: recorded sources differ");
+}
+
 #[test]
 fn a_package_under_another_file_name_is_still_found() {
     // File names only say which packages to open first: a flavour package
@@ -432,33 +470,10 @@ fn a_package_under_another_file_name_is_still_found() {
     package_cache_like(&fixture_debs(), &debs);
     let flavour = "linux-headers-6.1.0-56-amd64_6.1.192-2_amd64.deb";
     std::fs::rename(debs.join(flavour), debs.join("renamed.deb")).unwrap();
-    let timings = dir.path().join("t.jsonl");
-    let report = dir.path().join("r.json");
-    let out = run(builder(&[
-        "build",
-        "--matrix",
-        p(&by_name_matrix(dir.path())),
-        "--select",
-        r"^6\.1\.0-56-amd64$",
-        "--package-cache",
-        p(&debs),
-        "--cache-dir",
-        p(&b.cache()),
-        "--out",
-        p(&dir.path().join("out")),
-        "--timings",
-        p(&timings),
-        "--report",
-        p(&report),
-    ]));
-    assert!(out.status.success());
-    let opened = inspected(&timings);
+    let (out, opened) = build_6_1_by_name(dir.path(), &debs, &b.cache());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(opened.iter().any(|s| s == "renamed.deb"), "{opened:?}");
-    let name = object_file_name("6.1.0-56-amd64", VERSION);
-    assert_eq!(
-        std::fs::read(dir.path().join("out/x86_64").join(&name)).unwrap(),
-        std::fs::read(b.out().join("x86_64").join(&name)).unwrap()
-    );
+    assert_6_1_is_the_pinned_build_s(dir.path(), b);
 }
 
 #[test]
@@ -477,38 +492,11 @@ fn a_package_planted_under_a_partner_s_apt_name_cannot_stand_in_for_it() {
     assert!(debs.join(other).is_file(), "the fixture cache lacks {other}");
     std::fs::rename(debs.join(common), debs.join("x.deb")).unwrap();
     std::fs::copy(debs.join(other), debs.join(common)).unwrap();
-    let timings = dir.path().join("t.jsonl");
-    let out = run(builder(&[
-        "build",
-        "--matrix",
-        p(&by_name_matrix(dir.path())),
-        "--select",
-        r"^6\.1\.0-56-amd64$",
-        "--package-cache",
-        p(&debs),
-        "--cache-dir",
-        p(&dir.path().join("cache")),
-        "--out",
-        p(&dir.path().join("out")),
-        "--timings",
-        p(&timings),
-    ]));
+    let (out, opened) = build_6_1_by_name(dir.path(), &debs, &dir.path().join("cache"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let opened = inspected(&timings);
     assert!(opened.iter().any(|s| s == "x.deb"), "the real -common was not looked for: {opened:?}");
     assert!(opened.iter().any(|s| s == common), "the planted file was not inspected: {opened:?}");
-    let name = object_file_name("6.1.0-56-amd64", VERSION);
-    assert!(
-        std::fs::read(dir.path().join("out/x86_64").join(&name)).unwrap()
-            == std::fs::read(b.out().join("x86_64").join(&name)).unwrap(),
-        "the object built with a planted -common differs from the pinned build's"
-    );
-    let meta: ObjectMetadata =
-        serde_json::from_slice(&std::fs::read(dir.path().join("out/x86_64").join(format!("{name}.json"))).unwrap())
-            .unwrap();
-    let pinned: ObjectMetadata =
-        serde_json::from_slice(&std::fs::read(b.out().join("x86_64").join(format!("{name}.json"))).unwrap()).unwrap();
-    assert_eq!(meta.sources, pinned.sources, "the planted package was recorded as a source");
+    assert_6_1_is_the_pinned_build_s(dir.path(), b);
 }
 
 /// A copy of bpf/ with `edit` applied to tracer.bpf.c.
