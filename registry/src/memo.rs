@@ -100,7 +100,7 @@ pub struct Memo<F, L = (), T = ()> {
 }
 
 /// The device and inode `db` names now.
-fn file_identity(db: &Path) -> std::io::Result<(u64, u64)> {
+pub(crate) fn file_identity(db: &Path) -> std::io::Result<(u64, u64)> {
     let m = std::fs::metadata(db)?;
     Ok((m.dev(), m.ino()))
 }
@@ -163,6 +163,16 @@ impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
     pub fn replaced(&self) -> bool {
         self.same_file();
         self.replaced.load(Ordering::SeqCst)
+    }
+
+    /// The registry's first connection opened the file `first` (taken
+    /// right after it connected): if the memo, made later, found another
+    /// file at the path, the index was replaced while the registry was
+    /// starting, and its older connections read the old one.
+    pub fn opened_first(&self, first: (u64, u64)) {
+        if self.file != Some(first) && !self.replaced.swap(true, Ordering::SeqCst) {
+            tracing::error!(db = %self.db.display(), "the index file was replaced while the registry was starting: tokens are refused and /healthz fails until it restarts");
+        }
     }
 
     /// Compares the path's file with the one opened: `Some(false)` (and
@@ -330,6 +340,20 @@ mod tests {
         std::fs::rename(&db2, &aside).unwrap();
         assert_eq!(memo2.link(memo2.stamp(), &key), None);
         assert!(!memo2.replaced(), "a path naming nothing for a moment is not a replacement");
+    }
+
+    #[test]
+    fn a_replacement_while_starting_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _w) = index(dir.path());
+        let first = file_identity(&db).unwrap();
+        let memo = Memo::<()>::new(&db);
+        memo.opened_first(first);
+        assert!(!memo.replaced());
+        // The file the first connection opened is not the one found later.
+        let later = Memo::<()>::new(&db);
+        later.opened_first((first.0, first.1.wrapping_add(1)));
+        assert!(later.replaced());
     }
 
     #[test]

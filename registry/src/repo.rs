@@ -181,10 +181,18 @@ impl Repo {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        let db = data.join("index.sqlite");
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await?;
+        // The file the first connection opened (it may have created it),
+        // so a replacement before the memo is made is not missed.
+        let first = crate::memo::file_identity(&db);
         sqlx::migrate!("./migrations").run(&writer).await?;
         let reader = SqlitePoolOptions::new().max_connections(8).connect_with(opts.read_only(true)).await?;
-        Ok(Self { writer, reader, memo: Arc::new(Memo::new(&data.join("index.sqlite"))) })
+        let memo = Memo::new(&db);
+        if let Ok(first) = first {
+            memo.opened_first(first);
+        }
+        Ok(Self { writer, reader, memo: Arc::new(memo) })
     }
 
     pub async fn current(&self, release: &str, arch: &str, version: &str) -> Result<Option<ObjectRow>, sqlx::Error> {
