@@ -170,8 +170,15 @@ impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
     /// file at the path, the index was replaced while the registry was
     /// starting, and its older connections read the old one.
     pub fn opened_first(&self, first: (u64, u64)) {
-        if self.file != Some(first) && !self.replaced.swap(true, Ordering::SeqCst) {
-            tracing::error!(db = %self.db.display(), "the index file was replaced while the registry was starting: tokens are refused and /healthz fails until it restarts");
+        if self.file != Some(first) {
+            self.mark_replaced("starting");
+        }
+    }
+
+    /// Sets `replaced`, saying so once.
+    fn mark_replaced(&self, when: &str) {
+        if !self.replaced.swap(true, Ordering::SeqCst) {
+            tracing::error!(db = %self.db.display(), "the index file was replaced while the registry was {when}: tokens are refused and /healthz fails until it restarts");
         }
     }
 
@@ -186,9 +193,7 @@ impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
         if Some(now) == self.file {
             return Some(true);
         }
-        if !self.replaced.swap(true, Ordering::SeqCst) {
-            tracing::error!(db = %self.db.display(), "the index file was replaced while serving: tokens are refused and /healthz fails until the registry restarts");
-        }
+        self.mark_replaced("serving");
         Some(false)
     }
 
@@ -197,8 +202,9 @@ impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// How the index looks now (one `PRAGMA data_version`: no I/O but
-    /// sqlite's read locks and its mapped WAL index).
+    /// How the index looks now: one `stat` of the index's path (is it still
+    /// the file opened?) and one `PRAGMA data_version` (no I/O but sqlite's
+    /// read locks and its mapped WAL index).
     pub fn stamp(&self) -> Stamp {
         let generation = self.generation.load(Ordering::SeqCst);
         let mut signal = match self.signal.lock() {
