@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bpfarm_object::http::TransportConfig;
+use bpfarm_object::http::{Driver, TransportConfig};
 use bpfarm_object::{Arch, Identity, IdentityError, KernelFacts};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -308,6 +308,9 @@ impl Common {
                 insecure: c.insecure || file.insecure.unwrap_or(false),
                 timeout: c.timeout.or(file.timeout).map(Duration::from_secs).unwrap_or(defaults.timeout),
                 max_object_bytes: c.max_object_size.or(file.max_object_size).unwrap_or(defaults.max_object_bytes),
+                // One request at a time, each answer read whole: no worker
+                // thread, no hand-over of the answer between threads.
+                driver: Driver::Caller,
             },
             force_object: c.force_object,
             signing,

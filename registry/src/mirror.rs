@@ -155,6 +155,7 @@ fn run(h: &tokio::runtime::Handle, state: &AppState, config: &MirrorConfig) -> R
         insecure: config.insecure,
         timeout: config.timeout,
         max_object_bytes: config.max_blob_bytes,
+        ..Default::default()
     })?;
     let mut report = MirrorReport::default();
     if let Some(w) = transport.check_url(&base)? {

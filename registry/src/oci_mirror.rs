@@ -51,6 +51,7 @@ fn run(h: &tokio::runtime::Handle, state: &AppState, config: &MirrorConfig) -> R
         insecure: config.insecure,
         timeout: config.timeout,
         max_object_bytes: config.max_blob_bytes,
+        ..Default::default()
     })?;
     let auth = credentials(&target.registry, None, config.token.as_deref());
     let registry = OciRegistry::new(target, auth, &transport)?;
