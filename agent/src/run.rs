@@ -69,7 +69,7 @@ pub struct RunConfig {
     pub object: PathBuf,
     /// The verified bytes, loaded as they are: the file is not opened again
     /// between the check and the load.
-    pub bytes: Vec<u8>,
+    pub bytes: bytes::Bytes,
     pub output: Output,
     pub filters: Filters,
     pub duration: Option<Duration>,

@@ -71,7 +71,7 @@ enum InstallState {
 #[derive(Debug)]
 struct Prepared {
     dir: TrustedDir,
-    bytes: Vec<u8>,
+    bytes: bytes::Bytes,
     meta: ObjectMetadata,
     signature: Option<crate::verify::Signature>,
 }
@@ -133,7 +133,7 @@ impl Drop for PendingInstall {
 /// path is an error here, before anything is written.
 pub fn install_in_background(
     install_path: &Path,
-    bytes: Vec<u8>,
+    bytes: bytes::Bytes,
     meta: ObjectMetadata,
     signature: Option<crate::verify::Signature>,
 ) -> Result<PendingInstall, TrustError> {

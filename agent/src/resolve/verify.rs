@@ -8,7 +8,8 @@ use bpfarm_object::{Digest, Hashed, Identity, MetadataError, ObjectMetadata};
 /// Bytes that passed every check, ready to load.
 #[derive(Debug, Clone)]
 pub struct Verified {
-    pub bytes: Vec<u8>,
+    /// Shared, not copied, with the install thread while they load.
+    pub bytes: bytes::Bytes,
     pub digest: Digest,
     /// What the object says it is (`None` only under `--force-object`).
     pub embedded: Option<EmbeddedIdentity>,
@@ -82,5 +83,5 @@ pub fn verify(
         }
         Err(e) => return Err(Rejected::Unreadable(e)),
     };
-    Ok((Verified { bytes, digest, embedded, signature: None }, outcome))
+    Ok((Verified { bytes: bytes.into(), digest, embedded, signature: None }, outcome))
 }
