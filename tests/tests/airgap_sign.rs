@@ -13,17 +13,8 @@ use bpfarm_object::client::SignedUpload;
 use bpfarm_object::sign::{self, BuilderInfo, SigningKey, cosign};
 use bpfarm_object::{Arch, Digest, ObjectMetadata, oci};
 use bpfarm_tests::hostile::{HostileServer, Reply};
-use bpfarm_tests::{bin, client, sample_metadata, serve, token};
+use bpfarm_tests::{beside, bin, client, openssl_key, registry_snapshot, sample_metadata, serve, show, token};
 use serde_json::Value;
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn registry_cmd(args: &[&str]) -> Output {
     Command::new(bin("bpfarm-registry")).args(args).env_remove("BPFARM_REGISTRY_TRUSTED_KEYS").output().unwrap()
@@ -33,34 +24,9 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// A P-256 key pair from `openssl genpkey`: (private PEM path, public PEM path).
-fn openssl_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub"));
-    for args in [
-        vec!["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", p(&key)],
-        vec!["pkey", "-pubout", "-in", p(&key), "-out", p(&public)],
-    ] {
-        let o = Command::new("openssl").args(&args).output().expect("openssl (ci/install-deps installs it)");
-        assert!(o.status.success(), "{}", show(&o));
-    }
-    (key, public)
-}
-
-/// `cosign verify-blob` in a fresh network namespace (no network at all).
+/// `cosign verify-blob` of `file` and its `.sig` beside it, with no network.
 fn cosign_verify_blob(home: &Path, public: &Path, file: &Path) -> Output {
-    let state = home.join("cosign-home");
-    std::fs::create_dir_all(&state).unwrap();
-    Command::new("unshare")
-        .args(["-rn", "cosign", "verify-blob", "--insecure-ignore-tlog", "--key"])
-        .arg(public)
-        .arg("--signature")
-        .arg(format!("{}.sig", file.display()))
-        .arg(file)
-        .env("HOME", &state)
-        .env("TUF_ROOT", state.join("tuf"))
-        .output()
-        .expect("unshare runs cosign (ci/install-deps installs cosign)")
+    bpfarm_tests::cosign::verify_blob(home, public, &beside(file, ".sig"), file)
 }
 
 fn object(release: &str) -> Vec<u8> {
@@ -76,22 +42,6 @@ fn signed(key: &SigningKey, reference: &str, release: &str) -> (ObjectMetadata, 
     let up =
         SignedUpload { signature: s.signature.into_bytes(), attestation: s.provenance.to_jsonl(), manifest_signature };
     (meta, bytes, up)
-}
-
-/// The index's rows and every blob file (with its bytes' digest).
-fn snapshot(data: &Path) -> (String, Vec<(String, String)>) {
-    let dump = Command::new("sqlite3").arg("-readonly").arg(data.join("index.sqlite")).arg(".dump").output().unwrap();
-    assert!(dump.status.success(), "{}", show(&dump));
-    let mut files = Vec::new();
-    let root = data.join("blobs/sha256");
-    for d in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
-            let bytes = std::fs::read(f.path()).unwrap();
-            files.push((f.file_name().to_string_lossy().into_owned(), Digest::of_bytes(&bytes).to_string()));
-        }
-    }
-    files.sort();
-    (String::from_utf8(dump.stdout).unwrap(), files)
 }
 
 fn stored(data: &Path, d: &Digest) -> bool {
@@ -179,7 +129,7 @@ fn mirror_carries_signatures_and_refuses_what_the_trust_policy_or_a_lying_upstre
         assert!(!stored(&dmz, d), "{d} of a refused object was stored");
     }
     // Resumable: a rerun refuses the same two again and changes nothing.
-    let before = snapshot(&dmz);
+    let before = registry_snapshot(&dmz);
     let o = mirror(&up.url, true);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(
@@ -187,7 +137,7 @@ fn mirror_carries_signatures_and_refuses_what_the_trust_policy_or_a_lying_upstre
         "{}",
         show(&o)
     );
-    assert_eq!(snapshot(&dmz), before, "a rerun changed the mirror");
+    assert_eq!(registry_snapshot(&dmz), before, "a rerun changed the mirror");
     {
         let served = serve(&dmz);
         let here = lookup(&served.url, SIGNED).unwrap();
@@ -229,7 +179,7 @@ fn mirror_carries_signatures_and_refuses_what_the_trust_policy_or_a_lying_upstre
             e["signature"] = foreign["signature"].clone();
         }
     });
-    let before = snapshot(&dmz);
+    let before = registry_snapshot(&dmz);
     for (keys, says) in
         [(true, "the signature is refused"), (false, "already has this object with other signatures attached")]
     {
@@ -243,10 +193,10 @@ fn mirror_carries_signatures_and_refuses_what_the_trust_policy_or_a_lying_upstre
         );
         // Without keys the other two come in; the signed one keeps its files.
         if keys {
-            assert_eq!(snapshot(&dmz), before, "a refused swap changed the mirror");
+            assert_eq!(registry_snapshot(&dmz), before, "a refused swap changed the mirror");
         }
     }
-    let after_swaps = snapshot(&dmz);
+    let after_swaps = registry_snapshot(&dmz);
 
     // A lying upstream strips the signatures: the same object here keeps
     // what it has (no refusal, nothing lost).
@@ -259,7 +209,7 @@ fn mirror_carries_signatures_and_refuses_what_the_trust_policy_or_a_lying_upstre
     });
     let o = mirror(&stripping.url, false);
     assert!(o.status.success(), "{}", show(&o));
-    assert_eq!(snapshot(&dmz), after_swaps, "stripped signatures changed the mirror");
+    assert_eq!(registry_snapshot(&dmz), after_swaps, "stripped signatures changed the mirror");
 
     // The upstream replaces the signed object with an unsigned one: the
     // mirror refuses to lose the signature, with or without keys.
@@ -279,7 +229,7 @@ fn mirror_carries_signatures_and_refuses_what_the_trust_policy_or_a_lying_upstre
             )
         };
         assert!(err.contains(&says), "keys {keys}: {}", show(&o));
-        assert_eq!(snapshot(&dmz), after_swaps, "a refused replacement changed the mirror");
+        assert_eq!(registry_snapshot(&dmz), after_swaps, "a refused replacement changed the mirror");
         assert!(!stored(&dmz, &newer_meta.digest));
     }
     let served = serve(&dmz);
@@ -367,10 +317,10 @@ fn a_signed_bundle_imports_under_a_trusted_key_and_exports_the_same_files_cosign
     let o = registry_cmd(&["import", "--data", p(&data_b), "--trusted-key", p(&public), p(&tar)]);
     assert!(o.status.success(), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("1 objects published"), "{}", show(&o));
-    let before = snapshot(&data_b);
+    let before = registry_snapshot(&data_b);
     let o = registry_cmd(&["import", "--data", p(&data_b), "--trusted-key", p(&public), p(&tar)]);
     assert!(String::from_utf8_lossy(&o.stdout).contains(": 0 new blobs (0 bytes), 0 new manifests"), "{}", show(&o));
-    assert_eq!(snapshot(&data_b), before, "importing again changed the registry");
+    assert_eq!(registry_snapshot(&data_b), before, "importing again changed the registry");
     {
         let b = serve(&data_b);
         let view_b = lookup(&b.url, SIGNED).unwrap();
@@ -431,7 +381,7 @@ fn import_refuses_unsigned_foreign_and_resigned_objects_and_writes_nothing() {
         c.publish_signed(&meta, &bytes, false, &up).unwrap();
     });
     drop(_t);
-    let before = snapshot(&data);
+    let before = registry_snapshot(&data);
     let attempt = |tar: &Path, keys: bool, says: &str| {
         let mut args = vec!["import", "--data", p(&data)];
         if keys {
@@ -442,7 +392,7 @@ fn import_refuses_unsigned_foreign_and_resigned_objects_and_writes_nothing() {
         assert_eq!(o.status.code(), Some(1), "{}", show(&o));
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(says) && err.contains("nothing was imported"), "{says}: {}", show(&o));
-        assert_eq!(snapshot(&data), before, "a refused import changed the registry ({says})");
+        assert_eq!(registry_snapshot(&data), before, "a refused import changed the registry ({says})");
     };
     // An unsigned object, under the key.
     let (_u, data_u) = registry_with(&home.path().join("u"), |c| {
@@ -496,7 +446,7 @@ fn import_refuses_signatures_for_an_object_held_unsigned_and_writes_nothing() {
     });
     let tar = home.path().join("s.tar");
     bundle(&data_s, &tar);
-    let before = snapshot(&data);
+    let before = registry_snapshot(&data);
     for keys in [false, true] {
         let mut args = vec!["import", "--data", p(&data)];
         if keys {
@@ -513,7 +463,7 @@ fn import_refuses_signatures_for_an_object_held_unsigned_and_writes_nothing() {
             "{}",
             show(&o)
         );
-        assert_eq!(snapshot(&data), before, "a refused import changed the registry (keys: {keys})");
+        assert_eq!(registry_snapshot(&data), before, "a refused import changed the registry (keys: {keys})");
     }
 }
 
@@ -546,12 +496,12 @@ fn resent_signatures_replace_only_when_asked_and_attestations_name_their_object(
     let (_, _, theirs) = signed(&stranger, &c.docker_reference(), SIGNED);
     upload(&theirs.signature);
     upload(&theirs.attestation);
-    let before = snapshot(&data);
+    let before = registry_snapshot(&data);
     let e = c.publish_signed(&meta, &bytes, false, &theirs).unwrap_err();
     assert_eq!(e.status(), Some(409), "{e}");
     assert!(e.to_string().contains("already has this object with other signatures attached"), "{e}");
     assert!(e.to_string().contains("?replace=true"), "{e}");
-    assert_eq!(snapshot(&data), before, "refused signatures changed the store");
+    assert_eq!(registry_snapshot(&data), before, "refused signatures changed the store");
     assert_eq!(lookup(&r.url, SIGNED).unwrap()["signature"]["digest"], Digest::of_bytes(&mine.signature).as_str());
     // The same signatures again are a no-op.
     assert_eq!(c.publish_signed(&meta, &bytes, false, &mine).unwrap(), bpfarm_object::client::Published::Skipped);
@@ -566,13 +516,13 @@ fn resent_signatures_replace_only_when_asked_and_attestations_name_their_object(
     upload(&other_bytes);
     upload(&mixed.signature);
     upload(&mixed.attestation);
-    let before = snapshot(&data);
+    let before = registry_snapshot(&data);
     let e = c.publish_signed(&other_meta, &other_bytes, false, &mixed).unwrap_err();
     assert_eq!(e.status(), Some(400), "{e}");
     let text = e.to_string();
     assert!(text.contains("attestation is malformed") && text.contains(other_meta.digest.as_str()), "{text}");
     assert!(text.contains(Digest::of_bytes(&object(FOREIGN)).as_str()), "{text}");
-    assert_eq!(snapshot(&data), before, "a refused attestation changed the store");
+    assert_eq!(registry_snapshot(&data), before, "a refused attestation changed the store");
     assert!(lookup(&r.url, UNSIGNED).is_none());
 }
 

@@ -5,24 +5,12 @@
 use std::path::Path;
 use std::process::Command;
 
-use bpfarm_object::{Digest, object_file_name};
-use bpfarm_tests::{bin, serve, token};
+use bpfarm_object::Digest;
+use bpfarm_tests::{bin, build_with_report, running_kernel_build, running_object_name, running_release, serve, token};
 
 fn build_and_publish(dir: &Path, url: &str, token: &str) -> (std::process::Output, serde_json::Value) {
-    let report = dir.join("report.json");
-    let out = Command::new(bin("bpfarm-builder"))
-        .args(["build", "--running-kernel", "--no-progress", "--publish", url, "--cache-dir"])
-        .arg(dir.join("cache"))
-        .arg("--out")
-        .arg(dir.join("out"))
-        .arg("--report")
-        .arg(&report)
-        .env("BPFARM_TOKEN", token)
-        .output()
-        .unwrap();
-    eprintln!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let r = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
-    (out, r)
+    let mut c = running_kernel_build(&dir.join("cache"), &dir.join("out"));
+    build_with_report(c.args(["--publish", url]).env("BPFARM_TOKEN", token), dir)
 }
 
 #[test]
@@ -44,8 +32,8 @@ fn builder_publishes_to_a_real_registry_and_skips_what_it_holds() {
     assert_eq!((r["publish"]["published"].as_u64(), r["publish"]["skipped"].as_u64()), (Some(0), Some(1)));
 
     // The registry serves exactly the bytes the builder wrote.
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned();
-    let name = object_file_name(&release, "v0.1.0");
+    let release = running_release();
+    let name = running_object_name();
     let local = std::fs::read(dir.path().join("out/x86_64").join(&name)).unwrap();
     let client = bpfarm_tests::client(&reg.url, None);
     let meta = client.lookup(&release, "x86_64", "v0.1.0").unwrap().expect("published object");

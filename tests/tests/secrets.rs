@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use bpfarm_tests::{FakeKernel, bin, files_containing, serve, token};
+use bpfarm_tests::{FakeKernel, bin, build_with_report, files_containing, serve, token};
 
 fn has(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
@@ -29,23 +29,16 @@ fn get(url: &str) -> Vec<u8> {
 }
 
 fn build(dir: &Path, debs: &Path, url: &str, push: &str, sandbox: &[&str]) -> (Output, serde_json::Value) {
-    let report = dir.join("report.json");
-    let out = Command::new(bin("bpfarm-builder"))
-        .args(["-v", "build", "--no-progress", "--headers"])
+    let mut c = Command::new(bin("bpfarm-builder"));
+    c.args(["-v", "build", "--no-progress", "--headers"])
         .arg(debs)
         .args(sandbox)
         .args(["--publish", url, "--token", push, "--cache-dir"])
         .arg(dir.join("cache"))
         .arg("--out")
         .arg(dir.join("out"))
-        .arg("--report")
-        .arg(&report)
-        .env_remove("BPFARM_CACHE")
-        .output()
-        .unwrap();
-    eprintln!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let r = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    (out, r)
+        .env_remove("BPFARM_CACHE");
+    build_with_report(&mut c, dir)
 }
 
 #[test]
