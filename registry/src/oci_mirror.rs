@@ -59,8 +59,8 @@ fn run(h: &tokio::runtime::Handle, state: &AppState, config: &MirrorConfig) -> R
         report.warnings.push(w.to_owned());
     }
     let tags = registry.list_tags(TagListLimits::default())?;
-    let signing: BTreeSet<&str> = tags.iter().map(String::as_str).filter(|t| is_signature_tag(t)).collect();
-    let mut releases: Vec<&str> = tags.iter().map(String::as_str).filter(|t| !is_signature_tag(t)).collect();
+    let signing: BTreeSet<&str> = tags.iter().map(String::as_str).filter(|t| import::is_signature_tag(t)).collect();
+    let mut releases: Vec<&str> = tags.iter().map(String::as_str).filter(|t| !import::is_signature_tag(t)).collect();
     releases.sort_unstable();
     let canonical = state.settings.canonical_repo();
     for tag in releases {
@@ -71,11 +71,6 @@ fn run(h: &tokio::runtime::Handle, state: &AppState, config: &MirrorConfig) -> R
         }
     }
     Ok(report)
-}
-
-/// cosign's `sha256-<hex>.sig`/`.att` and bpfarm's `sha256-<hex>.bpfarm`.
-fn is_signature_tag(tag: &str) -> bool {
-    tag.strip_prefix("sha256-").is_some_and(|t| t.ends_with(".sig") || t.ends_with(".att") || t.ends_with(".bpfarm"))
 }
 
 fn is_bpfarm_index(v: &Value) -> bool {
