@@ -990,3 +990,37 @@ pub fn echoed(mut c: impl std::borrow::BorrowMut<Command>) -> Output {
     eprintln!("{}", show(&out));
     out
 }
+
+/// `bpfarm-agent fetch` from `registry` (never building) into a fresh
+/// install path, under GNU time: asserts it is refused naming `cause`,
+/// within 64 MiB of peak memory and 10 seconds, with nothing installed.
+/// `what` names the case in the log, beside the figures.
+pub fn assert_fetch_refused_in_bounds(what: &str, registry: &str, cause: &str) {
+    let dir = tempfile::tempdir().expect("a temp folder");
+    let started = std::time::Instant::now();
+    let mut c = agent_command(&dir.path().join("install"));
+    c.args(["--registry", registry, "--build-policy", "never", "fetch"]);
+    let (out, rss) = output_with_peak_rss(&c);
+    let took = started.elapsed();
+    eprintln!("{what}: refused in {took:?}, agent peak RSS {} MiB", rss >> 20);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(cause), "{}", show(&out));
+    assert!(rss < 64 << 20, "peak RSS {} MiB", rss >> 20);
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    assert!(!dir.path().join("install").join(running_object_name()).exists());
+}
+
+/// A GET of `url` through Python's urllib, a client that is not bpfarm's:
+/// the body of its 2xx answer.
+pub fn python_get(url: &str) -> Vec<u8> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys,urllib.request; sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1]).read())",
+            url,
+        ])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}

@@ -275,24 +275,21 @@ fn search_order_bpf_file_exe_dir_and_policies() {
         install.join(format!("{}.json", running_object_name())),
     )
     .unwrap();
-    let out = Command::new(&exe)
-        .arg("--install-path")
-        .arg(&install)
-        .args(["locate", "--output", "json"])
-        .env_remove("TRACEE_BPF_FILE")
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Where the copied agent's `locate` finds the object.
+    let located = || -> serde_json::Value {
+        let out = Command::new(&exe)
+            .arg("--install-path")
+            .arg(&install)
+            .args(["locate", "--output", "json"])
+            .env_remove("TRACEE_BPF_FILE")
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let v = located();
     assert_eq!(v["source"], "exe-dir", "{v:#}");
     std::fs::remove_file(exe_dir.join(running_object_name())).unwrap();
-    let out = Command::new(&exe)
-        .arg("--install-path")
-        .arg(&install)
-        .args(["locate", "--output", "json"])
-        .env_remove("TRACEE_BPF_FILE")
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = located();
     assert_eq!(v["source"], "install-path", "{v:#}");
 
     // always: builds even though the install path has a good object.

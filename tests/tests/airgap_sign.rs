@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use bpfarm_object::client::SignedUpload;
+use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
 use bpfarm_object::sign::{self, BuilderInfo, SigningKey, cosign};
 use bpfarm_object::{Arch, Digest, ObjectMetadata, oci};
 use bpfarm_tests::hostile::{HostileServer, Reply};
@@ -27,6 +28,14 @@ fn p(path: &Path) -> &str {
 /// `cosign verify-blob` of `file` and its `.sig` beside it, with no network.
 fn cosign_verify_blob(home: &Path, public: &Path, file: &Path) -> Output {
     bpfarm_tests::cosign::verify_blob(home, public, &beside(file, ".sig"), file)
+}
+
+/// Two P-256 keys made under `dir`: the signer (with its public key's
+/// file) and a stranger.
+fn signer_and_stranger(dir: &Path) -> (SigningKey, PathBuf, SigningKey) {
+    let (key, public) = openssl_key(dir, "signer");
+    let (stranger, _) = openssl_key(dir, "stranger");
+    (SigningKey::load(&key).unwrap(), public, SigningKey::load(&stranger).unwrap())
 }
 
 fn object(release: &str) -> Vec<u8> {
@@ -80,10 +89,7 @@ fn lying_proxy(upstream: &str, lie: impl Fn(&mut Vec<Value>) + Send + Sync + 'st
 #[test]
 fn mirror_carries_signatures_and_refuses_what_the_trust_policy_or_a_lying_upstream_would_lose() {
     let home = tempfile::tempdir().unwrap();
-    let (key_path, public) = openssl_key(home.path(), "signer");
-    let (stranger_path, _) = openssl_key(home.path(), "stranger");
-    let key = SigningKey::load(&key_path).unwrap();
-    let stranger = SigningKey::load(&stranger_path).unwrap();
+    let (key, public, stranger) = signer_and_stranger(home.path());
 
     // Upstream (no policy of its own): one object signed by the trusted
     // key, one unsigned, one signed by a stranger.
@@ -371,10 +377,7 @@ fn a_signed_bundle_imports_under_a_trusted_key_and_exports_the_same_files_cosign
 #[test]
 fn import_refuses_unsigned_foreign_and_resigned_objects_and_writes_nothing() {
     let home = tempfile::tempdir().unwrap();
-    let (key_path, public) = openssl_key(home.path(), "signer");
-    let (stranger_path, _) = openssl_key(home.path(), "stranger");
-    let key = SigningKey::load(&key_path).unwrap();
-    let stranger = SigningKey::load(&stranger_path).unwrap();
+    let (key, public, stranger) = signer_and_stranger(home.path());
     // The target holds the object signed by the trusted key.
     let (_t, data) = registry_with(&home.path().join("t"), |c| {
         let (meta, bytes, up) = signed(&key, &c.docker_reference(), SIGNED);
@@ -470,10 +473,7 @@ fn import_refuses_signatures_for_an_object_held_unsigned_and_writes_nothing() {
 #[test]
 fn resent_signatures_replace_only_when_asked_and_attestations_name_their_object() {
     let home = tempfile::tempdir().unwrap();
-    let (key_path, _) = openssl_key(home.path(), "signer");
-    let (stranger_path, _) = openssl_key(home.path(), "stranger");
-    let key = SigningKey::load(&key_path).unwrap();
-    let stranger = SigningKey::load(&stranger_path).unwrap();
+    let (key, _, stranger) = signer_and_stranger(home.path());
     // No --trusted-key: what holds here holds for every registry.
     let data = home.path().join("data");
     let push = token(&data, "ci", "push");
@@ -528,27 +528,13 @@ fn resent_signatures_replace_only_when_asked_and_attestations_name_their_object(
 
 #[test]
 fn a_v2_push_with_its_carrier_first_gets_its_v1_signature_files() {
-    use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
     let home = tempfile::tempdir().unwrap();
     let (key_path, public) = openssl_key(home.path(), "signer");
     let key = SigningKey::load(&key_path).unwrap();
-    let data = home.path().join("data");
-    let push = token(&data, "ci", "push");
-    let r = bpfarm_tests::serve_with(&["--listen", "127.0.0.1:0", "--data", p(&data), "--trusted-key", p(&public)]);
-    let addr = r.url.trim_start_matches("http://").to_owned();
-    let transport = bpfarm_object::http::Transport::new(Default::default()).unwrap();
-    let oci = OciRegistry::new(
-        OciTarget::parse(&format!("oci://{addr}/bpfarm")).unwrap(),
-        credentials(&addr, None, Some(&push)),
-        &transport,
-    )
-    .unwrap();
+    let (r, _, push) = trusting_registry(home.path(), &public);
+    let oci = oci_client(&r.url, "bpfarm", &push);
     let (meta, bytes, up) = signed(&key, &oci.docker_reference(), SIGNED);
-    let subject = sign::Subject::manifest(&oci::manifest(&meta));
-    // What `bpfarm-builder --sign-key … --publish oci://` pushes.
-    oci.push_artifact(&sign::signature_artifact(&subject, std::slice::from_ref(&up.manifest_signature))).unwrap();
-    oci.push_artifact(&sign::files_artifact(&subject, &meta.file_name, &up.signature, Some(&up.attestation))).unwrap();
-    oci.publish(&meta, &bytes).unwrap();
+    push_signed(&oci, &meta, &bytes, &up);
     let view = lookup(&r.url, SIGNED).unwrap();
     assert_eq!(view["signature"]["digest"], Digest::of_bytes(&up.signature).as_str(), "{view}");
     assert_eq!(view["attestation"]["digest"], Digest::of_bytes(&up.attestation).as_str(), "{view}");
@@ -588,31 +574,62 @@ fn put_manifest(url: &str, token: &str, tag: &str, bytes: &[u8]) -> (u16, String
     (r.status().as_u16(), r.text().unwrap())
 }
 
+/// A registry under `home` taking only objects signed by `public`: it,
+/// its data folder and a push token.
+fn trusting_registry(home: &Path, public: &Path) -> (bpfarm_tests::Registry, PathBuf, String) {
+    let data = home.join("data");
+    let push = token(&data, "ci", "push");
+    let r = bpfarm_tests::serve_with(&["--listen", "127.0.0.1:0", "--data", p(&data), "--trusted-key", p(public)]);
+    (r, data, push)
+}
+
+/// An OCI client for `oci://<the registry at url>/<namespace>`, pushing
+/// with `push`.
+fn oci_client(url: &str, namespace: &str, push: &str) -> OciRegistry {
+    let addr = url.trim_start_matches("http://");
+    let transport = bpfarm_object::http::Transport::new(Default::default()).unwrap();
+    let target = OciTarget::parse(&format!("oci://{addr}/{namespace}")).unwrap();
+    OciRegistry::new(target, credentials(addr, None, Some(push)), &transport).unwrap()
+}
+
+/// What `bpfarm-builder --sign-key … --publish oci://` pushes: the cosign
+/// signature, the carrier of the `.sig` and `.intoto.jsonl` (returned),
+/// then the object.
+fn push_signed(oci: &OciRegistry, meta: &ObjectMetadata, bytes: &[u8], up: &SignedUpload) -> sign::OciArtifact {
+    let subject = sign::Subject::manifest(&oci::manifest(meta));
+    oci.push_artifact(&sign::signature_artifact(&subject, std::slice::from_ref(&up.manifest_signature))).unwrap();
+    let carrier = sign::files_artifact(&subject, &meta.file_name, &up.signature, Some(&up.attestation));
+    oci.push_artifact(&carrier).unwrap();
+    oci.publish(meta, bytes).unwrap();
+    carrier
+}
+
+/// Imports bundle `tar` into a new registry under `home` that trusts
+/// `public`, and serves it: its `/v1` answer for the signed object
+/// carries the signature and attestation of `view`.
+fn import_keeps_signatures(home: &Path, public: &Path, tar: &Path, view: &Value) -> bpfarm_tests::Registry {
+    let imported = home.join("imported");
+    let o = registry_cmd(&["import", "--data", p(&imported), "--trusted-key", p(public), p(tar)]);
+    assert!(o.status.success(), "{}", show(&o));
+    let b = serve(&imported);
+    let view_b = lookup(&b.url, SIGNED).unwrap();
+    assert_eq!(view_b["signature"], view["signature"], "{view_b}");
+    assert_eq!(view_b["attestation"], view["attestation"], "{view_b}");
+    b
+}
+
 #[test]
 fn the_signature_tags_of_a_held_object_take_no_foreign_files_or_untrusted_signatures() {
-    use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
     let home = tempfile::tempdir().unwrap();
     let (key_path, public) = openssl_key(home.path(), "signer");
     let key = SigningKey::load(&key_path).unwrap();
     let (other_path, _) = openssl_key(home.path(), "other");
     let other = SigningKey::load(&other_path).unwrap();
-    let data = home.path().join("data");
-    let push = token(&data, "ci", "push");
-    let r = bpfarm_tests::serve_with(&["--listen", "127.0.0.1:0", "--data", p(&data), "--trusted-key", p(&public)]);
-    let addr = r.url.trim_start_matches("http://").to_owned();
-    let transport = bpfarm_object::http::Transport::new(Default::default()).unwrap();
-    let oci = OciRegistry::new(
-        OciTarget::parse(&format!("oci://{addr}/bpfarm")).unwrap(),
-        credentials(&addr, None, Some(&push)),
-        &transport,
-    )
-    .unwrap();
+    let (r, data, push) = trusting_registry(home.path(), &public);
+    let oci = oci_client(&r.url, "bpfarm", &push);
     let (meta, bytes, up) = signed(&key, &oci.docker_reference(), SIGNED);
     let subject = sign::Subject::manifest(&oci::manifest(&meta));
-    oci.push_artifact(&sign::signature_artifact(&subject, std::slice::from_ref(&up.manifest_signature))).unwrap();
-    let ours = sign::files_artifact(&subject, &meta.file_name, &up.signature, Some(&up.attestation));
-    oci.push_artifact(&ours).unwrap();
-    oci.publish(&meta, &bytes).unwrap();
+    let ours = push_signed(&oci, &meta, &bytes, &up);
     let view = lookup(&r.url, SIGNED).unwrap();
     let ftag = sign::files_tag(&subject.digest);
     let stag = cosign::signature_tag(&subject.digest);
@@ -661,13 +678,7 @@ fn the_signature_tags_of_a_held_object_take_no_foreign_files_or_untrusted_signat
     // the foreign carrier (accepted in another repository, which holds no
     // object) is put under the tag by hand. The bundle carries the carrier
     // /v1's files make, and a registry trusting the key imports it.
-    let elsewhere = OciRegistry::new(
-        OciTarget::parse(&format!("oci://{addr}/elsewhere")).unwrap(),
-        credentials(&addr, None, Some(&push)),
-        &transport,
-    )
-    .unwrap();
-    elsewhere.push_artifact(&foreign).unwrap();
+    oci_client(&r.url, "elsewhere", &push).push_artifact(&foreign).unwrap();
     drop(r);
     let fd = foreign.manifest_digest();
     let o = Command::new("sqlite3")
@@ -689,13 +700,7 @@ fn the_signature_tags_of_a_held_object_take_no_foreign_files_or_untrusted_signat
     assert!(o.status.success(), "{}", show(&o));
     assert_eq!(Digest::of_bytes(&o.stdout), ours.manifest_digest(), "the bundle carries the stale carrier");
     assert_eq!(o.stdout, ours.manifest);
-    let imported = home.path().join("imported");
-    let o = registry_cmd(&["import", "--data", p(&imported), "--trusted-key", p(&public), p(&tar)]);
-    assert!(o.status.success(), "{}", show(&o));
-    let b = serve(&imported);
-    let view_b = lookup(&b.url, SIGNED).unwrap();
-    assert_eq!(view_b["signature"], view["signature"], "{view_b}");
-    assert_eq!(view_b["attestation"], view["attestation"], "{view_b}");
+    import_keeps_signatures(home.path(), &public, &tar, &view);
 }
 
 /// A `DELETE` of `/v2` manifest `reference` with `token`: (status, body).
@@ -737,15 +742,7 @@ fn a_held_objects_signature_tags_are_not_deleted_and_a_bundle_carries_them_from_
     assert_eq!(tag_digest(&r.url, &stag).as_deref(), Some(sig.as_str()));
     assert_eq!(lookup(&r.url, SIGNED).unwrap(), view, "the /v1 answer changed");
     // A cosign signature of a manifest /v1 does not hold is the pusher's.
-    use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
-    let addr = r.url.trim_start_matches("http://").to_owned();
-    let transport = bpfarm_object::http::Transport::new(Default::default()).unwrap();
-    let oci = OciRegistry::new(
-        OciTarget::parse(&format!("oci://{addr}/bpfarm")).unwrap(),
-        credentials(&addr, None, Some(&push)),
-        &transport,
-    )
-    .unwrap();
+    let oci = oci_client(&r.url, "bpfarm", &push);
     let (other, ..) = signed(&key, &oci.docker_reference(), UNSIGNED);
     let other = sign::Subject::manifest(&oci::manifest(&other));
     let s = sign::sign_manifest(&key, &oci.docker_reference(), &other.digest).unwrap();
@@ -773,13 +770,7 @@ fn a_held_objects_signature_tags_are_not_deleted_and_a_bundle_carries_them_from_
             .unwrap();
         assert!(o.status.success(), "{tag} is not in the bundle: {}", show(&o));
     }
-    let imported = home.path().join("imported");
-    let o = registry_cmd(&["import", "--data", p(&imported), "--trusted-key", p(&public), p(&tar)]);
-    assert!(o.status.success(), "{}", show(&o));
-    let b = serve(&imported);
-    let view_b = lookup(&b.url, SIGNED).unwrap();
-    assert_eq!(view_b["signature"], view["signature"], "{view_b}");
-    assert_eq!(view_b["attestation"], view["attestation"], "{view_b}");
+    let b = import_keeps_signatures(home.path(), &public, &tar, &view);
     assert_eq!(tag_digest(&b.url, &ftag).as_deref(), Some(carrier.as_str()));
     assert_eq!(tag_digest(&b.url, &stag).as_deref(), Some(sig.as_str()));
 }

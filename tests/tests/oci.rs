@@ -30,6 +30,16 @@ fn skopeo(args: &[&str]) -> std::process::Output {
     out
 }
 
+/// `skopeo copy --all --preserve-digests` from one plain-http registry's
+/// image to another's, with `extra` flags.
+fn skopeo_copy(from: &str, to: &str, extra: &[&str]) {
+    let (from, to) = (format!("docker://{from}"), format!("docker://{to}"));
+    let mut args = vec!["copy", "--all", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false"];
+    args.extend_from_slice(extra);
+    args.extend([from.as_str(), to.as_str()]);
+    skopeo(&args);
+}
+
 fn raw_manifest(reference: &str) -> Vec<u8> {
     skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("docker://{reference}")]).stdout
 }
@@ -48,15 +58,7 @@ fn skopeo_copies_to_distribution_and_back_with_digests_unchanged() {
     assert_eq!(v["manifests"][0]["platform"]["architecture"], "amd64");
     assert_eq!(v["annotations"][oci::ANN_RELEASE], running_release());
 
-    skopeo(&[
-        "copy",
-        "--all",
-        "--preserve-digests",
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
-        &format!("docker://{ours}"),
-        &format!("docker://{theirs}"),
-    ]);
+    skopeo_copy(&ours, &theirs, &[]);
     assert_eq!(
         Digest::of_bytes(&raw_manifest(&theirs)),
         Digest::of_bytes(&index),
@@ -69,17 +71,7 @@ fn skopeo_copies_to_distribution_and_back_with_digests_unchanged() {
     let push2 = token(&fresh, "ci", "push");
     let reg2 = serve(&fresh);
     let back = format!("{}/mirror/tracee-bpf:{tag}", host(&reg2.url));
-    skopeo(&[
-        "copy",
-        "--all",
-        "--preserve-digests",
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
-        "--dest-creds",
-        &format!("ci:{push2}"),
-        &format!("docker://{theirs}"),
-        &format!("docker://{back}"),
-    ]);
+    skopeo_copy(&theirs, &back, &["--dest-creds", &format!("ci:{push2}")]);
     assert_eq!(Digest::of_bytes(&raw_manifest(&back)), Digest::of_bytes(&index));
     let client = bpfarm_tests::client(&reg2.url, None);
     let meta = client.lookup(&running_release(), "x86_64", "v0.1.0").unwrap().expect("the OCI push is a /v1 object");
