@@ -450,21 +450,32 @@ fn assert_6_1_is_the_pinned_build_s(dir: &Path, b: &Built) {
     assert_eq!(meta(&mine).sources, meta(&pinned).sources, "{name}: recorded sources differ");
 }
 
+/// Builds 6.1.0-56-amd64 by name from a copy of the fixture package cache
+/// in `<dir>/debs` that `plant` has changed, with the build cache `cache`
+/// (else `<dir>/cache`): the build must succeed and make the pinned
+/// build's object. The packages it inspected.
+fn pinned_by_name_from(dir: &Path, cache: Option<&Path>, plant: impl FnOnce(&Path)) -> Vec<String> {
+    let debs = dir.join("debs");
+    package_cache_like(&fixture_debs(), &debs);
+    plant(&debs);
+    let own = dir.join("cache");
+    let (out, opened) = build_6_1_by_name(dir, &debs, cache.unwrap_or(&own));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_6_1_is_the_pinned_build_s(dir, shared());
+    opened
+}
+
 #[test]
 fn a_package_under_another_file_name_is_still_found() {
     // File names only say which packages to open first: a flavour package
     // under a name apt would not give it is found by inspecting the rest of
     // the cache, and builds what the pinned build built.
-    let b = shared();
     let dir = tempfile::tempdir().unwrap();
-    let debs = dir.path().join("debs");
-    package_cache_like(&fixture_debs(), &debs);
-    let flavour = "linux-headers-6.1.0-56-amd64_6.1.192-2_amd64.deb";
-    std::fs::rename(debs.join(flavour), debs.join("renamed.deb")).unwrap();
-    let (out, opened) = build_6_1_by_name(dir.path(), &debs, &b.cache());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let opened = pinned_by_name_from(dir.path(), Some(&shared().cache()), |debs| {
+        let flavour = "linux-headers-6.1.0-56-amd64_6.1.192-2_amd64.deb";
+        std::fs::rename(debs.join(flavour), debs.join("renamed.deb")).unwrap();
+    });
     assert!(opened.iter().any(|s| s == "renamed.deb"), "{opened:?}");
-    assert_6_1_is_the_pinned_build_s(dir.path(), b);
 }
 
 #[test]
@@ -474,20 +485,16 @@ fn a_package_planted_under_a_partner_s_apt_name_cannot_stand_in_for_it() {
     // name apt would not give it. Control data decides: the planted file is
     // not taken as 6.1's -common, the real one is found by inspecting the
     // rest of the cache, and the object is the pinned build's.
-    let b = shared();
     let dir = tempfile::tempdir().unwrap();
-    let debs = dir.path().join("debs");
-    package_cache_like(&fixture_debs(), &debs);
     let common = "linux-headers-6.1.0-56-common_6.1.192-2_all.deb";
-    let other = "linux-headers-6.12.117+deb12-common_6.12.117-1~deb12u1_all.deb";
-    assert!(debs.join(other).is_file(), "the fixture cache lacks {other}");
-    std::fs::rename(debs.join(common), debs.join("x.deb")).unwrap();
-    std::fs::copy(debs.join(other), debs.join(common)).unwrap();
-    let (out, opened) = build_6_1_by_name(dir.path(), &debs, &dir.path().join("cache"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let opened = pinned_by_name_from(dir.path(), None, |debs| {
+        let other = "linux-headers-6.12.117+deb12-common_6.12.117-1~deb12u1_all.deb";
+        assert!(debs.join(other).is_file(), "the fixture cache lacks {other}");
+        std::fs::rename(debs.join(common), debs.join("x.deb")).unwrap();
+        std::fs::copy(debs.join(other), debs.join(common)).unwrap();
+    });
     assert!(opened.iter().any(|s| s == "x.deb"), "the real -common was not looked for: {opened:?}");
     assert!(opened.iter().any(|s| s == common), "the planted file was not inspected: {opened:?}");
-    assert_6_1_is_the_pinned_build_s(dir.path(), b);
 }
 
 /// A copy of bpf/ with `edit` applied to tracer.bpf.c.
