@@ -21,7 +21,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
 use bpfarm_object::Digest;
-use bpfarm_object::http::{Transport, TransportConfig};
 use bpfarm_object::oci;
 use bpfarm_object::oci_client::{OciError, OciRegistry, OciTarget, TagListLimits, credentials};
 use serde_json::Value;
@@ -46,12 +45,7 @@ pub async fn mirror(state: &AppState, config: &MirrorConfig) -> Result<MirrorRep
 /// thread; storage calls go to `h`.
 fn run(h: &tokio::runtime::Handle, state: &AppState, config: &MirrorConfig) -> Result<MirrorReport, MirrorError> {
     let target = OciTarget::parse(config.from.trim_end_matches('/'))?;
-    let transport = Transport::new(TransportConfig {
-        ca_certs: config.ca_certs.clone(),
-        insecure: config.insecure,
-        timeout: config.timeout,
-        max_object_bytes: config.max_blob_bytes,
-    })?;
+    let transport = config.transport()?;
     let auth = credentials(&target.registry, None, config.token.as_deref());
     let registry = OciRegistry::new(target, auth, &transport)?;
     let mut report = MirrorReport::default();
