@@ -2,7 +2,10 @@
 //! once with `bpfarm-builder fetch`), a package archive on loopback
 //! (`mirror`), recording tool shims, hand-made hostile
 //! packages, and the rule for privileged tests (fail under `CI=true`, say
-//! loudly that they were skipped otherwise).
+//! loudly that they were skipped otherwise); and the set-ups the
+//! end-to-end tests share: the running kernel's build and object, the
+//! agent with none of its environment, openssl keys, cosign offline
+//! (`cosign`), a registry data folder's snapshot.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
