@@ -15,7 +15,7 @@ use bpfarm_builder::matrix::Matrix;
 use bpfarm_object::Digest;
 use bpfarm_object::http::{Transport, TransportConfig};
 use bpfarm_tests::mirror::{Answer, Mirror};
-use bpfarm_tests::{fixture_debs, repo_root};
+use bpfarm_tests::{echoed, fixture_debs, repo_root};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bpfarm-builder");
 /// A real suite with kernels and small indices (~300 KiB per arch).
@@ -27,16 +27,6 @@ fn builder(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.args(args).env_remove("BPFARM_CACHE").env_remove("BPFARM_APT_SOURCE");
     c
-}
-
-fn run(c: &mut Command) -> Output {
-    let out = c.output().expect("running bpfarm-builder");
-    eprintln!(
-        "--- stdout\n{}--- stderr\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn stderr(o: &Output) -> String {
@@ -95,7 +85,7 @@ fn crafted(aliases: &[&str]) -> (tempfile::TempDir, Mirror) {
 
 fn discover_from(m: &Mirror, out: &Path, extra: &[&str]) -> Output {
     let root = format!("{}/debian", m.url);
-    run(builder(&["discover", "--apt-source", &root, "--arch", "amd64", "--output", p(out)]).args(extra))
+    echoed(builder(&["discover", "--apt-source", &root, "--arch", "amd64", "--output", p(out)]).args(extra))
 }
 
 /// An output file with content that must survive a failed run.
@@ -119,7 +109,7 @@ fn assert_untouched(out: &Path) {
 fn real_suite_is_discovered_verified_paired_and_fetched() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.toml");
-    let o = run(&mut builder(&["discover", "--suite", SUITE, "--arch", "amd64,arm64", "--output", p(&out)]));
+    let o = echoed(&mut builder(&["discover", "--suite", SUITE, "--arch", "amd64,arm64", "--output", p(&out)]));
     assert!(o.status.success(), "{}", stderr(&o));
     let m = Matrix::load(&out).unwrap();
     for arch in ["amd64", "arm64"] {
@@ -134,14 +124,15 @@ fn real_suite_is_discovered_verified_paired_and_fetched() {
     }
     // Same indices, same bytes.
     let again = dir.path().join("again.toml");
-    let o = run(&mut builder(&["discover", "--suite", SUITE, "--arch", "amd64,arm64", "--output", p(&again)]));
+    let o = echoed(&mut builder(&["discover", "--suite", SUITE, "--arch", "amd64,arm64", "--output", p(&again)]));
     assert!(o.status.success());
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
 
     // Fetch one kernel straight from the mirror; then nothing to do.
     let store = dir.path().join("debs");
-    let fetch =
-        || run(&mut builder(&["fetch", "--matrix", p(&out), "--select=-cloud-amd64$", "--package-cache", p(&store)]));
+    let fetch = || {
+        echoed(&mut builder(&["fetch", "--matrix", p(&out), "--select=-cloud-amd64$", "--package-cache", p(&store)]))
+    };
     let o = fetch();
     assert!(o.status.success(), "{}", stderr(&o));
     let k = m.kernels.iter().find(|k| k.package.ends_with("-cloud-amd64")).unwrap();
@@ -310,7 +301,7 @@ fn package_mirror() -> (tempfile::TempDir, Mirror, Matrix) {
 fn fetch_from(m: &Mirror, store: &Path) -> Output {
     let matrix = repo_root().join("kernels/default.toml");
     let root = format!("{}/debian", m.url);
-    run(&mut builder(&[
+    echoed(&mut builder(&[
         "fetch",
         "--matrix",
         p(&matrix),
@@ -425,7 +416,7 @@ fn build_reports_a_kernel_whose_package_cannot_be_had() {
     let work = tempfile::tempdir().unwrap();
     let report = work.path().join("report.json");
     let root = format!("{}/debian", m.url);
-    let o = run(&mut builder(&[
+    let o = echoed(&mut builder(&[
         "build",
         "--matrix",
         p(&repo_root().join("kernels/default.toml")),

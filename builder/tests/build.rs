@@ -2,7 +2,6 @@
 //! default matrix (a 6.1, two 6.12 flavours sharing a -common, an arm64),
 //! the running kernel's BTF, real clang, and libbpf.
 
-use std::borrow::BorrowMut;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -10,7 +9,7 @@ use std::sync::OnceLock;
 use bpfarm_builder::matrix::Matrix;
 use bpfarm_builder::validate::validate;
 use bpfarm_object::{Arch, BuildMode, Digest, ObjectMetadata, object_file_name};
-use bpfarm_tests::{Entry, ToolShim, deb, fixture_debs, privileged, repo_root, write_deb};
+use bpfarm_tests::{Entry, ToolShim, deb, echoed, fixture_debs, privileged, repo_root, running_release, write_deb};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bpfarm-builder");
@@ -20,16 +19,6 @@ fn builder(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.args(args).arg("--no-progress").env_remove("BPFARM_CACHE");
     c
-}
-
-fn run(mut c: impl BorrowMut<Command>) -> Output {
-    let out = c.borrow_mut().output().expect("running bpfarm-builder");
-    eprintln!(
-        "--- stdout\n{}--- stderr\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn p(path: &Path) -> &str {
@@ -56,21 +45,23 @@ fn build_default(dir: &Path, extra: &[&str]) -> (Output, Value) {
     let debs = fixture_debs();
     let matrix = repo_root().join("kernels/default.toml");
     let report = dir.join("report.json");
-    let out = run(builder(&[
-        "build",
-        "--matrix",
-        p(&matrix),
-        "--package-cache",
-        p(&debs),
-        "--running-kernel",
-        "--cache-dir",
-        p(&dir.join("cache")),
-        "--out",
-        p(&dir.join("out")),
-        "--report",
-        p(&report),
-    ])
-    .args(extra));
+    let out = echoed(
+        builder(&[
+            "build",
+            "--matrix",
+            p(&matrix),
+            "--package-cache",
+            p(&debs),
+            "--running-kernel",
+            "--cache-dir",
+            p(&dir.join("cache")),
+            "--out",
+            p(&dir.join("out")),
+            "--report",
+            p(&report),
+        ])
+        .args(extra),
+    );
     let report = serde_json::from_slice(&std::fs::read(&report).expect("report written")).expect("report is JSON");
     (out, report)
 }
@@ -84,10 +75,6 @@ fn shared() -> &'static Built {
         assert!(out.status.success(), "cold build failed");
         Built { dir, report }
     })
-}
-
-fn running_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned()
 }
 
 #[test]
@@ -252,21 +239,23 @@ fn unchanged_rebuild_unpacks_and_compiles_nothing() {
     let (out, report) = {
         let debs = fixture_debs();
         let report = b.dir.path().join("warm.json");
-        let o = run(builder(&[
-            "build",
-            "--matrix",
-            p(&repo_root().join("kernels/default.toml")),
-            "--package-cache",
-            p(&debs),
-            "--running-kernel",
-            "--cache-dir",
-            p(&b.cache()),
-            "--out",
-            p(&b.out()),
-            "--report",
-            p(&report),
-        ])
-        .env("PATH", shim.path_env()));
+        let o = echoed(
+            builder(&[
+                "build",
+                "--matrix",
+                p(&repo_root().join("kernels/default.toml")),
+                "--package-cache",
+                p(&debs),
+                "--running-kernel",
+                "--cache-dir",
+                p(&b.cache()),
+                "--out",
+                p(&b.out()),
+                "--report",
+                p(&report),
+            ])
+            .env("PATH", shim.path_env()),
+        );
         (o, serde_json::from_slice::<Value>(&std::fs::read(report).unwrap()).unwrap())
     };
     assert!(out.status.success());
@@ -282,7 +271,7 @@ fn shards_partition_the_matrix_by_release() {
     let mut seen = Vec::new();
     for k in 1..=3 {
         let report = b.dir.path().join(format!("shard{k}.json"));
-        let out = run(builder(&[
+        let out = echoed(builder(&[
             "build",
             "--matrix",
             p(&repo_root().join("kernels/default.toml")),
@@ -367,20 +356,22 @@ fn a_build_by_name_opens_only_the_packages_its_kernels_use() {
     eprintln!("package cache: {real} real packages, {} of them used by the default matrix", used.len());
     let build = |extra: &[&str], cache: &str, out: &str| {
         let timings = dir.path().join(format!("{out}.jsonl"));
-        let o = run(builder(&[
-            "build",
-            "--matrix",
-            p(&matrix),
-            "--package-cache",
-            p(&debs),
-            "--cache-dir",
-            p(&dir.path().join(cache)),
-            "--out",
-            p(&dir.path().join(out)),
-            "--timings",
-            p(&timings),
-        ])
-        .args(extra));
+        let o = echoed(
+            builder(&[
+                "build",
+                "--matrix",
+                p(&matrix),
+                "--package-cache",
+                p(&debs),
+                "--cache-dir",
+                p(&dir.path().join(cache)),
+                "--out",
+                p(&dir.path().join(out)),
+                "--timings",
+                p(&timings),
+            ])
+            .args(extra),
+        );
         (o, inspected(&timings))
     };
 
@@ -425,7 +416,7 @@ fn a_build_by_name_opens_only_the_packages_its_kernels_use() {
 /// output and the packages it inspected.
 fn build_6_1_by_name(dir: &Path, debs: &Path, cache: &Path) -> (std::process::Output, Vec<String>) {
     let timings = dir.join("t.jsonl");
-    let out = run(builder(&[
+    let out = echoed(builder(&[
         "build",
         "--matrix",
         p(&by_name_matrix(dir)),
@@ -459,21 +450,32 @@ fn assert_6_1_is_the_pinned_build_s(dir: &Path, b: &Built) {
     assert_eq!(meta(&mine).sources, meta(&pinned).sources, "{name}: recorded sources differ");
 }
 
+/// Builds 6.1.0-56-amd64 by name from a copy of the fixture package cache
+/// in `<dir>/debs` that `plant` has changed, with the build cache `cache`
+/// (else `<dir>/cache`): the build must succeed and make the pinned
+/// build's object. The packages it inspected.
+fn pinned_by_name_from(dir: &Path, cache: Option<&Path>, plant: impl FnOnce(&Path)) -> Vec<String> {
+    let debs = dir.join("debs");
+    package_cache_like(&fixture_debs(), &debs);
+    plant(&debs);
+    let own = dir.join("cache");
+    let (out, opened) = build_6_1_by_name(dir, &debs, cache.unwrap_or(&own));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_6_1_is_the_pinned_build_s(dir, shared());
+    opened
+}
+
 #[test]
 fn a_package_under_another_file_name_is_still_found() {
     // File names only say which packages to open first: a flavour package
     // under a name apt would not give it is found by inspecting the rest of
     // the cache, and builds what the pinned build built.
-    let b = shared();
     let dir = tempfile::tempdir().unwrap();
-    let debs = dir.path().join("debs");
-    package_cache_like(&fixture_debs(), &debs);
-    let flavour = "linux-headers-6.1.0-56-amd64_6.1.192-2_amd64.deb";
-    std::fs::rename(debs.join(flavour), debs.join("renamed.deb")).unwrap();
-    let (out, opened) = build_6_1_by_name(dir.path(), &debs, &b.cache());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let opened = pinned_by_name_from(dir.path(), Some(&shared().cache()), |debs| {
+        let flavour = "linux-headers-6.1.0-56-amd64_6.1.192-2_amd64.deb";
+        std::fs::rename(debs.join(flavour), debs.join("renamed.deb")).unwrap();
+    });
     assert!(opened.iter().any(|s| s == "renamed.deb"), "{opened:?}");
-    assert_6_1_is_the_pinned_build_s(dir.path(), b);
 }
 
 #[test]
@@ -483,20 +485,16 @@ fn a_package_planted_under_a_partner_s_apt_name_cannot_stand_in_for_it() {
     // name apt would not give it. Control data decides: the planted file is
     // not taken as 6.1's -common, the real one is found by inspecting the
     // rest of the cache, and the object is the pinned build's.
-    let b = shared();
     let dir = tempfile::tempdir().unwrap();
-    let debs = dir.path().join("debs");
-    package_cache_like(&fixture_debs(), &debs);
     let common = "linux-headers-6.1.0-56-common_6.1.192-2_all.deb";
-    let other = "linux-headers-6.12.117+deb12-common_6.12.117-1~deb12u1_all.deb";
-    assert!(debs.join(other).is_file(), "the fixture cache lacks {other}");
-    std::fs::rename(debs.join(common), debs.join("x.deb")).unwrap();
-    std::fs::copy(debs.join(other), debs.join(common)).unwrap();
-    let (out, opened) = build_6_1_by_name(dir.path(), &debs, &dir.path().join("cache"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let opened = pinned_by_name_from(dir.path(), None, |debs| {
+        let other = "linux-headers-6.12.117+deb12-common_6.12.117-1~deb12u1_all.deb";
+        assert!(debs.join(other).is_file(), "the fixture cache lacks {other}");
+        std::fs::rename(debs.join(common), debs.join("x.deb")).unwrap();
+        std::fs::copy(debs.join(other), debs.join(common)).unwrap();
+    });
     assert!(opened.iter().any(|s| s == "x.deb"), "the real -common was not looked for: {opened:?}");
     assert!(opened.iter().any(|s| s == common), "the planted file was not inspected: {opened:?}");
-    assert_6_1_is_the_pinned_build_s(dir.path(), b);
 }
 
 /// A copy of bpf/ with `edit` applied to tracer.bpf.c.
@@ -532,7 +530,7 @@ fn compile_failures_are_reported_cached_and_retried() {
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
-    let first = run(Command::new(BIN).args(args(&[])).env("PATH", shim.path_env()));
+    let first = echoed(Command::new(BIN).args(args(&[])).env("PATH", shim.path_env()));
     assert_eq!(first.status.code(), Some(1), "a failed kernel exits 1");
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert!(stdout.contains("FAILED"), "{stdout}");
@@ -541,7 +539,7 @@ fn compile_failures_are_reported_cached_and_retried() {
 
     // The failure is replayed from the cache, with clang's stderr and command.
     let report = dir.path().join("r.json");
-    let second = run(Command::new(BIN).args(args(&["--report", p(&report)])).env("PATH", shim.path_env()));
+    let second = echoed(Command::new(BIN).args(args(&["--report", p(&report)])).env("PATH", shim.path_env()));
     assert_eq!(second.status.code(), Some(1));
     assert_eq!(shim.compiles().len(), compiles, "a cached failure ran clang again");
     let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
@@ -551,13 +549,13 @@ fn compile_failures_are_reported_cached_and_retried() {
     assert!(err.contains("error:") && err.contains("tracer.bpf.c") && err.contains("-DBPFARM_BTF"), "{err}");
 
     // --retry-failed runs clang again.
-    let third = run(Command::new(BIN).args(args(&["--retry-failed"])).env("PATH", shim.path_env()));
+    let third = echoed(Command::new(BIN).args(args(&["--retry-failed"])).env("PATH", shim.path_env()));
     assert_eq!(third.status.code(), Some(1));
     assert_eq!(shim.compiles().len(), compiles + 1);
 
     // Fixing the program is a new input: it builds.
     std::fs::write(broken.join("tracer.bpf.c"), std::fs::read(repo_root().join("bpf/tracer.bpf.c")).unwrap()).unwrap();
-    let fixed = run(Command::new(BIN).args(args(&[])).env("PATH", shim.path_env()));
+    let fixed = echoed(Command::new(BIN).args(args(&[])).env("PATH", shim.path_env()));
     assert!(fixed.status.success());
 }
 
@@ -566,7 +564,7 @@ fn program_changes_rebuild_and_change_the_object() {
     let dir = tempfile::tempdir().unwrap();
     let a = program_copy(dir.path(), |s| s);
     let common = |prog: &Path, out: &str| {
-        run(builder(&[
+        echoed(builder(&[
             "build",
             "--running-kernel",
             "--program",
@@ -616,7 +614,7 @@ fn hostile_package_is_refused_and_nothing_escapes() {
     write_deb(&debs.join("linux-kbuild-6.1_1_amd64.deb"), &control("linux-kbuild-6.1", ""), &[]);
     let report = dir.path().join("r.json");
     let cache = dir.path().join("cache");
-    let out = run(builder(&[
+    let out = echoed(builder(&[
         "build",
         "--headers",
         p(&debs),
@@ -656,7 +654,7 @@ fn truncated_real_package_is_a_clear_error() {
     let cut = dir.path().join(flavour.file_name().unwrap());
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let report = dir.path().join("r.json");
-    let out = run(builder(&[
+    let out = echoed(builder(&[
         "build",
         "--headers",
         p(&cut),
@@ -682,7 +680,7 @@ fn missing_partner_package_names_what_to_fetch() {
     let dir = tempfile::tempdir().unwrap();
     let debs = fixture_debs();
     let report = dir.path().join("r.json");
-    let out = run(builder(&[
+    let out = echoed(builder(&[
         "build",
         "--headers",
         p(&deb(&debs, "linux-headers-6.1.0-56-amd64")),
@@ -718,7 +716,7 @@ fn unpacked_header_tree_builds_like_its_packages() {
     let build = dir.path().join("build");
     copy_dir(&find("linux-headers-6.1.0-56-amd64").unwrap(), &build);
     std::os::unix::fs::symlink(find("linux-headers-6.1.0-56-common").unwrap(), build.join("source")).unwrap();
-    let out = run(builder(&[
+    let out = echoed(builder(&[
         "build",
         "--headers",
         p(&build),
@@ -756,16 +754,16 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn usage_errors_exit_2_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let nothing = run(builder(&["build", "--cache-dir", p(dir.path()), "--out", p(&dir.path().join("o"))]));
+    let nothing = echoed(builder(&["build", "--cache-dir", p(dir.path()), "--out", p(&dir.path().join("o"))]));
     assert_eq!(nothing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&nothing.stderr).contains("nothing to build"));
-    let shard = run(builder(&["build", "--running-kernel", "--shard", "3/2"]));
+    let shard = echoed(builder(&["build", "--running-kernel", "--shard", "3/2"]));
     assert_eq!(shard.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&shard.stderr).contains("1 <= K <= N"));
-    let btf = run(builder(&["build", "--btf", "/sys/kernel/btf/vmlinux"]));
+    let btf = echoed(builder(&["build", "--btf", "/sys/kernel/btf/vmlinux"]));
     assert_eq!(btf.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&btf.stderr).contains("--kernel-release"));
-    let bad_release = run(builder(&[
+    let bad_release = echoed(builder(&[
         "build",
         "--btf",
         "/sys/kernel/btf/vmlinux",
@@ -779,7 +777,7 @@ fn usage_errors_exit_2_with_a_reason() {
     // A timings file that cannot be written is found before any build,
     // not after it (which would lose the run's report and publish).
     let out = dir.path().join("timings-out");
-    let timings = run(builder(&[
+    let timings = echoed(builder(&[
         "build",
         "--running-kernel",
         "--cache-dir",
@@ -797,7 +795,7 @@ fn usage_errors_exit_2_with_a_reason() {
     // they were, and no temp file beside them.
     let earlier = dir.path().join("t.jsonl");
     std::fs::write(&earlier, "earlier\n").unwrap();
-    let failed = run(builder(&[
+    let failed = echoed(builder(&[
         "build",
         "--matrix",
         p(&dir.path().join("no-such-matrix.toml")),

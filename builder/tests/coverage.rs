@@ -6,21 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use bpfarm_object::{ObjectMetadata, object_file_name};
-use bpfarm_tests::{cache_root, deb, fixture_debs, in_ci, repo_root};
+use bpfarm_tests::{cache_root, deb, echoed, fixture_debs, in_ci, repo_root};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bpfarm-builder");
 const VERSION: &str = "v0.1.0";
-
-fn run(c: &mut Command) -> Output {
-    let out = c.env_remove("BPFARM_CACHE").output().expect("running bpfarm-builder");
-    eprintln!(
-        "--- stdout\n{}--- stderr\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
@@ -53,7 +43,7 @@ fn a_sample_from_5_10_to_7_x_builds_on_both_arches() {
     cmd.arg("--package-cache").arg(cache_root().join("debs"));
     cmd.arg("--cache-dir").arg(dir.path().join("cache"));
     cmd.arg("--out").arg(dir.path().join("out")).arg("--report").arg(&report);
-    let o = run(&mut cmd);
+    let o = echoed(cmd.env_remove("BPFARM_CACHE"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(r["summary"]["built"], SAMPLE.len(), "{r:#}");
@@ -96,11 +86,14 @@ fn unpacked_tree(dir: &Path) -> PathBuf {
 
 fn build_tree(build: &Path, dir: &Path) -> (Output, Option<ObjectMetadata>) {
     let out = dir.join("out");
-    let o = run(Command::new(BIN)
-        .args(["build", "--no-progress", "--headers", p(build), "--cache-dir"])
-        .arg(dir.join("cache"))
-        .arg("--out")
-        .arg(&out));
+    let o = echoed(
+        Command::new(BIN)
+            .args(["build", "--no-progress", "--headers", p(build), "--cache-dir"])
+            .arg(dir.join("cache"))
+            .arg("--out")
+            .arg(&out)
+            .env_remove("BPFARM_CACHE"),
+    );
     let json = out.join("x86_64").join(format!("{}.json", object_file_name("6.1.0-56-amd64", VERSION)));
     let meta = std::fs::read(json).ok().map(|b| serde_json::from_slice(&b).unwrap());
     (o, meta)

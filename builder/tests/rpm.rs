@@ -15,7 +15,7 @@ use bpfarm_builder::limits::Limits;
 use bpfarm_builder::rpms;
 use bpfarm_object::object_file_name;
 use bpfarm_tests::mirror::{Answer, Mirror};
-use bpfarm_tests::{deb, fixture_debs, in_ci, leftovers};
+use bpfarm_tests::{deb, fixture_debs, in_ci, leftovers, run_ok};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bpfarm-builder");
@@ -38,17 +38,6 @@ fn which(tool: &str) -> bool {
     Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
 }
 
-fn run(c: &mut Command) -> Output {
-    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{c:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// Fedora's layout from Debian's packages: `dpkg-deb -x` of the flavour and
 /// its `-common`, the common tree with the flavour's generated files and
 /// `.config` over it (its own Makefile, not the flavour's wrapper that
@@ -58,13 +47,13 @@ fn run(c: &mut Command) -> Output {
 fn merged_tree(dir: &Path) -> PathBuf {
     let x = dir.join("x");
     for p in [FLAVOUR, COMMON] {
-        run(Command::new("dpkg-deb").arg("-x").arg(deb(&fixture_debs(), p)).arg(&x));
+        run_ok(Command::new("dpkg-deb").arg("-x").arg(deb(&fixture_debs(), p)).arg(&x));
     }
     let merged = dir.join("merged").join(RELEASE);
     std::fs::create_dir_all(&merged).unwrap();
-    run(Command::new("cp").arg("-a").arg(x.join(format!("usr/src/{COMMON}/."))).arg(&merged));
+    run_ok(Command::new("cp").arg("-a").arg(x.join(format!("usr/src/{COMMON}/."))).arg(&merged));
     let makefile = std::fs::read(merged.join("Makefile")).unwrap();
-    run(Command::new("cp").arg("-a").arg(x.join(format!("usr/src/{FLAVOUR}/."))).arg(&merged));
+    run_ok(Command::new("cp").arg("-a").arg(x.join(format!("usr/src/{FLAVOUR}/."))).arg(&merged));
     std::fs::write(merged.join("Makefile"), makefile).unwrap();
     for link in ["scripts", "tools"] {
         let _ = std::fs::remove_file(merged.join(link));
@@ -92,14 +81,16 @@ fn rpmbuild(dir: &Path, tree: &Path, release: &str, name: &str, payload: &str) -
         ),
     )
     .unwrap();
-    run(Command::new("rpmbuild")
-        .arg("-bb")
-        .arg("--quiet")
-        .arg("--define")
-        .arg(format!("_topdir {}", top.display()))
-        .arg("--define")
-        .arg(format!("_binary_payload {payload}"))
-        .arg(&spec));
+    run_ok(
+        Command::new("rpmbuild")
+            .arg("-bb")
+            .arg("--quiet")
+            .arg("--define")
+            .arg(format!("_topdir {}", top.display()))
+            .arg("--define")
+            .arg(format!("_binary_payload {payload}"))
+            .arg(&spec),
+    );
     let rpm = top.join("RPMS/x86_64").join(format!("{name}-6.1.192-56.test.x86_64.rpm"));
     assert!(rpm.is_file(), "{} was not made", rpm.display());
     rpm
@@ -220,11 +211,13 @@ fn builder(args: &[&str]) -> Output {
 fn createrepo(repo: &Path, compression: &str) {
     assert!(which("createrepo_c") || !in_ci(), "createrepo_c is not installed: ci/install-deps installs createrepo-c");
     let _ = std::fs::remove_dir_all(repo.join("repodata"));
-    run(Command::new("createrepo_c")
-        .arg("--quiet")
-        .arg("--no-database")
-        .arg(format!("--general-compress-type={compression}"))
-        .arg(repo));
+    run_ok(
+        Command::new("createrepo_c")
+            .arg("--quiet")
+            .arg("--no-database")
+            .arg(format!("--general-compress-type={compression}"))
+            .arg(repo),
+    );
 }
 
 /// The primary index's path in a createrepo_c repository.

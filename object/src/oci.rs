@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use crate::{Arch, Digest, ObjectMetadata};
+use crate::{Arch, Digest, Identity, ObjectMetadata};
 
 pub const ARTIFACT_TYPE: &str = "application/vnd.bpfarm.tracee.bpf.v1";
 pub const LAYER_MEDIA_TYPE: &str = "application/vnd.bpfarm.tracee.bpf.object.v1+elf";
@@ -76,6 +76,37 @@ pub fn manifest(meta: &ObjectMetadata) -> Vec<u8> {
     // `Value`'s Display is serde_json's compact form: the bytes `to_vec`
     // writes, without a Result that cannot be an error for a `Value`.
     m.to_string().into_bytes()
+}
+
+/// Whether a platform manifest's annotations name exactly `id` (release,
+/// arch, version); `Err` says what they name instead, against `whose`
+/// (`"this host's "`, or empty) identity.
+pub fn check_annotations(manifest: &Value, id: &Identity, whose: &str) -> Result<(), String> {
+    let a = &manifest["annotations"];
+    if a[ANN_RELEASE] == id.kernel_release.as_str()
+        && a[ANN_ARCH].as_str().and_then(Arch::from_any) == Some(id.arch)
+        && a[ANN_VERSION] == id.version.as_str()
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "its annotations name {} {} {}, not {whose}{} {} {}",
+        a[ANN_RELEASE], a[ANN_ARCH], a[ANN_VERSION], id.kernel_release, id.arch, id.version
+    ))
+}
+
+/// Whether a manifest's `layer` descriptor is an object's layer, titled
+/// `title` when one is given; `Err` says how it is not.
+pub fn check_object_layer(layer: &Value, title: Option<&str>) -> Result<(), String> {
+    if layer["mediaType"] != LAYER_MEDIA_TYPE {
+        return Err(format!("its layer is {}, not {}", layer["mediaType"], LAYER_MEDIA_TYPE));
+    }
+    match title {
+        Some(t) if layer["annotations"][ANN_TITLE] != t => {
+            Err(format!("its title is {}, not {t}", layer["annotations"][ANN_TITLE]))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// An index for (release, version) with one manifest per arch: `existing`

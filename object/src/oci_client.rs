@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::client::Published;
 use crate::http::{Overflow, Response, Transport, TransportError};
-use crate::{Arch, Digest, Identity, ObjectMetadata, Origin, oci};
+use crate::{Digest, Identity, ObjectMetadata, Origin, oci};
 
 /// Cap on a manifest or index (the limit registries commonly enforce).
 const MAX_MANIFEST: u64 = 4 << 20;
@@ -267,6 +267,37 @@ impl OciRegistry {
         )
     }
 
+    /// Pushes blob `digest` (`data`) into `repo` unless it is there.
+    async fn push_blob_if_missing(&self, repo: &Reference, digest: &Digest, data: &[u8]) -> Result<(), OciError> {
+        let exists = self.client.blob_exists(repo, digest.as_str()).await.unwrap_or(false);
+        if !exists {
+            self.client.push_blob(repo, data.to_vec(), digest.as_str()).await.map_err(Self::err(repo))?;
+        }
+        Ok(())
+    }
+
+    /// Pushes `manifest`, of `media_type`, under a tag or its digest.
+    async fn push_manifest(&self, tag_or_digest: &str, manifest: Vec<u8>, media_type: &str) -> Result<(), OciError> {
+        let r = self.target.reference(tag_or_digest)?;
+        self.client.push_manifest_raw(&r, manifest, header_value(&r, media_type)?).await.map_err(Self::err(&r))?;
+        Ok(())
+    }
+
+    /// A GET of at most `cap` bytes; a larger body is the error `too_large`
+    /// makes.
+    async fn get_capped(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        cap: u64,
+        too_large: impl FnOnce() -> OciError,
+    ) -> Result<Response, OciError> {
+        self.transport.get(url, headers, cap, Overflow::Error).await.map_err(|e| match e {
+            TransportError::TooLarge { .. } => too_large(),
+            e => e.into(),
+        })
+    }
+
     /// A manifest's bytes (at most 4 MiB, or `size` when the descriptor
     /// names it), or `None` when the registry does not have it. Fetched by
     /// digest, the bytes must hash to it.
@@ -284,15 +315,7 @@ impl OciRegistry {
         let cap = size.unwrap_or(MAX_MANIFEST).min(MAX_MANIFEST);
         let r = self.transport.get(&url, &headers, cap, Overflow::Error).await?;
         let invalid = |message: String| OciError::Invalid { reference: reference.to_string(), message };
-        match r.status {
-            200 => {}
-            404 => return Ok(None),
-            s => return Err(invalid(format!("HTTP {s} for its manifest: {}", registry_message(&r)))),
-        }
-        if tag_or_digest.starts_with("sha256:") && r.digest().as_str() != tag_or_digest {
-            return Err(invalid(format!("the manifest's bytes hash to {}, not {tag_or_digest}", r.digest())));
-        }
-        Ok(Some(r.into_body()))
+        Ok(found_manifest(r, tag_or_digest, invalid)?.map(Response::into_body))
     }
 
     /// The tag of (release, version): the plain one, or the hashed one when
@@ -318,10 +341,7 @@ impl OciRegistry {
     /// manifest into the index of its tag; bounded by the transport's
     /// timeout.
     pub fn publish(&self, meta: &ObjectMetadata, bytes: &[u8]) -> Result<Published, OciError> {
-        let after = self.transport.config().timeout;
-        self.transport
-            .within(self.publish_async(meta, bytes))
-            .unwrap_or_else(|| Err(OciError::Timeout { registry: self.target.registry.clone(), after }))
+        self.within(self.publish_async(meta, bytes))
     }
 
     async fn publish_async(&self, meta: &ObjectMetadata, bytes: &[u8]) -> Result<Published, OciError> {
@@ -329,18 +349,11 @@ impl OciRegistry {
         let auth = self.auth_header(RegistryOperation::Push).await?;
         let config = Digest::of_bytes(oci::EMPTY_CONFIG);
         for (digest, data) in [(&config, oci::EMPTY_CONFIG), (&meta.digest, bytes)] {
-            let exists = self.client.blob_exists(&repo, digest.as_str()).await.unwrap_or(false);
-            if !exists {
-                self.client.push_blob(&repo, data.to_vec(), digest.as_str()).await.map_err(Self::err(&repo))?;
-            }
+            self.push_blob_if_missing(&repo, digest, data).await?;
         }
         let manifest = oci::manifest(meta);
         let md = Digest::of_bytes(&manifest);
-        let mref = self.target.reference(md.as_str())?;
-        self.client
-            .push_manifest_raw(&mref, manifest.clone(), header_value(&mref, oci::MANIFEST_MEDIA_TYPE)?)
-            .await
-            .map_err(Self::err(&mref))?;
+        self.push_manifest(md.as_str(), manifest.clone(), oci::MANIFEST_MEDIA_TYPE).await?;
         let id = &meta.identity;
         let (tag, existing) = self.tag_and_index(&id.kernel_release, &id.version, &auth).await?;
         let index =
@@ -348,11 +361,7 @@ impl OciRegistry {
         if existing.as_deref() == Some(&index[..]) {
             return Ok(Published::Skipped);
         }
-        let tref = self.target.reference(&tag)?;
-        self.client
-            .push_manifest_raw(&tref, index, header_value(&tref, oci::INDEX_MEDIA_TYPE)?)
-            .await
-            .map_err(Self::err(&tref))?;
+        self.push_manifest(&tag, index, oci::INDEX_MEDIA_TYPE).await?;
         Ok(Published::Published)
     }
 
@@ -396,32 +405,9 @@ impl OciRegistry {
             .await?
             .ok_or_else(|| invalid(format!("the index names {md}, which the registry does not have")))?;
         let m: Value = serde_json::from_slice(&manifest).map_err(|e| invalid(format!("manifest is not JSON: {e}")))?;
-        let a = &m["annotations"];
-        if a[oci::ANN_RELEASE] != id.kernel_release.as_str()
-            || a[oci::ANN_ARCH].as_str().and_then(Arch::from_any) != Some(id.arch)
-            || a[oci::ANN_VERSION] != id.version.as_str()
-        {
-            return Err(invalid(format!(
-                "its annotations name {} {} {}, not this host's {} {} {}",
-                a[oci::ANN_RELEASE],
-                a[oci::ANN_ARCH],
-                a[oci::ANN_VERSION],
-                id.kernel_release,
-                id.arch,
-                id.version
-            )));
-        }
+        oci::check_annotations(&m, id, "this host's ").map_err(invalid)?;
         let layer = &m["layers"][0];
-        if layer["mediaType"] != oci::LAYER_MEDIA_TYPE {
-            return Err(invalid(format!("its layer is {}, not {}", layer["mediaType"], oci::LAYER_MEDIA_TYPE)));
-        }
-        if layer["annotations"][oci::ANN_TITLE] != id.file_name().as_str() {
-            return Err(invalid(format!(
-                "its title is {}, not {}",
-                layer["annotations"][oci::ANN_TITLE],
-                id.file_name()
-            )));
-        }
+        oci::check_object_layer(layer, Some(&id.file_name())).map_err(invalid)?;
         let digest: Digest =
             layer["digest"].as_str().unwrap_or("").parse().map_err(|e: crate::DigestError| invalid(e.to_string()))?;
         let size = layer["size"].as_u64().ok_or_else(|| invalid("its layer descriptor has no size".into()))?;
@@ -433,12 +419,11 @@ impl OciRegistry {
         }
         let mref = self.target.reference(md.as_str())?;
         let url = self.url(&mref, "blobs", digest.as_str());
-        let r = self.transport.get(&url, &auth, size, Overflow::Error).await.map_err(|e| match e {
-            TransportError::TooLarge { .. } => {
+        let r = self
+            .get_capped(&url, &auth, size, || {
                 invalid(format!("the registry sent more than the {size} bytes the layer descriptor names"))
-            }
-            e => e.into(),
-        })?;
+            })
+            .await?;
         if r.status != 200 {
             return Err(invalid(format!("HTTP {} for its layer: {}", r.status, registry_message(&r))));
         }
@@ -477,20 +462,9 @@ impl OciRegistry {
             let repo = self.target.reference(oci::REPOSITORY)?;
             self.auth_header(RegistryOperation::Push).await?;
             for blob in &artifact.blobs {
-                let exists = self.client.blob_exists(&repo, blob.digest.as_str()).await.unwrap_or(false);
-                if !exists {
-                    self.client
-                        .push_blob(&repo, blob.data.clone(), blob.digest.as_str())
-                        .await
-                        .map_err(Self::err(&repo))?;
-                }
+                self.push_blob_if_missing(&repo, &blob.digest, &blob.data).await?;
             }
-            let tref = self.target.reference(&artifact.tag)?;
-            self.client
-                .push_manifest_raw(&tref, artifact.manifest.clone(), header_value(&tref, oci::MANIFEST_MEDIA_TYPE)?)
-                .await
-                .map_err(Self::err(&tref))?;
-            Ok(())
+            self.push_manifest(&artifact.tag, artifact.manifest.clone(), oci::MANIFEST_MEDIA_TYPE).await
         })
     }
 
@@ -522,10 +496,9 @@ impl OciRegistry {
         let repo = self.target.reference(oci::REPOSITORY)?;
         let invalid = |message: String| OciError::Invalid { reference: repo.to_string(), message };
         let url = self.url(&repo, "blobs", digest.as_str());
-        let r = self.transport.get(&url, &auth, max as u64, Overflow::Error).await.map_err(|e| match e {
-            TransportError::TooLarge { .. } => invalid(format!("blob {digest} is larger than {max} bytes")),
-            e => e.into(),
-        })?;
+        let r = self
+            .get_capped(&url, &auth, max as u64, || invalid(format!("blob {digest} is larger than {max} bytes")))
+            .await?;
         if r.status != 200 {
             return Err(invalid(format!("HTTP {} for blob {digest}: {}", r.status, registry_message(&r))));
         }
@@ -594,13 +567,11 @@ impl OciRegistry {
                     limits.max_pages
                 )));
             }
-            let r =
-                self.transport.get(&url, &auth, limits.max_page_bytes, Overflow::Error).await.map_err(|e| match e {
-                    TransportError::TooLarge { .. } => {
-                        invalid(format!("a page of the tag list is over {} bytes", limits.max_page_bytes))
-                    }
-                    e => e.into(),
-                })?;
+            let r = self
+                .get_capped(&url, &auth, limits.max_page_bytes, || {
+                    invalid(format!("a page of the tag list is over {} bytes", limits.max_page_bytes))
+                })
+                .await?;
             match r.status {
                 200 => {}
                 // A repository nothing was pushed to has no tags.
@@ -662,18 +633,8 @@ impl OciRegistry {
         headers.push(("Accept".into(), accept));
         let cap = cap.min(MAX_MANIFEST);
         let invalid = |message: String| OciError::Invalid { reference: reference.to_string(), message };
-        let r = self.transport.get(&url, &headers, cap, Overflow::Error).await.map_err(|e| match e {
-            TransportError::TooLarge { .. } => invalid(format!("its manifest is over {cap} bytes")),
-            e => e.into(),
-        })?;
-        match r.status {
-            200 => {}
-            404 => return Ok(None),
-            s => return Err(invalid(format!("HTTP {s} for its manifest: {}", registry_message(&r)))),
-        }
-        if tag_or_digest.starts_with("sha256:") && r.digest().as_str() != tag_or_digest {
-            return Err(invalid(format!("the manifest's bytes hash to {}, not {tag_or_digest}", r.digest())));
-        }
+        let r = self.get_capped(&url, &headers, cap, || invalid(format!("its manifest is over {cap} bytes"))).await?;
+        let Some(r) = found_manifest(r, tag_or_digest, invalid)? else { return Ok(None) };
         let body_type =
             serde_json::from_slice::<Value>(r.body()).ok().and_then(|v| v["mediaType"].as_str().map(str::to_owned));
         let header_type = r
@@ -694,12 +655,11 @@ impl OciRegistry {
         let repo = self.target.reference(oci::REPOSITORY)?;
         let invalid = |message: String| OciError::Invalid { reference: repo.to_string(), message };
         let url = self.url(&repo, "blobs", digest.as_str());
-        let r = self.transport.get(&url, &auth, size, Overflow::Error).await.map_err(|e| match e {
-            TransportError::TooLarge { .. } => {
+        let r = self
+            .get_capped(&url, &auth, size, || {
                 invalid(format!("blob {digest}: the registry sent more than the {size} bytes its descriptor names"))
-            }
-            e => e.into(),
-        })?;
+            })
+            .await?;
         if r.status != 200 {
             return Err(invalid(format!("HTTP {} for blob {digest}: {}", r.status, registry_message(&r))));
         }
@@ -738,6 +698,24 @@ fn next_link(header: &str) -> Option<String> {
 fn header_value(reference: &Reference, v: &str) -> Result<reqwest::header::HeaderValue, OciError> {
     v.parse()
         .map_err(|e| OciError::Invalid { reference: reference.to_string(), message: format!("media type {v}: {e}") })
+}
+
+/// A manifest GET's answer for `tag_or_digest`: `None` for a 404, else it
+/// must be a 200 and, asked for by digest, hash to it.
+fn found_manifest(
+    r: Response,
+    tag_or_digest: &str,
+    invalid: impl Fn(String) -> OciError,
+) -> Result<Option<Response>, OciError> {
+    match r.status {
+        200 => {}
+        404 => return Ok(None),
+        s => return Err(invalid(format!("HTTP {s} for its manifest: {}", registry_message(&r)))),
+    }
+    if tag_or_digest.starts_with("sha256:") && r.digest().as_str() != tag_or_digest {
+        return Err(invalid(format!("the manifest's bytes hash to {}, not {tag_or_digest}", r.digest())));
+    }
+    Ok(Some(r))
 }
 
 /// The first OCI error message of a body, else its status.

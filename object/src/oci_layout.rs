@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags};
 use serde_json::Value;
 
-use crate::{Arch, Digest, Identity, ObjectMetadata, Origin, oci};
+use crate::{Digest, Identity, ObjectMetadata, Origin, oci};
 
 /// Cap on `index.json`, a manifest or an index.
 pub const MAX_MANIFEST: u64 = 4 << 20;
@@ -261,36 +261,9 @@ impl OciLayout {
         let manifest = self.blob(&md, msize, MAX_MANIFEST)?;
         let m: Value =
             serde_json::from_slice(&manifest).map_err(|e| self.invalid(&what, format!("manifest is not JSON: {e}")))?;
-        let a = &m["annotations"];
-        if a[oci::ANN_RELEASE] != id.kernel_release.as_str()
-            || a[oci::ANN_ARCH].as_str().and_then(Arch::from_any) != Some(id.arch)
-            || a[oci::ANN_VERSION] != id.version.as_str()
-        {
-            return Err(self.invalid(
-                &what,
-                format!(
-                    "its annotations name {} {} {}, not {} {} {}",
-                    a[oci::ANN_RELEASE],
-                    a[oci::ANN_ARCH],
-                    a[oci::ANN_VERSION],
-                    id.kernel_release,
-                    id.arch,
-                    id.version
-                ),
-            ));
-        }
+        oci::check_annotations(&m, id, "").map_err(|e| self.invalid(&what, e))?;
         let layer = &m["layers"][0];
-        if layer["mediaType"] != oci::LAYER_MEDIA_TYPE {
-            return Err(
-                self.invalid(&what, format!("its layer is {}, not {}", layer["mediaType"], oci::LAYER_MEDIA_TYPE))
-            );
-        }
-        if layer["annotations"][oci::ANN_TITLE] != id.file_name().as_str() {
-            return Err(self.invalid(
-                &what,
-                format!("its title is {}, not {}", layer["annotations"][oci::ANN_TITLE], id.file_name()),
-            ));
-        }
+        oci::check_object_layer(layer, Some(&id.file_name())).map_err(|e| self.invalid(&what, e))?;
         let digest: Digest = layer["digest"]
             .as_str()
             .unwrap_or("")
@@ -306,6 +279,7 @@ impl OciLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Arch;
 
     fn write_layout(dir: &Path, object: &[u8], id: &Identity) {
         std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();

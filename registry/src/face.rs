@@ -84,58 +84,67 @@ fn internal(e: &Error) -> Option<String> {
     Some(format!("{what} error"))
 }
 
+/// How `e` is answered: its status, the same on both faces, and its code
+/// on `/v1` and on the OCI API (the spec's codes).
+fn answer(e: &Error) -> (StatusCode, &'static str, &'static str) {
+    use StatusCode as S;
+    match e {
+        Error::Digest(_) | Error::DigestMismatch { .. } | Error::ManifestDigest { .. } => {
+            (S::BAD_REQUEST, "DIGEST_INVALID", "DIGEST_INVALID")
+        }
+        Error::TooLarge { what: BodyKind::Manifest, .. } => (S::PAYLOAD_TOO_LARGE, "TOO_LARGE", "MANIFEST_INVALID"),
+        Error::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "TOO_LARGE", "SIZE_INVALID"),
+        Error::Body(_) => (S::BAD_REQUEST, "BAD_REQUEST", "BLOB_UPLOAD_INVALID"),
+        Error::BadRequest(_) => (S::BAD_REQUEST, "BAD_REQUEST", "UNSUPPORTED"),
+        Error::RepoName(_) => (S::BAD_REQUEST, "BAD_REQUEST", "NAME_INVALID"),
+        Error::Tag(_) => (S::BAD_REQUEST, "BAD_REQUEST", "TAG_INVALID"),
+        Error::PageSize(_) => (S::BAD_REQUEST, "BAD_REQUEST", "PAGINATION_NUMBER_INVALID"),
+        Error::Manifest(_) => (S::BAD_REQUEST, "BAD_REQUEST", "MANIFEST_INVALID"),
+        Error::MissingBlobRef { .. } | Error::MissingManifestRef { .. } => {
+            (S::BAD_REQUEST, "BAD_REQUEST", "MANIFEST_BLOB_UNKNOWN")
+        }
+        Error::Method(_) => (S::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "UNSUPPORTED"),
+        Error::Identity(_) | Error::FileName { .. } => (S::BAD_REQUEST, "IDENTITY_INVALID", "MANIFEST_INVALID"),
+        Error::ObjectBlobMissing(_) => (S::BAD_REQUEST, "BLOB_UNKNOWN", "MANIFEST_BLOB_UNKNOWN"),
+        Error::Size { .. } | Error::BlobRefSize { .. } | Error::ManifestRefSize { .. } => {
+            (S::BAD_REQUEST, "SIZE_INVALID", "SIZE_INVALID")
+        }
+        Error::Conflict { .. } | Error::SignaturesDiffer { .. } | Error::WouldDropSignature { .. } => {
+            (S::CONFLICT, "CONFLICT", "MANIFEST_INVALID")
+        }
+        Error::Unsigned(_) => (S::FORBIDDEN, "SIGNATURE_REQUIRED", "DENIED"),
+        Error::SignatureRefused { .. } => (S::FORBIDDEN, "SIGNATURE_INVALID", "DENIED"),
+        Error::SignatureForm { .. } => (S::BAD_REQUEST, "SIGNATURE_MALFORMED", "MANIFEST_INVALID"),
+        Error::SignatureBlobMissing { .. } => (S::BAD_REQUEST, "SIGNATURE_BLOB_UNKNOWN", "MANIFEST_BLOB_UNKNOWN"),
+        Error::HeldByV1 { .. } | Error::SignaturesHeld { .. } => (S::CONFLICT, "DENIED", "DENIED"),
+        Error::Ambiguous(_) => (S::CONFLICT, "AMBIGUOUS", "UNSUPPORTED"),
+        Error::TooMany { .. } => (S::CONFLICT, "TOO_MANY", "DENIED"),
+        Error::BlobMissing(_) | Error::NotInRepo { .. } => (S::NOT_FOUND, "BLOB_UNKNOWN", "BLOB_UNKNOWN"),
+        Error::ManifestUnknown { .. } => (S::NOT_FOUND, "NOT_FOUND", "MANIFEST_UNKNOWN"),
+        Error::UploadUnknown { .. } => (S::NOT_FOUND, "NOT_FOUND", "BLOB_UPLOAD_UNKNOWN"),
+        Error::RepoUnknown(_) | Error::NotFound(_) => (S::NOT_FOUND, "NOT_FOUND", "NAME_UNKNOWN"),
+        Error::Unauthenticated(_) | Error::UnknownToken | Error::Challenge => {
+            (S::UNAUTHORIZED, "UNAUTHORIZED", "UNAUTHORIZED")
+        }
+        Error::ReadOnly => (S::FORBIDDEN, "DENIED", "DENIED"),
+        Error::Unchecked(_)
+        | Error::IndexReplaced
+        | Error::Index(_)
+        | Error::Store(_)
+        | Error::CorruptRow(_)
+        | Error::Io { .. }
+        | Error::Symlink(_)
+        | Error::Serialize { .. }
+        | Error::Join(_)
+        | Error::Metrics(_)
+        | Error::Randomness(_) => (S::INTERNAL_SERVER_ERROR, "INTERNAL", "UNKNOWN"),
+    }
+}
+
 impl IntoResponse for V1 {
     fn into_response(self) -> Response {
-        use StatusCode as S;
         let e = self.0;
-        let (status, code) = match &e {
-            Error::Digest(_) | Error::DigestMismatch { .. } | Error::ManifestDigest { .. } => {
-                (S::BAD_REQUEST, "DIGEST_INVALID")
-            }
-            Error::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "TOO_LARGE"),
-            Error::Body(_)
-            | Error::BadRequest(_)
-            | Error::RepoName(_)
-            | Error::Tag(_)
-            | Error::PageSize(_)
-            | Error::Manifest(_)
-            | Error::MissingBlobRef { .. }
-            | Error::MissingManifestRef { .. } => (S::BAD_REQUEST, "BAD_REQUEST"),
-            Error::Method(_) => (S::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
-            Error::Identity(_) | Error::FileName { .. } => (S::BAD_REQUEST, "IDENTITY_INVALID"),
-            Error::ObjectBlobMissing(_) => (S::BAD_REQUEST, "BLOB_UNKNOWN"),
-            Error::Size { .. } | Error::BlobRefSize { .. } | Error::ManifestRefSize { .. } => {
-                (S::BAD_REQUEST, "SIZE_INVALID")
-            }
-            Error::Conflict { .. } | Error::SignaturesDiffer { .. } | Error::WouldDropSignature { .. } => {
-                (S::CONFLICT, "CONFLICT")
-            }
-            Error::Unsigned(_) => (S::FORBIDDEN, "SIGNATURE_REQUIRED"),
-            Error::SignatureRefused { .. } => (S::FORBIDDEN, "SIGNATURE_INVALID"),
-            Error::SignatureForm { .. } => (S::BAD_REQUEST, "SIGNATURE_MALFORMED"),
-            Error::SignatureBlobMissing { .. } => (S::BAD_REQUEST, "SIGNATURE_BLOB_UNKNOWN"),
-            Error::HeldByV1 { .. } | Error::SignaturesHeld { .. } => (S::CONFLICT, "DENIED"),
-            Error::Ambiguous(_) => (S::CONFLICT, "AMBIGUOUS"),
-            Error::TooMany { .. } => (S::CONFLICT, "TOO_MANY"),
-            Error::BlobMissing(_) | Error::NotInRepo { .. } => (S::NOT_FOUND, "BLOB_UNKNOWN"),
-            Error::ManifestUnknown { .. }
-            | Error::UploadUnknown { .. }
-            | Error::RepoUnknown(_)
-            | Error::NotFound(_) => (S::NOT_FOUND, "NOT_FOUND"),
-            Error::Unauthenticated(_) | Error::UnknownToken | Error::Challenge => (S::UNAUTHORIZED, "UNAUTHORIZED"),
-            Error::ReadOnly => (S::FORBIDDEN, "DENIED"),
-            Error::Unchecked(_)
-            | Error::IndexReplaced
-            | Error::Index(_)
-            | Error::Store(_)
-            | Error::CorruptRow(_)
-            | Error::Io { .. }
-            | Error::Symlink(_)
-            | Error::Serialize { .. }
-            | Error::Join(_)
-            | Error::Metrics(_)
-            | Error::Randomness(_) => (S::INTERNAL_SERVER_ERROR, "INTERNAL"),
-        };
+        let (status, code, _) = answer(&e);
         let message = match &e {
             Error::ObjectBlobMissing(d) => format!("upload the object to /v1/blobs/{d} first"),
             e => internal(e).unwrap_or_else(|| e.to_string()),
@@ -146,54 +155,8 @@ impl IntoResponse for V1 {
 
 impl IntoResponse for V2 {
     fn into_response(self) -> Response {
-        use StatusCode as S;
         let e = self.0;
-        let (status, code) = match &e {
-            Error::Digest(_) | Error::DigestMismatch { .. } | Error::ManifestDigest { .. } => {
-                (S::BAD_REQUEST, "DIGEST_INVALID")
-            }
-            Error::TooLarge { what: BodyKind::Manifest, .. } => (S::PAYLOAD_TOO_LARGE, "MANIFEST_INVALID"),
-            Error::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
-            Error::Body(_) => (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
-            Error::BadRequest(_) => (S::BAD_REQUEST, "UNSUPPORTED"),
-            Error::RepoName(_) => (S::BAD_REQUEST, "NAME_INVALID"),
-            Error::Tag(_) => (S::BAD_REQUEST, "TAG_INVALID"),
-            Error::PageSize(_) => (S::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
-            Error::Method(_) => (S::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
-            Error::Identity(_) | Error::FileName { .. } | Error::Manifest(_) => (S::BAD_REQUEST, "MANIFEST_INVALID"),
-            Error::ObjectBlobMissing(_) | Error::MissingBlobRef { .. } | Error::MissingManifestRef { .. } => {
-                (S::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN")
-            }
-            Error::Size { .. } | Error::BlobRefSize { .. } | Error::ManifestRefSize { .. } => {
-                (S::BAD_REQUEST, "SIZE_INVALID")
-            }
-            Error::Conflict { .. } | Error::SignaturesDiffer { .. } | Error::WouldDropSignature { .. } => {
-                (S::CONFLICT, "MANIFEST_INVALID")
-            }
-            Error::Unsigned(_) | Error::SignatureRefused { .. } => (S::FORBIDDEN, "DENIED"),
-            Error::SignatureForm { .. } => (S::BAD_REQUEST, "MANIFEST_INVALID"),
-            Error::SignatureBlobMissing { .. } => (S::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
-            Error::HeldByV1 { .. } | Error::SignaturesHeld { .. } => (S::CONFLICT, "DENIED"),
-            Error::Ambiguous(_) => (S::CONFLICT, "UNSUPPORTED"),
-            Error::TooMany { .. } => (S::CONFLICT, "DENIED"),
-            Error::BlobMissing(_) | Error::NotInRepo { .. } => (S::NOT_FOUND, "BLOB_UNKNOWN"),
-            Error::ManifestUnknown { .. } => (S::NOT_FOUND, "MANIFEST_UNKNOWN"),
-            Error::UploadUnknown { .. } => (S::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
-            Error::RepoUnknown(_) | Error::NotFound(_) => (S::NOT_FOUND, "NAME_UNKNOWN"),
-            Error::Unauthenticated(_) | Error::UnknownToken | Error::Challenge => (S::UNAUTHORIZED, "UNAUTHORIZED"),
-            Error::ReadOnly => (S::FORBIDDEN, "DENIED"),
-            Error::Unchecked(_)
-            | Error::IndexReplaced
-            | Error::Index(_)
-            | Error::Store(_)
-            | Error::CorruptRow(_)
-            | Error::Io { .. }
-            | Error::Symlink(_)
-            | Error::Serialize { .. }
-            | Error::Join(_)
-            | Error::Metrics(_)
-            | Error::Randomness(_) => (S::INTERNAL_SERVER_ERROR, "UNKNOWN"),
-        };
+        let (status, _, code) = answer(&e);
         let message = match &e {
             // The client's own words for what went wrong with its body.
             Error::Body(m) => m.clone(),

@@ -334,14 +334,7 @@ pub async fn disagreements(repo: &Repo, blobs: &BlobStore, oci_repo: &str) -> Re
         if row.current != 1 {
             continue;
         }
-        let Some(arch) = Arch::from_any(&row.arch) else {
-            out.push(Disagreement { why: Unreached::UnknownArch(row.arch.clone()), row });
-            continue;
-        };
-        let held = Held { arch, digest: &row.digest, size: row.size.max(0) as u64 };
-        if let Some(why) = check_object(&mut lookup, blobs, oci_repo, row.oci_tag.as_deref(), &held).await? {
-            out.push(Disagreement { why, row });
-        }
+        out.extend(disagreement(&mut lookup, blobs, oci_repo, row).await?);
     }
     Ok(out)
 }
@@ -354,16 +347,25 @@ pub async fn disagreements_one_by_one(repo: &Repo, blobs: &BlobStore, oci_repo: 
     let mut out = Vec::new();
     let mut lookup = repo.clone();
     for row in repo.current_objects().await? {
-        let Some(arch) = Arch::from_any(&row.arch) else {
-            out.push(Disagreement { why: Unreached::UnknownArch(row.arch.clone()), row });
-            continue;
-        };
-        let held = Held { arch, digest: &row.digest, size: row.size.max(0) as u64 };
-        if let Some(why) = check_object(&mut lookup, blobs, oci_repo, row.oci_tag.as_deref(), &held).await? {
-            out.push(Disagreement { why, row });
-        }
+        out.extend(disagreement(&mut lookup, blobs, oci_repo, row).await?);
     }
     Ok(out)
+}
+
+/// How the current object of `row` and its OCI form disagree, through
+/// `check_object`, if they do.
+async fn disagreement(
+    lookup: &mut Repo,
+    blobs: &BlobStore,
+    oci_repo: &str,
+    row: ObjectCheckRow,
+) -> Result<Option<Disagreement>> {
+    let Some(arch) = Arch::from_any(&row.arch) else {
+        return Ok(Some(Disagreement { why: Unreached::UnknownArch(row.arch.clone()), row }));
+    };
+    let held = Held { arch, digest: &row.digest, size: row.size.max(0) as u64 };
+    let why = check_object(lookup, blobs, oci_repo, row.oci_tag.as_deref(), &held).await?;
+    Ok(why.map(|why| Disagreement { why, row }))
 }
 
 /// Face rows between the query and the check at most.

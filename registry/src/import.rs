@@ -511,7 +511,7 @@ pub async fn apply(
 }
 
 /// cosign's `sha256-<hex>.sig`/`.att` and bpfarm's `sha256-<hex>.bpfarm`.
-fn is_signature_tag(tag: &str) -> bool {
+pub fn is_signature_tag(tag: &str) -> bool {
     tag.strip_prefix("sha256-").is_some_and(|t| t.ends_with(".sig") || t.ends_with(".att") || t.ends_with(".bpfarm"))
 }
 

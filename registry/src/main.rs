@@ -127,12 +127,8 @@ enum Command {
         /// Most bytes of all entries together.
         #[arg(long, default_value_t = 64 << 30)]
         max_total_bytes: u64,
-        /// Take only objects signed by one of these ECDSA P-256 public keys
-        /// (PEM, e.g. cosign.pub; repeatable for rotation), as `serve
-        /// --trusted-key` does: an unsigned or badly signed object is refused
-        /// and nothing of it is stored.
-        #[arg(long = "trusted-key", value_name = "FILE", env = "BPFARM_REGISTRY_TRUSTED_KEYS", value_delimiter = ',')]
-        trusted_keys: Vec<PathBuf>,
+        #[command(flatten)]
+        trusted_keys: TrustedKeyArgs,
     },
     /// Remove what nothing references: blobs no manifest or object names
     /// (older than --grace), and with --keep-versions N every object
@@ -201,13 +197,20 @@ enum Command {
         /// The OCI namespace the server uses (--oci-namespace of serve).
         #[arg(long, env = "BPFARM_REGISTRY_OCI_NAMESPACE", default_value = "bpfarm")]
         oci_namespace: String,
-        /// Take only objects signed by one of these ECDSA P-256 public keys
-        /// (PEM, e.g. cosign.pub; repeatable for rotation), as `serve
-        /// --trusted-key` does: an unsigned or badly signed object is refused
-        /// and nothing of it is stored.
-        #[arg(long = "trusted-key", value_name = "FILE", env = "BPFARM_REGISTRY_TRUSTED_KEYS", value_delimiter = ',')]
-        trusted_keys: Vec<PathBuf>,
+        #[command(flatten)]
+        trusted_keys: TrustedKeyArgs,
     },
+}
+
+/// `--trusted-key` of the tools that store what they carry in.
+#[derive(clap::Args, Debug)]
+struct TrustedKeyArgs {
+    /// Take only objects signed by one of these ECDSA P-256 public keys
+    /// (PEM, e.g. cosign.pub; repeatable for rotation), as `serve
+    /// --trusted-key` does: an unsigned or badly signed object is refused
+    /// and nothing of it is stored.
+    #[arg(long = "trusted-key", value_name = "FILE", env = "BPFARM_REGISTRY_TRUSTED_KEYS", value_delimiter = ',')]
+    trusted_keys: Vec<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -458,14 +461,16 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--trusted-key` files of a tool, loaded and checked before any work.
-fn load_keys(paths: &[PathBuf]) -> anyhow::Result<Option<bpfarm_object::sign::TrustedKeys>> {
-    if paths.is_empty() {
-        return Ok(None);
+impl TrustedKeyArgs {
+    /// The keys, loaded and checked before any work.
+    fn load(&self) -> anyhow::Result<Option<bpfarm_object::sign::TrustedKeys>> {
+        if self.trusted_keys.is_empty() {
+            return Ok(None);
+        }
+        let keys = bpfarm_object::sign::TrustedKeys::load(&self.trusted_keys).context("--trusted-key")?;
+        tracing::info!("objects must be signed by one of: {}", keys.ids());
+        Ok(Some(keys))
     }
-    let keys = bpfarm_object::sign::TrustedKeys::load(paths).context("--trusted-key")?;
-    tracing::info!("objects must be signed by one of: {}", keys.ids());
-    Ok(Some(keys))
 }
 
 /// Opens an existing registry's data folder for a tool.
@@ -493,12 +498,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Fsck { data, repair, oci_namespace } => {
-            anyhow::ensure!(
-                data.join("index.sqlite").is_file(),
-                "{} holds no registry (no index.sqlite)",
-                data.display()
-            );
-            let state = open_tool(&data, Settings::default()).await?;
+            let state = open_existing(&data).await?;
             let oci_repo = bpfarm_registry::faces::canonical_repo(&oci_namespace);
             let report = bpfarm_registry::fsck::fsck(&state.repo, &state.blobs, &oci_repo, repair).await?;
             for f in &report.fixed {
@@ -544,7 +544,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Import { data, file, oci_namespace, max_entries, max_blob_bytes, max_total_bytes, trusted_keys } => {
-            let trusted_keys = load_keys(&trusted_keys)?;
+            let trusted_keys = trusted_keys.load()?;
             let state =
                 open_tool(&data, Settings { oci_namespace, max_blob_bytes, trusted_keys, ..Settings::default() })
                     .await?;
@@ -604,7 +604,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             oci_namespace,
             trusted_keys,
         } => {
-            let trusted_keys = load_keys(&trusted_keys)?;
+            let trusted_keys = trusted_keys.load()?;
             let state = open_tool(&data, Settings { oci_namespace, trusted_keys, ..Settings::default() }).await?;
             let config = bpfarm_registry::mirror::MirrorConfig {
                 from,

@@ -64,6 +64,19 @@ pub struct MirrorConfig {
     pub max_blob_bytes: u64,
 }
 
+impl MirrorConfig {
+    /// The HTTP transport to the upstream, as the flags set it.
+    pub(crate) fn transport(&self) -> Result<Transport, TransportError> {
+        Transport::new(TransportConfig {
+            ca_certs: self.ca_certs.clone(),
+            insecure: self.insecure,
+            timeout: self.timeout,
+            max_object_bytes: self.max_blob_bytes,
+            ..Default::default()
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
     #[error(
@@ -150,13 +163,7 @@ fn run(h: &tokio::runtime::Handle, state: &AppState, config: &MirrorConfig) -> R
     if !(base.starts_with("http://") || base.starts_with("https://")) {
         return Err(MirrorError::Source(config.from.clone()));
     }
-    let transport = Transport::new(TransportConfig {
-        ca_certs: config.ca_certs.clone(),
-        insecure: config.insecure,
-        timeout: config.timeout,
-        max_object_bytes: config.max_blob_bytes,
-        ..Default::default()
-    })?;
+    let transport = config.transport()?;
     let mut report = MirrorReport::default();
     if let Some(w) = transport.check_url(&base)? {
         report.warnings.push(w);

@@ -21,7 +21,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
 use bpfarm_object::Digest;
-use bpfarm_object::http::{Transport, TransportConfig};
 use bpfarm_object::oci;
 use bpfarm_object::oci_client::{OciError, OciRegistry, OciTarget, TagListLimits, credentials};
 use serde_json::Value;
@@ -46,13 +45,7 @@ pub async fn mirror(state: &AppState, config: &MirrorConfig) -> Result<MirrorRep
 /// thread; storage calls go to `h`.
 fn run(h: &tokio::runtime::Handle, state: &AppState, config: &MirrorConfig) -> Result<MirrorReport, MirrorError> {
     let target = OciTarget::parse(config.from.trim_end_matches('/'))?;
-    let transport = Transport::new(TransportConfig {
-        ca_certs: config.ca_certs.clone(),
-        insecure: config.insecure,
-        timeout: config.timeout,
-        max_object_bytes: config.max_blob_bytes,
-        ..Default::default()
-    })?;
+    let transport = config.transport()?;
     let auth = credentials(&target.registry, None, config.token.as_deref());
     let registry = OciRegistry::new(target, auth, &transport)?;
     let mut report = MirrorReport::default();
@@ -60,8 +53,8 @@ fn run(h: &tokio::runtime::Handle, state: &AppState, config: &MirrorConfig) -> R
         report.warnings.push(w.to_owned());
     }
     let tags = registry.list_tags(TagListLimits::default())?;
-    let signing: BTreeSet<&str> = tags.iter().map(String::as_str).filter(|t| is_signature_tag(t)).collect();
-    let mut releases: Vec<&str> = tags.iter().map(String::as_str).filter(|t| !is_signature_tag(t)).collect();
+    let signing: BTreeSet<&str> = tags.iter().map(String::as_str).filter(|t| import::is_signature_tag(t)).collect();
+    let mut releases: Vec<&str> = tags.iter().map(String::as_str).filter(|t| !import::is_signature_tag(t)).collect();
     releases.sort_unstable();
     let canonical = state.settings.canonical_repo();
     for tag in releases {
@@ -72,11 +65,6 @@ fn run(h: &tokio::runtime::Handle, state: &AppState, config: &MirrorConfig) -> R
         }
     }
     Ok(report)
-}
-
-/// cosign's `sha256-<hex>.sig`/`.att` and bpfarm's `sha256-<hex>.bpfarm`.
-fn is_signature_tag(tag: &str) -> bool {
-    tag.strip_prefix("sha256-").is_some_and(|t| t.ends_with(".sig") || t.ends_with(".att") || t.ends_with(".bpfarm"))
 }
 
 fn is_bpfarm_index(v: &Value) -> bool {

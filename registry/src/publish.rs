@@ -187,17 +187,7 @@ pub async fn publish_signed(
     attached: &Attached,
     keys: Option<&TrustedKeys>,
 ) -> Result<Outcome> {
-    check(blobs, meta).await?;
-    let checked = signatures::check(blobs, meta, attached, keys).await?;
-    let mut tx = repo.begin_write().await?;
-    // Checked again under the write lock: `gc` removes unnamed blobs only
-    // while it holds it, so a blob seen here stays until this commits.
-    if blobs.size(&meta.digest).await.is_none() {
-        return Err(Error::ObjectBlobMissing(meta.digest.clone()));
-    }
-    let made = make_current_signed(&mut tx, blobs, oci_repo, meta, replace, checked.as_ref()).await?;
-    tx.commit().await?;
-    Ok(made.outcome)
+    publish_under(repo, blobs, oci_repo, meta, attached, keys, Rules::Publisher(replace)).await
 }
 
 /// Publishes `meta` as a mirror or an import carries it, with what came
@@ -217,14 +207,47 @@ pub async fn publish_carried(
     attached: &Attached,
     keys: Option<&TrustedKeys>,
 ) -> Result<Outcome> {
+    publish_under(repo, blobs, oci_repo, meta, attached, keys, Rules::Copy).await
+}
+
+/// Whose rules a publish follows.
+enum Rules {
+    /// A publisher's: a different object replaces the current one only as
+    /// `Replace` says.
+    Publisher(Replace),
+    /// A copy's: the source's replacements are followed, under
+    /// `carried_rules`.
+    Copy,
+}
+
+/// A publish under `rules`: the checks that need no transaction and the
+/// signing policy, then one transaction for both faces; nothing is written
+/// unless all of it passes.
+async fn publish_under(
+    repo: &Repo,
+    blobs: &BlobStore,
+    oci_repo: &str,
+    meta: &ObjectMetadata,
+    attached: &Attached,
+    keys: Option<&TrustedKeys>,
+    rules: Rules,
+) -> Result<Outcome> {
     check(blobs, meta).await?;
     let checked = signatures::check(blobs, meta, attached, keys).await?;
     let mut tx = repo.begin_write().await?;
+    // Checked again under the write lock: `gc` removes unnamed blobs only
+    // while it holds it, so a blob seen here stays until this commits.
     if blobs.size(&meta.digest).await.is_none() {
         return Err(Error::ObjectBlobMissing(meta.digest.clone()));
     }
-    carried_rules(&mut tx, meta, checked.as_ref(), keys.is_some()).await?;
-    let made = make_current_signed(&mut tx, blobs, oci_repo, meta, Replace::Yes, checked.as_ref()).await?;
+    let replace = match rules {
+        Rules::Publisher(replace) => replace,
+        Rules::Copy => {
+            carried_rules(&mut tx, meta, checked.as_ref(), keys.is_some()).await?;
+            Replace::Yes
+        }
+    };
+    let made = make_current_signed(&mut tx, blobs, oci_repo, meta, replace, checked.as_ref()).await?;
     tx.commit().await?;
     Ok(made.outcome)
 }

@@ -76,6 +76,27 @@ async fn publish(r: &Reg, m: &ObjectMetadata, bytes: &[u8], query: &str) -> (Sta
     (s, body)
 }
 
+/// Another connection to the registry's index, to seed rows at fleet
+/// scale without publishing each.
+async fn index_pool(r: &Reg) -> sqlx::SqlitePool {
+    sqlx::sqlite::SqlitePool::connect(&format!("sqlite://{}", r.data.join("index.sqlite").display())).await.unwrap()
+}
+
+/// A bare x86_64 object row for (`release`, `version`) holding `digest`
+/// (size 1, empty metadata).
+async fn seed_object(db: &mut sqlx::SqliteConnection, release: &str, version: &str, digest: &Digest) {
+    sqlx::query(
+        "INSERT INTO objects (kernel_release, arch, version, file_name, digest, size, metadata, published_at)
+         VALUES (?, 'x86_64', ?, 'f', ?, 1, '{}', 't')",
+    )
+    .bind(release)
+    .bind(version)
+    .bind(digest.as_str())
+    .execute(db)
+    .await
+    .unwrap();
+}
+
 fn json(b: &[u8]) -> serde_json::Value {
     serde_json::from_slice(b).unwrap()
 }
@@ -380,9 +401,7 @@ async fn the_set_based_faces_check_agrees_with_the_one_by_one_check() {
     let ids = |d: &[Disagreement]| d.iter().map(|d| (d.row.id, d.why.to_string())).collect::<Vec<_>>();
     assert!(disagreements(&r.state.repo, &r.state.blobs, &oci_repo).await.unwrap().is_empty());
 
-    let db = sqlx::sqlite::SqlitePool::connect(&format!("sqlite://{}", r.data.join("index.sqlite").display()))
-        .await
-        .unwrap();
+    let db = index_pool(&r).await;
     let tag = |m: &ObjectMetadata| bpfarm_object::oci::tag(&m.identity.kernel_release, &m.identity.version, false);
     let index_of = |t: String| {
         let db = db.clone();
@@ -471,9 +490,7 @@ async fn a_stored_row_that_no_longer_parses_is_an_error_not_a_panic() {
     let bytes = b"an object whose row is damaged later".to_vec();
     let m = meta("6.1.0-58-amd64", &bytes);
     assert_eq!(publish(&r, &m, &bytes, "").await.0, StatusCode::CREATED);
-    let db = sqlx::sqlite::SqlitePool::connect(&format!("sqlite://{}", r.data.join("index.sqlite").display()))
-        .await
-        .unwrap();
+    let db = index_pool(&r).await;
     sqlx::query("UPDATE objects SET metadata = '{\"kernel_release\": 7}'").execute(&db).await.unwrap();
     db.close().await;
 
@@ -513,23 +530,12 @@ async fn the_coverage_page_is_bounded_and_still_shows_every_missing_kernel() {
     let r = registry(Settings::default()).await;
     let (built, never, versions) = (400, 300, 10);
     let release = |k: usize| format!("6.1.0-{k}-amd64");
-    let db = sqlx::sqlite::SqlitePool::connect(&format!("sqlite://{}", r.data.join("index.sqlite").display()))
-        .await
-        .unwrap();
+    let db = index_pool(&r).await;
     let mut tx = db.begin().await.unwrap();
     for k in 0..built {
         for v in 0..versions {
             let d = Digest::of_bytes(format!("{k}/{v}").as_bytes());
-            sqlx::query(
-                "INSERT INTO objects (kernel_release, arch, version, file_name, digest, size, metadata, published_at)
-                 VALUES (?, 'x86_64', ?, 'f', ?, 1, '{}', 't')",
-            )
-            .bind(release(k))
-            .bind(format!("v1.{v}.0"))
-            .bind(d.as_str())
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+            seed_object(&mut tx, &release(k), &format!("v1.{v}.0"), &d).await;
         }
     }
     tx.commit().await.unwrap();
@@ -660,21 +666,11 @@ async fn an_oversized_matrix_is_refused_and_one_at_the_limit_is_counted_in_bound
     use bpfarm_registry::coverage::MATRIX_KERNELS;
     let r = registry(Settings::default()).await;
     let versions = 60;
-    let db = sqlx::sqlite::SqlitePool::connect(&format!("sqlite://{}", r.data.join("index.sqlite").display()))
-        .await
-        .unwrap();
+    let db = index_pool(&r).await;
     let mut tx = db.begin().await.unwrap();
     for v in 0..versions {
         let d = Digest::of_bytes(format!("v{v}").as_bytes());
-        sqlx::query(
-            "INSERT INTO objects (kernel_release, arch, version, file_name, digest, size, metadata, published_at)
-             VALUES ('6.1.0-0-amd64', 'x86_64', ?, 'f', ?, 1, '{}', 't')",
-        )
-        .bind(format!("v1.{v}.0"))
-        .bind(d.as_str())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+        seed_object(&mut tx, "6.1.0-0-amd64", &format!("v1.{v}.0"), &d).await;
     }
     tx.commit().await.unwrap();
     db.close().await;
@@ -1124,9 +1120,7 @@ async fn a_token_revoked_by_another_process_is_refused_on_the_next_request() {
 /// Rows written straight into the index (as `the_coverage_page_is_bounded…`
 /// does): `objects` (release, arch, version, current) and `failures`.
 async fn index_rows(r: &Reg, objects: &[(String, &str, String, bool)], failures: &[(String, &str, String)]) {
-    let db = sqlx::sqlite::SqlitePool::connect(&format!("sqlite://{}", r.data.join("index.sqlite").display()))
-        .await
-        .unwrap();
+    let db = index_pool(r).await;
     let mut tx = db.begin().await.unwrap();
     for (i, (release, arch, version, current)) in objects.iter().enumerate() {
         sqlx::query(
@@ -1200,9 +1194,7 @@ async fn the_page_counts_the_newest_versions_as_a_brute_force_count_does() {
     index_rows(&r, &objects, &failures).await;
 
     // The brute force, over the rows as sqlite holds them.
-    let db = sqlx::sqlite::SqlitePool::connect(&format!("sqlite://{}", r.data.join("index.sqlite").display()))
-        .await
-        .unwrap();
+    let db = index_pool(&r).await;
     let present: BTreeSet<(String, String, String)> =
         sqlx::query_as("SELECT kernel_release, arch, version FROM objects WHERE current = 1")
             .fetch_all(&db)

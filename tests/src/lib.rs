@@ -2,16 +2,21 @@
 //! once with `bpfarm-builder fetch`), a package archive on loopback
 //! (`mirror`), recording tool shims, hand-made hostile
 //! packages, and the rule for privileged tests (fail under `CI=true`, say
-//! loudly that they were skipped otherwise).
+//! loudly that they were skipped otherwise); and the set-ups the
+//! end-to-end tests share: the running kernel's build and object, the
+//! agent with none of its environment, openssl keys, cosign offline
+//! (`cosign`), a registry data folder's snapshot.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
+pub mod cosign;
 pub mod hostile;
 pub mod mirror;
 
@@ -738,8 +743,7 @@ pub fn publish_running_object(dir: &Path, url: &str, push_token: &str) -> PathBu
         .output()
         .expect("running bpfarm-builder");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease").trim().to_owned();
-    dir.join("out").join(std::env::consts::ARCH).join(bpfarm_object::object_file_name(&release, "v0.1.0"))
+    dir.join("out").join(std::env::consts::ARCH).join(running_object_name())
 }
 
 /// Whether a test that runs bpfarm's container images may run: root, BPF,
@@ -768,4 +772,258 @@ pub fn containers(what: &str) -> bool {
 /// `ci/podman`: podman with the project's container configuration.
 pub fn podman() -> Command {
     Command::new(repo_root().join("ci/podman"))
+}
+
+/// The running kernel's release, as `uname -r` prints it.
+pub fn running_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease").trim().to_owned()
+}
+
+/// The file name of the running kernel's object at the version the tests
+/// build (`v0.1.0`).
+pub fn running_object_name() -> String {
+    bpfarm_object::object_file_name(&running_release(), "v0.1.0")
+}
+
+/// `bpfarm-builder build --running-kernel` with its cache in `cache` and its
+/// output in `out`, taking no signing key or password from the
+/// environment; the caller adds flags and runs it.
+pub fn running_kernel_build(cache: &Path, out: &Path) -> Command {
+    let mut c = Command::new(bin("bpfarm-builder"));
+    c.args(["build", "--running-kernel", "--no-progress", "--cache-dir"])
+        .arg(cache)
+        .arg("--out")
+        .arg(out)
+        .env_remove("COSIGN_PASSWORD")
+        .env_remove("BPFARM_SIGN_KEY");
+    c
+}
+
+/// The object a build wrote into `out` for this machine's arch, found by
+/// its metadata, and that metadata.
+pub fn built_object(out: &Path) -> (PathBuf, bpfarm_object::ObjectMetadata) {
+    let arch_dir = out.join(std::env::consts::ARCH);
+    let json = fs::read_dir(&arch_dir)
+        .expect("the build's output folder")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".o.json"))
+        .expect("the builder wrote metadata");
+    let meta: bpfarm_object::ObjectMetadata =
+        serde_json::from_slice(&fs::read(&json).expect("the metadata")).expect("valid metadata");
+    (arch_dir.join(&meta.file_name), meta)
+}
+
+/// A finished command's exit code, stdout and stderr, for assertion
+/// messages.
+pub fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `c`, which must start and succeed; its output.
+pub fn run_ok(c: &mut Command) -> Output {
+    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e} (ci/install-deps installs the tools the tests run)"));
+    assert!(out.status.success(), "{c:?}: {}", show(&out));
+    out
+}
+
+/// `path` with `suffix` added to its file name (`x.o` → `x.o.sig`).
+pub fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Sets the permission bits of `path`.
+pub fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A P-256 key pair from `openssl genpkey` in `dir`: (`<name>.pem`, the
+/// private key; `<name>.pub`, its public key).
+pub fn openssl_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    openssl_ec_key(dir, name, "P-256")
+}
+
+/// [`openssl_key`] on another curve.
+pub fn openssl_ec_key(dir: &Path, name: &str, curve: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub"));
+    run_ok(
+        Command::new("openssl")
+            .args(["genpkey", "-algorithm", "EC", "-pkeyopt"])
+            .arg(format!("ec_paramgen_curve:{curve}"))
+            .arg("-out")
+            .arg(&key),
+    );
+    run_ok(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&key).arg("-out").arg(&public));
+    (key, public)
+}
+
+/// Every path under `root` (files, folders, links), recursively; none
+/// when `root` cannot be read.
+pub fn walk(root: &Path) -> BTreeSet<PathBuf> {
+    let mut all = BTreeSet::new();
+    for e in fs::read_dir(root).into_iter().flatten().flatten() {
+        let p = e.path();
+        all.insert(p.clone());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            all.extend(walk(&p));
+        }
+    }
+    all
+}
+
+/// An empty folder `<prefix><pid>` under `tmp` (cargo's test scratch
+/// folder) for this test process's fixtures; the folders of processes that
+/// are gone are removed first.
+pub fn process_dir(tmp: &Path, prefix: &str) -> PathBuf {
+    for e in fs::read_dir(tmp).into_iter().flatten().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = n.strip_prefix(prefix)
+            && !Path::new("/proc").join(pid).exists()
+        {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+    let dir = tmp.join(format!("{prefix}{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("the fixture folder");
+    dir
+}
+
+/// The environment variables the agent reads its settings from.
+pub const AGENT_ENV: &[&str] = &[
+    "TRACEE_BPF_FILE",
+    "KERN_HEADERS",
+    "BPFARM_REGISTRIES",
+    "BPFARM_AGENT_CONFIG",
+    "BPFARM_CA_CERT",
+    "BPFARM_VERIFY_KEYS",
+    "BPFARM_AGENT_STATE_DIR",
+];
+
+/// `bpfarm-agent --install-path <install>`, with none of [`AGENT_ENV`]
+/// taken from the test's environment.
+pub fn agent_command(install: &Path) -> Command {
+    let mut c = Command::new(bin("bpfarm-agent"));
+    c.arg("--install-path").arg(install);
+    for v in AGENT_ENV {
+        c.env_remove(v);
+    }
+    c
+}
+
+/// [`agent_command`] with its install path and state folder under `root`
+/// (`install/`, `state/`) and `--build-policy <policy>`.
+pub fn agent_in(root: &Path, policy: &str) -> Command {
+    let mut c = agent_command(&root.join("install"));
+    c.arg("--state-dir").arg(root.join("state")).args(["--build-policy", policy]);
+    c
+}
+
+/// A registry data folder's state: its index's rows (as `sqlite3 .dump`
+/// prints them) and [`stored_blobs`].
+pub fn registry_snapshot(data: &Path) -> (String, Vec<(String, String)>) {
+    let dump = Command::new("sqlite3")
+        .arg("-readonly")
+        .arg(data.join("index.sqlite"))
+        .arg(".dump")
+        .output()
+        .expect("sqlite3 (ci/install-deps installs it)");
+    assert!(dump.status.success(), "{}", show(&dump));
+    (String::from_utf8(dump.stdout).expect("the dump is UTF-8"), stored_blobs(data))
+}
+
+/// Every blob file of a registry data folder: its name and the digest of
+/// its bytes, sorted.
+pub fn stored_blobs(data: &Path) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    for d in fs::read_dir(data.join("blobs/sha256")).into_iter().flatten().flatten() {
+        for f in fs::read_dir(d.path()).expect("a blob folder").flatten() {
+            let bytes = fs::read(f.path()).expect("a blob");
+            let digest = bpfarm_object::Digest::of_bytes(&bytes);
+            files.push((f.file_name().to_string_lossy().into_owned(), digest.to_string()));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// `bpfarm-agent run` for one second with JSON events: it loads and
+/// attaches when the object is accepted.
+pub fn run_agent_for_a_second(c: &mut Command) -> Output {
+    c.args(["run", "--output", "json", "--duration", "1"]).output().expect("running bpfarm-agent")
+}
+
+/// Asserts an agent's refusal: exit 1, every `needle` in its output,
+/// nothing loaded (no attach, no events) and no object installed in
+/// `root/install`.
+pub fn assert_agent_refused(out: &Output, root: &Path, needles: &[&str]) {
+    let text = show(out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for n in needles {
+        assert!(text.contains(n), "the output does not say {n:?}:\n{text}");
+    }
+    assert!(!text.contains("attached"), "something was loaded:\n{text}");
+    assert!(out.stdout.is_empty(), "events were reported:\n{text}");
+    assert!(!root.join("install").join(running_object_name()).exists(), "an object was installed:\n{text}");
+}
+
+/// Runs a `bpfarm-builder build` command with `--report <dir>/report.json`,
+/// echoing its output into the test's log: the output and the report.
+pub fn build_with_report(c: &mut Command, dir: &Path) -> (Output, serde_json::Value) {
+    let report = dir.join("report.json");
+    let out = c.arg("--report").arg(&report).output().expect("running bpfarm-builder");
+    eprintln!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let r = serde_json::from_slice(&fs::read(&report).expect("the build report")).expect("a JSON report");
+    (out, r)
+}
+
+/// Runs `c` (a command, or a `&mut` one) and echoes its exit code, stdout
+/// and stderr into the test's log; its output, whatever its exit code.
+pub fn echoed(mut c: impl std::borrow::BorrowMut<Command>) -> Output {
+    let c = c.borrow_mut();
+    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    eprintln!("{}", show(&out));
+    out
+}
+
+/// `bpfarm-agent fetch` from `registry` (never building) into a fresh
+/// install path, under GNU time: asserts it is refused naming `cause`,
+/// within 64 MiB of peak memory and 10 seconds, with nothing installed.
+/// `what` names the case in the log, beside the figures.
+pub fn assert_fetch_refused_in_bounds(what: &str, registry: &str, cause: &str) {
+    let dir = tempfile::tempdir().expect("a temp folder");
+    let started = std::time::Instant::now();
+    let mut c = agent_command(&dir.path().join("install"));
+    c.args(["--registry", registry, "--build-policy", "never", "fetch"]);
+    let (out, rss) = output_with_peak_rss(&c);
+    let took = started.elapsed();
+    eprintln!("{what}: refused in {took:?}, agent peak RSS {} MiB", rss >> 20);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(cause), "{}", show(&out));
+    assert!(rss < 64 << 20, "peak RSS {} MiB", rss >> 20);
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    assert!(!dir.path().join("install").join(running_object_name()).exists());
+}
+
+/// A GET of `url` through Python's urllib, a client that is not bpfarm's:
+/// the body of its 2xx answer.
+pub fn python_get(url: &str) -> Vec<u8> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys,urllib.request; sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1]).read())",
+            url,
+        ])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
 }

@@ -8,27 +8,14 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bpfarm_object::{Digest, object_file_name};
-use bpfarm_tests::{Registry, ToolShim, bin, privileged, token};
-
-fn release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned()
-}
-
-fn name() -> String {
-    object_file_name(&release(), "v0.1.0")
-}
+use bpfarm_tests::{
+    Registry, ToolShim, agent_command, bin, privileged, run_ok, running_kernel_build, running_object_name, show, token,
+};
 
 /// The running kernel's object built into `dir/out/x86_64/`.
 fn build(dir: &Path) -> PathBuf {
-    let out = Command::new(bin("bpfarm-builder"))
-        .args(["build", "--running-kernel", "--no-progress", "--cache-dir"])
-        .arg(dir.join("cache"))
-        .arg("--out")
-        .arg(dir.join("out"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    dir.join("out/x86_64").join(name())
+    run_ok(&mut running_kernel_build(&dir.join("cache"), &dir.join("out")));
+    dir.join("out/x86_64").join(running_object_name())
 }
 
 /// A registry holding the running kernel's object, and that object.
@@ -37,23 +24,8 @@ fn registry_with_object(dir: &Path) -> (Registry, PathBuf) {
     (p.registry, p.object)
 }
 
-fn agent(install: &Path) -> Command {
-    let mut c = Command::new(bin("bpfarm-agent"));
-    c.arg("--install-path").arg(install).env_remove("TRACEE_BPF_FILE").env_remove("KERN_HEADERS");
-    c
-}
-
 fn epoch_ns_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]
@@ -65,7 +37,7 @@ fn never_policy_fetches_verifies_loads_and_reports_an_exec() {
     let (reg, object) = registry_with_object(dir.path());
     let install = dir.path().join("install");
     let shim = ToolShim::new(&["clang", "llc", "bpftool"]);
-    let mut child = agent(&install)
+    let mut child = agent_command(&install)
         .args([
             "--build-policy",
             "never",
@@ -138,8 +110,8 @@ fn never_policy_fetches_verifies_loads_and_reports_an_exec() {
     assert!(status.success(), "agent exit {status:?}: {rest}");
     assert!(rest.contains("events (exec"), "no summary: {rest}");
     // Installed, verified, and no compiler ran.
-    assert_eq!(std::fs::read(install.join(name())).unwrap(), std::fs::read(&object).unwrap());
-    assert!(install.join(format!("{}.json", name())).is_file());
+    assert_eq!(std::fs::read(install.join(running_object_name())).unwrap(), std::fs::read(&object).unwrap());
+    assert!(install.join(format!("{}.json", running_object_name())).is_file());
     assert_eq!(shim.compiles(), Vec::<String>::new());
 }
 
@@ -151,7 +123,7 @@ fn never_with_registry_down_fails_fast_names_every_place_and_runs_no_compiler() 
     let url = format!("http://127.0.0.1:{port}");
     let shim = ToolShim::new(&["clang", "llc", "bpftool"]);
     let started = Instant::now();
-    let out = agent(&dir.path().join("install"))
+    let out = agent_command(&dir.path().join("install"))
         .args(["--build-policy", "never", "--registry", &url, "--timeout", "5", "run"])
         .env("PATH", shim.path_env())
         .output()
@@ -179,10 +151,11 @@ fn tampered_registry_bytes_are_refused_and_nothing_is_installed() {
     bytes[100] ^= 0xff;
     std::fs::write(&blob, &bytes).unwrap();
     let install = dir.path().join("install");
-    let out = agent(&install).args(["--build-policy", "never", "--registry", &reg.url, "fetch"]).output().unwrap();
+    let out =
+        agent_command(&install).args(["--build-policy", "never", "--registry", &reg.url, "fetch"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refused"), "{}", show(&out));
-    assert!(!install.join(name()).exists(), "a tampered object was installed");
+    assert!(!install.join(running_object_name()).exists(), "a tampered object was installed");
 }
 
 /// `python3 -m http.server` over a folder: a plain static server.
@@ -228,23 +201,23 @@ fn a_plain_static_server_serves_agents_and_altered_files_are_refused() {
     let server = static_server(&tree);
     // The first registry is down, the second is the static server: order holds.
     let install = dir.path().join("install");
-    let out = agent(&install)
+    let out = agent_command(&install)
         .args(["--registry", "http://127.0.0.1:1", "--registry", &server.1, "--timeout", "10", "fetch"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
-    assert_eq!(std::fs::read(install.join(name())).unwrap(), std::fs::read(&object).unwrap());
+    assert_eq!(std::fs::read(install.join(running_object_name())).unwrap(), std::fs::read(&object).unwrap());
 
     // Alter the file on the static server: the .sha256 no longer matches.
-    let served = tree.join("v0.1.0/x86_64").join(name());
+    let served = tree.join("v0.1.0/x86_64").join(running_object_name());
     let mut bytes = std::fs::read(&served).unwrap();
     bytes[200] ^= 1;
     std::fs::write(&served, bytes).unwrap();
     let install2 = dir.path().join("install2");
-    let out = agent(&install2).args(["--registry", &server.1, "fetch"]).output().unwrap();
+    let out = agent_command(&install2).args(["--registry", &server.1, "fetch"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("the .sha256 says"), "{}", show(&out));
-    assert!(!install2.join(name()).exists());
+    assert!(!install2.join(running_object_name()).exists());
 }
 
 #[test]
@@ -254,16 +227,21 @@ fn a_half_written_object_in_the_install_path_is_never_picked() {
     let install = dir.path().join("install");
     std::fs::create_dir_all(&install).unwrap();
     let full = std::fs::read(&object).unwrap();
-    std::fs::write(install.join(name()), &full[..full.len() / 2]).unwrap();
-    std::fs::copy(object.with_file_name(format!("{}.json", name())), install.join(format!("{}.json", name()))).unwrap();
-    let out = agent(&install).args(["--build-policy", "never", "locate", "--output", "json"]).output().unwrap();
+    std::fs::write(install.join(running_object_name()), &full[..full.len() / 2]).unwrap();
+    std::fs::copy(
+        object.with_file_name(format!("{}.json", running_object_name())),
+        install.join(format!("{}.json", running_object_name())),
+    )
+    .unwrap();
+    let out = agent_command(&install).args(["--build-policy", "never", "locate", "--output", "json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["error"].is_string(), "{v:#}");
     assert!(v["trail"].to_string().contains("does not verify"), "{v:#}");
     // With a registry, the agent fetches the good one over it.
-    let out = agent(&install).args(["--build-policy", "never", "--registry", &reg.url, "fetch"]).output().unwrap();
+    let out =
+        agent_command(&install).args(["--build-policy", "never", "--registry", &reg.url, "fetch"]).output().unwrap();
     assert!(out.status.success(), "{}", show(&out));
-    assert_eq!(std::fs::read(install.join(name())).unwrap(), full);
+    assert_eq!(std::fs::read(install.join(running_object_name())).unwrap(), full);
 }
 
 #[test]
@@ -275,11 +253,12 @@ fn search_order_bpf_file_exe_dir_and_policies() {
     // TRACEE_BPF_FILE set to a folder without the object: an error, not a fall-through.
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let out = agent(&install).env("TRACEE_BPF_FILE", &empty).arg("locate").output().unwrap();
+    let out = agent_command(&install).env("TRACEE_BPF_FILE", &empty).arg("locate").output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("TRACEE_BPF_FILE"), "{}", show(&out));
     // ...and set to the object itself, it wins.
-    let out = agent(&install).env("TRACEE_BPF_FILE", &object).args(["locate", "--output", "json"]).output().unwrap();
+    let out =
+        agent_command(&install).env("TRACEE_BPF_FILE", &object).args(["locate", "--output", "json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["source"], "bpf-file", "{v:#}");
 
@@ -288,42 +267,47 @@ fn search_order_bpf_file_exe_dir_and_policies() {
     std::fs::create_dir(&exe_dir).unwrap();
     let exe = exe_dir.join("bpfarm-agent");
     std::fs::copy(bin("bpfarm-agent"), &exe).unwrap();
-    std::fs::copy(&object, exe_dir.join(name())).unwrap();
+    std::fs::copy(&object, exe_dir.join(running_object_name())).unwrap();
     std::fs::create_dir_all(&install).unwrap();
-    std::fs::copy(&object, install.join(name())).unwrap();
-    std::fs::copy(object.with_file_name(format!("{}.json", name())), install.join(format!("{}.json", name()))).unwrap();
-    let out = Command::new(&exe)
-        .arg("--install-path")
-        .arg(&install)
-        .args(["locate", "--output", "json"])
-        .env_remove("TRACEE_BPF_FILE")
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    std::fs::copy(&object, install.join(running_object_name())).unwrap();
+    std::fs::copy(
+        object.with_file_name(format!("{}.json", running_object_name())),
+        install.join(format!("{}.json", running_object_name())),
+    )
+    .unwrap();
+    // Where the copied agent's `locate` finds the object.
+    let located = || -> serde_json::Value {
+        let out = Command::new(&exe)
+            .arg("--install-path")
+            .arg(&install)
+            .args(["locate", "--output", "json"])
+            .env_remove("TRACEE_BPF_FILE")
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let v = located();
     assert_eq!(v["source"], "exe-dir", "{v:#}");
-    std::fs::remove_file(exe_dir.join(name())).unwrap();
-    let out = Command::new(&exe)
-        .arg("--install-path")
-        .arg(&install)
-        .args(["locate", "--output", "json"])
-        .env_remove("TRACEE_BPF_FILE")
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    std::fs::remove_file(exe_dir.join(running_object_name())).unwrap();
+    let v = located();
     assert_eq!(v["source"], "install-path", "{v:#}");
 
     // always: builds even though the install path has a good object.
     let shim = ToolShim::new(&["clang", "llc", "bpftool"]);
-    let out =
-        agent(&install).args(["--build-policy", "always", "build"]).env("PATH", shim.path_env()).output().unwrap();
+    let out = agent_command(&install)
+        .args(["--build-policy", "always", "build"])
+        .env("PATH", shim.path_env())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", show(&out));
     assert!(!shim.compiles().is_empty(), "always did not run a compiler");
-    let out = agent(&install).args(["--build-policy", "always", "locate", "--output", "json"]).output().unwrap();
+    let out =
+        agent_command(&install).args(["--build-policy", "always", "locate", "--output", "json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["source"], "local-build", "{v:#}");
 
     // An invalid policy is rejected, naming the valid ones.
-    let out = agent(&install).args(["--build-policy", "sometimes", "locate"]).output().unwrap();
+    let out = agent_command(&install).args(["--build-policy", "sometimes", "locate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -340,7 +324,7 @@ fn capture_exec_copies_executed_binaries_once() {
     let dir = tempfile::tempdir().unwrap();
     let object = build(dir.path());
     let install = dir.path().join("install");
-    let mut child = agent(&install)
+    let mut child = agent_command(&install)
         .env("TRACEE_BPF_FILE", &object)
         .args(["run", "--capture", "exec", "--event", "exec", "--output", "json", "--duration", "20"])
         // Events are not read here: a pipe nobody drains fills with the
@@ -423,7 +407,7 @@ fn kern_headers_builds_for_another_release_like_the_builder() {
     assert!(status.success());
     std::os::unix::fs::symlink(find("linux-headers-6.1.0-56-common"), build.join("source")).unwrap();
     let install = dir.path().join("install");
-    let out = agent(&install)
+    let out = agent_command(&install)
         .env("KERN_HEADERS", &build)
         .args(["--kernel-release", "6.1.0-56-amd64", "build"])
         .output()
@@ -436,7 +420,7 @@ fn kern_headers_builds_for_another_release_like_the_builder() {
         std::fs::read(dir.path().join("out/x86_64").join(&name)).unwrap()
     );
     // Headers for another kernel than the one asked for are refused.
-    let out = agent(&dir.path().join("install2"))
+    let out = agent_command(&dir.path().join("install2"))
         .env("KERN_HEADERS", &build)
         .args(["--kernel-release", "6.1.0-55-amd64", "build"])
         .output()
@@ -489,14 +473,14 @@ fn registry_headers_reach_the_registry() {
     ]);
     bpfarm_tests::publish_running_object(dir.path(), &reg.url, &push);
     // Without credentials the registry refuses, and the agent says so.
-    let out = agent(&dir.path().join("a"))
+    let out = agent_command(&dir.path().join("a"))
         .args(["--build-policy", "never", "--registry", &reg.url, "fetch"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("read token is required"), "{}", show(&out));
     // The same header a CDN or proxy would need, passed through as given.
-    let out = agent(&dir.path().join("b"))
+    let out = agent_command(&dir.path().join("b"))
         .args([
             "--build-policy",
             "never",
@@ -509,7 +493,7 @@ fn registry_headers_reach_the_registry() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
-    assert!(dir.path().join("b").join(name()).is_file());
+    assert!(dir.path().join("b").join(running_object_name()).is_file());
 }
 
 #[test]
@@ -523,7 +507,7 @@ fn the_table_shows_local_wall_clock_time_and_host_name_overrides() {
     std::fs::copy("/bin/true", &marker).unwrap();
     // A zone far from UTC, with a half-hour offset: local time, not UTC and
     // not seconds since boot.
-    let mut child = agent(&dir.path().join("install"))
+    let mut child = agent_command(&dir.path().join("install"))
         .env("TRACEE_BPF_FILE", &object)
         .env("TZ", "Asia/Kolkata")
         .env("BPFARM_HOST_NAME", "node-a")
@@ -575,7 +559,7 @@ fn kern_headers_at_lib_modules_build_finds_the_source_link_beside_it() {
         std::os::unix::fs::symlink(target, modules.join(link)).unwrap();
     }
     let install = dir.path().join("install");
-    let out = agent(&install)
+    let out = agent_command(&install)
         .env("KERN_HEADERS", modules.join("build"))
         .args(["--kernel-release", "6.1.0-56-amd64", "build"])
         .output()
@@ -656,5 +640,5 @@ fn an_agent_without_local_build_refuses_to_build_and_fetches_with_never() {
     let (reg, object) = registry_with_object(dir.path());
     let out = slim().args(["--build-policy", "never", "--registry", &reg.url, "fetch"]).output().unwrap();
     assert!(out.status.success(), "{}", show(&out));
-    assert_eq!(std::fs::read(install.join(name())).unwrap(), std::fs::read(&object).unwrap());
+    assert_eq!(std::fs::read(install.join(running_object_name())).unwrap(), std::fs::read(&object).unwrap());
 }

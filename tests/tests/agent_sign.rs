@@ -27,10 +27,12 @@ use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
 use bpfarm_object::sign::{self, BuilderInfo, SigningKey, Subject};
 use bpfarm_object::{Digest, ObjectMetadata, oci};
 use bpfarm_tests::hostile::{HostileServer, Reply, Request};
-use bpfarm_tests::{bin, distribution, privileged};
+use bpfarm_tests::{
+    agent_in, assert_agent_refused, built_object, chmod, cosign, distribution, openssl_key, privileged,
+    run_agent_for_a_second, run_ok, running_kernel_build, running_object_name, show,
+};
 use serde_json::Value;
 
-const PASSWORD: &str = "correct horse battery staple";
 const NEWER: &str = "2026-06-01T00:00:00Z";
 const OLDER: &str = "2026-01-01T00:00:00Z";
 
@@ -42,30 +44,12 @@ fn real_object() -> &'static (Vec<u8>, ObjectMetadata) {
     OBJECT.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agent-sign-object");
         let out = dir.join(format!("out-{}", std::process::id()));
-        let run = Command::new(bin("bpfarm-builder"))
-            .args(["build", "--running-kernel", "--no-progress", "--cache-dir"])
-            .arg(dir.join("cache"))
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .expect("running bpfarm-builder");
-        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-        let arch_dir = out.join(std::env::consts::ARCH);
-        let json = std::fs::read_dir(&arch_dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "json"))
-            .expect("the builder wrote metadata");
-        let meta: ObjectMetadata = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-        let bytes = std::fs::read(arch_dir.join(&meta.file_name)).unwrap();
+        run_ok(&mut running_kernel_build(&dir.join("cache"), &out));
+        let (object, meta) = built_object(&out);
+        let bytes = std::fs::read(object).unwrap();
         let _ = std::fs::remove_dir_all(&out);
         (bytes, meta)
     })
-}
-
-fn name() -> String {
-    real_object().1.file_name.clone()
 }
 
 /// Keys: cosign's own pair (trusted) and an openssl one (not trusted).
@@ -81,13 +65,8 @@ fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        run(cosign(dir.path()).arg("generate-key-pair").current_dir(dir.path()));
-        let other_key = dir.path().join("other.pem");
-        let other_pub = dir.path().join("other.pub");
-        run(Command::new("openssl")
-            .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
-            .arg(&other_key));
-        run(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&other_key).arg("-out").arg(&other_pub));
+        run_ok(cosign::without_network(dir.path()).arg("generate-key-pair").current_dir(dir.path()));
+        let (other_key, other_pub) = openssl_key(dir.path(), "other");
         Keys {
             cosign_key: dir.path().join("cosign.key"),
             cosign_pub: dir.path().join("cosign.pub"),
@@ -98,22 +77,6 @@ fn keys() -> &'static Keys {
     })
 }
 
-/// cosign with no network at all (a new network namespace) and an empty
-/// private home, so no Sigstore state is used.
-fn cosign(home: &Path) -> Command {
-    let state = home.join("cosign-home");
-    std::fs::create_dir_all(&state).unwrap();
-    let mut c = Command::new("unshare");
-    c.args(["-rn", "cosign"]).env("HOME", &state).env("TUF_ROOT", state.join("tuf")).env("COSIGN_PASSWORD", PASSWORD);
-    c
-}
-
-fn run(c: &mut Command) -> Output {
-    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e} (ci/install-deps installs cosign and openssl)"));
-    assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
 /// `cosign sign-blob --tlog-upload=false` over `bytes` with `key`: the
 /// `.sig` text.
 fn cosign_sign_blob(key: &Path, bytes: &[u8]) -> Vec<u8> {
@@ -121,12 +84,14 @@ fn cosign_sign_blob(key: &Path, bytes: &[u8]) -> Vec<u8> {
     let file = dir.path().join("blob");
     std::fs::write(&file, bytes).unwrap();
     let sig = dir.path().join("blob.sig");
-    run(cosign(keys().dir.path())
-        .args(["sign-blob", "--key"])
-        .arg(key)
-        .args(["--tlog-upload=false", "--yes", "--output-signature"])
-        .arg(&sig)
-        .arg(&file));
+    run_ok(
+        cosign::without_network(keys().dir.path())
+            .args(["sign-blob", "--key"])
+            .arg(key)
+            .args(["--tlog-upload=false", "--yes", "--output-signature"])
+            .arg(&sig)
+            .arg(&file),
+    );
     std::fs::read(sig).unwrap()
 }
 
@@ -143,7 +108,7 @@ fn other_key_sig(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn signing_key(path: &Path) -> SigningKey {
-    SigningKey::load_with_password(path, Some(PASSWORD.as_bytes())).unwrap()
+    SigningKey::load_with_password(path, Some(cosign::PASSWORD.as_bytes())).unwrap()
 }
 
 /// The signed provenance of the real object, claiming build time `at`.
@@ -178,79 +143,26 @@ fn signed(at: &str) -> Files {
 fn place(dir: &Path, f: &Files, with_json: bool) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     chmod(dir, 0o700);
-    let object = dir.join(name());
+    let object = dir.join(running_object_name());
     std::fs::write(&object, &f.object).unwrap();
     if let Some(s) = &f.sig {
-        std::fs::write(dir.join(format!("{}.sig", name())), s).unwrap();
+        std::fs::write(dir.join(format!("{}.sig", running_object_name())), s).unwrap();
     }
     if let Some(p) = &f.intoto {
-        std::fs::write(dir.join(format!("{}.intoto.jsonl", name())), p).unwrap();
+        std::fs::write(dir.join(format!("{}.intoto.jsonl", running_object_name())), p).unwrap();
     }
     if with_json {
         let mut meta = real_object().1.clone();
         meta.digest = Digest::of_bytes(&f.object);
         meta.size = f.object.len() as u64;
-        std::fs::write(dir.join(format!("{}.json", name())), serde_json::to_vec(&meta).unwrap()).unwrap();
+        std::fs::write(dir.join(format!("{}.json", running_object_name())), serde_json::to_vec(&meta).unwrap())
+            .unwrap();
     }
     object
 }
 
-fn chmod(p: &Path, mode: u32) {
-    std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
-}
-
-/// The agent with a private state folder and install path under `root`,
-/// nothing from the environment, never building.
-fn agent(root: &Path) -> Command {
-    agent_with(root, "never")
-}
-
-fn agent_with(root: &Path, policy: &str) -> Command {
-    let mut c = Command::new(bin("bpfarm-agent"));
-    c.arg("--install-path").arg(root.join("install")).arg("--state-dir").arg(root.join("state"));
-    c.args(["--build-policy", policy]);
-    for v in [
-        "TRACEE_BPF_FILE",
-        "KERN_HEADERS",
-        "BPFARM_REGISTRIES",
-        "BPFARM_AGENT_CONFIG",
-        "BPFARM_VERIFY_KEYS",
-        "BPFARM_AGENT_STATE_DIR",
-    ] {
-        c.env_remove(v);
-    }
-    c
-}
-
 fn trusting<'c>(c: &'c mut Command, key: &Path) -> &'c mut Command {
     c.arg("--verify-key").arg(key)
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// `run` for one second: loads and attaches when the object is accepted.
-fn run_agent(c: &mut Command) -> Output {
-    c.args(["run", "--output", "json", "--duration", "1"]).output().unwrap()
-}
-
-/// Asserts a refusal: exit 1, every `needle` in the output, nothing
-/// loaded (no attach, no events) and nothing installed.
-fn assert_refused(out: &Output, root: &Path, needles: &[&str]) {
-    let text = show(out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    for n in needles {
-        assert!(text.contains(n), "the output does not say {n:?}:\n{text}");
-    }
-    assert!(!text.contains("attached"), "something was loaded:\n{text}");
-    assert!(out.stdout.is_empty(), "events were reported:\n{text}");
-    assert!(!root.join("install").join(name()).exists(), "an object was installed:\n{text}");
 }
 
 fn assert_loaded(out: &Output) {
@@ -276,7 +188,7 @@ fn cosign_signed_objects_are_accepted_loaded_and_their_provenance_printed() {
     let object = place(&root.join("given"), &signed(NEWER), false);
 
     // locate names the key and the signed build time; --provenance prints it.
-    let out = trusting(agent(root).env("TRACEE_BPF_FILE", &object), &keys().cosign_pub)
+    let out = trusting(agent_in(root, "never").env("TRACEE_BPF_FILE", &object), &keys().cosign_pub)
         .args(["locate", "--provenance"])
         .output()
         .unwrap();
@@ -295,7 +207,7 @@ fn cosign_signed_objects_are_accepted_loaded_and_their_provenance_printed() {
     assert!(!root.join("state").exists(), "locate records nothing");
 
     // JSON: the signature block.
-    let out = trusting(agent(root).env("TRACEE_BPF_FILE", &object), &keys().cosign_pub)
+    let out = trusting(agent_in(root, "never").env("TRACEE_BPF_FILE", &object), &keys().cosign_pub)
         .args(["locate", "--output", "json"])
         .output()
         .unwrap();
@@ -305,25 +217,30 @@ fn cosign_signed_objects_are_accepted_loaded_and_their_provenance_printed() {
     assert_eq!(v["signature"]["built_at"], NEWER, "{v}");
 
     // Without --verify-key: nothing changes, locate says it is signed.
-    let out = agent(root).env("TRACEE_BPF_FILE", &object).arg("locate").output().unwrap();
+    let out = agent_in(root, "never").env("TRACEE_BPF_FILE", &object).arg("locate").output().unwrap();
     assert!(show(&out).contains("signed (.sig with it; not checked without --verify-key)"), "{}", show(&out));
     // --provenance without a key is a usage error.
-    let out = agent(root).env("TRACEE_BPF_FILE", &object).args(["locate", "--provenance"]).output().unwrap();
+    let out =
+        agent_in(root, "never").env("TRACEE_BPF_FILE", &object).args(["locate", "--provenance"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     assert!(show(&out).contains("needs --verify-key"), "{}", show(&out));
 
     // Rotation: the old and the new key both trusted.
-    let out = trusting(trusting(agent(root).env("TRACEE_BPF_FILE", &object), &keys().other_pub), &keys().cosign_pub)
-        .arg("locate")
-        .output()
-        .unwrap();
+    let out = trusting(
+        trusting(agent_in(root, "never").env("TRACEE_BPF_FILE", &object), &keys().other_pub),
+        &keys().cosign_pub,
+    )
+    .arg("locate")
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
 
     if !privileged("cosign_signed_objects_are_accepted_loaded_and_their_provenance_printed") {
         return;
     }
     // run: loaded, and the signed build time recorded.
-    let out = run_agent(trusting(agent(root).env("TRACEE_BPF_FILE", &object), &keys().cosign_pub));
+    let out =
+        run_agent_for_a_second(trusting(agent_in(root, "never").env("TRACEE_BPF_FILE", &object), &keys().cosign_pub));
     assert_loaded(&out);
     assert_eq!(recorded_time(root), NEWER);
     let mode = std::fs::metadata(root.join("state/rollback.json")).unwrap().permissions();
@@ -336,10 +253,11 @@ fn refused_as_bpf_file(f: &Files, needles: &[&str], setup: impl FnOnce(&Path)) {
     let root = tmp.path();
     let object = place(&root.join("given"), f, false);
     setup(&root.join("given"));
-    let out = run_agent(trusting(agent(root).env("TRACEE_BPF_FILE", &object), &keys().cosign_pub));
+    let out =
+        run_agent_for_a_second(trusting(agent_in(root, "never").env("TRACEE_BPF_FILE", &object), &keys().cosign_pub));
     let mut all = vec!["TRACEE_BPF_FILE"];
     all.extend_from_slice(needles);
-    assert_refused(&out, root, &all);
+    assert_agent_refused(&out, root, &all);
     assert!(!root.join("state").exists(), "a refused object recorded something");
 }
 
@@ -382,14 +300,14 @@ fn tampered_objects_and_signatures_are_refused_and_nothing_is_loaded() {
     refused_as_bpf_file(&Files { sig: None, ..good.clone() }, &["is a symbolic link"], |dir| {
         let real = dir.parent().unwrap().join("real.sig");
         std::fs::write(&real, object_sig()).unwrap();
-        std::os::unix::fs::symlink(&real, dir.join(format!("{}.sig", name()))).unwrap();
+        std::os::unix::fs::symlink(&real, dir.join(format!("{}.sig", running_object_name()))).unwrap();
     });
     // A planted .sig: writable by everyone, or owned by another user.
     refused_as_bpf_file(&good, &["writable by everyone"], |dir| {
-        chmod(&dir.join(format!("{}.sig", name())), 0o666);
+        chmod(&dir.join(format!("{}.sig", running_object_name())), 0o666);
     });
     refused_as_bpf_file(&good, &["is owned by uid 65534"], |dir| {
-        std::os::unix::fs::chown(dir.join(format!("{}.sig", name())), Some(65534), None).unwrap();
+        std::os::unix::fs::chown(dir.join(format!("{}.sig", running_object_name())), Some(65534), None).unwrap();
     });
 }
 
@@ -400,16 +318,16 @@ fn an_unsigned_object_in_the_install_path_is_refused_under_verify_key() {
     let (bytes, _) = real_object();
     place(&root.join("install"), &Files { object: bytes.clone(), sig: None, intoto: None }, true);
     // if-needed: a local build would be next, but it cannot be signed.
-    let out = run_agent(trusting(&mut agent_with(root, "if-needed"), &keys().cosign_pub));
+    let out = run_agent_for_a_second(trusting(&mut agent_in(root, "if-needed"), &keys().cosign_pub));
     let text = show(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("install path") && text.contains("unsigned (no .sig with it)"), "{text}");
     assert!(text.contains("a local build is unsigned"), "no build is attempted: {text}");
     assert!(!text.contains("attached"), "{text}");
     // Without --verify-key the same object is used (nothing changes).
-    let out = agent(root).arg("locate").output().unwrap();
+    let out = agent_in(root, "never").arg("locate").output().unwrap();
     assert!(show(&out).contains("; unsigned"), "{}", show(&out));
-    assert!(show(&out).contains(&format!("would load {}", root.join("install").join(name()).display())));
+    assert!(show(&out).contains(&format!("would load {}", root.join("install").join(running_object_name()).display())));
 }
 
 #[test]
@@ -426,13 +344,16 @@ fn an_older_signed_build_after_a_newer_one_is_refused_unless_downgrades_are_allo
     let no_time = place(&root.join("no-time"), &Files { object: other, sig: Some(other_sig), intoto: None }, false);
     let same_no_time = place(&root.join("same-no-time"), &Files { intoto: None, ..signed(NEWER) }, false);
     let go = |object: &Path, extra: &[&str]| {
-        let mut c = agent(root);
+        let mut c = agent_in(root, "never");
         c.env("TRACEE_BPF_FILE", object).args(extra);
         trusting(&mut c, &keys().cosign_pub);
-        run_agent(&mut c)
+        run_agent_for_a_second(&mut c)
     };
     // Before any record, the older one is fine (nothing says it is old)…
-    let out = trusting(agent(root).env("TRACEE_BPF_FILE", &older), &keys().cosign_pub).arg("locate").output().unwrap();
+    let out = trusting(agent_in(root, "never").env("TRACEE_BPF_FILE", &older), &keys().cosign_pub)
+        .arg("locate")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     if !privileged("an_older_signed_build_after_a_newer_one_is_refused_unless_downgrades_are_allowed") {
         return;
@@ -442,10 +363,10 @@ fn an_older_signed_build_after_a_newer_one_is_refused_unless_downgrades_are_allo
     assert_eq!(recorded_time(root), NEWER);
     // …then the older one, validly signed, is a replay: refused.
     let out = go(&older, &[]);
-    assert_refused(&out, root, &["TRACEE_BPF_FILE", "a downgrade", OLDER, NEWER, "--allow-downgrade"]);
+    assert_agent_refused(&out, root, &["TRACEE_BPF_FILE", "a downgrade", OLDER, NEWER, "--allow-downgrade"]);
     // So is another object without a signed build time…
     let out = go(&no_time, &[]);
-    assert_refused(&out, root, &["no signed build time", "--allow-downgrade"]);
+    assert_agent_refused(&out, root, &["no signed build time", "--allow-downgrade"]);
     // …but not the recorded object itself (same digest), and not the
     // recorded build again (same build time).
     assert_loaded(&go(&same_no_time, &[]));
@@ -457,7 +378,7 @@ fn an_older_signed_build_after_a_newer_one_is_refused_unless_downgrades_are_allo
     // A damaged record refuses everything (it never means "no record").
     std::fs::write(root.join("state/rollback.json"), b"{").unwrap();
     let out = go(&newer, &[]);
-    assert_refused(&out, root, &["rollback state", "unreadable"]);
+    assert_agent_refused(&out, root, &["rollback state", "unreadable"]);
 }
 
 /// The real registry (no `--trusted-key`, so it stores what a compromised
@@ -499,7 +420,8 @@ fn v1_registry(f: &Files) -> V1 {
 fn static_registry(f: &Files) -> HostileServer {
     let (bytes, sig, intoto) = (f.object.clone(), f.sig.clone(), f.intoto.clone());
     HostileServer::start(move |r: &Request| {
-        let prefix = format!("/{}/{}/{}", real_object().1.identity.version, std::env::consts::ARCH, name());
+        let prefix =
+            format!("/{}/{}/{}", real_object().1.identity.version, std::env::consts::ARCH, running_object_name());
         let Some(rest) = r.path.strip_prefix(&prefix) else { return Reply::not_found() };
         let some = |b: &Option<Vec<u8>>| {
             b.as_ref()
@@ -508,7 +430,11 @@ fn static_registry(f: &Files) -> HostileServer {
         };
         match rest {
             "" => Reply::bytes(200, "application/octet-stream", bytes.clone()),
-            ".sha256" => Reply::bytes(200, "text/plain", format!("{}  {}\n", Digest::of_bytes(&bytes).hex(), name())),
+            ".sha256" => Reply::bytes(
+                200,
+                "text/plain",
+                format!("{}  {}\n", Digest::of_bytes(&bytes).hex(), running_object_name()),
+            ),
             ".sig" => some(&sig),
             ".intoto.jsonl" => some(&intoto),
             _ => Reply::not_found(),
@@ -517,7 +443,7 @@ fn static_registry(f: &Files) -> HostileServer {
 }
 
 fn fetch_from(root: &Path, url: &str, key: &Path) -> Output {
-    trusting(&mut agent(root), key).args(["--registry", url, "fetch"]).output().unwrap()
+    trusting(&mut agent_in(root, "never"), key).args(["--registry", url, "fetch"]).output().unwrap()
 }
 
 #[test]
@@ -531,12 +457,12 @@ fn registries_serve_signed_objects_and_the_install_keeps_the_signature() {
         assert_eq!(out.status.code(), Some(0), "{what}: {text}");
         assert!(text.contains("signature verified") && text.contains("installed"), "{what}: {text}");
         let install = root.join("install");
-        assert_eq!(std::fs::read(install.join(name())).unwrap(), real_object().0);
-        assert_eq!(std::fs::read(install.join(format!("{}.sig", name()))).unwrap(), object_sig());
-        assert!(install.join(format!("{}.intoto.jsonl", name())).is_file(), "{what}");
+        assert_eq!(std::fs::read(install.join(running_object_name())).unwrap(), real_object().0);
+        assert_eq!(std::fs::read(install.join(format!("{}.sig", running_object_name()))).unwrap(), object_sig());
+        assert!(install.join(format!("{}.intoto.jsonl", running_object_name())).is_file(), "{what}");
         assert_eq!(recorded_time(root), NEWER, "{what}");
         // What was installed passes on its own (offline), signature and all.
-        let out = trusting(&mut agent(root), &keys().cosign_pub).arg("locate").output().unwrap();
+        let out = trusting(&mut agent_in(root, "never"), &keys().cosign_pub).arg("locate").output().unwrap();
         assert!(show(&out).contains("install path") && show(&out).contains("signature verified"), "{}", show(&out));
     }
     // Tampered: the registry's signature is of another object, by another
@@ -556,7 +482,7 @@ fn registries_serve_signed_objects_and_the_install_keeps_the_signature() {
         for url in [&v1.url, &statik.url] {
             let tmp = tempfile::tempdir().unwrap();
             let out = fetch_from(tmp.path(), url, &keys().cosign_pub);
-            assert_refused(&out, tmp.path(), &[&format!("registry {url}"), why]);
+            assert_agent_refused(&out, tmp.path(), &[&format!("registry {url}"), why]);
             assert!(!tmp.path().join("state").exists());
         }
     }
@@ -577,7 +503,7 @@ fn fetch_replaces_the_installed_object_only_with_a_newer_signed_one() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert!(show(&out).contains("installed"), "{}", show(&out));
     assert_eq!(recorded_time(root), NEWER);
-    let intoto = std::fs::read(root.join("install").join(format!("{}.intoto.jsonl", name()))).unwrap();
+    let intoto = std::fs::read(root.join("install").join(format!("{}.intoto.jsonl", running_object_name()))).unwrap();
     assert_eq!(intoto, signed(NEWER).intoto.unwrap());
     // A registry with the older one again: refused as a downgrade, the
     // installed newer one is kept (success: the host has what it needs).
@@ -585,7 +511,10 @@ fn fetch_replaces_the_installed_object_only_with_a_newer_signed_one() {
     let text = show(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("a downgrade") && text.contains("keeping it"), "{text}");
-    assert_eq!(std::fs::read(root.join("install").join(format!("{}.intoto.jsonl", name()))).unwrap(), intoto);
+    assert_eq!(
+        std::fs::read(root.join("install").join(format!("{}.intoto.jsonl", running_object_name()))).unwrap(),
+        intoto
+    );
 }
 
 #[test]
@@ -601,7 +530,7 @@ fn oci_objects_need_the_cosign_signature_of_their_manifest() {
     // Unsigned: refused under --verify-key, reported as such without.
     let tmp = tempfile::tempdir().unwrap();
     let out = fetch_from(tmp.path(), &url, &keys().cosign_pub);
-    assert_refused(&out, tmp.path(), &[&format!("registry {url}"), "unsigned (no cosign signature tag sha256-"]);
+    assert_agent_refused(&out, tmp.path(), &[&format!("registry {url}"), "unsigned (no cosign signature tag sha256-"]);
 
     // Signed by another key: refused.
     let manifest = oci::manifest(meta);
@@ -612,7 +541,7 @@ fn oci_objects_need_the_cosign_signature_of_their_manifest() {
     registry.push_artifact(&sign::signature_artifact(&subject, &[by(&other)])).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = fetch_from(tmp.path(), &url, &keys().cosign_pub);
-    assert_refused(&out, tmp.path(), &["its cosign signature does not verify", "any trusted key"]);
+    assert_agent_refused(&out, tmp.path(), &["its cosign signature does not verify", "any trusted key"]);
 
     // Signed by the trusted key, with its attestation: accepted, recorded.
     let key = signing_key(&keys().cosign_key);
@@ -626,6 +555,6 @@ fn oci_objects_need_the_cosign_signature_of_their_manifest() {
     let text = show(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("signature verified (the cosign signature of its manifest"), "{text}");
-    assert_eq!(std::fs::read(tmp.path().join("install").join(name())).unwrap(), *bytes);
+    assert_eq!(std::fs::read(tmp.path().join("install").join(running_object_name())).unwrap(), *bytes);
     assert_eq!(recorded_time(tmp.path()), NEWER);
 }

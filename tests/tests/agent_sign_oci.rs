@@ -14,7 +14,7 @@
 //! code, the message, nothing installed and nothing loaded.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -23,35 +23,13 @@ use bpfarm_object::oci_layout::REF_NAME;
 use bpfarm_object::sign::{self, BuilderInfo, SigningKey, Subject};
 use bpfarm_object::{Digest, ObjectMetadata, oci};
 use bpfarm_tests::hostile::{Body, HostileServer, Reply, Request};
-use bpfarm_tests::{bin, privileged};
+use bpfarm_tests::{
+    agent_in, assert_agent_refused, bin, built_object, openssl_key, privileged, run_agent_for_a_second, run_ok,
+    running_kernel_build, running_object_name, show,
+};
 use serde_json::{Value, json};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-fn run(c: &mut Command) -> Output {
-    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e} (ci/install-deps installs openssl, tar)"));
-    assert!(out.status.success(), "{c:?}: {}", show(&out));
-    out
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn openssl_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub"));
-    run(Command::new("openssl")
-        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
-        .arg(&key));
-    run(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&key).arg("-out").arg(&public));
-    (key, public)
-}
 
 /// The real registry with the running kernel's object, published signed by
 /// the builder, and its bundle; made once per test process.
@@ -80,28 +58,17 @@ fn signed() -> &'static Signed {
         let registry = bpfarm_tests::serve(&data);
         let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agent-sign-oci-cache");
         let out = dir.path().join("out");
-        let built = run(Command::new(bin("bpfarm-builder"))
-            .args(["build", "--running-kernel", "--no-progress", "--cache-dir"])
-            .arg(&cache)
-            .arg("--out")
-            .arg(&out)
-            .arg("--sign-key")
-            .arg(&key)
-            .args(["--publish", &registry.url, "--token", &push])
-            .env_remove("COSIGN_PASSWORD")
-            .env_remove("BPFARM_SIGN_KEY"));
+        let built = run_ok(running_kernel_build(&cache, &out).arg("--sign-key").arg(&key).args([
+            "--publish",
+            &registry.url,
+            "--token",
+            &push,
+        ]));
         assert!(String::from_utf8_lossy(&built.stdout).contains("1 published"), "{}", show(&built));
-        let arch_dir = out.join(std::env::consts::ARCH);
-        let json = std::fs::read_dir(&arch_dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.to_string_lossy().ends_with(".o.json"))
-            .expect("the builder wrote metadata");
-        let meta: ObjectMetadata = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
-        let object = std::fs::read(arch_dir.join(&meta.file_name)).unwrap();
+        let (object, meta) = built_object(&out);
+        let object = std::fs::read(object).unwrap();
         let tar = dir.path().join("bundle.tar");
-        run(Command::new(bin("bpfarm-registry")).arg("bundle").arg("--data").arg(&data).arg("--out").arg(&tar));
+        run_ok(Command::new(bin("bpfarm-registry")).arg("bundle").arg("--data").arg(&data).arg("--out").arg(&tar));
         let addr = registry.url.trim_start_matches("http://").to_owned();
         Signed {
             _dir: dir,
@@ -118,62 +85,22 @@ fn signed() -> &'static Signed {
     })
 }
 
-fn name() -> String {
-    signed().meta.file_name.clone()
-}
-
 /// A fresh unpacked copy of the signed bundle.
 fn layout(root: &Path) -> PathBuf {
     let dir = root.join("layout");
     std::fs::create_dir_all(&dir).unwrap();
-    run(Command::new("tar").arg("-xf").arg(&signed().tar).arg("-C").arg(&dir));
+    run_ok(Command::new("tar").arg("-xf").arg(&signed().tar).arg("-C").arg(&dir));
     dir
 }
 
-/// The agent with a private install path and state folder under `root`,
-/// nothing from the environment, never building.
-fn agent(root: &Path) -> Command {
-    let mut c = Command::new(bin("bpfarm-agent"));
-    c.arg("--install-path").arg(root.join("install")).arg("--state-dir").arg(root.join("state"));
-    c.args(["--build-policy", "never"]);
-    for v in [
-        "TRACEE_BPF_FILE",
-        "KERN_HEADERS",
-        "BPFARM_REGISTRIES",
-        "BPFARM_AGENT_CONFIG",
-        "BPFARM_VERIFY_KEYS",
-        "BPFARM_AGENT_STATE_DIR",
-    ] {
-        c.env_remove(v);
-    }
-    c
-}
-
 fn from_layout(root: &Path, layout: &Path, key: &Path) -> Command {
-    let mut c = agent(root);
+    let mut c = agent_in(root, "never");
     c.arg("--verify-key").arg(key).arg("--registry").arg(format!("oci-layout:{}", layout.display()));
     c
 }
 
-/// `run` for one second: loads and attaches when the object is accepted.
-fn run_agent(c: &mut Command) -> Output {
-    c.args(["run", "--output", "json", "--duration", "1"]).output().unwrap()
-}
-
-/// Exit 1, every needle in the output, nothing loaded, nothing installed.
-fn assert_refused(out: &Output, root: &Path, needles: &[&str]) {
-    let text = show(out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    for n in needles {
-        assert!(text.contains(n), "the output does not say {n:?}:\n{text}");
-    }
-    assert!(!text.contains("attached"), "something was loaded:\n{text}");
-    assert!(out.stdout.is_empty(), "events were reported:\n{text}");
-    assert!(!root.join("install").join(name()).exists(), "an object was installed:\n{text}");
-}
-
 fn evidence_path(root: &Path) -> PathBuf {
-    root.join("install").join(format!("{}.cosign.json", name()))
+    root.join("install").join(format!("{}.cosign.json", running_object_name()))
 }
 
 /// The layout's `index.json` entries.
@@ -212,7 +139,7 @@ fn a_signed_bundle_is_accepted_from_an_oci_layout_and_verified_offline_afterward
     let root = tmp.path();
     let layout = layout(root);
     let s = signed();
-    let out = run_agent(&mut from_layout(root, &layout, &s.public));
+    let out = run_agent_for_a_second(&mut from_layout(root, &layout, &s.public));
     let text = show(&out);
     if privileged("oci-layout signed run") {
         assert_eq!(out.status.code(), Some(0), "{text}");
@@ -221,13 +148,13 @@ fn a_signed_bundle_is_accepted_from_an_oci_layout_and_verified_offline_afterward
     assert!(text.contains("read from the OCI layout"), "{text}");
     assert!(text.contains("signature verified (the cosign signature of its manifest, key"), "{text}");
     assert!(text.contains(&format!("signed build time {}", s.meta.built_at)), "{text}");
-    assert_eq!(std::fs::read(root.join("install").join(name())).unwrap(), s.object);
+    assert_eq!(std::fs::read(root.join("install").join(running_object_name())).unwrap(), s.object);
     // The evidence went beside it; no blob signature form.
     let evidence: Value = serde_json::from_slice(&std::fs::read(evidence_path(root)).unwrap()).unwrap();
     assert_eq!(evidence["mediaType"], sign::evidence::EVIDENCE_MEDIA_TYPE);
     assert_eq!(B64.decode(evidence["manifest"].as_str().unwrap()).unwrap(), manifest());
     assert!(evidence["attestation"].is_string(), "{evidence}");
-    assert!(!root.join("install").join(format!("{}.sig", name())).exists());
+    assert!(!root.join("install").join(format!("{}.sig", running_object_name())).exists());
     let state: Value = serde_json::from_slice(&std::fs::read(root.join("state/rollback.json")).unwrap()).unwrap();
     let (_, record) = state["identities"].as_object().unwrap().iter().next().unwrap();
     assert_eq!(record["built_at"], s.meta.built_at.as_str());
@@ -235,7 +162,7 @@ fn a_signed_bundle_is_accepted_from_an_oci_layout_and_verified_offline_afterward
     // The layout is gone: the installed object verifies from what is kept
     // beside it (its build time equals the record: accepted).
     std::fs::remove_dir_all(&layout).unwrap();
-    let mut again = agent(root);
+    let mut again = agent_in(root, "never");
     again.arg("--verify-key").arg(&s.public);
     let out = again.arg("locate").output().unwrap();
     let text = show(&out);
@@ -244,13 +171,13 @@ fn a_signed_bundle_is_accepted_from_an_oci_layout_and_verified_offline_afterward
     assert!(text.contains("the cosign signature of its manifest, kept beside it"), "{text}");
 
     // Another key: the kept evidence does not verify.
-    let out = agent(root).arg("--verify-key").arg(&s.other_public).arg("locate").output().unwrap();
+    let out = agent_in(root, "never").arg("--verify-key").arg(&s.other_public).arg("locate").output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(show(&out).contains("does not verify with any trusted key"), "{}", show(&out));
 
     // Every link of the kept chain, tampered: refused, nothing loaded.
     let good = std::fs::read(evidence_path(root)).unwrap();
-    eprintln!("{}.cosign.json: {} bytes", name(), good.len());
+    eprintln!("{}.cosign.json: {} bytes", running_object_name(), good.len());
     let key = SigningKey::load(&s.key).unwrap();
     let md = Digest::of_bytes(&manifest());
     let mut other_meta = s.meta.clone();
@@ -310,7 +237,7 @@ fn a_signed_bundle_is_accepted_from_an_oci_layout_and_verified_offline_afterward
     ];
     for (what, bytes, says) in cases {
         std::fs::write(evidence_path(root), &bytes).unwrap();
-        let out = run_agent(agent(root).arg("--verify-key").arg(&s.public));
+        let out = run_agent_for_a_second(agent_in(root, "never").arg("--verify-key").arg(&s.public));
         let text = show(&out);
         assert_eq!(out.status.code(), Some(1), "{what}: {text}");
         assert!(text.contains(says), "{what}: the output does not say {says:?}:\n{text}");
@@ -320,14 +247,14 @@ fn a_signed_bundle_is_accepted_from_an_oci_layout_and_verified_offline_afterward
     // The trust rules of a `.sig` apply: world-writable, or a symlink.
     std::fs::write(evidence_path(root), &good).unwrap();
     std::fs::set_permissions(evidence_path(root), std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
-    let out = run_agent(agent(root).arg("--verify-key").arg(&s.public));
+    let out = run_agent_for_a_second(agent_in(root, "never").arg("--verify-key").arg(&s.public));
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(show(&out).contains("refusing its .cosign.json"), "{}", show(&out));
     std::fs::remove_file(evidence_path(root)).unwrap();
     let elsewhere = root.join("elsewhere.json");
     std::fs::write(&elsewhere, &good).unwrap();
     std::os::unix::fs::symlink(&elsewhere, evidence_path(root)).unwrap();
-    let out = run_agent(agent(root).arg("--verify-key").arg(&s.public));
+    let out = run_agent_for_a_second(agent_in(root, "never").arg("--verify-key").arg(&s.public));
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(show(&out).contains("refusing its .cosign.json"), "{}", show(&out));
 
@@ -340,7 +267,7 @@ fn a_signed_bundle_is_accepted_from_an_oci_layout_and_verified_offline_afterward
         v.to_string()
     };
     std::fs::write(evidence_path(root), bare).unwrap();
-    let out = agent(root).arg("--verify-key").arg(&s.public).arg("locate").output().unwrap();
+    let out = agent_in(root, "never").arg("--verify-key").arg(&s.public).arg("locate").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert!(show(&out).contains("no signed build time"), "{}", show(&out));
 }
@@ -355,8 +282,8 @@ fn tampered_layouts_are_refused_and_nothing_is_installed_or_loaded() {
     // Another key trusted: refused.
     let tmp = tempfile::tempdir().unwrap();
     let l = layout(tmp.path());
-    let out = run_agent(&mut from_layout(tmp.path(), &l, &s.other_public));
-    assert_refused(&out, tmp.path(), &["its cosign signature does not verify", "any trusted key", "oci-layout:"]);
+    let out = run_agent_for_a_second(&mut from_layout(tmp.path(), &l, &s.other_public));
+    assert_agent_refused(&out, tmp.path(), &["its cosign signature does not verify", "any trusted key", "oci-layout:"]);
 
     // The `.sig` tag removed from index.json: unsigned.
     let tmp = tempfile::tempdir().unwrap();
@@ -366,8 +293,8 @@ fn tampered_layouts_are_refused_and_nothing_is_installed_or_loaded() {
     v["manifests"].as_array_mut().unwrap().retain(|e| e["annotations"][REF_NAME] != sig_tag.as_str());
     assert_eq!(v["manifests"].as_array().unwrap().len(), before - 1, "the bundle has no {sig_tag}");
     std::fs::write(l.join("index.json"), v.to_string()).unwrap();
-    let out = run_agent(&mut from_layout(tmp.path(), &l, &s.public));
-    assert_refused(&out, tmp.path(), &[&format!("unsigned (no cosign signature tag {sig_tag}")]);
+    let out = run_agent_for_a_second(&mut from_layout(tmp.path(), &l, &s.public));
+    assert_agent_refused(&out, tmp.path(), &[&format!("unsigned (no cosign signature tag {sig_tag}")]);
 
     // The signature's payload blob swapped for other bytes: its digest
     // no longer names it.
@@ -389,8 +316,8 @@ fn tampered_layouts_are_refused_and_nothing_is_installed_or_loaded() {
     let mut bytes = std::fs::read(&payload).unwrap();
     bytes[10] ^= 1;
     std::fs::write(&payload, bytes).unwrap();
-    let out = run_agent(&mut from_layout(tmp.path(), &l, &s.public));
-    assert_refused(&out, tmp.path(), &["its cosign signature does not verify", "hashes to"]);
+    let out = run_agent_for_a_second(&mut from_layout(tmp.path(), &l, &s.public));
+    assert_agent_refused(&out, tmp.path(), &["its cosign signature does not verify", "hashes to"]);
 
     // A validly signed payload of another manifest under this `.sig` tag.
     let tmp = tempfile::tempdir().unwrap();
@@ -402,8 +329,8 @@ fn tampered_layouts_are_refused_and_nothing_is_installed_or_loaded() {
         put_blob(&l, &b.data);
     }
     retag(&l, &sig_tag, &artifact.manifest);
-    let out = run_agent(&mut from_layout(tmp.path(), &l, &s.public));
-    assert_refused(&out, tmp.path(), &["its cosign signature does not verify", "the signed statement is for"]);
+    let out = run_agent_for_a_second(&mut from_layout(tmp.path(), &l, &s.public));
+    assert_agent_refused(&out, tmp.path(), &["its cosign signature does not verify", "the signed statement is for"]);
 
     // A platform manifest whose layer is another object (same size, its
     // identity intact), with the genuine signature copied to its tag: the
@@ -435,8 +362,8 @@ fn tampered_layouts_are_refused_and_nothing_is_installed_or_loaded() {
     entry["size"] = x.len().into();
     std::fs::write(l.join("index.json"), v.to_string()).unwrap();
     retag(&l, &sign::signature_tag(&om), &sig_manifest);
-    let out = run_agent(&mut from_layout(tmp.path(), &l, &s.public));
-    assert_refused(&out, tmp.path(), &["its cosign signature does not verify", "the signed statement is for"]);
+    let out = run_agent_for_a_second(&mut from_layout(tmp.path(), &l, &s.public));
+    assert_agent_refused(&out, tmp.path(), &["its cosign signature does not verify", "the signed statement is for"]);
 }
 
 #[test]
@@ -445,16 +372,22 @@ fn objects_from_oci_registries_are_verified_offline_once_the_registry_is_gone() 
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let url = format!("oci://{}/bpfarm", s.addr);
-    let out = agent(root).arg("--verify-key").arg(&s.public).args(["--registry", &url, "fetch"]).output().unwrap();
+    let out = agent_in(root, "never")
+        .arg("--verify-key")
+        .arg(&s.public)
+        .args(["--registry", &url, "fetch"])
+        .output()
+        .unwrap();
     let text = show(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("signature verified (the cosign signature of its manifest, key"), "{text}");
-    assert_eq!(std::fs::read(root.join("install").join(name())).unwrap(), s.object);
+    assert_eq!(std::fs::read(root.join("install").join(running_object_name())).unwrap(), s.object);
     assert!(evidence_path(root).is_file(), "{text}");
 
     // The registry stops: the next start verifies locally.
     drop(s.registry.lock().unwrap().take());
-    let out = run_agent(agent(root).arg("--verify-key").arg(&s.public).args(["--registry", &url]));
+    let out =
+        run_agent_for_a_second(agent_in(root, "never").arg("--verify-key").arg(&s.public).args(["--registry", &url]));
     let text = show(&out);
     if privileged("oci signed run, offline") {
         assert_eq!(out.status.code(), Some(0), "{text}");
@@ -519,7 +452,7 @@ fn cosign_reads_of_an_oci_attempt_stay_within_its_timeout_and_the_next_registry_
     let server = trickling_cosign_registry(&l);
     let slow = format!("oci://{}/acme", server.url.trim_start_matches("http://"));
     let started = Instant::now();
-    let out = agent(root)
+    let out = agent_in(root, "never")
         .arg("--verify-key")
         .arg(&s.public)
         .args(["--timeout", "2", "--registry", &slow, "--registry"])
@@ -538,7 +471,7 @@ fn cosign_reads_of_an_oci_attempt_stay_within_its_timeout_and_the_next_registry_
     // signature would take over 3.2 s.
     assert!(took < Duration::from_millis(3000), "took {took:?}:\n{text}");
     assert!(server.requests().iter().any(|r| r.path.ends_with(".sig")), "the signature tag was never asked for");
-    assert_eq!(std::fs::read(root.join("install").join(name())).unwrap(), s.object);
+    assert_eq!(std::fs::read(root.join("install").join(running_object_name())).unwrap(), s.object);
 }
 
 #[test]
@@ -569,7 +502,7 @@ fn an_unwritable_state_folder_fails_closed_and_nothing_is_loaded() {
         }
         c
     };
-    let read_only = || run_agent(&mut read_only_cmd());
+    let read_only = || run_agent_for_a_second(&mut read_only_cmd());
     let out = read_only();
     let text = show(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
@@ -598,7 +531,7 @@ fn an_unwritable_state_folder_fails_closed_and_nothing_is_loaded() {
     // Writable again: accepted and recorded. Then read-only once more: the
     // record already holds this build, so nothing needs writing and the
     // object is used.
-    let out = run_agent(&mut from_layout(root, &l, &s.public));
+    let out = run_agent_for_a_second(&mut from_layout(root, &l, &s.public));
     assert!(root.join("state/rollback.json").is_file(), "{}", show(&out));
     let out = read_only();
     let text = show(&out);

@@ -19,16 +19,11 @@ use std::time::{Duration, Instant};
 use bpfarm_object::embed::{self, EmbeddedIdentity};
 use bpfarm_object::{Arch, Digest, Identity, object_file_name};
 use bpfarm_tests::hostile::{Body, HostileServer, Reply, Request};
-use bpfarm_tests::{bin, output_with_peak_rss, privileged};
+use bpfarm_tests::{
+    agent_command, assert_fetch_refused_in_bounds, bin, chmod, output_with_peak_rss, privileged, process_dir, run_ok,
+    running_kernel_build, running_object_name, running_release, show, walk,
+};
 use serde_json::{Value, json};
-
-fn release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned()
-}
-
-fn name() -> String {
-    object_file_name(&release(), "v0.1.0")
-}
 
 /// The running kernel's object as the builder wrote it (identity embedded),
 /// its metadata, and the same object as it sits in the builder's cache
@@ -42,30 +37,14 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        // One folder per test process; those of processes that are gone are removed.
-        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        for e in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = n.strip_prefix("agent-trust-")
-                && !Path::new("/proc").join(pid).exists()
-            {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-        let dir = tmp.join(format!("agent-trust-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let out = Command::new(bin("bpfarm-builder"))
-            .args(["build", "--running-kernel", "--no-progress", "--cache-dir"])
-            .arg(dir.join("cache"))
-            .arg("--out")
-            .arg(dir.join("out"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let object = dir.join("out").join(std::env::consts::ARCH).join(name());
+        let dir = process_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "agent-trust-");
+        run_ok(&mut running_kernel_build(&dir.join("cache"), &dir.join("out")));
+        let object = dir.join("out").join(std::env::consts::ARCH).join(running_object_name());
         let bytes = std::fs::read(&object).unwrap();
-        let meta: Value =
-            serde_json::from_slice(&std::fs::read(object.with_file_name(format!("{}.json", name()))).unwrap()).unwrap();
+        let meta: Value = serde_json::from_slice(
+            &std::fs::read(object.with_file_name(format!("{}.json", running_object_name()))).unwrap(),
+        )
+        .unwrap();
         let bare = walk(&dir.join("cache/objects"))
             .into_iter()
             .find(|p| p.extension().is_some_and(|e| e == "o"))
@@ -77,45 +56,9 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// Every path under `root` (files, folders, links), recursively.
-fn walk(root: &Path) -> BTreeSet<PathBuf> {
-    let mut all = BTreeSet::new();
-    let Ok(rd) = std::fs::read_dir(root) else { return all };
-    for e in rd.flatten() {
-        let p = e.path();
-        all.insert(p.clone());
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            all.extend(walk(&p));
-        }
-    }
-    all
-}
-
 /// Everything under `root` outside `install`.
 fn outside(root: &Path, install: &Path) -> BTreeSet<PathBuf> {
     walk(root).into_iter().filter(|p| !p.starts_with(install)).collect()
-}
-
-fn agent(install: &Path) -> Command {
-    let mut c = Command::new(bin("bpfarm-agent"));
-    c.arg("--install-path").arg(install);
-    for v in ["TRACEE_BPF_FILE", "KERN_HEADERS", "BPFARM_REGISTRIES", "BPFARM_AGENT_CONFIG", "BPFARM_CA_CERT"] {
-        c.env_remove(v);
-    }
-    c
-}
-
-fn chmod(p: &Path, mode: u32) {
-    std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn stderr(o: &Output) -> String {
@@ -160,7 +103,7 @@ fn static_mirror(files: Vec<(String, Reply)>) -> HostileServer {
 }
 
 fn sha256_file(bytes: &[u8]) -> Reply {
-    Reply::bytes(200, "text/plain", format!("{}  {}\n", Digest::of_bytes(bytes).hex(), name()))
+    Reply::bytes(200, "text/plain", format!("{}  {}\n", Digest::of_bytes(bytes).hex(), running_object_name()))
 }
 
 /// Runs `agent fetch` against `registries` into a fresh install path of a
@@ -170,14 +113,14 @@ fn refused(registries: &[&str], extra: &[&str], cause: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let install = dir.path().join("install");
     let before = walk(dir.path());
-    let mut c = agent(&install);
+    let mut c = agent_command(&install);
     for r in registries {
         c.args(["--registry", r]);
     }
     let out = c.args(extra).args(["--build-policy", "never", "fetch"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(stderr(&out).contains(cause), "the message does not name {cause:?}:\n{}", show(&out));
-    assert!(!install.join(name()).exists(), "an object was installed:\n{}", show(&out));
+    assert!(!install.join(running_object_name()).exists(), "an object was installed:\n{}", show(&out));
     assert_eq!(walk(dir.path()).into_iter().filter(|p| !p.starts_with(&install)).collect::<BTreeSet<_>>(), before);
     assert!(walk(&install).iter().all(|p| p.ends_with(".bpfarm.lock")), "{:?}", walk(&install));
     out
@@ -194,7 +137,7 @@ fn hostile_v1_metadata_is_refused_and_nothing_is_written() {
         ("file_name", "../../pwned".into(), "is not the name its identity makes".into()),
         ("file_name", "/etc/cron.d/bpfarm-pwned".into(), "is not the name its identity makes".into()),
         ("arch", "aarch64".into(), "its arch is \"aarch64\", expected \"x86_64\"".into()),
-        ("kernel_release", rel.into(), format!("its kernel_release is \"{rel}\", expected \"{}\"", release())),
+        ("kernel_release", rel.into(), format!("its kernel_release is \"{rel}\", expected \"{}\"", running_release())),
         ("version", "v9.9.9".into(), "its version is \"v9.9.9\", expected \"v0.1.0\"".into()),
         ("kernel_release", "../../etc".into(), "invalid kernel release".into()),
     ];
@@ -229,7 +172,7 @@ fn a_registry_cannot_pass_off_another_kernels_object_or_an_unlabelled_one() {
             relabelled,
             format!(
                 "built for kernel 6.1.0-56-amd64 (x86_64) version v0.1.0, but this host needs kernel {}",
-                release()
+                running_release()
             ),
         ),
         (f.bare.clone(), "it carries no embedded identity (.bpfarm.identity section)".to_owned()),
@@ -241,8 +184,8 @@ fn a_registry_cannot_pass_off_another_kernels_object_or_an_unlabelled_one() {
         refused(&[&server.url], &[], &cause);
         // The same through a static mirror with no .json at all.
         let mirror = static_mirror(vec![
-            (format!("{}.sha256", name()), sha256_file(&bytes)),
-            (name(), Reply::bytes(200, "application/octet-stream", bytes.clone())),
+            (format!("{}.sha256", running_object_name()), sha256_file(&bytes)),
+            (running_object_name(), Reply::bytes(200, "application/octet-stream", bytes.clone())),
         ]);
         refused(&[&mirror.url], &[], &cause);
     }
@@ -254,22 +197,8 @@ fn oversized_and_endless_bodies_stop_at_their_cap() {
     let gib = 1u64 << 30;
     // Honest metadata, a blob that never ends: read stops at the metadata's size.
     let server = v1(f.meta.clone(), Body::Stream { total: gib, content_length: None });
-    let dir = tempfile::tempdir().unwrap();
-    let started = Instant::now();
-    let mut c = agent(&dir.path().join("install"));
-    c.args(["--registry", &server.url, "--build-policy", "never", "fetch"]);
-    let (out, rss) = output_with_peak_rss(&c);
-    let took = started.elapsed();
-    eprintln!("endless /v1 blob: refused in {took:?}, agent peak RSS {} MiB", rss >> 20);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    assert!(
-        stderr(&out).contains(&format!("it sent more than the {} bytes its metadata names", f.bytes.len())),
-        "{}",
-        show(&out)
-    );
-    assert!(rss < 64 << 20, "peak RSS {} MiB", rss >> 20);
-    assert!(took < Duration::from_secs(10), "{took:?}");
-    assert!(!dir.path().join("install").join(name()).exists());
+    let cause = format!("it sent more than the {} bytes its metadata names", f.bytes.len());
+    assert_fetch_refused_in_bounds("endless /v1 blob", &server.url, &cause);
 
     // Metadata that claims a 1 GiB object: refused before the download starts.
     let mut meta = f.meta.clone();
@@ -289,8 +218,11 @@ fn oversized_and_endless_bodies_stop_at_their_cap() {
     // A static mirror without .json whose object never ends: the object
     // limit holds (here lowered with --max-object-size).
     let mirror = static_mirror(vec![
-        (format!("{}.sha256", name()), sha256_file(&f.bytes)),
-        (name(), Reply { status: 200, headers: vec![], body: Body::Stream { total: gib, content_length: Some(gib) } }),
+        (format!("{}.sha256", running_object_name()), sha256_file(&f.bytes)),
+        (
+            running_object_name(),
+            Reply { status: 200, headers: vec![], body: Body::Stream { total: gib, content_length: Some(gib) } },
+        ),
     ]);
     refused(&[&mirror.url], &["--max-object-size", "1048576"], "the response is larger than 1048576 bytes");
 }
@@ -311,9 +243,9 @@ fn static_mirrors_json_is_checked_like_v1_metadata() {
             meta["file_name"] = object_file_name("6.1.0-56-amd64", "v0.1.0").into();
         }
         let mirror = static_mirror(vec![
-            (format!("{}.sha256", name()), sha256_file(&f.bytes)),
-            (format!("{}.json", name()), Reply::json(200, &meta)),
-            (name(), Reply::bytes(200, "application/octet-stream", f.bytes.clone())),
+            (format!("{}.sha256", running_object_name()), sha256_file(&f.bytes)),
+            (format!("{}.json", running_object_name()), Reply::json(200, &meta)),
+            (running_object_name(), Reply::bytes(200, "application/octet-stream", f.bytes.clone())),
         ]);
         refused(&[&mirror.url], &[], cause);
     }
@@ -333,14 +265,14 @@ fn trickling_registries_time_out_as_a_whole_and_the_next_one_is_tried() {
     // A static mirror whose object trickles (each chunk well within any
     // read timeout: only a deadline on the whole attempt stops it).
     let trickle_static = static_mirror(vec![
-        (format!("{}.sha256", name()), sha256_file(&f.bytes)),
-        (name(), Reply { status: 200, headers: vec![], body: slow(f.bytes.clone()) }),
+        (format!("{}.sha256", running_object_name()), sha256_file(&f.bytes)),
+        (running_object_name(), Reply { status: 200, headers: vec![], body: slow(f.bytes.clone()) }),
     ]);
     let good = honest();
     let dir = tempfile::tempdir().unwrap();
     let install = dir.path().join("install");
     let started = Instant::now();
-    let out = agent(&install)
+    let out = agent_command(&install)
         .args(["--registry", &trickle_v1.url, "--registry", &trickle_static.url, "--registry", &good.url])
         .args(["--timeout", "2", "--build-policy", "never", "fetch"])
         .output()
@@ -351,7 +283,7 @@ fn trickling_registries_time_out_as_a_whole_and_the_next_one_is_tried() {
     let err = stderr(&out);
     assert_eq!(err.matches("gave up: no complete answer within 2s (--timeout)").count(), 2, "{err}");
     assert!(took < Duration::from_secs(10), "{took:?}");
-    assert_eq!(std::fs::read(install.join(name())).unwrap(), f.bytes);
+    assert_eq!(std::fs::read(install.join(running_object_name())).unwrap(), f.bytes);
     // The agent made the install path itself: private to it.
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&install).unwrap().permissions()) & 0o777,
@@ -376,7 +308,7 @@ fn the_identity_is_embedded_after_the_cache() {
         assert!(o.status.success(), "{}", show(&o));
         let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
         let bytes = std::fs::read(
-            dir.path().join(out).join(std::env::consts::ARCH).join(object_file_name(&release(), version)),
+            dir.path().join(out).join(std::env::consts::ARCH).join(object_file_name(&running_release(), version)),
         )
         .unwrap();
         (stdout, bytes)
@@ -400,13 +332,13 @@ fn registry_headers_and_tokens_stay_on_their_origin() {
     let redirecting = HostileServer::start(move |r: &Request| Reply::redirect(&format!("{target}{}", r.path)));
     let dir = tempfile::tempdir().unwrap();
     let install = dir.path().join("install");
-    let out = agent(&install)
+    let out = agent_command(&install)
         .args(["--registry", &redirecting.url, "--registry-header", "X-Cdn-Secret: s3cr3t"])
         .args(["--registry-token", "tok3n", "--build-policy", "never", "fetch"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
-    assert_eq!(std::fs::read(install.join(name())).unwrap(), f.bytes);
+    assert_eq!(std::fs::read(install.join(running_object_name())).unwrap(), f.bytes);
     let mine = redirecting.requests();
     assert!(!mine.is_empty() && mine.iter().all(|r| r.header("x-cdn-secret") == Some("s3cr3t")));
     assert!(mine.iter().all(|r| r.header("authorization") == Some("Bearer tok3n")));
@@ -433,11 +365,15 @@ fn a_foreign_owned_install_path_is_refused_and_never_written() {
     std::fs::create_dir(&src).unwrap();
     chmod(&src, 0o755);
     chmod(dir.path(), 0o755);
-    std::fs::write(src.join(name()), &f.bytes).unwrap();
-    std::fs::write(src.join(format!("{}.json", name())), serde_json::to_vec(&f.meta).unwrap()).unwrap();
+    std::fs::write(src.join(running_object_name()), &f.bytes).unwrap();
+    std::fs::write(src.join(format!("{}.json", running_object_name())), serde_json::to_vec(&f.meta).unwrap()).unwrap();
     // A self-consistent object and .json, planted as nobody.
-    let script =
-        format!("mkdir {p} && cp {s}/{n} {s}/{n}.json {p}/", p = planted.display(), s = src.display(), n = name());
+    let script = format!(
+        "mkdir {p} && cp {s}/{n} {s}/{n}.json {p}/",
+        p = planted.display(),
+        s = src.display(),
+        n = running_object_name()
+    );
     let st = Command::new("setpriv")
         .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "sh", "-c", &script])
         .status()
@@ -446,14 +382,15 @@ fn a_foreign_owned_install_path_is_refused_and_never_written() {
     let planted_files = walk(&planted);
     let before = walk(dir.path());
 
-    let out = agent(&planted).args(["--build-policy", "never", "locate"]).output().unwrap();
+    let out = agent_command(&planted).args(["--build-policy", "never", "locate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     assert!(all.contains(&format!("{} is owned by uid 65534; refusing to load from it", planted.display())), "{all}");
 
     // Fetching from a registry works, but nothing is written into the planted folder.
     let good = honest();
-    let out = agent(&planted).args(["--registry", &good.url, "--build-policy", "never", "fetch"]).output().unwrap();
+    let out =
+        agent_command(&planted).args(["--registry", &good.url, "--build-policy", "never", "fetch"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(
         stderr(&out).contains("installing failed") && stderr(&out).contains("owned by uid 65534"),
@@ -467,7 +404,8 @@ fn a_foreign_owned_install_path_is_refused_and_never_written() {
     let open = dir.path().join("open");
     std::fs::create_dir(&open).unwrap();
     chmod(&open, 0o777);
-    let out = agent(&open).args(["--registry", &good.url, "--build-policy", "never", "fetch"]).output().unwrap();
+    let out =
+        agent_command(&open).args(["--registry", &good.url, "--build-policy", "never", "fetch"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(stderr(&out).contains("is writable by everyone (mode 0777)"), "{}", show(&out));
     assert!(walk(&open).is_empty());
@@ -475,7 +413,7 @@ fn a_foreign_owned_install_path_is_refused_and_never_written() {
     // `run` still works from the verified bytes in memory: a planted
     // /tmp/tracee cannot keep a fleet host from tracing.
     if privileged("a_foreign_owned_install_path_is_refused_and_never_written") {
-        let out = agent(&planted)
+        let out = agent_command(&planted)
             .args(["--registry", &good.url, "--build-policy", "never", "run", "--duration", "1", "--output", "json"])
             .output()
             .unwrap();
@@ -500,7 +438,8 @@ fn the_lock_and_objects_are_never_followed_through_symlinks() {
     std::fs::create_dir(dir.path().join("elsewhere")).unwrap();
     std::os::unix::fs::symlink(&target, install.join(".bpfarm.lock")).unwrap();
     let good = honest();
-    let out = agent(&install).args(["--registry", &good.url, "--build-policy", "never", "fetch"]).output().unwrap();
+    let out =
+        agent_command(&install).args(["--registry", &good.url, "--build-policy", "never", "fetch"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(
         stderr(&out).contains(&format!("{}/.bpfarm.lock is a symbolic link; refusing to follow it", install.display())),
@@ -508,15 +447,16 @@ fn the_lock_and_objects_are_never_followed_through_symlinks() {
         show(&out)
     );
     assert!(!target.exists(), "the lock was followed through its symlink");
-    assert!(!install.join(name()).exists());
+    assert!(!install.join(running_object_name()).exists());
 
     // An object in the install path that is a symlink (to a good object) is not read.
     std::fs::remove_file(install.join(".bpfarm.lock")).unwrap();
-    let real = dir.path().join("elsewhere").join(name());
+    let real = dir.path().join("elsewhere").join(running_object_name());
     std::fs::write(&real, &f.bytes).unwrap();
-    std::os::unix::fs::symlink(&real, install.join(name())).unwrap();
-    std::fs::write(install.join(format!("{}.json", name())), serde_json::to_vec(&f.meta).unwrap()).unwrap();
-    let out = agent(&install).args(["--build-policy", "never", "locate"]).output().unwrap();
+    std::os::unix::fs::symlink(&real, install.join(running_object_name())).unwrap();
+    std::fs::write(install.join(format!("{}.json", running_object_name())), serde_json::to_vec(&f.meta).unwrap())
+        .unwrap();
+    let out = agent_command(&install).args(["--build-policy", "never", "locate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("is a symbolic link; refusing to follow it"),
@@ -542,9 +482,10 @@ fn an_install_removes_temp_files_a_killed_writer_left_and_nothing_else() {
     std::fs::write(install.join(".tmp-not-ours"), b"x").unwrap();
     std::fs::write(install.join("notes.txt"), b"x").unwrap();
     let good = honest();
-    let out = agent(&install).args(["--registry", &good.url, "--build-policy", "never", "fetch"]).output().unwrap();
+    let out =
+        agent_command(&install).args(["--registry", &good.url, "--build-policy", "never", "fetch"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    assert_eq!(std::fs::read(install.join(name())).unwrap(), f.bytes);
+    assert_eq!(std::fs::read(install.join(running_object_name())).unwrap(), f.bytes);
     assert!(!install.join(".tmp-0123456789abcdef").exists(), "a stale temp file stayed");
     assert!(std::fs::symlink_metadata(install.join(".tmp-fedcba9876543210")).is_err(), "the planted link stayed");
     assert_eq!(std::fs::read(&outside_file).unwrap(), b"keep", "the link was followed");
@@ -556,14 +497,14 @@ fn locate_writes_nothing() {
     let good = honest();
     let dir = tempfile::tempdir().unwrap();
     let install = dir.path().join("a/b/install");
-    let out = agent(&install).args(["--registry", &good.url, "locate", "--output", "json"]).output().unwrap();
+    let out = agent_command(&install).args(["--registry", &good.url, "locate", "--output", "json"]).output().unwrap();
     assert!(out.status.success(), "{}", show(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["source"], "registry", "{v:#}");
     assert!(walk(dir.path()).is_empty(), "locate wrote {:?}", walk(dir.path()));
     // An existing install path gets no lock file either.
     std::fs::create_dir_all(&install).unwrap();
-    let out = agent(&install).args(["--registry", &good.url, "locate"]).output().unwrap();
+    let out = agent_command(&install).args(["--registry", &good.url, "locate"]).output().unwrap();
     assert!(out.status.success(), "{}", show(&out));
     assert!(walk(&install).is_empty(), "locate wrote {:?}", walk(&install));
     // Only the registry's lookup was asked, never a download.
@@ -691,7 +632,8 @@ fn https_registries_and_mirrors_with_a_private_ca() {
     let out = publish(&["--ca-cert", ca.to_str().unwrap()]);
     assert!(out.status.success(), "{}", show(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 published"), "{}", show(&out));
-    let object = std::fs::read(dir.path().join("out").join(std::env::consts::ARCH).join(name())).unwrap();
+    let object =
+        std::fs::read(dir.path().join("out").join(std::env::consts::ARCH).join(running_object_name())).unwrap();
 
     // The static layout behind the same TLS.
     let out = Command::new(bin("bpfarm-registry"))
@@ -705,7 +647,7 @@ fn https_registries_and_mirrors_with_a_private_ca() {
     let mirror = format!("{}/static", tls.1);
 
     let fetch = |registry: &str, install: &Path, ca: Option<&Path>, env_ca: Option<&Path>| {
-        let mut c = agent(install);
+        let mut c = agent_command(install);
         c.args(["--registry", registry, "--build-policy", "never", "--timeout", "10", "fetch"]);
         if let Some(ca) = ca {
             c.arg("--ca-cert").arg(ca);
@@ -720,15 +662,15 @@ fn https_registries_and_mirrors_with_a_private_ca() {
         let out = fetch(url, &install, None, None);
         assert_eq!(out.status.code(), Some(1), "{}", show(&out));
         assert!(stderr(&out).contains("invalid peer certificate: UnknownIssuer"), "{}", show(&out));
-        assert!(!install.join(name()).exists());
+        assert!(!install.join(running_object_name()).exists());
         let install = dir.path().join(format!("with-{i}"));
         let out = fetch(url, &install, Some(&ca), None);
         assert!(out.status.success(), "{}", show(&out));
-        assert_eq!(std::fs::read(install.join(name())).unwrap(), object);
+        assert_eq!(std::fs::read(install.join(running_object_name())).unwrap(), object);
         let install = dir.path().join(format!("env-{i}"));
         let out = fetch(url, &install, None, Some(&ca));
         assert!(out.status.success(), "{}", show(&out));
-        assert_eq!(std::fs::read(install.join(name())).unwrap(), object);
+        assert_eq!(std::fs::read(install.join(running_object_name())).unwrap(), object);
     }
     // A CA file that holds no certificate is a clear error, not "no CA".
     let junk = dir.path().join("junk.pem");
@@ -751,13 +693,13 @@ fn plain_http_to_anything_but_loopback_needs_insecure() {
     assert!(good.requests().is_empty(), "a request went out over plain http");
     let dir = tempfile::tempdir().unwrap();
     let install = dir.path().join("install");
-    let out = agent(&install)
+    let out = agent_command(&install)
         .args(["--registry", &remote, "--insecure", "--build-policy", "never", "fetch"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
     assert!(stderr(&out).contains("warning:") && stderr(&out).contains("(--insecure)"), "{}", show(&out));
-    assert_eq!(std::fs::read(install.join(name())).unwrap(), fixture().bytes);
+    assert_eq!(std::fs::read(install.join(running_object_name())).unwrap(), fixture().bytes);
     // The builder's --publish follows the same rule, before building anything.
     let out = Command::new(bin("bpfarm-builder"))
         .args(["build", "--running-kernel", "--no-progress", "--publish", &remote, "--out"])
@@ -781,8 +723,8 @@ fn oci_registry(claimed: u64, blob: Body, trickle_manifest: bool, index_digest: 
         "artifactType": bpfarm_object::oci::ARTIFACT_TYPE,
         "config": { "mediaType": bpfarm_object::oci::EMPTY_MEDIA_TYPE, "digest": Digest::of_bytes(b"{}").to_string(), "size": 2 },
         "layers": [{ "mediaType": bpfarm_object::oci::LAYER_MEDIA_TYPE, "digest": digest.to_string(), "size": claimed,
-                     "annotations": { bpfarm_object::oci::ANN_TITLE: name() } }],
-        "annotations": { bpfarm_object::oci::ANN_RELEASE: release(), bpfarm_object::oci::ANN_ARCH: std::env::consts::ARCH,
+                     "annotations": { bpfarm_object::oci::ANN_TITLE: running_object_name() } }],
+        "annotations": { bpfarm_object::oci::ANN_RELEASE: running_release(), bpfarm_object::oci::ANN_ARCH: std::env::consts::ARCH,
                          bpfarm_object::oci::ANN_VERSION: "v0.1.0" }
     })
     .to_string();
@@ -792,10 +734,10 @@ fn oci_registry(claimed: u64, blob: Body, trickle_manifest: bool, index_digest: 
         "mediaType": bpfarm_object::oci::INDEX_MEDIA_TYPE,
         "manifests": [{ "mediaType": bpfarm_object::oci::MANIFEST_MEDIA_TYPE, "digest": index_digest.unwrap_or(md.as_str()),
                         "size": manifest.len(), "platform": { "architecture": "amd64", "os": "linux" } }],
-        "annotations": { bpfarm_object::oci::ANN_RELEASE: release(), bpfarm_object::oci::ANN_VERSION: "v0.1.0" }
+        "annotations": { bpfarm_object::oci::ANN_RELEASE: running_release(), bpfarm_object::oci::ANN_VERSION: "v0.1.0" }
     })
     .to_string();
-    let tag = bpfarm_object::oci::tag(&release(), "v0.1.0", false);
+    let tag = bpfarm_object::oci::tag(&running_release(), "v0.1.0", false);
     HostileServer::start(move |r: &Request| {
         let p = r.path.as_str();
         if p == "/v2/" {
@@ -849,7 +791,7 @@ fn oci_registries_that_trickle_flood_or_lie_are_bounded_and_the_next_is_tried() 
     for (server, cause) in cases {
         let dir = tempfile::tempdir().unwrap();
         let install = dir.path().join("install");
-        let mut c = agent(&install);
+        let mut c = agent_command(&install);
         c.args([
             "--registry",
             &oci(&server),
@@ -866,7 +808,7 @@ fn oci_registries_that_trickle_flood_or_lie_are_bounded_and_the_next_is_tried() 
         let took = started.elapsed();
         eprintln!("OCI {cause:?}: {took:?}, agent peak RSS {} MiB", rss >> 20);
         assert!(out.status.success(), "{}", show(&out));
-        assert_eq!(std::fs::read(install.join(name())).unwrap(), f.bytes);
+        assert_eq!(std::fs::read(install.join(running_object_name())).unwrap(), f.bytes);
         let first = stderr(&out).lines().find(|l| l.contains("registry oci://")).unwrap_or_default().to_owned();
         match cause.as_deref() {
             None => {
@@ -890,7 +832,7 @@ fn uppercase_and_malformed_oci_targets_are_errors_and_later_registries_are_tried
     let good = honest();
     let dir = tempfile::tempdir().unwrap();
     let install = dir.path().join("install");
-    let out = agent(&install)
+    let out = agent_command(&install)
         .args(["--registry", "oci://127.0.0.1:1/ACME", "--registry", "oci://127.0.0.1:1/a//b", "--registry", "oci://x"])
         .args(["--registry", &good.url, "--build-policy", "never", "fetch"])
         .output()
@@ -963,7 +905,12 @@ fn objects_given_by_path_must_name_this_kernel_unless_forced() {
     assert_eq!(embed::read(&std::fs::read(&arm).unwrap()).unwrap().unwrap().identity.arch, Arch::Aarch64);
     let install = dir.path().join("install");
     let locate = |file: &Path, extra: &[&str]| {
-        agent(&install).env("TRACEE_BPF_FILE", file).args(extra).args(["locate", "--output", "json"]).output().unwrap()
+        agent_command(&install)
+            .env("TRACEE_BPF_FILE", file)
+            .args(extra)
+            .args(["locate", "--output", "json"])
+            .output()
+            .unwrap()
     };
     // Same release on paper, another arch: refused, naming both.
     let out = locate(&arm, &["--kernel-release", "6.12.117+deb12-arm64"]);
@@ -978,7 +925,8 @@ fn objects_given_by_path_must_name_this_kernel_unless_forced() {
     let out = locate(&arm, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("but this host needs kernel {} (x86_64)", release()))
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("but this host needs kernel {} (x86_64)", running_release()))
     );
     // --force-object accepts it, loudly.
     let out = locate(&arm, &["--force-object"]);
@@ -998,19 +946,19 @@ fn objects_given_by_path_must_name_this_kernel_unless_forced() {
     // --force-object does nothing for the install path: an unlabelled
     // object there is refused even with a matching .json.
     std::fs::create_dir(&install).unwrap();
-    std::fs::write(install.join(name()), &f.bare).unwrap();
+    std::fs::write(install.join(running_object_name()), &f.bare).unwrap();
     let mut meta = f.meta.clone();
     meta["digest"] = Digest::of_bytes(&f.bare).to_string().into();
     meta["size"] = f.bare.len().into();
-    std::fs::write(install.join(format!("{}.json", name())), meta.to_string()).unwrap();
-    let out = agent(&install).args(["--force-object", "--build-policy", "never", "locate"]).output().unwrap();
+    std::fs::write(install.join(format!("{}.json", running_object_name())), meta.to_string()).unwrap();
+    let out = agent_command(&install).args(["--force-object", "--build-policy", "never", "locate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("carries no embedded identity"), "{}", show(&out));
 
     if privileged("objects_given_by_path_must_name_this_kernel_unless_forced") {
         // run refuses before loading...
         let run = |extra: &[&str]| {
-            agent(&dir.path().join("run"))
+            agent_command(&dir.path().join("run"))
                 .env("TRACEE_BPF_FILE", &arm)
                 .args(extra)
                 .args(["run", "--duration", "1", "--output", "json"])
@@ -1040,7 +988,7 @@ fn registries_come_from_flags_then_env_then_the_config_file() {
     std::fs::write(&config, format!("registries = [\"{}\"]\nbuild_policy = \"never\"\n", a.url)).unwrap();
     let install = dir.path().join("install");
     let locate = |env: Option<&str>, flag: Option<&str>| {
-        let mut cmd = agent(&install);
+        let mut cmd = agent_command(&install);
         cmd.arg("--config").arg(&config);
         if let Some(e) = env {
             cmd.env("BPFARM_REGISTRIES", e);
@@ -1068,7 +1016,7 @@ fn registries_come_from_flags_then_env_then_the_config_file() {
         "{places:?}"
     );
     // The file's build_policy applies: never, so nothing is built.
-    let out = agent(&dir.path().join("empty"))
+    let out = agent_command(&dir.path().join("empty"))
         .arg("--config")
         .arg(&config)
         .env("BPFARM_REGISTRIES", "http://127.0.0.1:1")
@@ -1080,15 +1028,16 @@ fn registries_come_from_flags_then_env_then_the_config_file() {
 
     // A config anyone could have written is not trusted; neither is a misspelt key.
     chmod(&config, 0o666);
-    let out = agent(&install).arg("--config").arg(&config).arg("locate").output().unwrap();
+    let out = agent_command(&install).arg("--config").arg(&config).arg("locate").output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(stderr(&out).contains("config file") && stderr(&out).contains("is writable by everyone"), "{}", show(&out));
     chmod(&config, 0o600);
     std::fs::write(&config, "registires = []\n").unwrap();
-    let out = agent(&install).arg("--config").arg(&config).arg("locate").output().unwrap();
+    let out = agent_command(&install).arg("--config").arg(&config).arg("locate").output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(stderr(&out).contains("unknown field `registires`"), "{}", show(&out));
-    let out = agent(&install).arg("--config").arg(dir.path().join("missing.toml")).arg("locate").output().unwrap();
+    let out =
+        agent_command(&install).arg("--config").arg(dir.path().join("missing.toml")).arg("locate").output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(stderr(&out).contains("missing.toml does not exist"), "{}", show(&out));
 }

@@ -12,17 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bpfarm_object::oci_layout::OciLayout;
 use bpfarm_object::{Arch, Digest, Identity, ObjectMetadata, oci};
-use bpfarm_tests::{Registry, bin, client, sample_metadata, serve, token};
+use bpfarm_tests::{Registry, bin, client, registry_snapshot, sample_metadata, serve, show, token};
 use serde_json::Value;
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn registry_cmd(args: &[&str]) -> Output {
     Command::new(bin("bpfarm-registry")).args(args).output().unwrap()
@@ -62,28 +53,17 @@ fn populated(dir: &Path, objects: &[(&str, Arch, &str)]) -> (Registry, String, P
 }
 
 /// Everything a registry's data folder holds that matters: the index's
-/// rows (as sqlite3 dumps them) and every blob file with its bytes' digest,
-/// and the entries of `blobs/` (no staging left behind).
+/// rows and every blob file with its bytes' digest
+/// ([`registry_snapshot`]), and the entries of `blobs/` (no staging left
+/// behind).
 fn snapshot(data: &Path) -> (String, Vec<(String, String)>, Vec<String>) {
-    let dump = Command::new("sqlite3").arg(data.join("index.sqlite")).arg(".dump").output().unwrap();
-    assert!(dump.status.success(), "{}", show(&dump));
-    let mut files = Vec::new();
-    let root = data.join("blobs/sha256");
-    for d in std::fs::read_dir(&root).unwrap() {
-        let d = d.unwrap().path();
-        for f in std::fs::read_dir(&d).unwrap() {
-            let f = f.unwrap().path();
-            let bytes = std::fs::read(&f).unwrap();
-            files.push((f.strip_prefix(&root).unwrap().display().to_string(), Digest::of_bytes(&bytes).to_string()));
-        }
-    }
-    files.sort();
+    let (rows, files) = registry_snapshot(data);
     let mut top: Vec<String> = std::fs::read_dir(data.join("blobs"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into())
         .collect();
     top.sort();
-    (String::from_utf8(dump.stdout).unwrap(), files, top)
+    (rows, files, top)
 }
 
 fn http_get(url: &str) -> (u16, Vec<u8>) {

@@ -10,20 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use bpfarm_object::client::SignedUpload;
+use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
 use bpfarm_object::sign::{self, BuilderInfo, SigningKey, cosign};
 use bpfarm_object::{Arch, Digest, ObjectMetadata, oci};
 use bpfarm_tests::hostile::{HostileServer, Reply};
-use bpfarm_tests::{bin, client, sample_metadata, serve, token};
+use bpfarm_tests::{beside, bin, client, openssl_key, registry_snapshot, sample_metadata, serve, show, token};
 use serde_json::Value;
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn registry_cmd(args: &[&str]) -> Output {
     Command::new(bin("bpfarm-registry")).args(args).env_remove("BPFARM_REGISTRY_TRUSTED_KEYS").output().unwrap()
@@ -33,34 +25,17 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// A P-256 key pair from `openssl genpkey`: (private PEM path, public PEM path).
-fn openssl_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub"));
-    for args in [
-        vec!["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", p(&key)],
-        vec!["pkey", "-pubout", "-in", p(&key), "-out", p(&public)],
-    ] {
-        let o = Command::new("openssl").args(&args).output().expect("openssl (ci/install-deps installs it)");
-        assert!(o.status.success(), "{}", show(&o));
-    }
-    (key, public)
+/// `cosign verify-blob` of `file` and its `.sig` beside it, with no network.
+fn cosign_verify_blob(home: &Path, public: &Path, file: &Path) -> Output {
+    bpfarm_tests::cosign::verify_blob(home, public, &beside(file, ".sig"), file)
 }
 
-/// `cosign verify-blob` in a fresh network namespace (no network at all).
-fn cosign_verify_blob(home: &Path, public: &Path, file: &Path) -> Output {
-    let state = home.join("cosign-home");
-    std::fs::create_dir_all(&state).unwrap();
-    Command::new("unshare")
-        .args(["-rn", "cosign", "verify-blob", "--insecure-ignore-tlog", "--key"])
-        .arg(public)
-        .arg("--signature")
-        .arg(format!("{}.sig", file.display()))
-        .arg(file)
-        .env("HOME", &state)
-        .env("TUF_ROOT", state.join("tuf"))
-        .output()
-        .expect("unshare runs cosign (ci/install-deps installs cosign)")
+/// Two P-256 keys made under `dir`: the signer (with its public key's
+/// file) and a stranger.
+fn signer_and_stranger(dir: &Path) -> (SigningKey, PathBuf, SigningKey) {
+    let (key, public) = openssl_key(dir, "signer");
+    let (stranger, _) = openssl_key(dir, "stranger");
+    (SigningKey::load(&key).unwrap(), public, SigningKey::load(&stranger).unwrap())
 }
 
 fn object(release: &str) -> Vec<u8> {
@@ -76,22 +51,6 @@ fn signed(key: &SigningKey, reference: &str, release: &str) -> (ObjectMetadata, 
     let up =
         SignedUpload { signature: s.signature.into_bytes(), attestation: s.provenance.to_jsonl(), manifest_signature };
     (meta, bytes, up)
-}
-
-/// The index's rows and every blob file (with its bytes' digest).
-fn snapshot(data: &Path) -> (String, Vec<(String, String)>) {
-    let dump = Command::new("sqlite3").arg("-readonly").arg(data.join("index.sqlite")).arg(".dump").output().unwrap();
-    assert!(dump.status.success(), "{}", show(&dump));
-    let mut files = Vec::new();
-    let root = data.join("blobs/sha256");
-    for d in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
-            let bytes = std::fs::read(f.path()).unwrap();
-            files.push((f.file_name().to_string_lossy().into_owned(), Digest::of_bytes(&bytes).to_string()));
-        }
-    }
-    files.sort();
-    (String::from_utf8(dump.stdout).unwrap(), files)
 }
 
 fn stored(data: &Path, d: &Digest) -> bool {
@@ -130,10 +89,7 @@ fn lying_proxy(upstream: &str, lie: impl Fn(&mut Vec<Value>) + Send + Sync + 'st
 #[test]
 fn mirror_carries_signatures_and_refuses_what_the_trust_policy_or_a_lying_upstream_would_lose() {
     let home = tempfile::tempdir().unwrap();
-    let (key_path, public) = openssl_key(home.path(), "signer");
-    let (stranger_path, _) = openssl_key(home.path(), "stranger");
-    let key = SigningKey::load(&key_path).unwrap();
-    let stranger = SigningKey::load(&stranger_path).unwrap();
+    let (key, public, stranger) = signer_and_stranger(home.path());
 
     // Upstream (no policy of its own): one object signed by the trusted
     // key, one unsigned, one signed by a stranger.
@@ -179,7 +135,7 @@ fn mirror_carries_signatures_and_refuses_what_the_trust_policy_or_a_lying_upstre
         assert!(!stored(&dmz, d), "{d} of a refused object was stored");
     }
     // Resumable: a rerun refuses the same two again and changes nothing.
-    let before = snapshot(&dmz);
+    let before = registry_snapshot(&dmz);
     let o = mirror(&up.url, true);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(
@@ -187,7 +143,7 @@ fn mirror_carries_signatures_and_refuses_what_the_trust_policy_or_a_lying_upstre
         "{}",
         show(&o)
     );
-    assert_eq!(snapshot(&dmz), before, "a rerun changed the mirror");
+    assert_eq!(registry_snapshot(&dmz), before, "a rerun changed the mirror");
     {
         let served = serve(&dmz);
         let here = lookup(&served.url, SIGNED).unwrap();
@@ -229,7 +185,7 @@ fn mirror_carries_signatures_and_refuses_what_the_trust_policy_or_a_lying_upstre
             e["signature"] = foreign["signature"].clone();
         }
     });
-    let before = snapshot(&dmz);
+    let before = registry_snapshot(&dmz);
     for (keys, says) in
         [(true, "the signature is refused"), (false, "already has this object with other signatures attached")]
     {
@@ -243,10 +199,10 @@ fn mirror_carries_signatures_and_refuses_what_the_trust_policy_or_a_lying_upstre
         );
         // Without keys the other two come in; the signed one keeps its files.
         if keys {
-            assert_eq!(snapshot(&dmz), before, "a refused swap changed the mirror");
+            assert_eq!(registry_snapshot(&dmz), before, "a refused swap changed the mirror");
         }
     }
-    let after_swaps = snapshot(&dmz);
+    let after_swaps = registry_snapshot(&dmz);
 
     // A lying upstream strips the signatures: the same object here keeps
     // what it has (no refusal, nothing lost).
@@ -259,7 +215,7 @@ fn mirror_carries_signatures_and_refuses_what_the_trust_policy_or_a_lying_upstre
     });
     let o = mirror(&stripping.url, false);
     assert!(o.status.success(), "{}", show(&o));
-    assert_eq!(snapshot(&dmz), after_swaps, "stripped signatures changed the mirror");
+    assert_eq!(registry_snapshot(&dmz), after_swaps, "stripped signatures changed the mirror");
 
     // The upstream replaces the signed object with an unsigned one: the
     // mirror refuses to lose the signature, with or without keys.
@@ -279,7 +235,7 @@ fn mirror_carries_signatures_and_refuses_what_the_trust_policy_or_a_lying_upstre
             )
         };
         assert!(err.contains(&says), "keys {keys}: {}", show(&o));
-        assert_eq!(snapshot(&dmz), after_swaps, "a refused replacement changed the mirror");
+        assert_eq!(registry_snapshot(&dmz), after_swaps, "a refused replacement changed the mirror");
         assert!(!stored(&dmz, &newer_meta.digest));
     }
     let served = serve(&dmz);
@@ -367,10 +323,10 @@ fn a_signed_bundle_imports_under_a_trusted_key_and_exports_the_same_files_cosign
     let o = registry_cmd(&["import", "--data", p(&data_b), "--trusted-key", p(&public), p(&tar)]);
     assert!(o.status.success(), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("1 objects published"), "{}", show(&o));
-    let before = snapshot(&data_b);
+    let before = registry_snapshot(&data_b);
     let o = registry_cmd(&["import", "--data", p(&data_b), "--trusted-key", p(&public), p(&tar)]);
     assert!(String::from_utf8_lossy(&o.stdout).contains(": 0 new blobs (0 bytes), 0 new manifests"), "{}", show(&o));
-    assert_eq!(snapshot(&data_b), before, "importing again changed the registry");
+    assert_eq!(registry_snapshot(&data_b), before, "importing again changed the registry");
     {
         let b = serve(&data_b);
         let view_b = lookup(&b.url, SIGNED).unwrap();
@@ -421,17 +377,14 @@ fn a_signed_bundle_imports_under_a_trusted_key_and_exports_the_same_files_cosign
 #[test]
 fn import_refuses_unsigned_foreign_and_resigned_objects_and_writes_nothing() {
     let home = tempfile::tempdir().unwrap();
-    let (key_path, public) = openssl_key(home.path(), "signer");
-    let (stranger_path, _) = openssl_key(home.path(), "stranger");
-    let key = SigningKey::load(&key_path).unwrap();
-    let stranger = SigningKey::load(&stranger_path).unwrap();
+    let (key, public, stranger) = signer_and_stranger(home.path());
     // The target holds the object signed by the trusted key.
     let (_t, data) = registry_with(&home.path().join("t"), |c| {
         let (meta, bytes, up) = signed(&key, &c.docker_reference(), SIGNED);
         c.publish_signed(&meta, &bytes, false, &up).unwrap();
     });
     drop(_t);
-    let before = snapshot(&data);
+    let before = registry_snapshot(&data);
     let attempt = |tar: &Path, keys: bool, says: &str| {
         let mut args = vec!["import", "--data", p(&data)];
         if keys {
@@ -442,7 +395,7 @@ fn import_refuses_unsigned_foreign_and_resigned_objects_and_writes_nothing() {
         assert_eq!(o.status.code(), Some(1), "{}", show(&o));
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(says) && err.contains("nothing was imported"), "{says}: {}", show(&o));
-        assert_eq!(snapshot(&data), before, "a refused import changed the registry ({says})");
+        assert_eq!(registry_snapshot(&data), before, "a refused import changed the registry ({says})");
     };
     // An unsigned object, under the key.
     let (_u, data_u) = registry_with(&home.path().join("u"), |c| {
@@ -496,7 +449,7 @@ fn import_refuses_signatures_for_an_object_held_unsigned_and_writes_nothing() {
     });
     let tar = home.path().join("s.tar");
     bundle(&data_s, &tar);
-    let before = snapshot(&data);
+    let before = registry_snapshot(&data);
     for keys in [false, true] {
         let mut args = vec!["import", "--data", p(&data)];
         if keys {
@@ -513,17 +466,14 @@ fn import_refuses_signatures_for_an_object_held_unsigned_and_writes_nothing() {
             "{}",
             show(&o)
         );
-        assert_eq!(snapshot(&data), before, "a refused import changed the registry (keys: {keys})");
+        assert_eq!(registry_snapshot(&data), before, "a refused import changed the registry (keys: {keys})");
     }
 }
 
 #[test]
 fn resent_signatures_replace_only_when_asked_and_attestations_name_their_object() {
     let home = tempfile::tempdir().unwrap();
-    let (key_path, _) = openssl_key(home.path(), "signer");
-    let (stranger_path, _) = openssl_key(home.path(), "stranger");
-    let key = SigningKey::load(&key_path).unwrap();
-    let stranger = SigningKey::load(&stranger_path).unwrap();
+    let (key, _, stranger) = signer_and_stranger(home.path());
     // No --trusted-key: what holds here holds for every registry.
     let data = home.path().join("data");
     let push = token(&data, "ci", "push");
@@ -546,12 +496,12 @@ fn resent_signatures_replace_only_when_asked_and_attestations_name_their_object(
     let (_, _, theirs) = signed(&stranger, &c.docker_reference(), SIGNED);
     upload(&theirs.signature);
     upload(&theirs.attestation);
-    let before = snapshot(&data);
+    let before = registry_snapshot(&data);
     let e = c.publish_signed(&meta, &bytes, false, &theirs).unwrap_err();
     assert_eq!(e.status(), Some(409), "{e}");
     assert!(e.to_string().contains("already has this object with other signatures attached"), "{e}");
     assert!(e.to_string().contains("?replace=true"), "{e}");
-    assert_eq!(snapshot(&data), before, "refused signatures changed the store");
+    assert_eq!(registry_snapshot(&data), before, "refused signatures changed the store");
     assert_eq!(lookup(&r.url, SIGNED).unwrap()["signature"]["digest"], Digest::of_bytes(&mine.signature).as_str());
     // The same signatures again are a no-op.
     assert_eq!(c.publish_signed(&meta, &bytes, false, &mine).unwrap(), bpfarm_object::client::Published::Skipped);
@@ -566,39 +516,25 @@ fn resent_signatures_replace_only_when_asked_and_attestations_name_their_object(
     upload(&other_bytes);
     upload(&mixed.signature);
     upload(&mixed.attestation);
-    let before = snapshot(&data);
+    let before = registry_snapshot(&data);
     let e = c.publish_signed(&other_meta, &other_bytes, false, &mixed).unwrap_err();
     assert_eq!(e.status(), Some(400), "{e}");
     let text = e.to_string();
     assert!(text.contains("attestation is malformed") && text.contains(other_meta.digest.as_str()), "{text}");
     assert!(text.contains(Digest::of_bytes(&object(FOREIGN)).as_str()), "{text}");
-    assert_eq!(snapshot(&data), before, "a refused attestation changed the store");
+    assert_eq!(registry_snapshot(&data), before, "a refused attestation changed the store");
     assert!(lookup(&r.url, UNSIGNED).is_none());
 }
 
 #[test]
 fn a_v2_push_with_its_carrier_first_gets_its_v1_signature_files() {
-    use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
     let home = tempfile::tempdir().unwrap();
     let (key_path, public) = openssl_key(home.path(), "signer");
     let key = SigningKey::load(&key_path).unwrap();
-    let data = home.path().join("data");
-    let push = token(&data, "ci", "push");
-    let r = bpfarm_tests::serve_with(&["--listen", "127.0.0.1:0", "--data", p(&data), "--trusted-key", p(&public)]);
-    let addr = r.url.trim_start_matches("http://").to_owned();
-    let transport = bpfarm_object::http::Transport::new(Default::default()).unwrap();
-    let oci = OciRegistry::new(
-        OciTarget::parse(&format!("oci://{addr}/bpfarm")).unwrap(),
-        credentials(&addr, None, Some(&push)),
-        &transport,
-    )
-    .unwrap();
+    let (r, _, push) = trusting_registry(home.path(), &public);
+    let oci = oci_client(&r.url, "bpfarm", &push);
     let (meta, bytes, up) = signed(&key, &oci.docker_reference(), SIGNED);
-    let subject = sign::Subject::manifest(&oci::manifest(&meta));
-    // What `bpfarm-builder --sign-key … --publish oci://` pushes.
-    oci.push_artifact(&sign::signature_artifact(&subject, std::slice::from_ref(&up.manifest_signature))).unwrap();
-    oci.push_artifact(&sign::files_artifact(&subject, &meta.file_name, &up.signature, Some(&up.attestation))).unwrap();
-    oci.publish(&meta, &bytes).unwrap();
+    push_signed(&oci, &meta, &bytes, &up);
     let view = lookup(&r.url, SIGNED).unwrap();
     assert_eq!(view["signature"]["digest"], Digest::of_bytes(&up.signature).as_str(), "{view}");
     assert_eq!(view["attestation"]["digest"], Digest::of_bytes(&up.attestation).as_str(), "{view}");
@@ -638,31 +574,62 @@ fn put_manifest(url: &str, token: &str, tag: &str, bytes: &[u8]) -> (u16, String
     (r.status().as_u16(), r.text().unwrap())
 }
 
+/// A registry under `home` taking only objects signed by `public`: it,
+/// its data folder and a push token.
+fn trusting_registry(home: &Path, public: &Path) -> (bpfarm_tests::Registry, PathBuf, String) {
+    let data = home.join("data");
+    let push = token(&data, "ci", "push");
+    let r = bpfarm_tests::serve_with(&["--listen", "127.0.0.1:0", "--data", p(&data), "--trusted-key", p(public)]);
+    (r, data, push)
+}
+
+/// An OCI client for `oci://<the registry at url>/<namespace>`, pushing
+/// with `push`.
+fn oci_client(url: &str, namespace: &str, push: &str) -> OciRegistry {
+    let addr = url.trim_start_matches("http://");
+    let transport = bpfarm_object::http::Transport::new(Default::default()).unwrap();
+    let target = OciTarget::parse(&format!("oci://{addr}/{namespace}")).unwrap();
+    OciRegistry::new(target, credentials(addr, None, Some(push)), &transport).unwrap()
+}
+
+/// What `bpfarm-builder --sign-key … --publish oci://` pushes: the cosign
+/// signature, the carrier of the `.sig` and `.intoto.jsonl` (returned),
+/// then the object.
+fn push_signed(oci: &OciRegistry, meta: &ObjectMetadata, bytes: &[u8], up: &SignedUpload) -> sign::OciArtifact {
+    let subject = sign::Subject::manifest(&oci::manifest(meta));
+    oci.push_artifact(&sign::signature_artifact(&subject, std::slice::from_ref(&up.manifest_signature))).unwrap();
+    let carrier = sign::files_artifact(&subject, &meta.file_name, &up.signature, Some(&up.attestation));
+    oci.push_artifact(&carrier).unwrap();
+    oci.publish(meta, bytes).unwrap();
+    carrier
+}
+
+/// Imports bundle `tar` into a new registry under `home` that trusts
+/// `public`, and serves it: its `/v1` answer for the signed object
+/// carries the signature and attestation of `view`.
+fn import_keeps_signatures(home: &Path, public: &Path, tar: &Path, view: &Value) -> bpfarm_tests::Registry {
+    let imported = home.join("imported");
+    let o = registry_cmd(&["import", "--data", p(&imported), "--trusted-key", p(public), p(tar)]);
+    assert!(o.status.success(), "{}", show(&o));
+    let b = serve(&imported);
+    let view_b = lookup(&b.url, SIGNED).unwrap();
+    assert_eq!(view_b["signature"], view["signature"], "{view_b}");
+    assert_eq!(view_b["attestation"], view["attestation"], "{view_b}");
+    b
+}
+
 #[test]
 fn the_signature_tags_of_a_held_object_take_no_foreign_files_or_untrusted_signatures() {
-    use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
     let home = tempfile::tempdir().unwrap();
     let (key_path, public) = openssl_key(home.path(), "signer");
     let key = SigningKey::load(&key_path).unwrap();
     let (other_path, _) = openssl_key(home.path(), "other");
     let other = SigningKey::load(&other_path).unwrap();
-    let data = home.path().join("data");
-    let push = token(&data, "ci", "push");
-    let r = bpfarm_tests::serve_with(&["--listen", "127.0.0.1:0", "--data", p(&data), "--trusted-key", p(&public)]);
-    let addr = r.url.trim_start_matches("http://").to_owned();
-    let transport = bpfarm_object::http::Transport::new(Default::default()).unwrap();
-    let oci = OciRegistry::new(
-        OciTarget::parse(&format!("oci://{addr}/bpfarm")).unwrap(),
-        credentials(&addr, None, Some(&push)),
-        &transport,
-    )
-    .unwrap();
+    let (r, data, push) = trusting_registry(home.path(), &public);
+    let oci = oci_client(&r.url, "bpfarm", &push);
     let (meta, bytes, up) = signed(&key, &oci.docker_reference(), SIGNED);
     let subject = sign::Subject::manifest(&oci::manifest(&meta));
-    oci.push_artifact(&sign::signature_artifact(&subject, std::slice::from_ref(&up.manifest_signature))).unwrap();
-    let ours = sign::files_artifact(&subject, &meta.file_name, &up.signature, Some(&up.attestation));
-    oci.push_artifact(&ours).unwrap();
-    oci.publish(&meta, &bytes).unwrap();
+    let ours = push_signed(&oci, &meta, &bytes, &up);
     let view = lookup(&r.url, SIGNED).unwrap();
     let ftag = sign::files_tag(&subject.digest);
     let stag = cosign::signature_tag(&subject.digest);
@@ -711,13 +678,7 @@ fn the_signature_tags_of_a_held_object_take_no_foreign_files_or_untrusted_signat
     // the foreign carrier (accepted in another repository, which holds no
     // object) is put under the tag by hand. The bundle carries the carrier
     // /v1's files make, and a registry trusting the key imports it.
-    let elsewhere = OciRegistry::new(
-        OciTarget::parse(&format!("oci://{addr}/elsewhere")).unwrap(),
-        credentials(&addr, None, Some(&push)),
-        &transport,
-    )
-    .unwrap();
-    elsewhere.push_artifact(&foreign).unwrap();
+    oci_client(&r.url, "elsewhere", &push).push_artifact(&foreign).unwrap();
     drop(r);
     let fd = foreign.manifest_digest();
     let o = Command::new("sqlite3")
@@ -739,13 +700,7 @@ fn the_signature_tags_of_a_held_object_take_no_foreign_files_or_untrusted_signat
     assert!(o.status.success(), "{}", show(&o));
     assert_eq!(Digest::of_bytes(&o.stdout), ours.manifest_digest(), "the bundle carries the stale carrier");
     assert_eq!(o.stdout, ours.manifest);
-    let imported = home.path().join("imported");
-    let o = registry_cmd(&["import", "--data", p(&imported), "--trusted-key", p(&public), p(&tar)]);
-    assert!(o.status.success(), "{}", show(&o));
-    let b = serve(&imported);
-    let view_b = lookup(&b.url, SIGNED).unwrap();
-    assert_eq!(view_b["signature"], view["signature"], "{view_b}");
-    assert_eq!(view_b["attestation"], view["attestation"], "{view_b}");
+    import_keeps_signatures(home.path(), &public, &tar, &view);
 }
 
 /// A `DELETE` of `/v2` manifest `reference` with `token`: (status, body).
@@ -787,15 +742,7 @@ fn a_held_objects_signature_tags_are_not_deleted_and_a_bundle_carries_them_from_
     assert_eq!(tag_digest(&r.url, &stag).as_deref(), Some(sig.as_str()));
     assert_eq!(lookup(&r.url, SIGNED).unwrap(), view, "the /v1 answer changed");
     // A cosign signature of a manifest /v1 does not hold is the pusher's.
-    use bpfarm_object::oci_client::{OciRegistry, OciTarget, credentials};
-    let addr = r.url.trim_start_matches("http://").to_owned();
-    let transport = bpfarm_object::http::Transport::new(Default::default()).unwrap();
-    let oci = OciRegistry::new(
-        OciTarget::parse(&format!("oci://{addr}/bpfarm")).unwrap(),
-        credentials(&addr, None, Some(&push)),
-        &transport,
-    )
-    .unwrap();
+    let oci = oci_client(&r.url, "bpfarm", &push);
     let (other, ..) = signed(&key, &oci.docker_reference(), UNSIGNED);
     let other = sign::Subject::manifest(&oci::manifest(&other));
     let s = sign::sign_manifest(&key, &oci.docker_reference(), &other.digest).unwrap();
@@ -823,13 +770,7 @@ fn a_held_objects_signature_tags_are_not_deleted_and_a_bundle_carries_them_from_
             .unwrap();
         assert!(o.status.success(), "{tag} is not in the bundle: {}", show(&o));
     }
-    let imported = home.path().join("imported");
-    let o = registry_cmd(&["import", "--data", p(&imported), "--trusted-key", p(&public), p(&tar)]);
-    assert!(o.status.success(), "{}", show(&o));
-    let b = serve(&imported);
-    let view_b = lookup(&b.url, SIGNED).unwrap();
-    assert_eq!(view_b["signature"], view["signature"], "{view_b}");
-    assert_eq!(view_b["attestation"], view["attestation"], "{view_b}");
+    let b = import_keeps_signatures(home.path(), &public, &tar, &view);
     assert_eq!(tag_digest(&b.url, &ftag).as_deref(), Some(carrier.as_str()));
     assert_eq!(tag_digest(&b.url, &stag).as_deref(), Some(sig.as_str()));
 }

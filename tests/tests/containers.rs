@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bpfarm_object::object_file_name;
-use bpfarm_tests::{bin, containers, podman, repo_root};
+use bpfarm_tests::{bin, containers, podman, repo_root, running_object_name, running_release, show};
 
 #[derive(Debug)]
 struct Images {
@@ -55,19 +55,6 @@ fn images() -> &'static Images {
             registry: image("registry"),
         }
     })
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned()
 }
 
 /// A name no other test (or run) uses.
@@ -257,7 +244,7 @@ fn slim_agent_has_no_compiler_fetches_from_the_registry_image_and_traces_the_hos
     assert!(rest.contains("executables captured"), "{rest}");
     // The object was installed into the host's shared install path, and
     // --pid=host let the agent copy the host process's executable.
-    let name = object_file_name(&release(), "v0.1.0");
+    let name = running_object_name();
     assert_eq!(std::fs::read(install.join(&name)).unwrap(), std::fs::read(&object).unwrap());
     let captured: Vec<_> = std::fs::read_dir(install.join("out")).unwrap().flatten().map(|e| e.path()).collect();
     let copy = captured
@@ -352,7 +339,7 @@ fn full_agent_builds_from_mounted_kern_headers_and_from_the_hosts_btf() {
     assert!(out.status.success(), "{}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("(LocalBuild)") && stderr.contains("attached"), "{}", show(&out));
-    assert!(install.join(object_file_name(&release(), "v0.1.0")).is_file());
+    assert!(install.join(running_object_name()).is_file());
 }
 
 #[test]
@@ -405,7 +392,7 @@ fn registry_image_runs_as_non_root_serves_and_keeps_its_volume_across_a_restart(
     assert_eq!(podman_ok(&["exec", &first.name, "id", "-u"]).trim(), "10001");
     let token = registry_token(&first.name);
     let object = bpfarm_tests::publish_running_object(dir.path(), &url, &token);
-    let path = format!("/v1/objects/{}/v0.1.0/{}", std::env::consts::ARCH, release());
+    let path = format!("/v1/objects/{}/v0.1.0/{}", std::env::consts::ARCH, running_release());
     let meta: serde_json::Value =
         serde_json::from_slice(&reqwest::blocking::get(format!("{url}{path}")).unwrap().bytes().unwrap()).unwrap();
     let digest = meta["digest"].as_str().unwrap().to_owned();
@@ -535,7 +522,7 @@ fn capabilities_instead_of_privileged_as_the_readme_documents() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
-    let object = dir.path().join("out/x86_64").join(object_file_name(&release(), "v0.1.0"));
+    let object = dir.path().join("out/x86_64").join(running_object_name());
     let seccomp = seccomp_profile(dir.path());
     let run = |opts: &[&str]| -> Output {
         podman()

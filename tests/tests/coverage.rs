@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use bpfarm_object::Arch;
-use bpfarm_tests::{bin, browser_dom, browser_screenshot, repo_root};
+use bpfarm_tests::{bin, browser_dom, browser_screenshot, repo_root, running_release};
 
 /// The `<tr>` of a kernel release in the serialized DOM.
 fn row<'a>(dom: &'a str, release: &str) -> &'a str {
@@ -22,7 +22,7 @@ fn coverage_page_shows_present_failed_missing_and_searches() {
     // A real object for the running kernel, published by the builder.
     let published = bpfarm_tests::registry_with_running_object(dir.path());
     let (reg, push) = (&published.registry, published.push_token.clone());
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned();
+    let release = running_release();
 
     // A failed build of another version, reported by the builder.
     let broken = dir.path().join("broken");

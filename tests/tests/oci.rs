@@ -8,12 +8,10 @@ use std::io::Read;
 use std::process::Command;
 
 use bpfarm_object::{Digest, oci};
-use bpfarm_tests::{Registry, bin, distribution, peak_rss, repo_root, serve, token};
+use bpfarm_tests::{
+    Registry, bin, distribution, peak_rss, repo_root, running_object_name, running_release, serve, token,
+};
 use serde_json::{Value, json};
-
-fn release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned()
-}
 
 /// A registry holding the running kernel's object, and its push token.
 fn registry_with_object(dir: &std::path::Path) -> (Registry, String) {
@@ -32,6 +30,16 @@ fn skopeo(args: &[&str]) -> std::process::Output {
     out
 }
 
+/// `skopeo copy --all --preserve-digests` from one plain-http registry's
+/// image to another's, with `extra` flags.
+fn skopeo_copy(from: &str, to: &str, extra: &[&str]) {
+    let (from, to) = (format!("docker://{from}"), format!("docker://{to}"));
+    let mut args = vec!["copy", "--all", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false"];
+    args.extend_from_slice(extra);
+    args.extend([from.as_str(), to.as_str()]);
+    skopeo(&args);
+}
+
 fn raw_manifest(reference: &str) -> Vec<u8> {
     skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("docker://{reference}")]).stdout
 }
@@ -41,24 +49,16 @@ fn skopeo_copies_to_distribution_and_back_with_digests_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let (reg, _) = registry_with_object(dir.path());
     let dist = distribution();
-    let tag = oci::tag(&release(), "v0.1.0", false);
+    let tag = oci::tag(&running_release(), "v0.1.0", false);
     let ours = format!("{}/bpfarm/tracee-bpf:{tag}", host(&reg.url));
     let theirs = format!("{}/mirror/tracee-bpf:{tag}", dist.addr);
     let index = raw_manifest(&ours);
     let v: Value = serde_json::from_slice(&index).unwrap();
     assert_eq!(v["mediaType"], oci::INDEX_MEDIA_TYPE);
     assert_eq!(v["manifests"][0]["platform"]["architecture"], "amd64");
-    assert_eq!(v["annotations"][oci::ANN_RELEASE], release());
+    assert_eq!(v["annotations"][oci::ANN_RELEASE], running_release());
 
-    skopeo(&[
-        "copy",
-        "--all",
-        "--preserve-digests",
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
-        &format!("docker://{ours}"),
-        &format!("docker://{theirs}"),
-    ]);
+    skopeo_copy(&ours, &theirs, &[]);
     assert_eq!(
         Digest::of_bytes(&raw_manifest(&theirs)),
         Digest::of_bytes(&index),
@@ -71,20 +71,10 @@ fn skopeo_copies_to_distribution_and_back_with_digests_unchanged() {
     let push2 = token(&fresh, "ci", "push");
     let reg2 = serve(&fresh);
     let back = format!("{}/mirror/tracee-bpf:{tag}", host(&reg2.url));
-    skopeo(&[
-        "copy",
-        "--all",
-        "--preserve-digests",
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
-        "--dest-creds",
-        &format!("ci:{push2}"),
-        &format!("docker://{theirs}"),
-        &format!("docker://{back}"),
-    ]);
+    skopeo_copy(&theirs, &back, &["--dest-creds", &format!("ci:{push2}")]);
     assert_eq!(Digest::of_bytes(&raw_manifest(&back)), Digest::of_bytes(&index));
     let client = bpfarm_tests::client(&reg2.url, None);
-    let meta = client.lookup(&release(), "x86_64", "v0.1.0").unwrap().expect("the OCI push is a /v1 object");
+    let meta = client.lookup(&running_release(), "x86_64", "v0.1.0").unwrap().expect("the OCI push is a /v1 object");
     let local = std::fs::read(dir.path().join("out/x86_64").join(&meta.file_name)).unwrap();
     assert_eq!(client.download(&meta.digest).unwrap(), local);
 }
@@ -95,7 +85,7 @@ fn oras_sdk_pushes_and_pulls_with_the_exact_file_name() {
     let (reg, push) = registry_with_object(dir.path());
     let script = repo_root().join("tests/oras_roundtrip.py");
     // Pull bpfarm's own artifact (the amd64 manifest of the index).
-    let tag = oci::tag(&release(), "v0.1.0", false);
+    let tag = oci::tag(&running_release(), "v0.1.0", false);
     let index: Value =
         serde_json::from_slice(&raw_manifest(&format!("{}/bpfarm/tracee-bpf:{tag}", host(&reg.url)))).unwrap();
     let amd64 = index["manifests"][0]["digest"].as_str().unwrap();
@@ -107,7 +97,7 @@ fn oras_sdk_pushes_and_pulls_with_the_exact_file_name() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let name = bpfarm_object::object_file_name(&release(), "v0.1.0");
+    let name = running_object_name();
     let pulled = out_dir.join(&name);
     assert!(pulled.is_file(), "oras wrote {}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(std::fs::read(&pulled).unwrap(), std::fs::read(dir.path().join("out/x86_64").join(&name)).unwrap());
@@ -446,7 +436,7 @@ fn builder_publishes_into_distribution_and_the_agent_pulls_from_it() {
     assert_eq!(arm, b"arm64 object");
 
     // The agent pulls this host's object from distribution, verifies and loads it.
-    let name = bpfarm_object::object_file_name(&release(), "v0.1.0");
+    let name = running_object_name();
     let built = std::fs::read(dir.path().join("out/x86_64").join(&name)).unwrap();
     let install = dir.path().join("install");
     let run_or_fetch: &[&str] = if bpfarm_tests::privileged("agent loads the object pulled from distribution") {

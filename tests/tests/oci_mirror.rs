@@ -5,22 +5,16 @@
 //! hostile OCI upstream (a loopback server: a layer whose digest lies, an
 //! endless tag list) is refused with nothing stored.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use bpfarm_object::{Arch, Digest, ObjectMetadata, oci};
+use bpfarm_object::{Arch, Digest, oci};
 use bpfarm_tests::hostile::{HostileServer, Reply};
-use bpfarm_tests::{bin, distribution, sample_metadata, serve};
+use bpfarm_tests::{
+    beside, bin, built_object, distribution, openssl_key, registry_snapshot, running_kernel_build, sample_metadata,
+    serve, show, stored_blobs,
+};
 use serde_json::{Value, json};
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
@@ -37,71 +31,10 @@ fn mirror(data: &Path, from: &str, extra: &[&str]) -> Output {
         .unwrap()
 }
 
-/// A P-256 key pair from `openssl genpkey`: (private PEM path, public PEM path).
-fn openssl_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub"));
-    for args in [
-        vec!["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", p(&key)],
-        vec!["pkey", "-pubout", "-in", p(&key), "-out", p(&public)],
-    ] {
-        let o = Command::new("openssl").args(&args).output().expect("openssl (ci/install-deps installs it)");
-        assert!(o.status.success(), "{}", show(&o));
-    }
-    (key, public)
-}
-
-/// The sqlite dump and every stored blob (name, hash of its bytes).
-fn snapshot(data: &Path) -> (String, Vec<(String, String)>) {
-    let dump = Command::new("sqlite3").arg("-readonly").arg(data.join("index.sqlite")).arg(".dump").output().unwrap();
-    assert!(dump.status.success(), "{}", show(&dump));
-    (String::from_utf8(dump.stdout).unwrap(), blobs(data))
-}
-
-fn blobs(data: &Path) -> Vec<(String, String)> {
-    let mut files = Vec::new();
-    for d in std::fs::read_dir(data.join("blobs/sha256")).into_iter().flatten().flatten() {
-        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
-            let bytes = std::fs::read(f.path()).unwrap();
-            files.push((f.file_name().to_string_lossy().into_owned(), Digest::of_bytes(&bytes).to_string()));
-        }
-    }
-    files.sort();
-    files
-}
-
-fn beside(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
 /// `bpfarm-builder build --running-kernel` into `dir/out`, with `args`.
 fn build(dir: &Path, args: &[&str]) -> Output {
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci-mirror-cache");
-    Command::new(bin("bpfarm-builder"))
-        .args(["build", "--running-kernel", "--no-progress", "--cache-dir"])
-        .arg(&cache)
-        .arg("--out")
-        .arg(dir.join("out"))
-        .args(args)
-        .env_remove("COSIGN_PASSWORD")
-        .env_remove("BPFARM_SIGN_KEY")
-        .output()
-        .expect("running bpfarm-builder")
-}
-
-/// The object the builder wrote into `dir/out`, with its metadata.
-fn built_object(dir: &Path) -> (PathBuf, ObjectMetadata) {
-    let arch_dir = dir.join("out").join(std::env::consts::ARCH);
-    let json = std::fs::read_dir(&arch_dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(".o.json"))
-        .expect("the builder wrote metadata");
-    let meta: ObjectMetadata = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    (arch_dir.join(&meta.file_name), meta)
+    running_kernel_build(&cache, &dir.join("out")).args(args).output().expect("running bpfarm-builder")
 }
 
 #[test]
@@ -113,7 +46,7 @@ fn mirror_from_an_oci_registry_carries_signed_objects_incrementally_and_obeys_tr
     let target = format!("oci://{}/ns", dist.addr);
     let out = build(home.path(), &["--sign-key", p(&key), "--publish", &target]);
     assert!(out.status.success(), "{}", show(&out));
-    let (object, meta) = built_object(home.path());
+    let (object, meta) = built_object(&home.path().join("out"));
     let id = &meta.identity;
 
     // Cut mid-way: a proxy in front of the registry breaks the layer's
@@ -141,7 +74,7 @@ fn mirror_from_an_oci_registry_carries_signed_objects_incrementally_and_obeys_tr
     let o = mirror(&dmz, &cut, &["--trusted-key", p(&public)]);
     assert!(!o.status.success(), "{}", show(&o));
     eprintln!("cut mid-way: {}", show(&o));
-    assert!(blobs(&dmz).is_empty(), "a cut run left blobs visible: {:?}", blobs(&dmz));
+    assert!(stored_blobs(&dmz).is_empty(), "a cut run left blobs visible: {:?}", stored_blobs(&dmz));
     drop(proxy);
 
     // Rerun from the registry itself, into the same folder, under the
@@ -192,13 +125,13 @@ fn mirror_from_an_oci_registry_carries_signed_objects_incrementally_and_obeys_tr
     }
 
     // A second run transfers nothing new and changes nothing.
-    let before = snapshot(&dmz);
+    let before = registry_snapshot(&dmz);
     let o = mirror(&dmz, &target, &["--trusted-key", p(&public)]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     eprintln!("second run: {}", show(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains(" 0 fetched (0 bytes)"), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("0 objects published"), "{}", show(&o));
-    assert_eq!(snapshot(&dmz), before, "a second mirror run changed the data folder");
+    assert_eq!(registry_snapshot(&dmz), before, "a second mirror run changed the data folder");
 
     // Another key: everything refused, nothing stored, exit 1.
     let other = home.path().join("other");
@@ -207,8 +140,8 @@ fn mirror_from_an_oci_registry_carries_signed_objects_incrementally_and_obeys_tr
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("refused tag ") && err.contains("trusted key"), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("0 objects published, 1 refused"), "{}", show(&o));
-    assert!(blobs(&other).is_empty(), "a refused mirror stored blobs: {:?}", blobs(&other));
-    let (dump, _) = snapshot(&other);
+    assert!(stored_blobs(&other).is_empty(), "a refused mirror stored blobs: {:?}", stored_blobs(&other));
+    let (dump, _) = registry_snapshot(&other);
     assert!(!dump.contains(meta.digest.hex()), "a refused mirror stored rows naming the object");
 }
 
@@ -269,15 +202,15 @@ fn a_layer_whose_digest_lies_is_refused_and_nothing_is_stored() {
         "{}",
         show(&o)
     );
-    assert!(blobs(&data).is_empty(), "the lying upstream's bytes were stored: {:?}", blobs(&data));
-    let (dump, _) = snapshot(&data);
+    assert!(stored_blobs(&data).is_empty(), "the lying upstream's bytes were stored: {:?}", stored_blobs(&data));
+    let (dump, _) = registry_snapshot(&data);
     assert!(!dump.contains(md.hex()) && !dump.contains(meta.digest.hex()), "rows were stored");
 
     // Over --max-blob-bytes: refused by its descriptor, not downloaded.
     let o = mirror(&data, &from, &["--max-blob-bytes", &(size - 1).to_string()]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("(--max-blob-bytes); not downloading it"), "{}", show(&o));
-    assert!(blobs(&data).is_empty());
+    assert!(stored_blobs(&data).is_empty());
 
     // The control: the same upstream, honest, is mirrored.
     lie.store(false, Ordering::SeqCst);
@@ -314,8 +247,8 @@ fn an_endless_tag_list_is_refused() {
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("the tag list goes on past 1000 pages"), "{}", show(&o));
     eprintln!("refused the endless tag list in {:.1}s", started.elapsed().as_secs_f64());
-    assert!(blobs(&data).is_empty());
-    let (dump, _) = snapshot(&data);
+    assert!(stored_blobs(&data).is_empty());
+    let (dump, _) = registry_snapshot(&data);
     assert!(!dump.contains("INSERT INTO oci_tags"), "tags were stored");
 }
 
@@ -345,7 +278,7 @@ fn mirror_from_an_oci_registry_that_needs_a_token() {
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("HTTP 401"), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("check --token"), "{}", show(&o));
-    assert!(blobs(&data).is_empty());
+    assert!(stored_blobs(&data).is_empty());
 
     let o = mirror(&data, &from, &["--token", &read]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
@@ -488,7 +421,7 @@ fn signatures_for_an_object_held_unsigned_are_refused_per_unit() {
         show(&o)
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("1 objects published, 1 refused"), "{}", show(&o));
-    let (dump, _) = snapshot(&data);
+    let (dump, _) = registry_snapshot(&data);
     let sig_digest = Digest::of_bytes(s.signature.as_bytes());
     assert!(!dump.contains(sig_digest.hex()), "the refused unit's signature was stored");
     assert!(
@@ -498,9 +431,9 @@ fn signatures_for_an_object_held_unsigned_are_refused_per_unit() {
     assert!(dump.contains(third.digest.hex()), "the other release was not mirrored");
 
     // A rerun: the same refusal, nothing changes.
-    let before = snapshot(&data);
+    let before = registry_snapshot(&data);
     let o = mirror(&data, &from, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("0 objects published, 1 refused"), "{}", show(&o));
-    assert_eq!(snapshot(&data), before, "a refused rerun changed the data folder");
+    assert_eq!(registry_snapshot(&data), before, "a refused rerun changed the data folder");
 }

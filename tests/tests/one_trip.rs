@@ -5,9 +5,8 @@
 //! servers (`bpfarm_tests::hostile`, real HTTP on loopback) lie in every
 //! field, and each lie is refused with nothing installed.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -16,16 +15,11 @@ use bpfarm_object::client::{METADATA_HEADER, OBJECT_MEDIA_TYPE};
 use bpfarm_object::embed::{self, EmbeddedIdentity};
 use bpfarm_object::{Arch, Digest, Identity, object_file_name};
 use bpfarm_tests::hostile::{Body, HostileServer, Reply, Request};
-use bpfarm_tests::{bin, output_with_peak_rss, registry_with_running_object, serve};
+use bpfarm_tests::{
+    agent_command, assert_fetch_refused_in_bounds, process_dir, registry_with_running_object, running_object_name,
+    running_release, serve, show, walk,
+};
 use serde_json::{Value, json};
-
-fn release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned()
-}
-
-fn name() -> String {
-    object_file_name(&release(), "v0.1.0")
-}
 
 /// The running kernel's object, published to a real registry's data folder
 /// (tests serve it with `serve`), with its metadata.
@@ -38,23 +32,11 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        // One folder per test process; those of processes that are gone are removed.
-        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        for e in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = n.strip_prefix("one-trip-")
-                && !Path::new("/proc").join(pid).exists()
-            {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-        let dir = tmp.join(format!("one-trip-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = process_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "one-trip-");
         let published = registry_with_running_object(&dir);
         let bytes = std::fs::read(&published.object).unwrap();
         let meta = serde_json::from_slice(
-            &std::fs::read(published.object.with_file_name(format!("{}.json", name()))).unwrap(),
+            &std::fs::read(published.object.with_file_name(format!("{}.json", running_object_name()))).unwrap(),
         )
         .unwrap();
         Fixture { data: dir.join("registry"), bytes, meta }
@@ -63,43 +45,13 @@ fn fixture() -> &'static Fixture {
 
 fn lookup_url(base: &str) -> String {
     let arch = std::env::consts::ARCH;
-    format!("{base}/v1/objects/{arch}/v0.1.0/{}", release().replace('+', "%2B"))
-}
-
-fn walk(root: &Path) -> BTreeSet<PathBuf> {
-    let mut all = BTreeSet::new();
-    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        let p = e.path();
-        all.insert(p.clone());
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            all.extend(walk(&p));
-        }
-    }
-    all
-}
-
-fn agent(install: &Path) -> Command {
-    let mut c = Command::new(bin("bpfarm-agent"));
-    c.arg("--install-path").arg(install);
-    for v in ["TRACEE_BPF_FILE", "KERN_HEADERS", "BPFARM_REGISTRIES", "BPFARM_AGENT_CONFIG", "BPFARM_CA_CERT"] {
-        c.env_remove(v);
-    }
-    c
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("{base}/v1/objects/{arch}/v0.1.0/{}", running_release().replace('+', "%2B"))
 }
 
 /// `agent fetch` from `url` into a fresh install path.
 fn fetch(url: &str) -> (tempfile::TempDir, Output) {
     let dir = tempfile::tempdir().unwrap();
-    let out = agent(&dir.path().join("install"))
+    let out = agent_command(&dir.path().join("install"))
         .args(["--registry", url, "--build-policy", "never", "fetch"])
         .output()
         .unwrap();
@@ -174,7 +126,7 @@ fn the_registry_sends_the_object_with_its_lookup_only_when_asked() {
     // The agent takes the one-trip answer and installs exactly those bytes.
     let (dir, out) = fetch(&registry.url);
     assert!(out.status.success(), "{}", show(&out));
-    assert_eq!(std::fs::read(dir.path().join("install").join(name())).unwrap(), f.bytes);
+    assert_eq!(std::fs::read(dir.path().join("install").join(running_object_name())).unwrap(), f.bytes);
 }
 
 #[test]
@@ -183,7 +135,7 @@ fn one_request_where_the_registry_allows_it_two_where_it_does_not() {
     let one = one_trip(b64(&f.meta), Body::Bytes(f.bytes.clone()));
     let (dir, out) = fetch(&one.url);
     assert!(out.status.success(), "{}", show(&out));
-    assert_eq!(std::fs::read(dir.path().join("install").join(name())).unwrap(), f.bytes);
+    assert_eq!(std::fs::read(dir.path().join("install").join(running_object_name())).unwrap(), f.bytes);
     let paths: Vec<String> = one.requests().iter().map(|r| r.path.clone()).collect();
     assert_eq!(paths.len(), 1, "{paths:?}");
     assert!(paths[0].starts_with("/v1/objects/"), "{paths:?}");
@@ -201,7 +153,7 @@ fn one_request_where_the_registry_allows_it_two_where_it_does_not() {
     });
     let (dir, out) = fetch(&old.url);
     assert!(out.status.success(), "{}", show(&out));
-    assert_eq!(std::fs::read(dir.path().join("install").join(name())).unwrap(), f.bytes);
+    assert_eq!(std::fs::read(dir.path().join("install").join(running_object_name())).unwrap(), f.bytes);
     let paths: Vec<String> = old.requests().iter().map(|r| r.path.clone()).collect();
     assert_eq!(paths.len(), 2, "{paths:?}");
     assert!(paths[1].starts_with("/v1/blobs/sha256:"), "{paths:?}");
@@ -278,23 +230,8 @@ fn one_trip_bodies_stop_at_the_size_their_metadata_names() {
     let gib = 1u64 << 30;
     // Honest metadata, a body that never ends: reading stops at its size.
     let server = one_trip(b64(&f.meta), Body::Stream { total: gib, content_length: None });
-    let dir = tempfile::tempdir().unwrap();
-    let started = Instant::now();
-    let mut c = agent(&dir.path().join("install"));
-    c.args(["--registry", &server.url, "--build-policy", "never", "fetch"]);
-    let (out, rss) = output_with_peak_rss(&c);
-    let took = started.elapsed();
-    eprintln!("endless one-trip body: refused in {took:?}, agent peak RSS {} MiB", rss >> 20);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains(&format!("it sent more than the {} bytes its metadata names", f.bytes.len())),
-        "{}",
-        show(&out)
-    );
-    assert!(rss < 64 << 20, "peak RSS {} MiB", rss >> 20);
-    assert!(took < Duration::from_secs(10), "{took:?}");
-    assert!(!dir.path().join("install").join(name()).exists());
+    let cause = format!("it sent more than the {} bytes its metadata names", f.bytes.len());
+    assert_fetch_refused_in_bounds("endless one-trip body", &server.url, &cause);
 
     // Metadata claiming 1 GiB, with a Content-Length to match: refused on
     // the header, before the body is read.
@@ -322,10 +259,10 @@ fn a_local_hit_never_contacts_the_registries() {
     let dir = tempfile::tempdir().unwrap();
     let install = dir.path().join("install");
     std::fs::create_dir(&install).unwrap();
-    std::fs::write(install.join(name()), &f.bytes).unwrap();
-    std::fs::write(install.join(format!("{}.json", name())), f.meta.to_string()).unwrap();
+    std::fs::write(install.join(running_object_name()), &f.bytes).unwrap();
+    std::fs::write(install.join(format!("{}.json", running_object_name())), f.meta.to_string()).unwrap();
     let locate = |install: &Path| {
-        agent(install)
+        agent_command(install)
             .args(["--registry", &url, "--timeout", "1", "--build-policy", "never", "locate"])
             .output()
             .unwrap()
@@ -333,7 +270,11 @@ fn a_local_hit_never_contacts_the_registries() {
     let out = locate(&install);
     assert!(out.status.success(), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("would load {}\n", install.join(name()).display())), "{}", show(&out));
+    assert!(
+        stdout.contains(&format!("would load {}\n", install.join(running_object_name()).display())),
+        "{}",
+        show(&out)
+    );
     assert!(!stdout.contains("registry http://"), "the trail names the registry:\n{}", show(&out));
     match listener.accept() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -341,7 +282,7 @@ fn a_local_hit_never_contacts_the_registries() {
     }
 
     // Without the object there, the registry is asked (and gives nothing).
-    std::fs::remove_file(install.join(name())).unwrap();
+    std::fs::remove_file(install.join(running_object_name())).unwrap();
     let out = locate(&install);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("gave up: no complete answer within 1s"), "{}", show(&out));

@@ -5,24 +5,14 @@
 use std::path::Path;
 use std::process::Command;
 
-use bpfarm_object::{Digest, object_file_name};
-use bpfarm_tests::{bin, serve, token};
+use bpfarm_object::Digest;
+use bpfarm_tests::{
+    bin, build_with_report, python_get, running_kernel_build, running_object_name, running_release, serve, token,
+};
 
 fn build_and_publish(dir: &Path, url: &str, token: &str) -> (std::process::Output, serde_json::Value) {
-    let report = dir.join("report.json");
-    let out = Command::new(bin("bpfarm-builder"))
-        .args(["build", "--running-kernel", "--no-progress", "--publish", url, "--cache-dir"])
-        .arg(dir.join("cache"))
-        .arg("--out")
-        .arg(dir.join("out"))
-        .arg("--report")
-        .arg(&report)
-        .env("BPFARM_TOKEN", token)
-        .output()
-        .unwrap();
-    eprintln!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let r = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
-    (out, r)
+    let mut c = running_kernel_build(&dir.join("cache"), &dir.join("out"));
+    build_with_report(c.args(["--publish", url]).env("BPFARM_TOKEN", token), dir)
 }
 
 #[test]
@@ -44,16 +34,16 @@ fn builder_publishes_to_a_real_registry_and_skips_what_it_holds() {
     assert_eq!((r["publish"]["published"].as_u64(), r["publish"]["skipped"].as_u64()), (Some(0), Some(1)));
 
     // The registry serves exactly the bytes the builder wrote.
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned();
-    let name = object_file_name(&release, "v0.1.0");
+    let release = running_release();
+    let name = running_object_name();
     let local = std::fs::read(dir.path().join("out/x86_64").join(&name)).unwrap();
     let client = bpfarm_tests::client(&reg.url, None);
     let meta = client.lookup(&release, "x86_64", "v0.1.0").unwrap().expect("published object");
     assert_eq!(meta.digest, Digest::of_bytes(&local));
     assert_eq!(client.download(&meta.digest).unwrap(), local);
-    let via_static = ureq_get(&format!("{}/v0.1.0/x86_64/{name}", reg.url));
+    let via_static = python_get(&format!("{}/v0.1.0/x86_64/{name}", reg.url));
     assert_eq!(via_static, local);
-    let sum = String::from_utf8(ureq_get(&format!("{}/v0.1.0/x86_64/{name}.sha256", reg.url))).unwrap();
+    let sum = String::from_utf8(python_get(&format!("{}/v0.1.0/x86_64/{name}.sha256", reg.url))).unwrap();
     assert!(sum.starts_with(meta.digest.hex()));
 
     // The exported tree holds the same files the static layout serves.
@@ -74,7 +64,7 @@ fn builder_publishes_to_a_real_registry_and_skips_what_it_holds() {
         serde_json::from_slice(&std::fs::read(exported.join(format!("{name}.json"))).unwrap()).unwrap();
     assert_eq!(exported_meta, meta);
     let served_meta: bpfarm_object::ObjectMetadata =
-        serde_json::from_slice(&ureq_get(&format!("{}/v0.1.0/x86_64/{name}.json", reg.url))).unwrap();
+        serde_json::from_slice(&python_get(&format!("{}/v0.1.0/x86_64/{name}.json", reg.url))).unwrap();
     assert_eq!(served_meta, meta);
     // A subset for another arch holds nothing.
     let out = Command::new(bin("bpfarm-registry"))
@@ -92,44 +82,10 @@ fn builder_publishes_to_a_real_registry_and_skips_what_it_holds() {
     assert!(out.status.success(), "skipping needs no push rights");
     assert_eq!(r["publish"]["skipped"], 1);
     // ...but pushing a new object with it is refused: the builder says so and exits 1.
-    let (out, r) = {
-        let report = dir.path().join("r2.json");
-        let o = Command::new(bin("bpfarm-builder"))
-            .args([
-                "build",
-                "--running-kernel",
-                "--no-progress",
-                "--version",
-                "v9.0.0",
-                "--publish",
-                &reg.url,
-                "--token",
-                &read,
-                "--cache-dir",
-            ])
-            .arg(dir.path().join("cache"))
-            .arg("--out")
-            .arg(dir.path().join("out2"))
-            .arg("--report")
-            .arg(&report)
-            .output()
-            .unwrap();
-        (o, serde_json::from_slice::<serde_json::Value>(&std::fs::read(report).unwrap()).unwrap())
-    };
+    let mut c = running_kernel_build(&dir.path().join("cache"), &dir.path().join("out2"));
+    let (out, r) =
+        build_with_report(c.args(["--version", "v9.0.0", "--publish", &reg.url, "--token", &read]), dir.path());
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(r["publish"]["failed"], 1, "{r:#}");
     assert!(r["publish"]["results"][0]["message"].as_str().unwrap().contains("may read, not push"));
-}
-
-fn ureq_get(url: &str) -> Vec<u8> {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sys,urllib.request; sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1]).read())",
-            url,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
 }

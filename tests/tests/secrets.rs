@@ -9,43 +9,23 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use bpfarm_tests::{FakeKernel, bin, files_containing, serve, token};
+use bpfarm_tests::{FakeKernel, bin, build_with_report, files_containing, python_get, serve, token};
 
 fn has(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
-fn get(url: &str) -> Vec<u8> {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sys,urllib.request; sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1]).read())",
-            url,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
-
 fn build(dir: &Path, debs: &Path, url: &str, push: &str, sandbox: &[&str]) -> (Output, serde_json::Value) {
-    let report = dir.join("report.json");
-    let out = Command::new(bin("bpfarm-builder"))
-        .args(["-v", "build", "--no-progress", "--headers"])
+    let mut c = Command::new(bin("bpfarm-builder"));
+    c.args(["-v", "build", "--no-progress", "--headers"])
         .arg(debs)
         .args(sandbox)
         .args(["--publish", url, "--token", push, "--cache-dir"])
         .arg(dir.join("cache"))
         .arg("--out")
         .arg(dir.join("out"))
-        .arg("--report")
-        .arg(&report)
-        .env_remove("BPFARM_CACHE")
-        .output()
-        .unwrap();
-    eprintln!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let r = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    (out, r)
+        .env_remove("BPFARM_CACHE");
+    build_with_report(&mut c, dir)
 }
 
 #[test]
@@ -100,7 +80,7 @@ fn a_header_cannot_read_a_host_file_nor_publish_it() {
 
     // The registry's answers: the coverage page lists the failure, without
     // the token's content; nothing the registry stored holds it either.
-    let page = get(&format!("{}/", reg.url));
+    let page = python_get(&format!("{}/", reg.url));
     assert!(has(&page, &k.release()), "the failure is not on the coverage page");
     assert!(!has(&page, &marker), "the marker is on the coverage page");
     assert_eq!(files_containing(&data, marker.as_bytes()), Vec::<std::path::PathBuf>::new());

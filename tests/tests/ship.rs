@@ -9,17 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use bpfarm_tests::{bin, containers, podman, repo_root, serve, token};
+use bpfarm_tests::{bin, containers, podman, repo_root, running_release, serve, show, token};
 use serde_json::Value;
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// A tool the tests need, installed by ci/install-deps (pip).
 fn tool(name: &str) -> Command {
@@ -258,7 +249,7 @@ fn gate(matrix: &Path, registry: &str, reports: &[&Path]) -> Output {
 fn the_coverage_gate_fails_when_a_discovered_kernel_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let (reg, report) = published(dir.path());
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned();
+    let release = running_release();
     let matrix = dir.path().join("m.toml");
     std::fs::write(&matrix, format!("[[kernel]]\nrelease = \"{release}\"\narch = \"amd64\"\n")).unwrap();
     let out = gate(&matrix, &reg.url, &[&report]);

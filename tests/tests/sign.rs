@@ -19,10 +19,8 @@ use bpfarm_object::sign::{
     sign_manifest, signature_artifact,
 };
 use bpfarm_object::{Digest, ObjectMetadata, oci};
-use bpfarm_tests::{bin, distribution};
+use bpfarm_tests::{built_object, cosign, distribution, openssl_ec_key, openssl_key, run_ok, running_kernel_build};
 use serde_json::Value;
-
-const PASSWORD: &str = "correct horse battery staple";
 
 /// The running kernel's real object and metadata, built once per test
 /// process by the builder into cargo's test scratch folder (its cache keeps
@@ -33,101 +31,16 @@ fn real_object() -> &'static (Vec<u8>, ObjectMetadata) {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sign-object");
         let out = dir.join("out");
         let _ = std::fs::remove_dir_all(&out);
-        let run = Command::new(bin("bpfarm-builder"))
-            .args(["build", "--running-kernel", "--no-progress", "--cache-dir"])
-            .arg(dir.join("cache"))
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .expect("running bpfarm-builder");
-        assert!(
-            run.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr)
-        );
-        let arch_dir = out.join(std::env::consts::ARCH);
-        let json = std::fs::read_dir(&arch_dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "json"))
-            .expect("the builder wrote metadata");
-        let meta: ObjectMetadata = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-        let bytes = std::fs::read(arch_dir.join(&meta.file_name)).unwrap();
-        (bytes, meta)
+        run_ok(&mut running_kernel_build(&dir.join("cache"), &out));
+        let (object, meta) = built_object(&out);
+        (std::fs::read(object).unwrap(), meta)
     })
-}
-
-/// A P-256 key pair from `openssl genpkey`: (private PEM path, public PEM path).
-fn openssl_key(dir: &Path, name: &str, curve: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub"));
-    run(Command::new("openssl")
-        .args(["genpkey", "-algorithm", "EC", "-pkeyopt"])
-        .arg(format!("ec_paramgen_curve:{curve}"))
-        .arg("-out")
-        .arg(&key));
-    run(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&key).arg("-out").arg(&public));
-    (key, public)
 }
 
 /// `cosign generate-key-pair` in `dir`: (cosign.key, cosign.pub).
 fn cosign_key(dir: &Path) -> (PathBuf, PathBuf) {
-    run(cosign_without_network(dir).arg("generate-key-pair").current_dir(dir));
+    run_ok(cosign::without_network(dir).arg("generate-key-pair").current_dir(dir));
     (dir.join("cosign.key"), dir.join("cosign.pub"))
-}
-
-/// cosign's environment: a private, empty home (no cached Sigstore state)
-/// and the test password.
-fn cosign_env<'c>(c: &'c mut Command, home: &Path) -> &'c mut Command {
-    let state = home.join("cosign-home");
-    std::fs::create_dir_all(&state).unwrap();
-    c.env("HOME", &state).env("TUF_ROOT", state.join("tuf")).env("COSIGN_PASSWORD", PASSWORD)
-}
-
-/// cosign where only loopback is reachable: every proxy is a closed port.
-fn cosign_on_loopback(home: &Path) -> Command {
-    let mut c = Command::new("cosign");
-    cosign_env(&mut c, home);
-    for var in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "ALL_PROXY"] {
-        c.env(var, "http://127.0.0.1:9");
-    }
-    c.env("NO_PROXY", "127.0.0.1,localhost").env("no_proxy", "127.0.0.1,localhost");
-    c
-}
-
-/// cosign in a new network namespace (`unshare -rn`): no network at all,
-/// not even loopback.
-fn cosign_without_network(home: &Path) -> Command {
-    let mut c = Command::new("unshare");
-    c.args(["-rn", "cosign"]);
-    cosign_env(&mut c, home);
-    c
-}
-
-fn run(c: &mut Command) -> Output {
-    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e} (ci/install-deps installs cosign, oras and openssl)"));
-    assert!(
-        out.status.success(),
-        "{c:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn verify_blob_with_cosign(home: &Path, public: &Path, sig: &Path, file: &Path) -> Output {
-    cosign_without_network(home)
-        .arg("verify-blob")
-        .arg("--key")
-        .arg(public)
-        .arg("--signature")
-        .arg(sig)
-        .arg("--insecure-ignore-tlog")
-        .arg(file)
-        .output()
-        .expect("unshare runs cosign (ci/install-deps installs cosign)")
 }
 
 fn trust(public: &Path) -> TrustedKeys {
@@ -138,8 +51,8 @@ fn trust(public: &Path) -> TrustedKeys {
 fn cosign_verify_blob_accepts_what_bpfarm_signed_and_only_with_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let (bytes, meta) = real_object();
-    let (key, public) = openssl_key(dir.path(), "signer", "P-256");
-    let (_, stranger) = openssl_key(dir.path(), "stranger", "P-256");
+    let (key, public) = openssl_key(dir.path(), "signer");
+    let (_, stranger) = openssl_key(dir.path(), "stranger");
     let key = SigningKey::load(&key).unwrap();
     let signed = sign::sign_object(&key, meta, bytes, &BuilderInfo::bpfarm(env!("CARGO_PKG_VERSION"))).unwrap();
     let file = dir.path().join(&meta.file_name);
@@ -147,17 +60,17 @@ fn cosign_verify_blob_accepts_what_bpfarm_signed_and_only_with_its_key() {
     std::fs::write(&file, bytes).unwrap();
     std::fs::write(&sig, &signed.signature).unwrap();
 
-    let ok = verify_blob_with_cosign(dir.path(), &public, &sig, &file);
+    let ok = cosign::verify_blob(dir.path(), &public, &sig, &file);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(String::from_utf8_lossy(&ok.stderr).contains("Verified OK"));
-    let bad = verify_blob_with_cosign(dir.path(), &stranger, &sig, &file);
+    let bad = cosign::verify_blob(dir.path(), &stranger, &sig, &file);
     assert!(!bad.status.success(), "cosign accepted another key");
 
     // A flipped object byte fails for cosign as for bpfarm.
     let mut flipped = bytes.clone();
     flipped[bytes.len() / 2] ^= 1;
     std::fs::write(&file, &flipped).unwrap();
-    assert!(!verify_blob_with_cosign(dir.path(), &public, &sig, &file).status.success());
+    assert!(!cosign::verify_blob(dir.path(), &public, &sig, &file).status.success());
     assert!(matches!(
         sign::verify_blob(&trust(&public), &flipped, signed.signature.as_bytes()),
         Err(VerifyError::NoKeyMatched { .. })
@@ -172,7 +85,7 @@ fn bpfarm_verifies_cosign_sign_blob_and_signs_with_cosigns_key_file() {
     let file = dir.path().join(&meta.file_name);
     std::fs::write(&file, bytes).unwrap();
     let sig = dir.path().join("by-cosign.sig");
-    let out = cosign_without_network(dir.path())
+    let out = cosign::without_network(dir.path())
         .args(["sign-blob", "--key"])
         .arg(&cosign_key)
         .args(["--tlog-upload=false", "--yes", "--output-signature"])
@@ -186,11 +99,11 @@ fn bpfarm_verifies_cosign_sign_blob_and_signs_with_cosigns_key_file() {
     assert_eq!(&v.key_id, PublicKey::load(&cosign_pub).unwrap().id());
 
     // bpfarm opens cosign's encrypted key file and signs; cosign verifies.
-    let key = SigningKey::load_with_password(&cosign_key, Some(PASSWORD.as_bytes())).unwrap();
+    let key = SigningKey::load_with_password(&cosign_key, Some(cosign::PASSWORD.as_bytes())).unwrap();
     assert_eq!(key.id(), &v.key_id);
     let ours = dir.path().join("by-bpfarm.sig");
     std::fs::write(&ours, sign::sign_blob(&key, bytes).unwrap()).unwrap();
-    let ok = verify_blob_with_cosign(dir.path(), &cosign_pub, &ours, &file);
+    let ok = cosign::verify_blob(dir.path(), &cosign_pub, &ours, &file);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 
     // The wrong password, or none, is a clear error, not a bad signature.
@@ -217,8 +130,8 @@ fn anyhow_like(e: &dyn std::error::Error) -> String {
 fn tampered_signatures_and_wrong_keys_are_typed_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let (bytes, _) = real_object();
-    let (key, public) = openssl_key(dir.path(), "signer", "P-256");
-    let (_, stranger) = openssl_key(dir.path(), "stranger", "P-256");
+    let (key, public) = openssl_key(dir.path(), "signer");
+    let (_, stranger) = openssl_key(dir.path(), "stranger");
     let key = SigningKey::load(&key).unwrap();
     let keys = trust(&public);
     let sig = sign::sign_blob(&key, bytes).unwrap();
@@ -238,7 +151,7 @@ fn tampered_signatures_and_wrong_keys_are_typed_refusals() {
     let sig_file = dir.path().join("object.o.sig");
     std::fs::write(&file, bytes).unwrap();
     std::fs::write(&sig_file, &flipped).unwrap();
-    assert!(!verify_blob_with_cosign(dir.path(), &public, &sig_file, &file).status.success());
+    assert!(!cosign::verify_blob(dir.path(), &public, &sig_file, &file).status.success());
 
     // The signature of another object.
     let other = sign::sign_blob(&key, b"another object").unwrap();
@@ -260,12 +173,12 @@ fn tampered_signatures_and_wrong_keys_are_typed_refusals() {
     std::fs::write(&junk, "-----BEGIN PUBLIC KEY-----\nnot base64 at all\n-----END PUBLIC KEY-----\n").unwrap();
     let e = PublicKey::load(&junk).unwrap_err();
     assert!(matches!(&e, KeyError::File { source, .. } if matches!(**source, KeyError::Pem(_))), "{e:?}");
-    let (p384_key, p384_pub) = openssl_key(dir.path(), "p384", "P-384");
+    let (p384_key, p384_pub) = openssl_ec_key(dir.path(), "p384", "P-384");
     for e in [PublicKey::load(&p384_pub).unwrap_err(), SigningKey::load(&p384_key).unwrap_err()] {
         assert!(anyhow_like(&e).contains("P-384 (secp384r1); bpfarm signs and verifies with ECDSA P-256 only"), "{e}");
     }
     let ed = dir.path().join("ed25519.pem");
-    run(Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&ed));
+    run_ok(Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&ed));
     assert!(anyhow_like(&SigningKey::load(&ed).unwrap_err()).contains("the key is Ed25519"));
     let e = PublicKey::load(&dir.path().join("missing.pub")).unwrap_err();
     assert!(anyhow_like(&e).contains("missing.pub: reading it"), "{e}");
@@ -326,12 +239,7 @@ impl Published {
     }
 
     fn cosign(&self, home: &Path, args: &[&str]) -> Output {
-        cosign_on_loopback(home)
-            .args(args)
-            .args(["--allow-insecure-registry", "--allow-http-registry"])
-            .arg(self.image())
-            .output()
-            .expect("cosign is not installed (ci/install-deps installs it)")
+        cosign::on_registry(home, args, &self.image())
     }
 
     /// bpfarm's own check of what is under the `.sig` tag.
@@ -349,8 +257,8 @@ fn cosign_verifies_bpfarms_oci_signature_and_provenance() {
     let home = tempfile::tempdir().unwrap();
     let (bytes, meta) = real_object();
     let p = publish_real_object(meta, bytes);
-    let (key, public) = openssl_key(home.path(), "signer", "P-256");
-    let (_, stranger) = openssl_key(home.path(), "stranger", "P-256");
+    let (key, public) = openssl_key(home.path(), "signer");
+    let (_, stranger) = openssl_key(home.path(), "stranger");
     let key = SigningKey::load(&key).unwrap();
 
     let signature = sign_manifest(&key, &p.reg.docker_reference(), &p.subject.digest).unwrap();
@@ -373,7 +281,7 @@ fn cosign_verifies_bpfarms_oci_signature_and_provenance() {
 
     // oras (a second client) sees the tags where cosign looks.
     let tags =
-        run(Command::new("oras").args(["repo", "tags", "--plain-http"]).arg(format!("{}/ns/tracee-bpf", p.addr)));
+        run_ok(Command::new("oras").args(["repo", "tags", "--plain-http"]).arg(format!("{}/ns/tracee-bpf", p.addr)));
     let tags = String::from_utf8_lossy(&tags.stdout);
     assert!(tags.contains(&sign::signature_tag(&p.subject.digest)), "{tags}");
     assert!(tags.contains(&sign::attestation_tag(&p.subject.digest)), "{tags}");
@@ -454,7 +362,7 @@ fn bpfarm_verifies_what_cosign_sign_pushed() {
     let keys = trust(&cosign_pub);
     let v = p.verify_signature(&keys).unwrap();
     assert_eq!(&v.key_id, PublicKey::load(&cosign_pub).unwrap().id());
-    let (_, stranger) = openssl_key(home.path(), "stranger", "P-256");
+    let (_, stranger) = openssl_key(home.path(), "stranger");
     assert!(matches!(p.verify_signature(&trust(&stranger)), Err(VerifyError::NoKeyMatched { .. })));
 
     // cosign's signature of this manifest, presented for another one.
@@ -476,7 +384,7 @@ fn bpfarms_own_v2_lists_signatures_as_referrers_and_cosign_verifies_there() {
     let home = tempfile::tempdir().unwrap();
     let (bytes, meta) = real_object();
     let (p, push) = publish_real_object_to_bpfarm(meta, bytes);
-    let (key, public) = openssl_key(home.path(), "signer", "P-256");
+    let (key, public) = openssl_key(home.path(), "signer");
     let key = SigningKey::load(&key).unwrap();
     let sig =
         signature_artifact(&p.subject, &[sign_manifest(&key, &p.reg.docker_reference(), &p.subject.digest).unwrap()]);

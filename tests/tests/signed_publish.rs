@@ -16,98 +16,24 @@ use bpfarm_object::client::{ClientError, SignedUpload};
 use bpfarm_object::oci_client::{OciRegistry, OciTarget};
 use bpfarm_object::sign::{self, BuilderInfo, SigningKey, Subject, TrustedKeys};
 use bpfarm_object::{Arch, Digest, ObjectMetadata, oci};
-use bpfarm_tests::{bin, distribution, sample_metadata, serve_with, token};
+use bpfarm_tests::{
+    beside, bin, built_object, cosign, distribution, openssl_key, registry_snapshot, run_ok, running_kernel_build,
+    sample_metadata, serve_with, token,
+};
 use serde_json::Value;
 
-const PASSWORD: &str = "correct horse battery staple";
-
-/// A P-256 key pair from `openssl genpkey`: (private PEM path, public PEM path).
-fn openssl_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub"));
-    run(Command::new("openssl")
-        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
-        .arg(&key));
-    run(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&key).arg("-out").arg(&public));
-    (key, public)
-}
-
-fn run(c: &mut Command) -> Output {
-    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e} (ci/install-deps installs cosign, openssl)"));
-    assert!(
-        out.status.success(),
-        "{c:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn cosign_env<'c>(c: &'c mut Command, home: &Path) -> &'c mut Command {
-    let state = home.join("cosign-home");
-    std::fs::create_dir_all(&state).unwrap();
-    c.env("HOME", &state).env("TUF_ROOT", state.join("tuf")).env("COSIGN_PASSWORD", PASSWORD)
-}
-
-/// `cosign verify-blob` with no network at all.
+/// `cosign verify-blob` of `file` and its `.sig` beside it, with no network.
 fn verify_blob(home: &Path, public: &Path, file: &Path) -> Output {
-    let mut c = Command::new("unshare");
-    c.args(["-rn", "cosign", "verify-blob", "--key"])
-        .arg(public)
-        .arg("--signature")
-        .arg(beside(file, ".sig"))
-        .arg("--insecure-ignore-tlog")
-        .arg(file);
-    cosign_env(&mut c, home).output().expect("unshare runs cosign (ci/install-deps installs cosign)")
-}
-
-/// cosign against a registry on loopback (every proxy is a closed port).
-fn cosign_on_loopback(home: &Path, args: &[&str], image: &str) -> Output {
-    let mut c = Command::new("cosign");
-    cosign_env(&mut c, home);
-    for var in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "ALL_PROXY"] {
-        c.env(var, "http://127.0.0.1:9");
-    }
-    c.env("NO_PROXY", "127.0.0.1,localhost").env("no_proxy", "127.0.0.1,localhost");
-    c.args(args).args(["--allow-insecure-registry", "--allow-http-registry"]).arg(image);
-    c.output().expect("cosign is not installed (ci/install-deps installs it)")
-}
-
-fn beside(path: &Path, suffix: &str) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(suffix);
-    PathBuf::from(p)
+    cosign::verify_blob(home, public, &beside(file, ".sig"), file)
 }
 
 /// `bpfarm-builder build --running-kernel` into `dir/out` (cache shared per
 /// test binary, so the object compiles once), with `args` added.
 fn build(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("signed-publish-cache");
-    let mut c = Command::new(bin("bpfarm-builder"));
-    c.args(["build", "--running-kernel", "--no-progress", "--cache-dir"])
-        .arg(&cache)
-        .arg("--out")
-        .arg(dir.join("out"))
-        .args(args)
-        .env_remove("COSIGN_PASSWORD")
-        .env_remove("BPFARM_SIGN_KEY");
-    for (k, v) in env {
-        c.env(k, v);
-    }
+    let mut c = running_kernel_build(&cache, &dir.join("out"));
+    c.args(args).envs(env.iter().copied());
     c.output().expect("running bpfarm-builder")
-}
-
-/// The object the builder wrote into `dir/out`, with its metadata.
-fn built_object(dir: &Path) -> (PathBuf, ObjectMetadata) {
-    let arch_dir = dir.join("out").join(std::env::consts::ARCH);
-    let json = std::fs::read_dir(&arch_dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(".o.json"))
-        .expect("the builder wrote metadata");
-    let meta: ObjectMetadata = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    (arch_dir.join(&meta.file_name), meta)
 }
 
 fn text(o: &Output) -> String {
@@ -120,7 +46,7 @@ fn the_builder_signs_what_it_writes_and_checks_the_key_before_building() {
     let (key, public) = openssl_key(dir.path(), "signer");
     let out = build(dir.path(), &["--sign-key", key.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", text(&out));
-    let (object, meta) = built_object(dir.path());
+    let (object, meta) = built_object(&dir.path().join("out"));
     let sig = std::fs::read(beside(&object, ".sig")).unwrap();
     let jsonl = std::fs::read(beside(&object, ".intoto.jsonl")).unwrap();
 
@@ -152,11 +78,11 @@ fn the_builder_signs_what_it_writes_and_checks_the_key_before_building() {
     let cdir = tempfile::tempdir().unwrap();
     let mut keygen = Command::new("unshare");
     keygen.args(["-rn", "cosign", "generate-key-pair"]).current_dir(cdir.path());
-    run(cosign_env(&mut keygen, cdir.path()));
+    run_ok(cosign::env(&mut keygen, cdir.path()));
     let ckey = cdir.path().join("cosign.key");
-    let out = build(cdir.path(), &["--sign-key", ckey.to_str().unwrap()], &[("COSIGN_PASSWORD", PASSWORD)]);
+    let out = build(cdir.path(), &["--sign-key", ckey.to_str().unwrap()], &[("COSIGN_PASSWORD", cosign::PASSWORD)]);
     assert!(out.status.success(), "{}", text(&out));
-    let (cobject, _) = built_object(cdir.path());
+    let (cobject, _) = built_object(&cdir.path().join("out"));
     let ok = verify_blob(cdir.path(), &cdir.path().join("cosign.pub"), &cobject);
     assert!(ok.status.success(), "cosign verify-blob: {}", text(&ok));
 
@@ -214,17 +140,8 @@ impl Bpfarm {
     }
 
     /// Everything stored: the index's dump and the blob files.
-    fn snapshot(&self) -> (String, Vec<PathBuf>) {
-        let dump = run(Command::new("sqlite3").arg("-readonly").arg(self.data.join("index.sqlite")).arg(".dump"));
-        let mut files = Vec::new();
-        let mut stack = vec![self.data.join("blobs").join("sha256")];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                if e.path().is_dir() { stack.push(e.path()) } else { files.push(e.path()) }
-            }
-        }
-        files.sort();
-        (String::from_utf8_lossy(&dump.stdout).into_owned(), files)
+    fn snapshot(&self) -> (String, Vec<(String, String)>) {
+        registry_snapshot(&self.data)
     }
 
     fn oci(&self) -> OciRegistry {
@@ -245,7 +162,7 @@ fn a_signed_publish_verifies_with_cosign_in_every_place_bpfarm_serves_it() {
         build(home.path(), &["--sign-key", key.to_str().unwrap(), "--publish", &r.reg.url, "--token", &r.push], &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("1 published"), "{}", text(&out));
-    let (object, meta) = built_object(home.path());
+    let (object, meta) = built_object(&home.path().join("out"));
     let sig = std::fs::read(beside(&object, ".sig")).unwrap();
     let jsonl = std::fs::read(beside(&object, ".intoto.jsonl")).unwrap();
 
@@ -293,21 +210,21 @@ fn a_signed_publish_verifies_with_cosign_in_every_place_bpfarm_serves_it() {
     assert_eq!(index["manifests"][0]["digest"], manifest.as_str(), "{index}");
     let image = format!("{}/bpfarm/tracee-bpf@{manifest}", r.addr());
     let key_arg = public.to_str().unwrap();
-    let v = cosign_on_loopback(home.path(), &["verify", "--key", key_arg, "--insecure-ignore-tlog"], &image);
+    let v = cosign::on_registry(home.path(), &["verify", "--key", key_arg, "--insecure-ignore-tlog"], &image);
     assert!(v.status.success(), "cosign verify: {}", text(&v));
-    let v = cosign_on_loopback(
+    let v = cosign::on_registry(
         home.path(),
         &["verify-attestation", "--key", key_arg, "--insecure-ignore-tlog", "--type", "slsaprovenance"],
         &image,
     );
     assert!(v.status.success(), "cosign verify-attestation: {}", text(&v));
     let stranger_arg = stranger.to_str().unwrap();
-    let v = cosign_on_loopback(home.path(), &["verify", "--key", stranger_arg, "--insecure-ignore-tlog"], &image);
+    let v = cosign::on_registry(home.path(), &["verify", "--key", stranger_arg, "--insecure-ignore-tlog"], &image);
     assert!(!v.status.success(), "cosign verify accepted another key");
 
     // An export tree carries both files; cosign verifies there too.
     let tree = home.path().join("export");
-    run(Command::new(bin("bpfarm-registry")).arg("export").arg("--data").arg(&r.data).arg("--out").arg(&tree));
+    run_ok(Command::new(bin("bpfarm-registry")).arg("export").arg("--data").arg(&r.data).arg("--out").arg(&tree));
     let exported = tree.join(&id.version).join(id.arch.uname()).join(&meta.file_name);
     assert_eq!(std::fs::read(beside(&exported, ".intoto.jsonl")).unwrap(), jsonl);
     let ok = verify_blob(home.path(), &public, &exported);
@@ -478,7 +395,7 @@ fn replacing_an_object_leaves_no_signature_of_the_old_one_attached() {
     assert_eq!(r.get(&format!("{file}.sig")).status().as_u16(), 200);
     let tree = home.path().join("export");
     let export = || {
-        run(Command::new(bin("bpfarm-registry")).arg("export").arg("--data").arg(&r.data).arg("--out").arg(&tree));
+        run_ok(Command::new(bin("bpfarm-registry")).arg("export").arg("--data").arg(&r.data).arg("--out").arg(&tree));
     };
     export();
     let exported = tree.join("v0.1.0/x86_64").join(&meta.file_name);
@@ -546,14 +463,14 @@ fn publishing_to_an_oci_registry_pushes_the_cosign_tags() {
     let target = format!("oci://{}/ns", dist.addr);
     let out = build(home.path(), &["--sign-key", key.to_str().unwrap(), "--publish", &target, "--insecure"], &[]);
     assert!(out.status.success(), "{}", text(&out));
-    let (_, meta) = built_object(home.path());
+    let (_, meta) = built_object(&home.path().join("out"));
     let manifest = Digest::of_bytes(&oci::manifest(&meta));
     let image = format!("{}/ns/tracee-bpf@{manifest}", dist.addr);
     let key_arg = public.to_str().unwrap();
-    let v = cosign_on_loopback(home.path(), &["verify", "--key", key_arg, "--insecure-ignore-tlog"], &image);
+    let v = cosign::on_registry(home.path(), &["verify", "--key", key_arg, "--insecure-ignore-tlog"], &image);
     assert!(v.status.success(), "cosign verify: {}", text(&v));
     for predicate in ["slsaprovenance", "slsaprovenance1"] {
-        let v = cosign_on_loopback(
+        let v = cosign::on_registry(
             home.path(),
             &["verify-attestation", "--key", key_arg, "--insecure-ignore-tlog", "--type", predicate],
             &image,
@@ -561,9 +478,9 @@ fn publishing_to_an_oci_registry_pushes_the_cosign_tags() {
         assert!(v.status.success(), "cosign verify-attestation --type {predicate}: {}", text(&v));
     }
     let stranger_arg = stranger.to_str().unwrap();
-    let v = cosign_on_loopback(home.path(), &["verify", "--key", stranger_arg, "--insecure-ignore-tlog"], &image);
+    let v = cosign::on_registry(home.path(), &["verify", "--key", stranger_arg, "--insecure-ignore-tlog"], &image);
     assert!(!v.status.success(), "cosign verify accepted another key");
-    let v = cosign_on_loopback(
+    let v = cosign::on_registry(
         home.path(),
         &["verify-attestation", "--key", stranger_arg, "--insecure-ignore-tlog", "--type", "slsaprovenance"],
         &image,
@@ -571,7 +488,7 @@ fn publishing_to_an_oci_registry_pushes_the_cosign_tags() {
     assert!(!v.status.success(), "cosign verify-attestation accepted another key");
     // The .sig and .intoto.jsonl files ride along as the .bpfarm carrier,
     // byte for byte what the builder wrote beside the object.
-    let (object, _) = built_object(home.path());
+    let (object, _) = built_object(&home.path().join("out"));
     let carrier = reqwest::blocking::Client::new()
         .get(format!("http://{}/v2/ns/tracee-bpf/manifests/{}", dist.addr, sign::files_tag(&manifest)))
         .header("Accept", oci::MANIFEST_MEDIA_TYPE)

@@ -46,52 +46,28 @@ struct Descriptor {
     annotations: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Serialize)]
-struct Manifest<'a> {
-    #[serde(rename = "schemaVersion")]
-    schema_version: u32,
-    #[serde(rename = "mediaType")]
-    media_type: &'a str,
-    #[serde(rename = "artifactType")]
-    artifact_type: &'a str,
-    config: Descriptor,
-    layers: Vec<Descriptor>,
-    subject: &'a Subject,
-}
-
 /// The carrier of `subject` (the object's platform manifest) for the object
 /// file `file_name`: its `.sig` text and, when there is one, its
 /// `.intoto.jsonl`. Blobs: the empty config, then the layers.
 pub fn files_artifact(subject: &Subject, file_name: &str, signature: &[u8], attestation: Option<&[u8]>) -> OciArtifact {
-    let blob = |media_type: &str, data: &[u8]| OciBlob {
-        media_type: media_type.to_owned(),
-        digest: Digest::of_bytes(data),
-        data: data.to_vec(),
+    // The blob with its descriptor, titled with its file name when it is one.
+    let described = |media_type: &str, data: &[u8], title: Option<String>| {
+        let b = OciBlob::new(media_type, data.to_vec());
+        let d = Descriptor {
+            media_type: b.media_type.clone(),
+            digest: b.digest.to_string(),
+            size: b.data.len() as u64,
+            annotations: title.map(|t| (oci::ANN_TITLE.to_owned(), t)).into_iter().collect(),
+        };
+        (b, d)
     };
-    let config = blob(oci::EMPTY_MEDIA_TYPE, oci::EMPTY_CONFIG);
-    let mut layers = vec![(blob(SIGNATURE_LAYER_MEDIA_TYPE, signature), format!("{file_name}{SIGNATURE_SUFFIX}"))];
+    let config = described(oci::EMPTY_MEDIA_TYPE, oci::EMPTY_CONFIG, None);
+    let mut layers =
+        vec![described(SIGNATURE_LAYER_MEDIA_TYPE, signature, Some(format!("{file_name}{SIGNATURE_SUFFIX}")))];
     if let Some(a) = attestation {
-        layers.push((blob(ATTESTATION_LAYER_MEDIA_TYPE, a), format!("{file_name}{PROVENANCE_SUFFIX}")));
+        layers.push(described(ATTESTATION_LAYER_MEDIA_TYPE, a, Some(format!("{file_name}{PROVENANCE_SUFFIX}"))));
     }
-    let descriptor = |b: &OciBlob, title: Option<&str>| Descriptor {
-        media_type: b.media_type.clone(),
-        digest: b.digest.to_string(),
-        size: b.data.len() as u64,
-        annotations: title.map(|t| (oci::ANN_TITLE.to_owned(), t.to_owned())).into_iter().collect(),
-    };
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: oci::MANIFEST_MEDIA_TYPE,
-        artifact_type: FILES_ARTIFACT_TYPE,
-        config: descriptor(&config, None),
-        layers: layers.iter().map(|(b, t)| descriptor(b, Some(t))).collect(),
-        subject,
-    };
-    // Strings and numbers only: serialization cannot fail.
-    let manifest = serde_json::to_vec(&manifest).unwrap_or_default();
-    let mut blobs = vec![config];
-    blobs.extend(layers.into_iter().map(|(b, _)| b));
-    OciArtifact { tag: files_tag(&subject.digest), manifest, blobs }
+    super::cosign::assemble(files_tag(&subject.digest), FILES_ARTIFACT_TYPE, subject, config, layers)
 }
 
 /// A layer of a carrier, by digest and size.

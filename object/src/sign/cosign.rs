@@ -82,6 +82,22 @@ struct PayloadImage {
     docker_manifest_digest: String,
 }
 
+impl Payload {
+    /// A simple-signing payload of cosign's type.
+    fn parse(bytes: &[u8]) -> Result<Self, VerifyError> {
+        let what = "simple-signing payload";
+        let p: Payload =
+            serde_json::from_slice(bytes).map_err(|e| VerifyError::Format { what, reason: e.to_string() })?;
+        if p.critical.type_ != SIMPLE_SIGNING_TYPE {
+            return Err(VerifyError::Format {
+                what,
+                reason: format!("type {:?} is not {SIMPLE_SIGNING_TYPE:?}", p.critical.type_),
+            });
+        }
+        Ok(p)
+    }
+}
+
 /// cosign's payload for `manifest_digest`, byte for byte as cosign writes it.
 /// `docker_reference` is the repository (`HOST[:PORT]/NAMESPACE/tracee-bpf`);
 /// verifiers (cosign's and bpfarm's) check the digest, not the reference,
@@ -109,15 +125,8 @@ impl ManifestSignature {
         if self.payload.len() as u64 > MAX_PAYLOAD {
             return Err(VerifyError::TooLarge { what, len: self.payload.len(), max: MAX_PAYLOAD as usize });
         }
-        let p: Payload =
-            serde_json::from_slice(&self.payload).map_err(|e| VerifyError::Format { what, reason: e.to_string() })?;
-        if p.critical.type_ != SIMPLE_SIGNING_TYPE {
-            return Err(VerifyError::Format {
-                what,
-                reason: format!("type {:?} is not {SIMPLE_SIGNING_TYPE:?}", p.critical.type_),
-            });
-        }
-        p.critical
+        Payload::parse(&self.payload)?
+            .critical
             .image
             .docker_manifest_digest
             .parse()
@@ -159,7 +168,7 @@ pub struct OciBlob {
 }
 
 impl OciBlob {
-    fn new(media_type: &str, data: Vec<u8>) -> Self {
+    pub(super) fn new(media_type: &str, data: Vec<u8>) -> Self {
         Self { media_type: media_type.to_owned(), digest: Digest::of_bytes(&data), data }
     }
 }
@@ -209,17 +218,53 @@ struct Descriptor {
     annotations: std::collections::BTreeMap<String, String>,
 }
 
+impl Descriptor {
+    fn digest(&self) -> Result<Digest, VerifyError> {
+        self.digest
+            .parse()
+            .map_err(|e: crate::DigestError| VerifyError::Format { what: "layer descriptor", reason: e.to_string() })
+    }
+}
+
+/// An artifact's image manifest: fixed field order, no time in it. `D` is
+/// the descriptor's form (its field order is part of the bytes too).
 #[derive(Serialize)]
-struct Manifest<'a> {
+struct Manifest<'a, D> {
     #[serde(rename = "schemaVersion")]
     schema_version: u32,
     #[serde(rename = "mediaType")]
     media_type: &'a str,
     #[serde(rename = "artifactType")]
     artifact_type: &'a str,
-    config: Descriptor,
-    layers: Vec<Descriptor>,
+    config: D,
+    layers: Vec<D>,
     subject: &'a Subject,
+}
+
+/// The artifact under `tag` of type `artifact_type` for `subject`: its
+/// config and layers, each a blob with the descriptor the manifest holds
+/// for it. Blobs: the config, then the layers.
+pub(super) fn assemble<D: Serialize>(
+    tag: String,
+    artifact_type: &str,
+    subject: &Subject,
+    config: (OciBlob, D),
+    layers: Vec<(OciBlob, D)>,
+) -> OciArtifact {
+    let (layer_blobs, layer_descriptors): (Vec<OciBlob>, Vec<D>) = layers.into_iter().unzip();
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: oci::MANIFEST_MEDIA_TYPE,
+        artifact_type,
+        config: config.1,
+        layers: layer_descriptors,
+        subject,
+    };
+    // Strings and numbers only: serialization cannot fail.
+    let manifest = serde_json::to_vec(&manifest).unwrap_or_default();
+    let mut blobs = vec![config.0];
+    blobs.extend(layer_blobs);
+    OciArtifact { tag, manifest, blobs }
 }
 
 /// cosign's image config for a signature image: nothing but the layers'
@@ -263,24 +308,17 @@ fn artifact(
         config: Default::default(),
     };
     let config = OciBlob::new(CONFIG_MEDIA_TYPE, serde_json::to_vec(&config).unwrap_or_default());
-    let descriptor = |b: &OciBlob, annotations: Vec<(&str, String)>| Descriptor {
-        media_type: b.media_type.clone(),
-        size: b.data.len() as u64,
-        digest: b.digest.to_string(),
-        annotations: annotations.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    let described = |b: OciBlob, annotations: Vec<(&str, String)>| {
+        let d = Descriptor {
+            media_type: b.media_type.clone(),
+            size: b.data.len() as u64,
+            digest: b.digest.to_string(),
+            annotations: annotations.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        };
+        (b, d)
     };
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: oci::MANIFEST_MEDIA_TYPE,
-        artifact_type,
-        config: descriptor(&config, vec![]),
-        layers: layers.iter().map(|(b, a)| descriptor(b, a.clone())).collect(),
-        subject,
-    };
-    let manifest = serde_json::to_vec(&manifest).unwrap_or_default();
-    let mut blobs = vec![config];
-    blobs.extend(layers.into_iter().map(|(b, _)| b));
-    OciArtifact { tag, manifest, blobs }
+    let layers = layers.into_iter().map(|(b, a)| described(b, a)).collect();
+    assemble(tag, artifact_type, subject, described(config, vec![]), layers)
 }
 
 /// The signature manifest of `subject` (tag `sha256-<hex>.sig`), one layer
@@ -338,10 +376,7 @@ fn layer_bytes(
     max: u64,
     fetch: &mut dyn FnMut(&Digest) -> Result<Vec<u8>, FetchError>,
 ) -> Result<Vec<u8>, VerifyError> {
-    let digest: Digest = layer
-        .digest
-        .parse()
-        .map_err(|e: crate::DigestError| VerifyError::Format { what: "layer descriptor", reason: e.to_string() })?;
+    let digest = layer.digest()?;
     if layer.size > max {
         return Err(VerifyError::TooLarge { what: "layer", len: layer.size as usize, max: max as usize });
     }
@@ -384,14 +419,7 @@ pub fn verify_signature_manifest(
         let sig = decode_signature(l.annotations.get(ANN_SIGNATURE).map(String::as_bytes).unwrap_or_default())?;
         let payload = layer_bytes(l, MAX_PAYLOAD, fetch)?;
         let verified = verify_prehash(keys, &Sha256::digest(&payload).into(), &sig)?;
-        let p: Payload = serde_json::from_slice(&payload)
-            .map_err(|e| VerifyError::Format { what: "simple-signing payload", reason: e.to_string() })?;
-        if p.critical.type_ != SIMPLE_SIGNING_TYPE {
-            return Err(VerifyError::Format {
-                what: "simple-signing payload",
-                reason: format!("type {:?} is not {SIMPLE_SIGNING_TYPE:?}", p.critical.type_),
-            });
-        }
+        let p = Payload::parse(&payload)?;
         if p.critical.image.docker_manifest_digest != subject.as_str() {
             return Err(VerifyError::SubjectMismatch {
                 expected: subject.clone(),
@@ -435,11 +463,7 @@ fn layer_refs(manifest: &[u8], what: &'static str, media_type: &str) -> Result<V
         .into_iter()
         .filter(|l| l.media_type == media_type)
         .map(|l| {
-            let digest = l.digest.parse().map_err(|e: crate::DigestError| VerifyError::Format {
-                what: "layer descriptor",
-                reason: e.to_string(),
-            })?;
-            Ok(LayerRef { digest, size: l.size, signature: l.annotations.get(ANN_SIGNATURE).cloned() })
+            Ok(LayerRef { digest: l.digest()?, size: l.size, signature: l.annotations.get(ANN_SIGNATURE).cloned() })
         })
         .collect()
 }

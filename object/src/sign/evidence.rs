@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cosign::{ManifestSignature, verify_attestation_envelope};
 use super::{KeyId, TrustedKeys, VerifiedProvenance, VerifyError};
-use crate::{Arch, Digest, Identity, oci};
+use crate::{Digest, Identity, oci};
 
 /// The file name suffix beside the object.
 pub const EVIDENCE_SUFFIX: &str = ".cosign.json";
@@ -136,28 +136,12 @@ impl OciEvidence {
 pub fn check_manifest(manifest: &[u8], identity: &Identity, object: &Digest, size: u64) -> Result<(), VerifyError> {
     let bad = |reason: String| VerifyError::Format { what: "OCI manifest", reason };
     let m: serde_json::Value = serde_json::from_slice(manifest).map_err(|e| bad(e.to_string()))?;
-    let a = &m["annotations"];
-    if a[oci::ANN_RELEASE] != identity.kernel_release.as_str()
-        || a[oci::ANN_ARCH].as_str().and_then(Arch::from_any) != Some(identity.arch)
-        || a[oci::ANN_VERSION] != identity.version.as_str()
-    {
-        return Err(bad(format!(
-            "its annotations name {} {} {}, not {} {} {}",
-            a[oci::ANN_RELEASE],
-            a[oci::ANN_ARCH],
-            a[oci::ANN_VERSION],
-            identity.kernel_release,
-            identity.arch,
-            identity.version
-        )));
-    }
+    oci::check_annotations(&m, identity, "").map_err(bad)?;
     let layers = m["layers"].as_array().map(Vec::as_slice).unwrap_or_default();
     let [layer] = layers else {
         return Err(bad(format!("it has {} layers, not the one object", layers.len())));
     };
-    if layer["mediaType"] != oci::LAYER_MEDIA_TYPE {
-        return Err(bad(format!("its layer is {}, not {}", layer["mediaType"], oci::LAYER_MEDIA_TYPE)));
-    }
+    oci::check_object_layer(layer, None).map_err(bad)?;
     if layer["digest"] != object.as_str() || layer["size"].as_u64() != Some(size) {
         return Err(bad(format!(
             "its layer is {} ({} bytes), not this object {object} ({size} bytes)",
