@@ -141,6 +141,15 @@ pub struct CoverageFailure {
     pub message: String,
 }
 
+/// Reader connections at most.
+const READERS: u32 = 8;
+/// Each reader's own page cache (`PRAGMA cache_size`; negative: KiB), 512
+/// KiB where sqlite's default is 2,000 KiB: eight readers that had each
+/// filled theirs held ~16 MiB of pages the kernel's page cache holds
+/// anyway (what a miss costs is a `pread` of a cached page). The hottest
+/// reads are memoised (`memo`), so few requests reach a reader at all.
+const READER_CACHE: &str = "-512";
+
 /// Every version with a current object or a failure (`coverage_versions`).
 const COVERAGE_VERSIONS: &str = "SELECT version FROM objects WHERE current = 1 UNION SELECT version FROM failures";
 /// Per (release, arch) pair with current objects, which of the counted
@@ -200,7 +209,10 @@ impl Repo {
         // so a replacement before the memo is made is not missed.
         let first = crate::memo::file_identity(&db);
         sqlx::migrate!("./migrations").run(&writer).await?;
-        let reader = SqlitePoolOptions::new().max_connections(8).connect_with(opts.read_only(true)).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(opts.read_only(true).pragma("cache_size", READER_CACHE))
+            .await?;
         let memo = Memo::new(&db);
         if let Ok(first) = first {
             memo.opened_first(first);
@@ -1191,6 +1203,23 @@ mod tests {
             q = q.bind("[]");
         }
         q.fetch_all(&repo.reader).await.unwrap().into_iter().map(|(_, _, _, step)| step).collect()
+    }
+
+    /// Every reader connection keeps the small page cache, however many
+    /// the pool opens.
+    #[tokio::test]
+    async fn readers_keep_a_small_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open(dir.path()).await.unwrap();
+        let mut held = Vec::new();
+        for _ in 0..READERS {
+            let mut c = repo.reader.acquire().await.unwrap();
+            let size: i64 = sqlx::query_scalar("PRAGMA cache_size").fetch_one(&mut *c).await.unwrap();
+            assert_eq!(size.to_string(), READER_CACHE);
+            held.push(c);
+        }
+        drop(held);
+        repo.close().await;
     }
 
     /// The coverage count reads index entries only, never an object's
