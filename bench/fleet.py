@@ -17,8 +17,11 @@
   4. list: every page of `GET /v1/objects?limit=1000` walked with `after`,
      and a search (`q=`) walked the same way: pages, p50/p99/max per page;
   5. the coverage page `GET /` (and a later page of a search) and
-     `GET /v1/coverage` (and a page of a search): time (best of two), the
-     registry's CPU time for the two, and size; then the peak RSS;
+     `GET /v1/coverage` (and a page of a search), each first right after a
+     change to the index (another process's commit) and then --repeat times
+     again: time, the registry's CPU time per request, and size; then the
+     peak RSS (with --rss-breakdown: file-backed vs anonymous, what malloc
+     holds in use and keeps free, what sqlite holds);
   6. a burst of --agents simulated agents (at most --concurrency at once,
      each its own connection): look up its kernel's object, download the
      blob, check its digest. Completion time, p99 per agent, errors.
@@ -26,9 +29,13 @@ Ends with the registry's peak RSS (VmHWM), also printed after each phase
 (which phase raised it). Baselines in the same run: the lookup's req/s
 against `/healthz` (the server's floor for one request); with
 --compare-bin OLD, every serving phase first with an older registry binary
-on the same data, then the new/old ratio of each figure.
+on the same data, then the new/old ratio of each figure; with --rounds N
+too, first both binaries serve the same data at once and are asked in turn
+(who goes first alternates), N rounds of the coverage requests (first and
+again), the list and the search: medians per binary, new/old, the
+slowest pages by where they start (--only-interleaved: just that).
 
-    bench/fleet.py [--kernels 10000] [--versions 10] [--agents 10000] [--concurrency 256] [--token-rounds 3] [--compare-check] [--compare-bin OLD] [--work DIR]
+    bench/fleet.py [--kernels 10000] [--versions 10] [--agents 10000] [--concurrency 256] [--token-rounds 3] [--repeat 5] [--rss-breakdown] [--compare-check] [--compare-bin OLD [--rounds N [--only-interleaved]]] [--work DIR]
 """
 import argparse
 import asyncio
@@ -43,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,13 +91,16 @@ def get(url):
     return time.monotonic() - t, body
 
 
-def walk(base, query):
-    """Every page of /v1/objects?<query>; returns (page times, objects)."""
+def walk(base, query, starts=None):
+    """Every page of /v1/objects?<query>; returns (page times, objects).
+    `starts`, when given, gets each page's `after`."""
     times, n, after = [], 0, 0
     while True:
         took, body = get(f"{base}/v1/objects?{query}&limit=1000&after={after}")
         page = json.loads(body)
         times.append(took)
+        if starts is not None:
+            starts.append(after)
         n += len(page["objects"])
         if page.get("next") is None:
             return times, n
@@ -149,14 +160,92 @@ COMPARED = [
     ("list_p99", "list page p99 (ms)", "lower"),
     ("search_s", "search, every page (s)", "lower"),
     ("search_p99", "search page p99 (ms)", "lower"),
-    ("page_ms", "coverage page (ms)", "lower"),
-    ("json_ms", "GET /v1/coverage (ms)", "lower"),
-    ("coverage_cpu_ms", "  page + JSON, registry CPU (ms)", "lower"),
+    ("page_first_ms", "coverage page, first (ms)", "lower"),
+    ("page_ms", "coverage page, again (ms)", "lower"),
+    ("json_first_ms", "GET /v1/coverage, first (ms)", "lower"),
+    ("json_ms", "GET /v1/coverage, again (ms)", "lower"),
+    ("coverage_cpu_first_ms", "  page + JSON first, registry CPU (ms)", "lower"),
+    ("coverage_cpu_ms", "  page + JSON again, registry CPU (ms)", "lower"),
     ("coverage_hwm_mib", "peak RSS after coverage (MiB)", "lower"),
+    ("mem_rss", "  RSS then (MiB)", "lower"),
+    ("mem_file", "    file-backed (MiB)", "lower"),
+    ("mem_anon", "    anonymous (MiB)", "lower"),
+    ("mem_malloc_used", "    malloc in use (MiB)", "lower"),
+    ("mem_sqlite", "      of which sqlite (MiB)", "lower"),
+    ("mem_malloc_free", "    malloc free but kept (MiB)", "lower"),
     ("burst_s", "agents burst (s)", "lower"),
     ("burst_p99", "agent p99 (ms)", "lower"),
     ("hwm_mib", "peak RSS (MiB)", "lower"),
 ]
+
+
+# The coverage requests measured: the page, a later page of a search, the
+# JSON, a page of a search of it.
+COVERAGE_PATHS = [("page", "/"), ("page q", "/?q=-fleet-&from=1000"), ("json", "/v1/coverage"), ("json q", "/v1/coverage?q=-fleet-&offset=5000&limit=1000")]
+
+
+def touch_index(data):
+    """One commit to the index by another process (a read token's creation
+    time rewritten), so every registry on it counts afresh."""
+    subprocess.run(["sqlite3", os.path.join(data, "index.sqlite"),
+                    "UPDATE tokens SET created_at = strftime('%Y-%m-%dT%H:%M:%f', 'now') WHERE name LIKE 'fleet-bench-%';"], check=True)
+
+
+def coverage_requests(base, pid, path, repeat, data=None):
+    """`path` asked once after a change to the index (made here when `data`
+    is given: its index is touched), then `repeat` times more (again):
+    (ms, registry CPU ms, bytes) of the first and (median ms, CPU ms per
+    request) of the others."""
+    if data:
+        touch_index(data)
+    clk = os.sysconf("SC_CLK_TCK")
+    before = cpu_ticks(pid)
+    took, body = get(f"{base}{path}")
+    first = (took * 1000, (cpu_ticks(pid) - before) / clk * 1000, len(body))
+    before = cpu_ticks(pid)
+    times = [get(f"{base}{path}")[0] * 1000 for _ in range(repeat)]
+    return first, (statistics.median(times), (cpu_ticks(pid) - before) / clk * 1000 / repeat)
+
+
+def rss_breakdown(pid, phase):
+    """Where `pid`'s resident memory is, printed: file-backed (its code and
+    data mapped from the executable) vs anonymous (heap, stacks), threads;
+    with gdb (the process stops for a moment), what malloc got from the
+    system (arenas, mmapped chunks), how much of it is free but kept, and
+    what sqlite holds (its page caches, schema and statements:
+    `sqlite3_memory_used`). Returns the figures (MiB)."""
+    roll = {}
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == "kB":
+            roll[parts[0].rstrip(":")] = int(parts[1]) / 1024
+    out = {"rss": roll.get("Rss", 0.0), "anon": roll.get("Anonymous", 0.0)}
+    out["file"] = out["rss"] - out["anon"]
+    line = f"memory:  after {phase}: RSS {out['rss']:.1f} MiB = file-backed {out['file']:.1f} + anonymous {out['anon']:.1f}; {int(proc_status(pid, 'Threads') * 1024)} threads"
+    if shutil.which("gdb"):
+        xml = os.path.join(tempfile.gettempdir(), f"fleet-malloc-{pid}.xml")
+        cmds = [f'set $f = (void*)fopen("{xml}", "w")', "call (int)malloc_info(0, $f)", "call (int)fclose($f)",
+                "echo sqlite:\\n", "print (long long)sqlite3_memory_used()"]
+        res = subprocess.run(["gdb", "-p", str(pid), "-batch", "-nx"] + [a for c in cmds for a in ("-ex", c)], capture_output=True, text=True)
+        try:
+            info = open(xml).read()
+            os.unlink(xml)
+            tail = info[info.rindex("</heap>"):]
+            size = lambda tag, kind: int(re.search(rf'<{tag} type="{kind}"[^>]*size="(\d+)"', tail).group(1)) / 2**20  # noqa: E731
+            out["malloc_system"], out["malloc_mmap"] = size("system", "current"), size("total", "mmap")
+            out["malloc_free"] = size("total", "fast") + size("total", "rest")
+            out["malloc_used"] = out["malloc_system"] - out["malloc_free"] + out["malloc_mmap"]
+            arenas = info.count("<heap nr=")
+            m = re.search(r"sqlite:\n\$\d+ = (\d+)", res.stdout)
+            out["sqlite"] = int(m.group(1)) / 2**20 if m else float("nan")
+            line += (f"; malloc: {out['malloc_system']:.1f} MiB in {arenas} arenas + {out['malloc_mmap']:.1f} mmapped, "
+                     f"in use {out['malloc_used']:.1f} (of which sqlite {out['sqlite']:.1f}), free but kept {out['malloc_free']:.1f}")
+        except (OSError, ValueError, AttributeError) as e:
+            line += f"; malloc: not read ({e}; gdb: {res.stderr.strip()[-200:]})"
+    else:
+        line += "; malloc: not read (no gdb: ci/install-deps installs it)"
+    print(line, flush=True)
+    return out
 
 
 def hwm_line(pid, phase):
@@ -169,10 +258,7 @@ def serve_phases(args, binary, data, releases, versions, n, work, token):
     reg = None
     try:
         t = time.monotonic()
-        reg = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--data", data], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "BPFARM_LOG": "error"})
-        base = reg.stdout.readline().decode().strip().removeprefix("listening on ")
-        if not base.startswith("http://"):
-            raise SystemExit("fleet: the registry did not start")
+        reg, base = start(binary, data)
         host, port = base.removeprefix("http://").rsplit(":", 1)
         r["start_s"] = time.monotonic() - t
         print(f"start:   {r['start_s']:.2f} s to listening, RSS {proc_status(reg.pid, 'VmRSS'):.1f} MiB, peak {hwm_mib(reg.pid):.1f} MiB", flush=True)
@@ -209,17 +295,19 @@ def serve_phases(args, binary, data, releases, versions, n, work, token):
         r["search_s"], r["search_p99"] = sum(times), pct(times, 0.99) * 1000
         hwm_line(reg.pid, "list and search")
 
-        for what, path in [("page", "/"), ("page q", "/?q=-fleet-&from=1000"), ("json", "/v1/coverage"), ("json q", "/v1/coverage?q=-fleet-&offset=5000&limit=1000")]:
-            before = cpu_ticks(reg.pid)
-            took, body = get(f"{base}{path}")
-            took2, _ = get(f"{base}{path}")
-            cpu_ms = (cpu_ticks(reg.pid) - before) / os.sysconf("SC_CLK_TCK") * 1000 / 2
-            print(f"{what + ':':8} GET {path} {min(took, took2) * 1000:.0f} ms (of two), registry CPU {cpu_ms:.0f} ms each, {len(body) / 1e6:.2f} MB", flush=True)
-            r[{"page": "page_ms", "json": "json_ms"}.get(what, what)] = min(took, took2) * 1000
+        for what, path in COVERAGE_PATHS:
+            first, again = coverage_requests(base, reg.pid, path, args.repeat, data)
+            print(f"{what + ':':8} GET {path} first {first[0]:.0f} ms (registry CPU {first[1]:.0f} ms), again {again[0]:.1f} ms "
+                  f"(median of {args.repeat}; CPU {again[1]:.1f} ms each), {first[2] / 1e6:.2f} MB", flush=True)
             if what in ("page", "json"):
-                r["coverage_cpu_ms"] = r.get("coverage_cpu_ms", 0) + cpu_ms
+                r[f"{what}_first_ms"], r[f"{what}_ms"] = first[0], again[0]
+                r["coverage_cpu_first_ms"] = r.get("coverage_cpu_first_ms", 0) + first[1]
+                r["coverage_cpu_ms"] = r.get("coverage_cpu_ms", 0) + again[1]
         r["coverage_hwm_mib"] = hwm_mib(reg.pid)
         hwm_line(reg.pid, "coverage")
+        if args.rss_breakdown:
+            for key, mib in rss_breakdown(reg.pid, "coverage").items():
+                r[f"mem_{key}"] = mib
 
         identities = [("x86_64", rnd.choice(versions), rnd.choice(releases)) for _ in range(args.agents)]
         wall, times, errors = asyncio.run(burst(host, int(port), identities, args.concurrency))
@@ -236,6 +324,71 @@ def serve_phases(args, binary, data, releases, versions, n, work, token):
     return r
 
 
+def start(binary, data):
+    """`binary` serving `data` on a free loopback port: (process, base URL)."""
+    reg = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--data", data], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "BPFARM_LOG": "error"})
+    base = reg.stdout.readline().decode().strip().removeprefix("listening on ")
+    if not base.startswith("http://"):
+        reg.kill()
+        raise SystemExit(f"fleet: {binary} did not start")
+    return reg, base
+
+
+def interleaved(args, binaries, releases):
+    """Both registries serving the same data at once, asked in turn (who goes
+    first alternates by round), so the machine's load falls on both alike:
+    per round, after one change to the index, the coverage page and
+    `/v1/coverage` first and again (each binary's own CPU time), then every
+    page of the list and of the search. Medians over the rounds, per binary,
+    and new/old; the slowest list and search pages by where they start."""
+    regs = {}
+    try:
+        for label, binary, data in binaries:
+            regs[label] = start(binary, data)
+        res = {label: {} for label in regs}
+        add = lambda label, key, x: res[label].setdefault(key, []).append(x)  # noqa: E731
+        slow = {label: [] for label in regs}
+        for n in range(args.rounds):
+            order = list(regs) if n % 2 == 0 else list(reversed(regs))
+            for what, path in COVERAGE_PATHS[::2]:
+                for _, _, data in binaries:
+                    touch_index(data)
+                for label in order:
+                    reg, base = regs[label]
+                    first, again = coverage_requests(base, reg.pid, path, args.repeat)
+                    add(label, f"{what} first ms", first[0])
+                    add(label, f"{what} first CPU ms", first[1])
+                    add(label, f"{what} again ms", again[0])
+                    add(label, f"{what} again CPU ms", again[1])
+            # Every object, one release's ten (a narrow search), none (an
+            # arch nothing is built for): each walked to its end.
+            narrow = urllib.parse.quote(releases[len(releases) // 2])
+            for what, query in [("list", "arch=x86_64"), ("search", "q=-fleet-"), ("narrow search", f"q={narrow}"), ("empty list", "arch=aarch64")]:
+                for label in order:
+                    starts = []
+                    times, _ = walk(regs[label][1], query, starts)
+                    add(label, f"{what} page p50 ms", statistics.median(times) * 1000)
+                    add(label, f"{what} page max ms", max(times) * 1000)
+                    add(label, f"{what} all pages s", sum(times))
+                    slow[label].extend((t * 1000, what, a, n) for t, a in zip(times, starts))
+            print(f"round {n + 1}/{args.rounds} done, load {' '.join(load())}", flush=True)
+        print(f"--- interleaved, {args.rounds} rounds, both serving the same data at once; medians of the rounds", flush=True)
+        labels = list(regs)
+        print(f"{'':34}" + "".join(f"{label:>12}" for label in labels) + ("   new/old" if len(labels) == 2 else ""))
+        for key in res[labels[0]]:
+            meds = [statistics.median(res[label][key]) for label in labels]
+            ratio = f"   {meds[1] / meds[0]:.2f}x" if len(meds) == 2 and meds[0] else ""
+            print(f"{key:34}" + "".join(f"{m:12.1f}" for m in meds) + ratio)
+        for label in labels:
+            worst = sorted(slow[label], reverse=True)[:5]
+            print(f"slowest pages, {label}: " + "; ".join(f"{w} after={a} {t:.0f} ms (round {n + 1})" for t, w, a, n in worst))
+            print(f"peak RSS, {label}: {hwm_mib(regs[label][0].pid):.1f} MiB")
+    finally:
+        for reg, _ in regs.values():
+            reg.kill()
+            reg.wait()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kernels", type=int, default=10_000)
@@ -243,6 +396,10 @@ def main():
     ap.add_argument("--agents", type=int, default=10_000)
     ap.add_argument("--concurrency", type=int, default=256)
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=0, help="with --compare-bin: rounds of the coverage requests, list and search asked of both binaries in turn, both serving at once (0: none)")
+    ap.add_argument("--only-interleaved", action="store_true", help="with --compare-bin and --rounds: skip the phases of one binary at a time")
+    ap.add_argument("--rss-breakdown", action="store_true", help="after the coverage requests, break the registry's RSS down (smaps_rollup; malloc and sqlite through gdb)")
+    ap.add_argument("--repeat", type=int, default=5, help="coverage requests asked again after the first (the median is printed)")
     ap.add_argument("--token-rounds", type=int, default=3, help="alternating wrk runs of the lookup without and with a read token (0: none)")
     ap.add_argument("--compare-check", action="store_true", help="before serving, time the start-up faces check set-based and one object at a time (the old way) on the same data")
     ap.add_argument("--registry-bin", default=os.path.join(ROOT, "target/release/bpfarm-registry"))
@@ -271,6 +428,7 @@ def main():
         releases = open(releases_file).read().split()
         versions = [f"v1.{v}.0" for v in range(args.versions)]
 
+
         # A read token, created once with the registry's own CLI.
         token_file = os.path.join(work, "read-token")
         if not os.path.exists(token_file):
@@ -279,15 +437,20 @@ def main():
                 f.write(out.stdout.strip().splitlines()[-1])
         token = open(token_file).read().strip()
 
+
         if args.compare_check:
             out = subprocess.run([args.seed_bin, "--data", data, "--time-check"], capture_output=True, text=True, check=True, env={**os.environ, "BPFARM_LOG": "error"}).stdout
             print(f"check:   {out.strip()}", flush=True)
 
         results = {}
-        for label, binary in ([("old", args.compare_bin)] if args.compare_bin else []) + [("new", args.registry_bin)]:
+        if args.compare_bin and args.rounds:
+            interleaved(args, [("old", args.compare_bin, data), ("new", args.registry_bin, data)], releases)
+            if args.only_interleaved:
+                return
+        for label, binary, where in ([("old", args.compare_bin, data)] if args.compare_bin else []) + [("new", args.registry_bin, data)]:
             if args.compare_bin:
                 print(f"--- {label}: {binary}", flush=True)
-            results[label] = serve_phases(args, binary, data, releases, versions, n, work, token)
+            results[label] = serve_phases(args, binary, where, releases, versions, n, work, token)
         if args.compare_bin:
             old, new = results["old"], results["new"]
             print("--- old -> new (same data, same run; for times new/old < 1 is better, for rates > 1)")

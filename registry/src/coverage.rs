@@ -11,8 +11,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bpfarm_object::Arch;
 use bpfarm_object::identity::validate_release;
@@ -388,14 +388,17 @@ fn versions_seen(objects: &[CoverageObject], failures: &[CoverageFailure]) -> BT
 /// A count being gathered a (release, arch) pair at a time: for each pair
 /// with rows, one state per counted version (a byte each). Its memory is
 /// pairs × counted versions whatever the index holds: it never holds an
-/// object's row.
-#[derive(Debug)]
+/// object's row. Once gathered it is only read (`finish`, `releases`), so
+/// a clone shares the states: the memo keeps counts so.
+#[derive(Debug, Clone)]
 pub struct Tally {
     chosen: Chosen,
     position: HashMap<String, usize>,
     /// Per release with rows: per arch they are on (`None`: an arch no
     /// `Arch` names, written into the index by hand), the counted states.
-    seen: BTreeMap<String, Vec<ArchStates>>,
+    seen: Arc<BTreeMap<String, Vec<ArchStates>>>,
+    /// `seen`'s releases in natural order, once asked for (`releases`).
+    sorted: Arc<OnceLock<Vec<String>>>,
 }
 
 /// An arch a release has rows on and its states per counted version.
@@ -404,7 +407,33 @@ type ArchStates = (Option<Arch>, Vec<State>);
 impl Tally {
     pub fn new(chosen: Chosen) -> Self {
         let position = chosen.counted.iter().enumerate().map(|(i, v)| (v.clone(), i)).collect();
-        Self { chosen, position, seen: BTreeMap::new() }
+        Self { chosen, position, seen: Arc::new(BTreeMap::new()), sorted: Arc::default() }
+    }
+
+    /// About what it holds on the heap, counted from its lengths (what
+    /// the memo weighs it at), its releases' sorted copy included.
+    pub fn held_bytes(&self) -> usize {
+        use std::mem::size_of;
+        // A B-tree entry (its key and value, and a share of its node) and
+        // the release's sorted copy.
+        const ENTRY: usize = 2 * size_of::<String>() + size_of::<Vec<ArchStates>>() + 2 * size_of::<usize>();
+        let seen: usize = self
+            .seen
+            .iter()
+            .map(|(release, arches)| {
+                let cells: usize = arches.iter().map(|(_, s)| s.capacity() * size_of::<State>()).sum();
+                ENTRY + 2 * release.len() + arches.capacity() * size_of::<ArchStates>() + cells
+            })
+            .sum();
+        // Each counted name twice (the list and `position`), the older once.
+        let names: usize = self
+            .chosen
+            .counted
+            .iter()
+            .map(|v| 2 * (size_of::<String>() + v.capacity()) + size_of::<usize>())
+            .sum::<usize>()
+            + self.chosen.older.iter().map(|v| size_of::<String>() + v.capacity()).sum::<usize>();
+        size_of::<Self>() + seen + names
     }
 
     pub fn chosen(&self) -> &Chosen {
@@ -416,14 +445,20 @@ impl Tally {
     /// the same version, whichever comes first.
     pub fn add<'v>(&mut self, release: &str, arch: &str, state: State, versions: impl IntoIterator<Item = &'v str>) {
         let arch = Arch::from_any(arch);
-        if !self.seen.contains_key(release) {
-            self.seen.insert(release.to_owned(), Vec::new());
+        let counted = self.chosen.counted.len();
+        // Not shared while it is gathered: no copy.
+        let seen = Arc::make_mut(&mut self.seen);
+        if self.sorted.get().is_some() {
+            self.sorted = Arc::default();
         }
-        let Some(arches) = self.seen.get_mut(release) else { return };
+        if !seen.contains_key(release) {
+            seen.insert(release.to_owned(), Vec::new());
+        }
+        let Some(arches) = seen.get_mut(release) else { return };
         let at = match arches.iter().position(|(a, _)| *a == arch) {
             Some(i) => i,
             None => {
-                let cells = if arch.is_some() { vec![State::Missing; self.chosen.counted.len()] } else { Vec::new() };
+                let cells = if arch.is_some() { vec![State::Missing; counted] } else { Vec::new() };
                 arches.push((arch, cells));
                 arches.len() - 1
             }
@@ -444,7 +479,7 @@ impl Tally {
             return m.pairs.clone();
         }
         let mut out = BTreeSet::new();
-        for (release, arches) in &self.seen {
+        for (release, arches) in self.seen.iter() {
             for a in Arch::ALL {
                 if a.can_run(release) {
                     out.insert((release.clone(), a));
@@ -458,20 +493,27 @@ impl Tally {
     }
 
     /// Every release with rows or expected, in natural order (the page's
-    /// rows).
-    pub fn releases(&self, matrix: Option<&Matrix>) -> Vec<String> {
+    /// rows). Without a matrix, sorted once per count (a memoised count is
+    /// shown again and again).
+    pub fn releases<'a>(&'a self, matrix: Option<&'a Matrix>) -> Vec<&'a str> {
+        let Some(m) = matrix else {
+            let sorted = self.sorted.get_or_init(|| {
+                let mut out: Vec<String> = self.seen.keys().cloned().collect();
+                out.sort_by_cached_key(|r| natural_key(r));
+                out
+            });
+            return sorted.iter().map(String::as_str).collect();
+        };
         let mut out: BTreeSet<&str> = self.seen.keys().map(String::as_str).collect();
-        if let Some(m) = matrix {
-            out.extend(m.pairs.iter().map(|(r, _)| r.as_str()));
-        }
-        let mut out: Vec<String> = out.into_iter().map(str::to_owned).collect();
+        out.extend(m.pairs.iter().map(|(r, _)| r.as_str()));
+        let mut out: Vec<&str> = out.into_iter().collect();
         out.sort_by_cached_key(|r| natural_key(r));
         out
     }
 
     /// The report: every expected pair × counted version, in time and
     /// memory linear in that at one byte a cell.
-    pub fn finish(self, matrix: Option<&Matrix>, cancel: &Cancel) -> Result<Report, Cancelled> {
+    pub fn finish(&self, matrix: Option<&Matrix>, cancel: &Cancel) -> Result<Report, Cancelled> {
         let expected = self.expected(matrix);
         let Tally { chosen, seen, .. } = self;
         let Chosen { counted: versions, total: versions_total, .. } = chosen;
@@ -517,8 +559,8 @@ impl Tally {
         }
         Ok(Report {
             matrix: matrix.map(|m| m.name.clone()),
-            versions_total,
-            versions,
+            versions_total: *versions_total,
+            versions: versions.clone(),
             counts,
             by_arch,
             by_version,
@@ -581,8 +623,16 @@ pub fn report_newest(
 /// (their names stream by; `older` more are kept for links), then one row
 /// per (release, arch) pair of failures and of objects naming the counted
 /// versions it has — never an object's row — so what is held is the
-/// tally. Dropping the future stops the reading.
+/// tally. From the memo while the index is unchanged (any commit by any
+/// process drops it), so repeated views read nothing. Dropping the
+/// future stops the reading (and keeps nothing).
 pub async fn count(repo: &Repo, version: Option<&str>, max: usize, older: usize) -> Result<Tally, sqlx::Error> {
+    let key = (version.map(str::to_owned), max, older);
+    repo.coverage_memoised(key, Tally::held_bytes, || read(repo, version, max, older)).await
+}
+
+/// `count`, read from the index.
+async fn read(repo: &Repo, version: Option<&str>, max: usize, older: usize) -> Result<Tally, sqlx::Error> {
     let chosen = match version {
         Some(v) => Chosen::one(v),
         None => {
@@ -771,6 +821,25 @@ mod tests {
             assert_eq!(r.kernels[0].versions["v2"], State::Failed);
             assert_eq!(r.counts, Counts { present: 1, failed: 1, missing: 2 });
         }
+    }
+
+    /// A gathered tally is read again and again (the memo keeps it): its
+    /// clones share the states, every reading answers the same, and its
+    /// weight grows with the releases it holds.
+    #[test]
+    fn a_kept_tally_answers_the_same_every_time() {
+        let objects: Vec<_> = (0..100).map(|n| object(&format!("6.1.0-{n}-amd64"), "x86_64", "v1")).collect();
+        let t = tally_rows(&objects, &[], None, 12, 0);
+        let c = t.clone();
+        assert!(Arc::ptr_eq(&t.seen, &c.seen), "a clone copied the states");
+        let json = |t: &Tally| serde_json::to_string(&t.finish(None, &Cancel::default()).unwrap()).unwrap();
+        assert_eq!(json(&t), json(&c));
+        assert_eq!(json(&t), json(&t));
+        assert_eq!(t.releases(None)[..3], ["6.1.0-0-amd64", "6.1.0-1-amd64", "6.1.0-2-amd64"]);
+        assert_eq!(t.releases(None), c.releases(None));
+        let small = tally_rows(&objects[..10], &[], None, 12, 0).held_bytes();
+        let per_release = (t.held_bytes() - small) / 90;
+        assert!((50..1000).contains(&per_release), "{per_release} bytes a release");
     }
 
     #[test]

@@ -35,9 +35,17 @@
 //! So a revoked token (`bpfarm-registry token revoke`, or any other write
 //! to the tokens table, from any process) is refused from the next request
 //! on, as without the memo.
+//! The coverage count (`coverage::count`: the page's and `/v1/coverage`'s
+//! tally, whose reading groups every current object's index row) is a
+//! fifth kind, so a fleet's repeated views cost no sqlite scan until the
+//! index changes.
 //! Bounded: at most `MAX_ENTRIES` answers of each kind (the tokens are one
 //! answer: the table); when a kind is full its answers are dropped, and
-//! when the index changed, all are.
+//! when the index changed, all are. Coverage answers are large (their
+//! size follows the index's kernels), so they have their own bounds: at
+//! most `MAX_COVERAGE` of them and `MAX_COVERAGE_BYTES` together (as
+//! their `put` weighs them), the least recently used dropped first; one
+//! heavier than that is served but not kept.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -49,6 +57,12 @@ use rusqlite::{Connection, OpenFlags};
 
 /// Answers held at most (of each kind).
 pub const MAX_ENTRIES: usize = 4096;
+/// Coverage answers held at most: the page's and `/v1/coverage`'s counts
+/// of the newest versions, and a few `?version=` ones.
+pub const MAX_COVERAGE: usize = 8;
+/// Bytes the coverage answers held may weigh together (a tally of 10,000
+/// kernel releases × 12 versions weighs ~1.5 MB).
+pub const MAX_COVERAGE_BYTES: usize = 16 << 20;
 
 /// How the index looked when an answer was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,14 +76,60 @@ type FileKey = (String, String, String);
 type LinkKey = (String, String);
 /// An identity: kernel release, arch (`uname -m`), version.
 type LookupKey = (String, String, String);
+/// A coverage count: the version asked for (`None`: the newest), how many
+/// versions it counts at most, how many older ones it names.
+pub type CoverageKey = (Option<String>, usize, usize);
 
 #[derive(Debug)]
-struct Answers<F, L, T> {
+struct Answers<F, L, T, C> {
     stamp: Option<Stamp>,
     files: HashMap<FileKey, F>,
     links: HashMap<LinkKey, bool>,
     lookups: HashMap<LookupKey, L>,
     tokens: Option<T>,
+    coverage: Weighed<C>,
+}
+
+/// Coverage answers with their weights, least recently used first.
+#[derive(Debug)]
+struct Weighed<C> {
+    held: Vec<(CoverageKey, C, usize)>,
+    bytes: usize,
+}
+
+impl<C: Clone> Weighed<C> {
+    fn clear(&mut self) {
+        self.held.clear();
+        self.bytes = 0;
+    }
+
+    /// The answer at `key`, now the most recently used.
+    fn get(&mut self, key: &CoverageKey) -> Option<C> {
+        let at = self.held.iter().position(|(k, _, _)| k == key)?;
+        let hit = self.held.remove(at);
+        let answer = hit.1.clone();
+        self.held.push(hit);
+        Some(answer)
+    }
+
+    /// Holds `answer` weighing `bytes` at `key`, dropping the least
+    /// recently used until both bounds hold; not held if it alone
+    /// weighs more than `MAX_COVERAGE_BYTES`.
+    fn put(&mut self, key: CoverageKey, answer: C, bytes: usize) {
+        if let Some(at) = self.held.iter().position(|(k, _, _)| *k == key) {
+            let (_, _, b) = self.held.remove(at);
+            self.bytes -= b;
+        }
+        if bytes > MAX_COVERAGE_BYTES {
+            return;
+        }
+        while !self.held.is_empty() && (self.held.len() >= MAX_COVERAGE || self.bytes + bytes > MAX_COVERAGE_BYTES) {
+            let (_, _, b) = self.held.remove(0);
+            self.bytes -= b;
+        }
+        self.bytes += bytes;
+        self.held.push((key, answer, bytes));
+    }
 }
 
 /// Holds `value` at `key` in `map`, emptying a full map first.
@@ -81,10 +141,11 @@ fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, v
 }
 
 /// The answers; `F` is what a static-layout path's query returns, `L`
-/// what an identity's lookup does and `T` what the tokens' query does
-/// (`repo`'s rows: generic so that this module needs nothing from `repo`).
+/// what an identity's lookup does, `T` what the tokens' query does and `C`
+/// what a coverage count does (`repo`'s rows, `coverage`'s tally: generic
+/// so that this module needs nothing from either).
 #[derive(Debug)]
-pub struct Memo<F, L = (), T = ()> {
+pub struct Memo<F, L = (), T = (), C = ()> {
     /// The index file, whose identity is checked at every stamp.
     db: PathBuf,
     /// Its device and inode when the memo was made (after the registry's
@@ -96,7 +157,7 @@ pub struct Memo<F, L = (), T = ()> {
     /// never cleared (the registry's connections all stay on the old file).
     replaced: AtomicBool,
     generation: AtomicU64,
-    answers: Mutex<Answers<F, L, T>>,
+    answers: Mutex<Answers<F, L, T, C>>,
 }
 
 /// The device and inode `db` names now.
@@ -122,7 +183,7 @@ fn data_version(c: &Connection) -> rusqlite::Result<i64> {
     c.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))
 }
 
-impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
+impl<F: Clone, L: Clone, T: Clone, C: Clone> Memo<F, L, T, C> {
     /// For the index file `db` (an sqlite database).
     pub fn new(db: &Path) -> Self {
         // The identity before the signal opens: a file renamed over between
@@ -146,11 +207,12 @@ impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
                 links: HashMap::new(),
                 lookups: HashMap::new(),
                 tokens: None,
+                coverage: Weighed { held: Vec::new(), bytes: 0 },
             }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Answers<F, L, T>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Answers<F, L, T, C>> {
         match self.answers.lock() {
             Ok(a) => a,
             Err(poisoned) => poisoned.into_inner(),
@@ -246,7 +308,7 @@ impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
 
     /// The answers valid at `stamp`, dropping them all if the index changed.
     /// `None` when the stamp vouches for nothing.
-    fn at(&self, stamp: Stamp) -> Option<std::sync::MutexGuard<'_, Answers<F, L, T>>> {
+    fn at(&self, stamp: Stamp) -> Option<std::sync::MutexGuard<'_, Answers<F, L, T, C>>> {
         stamp.data_version?;
         let mut a = self.lock();
         if a.stamp != Some(stamp) {
@@ -254,6 +316,7 @@ impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
             a.links.clear();
             a.lookups.clear();
             a.tokens = None;
+            a.coverage.clear();
             a.stamp = Some(stamp);
         }
         Some(a)
@@ -294,6 +357,24 @@ impl<F: Clone, L: Clone, T: Clone> Memo<F, L, T> {
     pub fn put_tokens(&self, stamp: Stamp, tokens: T) {
         let Some(mut a) = self.at(stamp) else { return };
         a.tokens = Some(tokens);
+    }
+
+    /// The coverage count at `key` as read at `stamp`, if it was (and kept).
+    pub fn coverage(&self, stamp: Stamp, key: &CoverageKey) -> Option<C> {
+        self.at(stamp)?.coverage.get(key)
+    }
+
+    /// Keeps a coverage count read at `stamp`, weighing `bytes` (see the
+    /// module docs for the bounds).
+    pub fn put_coverage(&self, stamp: Stamp, key: CoverageKey, answer: C, bytes: usize) {
+        let Some(mut a) = self.at(stamp) else { return };
+        a.coverage.put(key, answer, bytes);
+    }
+
+    /// How many coverage answers are held, and their weight.
+    pub fn coverage_held(&self) -> (usize, usize) {
+        let a = self.lock();
+        (a.coverage.held.len(), a.coverage.bytes)
     }
 }
 
@@ -528,6 +609,60 @@ mod tests {
         w.execute("UPDATE t SET v = 'x'", []).unwrap();
         memo.put_tokens(before, vec!["stale"]);
         assert_eq!(memo.tokens(memo.stamp()), None, "read before a change, never served after it");
+    }
+
+    /// Coverage answers follow the same rules, with their own bounds: at
+    /// most `MAX_COVERAGE`, weighing at most `MAX_COVERAGE_BYTES`
+    /// together, the least recently used dropped first, one too heavy
+    /// alone never kept.
+    #[test]
+    fn coverage_answers_are_bounded_by_count_and_by_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, w) = index(dir.path());
+        let memo = Memo::<(), (), (), usize>::new(&db);
+        let key = |v: usize| (Some(format!("v{v}")), 12, 0);
+        let newest = (None, 12, 24);
+        let s = memo.stamp();
+        memo.put_coverage(s, newest.clone(), 0, 1000);
+        for v in 1..=3 * MAX_COVERAGE {
+            memo.put_coverage(s, key(v), v, 1000);
+            // Read on every request, so never the least recently used.
+            assert_eq!(memo.coverage(s, &newest), Some(0));
+            let (n, bytes) = memo.coverage_held();
+            assert!(n <= MAX_COVERAGE && bytes == n * 1000, "{n} answers, {bytes} bytes");
+        }
+        assert_eq!(memo.coverage_held().0, MAX_COVERAGE);
+        assert_eq!(memo.coverage(s, &key(1)), None, "the least recently used is dropped first");
+        assert_eq!(memo.coverage(s, &key(3 * MAX_COVERAGE)), Some(3 * MAX_COVERAGE));
+        // Put again at the same key: held and weighed once.
+        memo.put_coverage(s, newest.clone(), 7, 2000);
+        assert_eq!(memo.coverage(s, &newest), Some(7));
+        assert_eq!(memo.coverage_held(), (MAX_COVERAGE, (MAX_COVERAGE - 1) * 1000 + 2000));
+        // By bytes: two answers of 3/5 of the bound each are never held together.
+        let heavy = MAX_COVERAGE_BYTES / 5 * 3;
+        memo.put_coverage(s, key(100), 100, heavy);
+        memo.put_coverage(s, key(101), 101, heavy);
+        assert_eq!(memo.coverage(s, &key(100)), None);
+        assert_eq!(memo.coverage(s, &key(101)), Some(101));
+        let (n, bytes) = memo.coverage_held();
+        assert!(bytes <= MAX_COVERAGE_BYTES && n < MAX_COVERAGE, "{n} answers, {bytes} bytes");
+        // Too heavy alone: the caller serves it, the memo keeps nothing of it.
+        memo.put_coverage(s, key(102), 102, MAX_COVERAGE_BYTES + 1);
+        assert_eq!(memo.coverage(s, &key(102)), None);
+        assert_eq!(memo.coverage_held(), (n, bytes));
+        // Any commit, another connection's included, drops them all.
+        w.execute("UPDATE t SET v = 'b'", []).unwrap();
+        assert_eq!(memo.coverage(memo.stamp(), &key(101)), None);
+        assert_eq!(memo.coverage_held(), (0, 0));
+        let before = memo.stamp();
+        w.execute("UPDATE t SET v = 'c'", []).unwrap();
+        memo.put_coverage(before, newest.clone(), 9, 1000);
+        assert_eq!(memo.coverage(memo.stamp(), &newest), None, "read before a change, never served after it");
+        memo.bump();
+        let s = memo.stamp();
+        memo.put_coverage(s, newest.clone(), 9, 1000);
+        memo.bump();
+        assert_eq!(memo.coverage(memo.stamp(), &newest), None, "this process's write");
     }
 
     #[test]

@@ -172,12 +172,11 @@ pub fn render_in_memory(
 /// the server. `Cancelled` once `view.cancel` is set.
 pub fn render_view(tally: Tally, detail: &mut ReadDetail<'_>, view: &View<'_>) -> Result<String, PageError> {
     let matrix = view.matrix;
-    let all: Vec<String> = tally.releases(matrix);
-    let older = tally.chosen().older.clone();
+    let mut releases: Vec<&str> = tally.releases(matrix);
+    let older = &tally.chosen().older;
     let report = tally.finish(matrix, &view.cancel)?;
     view.cancel.check()?;
     let expected: HashSet<(&str, Arch)> = report.kernels.iter().map(|k| (k.release.as_str(), k.arch)).collect();
-    let mut releases: Vec<&str> = all.iter().map(String::as_str).collect();
     let all_releases = releases.len();
     // Newest first.
     let mut columns: Vec<String> = report.versions.clone();
@@ -223,7 +222,7 @@ pub fn render_view(tally: Tally, detail: &mut ReadDetail<'_>, view: &View<'_>) -
         matrix.map(|m| format!(", against matrix <code>{}</code>", esc(&m.name))).unwrap_or_default(),
         view.version.map(|v| format!(", version <code>{}</code> only", esc(v))).unwrap_or_default(),
     );
-    older_versions(&mut top, &report, &older, view);
+    older_versions(&mut top, &report, older, view);
     top.push_str("<form method=\"get\" action=\"/\">");
     for (name, value) in [("matrix", matrix.map(|m| m.name.as_str())), ("version", view.version)] {
         if let Some(v) = value {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bpfarm_object::{Identity, ObjectMetadata};
 
-use crate::memo::Memo;
+use crate::memo::{CoverageKey, Memo};
 use futures_util::TryStreamExt;
 use futures_util::stream::BoxStream;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
@@ -36,8 +36,15 @@ pub type Signed = Option<(ObjectRow, Option<SignatureRow>)>;
 pub type TokenHashes = Arc<[(String, Scope)]>;
 
 /// A static-layout path's rows are shared, so a memoised answer is one
-/// reference count per download, not a copy of every row's strings.
-type IndexMemo = Memo<Arc<[ObjectRow]>, Signed, TokenHashes>;
+/// reference count per download, not a copy of every row's strings; so
+/// are a coverage tally's states.
+type IndexMemo = Memo<Arc<[ObjectRow]>, Signed, TokenHashes, CoverageAnswer>;
+
+/// A coverage count as the memo holds it. Its type belongs to the
+/// coverage service above this layer (`coverage::Tally`), so here it is
+/// only something shared: `coverage_memoised` hands it back as the type
+/// it was kept as.
+pub type CoverageAnswer = Arc<dyn std::any::Any + Send + Sync>;
 
 /// One stored object row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -140,6 +147,27 @@ pub struct CoverageFailure {
     pub message: String,
 }
 
+/// Reader connections at most.
+const READERS: u32 = 8;
+/// Each reader's own page cache (`PRAGMA cache_size`; negative: KiB), 512
+/// KiB where sqlite's default is 2,000 KiB: eight readers that had each
+/// filled theirs held ~16 MiB of pages the kernel's page cache holds
+/// anyway (what a miss costs is a `pread` of a cached page). The hottest
+/// reads are memoised (`memo`), so few requests reach a reader at all.
+const READER_CACHE: &str = "-512";
+
+/// Every version with a current object or a failure (`coverage_versions`).
+const COVERAGE_VERSIONS: &str = "SELECT version FROM objects WHERE current = 1 UNION SELECT version FROM failures";
+/// Per (release, arch) pair with current objects, which of the counted
+/// versions (`?1`, a JSON array) it has (`coverage_pairs`).
+const COVERAGE_OBJECT_PAIRS: &str = "SELECT kernel_release, arch,
+        group_concat(CASE WHEN version IN (SELECT value FROM json_each(?1)) THEN version END, char(10)) AS versions
+   FROM objects WHERE current = 1 GROUP BY kernel_release, arch";
+/// The same of failures.
+const COVERAGE_FAILURE_PAIRS: &str = "SELECT kernel_release, arch,
+        group_concat(CASE WHEN version IN (SELECT value FROM json_each(?1)) THEN version END, char(10)) AS versions
+   FROM failures GROUP BY kernel_release, arch";
+
 /// Filters for listing; all optional, exact matches except `search`.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -187,7 +215,10 @@ impl Repo {
         // so a replacement before the memo is made is not missed.
         let first = crate::memo::file_identity(&db);
         sqlx::migrate!("./migrations").run(&writer).await?;
-        let reader = SqlitePoolOptions::new().max_connections(8).connect_with(opts.read_only(true)).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(opts.read_only(true).pragma("cache_size", READER_CACHE))
+            .await?;
         let memo = Memo::new(&db);
         if let Ok(first) = first {
             memo.opened_first(first);
@@ -301,10 +332,7 @@ impl Repo {
     /// Every version with a current object or a failure, each once (a
     /// coverage count picks the ones it counts from these), as they come.
     pub async fn coverage_versions(&self, mut each: impl FnMut(String)) -> Result<(), sqlx::Error> {
-        let mut rows = sqlx::query_scalar::<_, String>(
-            "SELECT version FROM objects WHERE current = 1 UNION SELECT version FROM failures",
-        )
-        .fetch(&self.reader);
+        let mut rows = sqlx::query_scalar::<_, String>(COVERAGE_VERSIONS).fetch(&self.reader);
         while let Some(v) = rows.try_next().await? {
             each(v);
         }
@@ -322,16 +350,8 @@ impl Repo {
         mut each: impl FnMut(CoveragePair),
     ) -> Result<(), sqlx::Error> {
         let sql = match rows {
-            CellRows::Objects => {
-                "SELECT kernel_release, arch,
-                        group_concat(CASE WHEN version IN (SELECT value FROM json_each(?1)) THEN version END, char(10)) AS versions
-                   FROM objects WHERE current = 1 GROUP BY kernel_release, arch"
-            }
-            CellRows::Failures => {
-                "SELECT kernel_release, arch,
-                        group_concat(CASE WHEN version IN (SELECT value FROM json_each(?1)) THEN version END, char(10)) AS versions
-                   FROM failures GROUP BY kernel_release, arch"
-            }
+            CellRows::Objects => COVERAGE_OBJECT_PAIRS,
+            CellRows::Failures => COVERAGE_FAILURE_PAIRS,
         };
         let counted = serde_json::Value::from(counted.to_vec()).to_string();
         let mut pairs = sqlx::query_as::<_, CoveragePair>(sql).bind(counted).fetch(&self.reader);
@@ -420,6 +440,32 @@ impl Repo {
         let tokens: TokenHashes = rows.into();
         self.memo.put_tokens(stamp, tokens.clone());
         Ok(tokens)
+    }
+
+    /// A coverage count (`coverage::count`) from the memo while the index
+    /// is unchanged, else `read`'s, kept weighing what it holds (the
+    /// stamp taken before reading: a write racing the reading makes it
+    /// unusable). Nothing is kept when `read` fails or is dropped.
+    /// `weigh` says what a count holds on the heap.
+    pub async fn coverage_memoised<T, R>(
+        &self,
+        key: CoverageKey,
+        weigh: impl FnOnce(&T) -> usize,
+        read: impl FnOnce() -> R,
+    ) -> Result<T, sqlx::Error>
+    where
+        T: Clone + Send + Sync + 'static,
+        R: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        let stamp = self.memo.stamp();
+        // An answer kept as another type (none is) is read again.
+        if let Some(count) = self.memo.coverage(stamp, &key).and_then(|a| a.downcast_ref::<T>().cloned()) {
+            return Ok(count);
+        }
+        let count = read().await?;
+        let bytes = weigh(&count);
+        self.memo.put_coverage(stamp, key, Arc::new(count.clone()), bytes);
+        Ok(count)
     }
 
     /// Whether the index file was replaced under this registry (its
@@ -1153,5 +1199,56 @@ impl Repo {
         .fetch_all(&self.reader)
         .await?;
         Ok(Some(pairs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How sqlite runs `sql`: its `EXPLAIN QUERY PLAN` steps.
+    async fn plan(repo: &Repo, sql: &str) -> Vec<String> {
+        let q = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(&q);
+        if sql.contains("?1") {
+            q = q.bind("[]");
+        }
+        q.fetch_all(&repo.reader).await.unwrap().into_iter().map(|(_, _, _, step)| step).collect()
+    }
+
+    /// Every reader connection keeps the small page cache, however many
+    /// the pool opens.
+    #[tokio::test]
+    async fn readers_keep_a_small_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open(dir.path()).await.unwrap();
+        let mut held = Vec::new();
+        for _ in 0..READERS {
+            let mut c = repo.reader.acquire().await.unwrap();
+            let size: i64 = sqlx::query_scalar("PRAGMA cache_size").fetch_one(&mut *c).await.unwrap();
+            assert_eq!(size.to_string(), READER_CACHE);
+            held.push(c);
+        }
+        drop(held);
+        repo.close().await;
+    }
+
+    /// The coverage count reads index entries only, never an object's
+    /// table row (each holds its metadata: ~500 bytes, where an index
+    /// entry of the count's columns is ~50).
+    #[tokio::test]
+    async fn the_coverage_count_reads_only_index_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open(dir.path()).await.unwrap();
+        for sql in [COVERAGE_VERSIONS, COVERAGE_OBJECT_PAIRS, COVERAGE_FAILURE_PAIRS] {
+            let steps = plan(&repo, sql).await;
+            let reads: Vec<&String> =
+                steps.iter().filter(|s| s.starts_with("SCAN") || s.starts_with("SEARCH")).collect();
+            assert!(!reads.is_empty(), "{sql}: {steps:?}");
+            for step in reads {
+                assert!(step.contains("COVERING INDEX") || step.contains("json_each"), "{sql}: {steps:?}");
+            }
+        }
+        repo.close().await;
     }
 }

@@ -9,6 +9,7 @@ use bpfarm_object::{
 use bpfarm_registry::repo::Scope;
 use bpfarm_registry::{AppState, Settings, app, open, tokens};
 use http_body_util::BodyExt;
+use std::collections::{BTreeMap, BTreeSet};
 use tower::ServiceExt;
 
 struct Reg {
@@ -1149,14 +1150,181 @@ async fn index_rows(r: &Reg, objects: &[(String, &str, String, bool)], failures:
     db.close().await;
 }
 
+/// Coverage counted by brute force over the rows sqlite holds now: every
+/// (release, arch, version) present or failed, the pairs expected (each
+/// release on every arch it can run on and any arch it has rows on), and
+/// the versions (`v1.N.0`), newest (largest N) first.
+struct Brute {
+    present: BTreeSet<(String, String, String)>,
+    failed: BTreeSet<(String, String, String)>,
+    by_age: Vec<String>,
+    releases: BTreeSet<String>,
+    pairs: BTreeSet<(String, Arch)>,
+}
+
+/// Counts of a brute force: totals per state, and per (version, arch, state).
+type BruteCounts = (BTreeMap<&'static str, usize>, BTreeMap<(String, Arch, &'static str), usize>);
+
+impl Brute {
+    async fn read(r: &Reg) -> Brute {
+        let db = index_pool(r).await;
+        let rows = |sql: &'static str| sqlx::query_as::<_, (String, String, String)>(sql).fetch_all(&db);
+        let present: BTreeSet<_> = rows("SELECT kernel_release, arch, version FROM objects WHERE current = 1")
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        let failed: BTreeSet<_> =
+            rows("SELECT kernel_release, arch, version FROM failures").await.unwrap().into_iter().collect();
+        db.close().await;
+        let versions: BTreeSet<&str> = present.iter().chain(&failed).map(|(_, _, v)| v.as_str()).collect();
+        let mut by_age: Vec<String> = versions.into_iter().map(str::to_owned).collect();
+        by_age.sort_by_key(|v| std::cmp::Reverse(v[3..v.len() - 2].parse::<u32>().unwrap()));
+        let releases = present.iter().chain(&failed).map(|(r, _, _)| r.clone()).collect();
+        let mut pairs = BTreeSet::new();
+        for (rel, arch, _) in present.iter().chain(&failed) {
+            pairs.insert((rel.clone(), Arch::from_any(arch).unwrap()));
+            for a in Arch::ALL {
+                if a.can_run(rel) {
+                    pairs.insert((rel.clone(), a));
+                }
+            }
+        }
+        Brute { present, failed, by_age, releases, pairs }
+    }
+
+    /// The 12 newest, newest first (what the page and the JSON count).
+    fn newest(&self) -> Vec<&str> {
+        self.by_age.iter().take(12).map(String::as_str).collect()
+    }
+
+    fn older(&self) -> Vec<&str> {
+        self.by_age.iter().skip(12).map(String::as_str).collect()
+    }
+
+    fn state(&self, rel: &str, a: Arch, v: &str) -> &'static str {
+        let key = (rel.to_owned(), a.uname().to_owned(), v.to_owned());
+        if self.present.contains(&key) {
+            "present"
+        } else if self.failed.contains(&key) {
+            "failed"
+        } else {
+            "missing"
+        }
+    }
+
+    fn count(&self, counted: &[&str]) -> BruteCounts {
+        let mut totals: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut per_version = BTreeMap::new();
+        for (rel, a) in &self.pairs {
+            for v in counted {
+                let s = self.state(rel, *a, v);
+                *totals.entry(s).or_default() += 1;
+                *per_version.entry((v.to_string(), *a, s)).or_default() += 1;
+            }
+        }
+        (totals, per_version)
+    }
+
+    /// `/v1/coverage` and the page `/` count the newest 12 as the brute
+    /// force does: totals, per version and arch, every kernel's cell, the
+    /// page's columns and rows. Returns the two bodies.
+    async fn check(&self, r: &Reg) -> (Vec<u8>, Vec<u8>) {
+        let newest = self.newest();
+        let (totals, per_version) = self.count(&newest);
+        let n = |s: &str| totals.get(s).copied().unwrap_or(0);
+
+        let (s, _, json_body) = call(r, req("GET", "/v1/coverage?limit=10000", None, vec![])).await;
+        assert_eq!(s, StatusCode::OK);
+        let v = json(&json_body);
+        assert_eq!(v["versions_total"], self.by_age.len());
+        let mut want: Vec<&str> = newest.clone();
+        want.sort();
+        assert_eq!(v["versions"], serde_json::json!(want));
+        assert_eq!(
+            v["counts"],
+            serde_json::json!({"present": n("present"), "failed": n("failed"), "missing": n("missing")})
+        );
+        assert_eq!(v["total_kernels"], self.pairs.len());
+        for ((ver, a, st), count) in &per_version {
+            assert_eq!(v["by_version"][ver][a.uname()][st], *count, "{ver} {a} {st}");
+        }
+        assert_eq!(v["kernels"].as_array().unwrap().len(), self.pairs.len());
+        for k in v["kernels"].as_array().unwrap() {
+            let (rel, a) = (k["release"].as_str().unwrap(), Arch::from_any(k["arch"].as_str().unwrap()).unwrap());
+            for ver in &newest {
+                assert_eq!(k["versions"][ver], self.state(rel, a, ver), "{rel} {a} {ver}");
+            }
+        }
+
+        let (s, _, page_body) = call(r, req("GET", "/", None, vec![])).await;
+        assert_eq!(s, StatusCode::OK);
+        let html = String::from_utf8(page_body.clone()).unwrap();
+        for st in ["present", "failed", "missing"] {
+            assert!(html.contains(&format!("\">{} {st}</a>", n(st))), "{st}: {}", n(st));
+        }
+        let versions_said = if self.by_age.len() > 12 {
+            format!("the 12 newest of {} versions", self.by_age.len())
+        } else {
+            format!("{} versions", self.by_age.len())
+        };
+        assert!(html.contains(&format!("across {} kernel releases, {versions_said}", self.releases.len())));
+        // The detail: the 12 newest as columns, newest first, every cell as
+        // the brute force has it.
+        let columns: Vec<&str> = html.split("<th colspan=\"2\">").skip(1).map(|s| &s[..s.find('<').unwrap()]).collect();
+        assert_eq!(columns, newest);
+        let mut rows = 0;
+        for tr in html.split("<tr data-release=\"").skip(1) {
+            let rel = &tr[..tr.find('"').unwrap()];
+            let tr = &tr[..tr.find("</tr>").unwrap()];
+            let cells: Vec<&str> = tr.split("<td class=\"").skip(1).map(|s| &s[..s.find('"').unwrap()]).collect();
+            let mut want = Vec::new();
+            for ver in &newest {
+                for a in Arch::ALL {
+                    want.push(if self.pairs.contains(&(rel.to_owned(), a)) { self.state(rel, a, ver) } else { "none" });
+                }
+            }
+            assert_eq!(cells, want, "{rel}");
+            rows += 1;
+        }
+        assert_eq!(rows, self.releases.len());
+        // The version table counts the 12, each as the brute force does.
+        for ver in &newest {
+            for a in Arch::ALL {
+                let c = |st: &'static str| per_version.get(&(ver.to_string(), a, st)).copied().unwrap_or(0);
+                if c("present") + c("failed") + c("missing") > 0 {
+                    let cell = format!(
+                        "<span class=\"p\">{}</span> / <span class=\"f\">{}</span> / <span class=\"m\">{}</span>",
+                        c("present"),
+                        c("failed"),
+                        c("missing")
+                    );
+                    let at = html.find(&format!("\">{ver}</a></th>")).unwrap_or_else(|| panic!("no row for {ver}"));
+                    let row = &html[at..at + html[at..].find("</tr>").unwrap()];
+                    assert!(row.contains(&cell), "{ver} {a}: {row}");
+                }
+            }
+        }
+        (json_body, page_body)
+    }
+}
+
+/// A write by another process: `sqlite3` on the registry's index (in
+/// ci/install-deps; a missing one fails here, loudly).
+fn sqlite3(r: &Reg, sql: &str) {
+    let out = std::process::Command::new("sqlite3").arg(r.data.join("index.sqlite")).arg(sql).output().unwrap();
+    assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// With more versions than it counts, the page counts what `/v1/coverage`
 /// counts — the 12 newest (natural order: v1.30.0 before v1.9.0) — and its
 /// counts, per version, per series and cell by cell, equal a brute-force
 /// count over the same rows read back from sqlite; it says which versions
 /// it leaves out and links them. `?version=` counts an older one alone.
+/// Asked again, both answer the same from the memo; after another
+/// process changes the index, both count the change.
 #[tokio::test]
 async fn the_page_counts_the_newest_versions_as_a_brute_force_count_does() {
-    use std::collections::{BTreeMap, BTreeSet};
     let r = registry(Settings::default()).await;
     let (kernels, versions) = (24usize, 31usize);
     let release = |k: usize| match k % 3 {
@@ -1194,139 +1362,20 @@ async fn the_page_counts_the_newest_versions_as_a_brute_force_count_does() {
     index_rows(&r, &objects, &failures).await;
 
     // The brute force, over the rows as sqlite holds them.
-    let db = index_pool(&r).await;
-    let present: BTreeSet<(String, String, String)> =
-        sqlx::query_as("SELECT kernel_release, arch, version FROM objects WHERE current = 1")
-            .fetch_all(&db)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
-    let failed: BTreeSet<(String, String, String)> =
-        sqlx::query_as("SELECT kernel_release, arch, version FROM failures")
-            .fetch_all(&db)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
-    db.close().await;
-    let all_versions: BTreeSet<&str> = present.iter().chain(&failed).map(|(_, _, v)| v.as_str()).collect();
-    assert_eq!(all_versions.len(), versions);
-    // v1.N.0: the newest are the largest N.
-    let mut by_number: Vec<&str> = all_versions.iter().copied().collect();
-    by_number.sort_by_key(|v| v[3..v.len() - 2].parse::<u32>().unwrap());
-    let newest: Vec<&str> = by_number.iter().rev().take(12).copied().collect();
-    let older: Vec<&str> = by_number.iter().rev().skip(12).copied().collect();
-    let releases: BTreeSet<&str> = present.iter().chain(&failed).map(|(r, _, _)| r.as_str()).collect();
-    let mut pairs = BTreeSet::new();
-    for (rel, arch, _) in present.iter().chain(&failed) {
-        pairs.insert((rel.as_str(), Arch::from_any(arch).unwrap()));
-        for a in Arch::ALL {
-            if a.can_run(rel) {
-                pairs.insert((rel.as_str(), a));
-            }
-        }
-    }
-    let state = |rel: &str, a: Arch, v: &str| {
-        let key = (rel.to_owned(), a.uname().to_owned(), v.to_owned());
-        if present.contains(&key) {
-            "present"
-        } else if failed.contains(&key) {
-            "failed"
-        } else {
-            "missing"
-        }
-    };
-    let brute = |counted: &[&str]| {
-        let mut totals: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut per_version: BTreeMap<(String, Arch, &str), usize> = BTreeMap::new();
-        for (rel, a) in &pairs {
-            for v in counted {
-                let s = state(rel, *a, v);
-                *totals.entry(s).or_default() += 1;
-                *per_version.entry((v.to_string(), *a, s)).or_default() += 1;
-            }
-        }
-        (totals, per_version)
-    };
-
-    // The JSON and the page, the newest 12.
-    let (s, _, body) = call(&r, req("GET", "/v1/coverage?limit=10000", None, vec![])).await;
-    assert_eq!(s, StatusCode::OK);
-    let v = json(&body);
-    let (totals, per_version) = brute(&newest);
-    let n = |s: &str| totals.get(s).copied().unwrap_or(0);
-    assert_eq!(v["versions_total"], versions);
-    let mut want: Vec<&str> = newest.clone();
-    want.sort();
-    assert_eq!(v["versions"], serde_json::json!(want));
-    assert_eq!(
-        v["counts"],
-        serde_json::json!({"present": n("present"), "failed": n("failed"), "missing": n("missing")})
-    );
-    assert_eq!(v["total_kernels"], pairs.len());
-    for ((ver, a, st), count) in &per_version {
-        assert_eq!(v["by_version"][ver][a.uname()][st], *count, "{ver} {a} {st}");
-    }
-    for k in v["kernels"].as_array().unwrap() {
-        let (rel, a) = (k["release"].as_str().unwrap(), Arch::from_any(k["arch"].as_str().unwrap()).unwrap());
-        for ver in &newest {
-            assert_eq!(k["versions"][ver], state(rel, a, ver), "{rel} {a} {ver}");
-        }
-    }
-
-    let (s, _, body) = call(&r, req("GET", "/", None, vec![])).await;
-    assert_eq!(s, StatusCode::OK);
-    let html = String::from_utf8(body).unwrap();
-    for st in ["present", "failed", "missing"] {
-        assert!(html.contains(&format!("\">{} {st}</a>", n(st))), "{st}: {}", n(st));
-    }
-    assert!(html.contains(&format!("across {} kernel releases, the 12 newest of {versions} versions", releases.len())));
+    let b = Brute::read(&r).await;
+    assert_eq!(b.by_age.len(), versions);
+    let (json_body, page_body) = b.check(&r).await;
+    let html = String::from_utf8(page_body.clone()).unwrap();
     // What it leaves out, and how to see it.
     assert!(
         html.contains(&format!("The {} older versions are not", versions - 12)),
         "the page says what it leaves out"
     );
     assert!(html.contains("?version=&lt;name&gt;"));
+    let older = b.older();
     for old in &older {
         assert!(html.contains(&format!("<a href=\"/?version={old}\">{old}</a>")), "no link to {old}");
         assert!(!html.contains(&format!("<th colspan=\"2\">{old}</th>")), "{old} is a column");
-    }
-    // The detail: the 12 newest as columns, newest first, every cell as
-    // the brute force has it.
-    let columns: Vec<&str> = html.split("<th colspan=\"2\">").skip(1).map(|s| &s[..s.find('<').unwrap()]).collect();
-    assert_eq!(columns, newest);
-    let mut rows = 0;
-    for tr in html.split("<tr data-release=\"").skip(1) {
-        let rel = &tr[..tr.find('"').unwrap()];
-        let tr = &tr[..tr.find("</tr>").unwrap()];
-        let cells: Vec<&str> = tr.split("<td class=\"").skip(1).map(|s| &s[..s.find('"').unwrap()]).collect();
-        let mut want = Vec::new();
-        for ver in &newest {
-            for a in Arch::ALL {
-                want.push(if pairs.contains(&(rel, a)) { state(rel, a, ver) } else { "none" });
-            }
-        }
-        assert_eq!(cells, want, "{rel}");
-        rows += 1;
-    }
-    assert_eq!(rows, releases.len());
-    // The version table counts the 12, each as the brute force does.
-    for ver in &newest {
-        for a in Arch::ALL {
-            let c = |st: &str| per_version.get(&(ver.to_string(), a, st)).copied().unwrap_or(0);
-            if c("present") + c("failed") + c("missing") > 0 {
-                let cell = format!(
-                    "<span class=\"p\">{}</span> / <span class=\"f\">{}</span> / <span class=\"m\">{}</span>",
-                    c("present"),
-                    c("failed"),
-                    c("missing")
-                );
-                let at = html.find(&format!("\">{ver}</a></th>")).unwrap_or_else(|| panic!("no row for {ver}"));
-                let row = &html[at..at + html[at..].find("</tr>").unwrap()];
-                assert!(row.contains(&cell), "{ver} {a}: {row}");
-            }
-        }
     }
 
     // An older version, alone: its own brute-force count.
@@ -1334,11 +1383,101 @@ async fn the_page_counts_the_newest_versions_as_a_brute_force_count_does() {
     let (s, _, body) = call(&r, req("GET", &format!("/?version={old}"), None, vec![])).await;
     assert_eq!(s, StatusCode::OK);
     let html = String::from_utf8(body).unwrap();
-    let (totals, _) = brute(&[old]);
+    let (totals, _) = b.count(&[old]);
     for st in ["present", "failed", "missing"] {
         assert!(html.contains(&format!("\">{} {st}</a>", totals.get(st).copied().unwrap_or(0))), "{old} {st}");
     }
     assert!(!html.contains("older versions are not"), "one version asked for, none left out");
     let (_, _, body) = call(&r, req("GET", &format!("/v1/coverage?version={old}"), None, vec![])).await;
     assert_eq!(json(&body)["counts"]["present"], totals.get("present").copied().unwrap_or(0));
+
+    // Asked again (the memo's answer): the same bytes, the same count.
+    assert_eq!(b.check(&r).await, (json_body.clone(), page_body.clone()));
+
+    // Another process changes the index: an object of a counted version
+    // goes, a kernel gains a failure, the newest version gains an object.
+    let newest = b.newest()[0].to_owned();
+    let (gone_rel, gone_arch, gone_ver) = b.present.iter().find(|(_, _, v)| *v == newest).unwrap().clone();
+    sqlite3(
+        &r,
+        &format!(
+            "DELETE FROM objects WHERE kernel_release = '{gone_rel}' AND arch = '{gone_arch}' AND version = '{gone_ver}';
+             INSERT OR REPLACE INTO failures (kernel_release, arch, version, message, reported_at)
+               VALUES ('{gone_rel}', '{gone_arch}', '{gone_ver}', 'error: gone', 't');
+             INSERT INTO objects (kernel_release, arch, version, file_name, digest, size, metadata, published_at, current)
+               VALUES ('7.0.0-1-amd64', 'x86_64', '{newest}', 'f', '{}', 7, '{{}}', 't', 1);",
+            Digest::of_bytes(b"added by another process")
+        ),
+    );
+    let changed = Brute::read(&r).await;
+    assert_eq!(changed.state(&gone_rel, Arch::from_any(&gone_arch).unwrap(), &gone_ver), "failed");
+    assert!(changed.releases.contains("7.0.0-1-amd64"));
+    let (json_after, page_after) = changed.check(&r).await;
+    assert_ne!((json_after, page_after), (json_body, page_body));
+}
+
+/// The coverage answers are memoised, yet every change to the index is
+/// counted by the next request: a publish through the API (this
+/// process), an import and a `gc` (other processes, `bpfarm-registry`
+/// itself). Each time `/v1/coverage` and the page equal a brute-force
+/// count. (With the memo's stamp ignored, the answers after the import
+/// and the gc would be the warm ones of before.)
+#[tokio::test]
+async fn the_coverage_answers_follow_a_publish_an_import_and_a_gc() {
+    let r = registry(Settings::default()).await;
+    let cli = |args: &[&str], data: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bpfarm-registry"))
+            .args(args)
+            .arg("--data")
+            .arg(data)
+            .env("BPFARM_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let object = |release: &str, version: &str| {
+        let bytes = format!("{release} {version}").into_bytes();
+        let mut m = meta(release, &bytes);
+        m.identity = Identity::new(release, Arch::X86_64, version).unwrap();
+        m.file_name = m.identity.file_name();
+        (m, bytes)
+    };
+    for version in ["v1.1.0", "v1.2.0"] {
+        for k in 1..=3 {
+            let (m, bytes) = object(&format!("6.1.0-{k}-amd64"), version);
+            assert_eq!(publish(&r, &m, &bytes, "").await.0, StatusCode::CREATED);
+        }
+    }
+    let before = Brute::read(&r).await;
+    let warm = before.check(&r).await;
+    assert_eq!(before.check(&r).await, warm, "asked again");
+
+    // Imported by another process: a bundle of another registry's objects.
+    let other = registry(Settings::default()).await;
+    for k in 2..=5 {
+        let (m, bytes) = object(&format!("6.1.0-{k}-amd64"), "v1.3.0");
+        assert_eq!(publish(&other, &m, &bytes, "").await.0, StatusCode::CREATED);
+    }
+    let tar = other._dir.path().join("bundle.tar");
+    cli(&["bundle", "--out", tar.to_str().unwrap()], &other.data);
+    cli(&["import", tar.to_str().unwrap()], &r.data);
+    let imported = Brute::read(&r).await;
+    assert_eq!(imported.by_age.first().map(String::as_str), Some("v1.3.0"));
+    assert_eq!(imported.releases.len(), 5);
+    let after_import = imported.check(&r).await;
+    assert_ne!(after_import, warm);
+
+    // Collected by another process: only the 2 newest versions are kept.
+    cli(&["gc", "--keep-versions", "2"], &r.data);
+    let collected = Brute::read(&r).await;
+    assert_eq!(collected.by_age, ["v1.3.0", "v1.2.0"]);
+    let after_gc = collected.check(&r).await;
+    assert_ne!(after_gc, after_import);
+
+    // Published through the API (this process): a new kernel.
+    let (m, bytes) = object("6.12.1+deb13-amd64", "v1.3.0");
+    assert_eq!(publish(&r, &m, &bytes, "").await.0, StatusCode::CREATED);
+    let published = Brute::read(&r).await;
+    assert!(published.releases.contains("6.12.1+deb13-amd64"));
+    assert_ne!(published.check(&r).await, after_gc);
 }

@@ -338,7 +338,9 @@ fn abandoned(url: &str) -> u64 {
 /// nobody. When to leave is found, not assumed: a full request is timed
 /// first, then clients leave at fractions of that until one leaves while
 /// the work runs (before, there is no work to stop; after, nothing left to
-/// stop). Nothing here asserts a time.
+/// stop). The registry keeps a count while the index is unchanged, so
+/// another process changes the index before each request: each counts
+/// afresh. Nothing here asserts a time.
 #[test]
 fn a_coverage_request_stops_when_its_client_leaves() {
     use std::io::Write;
@@ -348,7 +350,18 @@ fn a_coverage_request_stops_when_its_client_leaves() {
     failures_in_index(&data, 60_000, "'error: x'");
     let r = bpfarm_tests::serve(&data);
     let host = r.url.trim_start_matches("http://").to_owned();
+    let mut changes = 0;
+    let mut change_index = || {
+        changes += 1;
+        let o = Command::new("sqlite3")
+            .arg(data.join("index.sqlite"))
+            .arg(format!("UPDATE failures SET reported_at = 'change {changes}' WHERE rowid = 1;"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
     for path in ["/", "/v1/coverage?limit=1"] {
+        change_index();
         let start = Instant::now();
         let full = reqwest::blocking::get(format!("{}{path}", r.url)).unwrap();
         assert!(full.status().is_success(), "{path}: {}", full.status());
@@ -356,6 +369,7 @@ fn a_coverage_request_stops_when_its_client_leaves() {
         let before = abandoned(&r.url);
         let mut stopped = false;
         for fraction in [0.5, 0.7, 0.3, 0.85, 0.6, 0.4, 0.2, 0.9, 0.1, 0.95] {
+            change_index();
             let mut c = std::net::TcpStream::connect(&host).unwrap();
             write!(c, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
             std::thread::sleep(took.mul_f64(fraction));
