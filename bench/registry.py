@@ -198,18 +198,21 @@ class Sched:
                 try:
                     state = open(f"/proc/{p}/task/{t}/stat").read().rsplit(")", 1)[1].split()[0]
                     if state == "R":
-                        where = "on CPU or runnable"
+                        where = "running"
                     else:
                         nr = open(f"/proc/{p}/task/{t}/syscall").read().split()[0]
                         where = SLEEPS.get(int(nr), f"syscall {nr}") if nr.lstrip("-").isdigit() else "other"
                 except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
                     continue
-                self.samples[where] = self.samples.get(where, 0) + 1
+                per = self.samples.setdefault(t, {})
+                per[where] = per.get(where, 0) + 1
 
     def stop(self, requests):
         """The run's figures: cores obtained, run-queue delay per CPU
-        second and per request, switches per request, the share of thread
-        samples in each state, and how many threads did the work."""
+        second and per request, switches per request, how many threads
+        did the work (more than 5 % of a core each) and, for those
+        threads only, the share of samples in each state ("running" is
+        on a CPU or waiting for one)."""
         self.stop_flag.set()
         self.thread.join()
         wall = time.monotonic() - self.t0
@@ -222,17 +225,22 @@ class Sched:
             wait += w - b[2]
             vol += v - b[3]
             invol += i - b[4]
-            busy.append((r - b[1]) / 1e9 / wall)
+            if (r - b[1]) / 1e9 / wall > 0.05:
+                busy.append(t)
         n = max(requests, 1)
-        total = sum(self.samples.values()) or 1
+        states = {}
+        for t in busy:
+            for k, v in self.samples.get(t, {}).items():
+                states[k] = states.get(k, 0) + v
+        total = sum(states.values()) or 1
         return {
             "cores": run / 1e9 / wall,
             "wait/run": wait / run if run else 0.0,
             "wait us/req": wait / 1e3 / n,
             "vol cs/req": vol / n,
             "invol cs/req": invol / n,
-            "threads >5%": sum(1 for b in busy if b > 0.05),
-            "states": {k: v / total for k, v in self.samples.items()},
+            "threads >5%": len(busy),
+            "states": {k: v / total for k, v in states.items()},
         }
 
 
@@ -240,7 +248,7 @@ def print_sched(sched_runs):
     """The median of each scheduling figure per server, and the share of
     thread samples in each state."""
     print("  where the cores went (/proc schedstat and thread-state samples every 5 ms, median of the rounds):")
-    print(f"  {'server':18} {'cores':>5} {'wait/run':>8} {'wait us/req':>11} {'vol cs/req':>10} {'invol cs/req':>12} {'threads':>7}  thread samples")
+    print(f"  {'server':18} {'cores':>5} {'wait/run':>8} {'wait us/req':>11} {'vol cs/req':>10} {'invol cs/req':>12} {'threads':>7}  the busy threads' samples")
     for name, rs in sched_runs.items():
         if not rs:
             continue
@@ -592,28 +600,39 @@ def work_per_request(args, work, bins, objects):
     the timed runs; every URL is fetched first (the hot cache and the
     index memo filled, as in the timed runs), then loaded with wrk."""
     so = build_counter(work)
+    counter = lambda label: os.path.join(work, f"allocs-{label}")
+    env = lambda label: {"LD_PRELOAD": so, "BPFARM_ALLOC_COUNT": counter(label)}
     out = {}
+    for label, name, url, size, _ in each_warm_path(args, work, bins, objects, "work", env):
+        before = read_counter(counter(label))
+        r = wrk(url, args.work_seconds, args.connections)
+        after = read_counter(counter(label))
+        done = r[5]
+        if after[0] == before[0] or not done:
+            raise SystemExit(f"bench: the allocation counter counted nothing for {name} (LD_PRELOAD not applied?)")
+        out.setdefault(name, {})[size] = ((after[0] - before[0]) / done, (after[1] - before[1]) / done)
+    return out
+
+
+def each_warm_path(args, work, bins, objects, what, env=lambda label: None):
+    """For each binary, a registry of its own (with `env(label)` added to
+    its environment) holding `objects`; yields (label, row name, URL,
+    size, process) for each path, once every URL was fetched five times
+    (the hot cache and the index memo filled, as in the timed runs). The
+    registry is stopped when its paths are done."""
     for label, binary in bins:
-        counter = os.path.join(work, f"allocs-{label}")
-        reg, base, token = start_registry(binary, os.path.join(work, f"work-{label}"), {"LD_PRELOAD": so, "BPFARM_ALLOC_COUNT": counter})
+        reg, base, token = start_registry(binary, os.path.join(work, f"{what}-{label}"), env(label))
         try:
             seed(base, token, objects)
             for meta, data in objects:
                 for name, url in registry_urls(label, base, meta, args.paths).items():
                     for _ in range(5):
                         if fetch(url) != data:
-                            raise SystemExit(f"bench: {name} served wrong bytes under the counter")
-                    before = read_counter(counter)
-                    r = wrk(url, args.work_seconds, args.connections)
-                    after = read_counter(counter)
-                    done = r[5]
-                    if after[0] == before[0] or not done:
-                        raise SystemExit(f"bench: the allocation counter counted nothing for {name} (LD_PRELOAD not applied?)")
-                    out.setdefault(name, {})[meta["size"]] = ((after[0] - before[0]) / done, (after[1] - before[1]) / done)
+                            raise SystemExit(f"bench: {name} served wrong bytes ({what} pass)")
+                    yield label, name, url, meta["size"], reg
         finally:
             reg.terminate()
             reg.wait(timeout=30)
-    return out
 
 
 def strace_counts(path):
@@ -635,26 +654,14 @@ def syscalls_per_request(args, work, bins, objects):
     if not strace:
         raise SystemExit("bench: --syscalls needs strace (run ci/install-deps)")
     counts = {}
-    for label, binary in bins:
-        reg, base, token = start_registry(binary, os.path.join(work, f"strace-{label}"))
-        try:
-            seed(base, token, objects)
-            for meta, data in objects:
-                for name, url in registry_urls(label, base, meta, args.paths).items():
-                    for _ in range(5):
-                        if fetch(url) != data:
-                            raise SystemExit(f"bench: {name} served wrong bytes before strace")
-                    out = os.path.join(work, "strace.txt")
-                    tracer = subprocess.Popen([strace, "-c", "-f", "-o", out, "-p", str(reg.pid)], stderr=subprocess.DEVNULL)
-                    time.sleep(0.5)
-                    r = wrk(url, args.work_seconds, min(args.connections, 16))
-                    tracer.send_signal(2)
-                    tracer.wait(timeout=30)
-                    calls = strace_counts(out)
-                    counts.setdefault(meta["size"], {})[name] = {k: v / r[5] for k, v in calls.items()}
-        finally:
-            reg.terminate()
-            reg.wait(timeout=30)
+    for _, name, url, size, reg in each_warm_path(args, work, bins, objects, "strace"):
+        out = os.path.join(work, "strace.txt")
+        tracer = subprocess.Popen([strace, "-c", "-f", "-o", out, "-p", str(reg.pid)], stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        r = wrk(url, args.work_seconds, min(args.connections, 16))
+        tracer.send_signal(2)
+        tracer.wait(timeout=30)
+        counts.setdefault(size, {})[name] = {k: v / r[5] for k, v in strace_counts(out).items()}
     print(f"system calls per request (strace -c -f on the registry during a {args.work_seconds} s wrk run, -c{min(args.connections, 16)}; load {' '.join(load())}):")
     for size, by_name in counts.items():
         names = sorted({k for calls in by_name.values() for k, v in calls.items() if v >= 0.01})
@@ -676,7 +683,7 @@ def compare(args):
         subprocess.run(["cargo", "build", "--release", "-p", "bpfarm-registry"], cwd=ROOT, check=True)
     if args.baseline_bin and not os.path.isfile(args.baseline_bin):
         raise SystemExit(f"bench: no binary {args.baseline_bin} (--baseline-bin takes a bpfarm-registry executable)")
-    bins = [("bpfarm", args.registry_bin)] + ([("old", args.baseline_bin)] if args.baseline_bin else [])
+    bins = [("bpfarm", args.registry_bin)] + ([("old", args.baseline_bin)] if args.baseline_bin else []) + args.variant
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     objects = []
     for i, size in enumerate(sizes):
@@ -915,11 +922,19 @@ def main():
     ap.add_argument("--baseline-bin", metavar="PATH", help="the bpfarm-registry executable of an older checkout (a file, not a folder), measured in the same interleaved rounds (the comparison and --ttfb; not the soak)")
     ap.add_argument("--work-seconds", type=int, default=2, help="length of each path's allocation-counting run (default 2)")
     ap.add_argument("--no-work", action="store_true", help="skip the allocations-per-request pass (it needs a C compiler)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=PATH", help="one more bpfarm-registry executable (or a script that execs one with other settings) measured in the same interleaved rounds, its rows labelled NAME; repeatable")
     ap.add_argument("--syscalls", action="store_true", help="also count the registry's system calls per request on each path (strace -c -f, on registries of their own, before the timed runs)")
     ap.add_argument("--sched", action="store_true", help="also show where each server's threads spent the timed runs: cores, run-queue delay (/proc schedstat), context switches per request, and samples of each thread's state (running, asleep in futex or epoll)")
     ap.add_argument("--paths", default=",".join(PATHS), help=f"the registry's paths to measure, comma-separated (default: {','.join(PATHS)})")
     args = ap.parse_args()
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    variants = []
+    for v in args.variant:
+        name, _, path = v.partition("=")
+        if not name or not os.path.isfile(path) or name in ("bpfarm", "old"):
+            ap.error(f"--variant takes NAME=PATH of an executable (not named bpfarm or old), not {v!r}")
+        variants.append((name, path))
+    args.variant = variants
     if not args.paths or any(p not in PATHS for p in args.paths):
         ap.error(f"--paths takes some of: {', '.join(PATHS)}")
     if args.ttfb is not None and args.ttfb < 1:
