@@ -14,7 +14,7 @@ then the registry's peak RSS (VmHWM) including a run with 1,000
 connections. --repeat N runs N interleaved rounds (every server once per
 round) and shows the median, the best and the spread.
 
-    bench/registry.py [--seconds 10] [--connections 64] [--sizes 100K,1M,10M] [--repeat 5] [--baseline-bin OLD]
+    bench/registry.py [--seconds 10] [--connections 64] [--sizes 100K,1M,10M] [--repeat 5] [--baseline-bin OLD] [--paths static,/v1 blob,/v2 blob] [--sched]
 
 Beside each time, a measure of the work per request that other jobs on
 the machine do not move: heap allocations per request (and bytes asked
@@ -24,6 +24,15 @@ pass, on registries of their own, so the timed runs carry no counting.
 --baseline-bin OLD serves the same objects from an older build too, in
 the same interleaved rounds, and prints new/old for req/s, CPU per
 request (all of it, and user space alone) and allocations per request.
+--syscalls counts the registry's system calls per request on each path
+(strace -c -f attached during a wrk run on a registry of its own, before
+the timed runs). --sched adds where each server's threads spent the timed runs: the
+cores obtained, the run-queue delay (time runnable but not running, from
+/proc/<pid>/task/*/schedstat) per CPU second and per request, context
+switches per request, and 5 ms samples of every thread's state (running
+or runnable; asleep in futex, i.e. a parked worker, or in epoll, waiting
+for sockets) -- the way to tell why one server gets fewer of the shared
+cores than another.
 
 Soak: bpfarm-registry alone under mixed load for a while, with a slowloris
 and unauthenticated uploads running against it the whole time: /v1
@@ -132,6 +141,124 @@ def cpu_ticks(pid):
     """User + system clock ticks of `pid` and its child processes (what
     bench/fleet.py charges a registry)."""
     return sum(cpu_split(pid))
+
+
+# Syscall numbers (x86_64) a sleeping thread is found in, by what they mean
+# for a server: parked on a futex (a tokio worker with nothing to do, a
+# lock), or waiting for sockets (epoll, nginx's and tokio's I/O driver).
+SLEEPS = {202: "futex", 232: "epoll", 281: "epoll", 441: "epoll", 7: "poll", 271: "poll", 0: "read", 17: "read"}
+
+
+def tasks(pid):
+    """(pid, tid) of every thread of `pid` and of its child processes."""
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            out.append((pid, tid))
+            for child in open(f"/proc/{pid}/task/{tid}/children").read().split():
+                out += tasks(int(child))
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return out
+
+
+def sched_counts(pid):
+    """Per thread of `pid`'s tree: (name, ns on a CPU, ns waiting on a run
+    queue, voluntary switches, involuntary switches)."""
+    out = {}
+    for p, t in tasks(pid):
+        try:
+            run, wait, _ = open(f"/proc/{p}/task/{t}/schedstat").read().split()
+            status = dict(line.split(":", 1) for line in open(f"/proc/{p}/task/{t}/status") if ":" in line)
+            out[t] = (status["Name"].strip(), int(run), int(wait), int(status["voluntary_ctxt_switches"]), int(status["nonvoluntary_ctxt_switches"]))
+        except (FileNotFoundError, ProcessLookupError, ValueError, KeyError):
+            pass
+    return out
+
+
+class Sched:
+    """Where a server's threads spend a load run: from /proc's schedstat
+    (time on a CPU, time runnable but waiting for one: the run-queue
+    delay), context switches, and samples of each thread's state every
+    `every` seconds (running or runnable; asleep, and in which system
+    call). Started before a wrk run, stopped after it."""
+
+    def __init__(self, pid, every=0.005):
+        self.pid, self.every = pid, every
+        self.samples = {}
+        self.stop_flag = threading.Event()
+        self.before = sched_counts(pid)
+        self.t0 = time.monotonic()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+
+    def sample(self):
+        while not self.stop_flag.wait(self.every):
+            for p, t in tasks(self.pid):
+                try:
+                    state = open(f"/proc/{p}/task/{t}/stat").read().rsplit(")", 1)[1].split()[0]
+                    if state == "R":
+                        where = "running"
+                    else:
+                        nr = open(f"/proc/{p}/task/{t}/syscall").read().split()[0]
+                        where = SLEEPS.get(int(nr), f"syscall {nr}") if nr.lstrip("-").isdigit() else "other"
+                except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                    continue
+                per = self.samples.setdefault(t, {})
+                per[where] = per.get(where, 0) + 1
+
+    def stop(self, requests):
+        """The run's figures: cores obtained, run-queue delay per CPU
+        second and per request, switches per request, how many threads
+        did the work (more than 5 % of a core each) and, for those
+        threads only, the share of samples in each state ("running" is
+        on a CPU or waiting for one)."""
+        self.stop_flag.set()
+        self.thread.join()
+        wall = time.monotonic() - self.t0
+        after = sched_counts(self.pid)
+        run = wait = vol = invol = 0
+        busy = []
+        for t, (name, r, w, v, i) in after.items():
+            b = self.before.get(t, (name, 0, 0, 0, 0))
+            run += r - b[1]
+            wait += w - b[2]
+            vol += v - b[3]
+            invol += i - b[4]
+            if (r - b[1]) / 1e9 / wall > 0.05:
+                busy.append(t)
+        n = max(requests, 1)
+        states = {}
+        for t in busy:
+            for k, v in self.samples.get(t, {}).items():
+                states[k] = states.get(k, 0) + v
+        total = sum(states.values()) or 1
+        return {
+            "cores": run / 1e9 / wall,
+            "wait/run": wait / run if run else 0.0,
+            "wait us/req": wait / 1e3 / n,
+            "vol cs/req": vol / n,
+            "invol cs/req": invol / n,
+            "threads >5%": len(busy),
+            "states": {k: v / total for k, v in states.items()},
+        }
+
+
+def print_sched(sched_runs):
+    """The median of each scheduling figure per server, and the share of
+    thread samples in each state."""
+    print("  where the cores went (/proc schedstat and thread-state samples every 5 ms, median of the rounds):")
+    print(f"  {'server':18} {'cores':>5} {'wait/run':>8} {'wait us/req':>11} {'vol cs/req':>10} {'invol cs/req':>12} {'threads':>7}  the busy threads' samples")
+    for name, rs in sched_runs.items():
+        if not rs:
+            continue
+        m = lambda k: median([r[k] for r in rs])
+        states = {}
+        for r in rs:
+            for k, v in r["states"].items():
+                states[k] = states.get(k, 0) + v / len(rs)
+        st = ", ".join(f"{k} {v * 100:.0f}%" for k, v in sorted(states.items(), key=lambda kv: -kv[1]) if v >= 0.01)
+        print(f"  {name:18} {m('cores'):5.2f} {m('wait/run'):8.2f} {m('wait us/req'):11.1f} {m('vol cs/req'):10.3f} {m('invol cs/req'):12.3f} {m('threads >5%'):7.0f}  {st}")
 
 
 def median(xs):
@@ -441,12 +568,13 @@ def seed(base, token, objects):
 PATHS = ("static", "/v1 blob", "/v2 blob")
 
 
-def registry_urls(label, base, meta):
-    return {
-        f"{label} static": f"{base}/{meta['version']}/x86_64/{meta['file_name']}",
-        f"{label} /v1 blob": f"{base}/v1/blobs/{meta['digest']}",
-        f"{label} /v2 blob": f"{base}/v2/bpfarm/tracee-bpf/blobs/{meta['digest']}",
+def registry_urls(label, base, meta, paths=PATHS):
+    urls = {
+        "static": f"{base}/{meta['version']}/x86_64/{meta['file_name']}",
+        "/v1 blob": f"{base}/v1/blobs/{meta['digest']}",
+        "/v2 blob": f"{base}/v2/bpfarm/tracee-bpf/blobs/{meta['digest']}",
     }
+    return {f"{label} {path}": urls[path] for path in paths}
 
 
 def build_counter(work):
@@ -472,28 +600,75 @@ def work_per_request(args, work, bins, objects):
     the timed runs; every URL is fetched first (the hot cache and the
     index memo filled, as in the timed runs), then loaded with wrk."""
     so = build_counter(work)
+    counter = lambda label: os.path.join(work, f"allocs-{label}")
+    env = lambda label: {"LD_PRELOAD": so, "BPFARM_ALLOC_COUNT": counter(label)}
     out = {}
+    for label, name, url, size, _ in each_warm_path(args, work, bins, objects, "work", env):
+        before = read_counter(counter(label))
+        r = wrk(url, args.work_seconds, args.connections)
+        after = read_counter(counter(label))
+        done = r[5]
+        if after[0] == before[0] or not done:
+            raise SystemExit(f"bench: the allocation counter counted nothing for {name} (LD_PRELOAD not applied?)")
+        out.setdefault(name, {})[size] = ((after[0] - before[0]) / done, (after[1] - before[1]) / done)
+    return out
+
+
+def each_warm_path(args, work, bins, objects, what, env=lambda label: None):
+    """For each binary, a registry of its own (with `env(label)` added to
+    its environment) holding `objects`; yields (label, row name, URL,
+    size, process) for each path, once every URL was fetched five times
+    (the hot cache and the index memo filled, as in the timed runs). The
+    registry is stopped when its paths are done."""
     for label, binary in bins:
-        counter = os.path.join(work, f"allocs-{label}")
-        reg, base, token = start_registry(binary, os.path.join(work, f"work-{label}"), {"LD_PRELOAD": so, "BPFARM_ALLOC_COUNT": counter})
+        reg, base, token = start_registry(binary, os.path.join(work, f"{what}-{label}"), env(label))
         try:
             seed(base, token, objects)
             for meta, data in objects:
-                for name, url in registry_urls(label, base, meta).items():
+                for name, url in registry_urls(label, base, meta, args.paths).items():
                     for _ in range(5):
                         if fetch(url) != data:
-                            raise SystemExit(f"bench: {name} served wrong bytes under the counter")
-                    before = read_counter(counter)
-                    r = wrk(url, args.work_seconds, args.connections)
-                    after = read_counter(counter)
-                    done = r[5]
-                    if after[0] == before[0] or not done:
-                        raise SystemExit(f"bench: the allocation counter counted nothing for {name} (LD_PRELOAD not applied?)")
-                    out.setdefault(name, {})[meta["size"]] = ((after[0] - before[0]) / done, (after[1] - before[1]) / done)
+                            raise SystemExit(f"bench: {name} served wrong bytes ({what} pass)")
+                    yield label, name, url, meta["size"], reg
         finally:
             reg.terminate()
             reg.wait(timeout=30)
+
+
+def strace_counts(path):
+    """{syscall: calls} from an `strace -c` summary."""
+    out = {}
+    for line in open(path):
+        parts = line.split()
+        if len(parts) >= 5 and parts[-1] != "total" and re.fullmatch(r"[\d.]+", parts[0]) and parts[3].isdigit():
+            out[parts[-1]] = int(parts[3])
     return out
+
+
+def syscalls_per_request(args, work, bins, objects):
+    """System calls per request on each path of each binary, from
+    `strace -c -f` attached to a registry of its own during a wrk run
+    (strace slows every call down, so a request's calls are what this
+    gives, not its time). Printed as a table, old and new side by side."""
+    strace = shutil.which("strace")
+    if not strace:
+        raise SystemExit("bench: --syscalls needs strace (run ci/install-deps)")
+    counts = {}
+    for _, name, url, size, reg in each_warm_path(args, work, bins, objects, "strace"):
+        out = os.path.join(work, "strace.txt")
+        tracer = subprocess.Popen([strace, "-c", "-f", "-o", out, "-p", str(reg.pid)], stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        r = wrk(url, args.work_seconds, min(args.connections, 16))
+        tracer.send_signal(2)
+        tracer.wait(timeout=30)
+        counts.setdefault(size, {})[name] = {k: v / r[5] for k, v in strace_counts(out).items()}
+    print(f"system calls per request (strace -c -f on the registry during a {args.work_seconds} s wrk run, -c{min(args.connections, 16)}; load {' '.join(load())}):")
+    for size, by_name in counts.items():
+        names = sorted({k for calls in by_name.values() for k, v in calls.items() if v >= 0.01})
+        print(f"  {human(size):>16}" + "".join(f"{n:>16}" for n in by_name))
+        for call in sorted(names, key=lambda c: -max(v.get(c, 0) for v in by_name.values())):
+            print(f"  {call:>16}" + "".join(f"{v.get(call, 0):16.3f}" for v in by_name.values()))
+        print(f"  {'all':>16}" + "".join(f"{sum(v.values()):16.3f}" for v in by_name.values()), flush=True)
 
 
 def compare(args):
@@ -508,7 +683,7 @@ def compare(args):
         subprocess.run(["cargo", "build", "--release", "-p", "bpfarm-registry"], cwd=ROOT, check=True)
     if args.baseline_bin and not os.path.isfile(args.baseline_bin):
         raise SystemExit(f"bench: no binary {args.baseline_bin} (--baseline-bin takes a bpfarm-registry executable)")
-    bins = [("bpfarm", args.registry_bin)] + ([("old", args.baseline_bin)] if args.baseline_bin else [])
+    bins = [("bpfarm", args.registry_bin)] + ([("old", args.baseline_bin)] if args.baseline_bin else []) + args.variant
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     objects = []
     for i, size in enumerate(sizes):
@@ -521,6 +696,8 @@ def compare(args):
         # Allocations per request first, on registries of their own that
         # are gone before the timed runs start.
         allocs = {} if args.no_work else work_per_request(args, work, bins, objects)
+        if args.syscalls:
+            syscalls_per_request(args, work, bins, objects)
         # nginx with sendfile: what the machine can do for a static file.
         www = os.path.join(work, "www")
         os.makedirs(www)
@@ -559,7 +736,7 @@ def compare(args):
             urllib.request.urlopen(put)
             urls = {"nginx sendfile": f"http://127.0.0.1:{nport}/{meta['file_name']}"}
             for label, (reg, base) in regs.items():
-                for name, url in registry_urls(label, base, meta).items():
+                for name, url in registry_urls(label, base, meta, args.paths).items():
                     urls[name] = url
                     pids[name] = reg.pid
             urls["distribution 2.8"] = f"http://127.0.0.1:{dport}/v2/bench/tracee-bpf/blobs/{digest}"
@@ -575,10 +752,14 @@ def compare(args):
         for size, urls in targets:
             runs = {name: [] for name in urls}
             loads = []
+            sched_runs = {name: [] for name in urls}
             for _ in range(args.repeat):
                 loads.append(float(load()[0]))
                 for name, url in urls.items():
+                    sampler = Sched(pids[name]) if args.sched else None
                     runs[name].append(wrk(url, args.seconds, args.connections, pids[name]))
+                    if sampler:
+                        sched_runs[name].append(sampler.stop(runs[name][-1][5]))
             results = {}
             for name, rs in runs.items():
                 rps = [r[0] for r in rs]
@@ -596,21 +777,23 @@ def compare(args):
                 work_cols = f"{a[0]:9.1f} {a[1] / 1e3:6.1f}" if a else f"{'-':>9} {'-':>6}"
                 print(f"  {name:18} {rps:8.0f} {best:8.0f} {spread * 100:5.0f}% {p99:8.2f} {rps / n_rps:8.2f} {rps / d_rps:8.2f} {p99 / n_p99:9.2f} {cpu:10.0f} {cpu / n_cpu if n_cpu else 0:6.2f} {user:7.1f} {rps * cpu / 1e6:5.2f} {work_cols} {wrk_share * 100:6.0f}%{'   ' + err if err else ''}", flush=True)
             if args.baseline_bin:
-                for path in PATHS:
+                for path in args.paths:
                     new, old = results[f"bpfarm {path}"], results[f"old {path}"]
                     ratio = lambda x, y: f"x{x / y:.2f}" if y else "n/a"
                     a_new, a_old = allocs.get(f"bpfarm {path}", {}).get(size), allocs.get(f"old {path}", {}).get(size)
                     alloc_txt = f", alloc/req {a_old[0]:.1f} -> {a_new[0]:.1f} ({ratio(a_new[0], a_old[0])})" if a_new and a_old else ""
                     print(f"  new/old {path:9}: req/s {ratio(new[0], old[0])}, CPU/req {ratio(new[4], old[4])}, user CPU/req {ratio(new[7], old[7])}, p99 {ratio(new[3], old[3])}{alloc_txt}")
+            if args.sched:
+                print_sched(sched_runs)
             # What "x distribution" can reach at all: when even nginx is not
             # 4x distribution, the load client is the bound, not the server.
             bound = n_rps / d_rps if d_rps else 0.0
-            if bound < 4:
+            if bound < 4 and "bpfarm /v1 blob" in results:
                 print(f"  bound: nginx itself is {bound:.2f}x distribution here, so >= 4x distribution would need {4 / bound:.2f}x nginx: every server waits on the load client reading {human(size)} per response (wrk had {results['nginx sendfile'][6] * 100:.0f}% of the cores during nginx's runs, the rest went to the server and to other jobs); by CPU per request bpfarm /v1 is {results['distribution 2.8'][4] / results['bpfarm /v1 blob'][4] if results['bpfarm /v1 blob'][4] else 0:.1f}x cheaper than distribution")
         # Peak RSS with 1,000 connections downloading the largest object.
         size, urls = targets[-1]
         reg = regs["bpfarm"][0]
-        wrk(urls["bpfarm /v1 blob"], args.seconds, 1000, reg.pid)
+        wrk(urls.get("bpfarm /v1 blob") or next(u for n, u in urls.items() if n.startswith("bpfarm ")), args.seconds, 1000, reg.pid)
         print(f"\nbpfarm-registry peak RSS (VmHWM) over the bench, incl. wrk -c1000 on the {human(size)} object: {hwm_mib(reg.pid):.1f} MiB")
         print(f"distribution peak RSS: {hwm_mib(dist.pid):.1f} MiB; load at the end {' '.join(load())}")
     finally:
@@ -739,7 +922,21 @@ def main():
     ap.add_argument("--baseline-bin", metavar="PATH", help="the bpfarm-registry executable of an older checkout (a file, not a folder), measured in the same interleaved rounds (the comparison and --ttfb; not the soak)")
     ap.add_argument("--work-seconds", type=int, default=2, help="length of each path's allocation-counting run (default 2)")
     ap.add_argument("--no-work", action="store_true", help="skip the allocations-per-request pass (it needs a C compiler)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=PATH", help="one more bpfarm-registry executable (or a script that execs one with other settings) measured in the same interleaved rounds, its rows labelled NAME; repeatable")
+    ap.add_argument("--syscalls", action="store_true", help="also count the registry's system calls per request on each path (strace -c -f, on registries of their own, before the timed runs)")
+    ap.add_argument("--sched", action="store_true", help="also show where each server's threads spent the timed runs: cores, run-queue delay (/proc schedstat), context switches per request, and samples of each thread's state (running, asleep in futex or epoll)")
+    ap.add_argument("--paths", default=",".join(PATHS), help=f"the registry's paths to measure, comma-separated (default: {','.join(PATHS)})")
     args = ap.parse_args()
+    args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    variants = []
+    for v in args.variant:
+        name, _, path = v.partition("=")
+        if not name or not os.path.isfile(path) or name in ("bpfarm", "old"):
+            ap.error(f"--variant takes NAME=PATH of an executable (not named bpfarm or old), not {v!r}")
+        variants.append((name, path))
+    args.variant = variants
+    if not args.paths or any(p not in PATHS for p in args.paths):
+        ap.error(f"--paths takes some of: {', '.join(PATHS)}")
     if args.ttfb is not None and args.ttfb < 1:
         ap.error("--ttfb N needs N >= 1")
     if args.work_seconds < 1:

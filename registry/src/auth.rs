@@ -1,8 +1,11 @@
-//! Who may do what. One middleware in front of every route decides from
-//! the method and path alone which scope a request needs and checks the
-//! caller's token before any handler runs — so before any request body is
-//! read: an unauthenticated upload gets its 401 while it is still sending,
-//! and a route added later is covered with nothing to remember.
+//! Who may do what. One middleware in front of every route (`Guard`)
+//! decides from the method and path alone which scope a request needs and
+//! checks the caller's token before any handler runs — so before any
+//! request body is read: an unauthenticated upload gets its 401 while it
+//! is still sending, and a route added later is covered with nothing to
+//! remember. The same service counts the request (`metrics`) and holds
+//! its answer to the face's conventions (`face`), so a request passes one
+//! middleware, not three.
 //!
 //! What it let through travels with the request as a typed `Caller`
 //! (a request extension): handlers take it, or `Pusher`, the proof that
@@ -15,14 +18,20 @@
 //! checked, even on an anonymous read. `GET /v2/` without credentials
 //! answers the Basic challenge that OCI clients expect. `/healthz` is open.
 
-use axum::extract::{FromRequestParts, Request, State};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
-use axum::middleware::Next;
 use axum::response::Response;
+use tower::{Layer, Service, ServiceExt};
 
 use crate::error::Error;
-use crate::face::Face;
+use crate::face::{self, Face};
+use crate::metrics::Tally;
 use crate::repo::Scope;
 use crate::state::AppState;
 
@@ -123,26 +132,43 @@ impl<S: Send + Sync> FromRequestParts<S> for Pusher {
     }
 }
 
-/// Checks the request's credentials against `need`; returns who the caller is.
-pub async fn authorize(s: &AppState, headers: &HeaderMap, need: Need) -> Result<Caller, Error> {
+/// What the request's headers decide before the index is read.
+enum Check {
+    /// Decided: no credential was presented, or none is needed.
+    Done(Result<Caller, Error>),
+    /// A token was presented: its scope is read from the index.
+    Token(String),
+}
+
+/// The decision for `need` that needs no token read: all of it for an
+/// anonymous caller (every plain download), or the token to check.
+fn check(s: &AppState, headers: &HeaderMap, need: Need) -> Check {
     if need == Need::Nothing {
-        return Ok(Caller::ANONYMOUS);
+        return Check::Done(Ok(Caller::ANONYMOUS));
     }
-    let granted = match credential(headers) {
-        Some(token) => {
-            let hashes = s.repo.token_hashes().await?;
-            // Read from a file the index's path no longer names: a token
-            // revoked in the new one would pass. Fail closed.
-            if s.repo.index_replaced() {
-                return Err(Error::IndexReplaced);
-            }
-            match crate::tokens::scope_of(&token, &hashes) {
-                Some(scope) => Some(scope),
-                None => return Err(Error::UnknownToken),
-            }
-        }
-        None => None,
-    };
+    match credential(headers) {
+        Some(token) => Check::Token(token),
+        None => Check::Done(grant(s, need, None)),
+    }
+}
+
+/// Who a presented token makes the caller, for `need`.
+async fn check_token(s: &AppState, token: &str, need: Need) -> Result<Caller, Error> {
+    let hashes = s.repo.token_hashes().await?;
+    // Read from a file the index's path no longer names: a token
+    // revoked in the new one would pass. Fail closed.
+    if s.repo.index_replaced() {
+        return Err(Error::IndexReplaced);
+    }
+    match crate::tokens::scope_of(token, &hashes) {
+        Some(scope) => grant(s, need, Some(scope)),
+        None => Err(Error::UnknownToken),
+    }
+}
+
+/// The rules: what `need` grants a caller holding `granted` (`None`: no
+/// token presented).
+fn grant(s: &AppState, need: Need, granted: Option<Scope>) -> Result<Caller, Error> {
     match (need, granted) {
         (Need::Nothing, _) => Ok(Caller::ANONYMOUS),
         (Need::Ping, None) => Err(Error::Challenge),
@@ -154,16 +180,144 @@ pub async fn authorize(s: &AppState, headers: &HeaderMap, need: Need) -> Result<
     }
 }
 
-/// The middleware: authorise and record the `Caller`, or answer in the
-/// face's error format.
-pub async fn require(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
-    let need = need(req.method(), req.uri().path());
-    match authorize(&s, req.headers(), need).await {
-        Ok(caller) => {
-            req.extensions_mut().insert(caller);
-            next.run(req).await
+/// The middleware in front of every route, outermost first: count the
+/// request (`metrics`), hold its answer to the face's conventions
+/// (`face`), and authorise it, recording the `Caller`, before any handler
+/// (or body) runs. One hand-written service rather than three
+/// `from_fn` middlewares, each of which boxed its future, boxed the
+/// inner service and cloned it per request: a request that presents no
+/// token (every plain download) passes it without an allocation; one
+/// that does is one boxed future, for the token read.
+#[derive(Debug, Clone)]
+pub struct GuardLayer {
+    state: AppState,
+}
+
+impl GuardLayer {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard { inner, state: self.state.clone() }
+    }
+}
+
+/// The service `GuardLayer` puts around a route.
+#[derive(Debug, Clone)]
+pub struct Guard<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + Unpin + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Guarded<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let face = Face::of(req.uri().path());
+        let tally = self.state.metrics().start(&req);
+        let need = need(req.method(), req.uri().path());
+        let step = match check(&self.state, req.headers(), need) {
+            Check::Done(Ok(caller)) => {
+                req.extensions_mut().insert(caller);
+                Step::Inner(self.inner.call(req))
+            }
+            Check::Done(Err(e)) => Step::Answer(std::future::ready(face.render(e))),
+            Check::Token(token) => {
+                // The service made ready is the one called; a clone
+                // stays for the next request.
+                let fresh = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, fresh);
+                let state = self.state.clone();
+                Step::Boxed(Box::pin(async move {
+                    match check_token(&state, &token, need).await {
+                        Ok(caller) => {
+                            req.extensions_mut().insert(caller);
+                            match ready.oneshot(req).await {
+                                Ok(resp) => resp,
+                                Err(never) => match never {},
+                            }
+                        }
+                        Err(e) => face.render(e),
+                    }
+                }))
+            }
+        };
+        Guarded { step, face, tally }
+    }
+}
+
+type BoxedResponse = Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// Where a guarded request is.
+enum Step<F> {
+    /// In the route's handler.
+    Inner(F),
+    /// Answered by the guard itself (refused).
+    Answer(std::future::Ready<Response>),
+    /// Reading the token, then in the handler.
+    Boxed(BoxedResponse),
+    /// A plain-text error being answered again in the face's JSON.
+    Json(BoxedResponse),
+}
+
+/// The response future of `Guard`.
+pub struct Guarded<F> {
+    step: Step<F>,
+    face: Face,
+    tally: Tally,
+}
+
+impl<F> std::fmt::Debug for Guarded<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded").field("face", &self.face).field("tally", &self.tally).finish_non_exhaustive()
+    }
+}
+
+impl<F> Future for Guarded<F>
+where
+    F: Future<Output = Result<Response, Infallible>> + Unpin,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            let resp = match &mut this.step {
+                Step::Inner(f) => match ready!(Pin::new(f).poll(cx)) {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                },
+                Step::Answer(resp) => ready!(Pin::new(resp).poll(cx)),
+                Step::Boxed(f) => ready!(f.as_mut().poll(cx)),
+                Step::Json(f) => {
+                    let mut resp = ready!(f.as_mut().poll(cx));
+                    this.face.stamp(&mut resp);
+                    return Poll::Ready(Ok(this.tally.finish(resp)));
+                }
+            };
+            if face::needs_json(&resp) {
+                this.step = Step::Json(Box::pin(face::as_json(this.face, resp)));
+                continue;
+            }
+            let mut resp = resp;
+            this.face.stamp(&mut resp);
+            return Poll::Ready(Ok(this.tally.finish(resp)));
         }
-        Err(e) => Face::of(req.uri().path()).render(e),
     }
 }
 

@@ -199,25 +199,35 @@ fn is_json(resp: &Response) -> bool {
         .is_some_and(|v| v.starts_with("application/json"))
 }
 
-/// The middleware.
+/// An error answered in plain text (axum's rejections): `as_json` must
+/// answer it again in its face's format.
+pub fn needs_json(resp: &Response) -> bool {
+    let status = resp.status();
+    (status.is_client_error() || status.is_server_error()) && !is_json(resp)
+}
+
+impl Face {
+    /// The headers every response of this face carries.
+    pub fn stamp(self, resp: &mut Response) {
+        if self == Face::V2 {
+            resp.headers_mut().insert(&API_VERSION_NAME, API_VERSION_VALUE.clone());
+        }
+    }
+}
+
+/// The middleware, for the `--metrics-listen` router (the API's router
+/// applies the same conventions in `auth::Guard`).
 pub async fn conventions(req: Request, next: Next) -> Response {
     let face = Face::of(req.uri().path());
     let resp = next.run(req).await;
-    let status = resp.status();
-    let mut resp = if (status.is_client_error() || status.is_server_error()) && !is_json(&resp) {
-        as_json(face, resp).await
-    } else {
-        resp
-    };
-    if face == Face::V2 {
-        resp.headers_mut().insert(&API_VERSION_NAME, API_VERSION_VALUE.clone());
-    }
+    let mut resp = if needs_json(&resp) { as_json(face, resp).await } else { resp };
+    face.stamp(&mut resp);
     resp
 }
 
 /// Re-renders a non-JSON error response in the face's format, keeping its
 /// status and headers (`Allow`, `WWW-Authenticate`, ...).
-async fn as_json(face: Face, resp: Response) -> Response {
+pub async fn as_json(face: Face, resp: Response) -> Response {
     let (parts, body) = resp.into_parts();
     let status = parts.status;
     // axum's rejection texts are short; anything longer is cut.

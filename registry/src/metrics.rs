@@ -4,9 +4,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -167,15 +166,34 @@ fn route_label(path: Option<&MatchedPath>) -> &'static str {
     path.and_then(|p| ROUTES.iter().find(|r| **r == p.as_str()).copied()).unwrap_or("other")
 }
 
-/// The middleware: counts every request by (route, method, status class).
-pub async fn count(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let route = route_label(req.extensions().get::<MatchedPath>());
-    let method = method_label(req.method());
-    let resp = next.run(req).await;
-    let route = resp.extensions().get::<RouteLabel>().map(|r| r.0).unwrap_or(route);
-    metrics
-        .requests
-        .get_or_create(&RequestLabels { route, method, status: status_label(resp.status().as_u16()) })
-        .inc();
-    resp
+/// One request being counted, by (route, method, status class): its
+/// route and method are taken when it arrives (`Metrics::start`), its
+/// status when it is answered (`finish`). What `auth::Guard` holds.
+#[derive(Debug)]
+pub struct Tally {
+    metrics: Arc<Metrics>,
+    route: &'static str,
+    method: &'static str,
+}
+
+impl Metrics {
+    /// Starts counting `req` (the route it matched, its method).
+    pub fn start(self: &Arc<Self>, req: &Request) -> Tally {
+        Tally {
+            metrics: self.clone(),
+            route: route_label(req.extensions().get::<MatchedPath>()),
+            method: method_label(req.method()),
+        }
+    }
+}
+
+impl Tally {
+    /// Counts the request answered with `resp` (labelled by a `/v2`
+    /// handler's `RouteLabel` when it set one), and hands `resp` on.
+    pub fn finish(&self, resp: Response) -> Response {
+        let route = resp.extensions().get::<RouteLabel>().map(|r| r.0).unwrap_or(self.route);
+        let status = status_label(resp.status().as_u16());
+        self.metrics.requests.get_or_create(&RequestLabels { route, method: self.method, status }).inc();
+        resp
+    }
 }

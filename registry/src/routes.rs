@@ -59,14 +59,14 @@ pub fn app(state: AppState) -> Router {
     }
     // One layer of the router, so a request passes one boxed service, not
     // one per middleware: axum boxes each `Router::layer` around every
-    // route and clones every box per request. Outermost first: trace,
-    // count, the face conventions on whatever came back, and innermost
-    // authorise before any handler (or body) runs.
+    // route and clones every box per request. Outermost first: trace, then
+    // the guard (count, the face conventions on whatever came back, and
+    // innermost authorise before any handler or body runs), one
+    // hand-written service that allocates nothing for a request without
+    // a token.
     let middleware = tower::ServiceBuilder::new()
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .layer(middleware::from_fn_with_state(state.metrics().clone(), crate::metrics::count))
-        .layer(middleware::from_fn(crate::face::conventions))
-        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::require));
+        .layer(crate::auth::GuardLayer::new(state.clone()));
     r.fallback(crate::face::not_found).layer(middleware).with_state(state)
 }
 

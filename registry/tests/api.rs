@@ -1481,3 +1481,51 @@ async fn the_coverage_answers_follow_a_publish_an_import_and_a_gc() {
     assert!(published.releases.contains("6.12.1+deb13-amd64"));
     assert_ne!(published.check(&r).await, after_gc);
 }
+
+/// The guard in front of every route counts each request once, by route,
+/// method and status class, whichever way it went: answered anonymously or
+/// after a token read, refused before its handler (no token, an unknown
+/// one), re-answered as JSON (a bad query), on `/v2` by the endpoint the
+/// dispatcher chose, and on no route at all.
+#[tokio::test]
+async fn every_request_is_counted_once_by_route_method_and_status() {
+    let r = registry(Settings::default()).await;
+    let m = meta("6.1.0-56-amd64", b"counted");
+    assert_eq!(publish(&r, &m, b"counted", "").await.0, StatusCode::CREATED);
+    let blob = format!("/v1/blobs/{}", m.digest);
+    for _ in 0..3 {
+        assert_eq!(call(&r, req("GET", &blob, None, vec![])).await.0, StatusCode::OK);
+    }
+    assert_eq!(call(&r, req("GET", &blob, Some(&r.read), vec![])).await.0, StatusCode::OK);
+    assert_eq!(call(&r, req("PUT", &blob, None, b"counted".to_vec())).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call(&r, req("PUT", &blob, Some("bpfarm_wrong"), b"counted".to_vec())).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (s, h, _) = call(&r, req("GET", "/v1/objects?limit=abc", None, vec![])).await;
+    assert_eq!((s, &h[header::CONTENT_TYPE]), (StatusCode::BAD_REQUEST, &"application/json".parse().unwrap()));
+    let v2 = format!("/v2/bpfarm/tracee-bpf/blobs/{}", m.digest);
+    assert_eq!(call(&r, req("GET", &v2, None, vec![])).await.0, StatusCode::OK);
+    assert_eq!(call(&r, req("GET", "/no/such/deep/path", None, vec![])).await.0, StatusCode::NOT_FOUND);
+
+    let (_, _, text) = call(&r, req("GET", "/metrics", None, vec![])).await;
+    let text = String::from_utf8(text).unwrap();
+    let counted: std::collections::BTreeMap<&str, u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("bpfarm_http_requests_total"))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(labels, n)| (labels, n.parse().unwrap()))
+        .collect();
+    let want: std::collections::BTreeMap<&str, u64> = [
+        (r#"{route="/v1/blobs/{digest}",method="PUT",status="2xx"}"#, 1),
+        (r#"{route="/v1/objects",method="POST",status="2xx"}"#, 1),
+        (r#"{route="/v1/blobs/{digest}",method="GET",status="2xx"}"#, 4),
+        (r#"{route="/v1/blobs/{digest}",method="PUT",status="4xx"}"#, 2),
+        (r#"{route="/v1/objects",method="GET",status="4xx"}"#, 1),
+        (r#"{route="/v2/{name}/blobs/{digest}",method="GET",status="2xx"}"#, 1),
+        (r#"{route="other",method="GET",status="4xx"}"#, 1),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(counted, want, "{text}");
+}
