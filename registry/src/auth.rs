@@ -186,8 +186,10 @@ fn grant(s: &AppState, need: Need, granted: Option<Scope>) -> Result<Caller, Err
 /// (or body) runs. One hand-written service rather than three
 /// `from_fn` middlewares, each of which boxed its future, boxed the
 /// inner service and cloned it per request: a request that presents no
-/// token (every plain download) passes it without an allocation; one
-/// that does is one boxed future, for the token read.
+/// token (every plain download) passes it with no boxed future and no
+/// cloned, boxed inner service (the `Caller` extension it records is its
+/// one allocation); one that does adds one boxed future, for the token
+/// read.
 #[derive(Debug, Clone)]
 pub struct GuardLayer {
     state: AppState,

@@ -322,12 +322,29 @@ impl<F: Clone, L: Clone, T: Clone, C: Clone> Memo<F, L, T, C> {
         Some(a)
     }
 
+    /// Where an answer read at `stamp` may be kept: only while the answers
+    /// held are still at that stamp (or none is held yet). A read that
+    /// took long (a coverage count) must not wipe what was kept since the
+    /// index changed under it; its own answer is dropped, not kept.
+    fn keep_at(&self, stamp: Stamp) -> Option<std::sync::MutexGuard<'_, Answers<F, L, T, C>>> {
+        stamp.data_version?;
+        let mut a = self.lock();
+        match a.stamp {
+            Some(held) if held != stamp => None,
+            Some(_) => Some(a),
+            None => {
+                a.stamp = Some(stamp);
+                Some(a)
+            }
+        }
+    }
+
     pub fn file(&self, stamp: Stamp, key: &FileKey) -> Option<F> {
         self.at(stamp)?.files.get(key).cloned()
     }
 
     pub fn put_file(&self, stamp: Stamp, key: FileKey, rows: F) {
-        let Some(mut a) = self.at(stamp) else { return };
+        let Some(mut a) = self.keep_at(stamp) else { return };
         bounded_insert(&mut a.files, key, rows);
     }
 
@@ -336,7 +353,7 @@ impl<F: Clone, L: Clone, T: Clone, C: Clone> Memo<F, L, T, C> {
     }
 
     pub fn put_link(&self, stamp: Stamp, key: LinkKey, linked: bool) {
-        let Some(mut a) = self.at(stamp) else { return };
+        let Some(mut a) = self.keep_at(stamp) else { return };
         bounded_insert(&mut a.links, key, linked);
     }
 
@@ -345,7 +362,7 @@ impl<F: Clone, L: Clone, T: Clone, C: Clone> Memo<F, L, T, C> {
     }
 
     pub fn put_lookup(&self, stamp: Stamp, key: LookupKey, answer: L) {
-        let Some(mut a) = self.at(stamp) else { return };
+        let Some(mut a) = self.keep_at(stamp) else { return };
         bounded_insert(&mut a.lookups, key, answer);
     }
 
@@ -355,7 +372,7 @@ impl<F: Clone, L: Clone, T: Clone, C: Clone> Memo<F, L, T, C> {
     }
 
     pub fn put_tokens(&self, stamp: Stamp, tokens: T) {
-        let Some(mut a) = self.at(stamp) else { return };
+        let Some(mut a) = self.keep_at(stamp) else { return };
         a.tokens = Some(tokens);
     }
 
@@ -367,7 +384,7 @@ impl<F: Clone, L: Clone, T: Clone, C: Clone> Memo<F, L, T, C> {
     /// Keeps a coverage count read at `stamp`, weighing `bytes` (see the
     /// module docs for the bounds).
     pub fn put_coverage(&self, stamp: Stamp, key: CoverageKey, answer: C, bytes: usize) {
-        let Some(mut a) = self.at(stamp) else { return };
+        let Some(mut a) = self.keep_at(stamp) else { return };
         a.coverage.put(key, answer, bytes);
     }
 
@@ -427,6 +444,28 @@ mod tests {
         std::fs::rename(&db2, &aside).unwrap();
         assert_eq!(memo2.link(memo2.stamp(), &key), None);
         assert!(!memo2.replaced(), "a path naming nothing for a moment is not a replacement");
+    }
+
+    #[test]
+    fn a_slow_read_does_not_wipe_what_was_kept_after_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, w) = index(dir.path());
+        let memo = Memo::<(), (), Vec<String>>::new(&db);
+        let key = ("r".to_owned(), "d".to_owned());
+        // A slow read stamps, then the index changes while it reads.
+        let slow = memo.stamp();
+        assert_eq!(memo.tokens(slow), None);
+        w.execute("UPDATE t SET v = 'b'", []).unwrap();
+        let now = memo.stamp();
+        assert_ne!(now, slow);
+        assert_eq!(memo.link(now, &key), None);
+        memo.put_link(now, key.clone(), true);
+        // The slow read's answer comes in at its old stamp: dropped, and
+        // what was kept at the new one stays.
+        memo.put_tokens(slow, vec!["read-before-the-change".to_owned()]);
+        assert_eq!(memo.link(memo.stamp(), &key), Some(true));
+        assert_eq!(memo.tokens(memo.stamp()), None);
+        assert_eq!(memo.tokens(slow), None, "an answer from before the change is never served");
     }
 
     #[test]

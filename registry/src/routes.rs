@@ -62,8 +62,8 @@ pub fn app(state: AppState) -> Router {
     // route and clones every box per request. Outermost first: trace, then
     // the guard (count, the face conventions on whatever came back, and
     // innermost authorise before any handler or body runs), one
-    // hand-written service that allocates nothing for a request without
-    // a token.
+    // hand-written service that boxes no future for a request without a
+    // token.
     let middleware = tower::ServiceBuilder::new()
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(crate::auth::GuardLayer::new(state.clone()));
