@@ -222,13 +222,12 @@ def coverage_requests(base, pid, path, repeat, data=None):
     request) of the others."""
     if data:
         touch_index(data)
-    clk = os.sysconf("SC_CLK_TCK")
-    before = cpu_ticks(pid)
+    before = cpu_ns(pid)
     took, body = get(f"{base}{path}")
-    first = (took * 1000, (cpu_ticks(pid) - before) / clk * 1000, len(body))
-    before = cpu_ticks(pid)
+    first = (took * 1000, (cpu_ns(pid) - before) / 1e6, len(body))
+    before = cpu_ns(pid)
     times = [get(f"{base}{path}")[0] * 1000 for _ in range(repeat)]
-    return first, (statistics.median(times), (cpu_ticks(pid) - before) / clk * 1000 / repeat)
+    return first, (statistics.median(times), (cpu_ns(pid) - before) / 1e6 / repeat)
 
 
 def rss_breakdown(pid, phase):
