@@ -113,7 +113,9 @@ pub struct FaceRow {
     pub index_row: i64,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// Also read from a JSON array of arrays (`coverage_detail`: a page's
+/// cells in one row).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct CoverageObject {
     pub kernel_release: String,
     pub arch: String,
@@ -139,7 +141,7 @@ pub struct CoveragePair {
     pub versions: Option<String>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct CoverageFailure {
     pub kernel_release: String,
     pub arch: String,
@@ -167,6 +169,31 @@ const COVERAGE_OBJECT_PAIRS: &str = "SELECT kernel_release, arch,
 const COVERAGE_FAILURE_PAIRS: &str = "SELECT kernel_release, arch,
         group_concat(CASE WHEN version IN (SELECT value FROM json_each(?1)) THEN version END, char(10)) AS versions
    FROM failures GROUP BY kernel_release, arch";
+
+/// The current objects of some releases (`?1`) × versions (`?2`), both
+/// JSON arrays, as one JSON array of `[release, arch, version, digest,
+/// size]` (`coverage_detail`).
+const COVERAGE_DETAIL_OBJECTS: &str =
+    "SELECT json_group_array(json_array(kernel_release, arch, version, digest, size)) FROM objects
+      WHERE current = 1 AND kernel_release IN (SELECT value FROM json_each(?1))
+        AND +version IN (SELECT value FROM json_each(?2))";
+/// Their failures, as `[release, arch, version, message]`, of each
+/// message its first line, at most `?3` characters.
+const COVERAGE_DETAIL_FAILURES: &str = "SELECT json_group_array(json_array(kernel_release, arch, version,
+        rtrim(substr(message, 1, CASE instr(message, char(10)) WHEN 0 THEN ?3
+                                      ELSE min(instr(message, char(10)) - 1, ?3) END), char(13))))
+   FROM failures
+  WHERE kernel_release IN (SELECT value FROM json_each(?1))
+    AND +version IN (SELECT value FROM json_each(?2))";
+
+/// Releases whose cells one `COVERAGE_DETAIL_*` query reads: at most
+/// 128 × 12 counted versions × 2 arches cells of ~130 bytes of JSON.
+const DETAIL_RELEASES: usize = 128;
+
+/// The cells a `COVERAGE_DETAIL_*` query answered as one JSON array.
+fn cells<T: serde::de::DeserializeOwned>(json: &str) -> Result<Vec<T>, sqlx::Error> {
+    serde_json::from_str(json).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
 
 /// Filters for listing; all optional, exact matches except `search`.
 #[derive(Debug, Clone, Default)]
@@ -516,37 +543,37 @@ impl Repo {
     /// at most `title` characters (messages are up to 16 KiB each; the
     /// page shows a title). Found by release (the identity index and the
     /// failures' key; `+version` keeps sqlite from scanning every row of
-    /// each counted version instead).
+    /// each counted version instead). Each query answers one row, a JSON
+    /// array of the cells (`COVERAGE_DETAIL_*`): a page's ~10,000 cells
+    /// handed over one at a time from sqlx's connection thread cost more
+    /// CPU than reading them. `DETAIL_RELEASES` releases a query, so no
+    /// answer is larger than ~400 KB (one array of a whole page, ~1.3 MB,
+    /// raised the registry's peak RSS in `bench/fleet.py` from 51 to 73
+    /// MiB).
     pub async fn coverage_detail(
         &self,
         releases: &[&str],
         versions: &[String],
         title: usize,
     ) -> Result<(Vec<CoverageObject>, Vec<CoverageFailure>), sqlx::Error> {
-        let releases = serde_json::Value::from(releases.to_vec()).to_string();
         let versions = serde_json::Value::from(versions.to_vec()).to_string();
-        let objects = sqlx::query_as(
-            "SELECT kernel_release, arch, version, digest, size FROM objects
-              WHERE current = 1 AND kernel_release IN (SELECT value FROM json_each(?1))
-                AND +version IN (SELECT value FROM json_each(?2))",
-        )
-        .bind(releases.as_str())
-        .bind(versions.as_str())
-        .fetch_all(&self.reader)
-        .await?;
-        let failures = sqlx::query_as(
-            "SELECT kernel_release, arch, version,
-                    rtrim(substr(message, 1, CASE instr(message, char(10)) WHEN 0 THEN ?3
-                                                  ELSE min(instr(message, char(10)) - 1, ?3) END), char(13)) AS message
-               FROM failures
-              WHERE kernel_release IN (SELECT value FROM json_each(?1))
-                AND +version IN (SELECT value FROM json_each(?2))",
-        )
-        .bind(releases.as_str())
-        .bind(versions.as_str())
-        .bind(i64::try_from(title).unwrap_or(i64::MAX))
-        .fetch_all(&self.reader)
-        .await?;
+        let (mut objects, mut failures) = (Vec::new(), Vec::new());
+        for releases in releases.chunks(DETAIL_RELEASES) {
+            let releases = serde_json::Value::from(releases.to_vec()).to_string();
+            let json: String = sqlx::query_scalar(COVERAGE_DETAIL_OBJECTS)
+                .bind(releases.as_str())
+                .bind(versions.as_str())
+                .fetch_one(&self.reader)
+                .await?;
+            objects.extend(cells::<CoverageObject>(&json)?);
+            let json: String = sqlx::query_scalar(COVERAGE_DETAIL_FAILURES)
+                .bind(releases.as_str())
+                .bind(versions.as_str())
+                .bind(i64::try_from(title).unwrap_or(i64::MAX))
+                .fetch_one(&self.reader)
+                .await?;
+            failures.extend(cells::<CoverageFailure>(&json)?);
+        }
         Ok((objects, failures))
     }
 
@@ -1695,6 +1722,86 @@ mod tests {
         // version, `uname -v`, config digest, the search (a release's
         // filter used its index).
         assert!(free_grew >= 5, "only {free_grew} unchosen plans grew with the table");
+        repo.close().await;
+    }
+
+    /// A page's cells read as one JSON row each are the rows the same
+    /// terms give one by one — odd characters in a failure's first line
+    /// and all — and are found by release (index searches), not by a scan.
+    #[tokio::test]
+    async fn the_page_cells_come_in_one_row_as_the_rows_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open(dir.path()).await.unwrap();
+        let rows = seed_list_rows(&repo).await;
+        for (n, r) in rows.iter().enumerate().filter(|(n, r)| r.current && n % 4 == 0) {
+            sqlx::query("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, 't')")
+                .bind(format!("{}-failed", r.release))
+                .bind(r.arch)
+                .bind(&r.version)
+                .bind(format!("\"quoted\"\t\\ ünïcode {n}\r\nsecond line"))
+                .execute(&repo.writer)
+                .await
+                .unwrap();
+        }
+        let mut releases: Vec<String> = rows.iter().map(|r| r.release.clone()).collect();
+        releases.extend(rows.iter().map(|r| format!("{}-failed", r.release)));
+        releases.sort();
+        releases.dedup();
+        let picked: Vec<&str> = releases.iter().step_by(3).map(String::as_str).collect();
+        let versions = vec!["v1.1.0".to_owned(), "v1.3.0".to_owned()];
+        // Releases nothing has between them: the page's rows span queries.
+        let nope: Vec<String> = (0..picked.len() * 5).map(|i| format!("nope-{i}")).collect();
+        let asked: Vec<&str> =
+            picked.iter().zip(nope.chunks(5)).flat_map(|(r, n)| n.iter().map(String::as_str).chain([*r])).collect();
+        assert!(asked.len() > DETAIL_RELEASES, "{} releases asked", asked.len());
+        let (objects, failures) = repo.coverage_detail(&asked, &versions, 12).await.unwrap();
+        let json = |v: &[&str]| serde_json::Value::from(v.to_vec()).to_string();
+        let versions_json = serde_json::Value::from(versions.clone()).to_string();
+        let mut want: Vec<CoverageObject> = sqlx::query_as(
+            "SELECT kernel_release, arch, version, digest, size FROM objects
+              WHERE current = 1 AND kernel_release IN (SELECT value FROM json_each(?1))
+                AND version IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(json(&picked))
+        .bind(&versions_json)
+        .fetch_all(&repo.reader)
+        .await
+        .unwrap();
+        let key = |o: &CoverageObject| (o.kernel_release.clone(), o.arch.clone(), o.version.clone());
+        let mut got = objects.clone();
+        got.sort_by_key(key);
+        want.sort_by_key(key);
+        assert!(!want.is_empty());
+        assert_eq!(format!("{got:?}"), format!("{want:?}"));
+        assert!(!failures.is_empty());
+        for f in &failures {
+            assert!(picked.contains(&f.kernel_release.as_str()) && versions.contains(&f.version), "{f:?}");
+            assert_eq!(f.message, "\"quoted\"\t\\ ü", "{f:?}");
+        }
+        let want_failures: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM failures WHERE kernel_release IN (SELECT value FROM json_each(?1))
+                AND version IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(json(&picked))
+        .bind(&versions_json)
+        .fetch_one(&repo.reader)
+        .await
+        .unwrap();
+        assert_eq!(failures.len() as i64, want_failures);
+        for sql in [COVERAGE_DETAIL_OBJECTS, COVERAGE_DETAIL_FAILURES] {
+            let steps = plan(&repo, sql).await;
+            assert!(
+                steps
+                    .iter()
+                    .any(|s| s.starts_with("SEARCH objects USING INDEX objects_current_identity (kernel_release=?)")
+                        || s.starts_with("SEARCH failures USING INDEX sqlite_autoindex_failures_1 (kernel_release=?)")),
+                "{sql}: {steps:?}"
+            );
+            assert!(
+                !steps.iter().any(|s| s.starts_with("SCAN objects") || s.starts_with("SCAN failures")),
+                "{sql}: {steps:?}"
+            );
+        }
         repo.close().await;
     }
 }
