@@ -32,8 +32,12 @@ against `/healthz` (the server's floor for one request); with
 on the same data, then the new/old ratio of each figure; with --rounds N
 too, first both binaries serve the same data at once and are asked in turn
 (who goes first alternates), N rounds of the coverage requests (first and
-again), the list and the search: medians per binary, new/old, the
-slowest pages by where they start (--only-interleaved: just that).
+again), the list and search pages of each filter (`list_queries`): medians
+per binary, new/old, the registry's CPU per page, the slowest pages by
+where they start (--only-interleaved: just that). The older binary serves
+a copy of the data without the list indexes (`old_copy`). Before serving,
+sqlite's VM steps per page of each list query, now and as before the list
+indexes (`fleet_seed --rows-read`: load-independent).
 
     bench/fleet.py [--kernels 10000] [--versions 10] [--agents 10000] [--concurrency 256] [--token-rounds 3] [--repeat 5] [--rss-breakdown] [--compare-check] [--compare-bin OLD [--rounds N [--only-interleaved]]] [--work DIR]
 """
@@ -191,6 +195,26 @@ def touch_index(data):
                     "UPDATE tokens SET created_at = strftime('%Y-%m-%dT%H:%M:%f', 'now') WHERE name LIKE 'fleet-bench-%';"], check=True)
 
 
+# The indexes a list page reads by (registry/sql/list_indexes.sql): an
+# older registry serves a copy of the data without them, as it left its
+# index, since sqlite would pick them for its own queries too.
+LIST_INDEXES = ["objects_by_arch", "objects_by_version", "objects_by_version_arch", "objects_by_uname_version", "objects_by_config_digest"]
+
+
+def old_copy(work, data):
+    """A copy of `data` for the older binary: the index copied whole (sqlite's
+    backup: the WAL's pages in), the list indexes dropped, the blobs
+    hard-linked (they are never written in place)."""
+    old = os.path.join(work, "data-old")
+    if not os.path.exists(old):
+        os.makedirs(old + ".tmp", exist_ok=True)
+        subprocess.run(["sqlite3", os.path.join(data, "index.sqlite"), f".backup '{os.path.join(old + '.tmp', 'index.sqlite')}'"], check=True)
+        subprocess.run(["cp", "-al", os.path.join(data, "blobs"), os.path.join(old + ".tmp", "blobs")], check=True)
+        os.rename(old + ".tmp", old)
+    subprocess.run(["sqlite3", os.path.join(old, "index.sqlite"), "; ".join(f"DROP INDEX IF EXISTS {i}" for i in LIST_INDEXES) + ";"], check=True)
+    return old
+
+
 def coverage_requests(base, pid, path, repeat, data=None):
     """`path` asked once after a change to the index (made here when `data`
     is given: its index is touched), then `repeat` times more (again):
@@ -198,13 +222,12 @@ def coverage_requests(base, pid, path, repeat, data=None):
     request) of the others."""
     if data:
         touch_index(data)
-    clk = os.sysconf("SC_CLK_TCK")
-    before = cpu_ticks(pid)
+    before = cpu_ns(pid)
     took, body = get(f"{base}{path}")
-    first = (took * 1000, (cpu_ticks(pid) - before) / clk * 1000, len(body))
-    before = cpu_ticks(pid)
+    first = (took * 1000, (cpu_ns(pid) - before) / 1e6, len(body))
+    before = cpu_ns(pid)
     times = [get(f"{base}{path}")[0] * 1000 for _ in range(repeat)]
-    return first, (statistics.median(times), (cpu_ticks(pid) - before) / clk * 1000 / repeat)
+    return first, (statistics.median(times), (cpu_ns(pid) - before) / 1e6 / repeat)
 
 
 def rss_breakdown(pid, phase):
@@ -336,6 +359,30 @@ def start(binary, data):
     return reg, base
 
 
+def cpu_ns(pid):
+    """CPU time of every thread of `pid` so far (ns, from schedstat: finer
+    than clock ticks for a page of a few milliseconds)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            total += int(open(f"/proc/{pid}/task/{task}/schedstat").read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended between the listing and the read
+    return total
+
+
+def list_queries(releases):
+    """The list and search pages walked: every object, a search matching
+    every one, one release's ten by search and by name with a version,
+    none (an arch nothing is built for, a `uname -v` no object has), one
+    version, one version of one arch."""
+    narrow = urllib.parse.quote(releases[len(releases) // 2])
+    return [("list", "arch=x86_64"), ("search", "q=-fleet-"), ("narrow search", f"q={narrow}"), ("empty list", "arch=aarch64"),
+            ("version", "version=v1.1.0"), ("version+arch", "version=v1.1.0&arch=x86_64"),
+            ("release+version", f"kernel_release={narrow}&version=v1.1.0"), ("no uname", "uname_version=none"),
+            ("search+version", f"q={narrow}&version=v1.1.0")]
+
+
 def interleaved(args, binaries, releases):
     """Both registries serving the same data at once, asked in turn (who goes
     first alternates by round), so the machine's load falls on both alike:
@@ -362,16 +409,17 @@ def interleaved(args, binaries, releases):
                     add(label, f"{what} first CPU ms", first[1])
                     add(label, f"{what} again ms", again[0])
                     add(label, f"{what} again CPU ms", again[1])
-            # Every object, one release's ten (a narrow search), none (an
-            # arch nothing is built for): each walked to its end.
-            narrow = urllib.parse.quote(releases[len(releases) // 2])
-            for what, query in [("list", "arch=x86_64"), ("search", "q=-fleet-"), ("narrow search", f"q={narrow}"), ("empty list", "arch=aarch64")]:
+            for what, query in list_queries(releases):
                 for label in order:
-                    starts = []
-                    times, _ = walk(regs[label][1], query, starts)
+                    starts, times = [], []
+                    before = cpu_ns(regs[label][0].pid)
+                    # A walk of few pages is walked again, to 10 pages.
+                    while len(times) < 10:
+                        took, _ = walk(regs[label][1], query, starts)
+                        times.extend(took)
                     add(label, f"{what} page p50 ms", statistics.median(times) * 1000)
                     add(label, f"{what} page max ms", max(times) * 1000)
-                    add(label, f"{what} all pages s", sum(times))
+                    add(label, f"{what} CPU ms a page", (cpu_ns(regs[label][0].pid) - before) / 1e6 / len(times))
                     slow[label].extend((t * 1000, what, a, n) for t, a in zip(times, starts))
             print(f"round {n + 1}/{args.rounds} done, load {' '.join(load())}", flush=True)
         print(f"--- interleaved, {args.rounds} rounds, both serving the same data at once; medians of the rounds", flush=True)
@@ -445,11 +493,18 @@ def main():
             print(f"check:   {out.strip()}", flush=True)
 
         results = {}
+        old_data = old_copy(work, data) if args.compare_bin else None
+        # sqlite's VM steps per page of each list query (load-independent),
+        # now and as before the list indexes.
+        rows = subprocess.run([args.seed_bin, "--data", data, "--rows-read"] + [q for _, q in list_queries(releases)]
+                              + (["--old-data", old_data] if old_data else []), capture_output=True, text=True, check=True,
+                              env={**os.environ, "BPFARM_LOG": "error"}).stdout
+        print(rows.strip(), flush=True)
         if args.compare_bin and args.rounds:
-            interleaved(args, [("old", args.compare_bin, data), ("new", args.registry_bin, data)], releases)
+            interleaved(args, [("old", args.compare_bin, old_data), ("new", args.registry_bin, data)], releases)
             if args.only_interleaved:
                 return
-        for label, binary, where in ([("old", args.compare_bin, data)] if args.compare_bin else []) + [("new", args.registry_bin, data)]:
+        for label, binary, where in ([("old", args.compare_bin, old_data)] if args.compare_bin else []) + [("new", args.registry_bin, data)]:
             if args.compare_bin:
                 print(f"--- {label}: {binary}", flush=True)
             results[label] = serve_phases(args, binary, where, releases, versions, n, work, token)

@@ -10,7 +10,9 @@
 //! With `--time-check` it seeds nothing: it times the start-up check of
 //! the two faces on DIR both ways, set-based (`faces::disagreements`, what
 //! `serve` runs) and one object at a time (`disagreements_one_by_one`,
-//! what it ran before), and prints both.
+//! what it ran before), and prints both. With `--rows-read QUERY...` it
+//! seeds nothing either: it counts sqlite's VM steps per page of each list
+//! query on DIR (and as before the list indexes, on `--old-data`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -18,6 +20,7 @@ use std::time::Instant;
 use anyhow::Context;
 use bpfarm_object::Digest;
 use bpfarm_registry::publish::{self, Replace};
+use bpfarm_registry::repo::{Filter, LAST_ID, ListRest, ListSql, list_statements};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -38,6 +41,100 @@ struct Args {
     /// Seed nothing; time the faces check of DIR both ways.
     #[arg(long)]
     time_check: bool,
+    /// Seed nothing; for each `GET /v1/objects` query given (`arch=x86_64`,
+    /// `q=6.1`, `version=v1.3.0&arch=x86_64`, ...) walk its pages of 1,000
+    /// on DIR as the registry reads them, and print sqlite's VM steps per
+    /// page (load-independent: what the page costs sqlite); with
+    /// --old-data, the same terms as before the list indexes too.
+    #[arg(long, num_args = 1..)]
+    rows_read: Vec<String>,
+    /// A copy of DIR's index without the list indexes (as the registry
+    /// before them left it), for --rows-read.
+    #[arg(long)]
+    old_data: Option<PathBuf>,
+}
+
+/// The filter of a `GET /v1/objects` query (values unescaped), with the
+/// registry's page of 1,000 (and one more, which says there is a next).
+fn filter_of(query: &str) -> anyhow::Result<Filter> {
+    let mut f = Filter { limit: 1001, ..Filter::default() };
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').with_context(|| format!("{pair:?}: not name=value"))?;
+        let v = Some(v.to_owned());
+        match k {
+            "kernel_release" => f.kernel_release = v,
+            "arch" => f.arch = v,
+            "version" => f.version = v,
+            "uname_version" => f.uname_version = v,
+            "config_digest" => f.config_digest = v,
+            "q" => f.search = v,
+            _ => anyhow::bail!("{k}: not a filter of GET /v1/objects"),
+        }
+    }
+    Ok(f)
+}
+
+/// Runs one statement: the ids it returns and its VM steps.
+fn run(c: &rusqlite::Connection, st: &ListSql) -> anyhow::Result<(Vec<i64>, i64)> {
+    let mut s = c.prepare(&st.sql)?;
+    let ids = s.query_map(rusqlite::params_from_iter(&st.params), |r| r.get(0))?.collect::<Result<Vec<i64>, _>>()?;
+    Ok((ids, i64::from(s.get_status(rusqlite::StatementStatus::VmStep))))
+}
+
+/// Every page of `f` on `db`, each read by `statements` (a statement and
+/// the one that finishes a page the first did not fill): (pages, rows,
+/// VM steps per page).
+fn walk_steps(
+    db: &std::path::Path,
+    f: &Filter,
+    statements: impl Fn(&Filter) -> (ListSql, Option<ListRest>),
+) -> anyhow::Result<(usize, usize, f64)> {
+    let c = rusqlite::Connection::open_with_flags(db.join("index.sqlite"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let (mut pages, mut rows, mut steps) = (0, 0, 0);
+    let mut f = f.clone();
+    loop {
+        let (first, rest) = statements(&f);
+        let (mut ids, mut n) = run(&c, &first)?;
+        if let Some(rest) = rest.filter(|_| (ids.len() as i64) < f.limit) {
+            let last: Option<i64> = c.query_row(LAST_ID, [], |r| r.get(0))?;
+            if last.is_some_and(|last| last > rest.window) {
+                let (more, m) = run(&c, &rest.sql)?;
+                ids.extend(more);
+                ids.truncate(usize::try_from(f.limit)?);
+                n += m;
+            }
+        }
+        pages += 1;
+        steps += n;
+        let page = ids.len().min(1000);
+        rows += page;
+        if ids.len() <= 1000 {
+            return Ok((pages, rows, steps as f64 / pages as f64));
+        }
+        f.after = ids[page - 1];
+    }
+}
+
+/// `--rows-read`: VM steps per page of each query, now and (with
+/// `--old-data`) as before.
+async fn rows_read(args: &Args) -> anyhow::Result<()> {
+    // What every process does at open: the list indexes made if missing.
+    let t = Instant::now();
+    bpfarm_registry::repo::Repo::open(&args.data).await?.close().await;
+    println!("rows read: DIR opened (list indexes made where missing) in {:.2} s", t.elapsed().as_secs_f64());
+    for query in &args.rows_read {
+        let f = filter_of(query)?;
+        let (pages, rows, new) = walk_steps(&args.data, &f, list_statements)?;
+        let mut line = format!("rows read: {query}: {rows} objects in {pages} pages, {new:.0} VM steps a page");
+        if let Some(old) = &args.old_data {
+            let (old_pages, old_rows, before) =
+                walk_steps(old, &f, |f| (bpfarm_registry::repo::list_statement_as_before(f), None))?;
+            anyhow::ensure!((old_pages, old_rows) == (pages, rows), "{query}: the walks disagree");
+            line.push_str(&format!("; before the list indexes {before:.0} (new/old {:.4}x)", new / before));
+        }
+        println!("{line}");
+    }
+    Ok(())
 }
 
 /// Times the set-based and the one-by-one faces check on the same data.
@@ -83,6 +180,9 @@ fn metadata(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if !args.rows_read.is_empty() {
+        return rows_read(&args).await;
+    }
     let state = bpfarm_registry::open_tool(&args.data, bpfarm_registry::Settings::default()).await?;
     if args.time_check {
         return time_check(&state).await;

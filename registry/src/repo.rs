@@ -113,7 +113,9 @@ pub struct FaceRow {
     pub index_row: i64,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// Also read from a JSON array of arrays (`coverage_detail`: a page's
+/// cells in one row).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct CoverageObject {
     pub kernel_release: String,
     pub arch: String,
@@ -139,7 +141,7 @@ pub struct CoveragePair {
     pub versions: Option<String>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct CoverageFailure {
     pub kernel_release: String,
     pub arch: String,
@@ -168,6 +170,31 @@ const COVERAGE_FAILURE_PAIRS: &str = "SELECT kernel_release, arch,
         group_concat(CASE WHEN version IN (SELECT value FROM json_each(?1)) THEN version END, char(10)) AS versions
    FROM failures GROUP BY kernel_release, arch";
 
+/// The current objects of some releases (`?1`) × versions (`?2`), both
+/// JSON arrays, as one JSON array of `[release, arch, version, digest,
+/// size]` (`coverage_detail`).
+const COVERAGE_DETAIL_OBJECTS: &str =
+    "SELECT json_group_array(json_array(kernel_release, arch, version, digest, size)) FROM objects
+      WHERE current = 1 AND kernel_release IN (SELECT value FROM json_each(?1))
+        AND +version IN (SELECT value FROM json_each(?2))";
+/// Their failures, as `[release, arch, version, message]`, of each
+/// message its first line, at most `?3` characters.
+const COVERAGE_DETAIL_FAILURES: &str = "SELECT json_group_array(json_array(kernel_release, arch, version,
+        rtrim(substr(message, 1, CASE instr(message, char(10)) WHEN 0 THEN ?3
+                                      ELSE min(instr(message, char(10)) - 1, ?3) END), char(13))))
+   FROM failures
+  WHERE kernel_release IN (SELECT value FROM json_each(?1))
+    AND +version IN (SELECT value FROM json_each(?2))";
+
+/// Releases whose cells one `COVERAGE_DETAIL_*` query reads: at most
+/// 128 × 12 counted versions × 2 arches cells of ~130 bytes of JSON.
+const DETAIL_RELEASES: usize = 128;
+
+/// The cells a `COVERAGE_DETAIL_*` query answered as one JSON array.
+fn cells<T: serde::de::DeserializeOwned>(json: &str) -> Result<Vec<T>, sqlx::Error> {
+    serde_json::from_str(json).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
 /// Filters for listing; all optional, exact matches except `search`.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -181,6 +208,160 @@ pub struct Filter {
     /// Rows with id greater than this (pagination cursor).
     pub after: i64,
     pub limit: i64,
+}
+
+/// The page's terms as one statement, sqlite choosing the plan: what
+/// `list` ran before the list indexes (`list_statements`), which the
+/// tests and `bench/fleet.py --compare-bin` compare with.
+pub fn list_statement_as_before(f: &Filter) -> ListSql {
+    let (first, _) = list_statements(f);
+    let terms = first.sql.split_once(" WHERE ").map_or("", |(_, t)| t).replace("id > ? AND id <= ?", "id > ?");
+    let mut params = first.params;
+    if first.sql.contains("id <= ?") {
+        params.remove(1);
+    }
+    ListSql { sql: format!("SELECT id, digest, size, metadata, published_at FROM objects WHERE {terms}"), params }
+}
+
+/// One statement of a list page (`list_statements`) with its parameters,
+/// in order.
+#[derive(Debug, Clone)]
+pub struct ListSql {
+    pub sql: String,
+    pub params: Vec<ListParam>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListParam {
+    Int(i64),
+    Text(String),
+}
+
+impl ListSql {
+    /// The statement with its parameters bound, for sqlx.
+    fn query<'q, O>(&'q self) -> sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments<'q>>
+    where
+        O: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+    {
+        self.params.iter().fold(sqlx::query_as(&self.sql), |q, p| match p {
+            ListParam::Int(i) => q.bind(*i),
+            ListParam::Text(t) => q.bind(t.as_str()),
+        })
+    }
+}
+
+/// For running a list statement on a plain sqlite connection (the bench
+/// counts the VM steps of each page).
+impl rusqlite::ToSql for ListParam {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(match self {
+            ListParam::Int(i) => (*i).into(),
+            ListParam::Text(t) => t.as_str().into(),
+        })
+    }
+}
+
+/// The indexes a list page reads by (`sql/list_indexes.sql`, made at
+/// open), each holding its filter's current rows in id order.
+const LIST_INDEXES: &str = include_str!("../sql/list_indexes.sql");
+
+/// The table's last id (the rowid b-tree's last entry): whether a search
+/// has ids past its window (`ListRest`).
+pub const LAST_ID: &str = "SELECT max(id) FROM objects";
+
+/// A search's first try reads at most this many ids per row of its page
+/// (`list_statements`).
+const SEARCH_WINDOW: i64 = 8;
+
+/// A search's second statement (`list_statements`): the rest of its page
+/// past its first statement's window, ids above `window`; run when the
+/// first did not fill the page and the table has ids past the window.
+#[derive(Debug, Clone)]
+pub struct ListRest {
+    pub window: i64,
+    pub sql: ListSql,
+}
+
+/// How `Repo::list` reads a page of `f`: a statement, and, for a search,
+/// the one whose rows finish the page when the first did not fill it.
+///
+/// The index is named (`INDEXED BY`), the most selective filter's first,
+/// so sqlite cannot trade it for a scan in id order that skips the sort
+/// (which is what it chose before: a version's page sorted its 10,000
+/// rows, a page of `arch=aarch64` read the table from `after`):
+/// - a kernel release: the identity index (a release's few rows, sorted);
+/// - else `uname -v`, else the config digest, else version and arch, else
+///   version: their own indexes, read in id order from `after` (`column =
+///   ? AND rowid > ?`), so the page ends where it is full (a search among
+///   them reads the rows of that version at most);
+/// - else a search (`q`, a substring of the release, which no b-tree
+///   orders): first the ids from `after` to `after + SEARCH_WINDOW ×
+///   limit` in id order (a search matching many rows fills its page
+///   there); when that is not a full page and the table goes on, the
+///   page's rest from the identity index's entries past the window
+///   (release, arch, version, id: no table row), then those rows;
+/// - else arch: its own index, from `after`;
+/// - else the table in id order from `after`.
+pub fn list_statements(f: &Filter) -> (ListSql, Option<ListRest>) {
+    const COLUMNS: &str = "SELECT id, digest, size, metadata, published_at FROM objects";
+    let mut params = vec![ListParam::Int(f.after)];
+    let mut terms = String::from("current = 1 AND id > ?");
+    let text = |v: &Option<String>| v.as_ref().map(|v| ListParam::Text(v.clone()));
+    for (column, value) in [
+        ("kernel_release", &f.kernel_release),
+        ("arch", &f.arch),
+        ("version", &f.version),
+        ("uname_version", &f.uname_version),
+        ("config_digest", &f.config_digest),
+    ] {
+        if let Some(v) = text(value) {
+            terms.push_str(&format!(" AND {column} = ?"));
+            params.push(v);
+        }
+    }
+    if let Some(q) = text(&f.search) {
+        terms.push_str(" AND instr(kernel_release, ?) > 0");
+        params.push(q);
+    }
+    let index = if f.kernel_release.is_some() {
+        Some("objects_current_identity")
+    } else if f.uname_version.is_some() {
+        Some("objects_by_uname_version")
+    } else if f.config_digest.is_some() {
+        Some("objects_by_config_digest")
+    } else if f.version.is_some() {
+        Some(if f.arch.is_some() { "objects_by_version_arch" } else { "objects_by_version" })
+    } else if f.search.is_some() {
+        let window = f.after.saturating_add(f.limit.saturating_mul(SEARCH_WINDOW));
+        let mut first = params.clone();
+        first.insert(1, ListParam::Int(window));
+        first.push(ListParam::Int(f.limit));
+        let first_terms = terms.replacen("id > ?", "id > ? AND id <= ?", 1);
+        // Past the window.
+        let mut rest = params;
+        rest[0] = ListParam::Int(window);
+        rest.push(ListParam::Int(f.limit));
+        return (
+            ListSql { sql: format!("{COLUMNS} NOT INDEXED WHERE {first_terms} ORDER BY id LIMIT ?"), params: first },
+            Some(ListRest {
+                window,
+                sql: ListSql {
+                    sql: format!(
+                        "{COLUMNS} WHERE id IN (SELECT id FROM objects INDEXED BY objects_current_identity \
+                         WHERE {terms} ORDER BY id LIMIT ?) ORDER BY id"
+                    ),
+                    params: rest,
+                },
+            }),
+        );
+    } else if f.arch.is_some() {
+        Some("objects_by_arch")
+    } else {
+        None
+    };
+    let from = index.map(|i| format!(" INDEXED BY {i}")).unwrap_or_default();
+    params.push(ListParam::Int(f.limit));
+    (ListSql { sql: format!("{COLUMNS}{from} WHERE {terms} ORDER BY id LIMIT ?"), params }, None)
 }
 
 /// What a token may do; stored as `push` or `read` (the schema allows no
@@ -215,6 +396,7 @@ impl Repo {
         // so a replacement before the memo is made is not missed.
         let first = crate::memo::file_identity(&db);
         sqlx::migrate!("./migrations").run(&writer).await?;
+        sqlx::raw_sql(LIST_INDEXES).execute(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
             .connect_with(opts.read_only(true).pragma("cache_size", READER_CACHE))
@@ -277,30 +459,24 @@ impl Repo {
 
     /// A page of current objects in id order after `f.after` (keyset
     /// pagination: each page starts where the last ended, whatever the
-    /// page's number). Only the filters given are in the SQL, so an exact
-    /// one can use an index (`kernel_release`: the identity index) instead
-    /// of a scan from `after` to the end.
+    /// page's number), each filter's page read through an index that holds
+    /// its rows in id order (`list_statements`), so a page reads about as
+    /// many rows as it returns.
     pub async fn list(&self, f: &Filter) -> Result<Vec<ObjectRow>, sqlx::Error> {
-        let mut q = sqlx::QueryBuilder::new(
-            "SELECT id, digest, size, metadata, published_at FROM objects WHERE current = 1 AND id > ",
-        );
-        q.push_bind(f.after);
-        for (column, value) in [
-            ("kernel_release", &f.kernel_release),
-            ("arch", &f.arch),
-            ("version", &f.version),
-            ("uname_version", &f.uname_version),
-            ("config_digest", &f.config_digest),
-        ] {
-            if let Some(v) = value {
-                q.push(format_args!(" AND {column} = ")).push_bind(v.clone());
+        let (first, rest) = list_statements(f);
+        let mut rows = self.list_run(&first).await?;
+        if let Some(rest) = rest.filter(|_| (rows.len() as i64) < f.limit) {
+            let last: Option<i64> = sqlx::query_scalar(LAST_ID).fetch_one(&self.reader).await?;
+            if last.is_some_and(|last| last > rest.window) {
+                rows.extend(self.list_run(&rest.sql).await?);
+                rows.truncate(usize::try_from(f.limit).unwrap_or(0));
             }
         }
-        if let Some(s) = &f.search {
-            q.push(" AND instr(kernel_release, ").push_bind(s.clone()).push(") > 0");
-        }
-        q.push(" ORDER BY id LIMIT ").push_bind(f.limit);
-        q.build_query_as().fetch_all(&self.reader).await
+        Ok(rows)
+    }
+
+    async fn list_run(&self, statement: &ListSql) -> Result<Vec<ObjectRow>, sqlx::Error> {
+        statement.query().fetch_all(&self.reader).await
     }
 
     /// Records (or updates) a failed build, unless the identity has an object.
@@ -367,37 +543,37 @@ impl Repo {
     /// at most `title` characters (messages are up to 16 KiB each; the
     /// page shows a title). Found by release (the identity index and the
     /// failures' key; `+version` keeps sqlite from scanning every row of
-    /// each counted version instead).
+    /// each counted version instead). Each query answers one row, a JSON
+    /// array of the cells (`COVERAGE_DETAIL_*`): a page's ~10,000 cells
+    /// handed over one at a time from sqlx's connection thread cost more
+    /// CPU than reading them. `DETAIL_RELEASES` releases a query, so no
+    /// answer is larger than ~400 KB (one array of a whole page, ~1.3 MB,
+    /// raised the registry's peak RSS in `bench/fleet.py` from 51 to 73
+    /// MiB).
     pub async fn coverage_detail(
         &self,
         releases: &[&str],
         versions: &[String],
         title: usize,
     ) -> Result<(Vec<CoverageObject>, Vec<CoverageFailure>), sqlx::Error> {
-        let releases = serde_json::Value::from(releases.to_vec()).to_string();
         let versions = serde_json::Value::from(versions.to_vec()).to_string();
-        let objects = sqlx::query_as(
-            "SELECT kernel_release, arch, version, digest, size FROM objects
-              WHERE current = 1 AND kernel_release IN (SELECT value FROM json_each(?1))
-                AND +version IN (SELECT value FROM json_each(?2))",
-        )
-        .bind(releases.as_str())
-        .bind(versions.as_str())
-        .fetch_all(&self.reader)
-        .await?;
-        let failures = sqlx::query_as(
-            "SELECT kernel_release, arch, version,
-                    rtrim(substr(message, 1, CASE instr(message, char(10)) WHEN 0 THEN ?3
-                                                  ELSE min(instr(message, char(10)) - 1, ?3) END), char(13)) AS message
-               FROM failures
-              WHERE kernel_release IN (SELECT value FROM json_each(?1))
-                AND +version IN (SELECT value FROM json_each(?2))",
-        )
-        .bind(releases.as_str())
-        .bind(versions.as_str())
-        .bind(i64::try_from(title).unwrap_or(i64::MAX))
-        .fetch_all(&self.reader)
-        .await?;
+        let (mut objects, mut failures) = (Vec::new(), Vec::new());
+        for releases in releases.chunks(DETAIL_RELEASES) {
+            let releases = serde_json::Value::from(releases.to_vec()).to_string();
+            let json: String = sqlx::query_scalar(COVERAGE_DETAIL_OBJECTS)
+                .bind(releases.as_str())
+                .bind(versions.as_str())
+                .fetch_one(&self.reader)
+                .await?;
+            objects.extend(cells::<CoverageObject>(&json)?);
+            let json: String = sqlx::query_scalar(COVERAGE_DETAIL_FAILURES)
+                .bind(releases.as_str())
+                .bind(versions.as_str())
+                .bind(i64::try_from(title).unwrap_or(i64::MAX))
+                .fetch_one(&self.reader)
+                .await?;
+            failures.extend(cells::<CoverageFailure>(&json)?);
+        }
         Ok((objects, failures))
     }
 
@@ -1248,6 +1424,375 @@ mod tests {
             for step in reads {
                 assert!(step.contains("COVERING INDEX") || step.contains("json_each"), "{sql}: {steps:?}");
             }
+        }
+        repo.close().await;
+    }
+
+    /// A row of the list tests, written straight into the index.
+    #[derive(Debug, Clone)]
+    struct Row {
+        id: i64,
+        release: String,
+        arch: &'static str,
+        version: String,
+        uname: Option<String>,
+        config: Option<String>,
+        current: bool,
+    }
+
+    async fn insert(repo: &Repo, r: &Row) -> i64 {
+        sqlx::query_scalar(
+            "INSERT INTO objects (kernel_release, arch, version, file_name, digest, size, uname_version, config_digest,
+                                  metadata, published_at, current)
+             VALUES (?, ?, ?, 'f.o', 'sha256:0', 1, ?, ?, '{}', 't', ?) RETURNING id",
+        )
+        .bind(&r.release)
+        .bind(r.arch)
+        .bind(&r.version)
+        .bind(&r.uname)
+        .bind(&r.config)
+        .bind(i64::from(r.current))
+        .fetch_one(&repo.writer)
+        .await
+        .unwrap()
+    }
+
+    /// Rows of every kind a filter must tell apart: releases sharing
+    /// substrings, both arches, four versions, replaced rows (not current),
+    /// `uname -v` and config digests known for some and shared by a few.
+    async fn seed_list_rows(repo: &Repo) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for r in 0..40u32 {
+            let flavour = ["amd64", "cloud-amd64", "arm64", "generic"][r as usize % 4];
+            let release = format!("{}.{}.0-{}-{flavour}", 5 + r % 2, r % 7, r);
+            let arches: &[&'static str] = match flavour {
+                "arm64" => &["aarch64"],
+                "generic" => &["x86_64", "aarch64"],
+                _ => &["x86_64"],
+            };
+            for v in 0..4 {
+                if (r + v) % 5 == 0 {
+                    continue;
+                }
+                for &arch in arches {
+                    let mut row = Row {
+                        id: 0,
+                        release: release.clone(),
+                        arch,
+                        version: format!("v1.{v}.0"),
+                        uname: (r % 2 == 0).then(|| format!("#1 SMP Debian {}", r % 6)),
+                        config: (r % 3 == 0).then(|| format!("sha256:{}", r % 4)),
+                        current: false,
+                    };
+                    if (r + v) % 3 == 0 {
+                        row.id = insert(repo, &row).await;
+                        rows.push(row.clone());
+                    }
+                    row.current = true;
+                    row.id = insert(repo, &row).await;
+                    rows.push(row);
+                }
+            }
+        }
+        rows
+    }
+
+    /// Every combination of the list's filters (a value rows have, or one
+    /// none has), each walked page by page with three page sizes, gives
+    /// exactly the current rows a brute-force filter of every row gives,
+    /// in id order, from every page's `after`; so do the searches' two
+    /// ways (a search matching many rows fills its page in its window,
+    /// one matching few reads the identity index).
+    #[tokio::test]
+    async fn list_pages_match_a_brute_force_walk_for_every_filter_combination() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open(dir.path()).await.unwrap();
+        let rows = seed_list_rows(&repo).await;
+        let current: Vec<&Row> = rows.iter().filter(|r| r.current).collect();
+        let mut walked = 0;
+        for mask in 0u32..64 {
+            for pick in [3usize, 17, 29, 1000] {
+                // `pick` 1000: values no row has (where a filter is set).
+                let like = current.get(pick % 1000 * mask as usize % current.len()).filter(|_| pick < 1000);
+                let value = |bit: u32, v: Option<String>| {
+                    (mask & (1 << bit) != 0).then(|| v.unwrap_or_else(|| "none-has-this".to_owned()))
+                };
+                let search = match pick {
+                    3 => like.map(|r| r.release[2..r.release.len() - 3].to_owned()),
+                    17 => Some("-".to_owned()),
+                    _ => like.map(|r| r.release.clone()),
+                };
+                let f = Filter {
+                    kernel_release: value(0, like.map(|r| r.release.clone())),
+                    arch: value(1, Some(like.map_or("aarch64", |r| r.arch).to_owned())),
+                    version: value(2, like.map(|r| r.version.clone())),
+                    uname_version: value(3, like.and_then(|r| r.uname.clone())),
+                    config_digest: value(4, like.and_then(|r| r.config.clone())),
+                    search: value(5, search),
+                    after: 0,
+                    limit: 0,
+                };
+                let eq = |want: &Option<String>, have: Option<&str>| want.as_deref().is_none_or(|w| have == Some(w));
+                let expected: Vec<i64> = current
+                    .iter()
+                    .filter(|r| {
+                        eq(&f.kernel_release, Some(&r.release))
+                            && eq(&f.arch, Some(r.arch))
+                            && eq(&f.version, Some(&r.version))
+                            && eq(&f.uname_version, r.uname.as_deref())
+                            && eq(&f.config_digest, r.config.as_deref())
+                            && f.search.as_deref().is_none_or(|q| r.release.contains(q))
+                    })
+                    .map(|r| r.id)
+                    .collect();
+                for limit in [2, 7, 50] {
+                    let mut after = 0;
+                    let mut got: Vec<i64> = Vec::new();
+                    loop {
+                        let page = repo.list(&Filter { after, limit, ..f.clone() }).await.unwrap();
+                        let ids: Vec<i64> = page.iter().map(|r| r.id).collect();
+                        let want: Vec<i64> =
+                            expected.iter().copied().filter(|id| *id > after).take(limit as usize).collect();
+                        assert_eq!(ids, want, "{f:?} after {after} limit {limit}");
+                        got.extend(&ids);
+                        if ids.len() < limit as usize {
+                            break;
+                        }
+                        after = *ids.last().unwrap();
+                    }
+                    assert_eq!(got, expected, "{f:?} limit {limit}");
+                    walked += got.len();
+                }
+            }
+        }
+        assert!(walked > 4_000, "the walks returned {walked} rows in all");
+        repo.close().await;
+    }
+
+    /// The filters a combination sets, values and all, for the plan and
+    /// row-count tests: rows of `probe` (few) match them.
+    fn probe_filter(mask: u32) -> Filter {
+        let set = |bit: u32, v: &str| (mask & (1 << bit) != 0).then(|| v.to_owned());
+        Filter {
+            kernel_release: set(0, "9.9.9-probe-arm64"),
+            arch: set(1, "aarch64"),
+            version: set(2, "v9.0.0"),
+            uname_version: set(3, "#9 probe"),
+            config_digest: set(4, "sha256:probe"),
+            search: set(5, "probe"),
+            after: 0,
+            limit: 11,
+        }
+    }
+
+    /// How sqlite runs `statement`: its `EXPLAIN QUERY PLAN` steps.
+    async fn list_plan(repo: &Repo, statement: &ListSql) -> Vec<String> {
+        let explain =
+            ListSql { sql: format!("EXPLAIN QUERY PLAN {}", statement.sql), params: statement.params.clone() };
+        let steps: Vec<(i64, i64, i64, String)> = explain.query().fetch_all(&repo.reader).await.unwrap();
+        steps.into_iter().map(|(_, _, _, step)| step).collect()
+    }
+
+    /// Every filter combination's page reads the objects through the index
+    /// it names (never a scan of the table), and a search's second
+    /// statement reads the identity index's entries only.
+    #[tokio::test]
+    async fn every_list_filter_reads_its_page_through_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open(dir.path()).await.unwrap();
+        for mask in 0u32..64 {
+            let f = probe_filter(mask);
+            let (first, rest) = list_statements(&f);
+            let steps = list_plan(&repo, &first).await;
+            let want = if f.kernel_release.is_some() {
+                "SEARCH objects USING INDEX objects_current_identity (kernel_release=?"
+            } else if f.uname_version.is_some() {
+                "SEARCH objects USING INDEX objects_by_uname_version (uname_version=? AND rowid>?)"
+            } else if f.config_digest.is_some() {
+                "SEARCH objects USING INDEX objects_by_config_digest (config_digest=? AND rowid>?)"
+            } else if f.version.is_some() && f.arch.is_some() {
+                "SEARCH objects USING INDEX objects_by_version_arch (version=? AND arch=? AND rowid>?)"
+            } else if f.version.is_some() {
+                "SEARCH objects USING INDEX objects_by_version (version=? AND rowid>?)"
+            } else if f.search.is_some() {
+                "SEARCH objects USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)"
+            } else if f.arch.is_some() {
+                "SEARCH objects USING INDEX objects_by_arch (arch=? AND rowid>?)"
+            } else {
+                "SEARCH objects USING INTEGER PRIMARY KEY (rowid>?)"
+            };
+            assert!(steps.iter().any(|s| s.starts_with(want)), "{f:?}: {steps:?}");
+            assert!(!steps.iter().any(|s| s.starts_with("SCAN")), "{f:?}: {steps:?}");
+            // Only a release's own rows are ever sorted.
+            assert_eq!(
+                steps.iter().any(|s| s.contains("TEMP B-TREE")),
+                f.kernel_release.is_some() && (f.arch.is_none() || f.version.is_none()),
+                "{f:?}: {steps:?}"
+            );
+            assert_eq!(rest.is_some(), f.search.is_some() && want.contains("rowid<?"), "{f:?}");
+            if let Some(rest) = rest {
+                let steps = list_plan(&repo, &rest.sql).await;
+                assert!(
+                    steps.iter().any(|s| s.starts_with("SCAN objects USING COVERING INDEX objects_current_identity")),
+                    "{f:?}: {steps:?}"
+                );
+                assert!(
+                    steps.iter().any(|s| s.starts_with("SEARCH objects USING INTEGER PRIMARY KEY (rowid=?)")),
+                    "{f:?}: {steps:?}"
+                );
+            }
+        }
+        repo.close().await;
+    }
+
+    /// Load-independent: the sqlite VM steps of each filter combination's
+    /// page (a few probe rows match; a search's first statement, its
+    /// window) are the same with 3,000 or 6,000 rows in the table that
+    /// match none of them, where the same terms on the schema before the
+    /// list indexes, sqlite choosing, grow with them for every filter but a
+    /// release's or a version's. (A search that leaves its window reads
+    /// the identity index's entries: checked above.)
+    #[tokio::test]
+    async fn a_filtered_list_page_reads_as_many_rows_as_it_returns_whatever_the_table_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open(dir.path()).await.unwrap();
+        let probe = |v: u32| Row {
+            id: 0,
+            release: "9.9.9-probe-arm64".into(),
+            arch: "aarch64",
+            version: format!("v9.{v}.0"),
+            uname: Some("#9 probe".into()),
+            config: Some("sha256:probe".into()),
+            current: true,
+        };
+        let filler = |n: u32| Row {
+            id: 0,
+            release: format!("6.1.0-{n}-amd64"),
+            arch: "x86_64",
+            version: "v1.0.0".into(),
+            uname: Some(format!("#1 {n}")),
+            config: Some(format!("sha256:{n}")),
+            current: true,
+        };
+        let steps = |c: &rusqlite::Connection, statement: &ListSql| -> i32 {
+            let mut s = c.prepare(&statement.sql).unwrap();
+            let mut rows = s.query(rusqlite::params_from_iter(&statement.params)).unwrap();
+            while rows.next().unwrap().is_some() {}
+            drop(rows);
+            s.get_status(rusqlite::StatementStatus::VmStep)
+        };
+        // Each combination's first statement; and the same terms with
+        // sqlite free to choose, on the schema before the list indexes
+        // (dropped inside a transaction that is rolled back).
+        let measure = |dir: &Path| -> Vec<(i32, i32)> {
+            let c = rusqlite::Connection::open(dir.join("index.sqlite")).unwrap();
+            let new: Vec<i32> = (0u32..64).map(|mask| steps(&c, &list_statements(&probe_filter(mask)).0)).collect();
+            c.execute_batch(
+                "BEGIN; DROP INDEX objects_by_arch; DROP INDEX objects_by_version; DROP INDEX objects_by_version_arch;
+                 DROP INDEX objects_by_uname_version; DROP INDEX objects_by_config_digest;",
+            )
+            .unwrap();
+            let old = (0u32..64).map(|mask| steps(&c, &list_statement_as_before(&probe_filter(mask))));
+            let both = new.into_iter().zip(old).collect();
+            c.execute_batch("ROLLBACK").unwrap();
+            both
+        };
+        for v in 0..3 {
+            insert(&repo, &probe(v)).await;
+        }
+        for n in 0..3000 {
+            insert(&repo, &filler(n)).await;
+        }
+        let before = measure(dir.path());
+        for n in 3000..6000 {
+            insert(&repo, &filler(n)).await;
+        }
+        insert(&repo, &probe(3)).await;
+        let after = measure(dir.path());
+        let mut free_grew = 0;
+        for (mask, ((b, fb), (a, fa))) in before.iter().zip(&after).enumerate() {
+            let f = probe_filter(mask as u32);
+            // The probe added last is one more row in some pages.
+            assert!(*a <= b + 100, "{f:?}: {b} VM steps with 3,000 other rows, {a} with 6,000");
+            if *fa > fb + 3000 {
+                free_grew += 1;
+            }
+        }
+        // The probes' filters, each alone and unindexed before: arch,
+        // version, `uname -v`, config digest, the search (a release's
+        // filter used its index).
+        assert!(free_grew >= 5, "only {free_grew} unchosen plans grew with the table");
+        repo.close().await;
+    }
+
+    /// A page's cells read as one JSON row each are the rows the same
+    /// terms give one by one — odd characters in a failure's first line
+    /// and all — and are found by release (index searches), not by a scan.
+    #[tokio::test]
+    async fn the_page_cells_come_in_one_row_as_the_rows_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open(dir.path()).await.unwrap();
+        let rows = seed_list_rows(&repo).await;
+        let mut failed = std::collections::BTreeSet::new();
+        for (n, r) in rows.iter().enumerate().filter(|(n, r)| r.current && n % 4 == 0) {
+            failed.insert((format!("{}-failed", r.release), r.version.clone()));
+            sqlx::query("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, 't')")
+                .bind(format!("{}-failed", r.release))
+                .bind(r.arch)
+                .bind(&r.version)
+                .bind(format!("\"quoted\"\t\\ ünïcode {n}\r\nsecond line"))
+                .execute(&repo.writer)
+                .await
+                .unwrap();
+        }
+        let mut releases: Vec<String> = rows.iter().map(|r| r.release.clone()).collect();
+        releases.extend(rows.iter().map(|r| format!("{}-failed", r.release)));
+        releases.sort();
+        releases.dedup();
+        let picked: Vec<&str> = releases.iter().step_by(3).map(String::as_str).collect();
+        let versions = vec!["v1.1.0".to_owned(), "v1.3.0".to_owned()];
+        // Releases nothing has between them: the page's rows span queries.
+        let nope: Vec<String> = (0..picked.len() * 5).map(|i| format!("nope-{i}")).collect();
+        let asked: Vec<&str> =
+            picked.iter().zip(nope.chunks(5)).flat_map(|(r, n)| n.iter().map(String::as_str).chain([*r])).collect();
+        assert!(asked.len() > DETAIL_RELEASES, "{} releases asked", asked.len());
+        let (objects, failures) = repo.coverage_detail(&asked, &versions, 12).await.unwrap();
+        let mut want: Vec<CoverageObject> = sqlx::query_as(
+            "SELECT kernel_release, arch, version, digest, size FROM objects
+              WHERE current = 1 AND kernel_release IN (SELECT value FROM json_each(?1))
+                AND version IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(serde_json::Value::from(picked.clone()).to_string())
+        .bind(serde_json::Value::from(versions.clone()).to_string())
+        .fetch_all(&repo.reader)
+        .await
+        .unwrap();
+        let key = |o: &CoverageObject| (o.kernel_release.clone(), o.arch.clone(), o.version.clone());
+        let mut got = objects.clone();
+        got.sort_by_key(key);
+        want.sort_by_key(key);
+        assert!(!want.is_empty());
+        assert_eq!(format!("{got:?}"), format!("{want:?}"));
+        assert!(!failures.is_empty());
+        for f in &failures {
+            assert!(picked.contains(&f.kernel_release.as_str()) && versions.contains(&f.version), "{f:?}");
+            assert_eq!(f.message, "\"quoted\"\t\\ ü", "{f:?}");
+        }
+        let want_failures = failed.iter().filter(|(r, v)| picked.contains(&r.as_str()) && versions.contains(v)).count();
+        assert_eq!(failures.len(), want_failures);
+        for sql in [COVERAGE_DETAIL_OBJECTS, COVERAGE_DETAIL_FAILURES] {
+            let steps = plan(&repo, sql).await;
+            assert!(
+                steps
+                    .iter()
+                    .any(|s| s.starts_with("SEARCH objects USING INDEX objects_current_identity (kernel_release=?)")
+                        || s.starts_with("SEARCH failures USING INDEX sqlite_autoindex_failures_1 (kernel_release=?)")),
+                "{sql}: {steps:?}"
+            );
+            assert!(
+                !steps.iter().any(|s| s.starts_with("SCAN objects") || s.starts_with("SCAN failures")),
+                "{sql}: {steps:?}"
+            );
         }
         repo.close().await;
     }
