@@ -14,8 +14,8 @@
 //! that only ever run `PRAGMA data_version`, which sqlite changes on every
 //! commit by any other connection, this process's or another's (`import`,
 //! `gc`, `fsck --repair` beside `serve`), whatever the files' sizes and
-//! mtimes. A stamp runs the pragma on whichever signal connection is free
-//! (the serving threads do not queue on one), and a connection that reads
+//! mtimes. A stamp runs the pragma on the first signal connection that is
+//! free (the serving threads do not queue on one), and a connection that reads
 //! a value other than its last (or its first) adds one to the shared
 //! count before the count is read: a commit is counted by the first
 //! pragma of each connection that sees it, so a stamp whose pragma comes
@@ -50,8 +50,10 @@
 //! index changes.
 //! A hit takes no lock another hit waits on: the answers sit behind a
 //! reader-writer lock (written only to keep an answer or to drop them all
-//! when the index changed) and each serving thread runs its pragma on a
-//! signal connection of its own while one is free. Stamps only grow, so
+//! when the index changed) and a stamp whose signal connection is taken
+//! takes the next. A commit drops the answers once for each connection
+//! that runs after it (each counts it): once on a quiet registry, whose
+//! stamps all find the first connection free. Stamps only grow, so
 //! a request whose stamp is older than the answers held (it raced a
 //! change) is served nothing, and does not drop the newer answers.
 //! Bounded: at most `MAX_ENTRIES` answers of each kind (the tokens are one
@@ -62,11 +64,10 @@
 //! their `put` weighs them), the least recently used dropped first; one
 //! heavier than that is served but not kept.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rusqlite::{Connection, OpenFlags};
@@ -185,15 +186,6 @@ struct Signal {
     /// The `data_version` it read last (`None`: none yet).
     seen: Option<i64>,
 }
-
-thread_local! {
-    /// This thread's first choice of signal connection (`usize::MAX`: not
-    /// chosen yet), so that serving threads do not meet on one.
-    static SIGNAL_OF_THIS_THREAD: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-/// Threads given a first choice so far.
-static THREADS_SEEN: AtomicUsize = AtomicUsize::new(0);
 
 /// The answers; `F` is what a static-layout path's query returns, `L`
 /// what an identity's lookup does, `T` what the tokens' query does and `C`
@@ -328,24 +320,20 @@ impl<F: Clone, L: Clone, T: Clone, C: Clone> Memo<F, L, T, C> {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// A signal connection for this thread: its own while free, else any
-    /// free one, else (every one taken) its own once freed.
+    /// The first free signal connection, in order, else (every one taken)
+    /// the first once freed. In order, not spread over the threads: each
+    /// connection counts every commit once when it next runs, so a quiet
+    /// registry, whose stamps all find the first free, drops its answers
+    /// once per commit; the others serve only while it is taken.
     fn signal(&self) -> MutexGuard<'_, Signal> {
-        let n = self.signals.len();
-        let own = SIGNAL_OF_THIS_THREAD.with(|c| {
-            if c.get() == usize::MAX {
-                c.set(THREADS_SEEN.fetch_add(1, Ordering::Relaxed));
-            }
-            c.get()
-        }) % n;
-        for i in 0..n {
-            match self.signals[(own + i) % n].try_lock() {
+        for s in self.signals.iter() {
+            match s.try_lock() {
                 Ok(s) => return s,
                 Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => {}
             }
         }
-        unpoisoned(&self.signals[own])
+        unpoisoned(&self.signals[0])
     }
 
     /// How the index looks now: one `stat` of the index's path (is it still
