@@ -14,7 +14,7 @@ then the registry's peak RSS (VmHWM) including a run with 1,000
 connections. --repeat N runs N interleaved rounds (every server once per
 round) and shows the median, the best and the spread.
 
-    bench/registry.py [--seconds 10] [--connections 64] [--sizes 100K,1M,10M] [--repeat 5] [--baseline-bin OLD] [--paths static,/v1 blob,/v2 blob] [--sched]
+    bench/registry.py [--seconds 10] [--connections 64] [--sizes 100K,1M,10M] [--repeat 5] [--baseline-bin OLD] [--paths static,/v1 blob,/v2 blob] [--sched] [--perf] [--syscalls]
 
 Beside each time, a measure of the work per request that other jobs on
 the machine do not move: heap allocations per request (and bytes asked
@@ -26,7 +26,10 @@ the same interleaved rounds, and prints new/old for req/s, CPU per
 request (all of it, and user space alone) and allocations per request.
 --syscalls counts the registry's system calls per request on each path
 (strace -c -f attached during a wrk run on a registry of its own, before
-the timed runs). --sched adds where each server's threads spent the timed runs: the
+the timed runs: strace stops every call, so it gives a request's calls,
+not their cost, and it inflates lock contention). --perf counts system
+calls, futex calls and context switches per request in the kernel (perf
+stat, nothing slowed down) during every timed run, beside req/s. --sched adds where each server's threads spent the timed runs: the
 cores obtained, the run-queue delay (time runnable but not running, from
 /proc/<pid>/task/*/schedstat) per CPU second and per request, context
 switches per request, and 5 ms samples of every thread's state (running
@@ -259,6 +262,47 @@ def print_sched(sched_runs):
                 states[k] = states.get(k, 0) + v / len(rs)
         st = ", ".join(f"{k} {v * 100:.0f}%" for k, v in sorted(states.items(), key=lambda kv: -kv[1]) if v >= 0.01)
         print(f"  {name:18} {m('cores'):5.2f} {m('wait/run'):8.2f} {m('wait us/req'):11.1f} {m('vol cs/req'):10.3f} {m('invol cs/req'):12.3f} {m('threads >5%'):7.0f}  {st}")
+
+
+# What --perf counts, in the kernel (tracepoints and a software event):
+# nothing is slowed down, so a lock's contention shows as it is (strace
+# stops every call, which makes locks held across calls collide).
+PERF_EVENTS = {"raw_syscalls:sys_enter": "syscalls", "syscalls:sys_enter_futex": "futex", "context-switches": "cs"}
+
+
+class PerfCounts:
+    """System calls, futex calls and context switches of a server's
+    processes (every thread) during one load run, from `perf stat`
+    attached before the run and stopped after it."""
+
+    def __init__(self, pid, out):
+        pids = sorted({p for p, _ in tasks(pid)}) or [pid]
+        self.out = out
+        self.proc = subprocess.Popen(["perf", "stat", "-x,", "-o", out, "-e", ",".join(PERF_EVENTS), "-p", ",".join(map(str, pids))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # perf attaches to every thread before the load starts.
+        time.sleep(0.3)
+
+    def stop(self, requests):
+        """{counter: count per request}."""
+        self.proc.send_signal(2)
+        self.proc.wait(timeout=30)
+        got = {}
+        for line in open(self.out):
+            f = line.strip().split(",")
+            if len(f) >= 3 and f[2] in PERF_EVENTS and f[0].replace(".", "").isdigit():
+                got[PERF_EVENTS[f[2]]] = float(f[0]) / max(requests, 1)
+        if len(got) != len(PERF_EVENTS):
+            raise SystemExit(f"bench: perf stat counted {sorted(got)} of {sorted(PERF_EVENTS.values())} (see {self.out}; perf needs root or perf_event_paranoid <= 0)")
+        return got
+
+
+def print_perf(perf_runs):
+    """The median of each kernel counter per request, per server."""
+    print("  kernel counters per request (perf stat on every thread during the timed runs, median of the rounds):")
+    print(f"  {'server':18} " + " ".join(f"{v + '/req':>13}" for v in PERF_EVENTS.values()))
+    for name, rs in perf_runs.items():
+        if rs:
+            print(f"  {name:18} " + " ".join(f"{median([r[v] for r in rs]):13.3f}" for v in PERF_EVENTS.values()))
 
 
 def median(xs):
@@ -753,13 +797,17 @@ def compare(args):
             runs = {name: [] for name in urls}
             loads = []
             sched_runs = {name: [] for name in urls}
+            perf_runs = {name: [] for name in urls}
             for _ in range(args.repeat):
                 loads.append(float(load()[0]))
                 for name, url in urls.items():
+                    counter = PerfCounts(pids[name], os.path.join(work, "perf.txt")) if args.perf else None
                     sampler = Sched(pids[name]) if args.sched else None
                     runs[name].append(wrk(url, args.seconds, args.connections, pids[name]))
                     if sampler:
                         sched_runs[name].append(sampler.stop(runs[name][-1][5]))
+                    if counter:
+                        perf_runs[name].append(counter.stop(runs[name][-1][5]))
             results = {}
             for name, rs in runs.items():
                 rps = [r[0] for r in rs]
@@ -785,6 +833,8 @@ def compare(args):
                     print(f"  new/old {path:9}: req/s {ratio(new[0], old[0])}, CPU/req {ratio(new[4], old[4])}, user CPU/req {ratio(new[7], old[7])}, p99 {ratio(new[3], old[3])}{alloc_txt}")
             if args.sched:
                 print_sched(sched_runs)
+            if args.perf:
+                print_perf(perf_runs)
             # What "x distribution" can reach at all: when even nginx is not
             # 4x distribution, the load client is the bound, not the server.
             bound = n_rps / d_rps if d_rps else 0.0
@@ -924,6 +974,7 @@ def main():
     ap.add_argument("--no-work", action="store_true", help="skip the allocations-per-request pass (it needs a C compiler)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=PATH", help="one more bpfarm-registry executable (or a script that execs one with other settings) measured in the same interleaved rounds, its rows labelled NAME; repeatable")
     ap.add_argument("--syscalls", action="store_true", help="also count the registry's system calls per request on each path (strace -c -f, on registries of their own, before the timed runs)")
+    ap.add_argument("--perf", action="store_true", help="also count each server's system calls, futex calls and context switches per request during the timed runs (perf stat: kernel counters, which slow nothing down, unlike --syscalls' strace)")
     ap.add_argument("--sched", action="store_true", help="also show where each server's threads spent the timed runs: cores, run-queue delay (/proc schedstat), context switches per request, and samples of each thread's state (running, asleep in futex or epoll)")
     ap.add_argument("--paths", default=",".join(PATHS), help=f"the registry's paths to measure, comma-separated (default: {','.join(PATHS)})")
     args = ap.parse_args()
@@ -935,6 +986,8 @@ def main():
             ap.error(f"--variant takes NAME=PATH of an executable (not named bpfarm or old), not {v!r}")
         variants.append((name, path))
     args.variant = variants
+    if args.perf and not shutil.which("perf"):
+        ap.error("--perf needs perf (linux-perf; run ci/install-deps)")
     if not args.paths or any(p not in PATHS for p in args.paths):
         ap.error(f"--paths takes some of: {', '.join(PATHS)}")
     if args.ttfb is not None and args.ttfb < 1:

@@ -9,29 +9,38 @@
 //!
 //! Never stale: an answer is served only while the index is as it was
 //! when the answer was read — the same write generation (`bump`, on every
-//! commit of this process's `WriteTx`) and the same `PRAGMA data_version`
-//! of the memo's own read-only connection, which sqlite changes on every
+//! commit of this process's `WriteTx`) and the same count of changes seen
+//! by the memo's change signal. The signal is a few read-only connections
+//! that only ever run `PRAGMA data_version`, which sqlite changes on every
 //! commit by any other connection, this process's or another's (`import`,
 //! `gc`, `fsck --repair` beside `serve`), whatever the files' sizes and
-//! mtimes. That connection only ever runs the pragma and lives as long as
-//! the memo; sqlite's own descriptors keep every POSIX lock safe (a
+//! mtimes. A stamp runs the pragma on the first signal connection that is
+//! free (the serving threads do not queue on one), and a connection that reads
+//! a value other than its last (or its first) adds one to the shared
+//! count before the count is read: a commit is counted by the first
+//! pragma of each connection that sees it, so a stamp whose pragma comes
+//! after a commit reads a count that was raised after the commit, and
+//! differs from every stamp read before it. Two connections' values are
+//! never compared (each has its own). The connections live as long as the
+//! memo; sqlite's own descriptors keep every POSIX lock safe (a
 //! descriptor of the index files opened and closed beside sqlite would
 //! drop the process's locks). The stamp is taken before the query, so a
-//! write racing a read only makes the answer unusable. Without the
-//! connection (it failed to open or to answer) nothing is memoised; a
-//! busy index (no busy wait here: this runs on a serving thread) is
-//! unknown for that request only. An index file renamed over while
-//! `serve` runs (a new inode) is seen by the file's identity (device and
-//! inode, checked by path at every stamp, whatever the signal's state: a
-//! `stat` opens no descriptor). The registry's connections would then read
-//! either file (the signal's and older pooled ones the old, connections
-//! sqlx opens later the new, paired with the old file's WAL) — a token
-//! revoked in the new one might still be accepted — so from then on
-//! nothing is memoised and `replaced` holds: the access check refuses
-//! every presented token and `/healthz` fails until the registry restarts
-//! (fail closed: a backstop, not a way to restore; restore an index with
-//! the registry stopped). Writing into the index file in place (`cp` over
-//! it) while serving is not supported either: stop the registry.
+//! write racing a read only makes the answer unusable. A signal
+//! connection that failed to open or to answer vouches for nothing; with
+//! none left nothing is memoised; a busy index (no busy wait here: this
+//! runs on a serving thread) is unknown for that request only. An index
+//! file renamed over while `serve` runs (a new inode) is seen by the
+//! file's identity (device and inode, checked by path at every stamp,
+//! whatever the signal's state: a `stat` opens no descriptor). The
+//! registry's connections would then read either file (the signal's and
+//! older pooled ones the old, connections sqlx opens later the new,
+//! paired with the old file's WAL) — a token revoked in the new one might
+//! still be accepted — so from then on nothing is memoised and `replaced`
+//! holds: the access check refuses every presented token and `/healthz`
+//! fails until the registry restarts (fail closed: a backstop, not a way
+//! to restore; restore an index with the registry stopped). Writing into
+//! the index file in place (`cp` over it) while serving is not supported
+//! either: stop the registry.
 //! So a revoked token (`bpfarm-registry token revoke`, or any other write
 //! to the tokens table, from any process) is refused from the next request
 //! on, as without the memo.
@@ -39,6 +48,14 @@
 //! tally, whose reading groups every current object's index row) is a
 //! fifth kind, so a fleet's repeated views cost no sqlite scan until the
 //! index changes.
+//! A hit takes no lock another hit waits on: the answers sit behind a
+//! reader-writer lock (written only to keep an answer or to drop them all
+//! when the index changed) and a stamp whose signal connection is taken
+//! takes the next. A commit drops the answers once for each connection
+//! that runs after it (each counts it): once on a quiet registry, whose
+//! stamps all find the first connection free. Stamps only grow, so
+//! a request whose stamp is older than the answers held (it raced a
+//! change) is served nothing, and does not drop the newer answers.
 //! Bounded: at most `MAX_ENTRIES` answers of each kind (the tokens are one
 //! answer: the table); when a kind is full its answers are dropped, and
 //! when the index changed, all are. Coverage answers are large (their
@@ -50,8 +67,8 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -63,13 +80,26 @@ pub const MAX_COVERAGE: usize = 8;
 /// Bytes the coverage answers held may weigh together (a tally of 10,000
 /// kernel releases × 12 versions weighs ~1.5 MB).
 pub const MAX_COVERAGE_BYTES: usize = 16 << 20;
+/// Signal connections at most: one per serving thread and one spare (for
+/// a thread preempted while it holds one); each is an sqlite connection
+/// (three descriptors, shared with the pools' where sqlite can).
+const MAX_SIGNALS: usize = 9;
 
-/// How the index looked when an answer was read.
+/// How the index looked when an answer was read. Both parts only grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
     generation: u64,
-    /// `None`: unknown, so nothing is served or kept at this stamp.
-    data_version: Option<i64>,
+    /// Changes the signal has seen; `None`: unknown, so nothing is served
+    /// or kept at this stamp.
+    changes: Option<u64>,
+}
+
+impl Stamp {
+    /// Whether this stamp was taken after (or with) `held`: it reads both
+    /// parts at least as high. Otherwise it is older, or raced a change.
+    fn follows(&self, held: &Stamp) -> bool {
+        self.generation >= held.generation && self.changes >= held.changes
+    }
 }
 
 type FileKey = (String, String, String);
@@ -87,7 +117,9 @@ struct Answers<F, L, T, C> {
     links: HashMap<LinkKey, bool>,
     lookups: HashMap<LookupKey, L>,
     tokens: Option<T>,
-    coverage: Weighed<C>,
+    /// Its own lock: a read moves the answer to the back (least recently
+    /// used first), and the page's reads are rare.
+    coverage: Mutex<Weighed<C>>,
 }
 
 /// Coverage answers with their weights, least recently used first.
@@ -140,6 +172,21 @@ fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, v
     map.insert(key, value);
 }
 
+/// Takes `m`'s lock; a panic elsewhere while it was held leaves nothing
+/// half-written here (every write is a whole insert or clear).
+fn unpoisoned<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One connection of the change signal.
+#[derive(Debug)]
+struct Signal {
+    /// `None`: failed to open or to answer; it vouches for nothing.
+    conn: Option<Connection>,
+    /// The `data_version` it read last (`None`: none yet).
+    seen: Option<i64>,
+}
+
 /// The answers; `F` is what a static-layout path's query returns, `L`
 /// what an identity's lookup does, `T` what the tokens' query does and `C`
 /// what a coverage count does (`repo`'s rows, `coverage`'s tally: generic
@@ -151,13 +198,16 @@ pub struct Memo<F, L = (), T = (), C = ()> {
     /// Its device and inode when the memo was made (after the registry's
     /// pools opened it); `None`: unknown, so `replaced` from the start.
     file: Option<(u64, u64)>,
-    /// The change signal's connection (read-only; runs only the pragma).
-    signal: Mutex<Option<Connection>>,
+    /// The change signal's connections (read-only; they run only the
+    /// pragma), each with the value it read last.
+    signals: Box<[Mutex<Signal>]>,
+    /// Changes the signal's connections have seen (see the module docs).
+    changes: AtomicU64,
     /// The path came to name another file than the signal's: set once,
     /// never cleared (the registry's connections all stay on the old file).
     replaced: AtomicBool,
     generation: AtomicU64,
-    answers: Mutex<Answers<F, L, T, C>>,
+    answers: RwLock<Answers<F, L, T, C>>,
 }
 
 /// The device and inode `db` names now.
@@ -168,12 +218,12 @@ pub(crate) fn file_identity(db: &Path) -> std::io::Result<(u64, u64)> {
 
 fn open_signal(db: &Path) -> Option<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    // No busy wait: the pragma runs on a serving thread under the signal's
-    // lock, so a busy index is "unknown for this request", never a stall.
+    // No busy wait: the pragma runs on a serving thread, so a busy index
+    // is "unknown for this request", never a stall.
     match Connection::open_with_flags(db, flags).and_then(|c| c.busy_timeout(std::time::Duration::ZERO).map(|()| c)) {
         Ok(conn) => Some(conn),
         Err(e) => {
-            tracing::warn!(db = %db.display(), error = %e, "the index's change signal is unavailable: nothing is memoised");
+            tracing::warn!(db = %db.display(), error = %e, "a connection of the index's change signal is unavailable");
             None
         }
     }
@@ -195,28 +245,34 @@ impl<F: Clone, L: Clone, T: Clone, C: Clone> Memo<F, L, T, C> {
                 None
             }
         };
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let signals = (0..(threads + 1).min(MAX_SIGNALS))
+            .map(|_| Mutex::new(Signal { conn: open_signal(db), seen: None }))
+            .collect();
         Self {
             db: db.to_path_buf(),
             file,
-            signal: Mutex::new(open_signal(db)),
+            signals,
+            changes: AtomicU64::new(0),
             replaced: AtomicBool::new(file.is_none()),
             generation: AtomicU64::new(0),
-            answers: Mutex::new(Answers {
+            answers: RwLock::new(Answers {
                 stamp: None,
                 files: HashMap::new(),
                 links: HashMap::new(),
                 lookups: HashMap::new(),
                 tokens: None,
-                coverage: Weighed { held: Vec::new(), bytes: 0 },
+                coverage: Mutex::new(Weighed { held: Vec::new(), bytes: 0 }),
             }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Answers<F, L, T, C>> {
-        match self.answers.lock() {
-            Ok(a) => a,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+    fn read(&self) -> RwLockReadGuard<'_, Answers<F, L, T, C>> {
+        self.answers.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Answers<F, L, T, C>> {
+        self.answers.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether the index's path names another file than the one this
@@ -264,71 +320,98 @@ impl<F: Clone, L: Clone, T: Clone, C: Clone> Memo<F, L, T, C> {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// The first free signal connection, in order, else (every one taken)
+    /// the first once freed. In order, not spread over the threads: each
+    /// connection counts every commit once when it next runs, so a quiet
+    /// registry, whose stamps all find the first free, drops its answers
+    /// once per commit; the others serve only while it is taken.
+    fn signal(&self) -> MutexGuard<'_, Signal> {
+        for s in self.signals.iter() {
+            match s.try_lock() {
+                Ok(s) => return s,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        unpoisoned(&self.signals[0])
+    }
+
     /// How the index looks now: one `stat` of the index's path (is it still
     /// the file opened?) and one `PRAGMA data_version` (no I/O but sqlite's
     /// read locks and its mapped WAL index).
     pub fn stamp(&self) -> Stamp {
         let generation = self.generation.load(Ordering::SeqCst);
-        let mut signal = match self.signal.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        // The pragma speaks for the file the connection opened: it vouches
+        let unknown = Stamp { generation, changes: None };
+        // The pragma speaks for the file the connections opened: it vouches
         // only while the path still names that file (checked first, and
         // whatever the signal's state, so a replacement is never missed).
-        match self.same_file() {
-            Some(true) => {}
-            Some(false) => {
-                *signal = None;
-                return Stamp { generation, data_version: None };
-            }
-            // Gone for now (a rename in progress): unknown this time.
-            None => return Stamp { generation, data_version: None },
+        if self.same_file() != Some(true) {
+            // Another file, or none for now (a rename in progress):
+            // unknown this time.
+            return unknown;
         }
-        let data_version = match signal.as_ref().map(data_version) {
-            Some(Ok(v)) => Some(v),
+        let mut signal = self.signal();
+        let version = match signal.conn.as_ref().map(data_version) {
+            Some(Ok(v)) => v,
             // Busy or locked (another process recovering the WAL, an
             // exclusive lock): unknown this time, asked again next time.
             Some(Err(rusqlite::Error::SqliteFailure(e, _)))
                 if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
             {
-                None
+                return unknown;
             }
             Some(Err(e)) => {
                 // Dropped, not retried: a connection that cannot read the
                 // pragma cannot vouch for the answers.
-                tracing::warn!(error = %e, "the index's change signal failed: nothing is memoised");
-                *signal = None;
-                None
+                tracing::warn!(error = %e, "a connection of the index's change signal failed");
+                signal.conn = None;
+                return unknown;
             }
-            None => None,
+            None => return unknown,
         };
-        Stamp { generation, data_version }
+        // Counted before the count is read (and under this connection's
+        // lock, so its next reader sees both).
+        if signal.seen != Some(version) {
+            signal.seen = Some(version);
+            self.changes.fetch_add(1, Ordering::SeqCst);
+        }
+        Stamp { generation, changes: Some(self.changes.load(Ordering::SeqCst)) }
     }
 
-    /// The answers valid at `stamp`, dropping them all if the index changed.
-    /// `None` when the stamp vouches for nothing.
-    fn at(&self, stamp: Stamp) -> Option<std::sync::MutexGuard<'_, Answers<F, L, T, C>>> {
-        stamp.data_version?;
-        let mut a = self.lock();
-        if a.stamp != Some(stamp) {
-            a.files.clear();
-            a.links.clear();
-            a.lookups.clear();
-            a.tokens = None;
-            a.coverage.clear();
-            a.stamp = Some(stamp);
+    /// The answers valid at `stamp`. `None` when the stamp vouches for
+    /// nothing or does not match them; a stamp newer than theirs drops
+    /// them all (the index changed), an older one leaves them.
+    fn at(&self, stamp: Stamp) -> Option<RwLockReadGuard<'_, Answers<F, L, T, C>>> {
+        stamp.changes?;
+        let a = self.read();
+        if a.stamp == Some(stamp) {
+            return Some(a);
         }
-        Some(a)
+        drop(a);
+        let mut a = self.write();
+        match a.stamp {
+            Some(held) if held == stamp || !stamp.follows(&held) => {}
+            _ => {
+                a.files.clear();
+                a.links.clear();
+                a.lookups.clear();
+                a.tokens = None;
+                a.coverage.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+                a.stamp = Some(stamp);
+            }
+        }
+        // What was just dropped is not there to serve; one kept at this
+        // stamp meanwhile is served next time.
+        None
     }
 
     /// Where an answer read at `stamp` may be kept: only while the answers
     /// held are still at that stamp (or none is held yet). A read that
     /// took long (a coverage count) must not wipe what was kept since the
     /// index changed under it; its own answer is dropped, not kept.
-    fn keep_at(&self, stamp: Stamp) -> Option<std::sync::MutexGuard<'_, Answers<F, L, T, C>>> {
-        stamp.data_version?;
-        let mut a = self.lock();
+    fn keep_at(&self, stamp: Stamp) -> Option<RwLockWriteGuard<'_, Answers<F, L, T, C>>> {
+        stamp.changes?;
+        let mut a = self.write();
         match a.stamp {
             Some(held) if held != stamp => None,
             Some(_) => Some(a),
@@ -378,20 +461,21 @@ impl<F: Clone, L: Clone, T: Clone, C: Clone> Memo<F, L, T, C> {
 
     /// The coverage count at `key` as read at `stamp`, if it was (and kept).
     pub fn coverage(&self, stamp: Stamp, key: &CoverageKey) -> Option<C> {
-        self.at(stamp)?.coverage.get(key)
+        unpoisoned(&self.at(stamp)?.coverage).get(key)
     }
 
     /// Keeps a coverage count read at `stamp`, weighing `bytes` (see the
     /// module docs for the bounds).
     pub fn put_coverage(&self, stamp: Stamp, key: CoverageKey, answer: C, bytes: usize) {
         let Some(mut a) = self.keep_at(stamp) else { return };
-        a.coverage.put(key, answer, bytes);
+        a.coverage.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).put(key, answer, bytes);
     }
 
     /// How many coverage answers are held, and their weight.
     pub fn coverage_held(&self) -> (usize, usize) {
-        let a = self.lock();
-        (a.coverage.held.len(), a.coverage.bytes)
+        let a = self.read();
+        let c = unpoisoned(&a.coverage);
+        (c.held.len(), c.bytes)
     }
 }
 
@@ -490,7 +574,7 @@ mod tests {
         std::fs::write(&db, vec![7u8; 4096]).unwrap();
         let memo = Memo::<()>::new(&db);
         let _ = memo.stamp();
-        assert!(memo.signal.lock().unwrap().is_none());
+        assert!(memo.signals.iter().any(|s| s.lock().unwrap().conn.is_none()), "the failed connection was kept");
         assert!(!memo.replaced());
         let new = dir.path().join("new.sqlite");
         std::fs::write(&new, vec![7u8; 4096]).unwrap();
@@ -581,11 +665,11 @@ mod tests {
         let w = Connection::open(&db).unwrap();
         w.execute_batch("CREATE TABLE t (v TEXT NOT NULL); INSERT INTO t VALUES ('a');").unwrap();
         let memo = Memo::<()>::new(&db);
-        assert!(memo.stamp().data_version.is_some());
+        assert!(memo.stamp().changes.is_some());
         w.execute_batch("BEGIN EXCLUSIVE; UPDATE t SET v = 'x';").unwrap();
-        assert_eq!(memo.stamp().data_version, None, "a busy index vouches for nothing");
+        assert_eq!(memo.stamp().changes, None, "a busy index vouches for nothing");
         w.execute_batch("COMMIT;").unwrap();
-        assert!(memo.stamp().data_version.is_some(), "the signal was dropped for good");
+        assert!(memo.stamp().changes.is_some(), "the signal was dropped for good");
     }
 
     #[test]
@@ -704,6 +788,75 @@ mod tests {
         assert_eq!(memo.coverage(memo.stamp(), &newest), None, "this process's write");
     }
 
+    /// Many serving threads ask while another process commits, one
+    /// commit after another: no thread is ever served an answer older
+    /// than a commit it saw complete before it asked. Each reads the
+    /// committed value itself first (a connection of its own), then asks
+    /// the memo, reading and keeping the value on a miss, as `repo` does.
+    #[test]
+    fn threads_reading_while_another_process_writes_are_never_served_a_stale_answer() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        const COMMITS: i64 = 400;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("index.sqlite");
+        let w = Connection::open(&db).unwrap();
+        w.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)).unwrap();
+        w.execute_batch("CREATE TABLE t (v INTEGER NOT NULL); INSERT INTO t VALUES (0);").unwrap();
+        let memo = Arc::new(Memo::<(), i64>::new(&db));
+        let key = ("6.1.0-28-amd64".to_owned(), "x86_64".to_owned(), "v1".to_owned());
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let (memo, key, done, db) = (memo.clone(), key.clone(), done.clone(), db.clone());
+                std::thread::spawn(move || {
+                    let c = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+                    let value = || c.query_row("SELECT v FROM t", [], |r| r.get::<_, i64>(0)).unwrap();
+                    let (mut hits, mut newest) = (0u64, 0);
+                    while !done.load(Ordering::SeqCst) {
+                        let committed = value();
+                        let s = memo.stamp();
+                        let got = match memo.lookup(s, &key) {
+                            Some(v) => {
+                                hits += 1;
+                                v
+                            }
+                            None => {
+                                let v = value();
+                                memo.put_lookup(s, key.clone(), v);
+                                v
+                            }
+                        };
+                        assert!(got >= committed, "served {got} after {committed} was committed");
+                        newest = newest.max(got);
+                    }
+                    (hits, newest)
+                })
+            })
+            .collect();
+        // The writer: another process (no `bump`: only the signal sees it).
+        // sqlite3 is in ci/install-deps; a missing one fails here, loudly.
+        let script: String = std::iter::once(".bail on\n.timeout 10000\nPRAGMA synchronous = OFF;\n".to_owned())
+            .chain((1..=COMMITS).map(|i| format!("UPDATE t SET v = {i};\n")))
+            .collect();
+        let mut writer = std::process::Command::new("sqlite3")
+            .arg(&db)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut writer.stdin.take().unwrap(), script.as_bytes()).unwrap();
+        let out = writer.wait_with_output().unwrap();
+        assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+        // A moment of answers after the last commit, then stop.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        done.store(true, Ordering::SeqCst);
+        let results: Vec<(u64, i64)> = readers.into_iter().map(|t| t.join().unwrap()).collect();
+        let hits: u64 = results.iter().map(|r| r.0).sum();
+        assert!(hits > 0, "the memo served nothing: the test checked nothing");
+        assert!(results.iter().all(|r| r.1 == COMMITS), "a reader never saw the last commit: {results:?}");
+    }
+
     #[test]
     fn holds_at_most_max_entries() {
         let dir = tempfile::tempdir().unwrap();
@@ -714,7 +867,7 @@ mod tests {
             memo.put_link(s, ("r".to_owned(), i.to_string()), true);
             memo.put_lookup(s, (i.to_string(), "x86_64".to_owned(), "v".to_owned()), true);
         }
-        let a = memo.lock();
+        let a = memo.read();
         let (links, lookups) = (a.links.len(), a.lookups.len());
         assert!(links > 0 && links <= MAX_ENTRIES, "{links}");
         assert!(lookups > 0 && lookups <= MAX_ENTRIES, "{lookups}");
