@@ -99,8 +99,8 @@ def record(res, who, kind, argv, env):
         LOAD_STARTS.setdefault((who, kind), []).append(LAST_LOAD_START[0])
 
 
-# Of the last timed run: its CPU seconds (user + system, all threads, to
-# its exit after the "attached" line).
+# Of the last timed run: its CPU seconds, user and system (all threads,
+# to its exit after the "attached" line).
 LAST_CPU = [None]
 # Of the last timed run: what `at_attached` returned.
 LAST_PROBE = [None]
@@ -131,7 +131,7 @@ def timed(argv, env=None, at_attached=None):
             # Reaped here for its CPU time (every thread, start to exit).
             _, status, usage = os.wait4(p.pid, 0)
             p.returncode = os.waitstatus_to_exitcode(status)
-            LAST_CPU[0] = usage.ru_utime + usage.ru_stime
+            LAST_CPU[0] = (usage.ru_utime, usage.ru_stime)
             LAST_LOAD_START[0] = loading
             return took
     p.wait()
@@ -286,7 +286,7 @@ def cold_starts(variants, hit_dir, rounds, work, env):
     what a cold start reads."""
     objects = [os.path.join(hit_dir, f) for f in os.listdir(hit_dir) if os.path.isfile(os.path.join(hit_dir, f))]
     keys = ["warm", "cold", "warm own", "cold own", "majflt", "read", "cached", "touched", "warm majflt",
-            "floor image", "floor image read", "floor file", "floor file read", "warm cpu"]
+            "floor image", "floor image read", "floor file", "floor file read", "warm cpu", "warm user"]
     res = {name: {k: [] for k in keys} for name, _ in variants}
     sections = {}
     argv = lambda exe: [exe, "--install-path", hit_dir, "--build-policy", "never", "run", "--duration", "30"]
@@ -303,7 +303,8 @@ def cold_starts(variants, hit_dir, rounds, work, env):
             v = res[name]
             v["warm"].append(timed(argv(exe), env, probe))
             v["warm own"].append(LAST_LOAD_START[0])
-            v["warm cpu"].append(LAST_CPU[0])
+            v["warm cpu"].append(sum(LAST_CPU[0]))
+            v["warm user"].append(LAST_CPU[0][0])
             (majflt, _), touched, _ = LAST_PROBE[0]
             v["warm majflt"].append(majflt)
             v["touched"].append(touched)
@@ -328,28 +329,33 @@ def cold_starts(variants, hit_dir, rounds, work, env):
     mb = lambda b: b / 1e6
     print(f"bench: cold starts of a local hit, median of {rounds} rounds (each a warm then a cold start of every variant, interleaved; "
           f"cold = the executable and the object evicted from the page cache), {os.cpu_count()} cores, load {min(loads):.1f}-{max(loads):.1f}")
-    print(f"  {'variant':<16} {'file':>8} {'image':>8} {'warm':>8} {'cold':>8} {'cold/warm':>9} {'own warm':>9} {'own cold':>9} {'warm CPU':>9} {'majflt':>7} {'read':>8} {'exe read':>9} {'touched':>8}")
+    print(f"  {'variant':<16} {'file':>8} {'image':>8} {'warm':>8} {'cold':>8} {'cold/warm':>9} {'own warm':>9} {'own cold':>9} {'warm CPU':>9} {'user':>7} {'majflt':>7} {'read':>8} {'exe read':>9} {'touched':>8}")
     for name, exe in variants:
         _, image, _ = elf_layout(exe)
         warm, cold = med(name, "warm"), med(name, "cold")
         print(f"  {name:<16} {mb(os.path.getsize(exe)):6.1f}MB {mb(image):6.1f}MB {warm * 1000:6.1f}ms {cold * 1000:6.1f}ms {cold / warm:8.2f}x "
-              f"{med(name, 'warm own') * 1000:7.1f}ms {med(name, 'cold own') * 1000:7.1f}ms {med(name, 'warm cpu') * 1000:7.1f}ms {med(name, 'majflt'):7.0f} {mb(med(name, 'read')):6.1f}MB "
+              f"{med(name, 'warm own') * 1000:7.1f}ms {med(name, 'cold own') * 1000:7.1f}ms {med(name, 'warm cpu') * 1000:7.1f}ms {med(name, 'warm user') * 1000:5.1f}ms {med(name, 'majflt'):7.0f} {mb(med(name, 'read')):6.1f}MB "
               f"{mb(med(name, 'cached')):7.1f}MB {mb(med(name, 'touched')):6.1f}MB")
     print("  (file: the executable's size; image: its PT_LOAD bytes; own: start to the \"using\" line; warm CPU: user + system time of a warm start, "
-          "every thread, to its exit after \"attached\" (the kernel's load and verifier included, the same for every variant); majflt and read: the cold start's major faults "
+          "every thread, to its exit after \"attached\" (the kernel's load and verifier included, the same for every variant), and of it in user space (the agent's and libbpf's code: what an opt-level changes); majflt and read: the cold start's major faults "
           "and bytes read from storage, at \"attached\"; exe read: the executable's bytes in the page cache by then; touched: the image pages a warm start maps, 64 KB fault-around included)")
     print("  the disk floor, same rounds: plain reads of the mapped image (or the whole file) and the object after the same eviction; "
           "beyond: what cold - warm costs over the image floor (each round's difference, median)")
-    print(f"  {'variant':<16} {'cold-warm':>9} {'read':>8} {'image floor':>17} {'file floor':>17} {'beyond':>8}")
+    print(f"  {'variant':<16} {'cold-warm':>9} {'own c-w':>8} {'read':>8} {'image floor':>17} {'file floor':>17} {'beyond':>8} {'own beyond':>10}")
+
+    def per_round(v, f):
+        rows = zip(v["cold"], v["warm"], v["cold own"], v["warm own"], v["floor image"])
+        return statistics.median(f(*r) for r in rows if None not in r) * 1000
+
     for name, _ in variants:
         v = res[name]
-        extra = [(c - w) for c, w in zip(v["cold"], v["warm"])]
-        beyond = [(c - w) - f for c, w, f in zip(v["cold"], v["warm"], v["floor image"])]
-        print(f"  {name:<16} {statistics.median(extra) * 1000:7.1f}ms {mb(med(name, 'read')):6.1f}MB "
-              f"{med(name, 'floor image') * 1000:6.1f}ms {mb(med(name, 'floor image read')):6.1f}MB "
-              f"{med(name, 'floor file') * 1000:6.1f}ms {mb(med(name, 'floor file read')):6.1f}MB {statistics.median(beyond) * 1000:+6.1f}ms")
-    print("  (cold-warm: each round's cold minus warm time to attached, median; read: bytes the cold start read from storage; "
-          "floors: time and bytes read from storage of the plain reads)")
+        print(f"  {name:<16} {per_round(v, lambda c, w, co, wo, fl: c - w):7.1f}ms {per_round(v, lambda c, w, co, wo, fl: co - wo):6.1f}ms "
+              f"{mb(med(name, 'read')):6.1f}MB {med(name, 'floor image') * 1000:6.1f}ms {mb(med(name, 'floor image read')):6.1f}MB "
+              f"{med(name, 'floor file') * 1000:6.1f}ms {mb(med(name, 'floor file read')):6.1f}MB "
+              f"{per_round(v, lambda c, w, co, wo, fl: c - w - fl):+6.1f}ms {per_round(v, lambda c, w, co, wo, fl: co - wo - fl):+8.1f}ms")
+    print("  (cold-warm: each round's cold minus warm time to attached, median; own c-w: the same to the \"using\" line (exec, loader and the "
+          "agent's checks: where a cold start waits on the disk); read: bytes the cold start read from storage; floors: time and bytes read "
+          "from storage of the plain reads; a negative beyond: the start overlaps the reads with its own work)")
     for name, exe in variants:
         pages, page = sections[name]
         print(f"  {name}: what a cold start read of the executable, by section (MB): {read_by_section(exe, pages, page)}")
@@ -358,7 +364,7 @@ def cold_starts(variants, hit_dir, rounds, work, env):
     base = variants[0][0]
     for name, _ in variants[1:]:
         print(f"  {name} vs {base}: cold {med(name, 'cold') / med(base, 'cold'):.2f}x, warm {med(name, 'warm') / med(base, 'warm'):.2f}x, "
-              f"warm CPU {med(name, 'warm cpu') / med(base, 'warm cpu'):.2f}x, "
+              f"warm CPU {med(name, 'warm cpu') / med(base, 'warm cpu'):.2f}x (user {med(name, 'warm user') / med(base, 'warm user'):.2f}x), "
               f"executable read cold {med(name, 'cached') / med(base, 'cached'):.2f}x")
     try:
         rate = disk_rate(max((exe for _, exe in variants), key=os.path.getsize))
