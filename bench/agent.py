@@ -32,13 +32,16 @@ local hit is read best from the own parts.
 same way, interleaved with this one against the same registry, and prints
 old beside new.
 
---breakdown N runs N /v1 fetches and N local hits under
-`strace -f --seccomp-bpf` (only the syscalls that mark a phase are stopped
-on) and prints the median time of each phase from the agent's exec: the
-HTTP client's thread, connect, the first and the last byte of the answer,
-the first bpf() call (load starts: everything before it is the agent's own
-work) and the "attached" line. strace slows what it traces, so read the
-phases against each other, not as absolute times.
+--breakdown N runs N /v1 fetches, N static-layout fetches and N local
+hits under `strace -f --seccomp-bpf` (only the syscalls that mark a phase
+are stopped on) and prints the median time of each phase from the agent's
+exec: the HTTP client's thread, the first connect, the first and the last
+byte read from the registry, the first bpf() call (load starts: everything
+before it is the agent's own work) and the "attached" line. strace slows
+what it traces, so read the phases against each other, not as absolute
+times. Beside them, what does not depend on the load: TCP connections,
+HTTP requests, socket reads (with bytes, and empty ones) before the load,
+and the run's system calls (one more run of each under `strace -c`).
 
 --cold N measures cold starts instead (the fetch comparison is not run):
 N rounds, each a warm local hit then a cold one (the executable and the
@@ -46,6 +49,8 @@ object evicted) of every agent given with --variant NAME=PATH (default:
 this build's), interleaved, the variants' order turning each round. Per
 variant it prints the executable's size and its mapped image (PT_LOAD), the
 median time to attached and to "using", warm and cold, the cold/warm ratio,
+the CPU time of a warm start (user + system, every thread, to its exit:
+what a smaller but slower build would cost on every start),
 and what a cold start reads: major faults and bytes read from storage (from
 /proc/<pid>/stat and /proc/<pid>/io at the "attached" line), the bytes of
 the executable in the page cache by then (mincore), which of its sections
@@ -54,7 +59,11 @@ those are, and the code by crate (nm); what a warm start maps of the image (its 
 with strace, the phases of one cold and one warm start (exec done, the
 dynamic loader done, the object opened, load starts, attached). It also
 times a sequential read of an evicted file, so bytes read can be turned
-into the time they cost on this machine's disk.
+into the time they cost on this machine's disk, and, in the same rounds
+after the same eviction, the disk floor: plain reads of the executable's
+mapped image (and of the whole file) and the object, timed and with the
+bytes they read from storage, beside each variant's cold - warm (how much
+of a cold start's cost is the disk and how much the start adds).
 
     bench/agent.py [--runs 10] [--no-build] [--bin-dir target/release]
                    [--baseline-bin-dir DIR] [--breakdown 5]
@@ -90,6 +99,9 @@ def record(res, who, kind, argv, env):
         LOAD_STARTS.setdefault((who, kind), []).append(LAST_LOAD_START[0])
 
 
+# Of the last timed run: its CPU seconds, user and system (all threads,
+# to its exit after the "attached" line).
+LAST_CPU = [None]
 # Of the last timed run: what `at_attached` returned.
 LAST_PROBE = [None]
 
@@ -116,7 +128,10 @@ def timed(argv, env=None, at_attached=None):
             took = time.monotonic() - t
             LAST_PROBE[0] = at_attached(p.pid) if at_attached else None
             p.terminate()
-            p.wait()
+            # Reaped here for its CPU time (every thread, start to exit).
+            _, status, usage = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            LAST_CPU[0] = (usage.ru_utime, usage.ru_stime)
             LAST_LOAD_START[0] = loading
             return took
     p.wait()
@@ -255,9 +270,9 @@ def main():
         if args.breakdown:
             if base_agent:
                 print("bench: the baseline agent's phases:")
-                breakdown(base_agent, args.breakdown, base_hit, url, f"{work}/base", env)
+                breakdown(base_agent, args.breakdown, base_hit, url, f"{work}/base", env, static_url)
                 print("bench: this build's phases:")
-            breakdown(agent, args.breakdown, hit_dir, url, work, env)
+            breakdown(agent, args.breakdown, hit_dir, url, work, env, static_url)
     finally:
         for p in reversed(procs):
             if p.poll() is None:
@@ -270,10 +285,12 @@ def cold_starts(variants, hit_dir, rounds, work, env):
     """--cold: warm and cold local hits of each variant, interleaved, and
     what a cold start reads."""
     objects = [os.path.join(hit_dir, f) for f in os.listdir(hit_dir) if os.path.isfile(os.path.join(hit_dir, f))]
-    keys = ["warm", "cold", "warm own", "cold own", "majflt", "read", "cached", "touched", "warm majflt"]
+    keys = ["warm", "cold", "warm own", "cold own", "majflt", "read", "cached", "touched", "warm majflt",
+            "floor image", "floor image read", "floor file", "floor file read", "warm cpu", "warm user"]
     res = {name: {k: [] for k in keys} for name, _ in variants}
     sections = {}
     argv = lambda exe: [exe, "--install-path", hit_dir, "--build-policy", "never", "run", "--duration", "30"]
+    image_end = {name: elf_layout(exe)[2] for name, exe in variants}
     for _, exe in variants:
         timed(argv(exe), env)  # untimed: every variant's first warm start is warm
     loads = [os.getloadavg()[0]]
@@ -286,6 +303,8 @@ def cold_starts(variants, hit_dir, rounds, work, env):
             v = res[name]
             v["warm"].append(timed(argv(exe), env, probe))
             v["warm own"].append(LAST_LOAD_START[0])
+            v["warm cpu"].append(sum(LAST_CPU[0]))
+            v["warm user"].append(LAST_CPU[0][0])
             (majflt, _), touched, _ = LAST_PROBE[0]
             v["warm majflt"].append(majflt)
             v["touched"].append(touched)
@@ -297,20 +316,46 @@ def cold_starts(variants, hit_dir, rounds, work, env):
             v["read"].append(read)
             v["cached"].append(sum(pages) * page)
             sections[name] = (pages, page)
+            # The disk floor, same round, same eviction: plain reads of what
+            # any cold start must read (the mapped image and the object),
+            # then of the whole file and the object.
+            for what, end in (("image", image_end[name]), ("file", os.path.getsize(exe))):
+                evict([exe, *objects])
+                took, read = floor_read(exe, end, objects)
+                v[f"floor {what}"].append(took)
+                v[f"floor {what} read"].append(read)
         loads.append(os.getloadavg()[0])
     med = lambda name, key: statistics.median(x for x in res[name][key] if x is not None)
     mb = lambda b: b / 1e6
     print(f"bench: cold starts of a local hit, median of {rounds} rounds (each a warm then a cold start of every variant, interleaved; "
           f"cold = the executable and the object evicted from the page cache), {os.cpu_count()} cores, load {min(loads):.1f}-{max(loads):.1f}")
-    print(f"  {'variant':<16} {'file':>8} {'image':>8} {'warm':>8} {'cold':>8} {'cold/warm':>9} {'own warm':>9} {'own cold':>9} {'majflt':>7} {'read':>8} {'exe read':>9} {'touched':>8}")
+    print(f"  {'variant':<16} {'file':>8} {'image':>8} {'warm':>8} {'cold':>8} {'cold/warm':>9} {'own warm':>9} {'own cold':>9} {'warm CPU':>9} {'user':>7} {'majflt':>7} {'read':>8} {'exe read':>9} {'touched':>8}")
     for name, exe in variants:
         _, image, _ = elf_layout(exe)
         warm, cold = med(name, "warm"), med(name, "cold")
         print(f"  {name:<16} {mb(os.path.getsize(exe)):6.1f}MB {mb(image):6.1f}MB {warm * 1000:6.1f}ms {cold * 1000:6.1f}ms {cold / warm:8.2f}x "
-              f"{med(name, 'warm own') * 1000:7.1f}ms {med(name, 'cold own') * 1000:7.1f}ms {med(name, 'majflt'):7.0f} {mb(med(name, 'read')):6.1f}MB "
+              f"{med(name, 'warm own') * 1000:7.1f}ms {med(name, 'cold own') * 1000:7.1f}ms {med(name, 'warm cpu') * 1000:7.1f}ms {med(name, 'warm user') * 1000:5.1f}ms {med(name, 'majflt'):7.0f} {mb(med(name, 'read')):6.1f}MB "
               f"{mb(med(name, 'cached')):7.1f}MB {mb(med(name, 'touched')):6.1f}MB")
-    print("  (file: the executable's size; image: its PT_LOAD bytes; own: start to the \"using\" line; majflt and read: the cold start's major faults "
+    print("  (file: the executable's size; image: its PT_LOAD bytes; own: start to the \"using\" line; warm CPU: user + system time of a warm start, "
+          "every thread, to its exit after \"attached\" (the kernel's load and verifier included, the same for every variant), and of it in user space (the agent's and libbpf's code: what an opt-level changes); majflt and read: the cold start's major faults "
           "and bytes read from storage, at \"attached\"; exe read: the executable's bytes in the page cache by then; touched: the image pages a warm start maps, 64 KB fault-around included)")
+    print("  the disk floor, same rounds: plain reads of the mapped image (or the whole file) and the object after the same eviction; "
+          "beyond: what cold - warm costs over the image floor (each round's difference, median)")
+    print(f"  {'variant':<16} {'cold-warm':>9} {'own c-w':>8} {'read':>8} {'image floor':>17} {'file floor':>17} {'beyond':>8} {'own beyond':>10}")
+
+    def per_round(v, f):
+        rows = zip(v["cold"], v["warm"], v["cold own"], v["warm own"], v["floor image"])
+        return statistics.median(f(*r) for r in rows if None not in r) * 1000
+
+    for name, _ in variants:
+        v = res[name]
+        print(f"  {name:<16} {per_round(v, lambda c, w, co, wo, fl: c - w):7.1f}ms {per_round(v, lambda c, w, co, wo, fl: co - wo):6.1f}ms "
+              f"{mb(med(name, 'read')):6.1f}MB {med(name, 'floor image') * 1000:6.1f}ms {mb(med(name, 'floor image read')):6.1f}MB "
+              f"{med(name, 'floor file') * 1000:6.1f}ms {mb(med(name, 'floor file read')):6.1f}MB "
+              f"{per_round(v, lambda c, w, co, wo, fl: c - w - fl):+6.1f}ms {per_round(v, lambda c, w, co, wo, fl: co - wo - fl):+8.1f}ms")
+    print("  (cold-warm: each round's cold minus warm time to attached, median; own c-w: the same to the \"using\" line (exec, loader and the "
+          "agent's checks: where a cold start waits on the disk); read: bytes the cold start read from storage; floors: time and bytes read "
+          "from storage of the plain reads; a negative beyond: the start overlaps the reads with its own work)")
     for name, exe in variants:
         pages, page = sections[name]
         print(f"  {name}: what a cold start read of the executable, by section (MB): {read_by_section(exe, pages, page)}")
@@ -319,6 +364,7 @@ def cold_starts(variants, hit_dir, rounds, work, env):
     base = variants[0][0]
     for name, _ in variants[1:]:
         print(f"  {name} vs {base}: cold {med(name, 'cold') / med(base, 'cold'):.2f}x, warm {med(name, 'warm') / med(base, 'warm'):.2f}x, "
+              f"warm CPU {med(name, 'warm cpu') / med(base, 'warm cpu'):.2f}x (user {med(name, 'warm user') / med(base, 'warm user'):.2f}x), "
               f"executable read cold {med(name, 'cached') / med(base, 'cached'):.2f}x")
     try:
         rate = disk_rate(max((exe for _, exe in variants), key=os.path.getsize))
@@ -338,6 +384,40 @@ def cold_starts(variants, hit_dir, rounds, work, env):
             for kind in ("warm", "cold"):
                 ev = start_phases(strace, exe, hit_dir, objects, work, env, kind == "cold")
                 print(f"    {name:<16} {kind}: " + ", ".join(f"{p} {ev[p]:.1f}" for p in START_PHASES if p in ev))
+
+
+def self_read_bytes():
+    """Bytes this process has read from storage so far (/proc/self/io)."""
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    return 0
+
+
+def floor_read(exe, end, objects):
+    """Seconds and bytes from storage to read, with plain reads in 8 MiB
+    chunks and read-ahead off (POSIX_FADV_RANDOM: only the bytes asked
+    for), the executable's first `end` bytes (its mapped image: up to the
+    end of its last PT_LOAD segment; or the whole file), then the objects:
+    the disk's share of a cold start, without the start. Nothing else of
+    the file may be read in between its eviction and this (the ELF
+    headers' read would bring read-ahead)."""
+    before = self_read_bytes()
+    t = time.monotonic()
+    for path, size in [(exe, end)] + [(o, os.path.getsize(o)) for o in objects]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            n = 0
+            while n < size:
+                got = os.pread(fd, min(8 << 20, size - n), n)
+                if not got:
+                    break
+                n += len(got)
+        finally:
+            os.close(fd)
+    return time.monotonic() - t, self_read_bytes() - before
 
 
 def strace_calls(trace):
@@ -560,23 +640,37 @@ def read_ahead_kb(path):
 
 
 PHASES = ["client thread", "connect", "first byte", "last byte", "load starts", "attached"]
+# Counted per run, beside the phases (load-independent).
+COUNTS = ["connections", "requests", "socket reads", "empty reads", "syscalls"]
 
 
 def phases(trace):
     """The phases of one agent run from an `strace -f -ttt` log, in ms from
-    its exec."""
-    sock = None
-    ev = {}
+    its exec (first connect; first and last byte read on any of its
+    connections), and what it did on the network before the load: TCP
+    connections opened, HTTP requests sent, socket reads that brought bytes
+    and those that found none (EAGAIN)."""
+    socks = set()
+    ev = {"connections": 0, "requests": 0, "socket reads": 0, "empty reads": 0}
     for ms, call in strace_calls(trace):
         if call.startswith("clone3(") and "client thread" not in ev and "load starts" not in ev:
             ev["client thread"] = ms
         m = re.match(r"connect\((\d+), \{sa_family=AF_INET", call)
-        if m and sock is None:
-            sock = m.group(1)
-            ev["connect"] = ms
-        if sock and call.startswith(f"recvfrom({sock},") and "EAGAIN" not in call:
-            ev.setdefault("first byte", ms)
-            ev["last byte"] = ms
+        if m:
+            socks.add(m.group(1))
+            ev.setdefault("connect", ms)
+            ev["connections"] += 1
+        m = re.match(r"(sendto|writev|write|recvfrom)\((\d+),", call)
+        if m and m.group(2) in socks:
+            if m.group(1) == "recvfrom":
+                if "EAGAIN" in call:
+                    ev["empty reads"] += 1
+                else:
+                    ev.setdefault("first byte", ms)
+                    ev["last byte"] = ms
+                    ev["socket reads"] += 1
+            elif re.search(r'"(GET|HEAD|POST|PUT) /', call):
+                ev["requests"] += 1
         if call.startswith("bpf("):
             ev.setdefault("load starts", ms)
         if call.startswith("write(2") and "attached" in call:
@@ -585,20 +679,41 @@ def phases(trace):
     return ev
 
 
-def breakdown(agent, n, hit_dir, url, work, env):
+def syscall_count(strace, argv, work, env):
+    """All system calls of one run, every thread (`strace -f -c`)."""
+    out = os.path.join(work, "count")
+    subprocess.run([strace, "-f", "-c", "-o", out, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
+    total = None
+    for line in open(out):
+        parts = line.split()
+        if parts and parts[-1] == "total":
+            total = int(parts[3]) if len(parts) >= 5 else int(parts[2])
+    os.unlink(out)
+    return total
+
+
+def breakdown(agent, n, hit_dir, url, work, env, static_url=None):
     os.makedirs(work, exist_ok=True)
     strace = shutil.which("strace")
     if not strace:
         raise SystemExit("bench: --breakdown needs strace (ci/install-deps installs it)")
-    calls = "execve,clone3,connect,recvfrom,bpf,write"
-    runs = {"/v1 fetch": [], "local hit": []}
+    calls = "execve,clone3,connect,sendto,writev,write,recvfrom,bpf"
+    where = {"/v1 fetch": lambda i: ["--install-path", f"{work}/traced{i}", "--registry", url],
+             "local hit": lambda i: ["--install-path", hit_dir]}
+    if static_url:
+        where["static fetch"] = lambda i: ["--install-path", f"{work}/traced-static{i}", "--registry", static_url]
+    runs = {kind: [] for kind in where}
     for i in range(n):
-        for kind in runs:
-            trace = f"{work}/trace-{'fetch' if kind == '/v1 fetch' else 'hit'}{i}"
-            where = ["--install-path", f"{work}/traced{i}", "--registry", url] if kind == "/v1 fetch" else ["--install-path", hit_dir]
+        for kind, place in where.items():
+            trace = f"{work}/trace-{i}"
+            argv = [agent, *place(i), "--build-policy", "never", "run", "--duration", "0.05"]
             time.sleep(0.5)
-            subprocess.run([strace, "-f", "-ttt", "--seccomp-bpf", "-e", f"trace={calls}", "-o", trace, agent, *where, "--build-policy", "never", "run", "--duration", "0.05"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
-            runs[kind].append(phases(trace))
+            subprocess.run([strace, "-f", "-ttt", "--seccomp-bpf", "-e", f"trace={calls}", "-o", trace, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
+            ev = phases(trace)
+            os.unlink(trace)
+            if i == 0:
+                ev["syscalls"] = syscall_count(strace, [agent, *place(f"c{i}"), "--build-policy", "never", "run", "--duration", "0.05"], work, env)
+            runs[kind].append(ev)
     print(f"bench: phases of a start under strace (ms from exec, median of {n}; traced syscalls are slower, so compare phases, not totals), load {' '.join(open('/proc/loadavg').read().split()[:3])}")
     for kind, evs in runs.items():
         cells = []
@@ -606,14 +721,24 @@ def breakdown(agent, n, hit_dir, url, work, env):
             vals = [e[p] for e in evs if p in e]
             if vals:
                 cells.append(f"{p} {statistics.median(vals):.1f}")
-        print(f"  {kind:<10} " + ", ".join(cells))
-    f, h = runs["/v1 fetch"], runs["local hit"]
+        print(f"  {kind:<12} " + ", ".join(cells))
+    print("  to the load, per run (median): TCP connections, HTTP requests, socket reads with bytes, empty socket reads (EAGAIN); system calls of the whole run (one run, every thread)")
+    for kind, evs in runs.items():
+        cells = []
+        for c in COUNTS:
+            vals = [e[c] for e in evs if e.get(c) is not None]
+            if vals:
+                cells.append(f"{c} {statistics.median(vals):g}")
+        print(f"  {kind:<12} " + ", ".join(cells))
     med = lambda evs, p: statistics.median([e[p] for e in evs if p in e])
-    try:
-        print(f"  fetch: TTFB (connect to first byte) {med(f, 'first byte') - med(f, 'connect'):.1f} ms, body {med(f, 'last byte') - med(f, 'first byte'):.1f} ms, "
-              f"last byte to load {med(f, 'load starts') - med(f, 'last byte'):.1f} ms; load starts {med(f, 'load starts') - med(h, 'load starts'):+.1f} ms after a local hit's")
-    except statistics.StatisticsError:
-        print("  (a phase was missing from the traces)")
+    h = runs["local hit"]
+    for kind in [k for k in runs if k != "local hit"]:
+        f = runs[kind]
+        try:
+            print(f"  {kind}: TTFB (first connect to first byte) {med(f, 'first byte') - med(f, 'connect'):.1f} ms, first to last byte {med(f, 'last byte') - med(f, 'first byte'):.1f} ms, "
+                  f"last byte to load {med(f, 'load starts') - med(f, 'last byte'):.1f} ms; load starts {med(f, 'load starts') - med(h, 'load starts'):+.1f} ms after a local hit's")
+        except statistics.StatisticsError:
+            print(f"  {kind}: (a phase was missing from the traces)")
 
 
 def free_port():

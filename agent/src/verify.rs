@@ -23,7 +23,7 @@
 
 use std::path::PathBuf;
 
-use bpfarm_object::client::{Attachments, RegistryClient};
+use bpfarm_object::client::{Attachments, BlobRef, ClientError, RegistryClient};
 use bpfarm_object::oci_client::OciRegistry;
 use bpfarm_object::oci_layout::OciLayout;
 use bpfarm_object::sign::{
@@ -224,34 +224,42 @@ pub fn read_local(dir: &TrustedDir, name: &str) -> Evidence {
     }
 }
 
-/// The blobs a `/v1` answer names.
+/// The blobs a `/v1` answer names, asked for at once (one round trip for
+/// both, each still capped and checked against its reference).
 pub async fn read_v1(client: &RegistryClient, a: &Attachments) -> Evidence {
-    let signature = match &a.signature {
-        Some(r) => match client.fetch_attachment(r, MAX_SIGNATURE).await {
-            Ok(b) => Some(b),
-            Err(e) => return Evidence::Unreadable(format!("its signature blob: {e}")),
-        },
-        None => None,
-    };
-    let provenance = match &a.attestation {
-        Some(r) => match client.fetch_attachment(r, MAX_ATTESTATION).await {
-            Ok(b) => Some(b),
-            Err(e) => return Evidence::Unreadable(format!("its attestation blob: {e}")),
-        },
-        None => None,
-    };
-    Evidence::Files { signature, provenance }
+    let (signature, provenance) = tokio::join!(
+        attachment(client, a.signature.as_ref(), MAX_SIGNATURE),
+        attachment(client, a.attestation.as_ref(), MAX_ATTESTATION)
+    );
+    // A signature's error is reported first, as when they came one by one.
+    match (signature, provenance) {
+        (Err(e), _) => Evidence::Unreadable(format!("its signature blob: {e}")),
+        (_, Err(e)) => Evidence::Unreadable(format!("its attestation blob: {e}")),
+        (Ok(signature), Ok(provenance)) => Evidence::Files { signature, provenance },
+    }
 }
 
-/// `<file>.sig` and `<file>.intoto.jsonl` of a static layout.
+/// The blob `r` names, if any, at most `cap` bytes.
+async fn attachment(client: &RegistryClient, r: Option<&BlobRef>, cap: u64) -> Result<Option<Vec<u8>>, ClientError> {
+    match r {
+        Some(r) => client.fetch_attachment(r, cap).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// `<file>.sig` and `<file>.intoto.jsonl` of a static layout, asked for at
+/// once (one round trip for both, each still capped; a missing `.sig` is
+/// `None`, any other failure makes the evidence unreadable).
 pub async fn read_static(client: &RegistryClient, id: &Identity) -> Evidence {
-    let signature = match client.fetch_static_beside(id, SIGNATURE_SUFFIX, MAX_SIGNATURE).await {
-        Ok(s) => s,
-        Err(e) => return Evidence::Unreadable(format!("its {SIGNATURE_SUFFIX}: {e}")),
-    };
-    match client.fetch_static_beside(id, PROVENANCE_SUFFIX, MAX_ATTESTATION).await {
-        Ok(provenance) => Evidence::Files { signature, provenance },
-        Err(e) => Evidence::Unreadable(format!("its {PROVENANCE_SUFFIX}: {e}")),
+    let (signature, provenance) = tokio::join!(
+        client.fetch_static_beside(id, SIGNATURE_SUFFIX, MAX_SIGNATURE),
+        client.fetch_static_beside(id, PROVENANCE_SUFFIX, MAX_ATTESTATION)
+    );
+    // A `.sig`'s error is reported first, as when they came one by one.
+    match (signature, provenance) {
+        (Err(e), _) => Evidence::Unreadable(format!("its {SIGNATURE_SUFFIX}: {e}")),
+        (_, Err(e)) => Evidence::Unreadable(format!("its {PROVENANCE_SUFFIX}: {e}")),
+        (Ok(signature), Ok(provenance)) => Evidence::Files { signature, provenance },
     }
 }
 

@@ -288,3 +288,63 @@ fn a_local_hit_never_contacts_the_registries() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("gave up: no complete answer within 1s"), "{}", show(&out));
     assert!(listener.accept().is_ok(), "the registry was never asked:\n{}", show(&out));
 }
+
+/// A static layout (a plain file server, no `/v1`) costs one round trip
+/// after the lookup: the object and its `.sha256`, `.json`, `.sig` and
+/// `.intoto.jsonl` are all asked for before any of them is answered. The
+/// server holds every answer until the five requests are in (at most 5 s,
+/// then it answers anyway and the test fails), and the fetch is checked as
+/// before: the object installed, byte for byte.
+#[test]
+fn a_static_layout_is_asked_for_its_five_files_at_once() {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Condvar, Mutex};
+    let f = fixture();
+    // The client percent-encodes the file name's `+`.
+    let folder = format!("/v0.1.0/{}/", std::env::consts::ARCH);
+    let name = running_object_name().replace('+', "%2B");
+    let prefix = format!("{folder}{name}");
+    let (bytes, meta) = (f.bytes.clone(), f.meta.clone());
+    let seen: Arc<(Mutex<BTreeSet<String>>, Condvar)> = Arc::default();
+    let held_all = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let server = {
+        let (seen, held_all) = (seen.clone(), held_all.clone());
+        HostileServer::start(move |r: &Request| {
+            let Some(suffix) = r.path.strip_prefix(&prefix) else { return Reply::not_found() };
+            let (set, arrived) = &*seen;
+            let mut set = set.lock().unwrap();
+            set.insert(suffix.to_owned());
+            arrived.notify_all();
+            let (set, waited) = arrived.wait_timeout_while(set, Duration::from_secs(5), |s| s.len() < 5).unwrap();
+            if waited.timed_out() {
+                held_all.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+            drop(set);
+            match suffix {
+                "" => Reply::bytes(200, "application/octet-stream", bytes.clone()),
+                ".sha256" => Reply::bytes(
+                    200,
+                    "text/plain",
+                    format!("{}  {}\n", Digest::of_bytes(&bytes).hex(), running_object_name()),
+                ),
+                ".json" => Reply::json(200, &meta),
+                _ => Reply::not_found(),
+            }
+        })
+    };
+    let (dir, out) = fetch(&server.url);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(show(&out).contains("static layout"), "{}", show(&out));
+    assert_eq!(std::fs::read(dir.path().join("install").join(running_object_name())).unwrap(), f.bytes);
+    let paths: Vec<String> = server.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths.len(), 6, "the lookup and five files: {paths:?}");
+    assert!(paths[0].starts_with("/v1/objects/"), "{paths:?}");
+    let files: BTreeSet<&str> = paths[1..].iter().filter_map(|p| p.strip_prefix(&folder)).collect();
+    let want: BTreeSet<String> =
+        ["", ".sha256", ".json", ".sig", ".intoto.jsonl"].iter().map(|s| format!("{name}{s}")).collect();
+    assert_eq!(files, want.iter().map(String::as_str).collect(), "{paths:?}");
+    assert!(
+        held_all.load(std::sync::atomic::Ordering::SeqCst),
+        "a file was asked for only after another's answer: {paths:?}"
+    );
+}
