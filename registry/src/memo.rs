@@ -27,7 +27,7 @@
 //! drop the process's locks). The stamp is taken before the query, so a
 //! write racing a read only makes the answer unusable. A signal
 //! connection that failed to open or to answer vouches for nothing; with
-//! none left nothing is memoised; a busy index (no busy wait here: this
+//! none left nothing is memoised (a failed one is passed over); a busy index (no busy wait here: this
 //! runs on a serving thread) is unknown for that request only. An index
 //! file renamed over while `serve` runs (a new inode) is seen by the
 //! file's identity (device and inode, checked by path at every stamp,
@@ -327,10 +327,23 @@ impl<F: Clone, L: Clone, T: Clone, C: Clone> Memo<F, L, T, C> {
     /// once per commit; the others serve only while it is taken.
     fn signal(&self) -> MutexGuard<'_, Signal> {
         for s in self.signals.iter() {
-            match s.try_lock() {
-                Ok(s) => return s,
-                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => {}
+            let free = match s.try_lock() {
+                Ok(s) => s,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => continue,
+            };
+            // A connection that failed vouches for nothing: the next one
+            // answers instead, so one failure does not end the memo.
+            if free.conn.is_some() {
+                return free;
+            }
+        }
+        // Every live one taken: wait for the first live one (or, with
+        // none left, take the first: nothing is memoised then).
+        for s in self.signals.iter() {
+            let next = unpoisoned(s);
+            if next.conn.is_some() {
+                return next;
             }
         }
         unpoisoned(&self.signals[0])
@@ -793,6 +806,61 @@ mod tests {
     /// than a commit it saw complete before it asked. Each reads the
     /// committed value itself first (a connection of its own), then asks
     /// the memo, reading and keeping the value on a miss, as `repo` does.
+    /// A stamp taken on the second signal connection: the test holds the
+    /// first, as a serving thread would.
+    fn on_second<L: Clone>(memo: &Memo<(), L>) -> Stamp {
+        let _held = unpoisoned(&memo.signals[0]);
+        memo.stamp()
+    }
+
+    /// The two ways two connections' counts could go wrong, driven in a
+    /// fixed order (no timing): a connection's first pragma after a
+    /// commit must count it, and each connection compares only its own
+    /// values (the first sees two commits at once where the second saw
+    /// them one at a time).
+    #[test]
+    fn commits_seen_by_two_signal_connections_in_turn_are_never_served_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, w) = index(dir.path());
+        let memo = Memo::<(), i64>::new(&db);
+        assert!(memo.signals.len() >= 2, "one signal connection per core and a spare");
+        let key = ("r".to_owned(), "x86_64".to_owned(), "v".to_owned());
+
+        let first = memo.stamp();
+        memo.put_lookup(first, key.clone(), 0);
+        assert_eq!(memo.lookup(memo.stamp(), &key), Some(0));
+        w.execute_batch("UPDATE t SET v = 'b'").unwrap();
+        assert_eq!(memo.lookup(on_second(&memo), &key), None, "the second connection's first pragma after a commit");
+
+        let _ = memo.stamp();
+        let _ = on_second(&memo);
+        w.execute_batch("UPDATE t SET v = 'c'").unwrap();
+        let second = on_second(&memo);
+        assert_eq!(memo.lookup(second, &key), None);
+        memo.put_lookup(second, key.clone(), 2);
+        assert_eq!(memo.lookup(on_second(&memo), &key), Some(2));
+        w.execute_batch("UPDATE t SET v = 'd'").unwrap();
+        assert_eq!(memo.lookup(memo.stamp(), &key), None, "the first connection, two commits since it last read");
+        assert_eq!(memo.lookup(on_second(&memo), &key), None);
+    }
+
+    /// A signal connection that failed is passed over: the next answers,
+    /// and the memo goes on serving (and dropping on a commit).
+    #[test]
+    fn a_failed_first_signal_connection_does_not_end_the_memo() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, w) = index(dir.path());
+        let memo = Memo::<(), i64>::new(&db);
+        unpoisoned(&memo.signals[0]).conn = None;
+        let key = ("r".to_owned(), "x86_64".to_owned(), "v".to_owned());
+        let stamp = memo.stamp();
+        assert!(stamp.changes.is_some(), "the next connection vouches");
+        memo.put_lookup(stamp, key.clone(), 1);
+        assert_eq!(memo.lookup(memo.stamp(), &key), Some(1));
+        w.execute_batch("UPDATE t SET v = 'b'").unwrap();
+        assert_eq!(memo.lookup(memo.stamp(), &key), None);
+    }
+
     #[test]
     fn threads_reading_while_another_process_writes_are_never_served_a_stale_answer() {
         use std::sync::Arc;

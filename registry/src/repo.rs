@@ -461,22 +461,22 @@ impl Repo {
     /// pagination: each page starts where the last ended, whatever the
     /// page's number), each filter's page read through an index that holds
     /// its rows in id order (`list_statements`), so a page reads about as
-    /// many rows as it returns.
+    /// many rows as it returns. A search's up to three statements read one
+    /// snapshot (one read transaction on one connection): a republish
+    /// between them cannot show an identity twice on a page.
     pub async fn list(&self, f: &Filter) -> Result<Vec<ObjectRow>, sqlx::Error> {
         let (first, rest) = list_statements(f);
-        let mut rows = self.list_run(&first).await?;
+        let mut snapshot = self.reader.begin().await?;
+        let mut rows = first.query().fetch_all(&mut *snapshot).await?;
         if let Some(rest) = rest.filter(|_| (rows.len() as i64) < f.limit) {
-            let last: Option<i64> = sqlx::query_scalar(LAST_ID).fetch_one(&self.reader).await?;
+            let last: Option<i64> = sqlx::query_scalar(LAST_ID).fetch_one(&mut *snapshot).await?;
             if last.is_some_and(|last| last > rest.window) {
-                rows.extend(self.list_run(&rest.sql).await?);
+                rows.extend(rest.sql.query().fetch_all(&mut *snapshot).await?);
                 rows.truncate(usize::try_from(f.limit).unwrap_or(0));
             }
         }
+        snapshot.commit().await?;
         Ok(rows)
-    }
-
-    async fn list_run(&self, statement: &ListSql) -> Result<Vec<ObjectRow>, sqlx::Error> {
-        statement.query().fetch_all(&self.reader).await
     }
 
     /// Records (or updates) a failed build, unless the identity has an object.
