@@ -231,10 +231,20 @@ pub async fn read_v1(client: &RegistryClient, a: &Attachments) -> Evidence {
         attachment(client, a.signature.as_ref(), MAX_SIGNATURE),
         attachment(client, a.attestation.as_ref(), MAX_ATTESTATION)
     );
-    // A signature's error is reported first, as when they came one by one.
+    fetched(signature, provenance, ["signature blob", "attestation blob"])
+}
+
+/// The evidence from a signature's and a provenance's fetch (each named
+/// in `what`, for the message): the signature's error is reported first,
+/// as when they came one by one.
+fn fetched(
+    signature: Result<Option<Vec<u8>>, ClientError>,
+    provenance: Result<Option<Vec<u8>>, ClientError>,
+    what: [&str; 2],
+) -> Evidence {
     match (signature, provenance) {
-        (Err(e), _) => Evidence::Unreadable(format!("its signature blob: {e}")),
-        (_, Err(e)) => Evidence::Unreadable(format!("its attestation blob: {e}")),
+        (Err(e), _) => Evidence::Unreadable(format!("its {}: {e}", what[0])),
+        (_, Err(e)) => Evidence::Unreadable(format!("its {}: {e}", what[1])),
         (Ok(signature), Ok(provenance)) => Evidence::Files { signature, provenance },
     }
 }
@@ -255,12 +265,7 @@ pub async fn read_static(client: &RegistryClient, id: &Identity) -> Evidence {
         client.fetch_static_beside(id, SIGNATURE_SUFFIX, MAX_SIGNATURE),
         client.fetch_static_beside(id, PROVENANCE_SUFFIX, MAX_ATTESTATION)
     );
-    // A `.sig`'s error is reported first, as when they came one by one.
-    match (signature, provenance) {
-        (Err(e), _) => Evidence::Unreadable(format!("its {SIGNATURE_SUFFIX}: {e}")),
-        (_, Err(e)) => Evidence::Unreadable(format!("its {PROVENANCE_SUFFIX}: {e}")),
-        (Ok(signature), Ok(provenance)) => Evidence::Files { signature, provenance },
-    }
+    fetched(signature, provenance, [SIGNATURE_SUFFIX, PROVENANCE_SUFFIX])
 }
 
 /// Where cosign's tags are read from: an OCI registry (`oci://`) or an OCI
