@@ -388,8 +388,7 @@ def cold_starts(variants, hit_dir, rounds, work, env, reference):
           f"open, load, attach, print; what any Rust loader of this object pays): warm {rwarm * 1000:.1f} ms, cold {rcold * 1000:.1f} ms, "
           f"{rcold / rwarm:.2f}x, cold-warm {rdiff * 1000:.1f} ms, read {mb(statistics.median(ref['read'])):.1f} MB")
     for name, _ in variants:
-        v = res[name]
-        diff = statistics.median(c - w for c, w in zip(v["cold"], v["warm"]))
+        diff = per_round(res[name], lambda c, w, co, wo, fl: c - w) / 1000
         print(f"    {name}: cold-warm {diff * 1000:.1f} ms = the reference's {rdiff * 1000:.1f} ms {(diff - rdiff) * 1000:+.1f} ms; "
               f"the 10 % target allows {med(name, 'warm') * 100:.1f} ms over this variant's warm start")
     for name, exe in variants:
